@@ -1,0 +1,3 @@
+//! `handover-relay`: runs a Handover relay.
+
+fn main() {}
