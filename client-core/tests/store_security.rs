@@ -652,3 +652,128 @@ fn debug_output_holds_no_secrets() {
     let s = format!("{store:?} {:?} {:?}", pw(REAL), cheap());
     assert!(!s.contains("MARKER") && !s.contains("caseworker"));
 }
+
+#[test]
+fn rekey_makes_old_headers_and_deleted_records_undecryptable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut store) = new_store(&dir);
+    write_markers(&mut store);
+    store
+        .put(Namespace::Messages, b"deleted", b"erase me")
+        .unwrap();
+    store.delete(Namespace::Messages, b"deleted").unwrap();
+    store
+        .add_credential(&Credential::from(KeystoreKey::from_bytes([9; 32])))
+        .unwrap();
+    store
+        .set_duress_passphrase(&Passphrase::from(DURESS))
+        .unwrap();
+    store.flush().unwrap();
+    let old_header = fs::read(path.join("header")).unwrap();
+    let before = dir.path().join("before-rekey");
+    copy_dir(&path, &before);
+
+    // Only the credential the store was opened with can re-key.
+    let store = match store.rekey(&pw("not it")) {
+        Err(StoreError::WrongCredential) => open(&path, &pw(REAL)).unwrap(),
+        other => panic!("unexpected: {other:?}"),
+    };
+    let store = store.rekey(&pw(REAL)).unwrap();
+    assert_eq!(
+        store
+            .get(Namespace::Messages, NAME_MARKER)
+            .unwrap()
+            .unwrap()
+            .as_slice(),
+        VALUE_MARKER
+    );
+    assert!(!store.contains(Namespace::Messages, b"deleted").unwrap());
+    store.close().unwrap();
+
+    // Same data under the passphrase; the secondary credential was removed.
+    let store = open(&path, &pw(REAL)).unwrap();
+    assert_eq!(
+        store.scan_prefix(Namespace::Contacts, b"").unwrap().len(),
+        2
+    );
+    drop(store);
+    let ks = Credential::from(KeystoreKey::from_bytes([9; 32]));
+    assert!(matches!(open(&path, &ks), Err(StoreError::WrongCredential)));
+
+    // An old header copy plus the passphrase does not open the new database.
+    let mixed = dir.path().join("old-header-new-db");
+    copy_dir(&path, &mixed);
+    fs::write(mixed.join("header"), &old_header).unwrap();
+    assert!(matches!(
+        open(&mixed, &pw(REAL)),
+        Err(StoreError::CorruptRecord)
+    ));
+    // The new header does not open the old database (with the deleted record's residue).
+    let mixed = dir.path().join("new-header-old-db");
+    copy_dir(&before, &mixed);
+    fs::copy(path.join("header"), mixed.join("header")).unwrap();
+    assert!(matches!(
+        open(&mixed, &pw(REAL)),
+        Err(StoreError::CorruptRecord)
+    ));
+
+    // The duress passphrase is still armed.
+    let decoy = open(&path, &pw(DURESS)).unwrap();
+    assert!(
+        decoy
+            .scan_prefix(Namespace::Messages, b"")
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn interrupted_database_replacement_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut store) = new_store(&dir);
+    write_markers(&mut store);
+    store.close().unwrap();
+    let before = dir.path().join("before");
+    copy_dir(&path, &before);
+    let store = open(&path, &pw(REAL)).unwrap().rekey(&pw(REAL)).unwrap();
+    store.close().unwrap();
+
+    let entries = |p: &Path| {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let marker_ok = |p: &Path| {
+        let s = open(p, &pw(REAL)).unwrap();
+        assert_eq!(
+            s.get(Namespace::Messages, NAME_MARKER)
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            VALUE_MARKER
+        );
+    };
+
+    // Crash after the new header was written, before the databases were swapped.
+    let a = dir.path().join("a");
+    copy_dir(&before, &a);
+    fs::copy(path.join("header"), a.join("header")).unwrap();
+    copy_dir(&path.join("db"), &a.join("db.new"));
+    marker_ok(&a);
+    assert_eq!(entries(&a), ["db", "header"]);
+    marker_ok(&a);
+
+    // Crash before the new header was written: the old key and database stay in force.
+    let b = dir.path().join("b");
+    copy_dir(&before, &b);
+    copy_dir(&path.join("db"), &b.join("db.new"));
+    marker_ok(&b);
+    assert_eq!(entries(&b), ["db", "header"]);
+    assert_eq!(
+        fs::read(b.join("header")).unwrap(),
+        fs::read(before.join("header")).unwrap()
+    );
+}

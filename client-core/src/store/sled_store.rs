@@ -47,11 +47,19 @@ impl Drop for IndexKey {
     }
 }
 
-fn full_key(ns: Namespace, name: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + name.len());
-    v.push(ns.id());
-    v.extend_from_slice(name);
-    v
+impl IndexKey {
+    fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The namespace and record name of this entry.
+    fn parts(&self) -> Result<(Namespace, &[u8]), StoreError> {
+        let (&ns, name) = self.0.split_first().ok_or(StoreError::CorruptRecord)?;
+        Ok((
+            Namespace::from_id(ns).ok_or(StoreError::CorruptRecord)?,
+            name,
+        ))
+    }
 }
 
 /// The encrypted local store on sled.
@@ -88,14 +96,19 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     Ok(sled::Config::new().path(path).open()?)
 }
 
-/// Creates a fresh database at `dir/db.new` holding only the binding tag of `cipher`, durably,
-/// and closes it.
-fn build_fresh_db(dir: &Path, cipher: &RecordCipher) -> Result<(), StoreError> {
+/// Creates a database at `dir/db.new` holding the binding tag of `cipher` and whatever `fill`
+/// writes, durably, and closes it.
+fn build_new_db(
+    dir: &Path,
+    cipher: &RecordCipher,
+    fill: impl FnOnce(&sled::Db) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let path = dir.join(DB_NEW);
     remove_dir_if_exists(&path)?;
     {
         let db = open_db(&path)?;
         db.insert(BINDING_KEY, &cipher.binding_tag()[..])?;
+        fill(&db)?;
         db.flush()?;
     }
     sync_tree(&path)?;
@@ -269,7 +282,7 @@ impl<R: CryptoRng> SledStore<R> {
         header.seal_slot(SLOT_PRIMARY, &root, credential.kind(), &master, &mut rng)?;
         let cipher = RecordCipher::new(&master)?;
 
-        build_fresh_db(dir, &cipher)?;
+        build_new_db(dir, &cipher, |_| Ok(()))?;
         write_header(dir, &header.encode())?;
         promote_new_db(dir)?;
         let db = open_db(&dir.join(DB_DIR))?;
@@ -295,7 +308,7 @@ impl<R: CryptoRng> SledStore<R> {
     ///   [`StoreError::WrongCredential`].
     /// - Every record name is decrypted and authenticated to build the index; a tampered or
     ///   foreign database gives [`StoreError::CorruptRecord`].
-    pub fn open(dir: &Path, credential: &Credential, mut rng: R) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, credential: &Credential, rng: R) -> Result<Self, StoreError> {
         let (header, slot, key, root) = unlock_header(dir, credential)?;
         if slot == SLOT_DURESS {
             return Self::duress_reset(dir, header, credential, &root, rng);
@@ -304,8 +317,6 @@ impl<R: CryptoRng> SledStore<R> {
         let cipher = RecordCipher::new(&key)?;
         let db = select_db(dir, &cipher)?;
         let index = load_index(&db, &cipher)?;
-        // Touch the RNG so its state does not reveal which path was taken (it is the caller's).
-        let _ = &mut rng;
         Ok(SledStore {
             dir: dir.to_path_buf(),
             db,
@@ -338,7 +349,7 @@ impl<R: CryptoRng> SledStore<R> {
         }
         // Order: the replacement database first, then the header (this destroys the real
         // master key), then the old database is removed. See docs/STORAGE.md for crashes.
-        build_fresh_db(dir, &cipher)?;
+        build_new_db(dir, &cipher, |_| Ok(()))?;
         write_header(dir, &header.encode())?;
         promote_new_db(dir)?;
         let db = open_db(&dir.join(DB_DIR))?;
@@ -437,6 +448,79 @@ impl<R: CryptoRng> SledStore<R> {
         self.commit_header(header)
     }
 
+    /// Re-encrypts every record under a fresh master key and destroys the old one, then returns
+    /// the store under the new key. `credential` must be the one this store was opened with
+    /// (it is needed to re-wrap the new key; a different one gives
+    /// [`StoreError::WrongCredential`] and changes nothing).
+    ///
+    /// This is the store's cryptographic erase: ciphertext of deleted or overwritten records
+    /// that sled's log still holds, old copies of the header, and anyone who learned the old
+    /// passphrase together with an old header, can no longer decrypt anything in the new
+    /// database. The other (secondary) credential wrapped the old key and is removed; add it
+    /// again afterwards. The duress passphrase stays armed. On error the old store may have
+    /// been closed; open it again (an interrupted re-key is completed or rolled back at open).
+    pub fn rekey(self, credential: &Credential) -> Result<Self, StoreError> {
+        let root = derive_root(credential, self.header.params(), self.header.salt())?;
+        let kind = credential.kind();
+        if !self
+            .header
+            .matching_slots(&root, kind)?
+            .iter()
+            .any(|(slot, _)| *slot == self.slot)
+        {
+            return Err(StoreError::WrongCredential);
+        }
+        let other = self.other_normal_slot();
+        let SledStore {
+            dir,
+            db,
+            mut header,
+            slot,
+            master,
+            cipher,
+            index,
+            mut rng,
+        } = self;
+        drop(master);
+        let new_master = SecretKey::generate(&mut rng);
+        let new_cipher = RecordCipher::new(&new_master)?;
+
+        // 1. The new database, every record re-sealed under the new key.
+        build_new_db(&dir, &new_cipher, |new_db| {
+            for entry in &index {
+                let (ns, name) = entry.parts()?;
+                let old_id = cipher.record_id(ns, name)?;
+                let sealed = db.get(old_id)?.ok_or(StoreError::CorruptRecord)?;
+                let value = cipher.open_value(ns, &old_id, &sealed)?;
+                let new_id = new_cipher.record_id(ns, name)?;
+                new_db.insert(
+                    new_id,
+                    new_cipher.seal(ns, name, &new_id, &value, &mut rng)?,
+                )?;
+            }
+            Ok(())
+        })?;
+        // 2. The header: this destroys the old master key on disk.
+        header.seal_slot(slot, &root, kind, &new_master, &mut rng)?;
+        header.randomize_slot(other, &mut rng);
+        write_header(&dir, &header.encode())?;
+        // 3. The old database goes.
+        drop(db);
+        drop(cipher);
+        promote_new_db(&dir)?;
+        let db = open_db(&dir.join(DB_DIR))?;
+        Ok(SledStore {
+            dir,
+            db,
+            header,
+            slot,
+            master: new_master,
+            cipher: new_cipher,
+            index,
+            rng,
+        })
+    }
+
     /// Panic wipe of this open store: the header is shredded first (keys destroyed on disk),
     /// the in-memory keys and index are zeroized, sled is closed and the files are removed.
     /// See the free function [`panic_wipe`] for the locked case.
@@ -480,13 +564,13 @@ impl<R: CryptoRng> SledStore<R> {
         ns: Namespace,
         prefix: &[u8],
     ) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let start = full_key(ns, prefix);
+        let start = IndexKey::new(ns, prefix);
         let range = self
             .index
             .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Unbounded));
         range
-            .map(|k| k.0.as_slice())
-            .take_while(move |k| k.starts_with(&start))
+            .map(IndexKey::as_slice)
+            .take_while(move |k| k.starts_with(start.as_slice()))
             .filter_map(|k| k.get(1..))
     }
 }
@@ -499,7 +583,7 @@ impl<R: CryptoRng> KvStore for SledStore<R> {
 
     fn contains(&self, ns: Namespace, key: &[u8]) -> Result<bool, StoreError> {
         check_key(key)?;
-        Ok(self.index.contains(full_key(ns, key).as_slice()))
+        Ok(self.index.contains(IndexKey::new(ns, key).as_slice()))
     }
 
     fn scan_prefix(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
@@ -540,7 +624,7 @@ impl<R: CryptoRng> KvStore for SledStore<R> {
                     self.index.insert(IndexKey::new(*ns, key));
                 }
                 BatchOp::Delete { ns, key } => {
-                    self.index.remove(full_key(*ns, key).as_slice());
+                    self.index.remove(IndexKey::new(*ns, key).as_slice());
                 }
             }
         }
