@@ -310,8 +310,11 @@ impl<R: CryptoRng> SledStore<R> {
     ///   foreign database gives [`StoreError::CorruptRecord`].
     pub fn open(dir: &Path, credential: &Credential, rng: R) -> Result<Self, StoreError> {
         let (header, slot, key, root) = unlock_header(dir, credential)?;
-        if slot == SLOT_DURESS {
-            return Self::duress_reset(dir, header, credential, &root, rng);
+        match slot {
+            SLOT_DURESS => return Self::duress_reset(dir, header, credential, &root, rng),
+            SLOT_PRIMARY | SLOT_SECONDARY => {}
+            // The spare slot never wraps a key in format version 1.
+            _ => return Err(StoreError::WrongCredential),
         }
         drop(root);
         let cipher = RecordCipher::new(&key)?;
