@@ -307,3 +307,35 @@ mod tests {
         assert_eq!(h3.unlock(&root, 1).unwrap().unwrap().0, SLOT_DURESS);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes never panic the header parser, and whatever parses re-encodes to the
+        /// same bytes.
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(h) = Header::decode(&bytes) {
+                prop_assert_eq!(h.encode(), bytes);
+            }
+        }
+
+        /// A valid prefix with arbitrary slots parses, and a random root opens no slot.
+        #[test]
+        fn random_slots_open_nothing(slots in proptest::collection::vec(any::<u8>(), 288), root in any::<[u8; 32]>()) {
+            let mut bytes = b"HOVSTORE\x00\x01\x00\x00".to_vec();
+            for v in [8u32, 1, 1] {
+                bytes.extend_from_slice(&v.to_be_bytes());
+            }
+            bytes.extend_from_slice(&[0x11; 32]);
+            bytes.extend_from_slice(&slots);
+            let h = Header::decode(&bytes).unwrap();
+            let mut key = SecretKey::zero();
+            key.as_mut().copy_from_slice(&root);
+            prop_assert!(h.unlock(&key, 1).unwrap().is_none());
+        }
+    }
+}

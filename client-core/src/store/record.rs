@@ -312,3 +312,36 @@ mod tests {
         assert!(c.open_name(&id[..31], &s).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    proptest! {
+        /// Arbitrary stored bytes never panic the record parser and never authenticate.
+        #[test]
+        fn arbitrary_records_are_rejected(id in any::<[u8; 32]>(), sealed in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut rng = StdRng::seed_from_u64(5);
+            let c = RecordCipher::new(&SecretKey::generate(&mut rng)).unwrap();
+            prop_assert!(c.open_name(&id, &sealed).is_err());
+            prop_assert!(c.open_value(Namespace::Messages, &id, &sealed).is_err());
+        }
+
+        /// Any name and value round-trip.
+        #[test]
+        fn round_trip(name in proptest::collection::vec(any::<u8>(), 0..80), value in proptest::collection::vec(any::<u8>(), 0..300), seed in any::<u64>()) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let c = RecordCipher::new(&SecretKey::generate(&mut rng)).unwrap();
+            let id = c.record_id(Namespace::Consent, &name).unwrap();
+            let sealed = c.seal(Namespace::Consent, &name, &id, &value, &mut rng).unwrap();
+            let (ns, got_name) = c.open_name(&id, &sealed).unwrap();
+            prop_assert_eq!(ns, Namespace::Consent);
+            prop_assert_eq!(got_name.as_slice(), name.as_slice());
+            let got_value = c.open_value(ns, &id, &sealed).unwrap();
+            prop_assert_eq!(got_value.as_slice(), value.as_slice());
+        }
+    }
+}

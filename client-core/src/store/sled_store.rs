@@ -33,21 +33,7 @@ impl IndexKey {
         v.extend_from_slice(name);
         IndexKey(v)
     }
-}
 
-impl core::borrow::Borrow<[u8]> for IndexKey {
-    fn borrow(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for IndexKey {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl IndexKey {
     fn as_slice(&self) -> &[u8] {
         &self.0
     }
@@ -59,6 +45,18 @@ impl IndexKey {
             Namespace::from_id(ns).ok_or(StoreError::CorruptRecord)?,
             name,
         ))
+    }
+}
+
+impl core::borrow::Borrow<[u8]> for IndexKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for IndexKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
