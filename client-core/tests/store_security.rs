@@ -412,7 +412,19 @@ fn panic_wipe_works_while_locked_and_is_idempotent() {
 /// Rewrites the raw sled records of a closed store through `f` (test-only layout knowledge:
 /// the database is `db/`, records in sled's default tree, the binding tag under the empty key).
 fn with_raw_db(path: &Path, f: impl FnOnce(&sled::Db, Vec<(Vec<u8>, Vec<u8>)>)) {
-    let db = sled::open(path.join("db")).unwrap();
+    // sled releases its file lock shortly after a close, not at once; wait for it (bounded).
+    let mut attempts = 0;
+    let db = loop {
+        match sled::open(path.join("db")) {
+            Ok(db) => break db,
+            Err(e) if attempts < 300 => {
+                attempts += 1;
+                assert!(e.to_string().contains("lock"), "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     let records: Vec<(Vec<u8>, Vec<u8>)> = db
         .iter()
         .map(|r| r.unwrap())
@@ -776,4 +788,57 @@ fn interrupted_database_replacement_recovers() {
         fs::read(b.join("header")).unwrap(),
         fs::read(before.join("header")).unwrap()
     );
+}
+
+#[test]
+fn passphrase_and_keystore_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("both");
+    let both = |p: &str, k: u8| {
+        Credential::PassphraseAndKeystore(Passphrase::from(p), KeystoreKey::from_bytes([k; 32]))
+    };
+    let mut store = SledStore::create(&path, &both(REAL, 1), cheap(), rng(4)).unwrap();
+    store
+        .put(Namespace::Consent, b"receipt", b"signed")
+        .unwrap();
+    // The duress passphrase, in the same combined form the app builds from the UI.
+    store.set_duress_credential(&both(DURESS, 1)).unwrap();
+    assert!(matches!(
+        store.set_duress_credential(&both(REAL, 1)),
+        Err(StoreError::DuressMatchesCredential)
+    ));
+    store.close().unwrap();
+
+    // Neither half alone, nor the passphrase with another device's key, opens it.
+    assert!(matches!(
+        open(&path, &pw(REAL)),
+        Err(StoreError::WrongCredential)
+    ));
+    let key_only = Credential::from(KeystoreKey::from_bytes([1; 32]));
+    assert!(matches!(
+        open(&path, &key_only),
+        Err(StoreError::WrongCredential)
+    ));
+    assert!(matches!(
+        open(&path, &both(REAL, 2)),
+        Err(StoreError::WrongCredential)
+    ));
+    assert!(matches!(
+        open(&path, &pw(DURESS)),
+        Err(StoreError::WrongCredential)
+    ));
+    assert!(
+        open(&path, &both(REAL, 1))
+            .unwrap()
+            .contains(Namespace::Consent, b"receipt")
+            .unwrap()
+    );
+
+    let decoy = open(&path, &both(DURESS, 1)).unwrap();
+    assert!(!decoy.contains(Namespace::Consent, b"receipt").unwrap());
+    drop(decoy);
+    assert!(matches!(
+        open(&path, &both(REAL, 1)),
+        Err(StoreError::WrongCredential)
+    ));
 }

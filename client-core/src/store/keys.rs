@@ -94,20 +94,26 @@ impl fmt::Debug for KeystoreKey {
     }
 }
 
-/// What unlocks a store: a passphrase (stretched with Argon2id) or a keystore key (used directly
-/// through HKDF-SHA256).
+/// What unlocks a store: a passphrase (stretched with Argon2id), a keystore key (used directly
+/// through HKDF-SHA256), or both together.
 pub enum Credential {
     /// A user passphrase.
     Passphrase(Passphrase),
     /// A 32-byte key from the platform keystore.
     Keystore(KeystoreKey),
+    /// A passphrase *and* a keystore key, both required: the root is
+    /// HKDF-SHA256(salt, Argon2id(passphrase) ‖ key). A disk image alone then cannot be attacked
+    /// offline, and deleting the keystore key makes every copy of the header useless.
+    PassphraseAndKeystore(Passphrase, KeystoreKey),
 }
 
 impl Credential {
+    /// The credential kind mixed into slot KEKs, so one kind can never open another's slot.
     pub(crate) fn kind(&self) -> u8 {
         match self {
             Credential::Passphrase(_) => 1,
             Credential::Keystore(_) => 2,
+            Credential::PassphraseAndKeystore(..) => 3,
         }
     }
 }
@@ -129,6 +135,11 @@ impl fmt::Debug for Credential {
         match self {
             Credential::Passphrase(p) => f.debug_tuple("Passphrase").field(p).finish(),
             Credential::Keystore(k) => f.debug_tuple("Keystore").field(k).finish(),
+            Credential::PassphraseAndKeystore(p, k) => f
+                .debug_tuple("PassphraseAndKeystore")
+                .field(p)
+                .field(k)
+                .finish(),
         }
     }
 }
@@ -263,6 +274,31 @@ impl fmt::Debug for SecretKey {
 
 /// Info string for the keystore root (HKDF-SHA256, salt = header salt).
 const INFO_KEYSTORE_ROOT: &[u8] = b"handover/store/v1/keystore-root";
+/// Info string for the combined passphrase-and-keystore root.
+const INFO_COMBINED_ROOT: &[u8] = b"handover/store/v1/combined-root";
+
+fn argon2id(p: &Passphrase, params: &KdfParams, salt: &[u8]) -> Result<SecretKey, StoreError> {
+    let mut out = SecretKey::zero();
+    let argon_params = Params::new(
+        params.m_cost_kib,
+        params.t_cost,
+        params.p_cost,
+        Some(KEY_LEN),
+    )
+    .map_err(|_| StoreError::InvalidKdfParams)?;
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params)
+        .hash_password_into(p.as_bytes(), salt, out.as_mut())
+        .map_err(|_| StoreError::KeyDerivation)?;
+    Ok(out)
+}
+
+fn hkdf_root(salt: &[u8], ikm: &[u8], info: &[u8]) -> Result<SecretKey, StoreError> {
+    let mut root = SecretKey::zero();
+    Hkdf::<Sha256>::new(Some(salt), ikm)
+        .expand(info, root.as_mut())
+        .map_err(|_| StoreError::KeyDerivation)?;
+    Ok(root)
+}
 
 /// The per-credential root key from which the slot KEKs are expanded.
 pub(crate) fn derive_root(
@@ -270,27 +306,17 @@ pub(crate) fn derive_root(
     params: &KdfParams,
     salt: &[u8],
 ) -> Result<SecretKey, StoreError> {
-    let mut root = SecretKey::zero();
     match credential {
-        Credential::Passphrase(p) => {
-            let argon_params = Params::new(
-                params.m_cost_kib,
-                params.t_cost,
-                params.p_cost,
-                Some(KEY_LEN),
-            )
-            .map_err(|_| StoreError::InvalidKdfParams)?;
-            Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params)
-                .hash_password_into(p.as_bytes(), salt, root.as_mut())
-                .map_err(|_| StoreError::KeyDerivation)?;
-        }
-        Credential::Keystore(k) => {
-            Hkdf::<Sha256>::new(Some(salt), k.as_bytes())
-                .expand(INFO_KEYSTORE_ROOT, root.as_mut())
-                .map_err(|_| StoreError::KeyDerivation)?;
+        Credential::Passphrase(p) => argon2id(p, params, salt),
+        Credential::Keystore(k) => hkdf_root(salt, k.as_bytes(), INFO_KEYSTORE_ROOT),
+        Credential::PassphraseAndKeystore(p, k) => {
+            let stretched = argon2id(p, params, salt)?;
+            let mut ikm = Zeroizing::new([0u8; 2 * KEY_LEN]);
+            ikm[..KEY_LEN].copy_from_slice(stretched.as_bytes());
+            ikm[KEY_LEN..].copy_from_slice(k.as_bytes());
+            hkdf_root(salt, &ikm[..], INFO_COMBINED_ROOT)
         }
     }
-    Ok(root)
 }
 
 #[cfg(test)]

@@ -90,8 +90,35 @@ impl<R: CryptoRng> fmt::Debug for SledStore<R> {
     }
 }
 
+/// How often [`open_db`] retries while sled's file lock is still held by a closing instance.
+const LOCK_RETRIES: u32 = 300;
+/// Pause between those retries.
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Whether `e` is sled's "could not acquire lock" (sled 0.34 reports it only as text).
+fn is_lock_contention(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::Other
+        && io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens the sled database at `path`.
+///
+/// Dropping a `sled::Db` does not release its exclusive file lock at once: sled's thread pool
+/// may still be finishing a write that holds the file. So a database closed a moment ago (by
+/// `close`, a re-key or a duress reset, or by the app re-opening after a lock screen) can
+/// refuse to open; this retries for up to about three seconds before giving up.
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
-    Ok(sled::Config::new().path(path).open()?)
+    let mut attempt = 0;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_contention(&e) && attempt < LOCK_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Creates a database at `dir/db.new` holding the binding tag of `cipher` and whatever `fill`
@@ -128,26 +155,29 @@ fn promote_new_db(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether the database at `path` carries `cipher`'s binding tag.
-fn db_matches(path: &Path, cipher: &RecordCipher) -> Result<bool, StoreError> {
+/// The database at `path`, open, if it exists and carries `cipher`'s binding tag.
+fn open_if_matching(path: &Path, cipher: &RecordCipher) -> Result<Option<sled::Db>, StoreError> {
     if !path.is_dir() {
-        return Ok(false);
+        return Ok(None);
     }
     let db = open_db(path)?;
     let tag = db.get(BINDING_KEY)?;
-    Ok(tag.is_some_and(|t| cipher.binding_matches(&t)))
+    Ok(tag
+        .is_some_and(|t| cipher.binding_matches(&t))
+        .then_some(db))
 }
 
 /// Finds the database belonging to the unlocked master key, finishing an interrupted
 /// replacement if needed, and opens it.
 fn select_db(dir: &Path, cipher: &RecordCipher) -> Result<sled::Db, StoreError> {
     let (live, new, old) = (dir.join(DB_DIR), dir.join(DB_NEW), dir.join(DB_OLD));
-    if db_matches(&live, cipher)? {
+    if let Some(db) = open_if_matching(&live, cipher)? {
         remove_dir_if_exists(&new)?;
         remove_dir_if_exists(&old)?;
-        return open_db(&live);
+        return Ok(db);
     }
-    if db_matches(&new, cipher)? {
+    if let Some(db) = open_if_matching(&new, cipher)? {
+        drop(db);
         promote_new_db(dir)?;
         return open_db(&live);
     }
@@ -424,12 +454,21 @@ impl<R: CryptoRng> SledStore<R> {
 
     /// Sets (or replaces) the duress passphrase. Opening the store with it later wipes the real
     /// profile and opens an empty one. Nothing in the header or the store records whether a
-    /// duress passphrase is set.
+    /// duress passphrase is set. Same as [`SledStore::set_duress_credential`] with
+    /// [`Credential::Passphrase`].
     pub fn set_duress_passphrase(&mut self, duress: &Passphrase) -> Result<(), StoreError> {
-        let credential = Credential::Passphrase(Passphrase::new(duress.as_bytes()));
+        self.set_duress_credential(&Credential::Passphrase(Passphrase::new(duress.as_bytes())))
+    }
+
+    /// Sets (or replaces) the duress credential. It must be of the kind the app builds from
+    /// what the user types: an app that unlocks with
+    /// [`Credential::PassphraseAndKeystore`] must set the duress passphrase in that form too,
+    /// or typing it will be just a wrong passphrase. Fails with
+    /// [`StoreError::DuressMatchesCredential`] if it unlocks the real profile.
+    pub fn set_duress_credential(&mut self, duress: &Credential) -> Result<(), StoreError> {
         let mut header = self.header.clone();
-        let root = derive_root(&credential, header.params(), header.salt())?;
-        let kind = credential.kind();
+        let root = derive_root(duress, header.params(), header.salt())?;
+        let kind = duress.kind();
         if header
             .matching_slots(&root, kind)?
             .iter()
