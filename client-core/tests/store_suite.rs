@@ -458,3 +458,13 @@ mod props {
         }
     }
 }
+
+/// The engine may move stores between threads (the FFI wraps them in a mutex).
+#[test]
+fn stores_are_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<InMemoryStore>();
+    assert_send::<SledStore<StdRng>>();
+    assert_send::<WriteBatch>();
+    assert_send::<StoreError>();
+}
