@@ -11,3 +11,4 @@
 
 #[cfg(feature = "net")]
 pub mod net;
+pub mod store;
