@@ -8,3 +8,15 @@
 //!
 //! This crate depends on `handover-proto` (the wire contract) and never on `handover-relay`: a
 //! client must be implementable from docs/PROTOCOL.md alone, without relay code.
+
+pub mod identity;
+
+pub mod attachment;
+mod encoding;
+pub mod fanout;
+pub mod pqxdh;
+pub mod ratchet;
+pub mod sealed;
+pub mod session;
+#[cfg(feature = "test-support")]
+pub mod testing;
