@@ -335,3 +335,223 @@ impl Pair {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Known-answer vectors of Handover's own constructions.
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn secret(rng: &mut TestRng) -> x25519_dalek::StaticSecret {
+    let mut b = [0u8; 32];
+    rand_core::Rng::fill_bytes(rng, &mut b);
+    x25519_dalek::StaticSecret::from(b)
+}
+
+fn public(s: &x25519_dalek::StaticSecret) -> [u8; 32] {
+    x25519_dalek::PublicKey::from(s).to_bytes()
+}
+
+/// Computes the known-answer vectors of docs/PROTOCOL.md's constructions (PQXDH derivation,
+/// ratchet KDF chain and message encryption, sealed envelope, STREAM segments) from fixed
+/// seeds, as `(name, lowercase hex)` pairs. `client-core/tests/data/handover_vectors.json`
+/// holds the expected values and `tests/vectors.rs` compares.
+pub fn known_answer_vectors() -> Vec<(&'static str, String)> {
+    use crate::pqxdh::{dh, kdf, kem_encapsulate};
+    use crate::ratchet::{Header, kdf_ck, kdf_rk, message_key_material, seal_with_message_key};
+    use ml_kem::kem::Decapsulate as _;
+    use ml_kem::{DecapsulationKey, KeyExport as _, MlKem768, Seed};
+
+    let mut v: Vec<(&'static str, String)> = Vec::new();
+    let mut rng = TestRng::seeded(0x4841_4e44_4f56_4552); // "HANDOVER"
+
+    // PQXDH.
+    let ik_a = secret(&mut rng);
+    let ek_a = secret(&mut rng);
+    let ik_b = secret(&mut rng);
+    let spk_b = secret(&mut rng);
+    let opk_b = secret(&mut rng);
+    let mut kem_seed = [0u8; 64];
+    rand_core::Rng::fill_bytes(&mut rng, &mut kem_seed);
+    let dk = DecapsulationKey::<MlKem768>::from_seed(Seed::from(kem_seed));
+    let kem_public = dk.encapsulation_key().to_bytes().to_vec();
+    let mut encaps_rng = rng.clone();
+    let mut kem_m = [0u8; 32];
+    rand_core::Rng::fill_bytes(&mut encaps_rng, &mut kem_m);
+    let Some((kem_ct, ss)) = kem_encapsulate(&kem_public, &mut rng) else {
+        return v;
+    };
+    let ct_arr = ml_kem::Ciphertext::<MlKem768>::try_from(kem_ct.as_slice());
+    let ss_bob = ct_arr
+        .map(|ct| dk.decapsulate(&ct).to_vec())
+        .unwrap_or_default();
+    let zero = zeroize::Zeroizing::new([0u8; 32]);
+    let dh1 = dh(&ik_a, &public(&spk_b)).unwrap_or(zero.clone());
+    let dh2 = dh(&ek_a, &public(&ik_b)).unwrap_or(zero.clone());
+    let dh3 = dh(&ek_a, &public(&spk_b)).unwrap_or(zero.clone());
+    let dh4 = dh(&ek_a, &public(&opk_b)).unwrap_or(zero.clone());
+    let sk = kdf(&dh1, &dh2, &dh3, Some(&dh4), &ss[..]);
+    let sk_no_opk = kdf(&dh1, &dh2, &dh3, None, &ss[..]);
+    let mut ad = Vec::new();
+    ad.extend_from_slice(&public(&ik_a));
+    ad.extend_from_slice(&public(&ik_b));
+    v.push(("pqxdh.ik_a_secret", hex(ik_a.as_bytes())));
+    v.push(("pqxdh.ik_a", hex(&public(&ik_a))));
+    v.push(("pqxdh.ek_a_secret", hex(ek_a.as_bytes())));
+    v.push(("pqxdh.ek_a", hex(&public(&ek_a))));
+    v.push(("pqxdh.ik_b_secret", hex(ik_b.as_bytes())));
+    v.push(("pqxdh.ik_b", hex(&public(&ik_b))));
+    v.push(("pqxdh.spk_b_secret", hex(spk_b.as_bytes())));
+    v.push(("pqxdh.spk_b", hex(&public(&spk_b))));
+    v.push(("pqxdh.opk_b_secret", hex(opk_b.as_bytes())));
+    v.push(("pqxdh.opk_b", hex(&public(&opk_b))));
+    v.push(("pqxdh.kem_seed", hex(&kem_seed)));
+    v.push(("pqxdh.kem_public_key", hex(&kem_public)));
+    v.push(("pqxdh.kem_encaps_m", hex(&kem_m)));
+    v.push(("pqxdh.kem_ciphertext", hex(&kem_ct)));
+    v.push(("pqxdh.kem_shared_secret", hex(&ss[..])));
+    v.push(("pqxdh.kem_shared_secret_bob", hex(&ss_bob)));
+    v.push(("pqxdh.dh1", hex(&dh1[..])));
+    v.push(("pqxdh.dh2", hex(&dh2[..])));
+    v.push(("pqxdh.dh3", hex(&dh3[..])));
+    v.push(("pqxdh.dh4", hex(&dh4[..])));
+    v.push(("pqxdh.sk", hex(&sk.0)));
+    v.push(("pqxdh.sk_without_opk", hex(&sk_no_opk.0)));
+    v.push(("pqxdh.ad", hex(&ad)));
+
+    // Double Ratchet: Alice's first sending chain from SK and Bob's signed prekey.
+    let ratchet_a = secret(&mut rng);
+    let dh_out = dh(&ratchet_a, &public(&spk_b)).unwrap_or(zero.clone());
+    let (rk1, ck0) = kdf_rk(&sk.0, &dh_out);
+    let (ck1, mk0) = kdf_ck(&ck0.0);
+    let (ck2, mk1) = kdf_ck(&ck1.0);
+    let (aead_key0, nonce0) = message_key_material(&mk0.0);
+    let header0 = Header {
+        ratchet_key: public(&ratchet_a),
+        previous_chain_length: 0,
+        message_number: 0,
+    };
+    let header1 = Header {
+        message_number: 1,
+        ..header0
+    };
+    let pt0 = b"Referral for Ms. A: please call back.";
+    let pt1 = b"";
+    let ct0 = seal_with_message_key(&mk0.0, pt0, &ad, &header0);
+    let ct1 = seal_with_message_key(&mk1.0, pt1, &ad, &header1);
+    v.push(("ratchet.alice_ratchet_secret", hex(ratchet_a.as_bytes())));
+    v.push(("ratchet.alice_ratchet_key", hex(&public(&ratchet_a))));
+    v.push(("ratchet.dh_out", hex(&dh_out[..])));
+    v.push(("ratchet.root_key_1", hex(&rk1.0)));
+    v.push(("ratchet.chain_key_0", hex(&ck0.0)));
+    v.push(("ratchet.message_key_0", hex(&mk0.0)));
+    v.push(("ratchet.chain_key_1", hex(&ck1.0)));
+    v.push(("ratchet.message_key_1", hex(&mk1.0)));
+    v.push(("ratchet.chain_key_2", hex(&ck2.0)));
+    v.push(("ratchet.aead_key_0", hex(&aead_key0[..])));
+    v.push(("ratchet.aead_nonce_0", hex(&nonce0)));
+    v.push(("ratchet.header_0", hex(&header0.to_bytes())));
+    v.push(("ratchet.plaintext_0", hex(pt0)));
+    v.push(("ratchet.ciphertext_0", hex(&ct0)));
+    v.push(("ratchet.header_1", hex(&header1.to_bytes())));
+    v.push(("ratchet.ciphertext_1", hex(&ct1)));
+
+    // Sealed envelope.
+    let recipient = MailboxSealingKey::from_secret_bytes(&{
+        let mut b = [0u8; 32];
+        rand_core::Rng::fill_bytes(&mut rng, &mut b);
+        b
+    });
+    let mut envelope_id = [0u8; 16];
+    rand_core::Rng::fill_bytes(&mut rng, &mut envelope_id);
+    let expires_at: u64 = START_TIME + ENVELOPE_TTL;
+    let sealed_msg = wire::Sealed {
+        sender: Some(wire::SignedDeviceCertificate {
+            certificate: vec![0x0a, 0x20],
+            signature: vec![0x5a; 64],
+        }),
+        message: Some(wire::sealed::Message::Ratchet(wire::RatchetMessage {
+            ratchet_key: public(&ratchet_a).to_vec(),
+            previous_chain_length: 0,
+            message_number: 0,
+            ciphertext: ct0.clone(),
+        })),
+    };
+    let encoded = prost::Message::encode_to_vec(&sealed_msg);
+    let mut ikm_rng = rng.clone();
+    let mut ikm_e = [0u8; 32];
+    rand_core::Rng::fill_bytes(&mut ikm_rng, &mut ikm_e);
+    let envelope = sealed::seal(
+        &recipient.public_key(),
+        &sealed_msg,
+        &envelope_id,
+        expires_at,
+        &mut rng,
+    )
+    .unwrap_or_default();
+    v.push((
+        "sealed.recipient_secret",
+        hex(&recipient.to_secret_bytes()[..]),
+    ));
+    v.push(("sealed.recipient_public", hex(&recipient.public_key())));
+    v.push(("sealed.envelope_id", hex(&envelope_id)));
+    v.push(("sealed.expires_at_be", hex(&expires_at.to_be_bytes())));
+    v.push((
+        "sealed.aad",
+        hex(&sealed::envelope_aad(&envelope_id, expires_at)),
+    ));
+    v.push(("sealed.info", hex(sealed::HPKE_INFO)));
+    v.push(("sealed.encoded_sealed", hex(&encoded)));
+    v.push(("sealed.ikm_e", hex(&ikm_e)));
+    v.push(("sealed.envelope_ciphertext", hex(&envelope)));
+
+    // STREAM: two full segments and a short last one.
+    let mut key = [0u8; 32];
+    rand_core::Rng::fill_bytes(&mut rng, &mut key);
+    let plaintext: Vec<u8> = (0..(2 * crate::attachment::SEGMENT_LEN + 100))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut ct = Vec::new();
+    let file = crate::attachment::FileKey::from_bytes(&key).and_then(|k| {
+        crate::attachment::encrypt_with_key(k, &mut &plaintext[..], &mut ct, |_| {}).ok()
+    });
+    let seg = crate::attachment::SEGMENT_LEN + crate::attachment::TAG_LEN;
+    let nonce = |i: u32, last: bool| {
+        let mut n = [0u8; 12];
+        n[7..11].copy_from_slice(&i.to_be_bytes());
+        n[11] = u8::from(last);
+        n
+    };
+    v.push(("stream.key", hex(&key)));
+    v.push((
+        "stream.plaintext_len_be",
+        hex(&(plaintext.len() as u64).to_be_bytes()),
+    ));
+    v.push(("stream.plaintext_sha256", hex(&Sha256::digest(&plaintext))));
+    v.push((
+        "stream.blobref_sha256",
+        hex(&file.map(|f| f.plaintext_sha256).unwrap_or_default()),
+    ));
+    v.push(("stream.nonce_0", hex(&nonce(0, false))));
+    v.push(("stream.nonce_1", hex(&nonce(1, false))));
+    v.push(("stream.nonce_2_last", hex(&nonce(2, true))));
+    v.push((
+        "stream.ciphertext_len_be",
+        hex(&(ct.len() as u64).to_be_bytes()),
+    ));
+    v.push(("stream.ciphertext_sha256", hex(&Sha256::digest(&ct))));
+    v.push((
+        "stream.segment_0_tag",
+        hex(ct.get(seg - 16..seg).unwrap_or_default()),
+    ));
+    v.push((
+        "stream.segment_1_tag",
+        hex(ct.get(2 * seg - 16..2 * seg).unwrap_or_default()),
+    ));
+    v.push((
+        "stream.segment_2",
+        hex(ct.get(2 * seg..).unwrap_or_default()),
+    ));
+    v
+}
