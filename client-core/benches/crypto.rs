@@ -1,1 +1,3 @@
+//! Benchmarks (placeholder).
+
 fn main() {}
