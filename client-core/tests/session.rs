@@ -613,3 +613,13 @@ proptest! {
         run(seed, &events, true)?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The fuzz target's driver on random inputs.
+    #[test]
+    fn fuzz_driver_holds_invariants(data in prop::collection::vec(any::<u8>(), 0..96)) {
+        handover_core::testing::drive_events(&data);
+    }
+}
