@@ -146,6 +146,7 @@ pub struct TestEnvelope {
 
 /// Errors of the harness.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HarnessError {
     /// From the session.
     #[error(transparent)]
