@@ -15,12 +15,14 @@ use chacha20poly1305::ChaCha20Poly1305;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use criterion::{Criterion, Throughput};
 use handover_core::attachment;
+use handover_core::pqxdh::PrekeyBundle;
 use handover_core::sealed;
 use handover_core::session::{OutgoingMessage, Session};
 use handover_core::testing::{Pair, Side, TestRng};
 use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;
 use prost::Message as _;
+use sha2::{Digest, Sha256};
 use vodozemac::olm::{Account, OlmMessage, SessionConfig};
 
 const MESSAGE_LEN: usize = 1024;
@@ -96,135 +98,153 @@ fn olm_message(from: &mut vodozemac::olm::Session, to: &mut vodozemac::olm::Sess
     black_box(to.decrypt(&m).unwrap());
 }
 
+/// Times `ours` and `peer` alternately inside one criterion routine, so load changes on the
+/// shared machine hit both equally; records each side separately.
+fn interleaved(
+    iters: u64,
+    ours_id: &'static str,
+    peer_id: &'static str,
+    mut ours: impl FnMut() -> Duration,
+    mut peer: impl FnMut() -> Duration,
+) -> Duration {
+    let (mut a, mut b) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..iters {
+        a += ours();
+        b += peer();
+    }
+    record(ours_id, iters, a);
+    record(peer_id, iters, b);
+    a + b
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
 fn bench_ratchet(c: &mut Criterion) {
     let plaintext = vec![0x42u8; MESSAGE_LEN];
-    let mut g = c.benchmark_group("ratchet_one_direction_1KiB");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("handover", |b| {
+    let mut g = c.benchmark_group("ratchet_1KiB");
+    g.throughput(Throughput::Elements(2));
+    g.bench_function("one_direction/handover+vodozemac", |b| {
         let mut pair = Pair::established(1).unwrap();
         let mut rng = TestRng::seeded(2);
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                handover_message(&mut pair, Side::Alice, &mut rng, &plaintext);
-            }
-            record("one_direction/handover", iters, start.elapsed())
-        })
-    });
-    g.bench_function("vodozemac", |b| {
         let (mut a, mut bob) = olm_pair();
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                olm_message(&mut a, &mut bob, &plaintext);
-            }
-            record("one_direction/vodozemac", iters, start.elapsed())
+            interleaved(
+                iters,
+                "one_direction/handover",
+                "one_direction/vodozemac",
+                || timed(|| handover_message(&mut pair, Side::Alice, &mut rng, &plaintext)),
+                || timed(|| olm_message(&mut a, &mut bob, &plaintext)),
+            )
         })
     });
-    g.finish();
-
-    let mut g = c.benchmark_group("ratchet_alternating_1KiB");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("handover", |b| {
+    g.bench_function("alternating/handover+vodozemac", |b| {
         let mut pair = Pair::established(3).unwrap();
         let mut rng = TestRng::seeded(4);
         let mut from = Side::Alice;
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                handover_message(&mut pair, from, &mut rng, &plaintext);
-                from = from.other();
-            }
-            record("alternating/handover", iters, start.elapsed())
-        })
-    });
-    g.bench_function("vodozemac", |b| {
         let (mut a, mut bob) = olm_pair();
         let mut alice_sends = true;
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                if alice_sends {
-                    olm_message(&mut a, &mut bob, &plaintext);
-                } else {
-                    olm_message(&mut bob, &mut a, &plaintext);
-                }
-                alice_sends = !alice_sends;
-            }
-            record("alternating/vodozemac", iters, start.elapsed())
+            interleaved(
+                iters,
+                "alternating/handover",
+                "alternating/vodozemac",
+                || {
+                    let d = timed(|| handover_message(&mut pair, from, &mut rng, &plaintext));
+                    from = from.other();
+                    d
+                },
+                || {
+                    let d = timed(|| {
+                        if alice_sends {
+                            olm_message(&mut a, &mut bob, &plaintext);
+                        } else {
+                            olm_message(&mut bob, &mut a, &plaintext);
+                        }
+                    });
+                    alice_sends = !alice_sends;
+                    d
+                },
+            )
         })
     });
     g.finish();
 }
 
+fn handover_setup(
+    pair: &Pair,
+    bundle: &PrekeyBundle,
+    rng: &mut TestRng,
+    plaintext: &[u8],
+) -> Duration {
+    // A fresh copy of Bob's prekey store (outside the timed part): accepting consumes the
+    // one-time prekey.
+    let mut store = pair.party(Side::Bob).prekeys.clone();
+    let start = Instant::now();
+    let alice = pair.party(Side::Alice);
+    // Alice: certificate and both prekey signatures checked, X25519 x4, ML-KEM encaps,
+    // ratchet initialisation, first message.
+    let (mut session, _) =
+        Session::initiate(&alice.keys, &alice.peer_trust, bundle, pair.now, rng).unwrap();
+    let OutgoingMessage::Prekey(first) = session.encrypt(plaintext).unwrap() else {
+        panic!("expected an initial message")
+    };
+    let bytes = first.encode_to_vec();
+    let bob = pair.party(Side::Bob);
+    // Bob: sender certificate checked, X25519 x4, ML-KEM decaps, first decryption (a DH
+    // ratchet step).
+    let first: wire::PrekeyMessage = decode::message(&bytes).unwrap();
+    let cert = bob
+        .peer_trust
+        .verify_certificate(&alice.certificate, pair.now)
+        .unwrap();
+    let out = Session::respond(&bob.keys, &mut store, &cert, &first, pair.now, rng).unwrap();
+    let d = start.elapsed();
+    black_box(out);
+    d
+}
+
+fn olm_setup(alice: &Account, bob: &mut Account, plaintext: &[u8]) -> Duration {
+    bob.generate_one_time_keys(1);
+    let otk = *bob.one_time_keys().values().next().unwrap();
+    bob.mark_keys_as_published();
+    let start = Instant::now();
+    let mut a = alice
+        .create_outbound_session(SessionConfig::version_1(), bob.curve25519_key(), otk)
+        .unwrap();
+    let (t, bytes) = a.encrypt(plaintext).unwrap().to_parts();
+    let OlmMessage::PreKey(pre) = OlmMessage::from_parts(t, &bytes).unwrap() else {
+        panic!("expected a pre-key message")
+    };
+    let out = bob
+        .create_inbound_session(SessionConfig::version_1(), alice.curve25519_key(), &pre)
+        .unwrap();
+    let d = start.elapsed();
+    black_box(out.plaintext);
+    d
+}
+
 fn bench_setup(c: &mut Criterion) {
     let plaintext = vec![0x42u8; MESSAGE_LEN];
     let mut g = c.benchmark_group("session_setup");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("handover_pqxdh", |b| {
-        // Bob's keys and prekeys are made once; every iteration uses a fresh copy of his prekey
-        // store (made outside the timed part) because accepting consumes the one-time prekey.
+    g.throughput(Throughput::Elements(2));
+    g.bench_function("handover_pqxdh+vodozemac_olm", |b| {
         let mut pair = Pair::new(5);
         let bundle = pair.bob_bundle().unwrap();
         let mut rng = TestRng::seeded(6);
-        b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            for _ in 0..iters {
-                let mut store = pair.party(Side::Bob).prekeys.clone();
-                let start = Instant::now();
-                let alice = pair.party(Side::Alice);
-                // Alice: certificate and both prekey signatures checked, X25519 x4, ML-KEM encaps.
-                let (mut session, _) =
-                    Session::initiate(&alice.keys, &alice.peer_trust, &bundle, pair.now, &mut rng)
-                        .unwrap();
-                let OutgoingMessage::Prekey(first) = session.encrypt(&plaintext).unwrap() else {
-                    panic!("expected an initial message")
-                };
-                let bytes = first.encode_to_vec();
-                let bob = pair.party(Side::Bob);
-                // Bob: sender certificate checked, X25519 x4, ML-KEM decaps, first decryption.
-                let first: wire::PrekeyMessage = decode::message(&bytes).unwrap();
-                let cert = bob
-                    .peer_trust
-                    .verify_certificate(&alice.certificate, pair.now)
-                    .unwrap();
-                let out =
-                    Session::respond(&bob.keys, &mut store, &cert, &first, pair.now, &mut rng)
-                        .unwrap();
-                timed += start.elapsed();
-                black_box(out);
-            }
-            record("setup/handover", iters, timed)
-        });
-    });
-    g.bench_function("vodozemac_olm", |b| {
         let alice = Account::new();
         let mut bob = Account::new();
         b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            for _ in 0..iters {
-                bob.generate_one_time_keys(1);
-                let otk = *bob.one_time_keys().values().next().unwrap();
-                bob.mark_keys_as_published();
-                let start = Instant::now();
-                let mut a = alice
-                    .create_outbound_session(SessionConfig::version_1(), bob.curve25519_key(), otk)
-                    .unwrap();
-                let (t, bytes) = a.encrypt(&plaintext).unwrap().to_parts();
-                let OlmMessage::PreKey(pre) = OlmMessage::from_parts(t, &bytes).unwrap() else {
-                    panic!("expected a pre-key message")
-                };
-                let out = bob
-                    .create_inbound_session(
-                        SessionConfig::version_1(),
-                        alice.curve25519_key(),
-                        &pre,
-                    )
-                    .unwrap();
-                timed += start.elapsed();
-                black_box(out.plaintext);
-            }
-            record("setup/vodozemac", iters, timed)
+            interleaved(
+                iters,
+                "setup/handover",
+                "setup/vodozemac",
+                || handover_setup(&pair, &bundle, &mut rng, &plaintext),
+                || olm_setup(&alice, &mut bob, &plaintext),
+            )
         })
     });
     g.finish();
@@ -261,47 +281,56 @@ fn bench_sealed(c: &mut Criterion) {
 fn bench_attachment(c: &mut Criterion) {
     let data: Vec<u8> = (0..FILE_LEN).map(|i| i as u8).collect();
     let mut g = c.benchmark_group("attachment_16MiB_seal_open");
-    g.throughput(Throughput::Bytes(2 * FILE_LEN as u64));
+    g.throughput(Throughput::Bytes(3 * 2 * FILE_LEN as u64));
     g.sample_size(10);
-    g.bench_function("handover_stream", |b| {
+    g.bench_function("handover_stream+raw_aead+raw_aead_sha256", |b| {
         let mut rng = TestRng::seeded(9);
         let mut ct = Vec::with_capacity(FILE_LEN + FILE_LEN / 1000);
         let mut out = Vec::with_capacity(FILE_LEN);
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                ct.clear();
-                out.clear();
-                let file = attachment::encrypt(&mut rng, &mut &data[..], &mut ct, |_| {}).unwrap();
-                let blob = file.blob_ref([0; 16], String::new());
-                attachment::decrypt(&blob, &mut &ct[..], &mut out, |_| {}).unwrap();
-                black_box(&out);
-            }
-            record("attachment/handover", iters, start.elapsed())
-        })
-    });
-    g.bench_function("raw_chacha20poly1305", |b| {
         let cipher = ChaCha20Poly1305::new(&[7u8; 32].into());
         let mut buf = data.clone();
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
+        let raw = |hash: bool, buf: &mut Vec<u8>| {
+            timed(|| {
+                let h1 = hash.then(|| Sha256::digest(&buf[..]));
                 let tag = cipher
                     .encrypt_inout_detached(&[0u8; 12].into(), &[], buf.as_mut_slice().into())
                     .unwrap();
                 cipher
                     .decrypt_inout_detached(&[0u8; 12].into(), &[], buf.as_mut_slice().into(), &tag)
                     .unwrap();
-                black_box(&buf);
+                let h2 = hash.then(|| Sha256::digest(&buf[..]));
+                black_box((&buf, h1, h2));
+            })
+        };
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let ours = timed(|| {
+                    ct.clear();
+                    out.clear();
+                    let file =
+                        attachment::encrypt(&mut rng, &mut &data[..], &mut ct, |_| {}).unwrap();
+                    let blob = file.blob_ref([0; 16], String::new());
+                    attachment::decrypt(&blob, &mut &ct[..], &mut out, |_| {}).unwrap();
+                    black_box(&out);
+                });
+                let r = raw(false, &mut buf);
+                let rh = raw(true, &mut buf);
+                record("attachment/handover", 1, ours);
+                record("attachment/raw", 1, r);
+                record("attachment/raw_sha256", 1, rh);
+                total += ours + r + rh;
             }
-            record("attachment/raw", iters, start.elapsed())
+            total
         })
     });
     g.finish();
 }
 
 fn report() {
-    let us = |id| per_iter(id) * 1e6;
+    fn us(id: &str) -> f64 {
+        per_iter(id) * 1e6
+    }
     println!("\n== Client core cryptography: ratios (same run) ==");
     let row = |name: &str, ours: &str, peer: &str, target: f64| {
         let ratio = per_iter(peer) / per_iter(ours);
@@ -337,15 +366,82 @@ fn report() {
         "attachment/raw",
         0.8,
     );
-    let mib_s = |id| 2.0 * FILE_LEN as f64 / per_iter(id) / (1024.0 * 1024.0);
+    row(
+        "attachment 16 MiB seal+open (vs raw AEAD+SHA-256)",
+        "attachment/handover",
+        "attachment/raw_sha256",
+        0.8,
+    );
+    let mib_s = |id: &str| 2.0 * FILE_LEN as f64 / per_iter(id) / (1024.0 * 1024.0);
     println!(
-        "attachment throughput: handover {:.0} MiB/s, raw ChaCha20-Poly1305 {:.0} MiB/s (seal+open bytes)",
+        "attachment throughput (seal+open bytes): handover {:.0} MiB/s, raw ChaCha20-Poly1305 {:.0} MiB/s, raw ChaCha20-Poly1305 + SHA-256 {:.0} MiB/s",
         mib_s("attachment/handover"),
-        mib_s("attachment/raw")
+        mib_s("attachment/raw"),
+        mib_s("attachment/raw_sha256")
     );
     println!(
         "sealed envelope (HPKE seal + open, 1 KiB message, 2 KiB bucket): {:.2} us",
         us("sealed/hpke")
+    );
+}
+
+/// Mean cost of the primitives a session setup and a DH ratchet step use (simple loops).
+fn primitive_costs() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use ml_kem::kem::{Decapsulate, Encapsulate};
+    use ml_kem::{DecapsulationKey, MlKem768};
+    use x25519_dalek::{PublicKey, StaticSecret};
+    const N: u32 = 200;
+    let mut rng = TestRng::seeded(10);
+    let mean = |name: &str, mut f: Box<dyn FnMut() + '_>| {
+        let start = Instant::now();
+        for _ in 0..N {
+            f();
+        }
+        println!(
+            "{name:<44} {:>10.2} us",
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(N)
+        );
+    };
+    println!("\n== primitive costs on this machine ==");
+    let a = StaticSecret::random_from_rng(&mut rng);
+    let bp = PublicKey::from(&StaticSecret::random_from_rng(&mut rng));
+    mean(
+        "X25519 DH (variable base)",
+        Box::new(|| {
+            black_box(a.diffie_hellman(&bp));
+        }),
+    );
+    mean(
+        "X25519 key generation (fixed base)",
+        Box::new(|| {
+            black_box(PublicKey::from(&StaticSecret::random_from_rng(&mut rng)));
+        }),
+    );
+    let sk = SigningKey::from_bytes(&[3; 32]);
+    let sig = sk.sign(b"message");
+    let vk = sk.verifying_key();
+    mean(
+        "Ed25519 verify_strict",
+        Box::new(|| {
+            black_box(vk.verify_strict(b"message", &sig).is_ok());
+        }),
+    );
+    let dk = DecapsulationKey::<MlKem768>::from_seed([5u8; 64].into());
+    let ek = dk.encapsulation_key().clone();
+    let mut rng2 = TestRng::seeded(11);
+    let (ct, _) = ek.encapsulate_with_rng(&mut rng2);
+    mean(
+        "ML-KEM-768 encapsulate",
+        Box::new(|| {
+            black_box(ek.encapsulate_with_rng(&mut rng2));
+        }),
+    );
+    mean(
+        "ML-KEM-768 decapsulate",
+        Box::new(|| {
+            black_box(dk.decapsulate(&ct));
+        }),
     );
 }
 
@@ -361,4 +457,5 @@ fn main() {
     bench_attachment(&mut c);
     c.final_summary();
     report();
+    primitive_costs();
 }
