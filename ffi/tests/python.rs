@@ -1,0 +1,50 @@
+//! Runs the Python tests of the generated bindings (ffi/tests/python, pytest) as part of
+//! `cargo test`: `scripts/ffi-python-test.sh --no-build` generates the Python bindings from the
+//! library that cargo built for this test run and drives them, against a real relay process when
+//! one is built in the target directory.
+//!
+//! No cargo command runs from here: cargo test holds the target directory's lock, so a nested
+//! build would wait forever. The library is already built: cargo compiles the `cdylib` crate
+//! type together with the `lib` this test links, and copies it to `target/<profile>/`, the
+//! directory above this test's executable. `uniffi-bindgen` is a workspace member built by
+//! `cargo test --workspace` (the script builds it into a separate target directory otherwise).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `target/<profile>`: this test executable lives in `target/<profile>/deps/`.
+fn profile_dir(exe: &Path) -> Option<PathBuf> {
+    Some(exe.parent()?.parent()?.to_path_buf())
+}
+
+#[test]
+fn python_binding_tests_pass() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: python3 is not installed, so the Python binding tests did not run");
+        return;
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = profile_dir(&exe).expect("test executable is in target/<profile>/deps");
+    let lib = profile_dir.join(if cfg!(target_os = "macos") {
+        "libhandover_ffi.dylib"
+    } else {
+        "libhandover_ffi.so"
+    });
+    assert!(lib.is_file(), "{} was not built", lib.display());
+    let target_dir = profile_dir.parent().expect("target directory");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let status = Command::new("bash")
+        .arg(root.join("scripts/ffi-python-test.sh"))
+        .arg("--no-build")
+        .args(["-q", "-rs"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("HANDOVER_FFI_LIB_DIR", &profile_dir)
+        .status()
+        .expect("run scripts/ffi-python-test.sh");
+    assert!(
+        status.success(),
+        "the Python binding tests failed: {status}"
+    );
+}
