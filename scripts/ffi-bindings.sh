@@ -10,7 +10,8 @@
 #              uniffi-bindgen is then built into a separate target directory (target/ffi-tools).
 # --lang       generate only these languages (default: all three).
 #
-# Environment: CARGO_TARGET_DIR (default ./target), HANDOVER_FFI_LIB_DIR (see below), CC (cc).
+# Environment: CARGO_TARGET_DIR (default ./target), HANDOVER_FFI_LIB_DIR and HANDOVER_FFI_LIB
+# (see below), CC (default clang, else cc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -37,10 +38,12 @@ case "$(uname -s)" in
     Darwin) libname=libhandover_ffi.dylib ;;
     *) libname=libhandover_ffi.so ;;
 esac
-# HANDOVER_FFI_LIB_DIR overrides where the library and uniffi-bindgen are looked up (the Rust
-# test passes its own profile directory).
+# HANDOVER_FFI_LIB_DIR overrides where uniffi-bindgen (and the library) are looked up, and
+# HANDOVER_FFI_LIB the library itself: `cargo test` leaves the library it built in
+# target/<profile>/deps/ without copying it up to target/<profile>/, so the Rust test passes
+# that one.
 libdir=${HANDOVER_FFI_LIB_DIR:-$target/$profile}
-lib=$libdir/$libname
+lib=${HANDOVER_FFI_LIB:-$libdir/$libname}
 bindgen=$libdir/uniffi-bindgen
 
 if [ "$build" = 1 ]; then

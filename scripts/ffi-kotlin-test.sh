@@ -54,16 +54,12 @@ fi
 scripts/ffi-bindings.sh "${no_build[@]}" --lang kotlin --out "$target/ffi-bindings"
 libdir=$target/debug
 if [ -z "${HANDOVER_RELAY_BIN:-}" ]; then
-    for name in handover-relay relay-under-test; do
-        # The placeholder relay of a workspace without the relay exits at once without serving.
-        if [ -x "$libdir/$name" ] && ! timeout 2 "$libdir/$name" --help >/dev/null 2>&1 </dev/null; then
-            continue
-        fi
-        if [ -x "$libdir/$name" ] && "$libdir/$name" --help 2>/dev/null | grep -q -- --listen; then
-            export HANDOVER_RELAY_BIN=$libdir/$name
-            break
-        fi
-    done
+    # The newer of handover-relay (cargo build) and relay-under-test (cargo test --workspace),
+    # unless it is the placeholder relay of a workspace without the relay (no --listen flag).
+    relay=$(ls -t "$libdir/handover-relay" "$libdir/relay-under-test" 2>/dev/null | head -n1 || true)
+    if [ -n "$relay" ] && timeout 5 "$relay" --help 2>/dev/null </dev/null | grep -q -- --listen; then
+        export HANDOVER_RELAY_BIN=$relay
+    fi
 fi
 
 deps=/usr/share/java/jna.jar:/usr/share/java/kotlinx-coroutines-core.jar:/usr/share/java/atomicfu.jar

@@ -4,10 +4,12 @@
 //! one is built in the target directory.
 //!
 //! No cargo command runs from here: cargo test holds the target directory's lock, so a nested
-//! build would wait forever. The library is already built: cargo compiles the `cdylib` crate
-//! type together with the `lib` this test links, and copies it to `target/<profile>/`, the
-//! directory above this test's executable. `uniffi-bindgen` is a workspace member built by
-//! `cargo test --workspace` (the script builds it into a separate target directory otherwise).
+//! build would wait forever. The library is already built: cargo compiles every crate type of
+//! `handover-ffi`, the `cdylib` included, when it builds the `lib` this test links, and leaves it
+//! in `target/<profile>/deps/` (it copies it up to `target/<profile>/` only for `cargo build`),
+//! the directory of this test's executable. `uniffi-bindgen` is a workspace member built by
+//! `cargo test --workspace`; under `cargo test -p handover-ffi` alone the script builds it once
+//! into a separate target directory, which has its own lock.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,11 +27,13 @@ fn python_binding_tests_pass() {
     }
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = profile_dir(&exe).expect("test executable is in target/<profile>/deps");
-    let lib = profile_dir.join(if cfg!(target_os = "macos") {
+    let libname = if cfg!(target_os = "macos") {
         "libhandover_ffi.dylib"
     } else {
         "libhandover_ffi.so"
-    });
+    };
+    // Built for this test run, next to this executable (see the module comment).
+    let lib = exe.with_file_name(libname);
     assert!(lib.is_file(), "{} was not built", lib.display());
     let target_dir = profile_dir.parent().expect("target directory");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -41,6 +45,7 @@ fn python_binding_tests_pass() {
         .args(["-q", "-rs"])
         .env("CARGO_TARGET_DIR", target_dir)
         .env("HANDOVER_FFI_LIB_DIR", &profile_dir)
+        .env("HANDOVER_FFI_LIB", &lib)
         .status()
         .expect("run scripts/ffi-python-test.sh");
     assert!(

@@ -37,10 +37,12 @@ def relay_binary():
     dirs = [pathlib.Path(lib_dir)] if lib_dir else []
     dirs += [target / "debug", target / "release"]
     for d in dirs:
-        # relay-under-test is the same entry point, built by `cargo test --workspace`.
-        for name in ("handover-relay", "relay-under-test"):
-            if (d / name).is_file():
-                return d / name
+        # relay-under-test is the same entry point, built by `cargo test --workspace`;
+        # handover-relay by `cargo build`. Take the newer: the other may be stale.
+        found = [d / name for name in ("handover-relay", "relay-under-test")
+                 if (d / name).is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
     return None
 
 
