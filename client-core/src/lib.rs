@@ -8,3 +8,6 @@
 //!
 //! This crate depends on `handover-proto` (the wire contract) and never on `handover-relay`: a
 //! client must be implementable from docs/PROTOCOL.md alone, without relay code.
+
+pub mod consent;
+pub mod referral;
