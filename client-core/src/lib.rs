@@ -9,5 +9,16 @@
 //! This crate depends on `handover-proto` (the wire contract) and never on `handover-relay`: a
 //! client must be implementable from docs/PROTOCOL.md alone, without relay code.
 
+pub mod identity;
+
+pub mod attachment;
 pub mod consent;
+mod encoding;
+pub mod fanout;
+pub mod pqxdh;
+pub mod ratchet;
 pub mod referral;
+pub mod sealed;
+pub mod session;
+#[cfg(feature = "test-support")]
+pub mod testing;
