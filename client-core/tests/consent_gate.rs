@@ -1,5 +1,6 @@
 //! The consent gate on both clients: recipient, purpose, sections, validity, signatures and
 //! overrides.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod referral_support;
 
@@ -87,7 +88,13 @@ fn recipient_not_covered() {
     offer.consent = Some(wire::ConsentRef {
         basis: Some(wire::consent_ref::Basis::Receipt(other.reference())),
     });
-    let err = receiver_check(&w, &offer, Some(other.signed()), &w.caseworker, &ReceiptRegistry::new());
+    let err = receiver_check(
+        &w,
+        &offer,
+        Some(other.signed()),
+        &w.caseworker,
+        &ReceiptRegistry::new(),
+    );
     assert_eq!(
         gate(err.unwrap_err()),
         GateError::RecipientNotCovered {
@@ -108,7 +115,13 @@ fn purpose_not_covered() {
     // Receiver side.
     let (mut offer, receipt) = good_offer(&mut w);
     offer.purpose = "Police statement".to_owned();
-    let err = receiver_check(&w, &offer, Some(&receipt), &w.caseworker, &ReceiptRegistry::new());
+    let err = receiver_check(
+        &w,
+        &offer,
+        Some(&receipt),
+        &w.caseworker,
+        &ReceiptRegistry::new(),
+    );
     assert_eq!(
         gate(err.unwrap_err()),
         GateError::PurposeNotCovered { receipt: short }
@@ -179,13 +192,25 @@ fn withheld_section_and_services_and_retention() {
     let receipt = consent.current().unwrap().clone();
     let draft = offer_draft(&w.sender, &w.receivers[0]);
     let err = gate(prepare(&mut w, &draft, receipt.signed(), T0).unwrap_err());
-    assert!(matches!(err, GateError::SectionWithheld { section: "RISK", .. }));
+    assert!(matches!(
+        err,
+        GateError::SectionWithheld {
+            section: "RISK",
+            ..
+        }
+    ));
 
     let receipt = w.receipt().signed().clone();
     let mut draft = offer_draft(&w.sender, &w.receivers[0]);
     draft.services_requested.push(wire::Service::Legal);
     let err = gate(prepare(&mut w, &draft, &receipt, T0).unwrap_err());
-    assert!(matches!(err, GateError::ServiceNotCovered { service: "LEGAL", .. }));
+    assert!(matches!(
+        err,
+        GateError::ServiceNotCovered {
+            service: "LEGAL",
+            ..
+        }
+    ));
 
     let mut draft = offer_draft(&w.sender, &w.receivers[0]);
     draft.retain_until = T0 + 365 * DAY;
@@ -216,7 +241,12 @@ fn withdrawn_superseded_and_refused_receipts() {
     let old = w.receipt().clone();
     let consent = std::mem::replace(&mut w.consent, handover_core::consent::Consent::Requested);
     let withdrawn = consent
-        .apply(ConsentEvent::Withdraw, &w.caseworker.actor(), T0 + 10, &mut w.rng)
+        .apply(
+            ConsentEvent::Withdraw,
+            &w.caseworker.actor(),
+            T0 + 10,
+            &mut w.rng,
+        )
         .unwrap();
     let new = withdrawn.current().unwrap().clone();
     assert_eq!(new.supersedes(), Some(old.id()));
@@ -233,7 +263,10 @@ fn withdrawn_superseded_and_refused_receipts() {
     );
     // The withdrawal receipt itself grants nothing.
     let err = gate(prepare(&mut w, &draft, new.signed(), T0 + 20).unwrap_err());
-    assert!(matches!(err, GateError::ReceiptMismatch { .. } | GateError::Revoked { .. }));
+    assert!(matches!(
+        err,
+        GateError::ReceiptMismatch { .. } | GateError::Revoked { .. }
+    ));
 
     // Renewed: the old receipt is superseded.
     let mut w = World::new(1);
@@ -311,7 +344,13 @@ fn forged_or_tampered_receipt_signatures() {
 
     // The receiving client checks the receipt the sender sends along.
     let (offer, _) = good_offer(&mut w);
-    let err = receiver_check(&w, &offer, Some(&forged), &w.caseworker, &ReceiptRegistry::new());
+    let err = receiver_check(
+        &w,
+        &offer,
+        Some(&forged),
+        &w.caseworker,
+        &ReceiptRegistry::new(),
+    );
     assert_eq!(
         gate(err.unwrap_err()),
         GateError::BadReceiptSignature { receipt: short }
@@ -322,12 +361,28 @@ fn forged_or_tampered_receipt_signatures() {
     let mut known = ReceiptRegistry::new();
     let consent = std::mem::replace(&mut w.consent, handover_core::consent::Consent::Requested);
     let withdrawn = consent
-        .apply(ConsentEvent::Withdraw, &w.caseworker.actor(), T0 + 5, &mut w.rng)
+        .apply(
+            ConsentEvent::Withdraw,
+            &w.caseworker.actor(),
+            T0 + 5,
+            &mut w.rng,
+        )
         .unwrap();
     known.insert(withdrawn.current().unwrap().clone());
-    let receipt = w.registry.get(&withdrawn.current().unwrap().supersedes().unwrap()).unwrap().signed().clone();
+    let receipt = w
+        .registry
+        .get(&withdrawn.current().unwrap().supersedes().unwrap())
+        .unwrap()
+        .signed()
+        .clone();
     let err = receiver_check(&w, &offer, Some(&receipt), &w.caseworker, &known);
-    assert!(matches!(gate(err.unwrap_err()), GateError::Revoked { state: "WITHDRAWN", .. }));
+    assert!(matches!(
+        gate(err.unwrap_err()),
+        GateError::Revoked {
+            state: "WITHDRAWN",
+            ..
+        }
+    ));
 }
 
 fn override_basis(justification: &str) -> wire::ConsentOverride {
@@ -444,7 +499,12 @@ fn release_is_refused_after_consent_is_withdrawn() {
     w.receiver_acts(0, &mut s, &mut r, Action::Accept, T0 + 120);
     let consent = std::mem::replace(&mut w.consent, handover_core::consent::Consent::Requested);
     let withdrawn = consent
-        .apply(ConsentEvent::Withdraw, &w.caseworker.actor(), T0 + 125, &mut w.rng)
+        .apply(
+            ConsentEvent::Withdraw,
+            &w.caseworker.actor(),
+            T0 + 125,
+            &mut w.rng,
+        )
         .unwrap();
     w.registry.insert(withdrawn.current().unwrap().clone());
     let err = s

@@ -1,5 +1,6 @@
 //! Two-phase referrals end to end with signed control messages: offer, acceptance, body
 //! release with per-section keys and commitments, ambassadors, identifiers in offers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod referral_support;
 
@@ -108,7 +109,10 @@ fn offer_accept_release_complete() {
     // Both sides hold the same chain.
     assert_eq!(s.timeline().head(), r.timeline().head());
     s.timeline()
-        .verify(&w.sender.root.public_key(), &w.receivers[0].root.public_key())
+        .verify(
+            &w.sender.root.public_key(),
+            &w.receivers[0].root.public_key(),
+        )
         .unwrap();
 }
 
@@ -127,7 +131,13 @@ fn tampered_or_swapped_sections_are_refused() {
     let mut tampered = body.clone();
     tampered.sections[1].ciphertext[0] ^= 1;
     let err = r
-        .receive_body(&tampered, &w.intake[0].cert, &w.sender.trust, &empty, T0 + 150)
+        .receive_body(
+            &tampered,
+            &w.intake[0].cert,
+            &w.sender.trust,
+            &empty,
+            T0 + 150,
+        )
         .unwrap_err();
     assert!(matches!(err, ReferralError::CommitmentMismatch { .. }));
 
@@ -135,15 +145,27 @@ fn tampered_or_swapped_sections_are_refused() {
     let mut swapped = body.clone();
     swapped.sections[0].section = swapped.sections[1].section;
     assert!(
-        r.receive_body(&swapped, &w.intake[0].cert, &w.sender.trust, &empty, T0 + 150)
-            .is_err()
+        r.receive_body(
+            &swapped,
+            &w.intake[0].cert,
+            &w.sender.trust,
+            &empty,
+            T0 + 150
+        )
+        .is_err()
     );
 
     // A wrong key does not decrypt.
     let mut wrong_key = body.clone();
     wrong_key.keys[0].key = vec![7; 32];
     let err = r
-        .receive_body(&wrong_key, &w.intake[0].cert, &w.sender.trust, &empty, T0 + 150)
+        .receive_body(
+            &wrong_key,
+            &w.intake[0].cert,
+            &w.sender.trust,
+            &empty,
+            T0 + 150,
+        )
         .unwrap_err();
     assert!(matches!(err, ReferralError::CouldNotDecrypt { .. }));
     assert_eq!(err.to_string(), "could not decrypt section IDENTITY");
@@ -195,6 +217,9 @@ fn ambassadors_never_receive_bodies() {
     ));
 }
 
+/// A change to an offer draft.
+type Edit = Box<dyn Fn(&mut handover_core::referral::OfferDraft)>;
+
 fn prepare_with(
     w: &mut World,
     draft: &handover_core::referral::OfferDraft,
@@ -218,13 +243,31 @@ fn offers_refuse_direct_identifiers() {
     let mut w = World::new(1);
     let base = offer_draft(&w.sender, &w.receivers[0]);
     let sections = body_sections();
-    let cases: Vec<(&str, Box<dyn Fn(&mut handover_core::referral::OfferDraft)>)> = vec![
-        ("purpose", Box::new(|d| d.purpose = format!("{PURPOSE} for Amina Haddad"))),
-        ("purpose", Box::new(|d| d.purpose = "Call her on +32 470 12 34 56".to_owned())),
-        ("purpose", Box::new(|d| d.purpose = "Write to amina@example.com".to_owned())),
-        ("sender_case_ref", Box::new(|d| d.sender_case_ref = "amina haddad".to_owned())),
-        ("retention_rule", Box::new(|d| d.retention_rule = "Passport 12345678".to_owned())),
-        ("purpose", Box::new(|d| d.purpose = "Code word is bluebird".to_owned())),
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "purpose",
+            Box::new(|d| d.purpose = format!("{PURPOSE} for Amina Haddad")),
+        ),
+        (
+            "purpose",
+            Box::new(|d| d.purpose = "Call her on +32 470 12 34 56".to_owned()),
+        ),
+        (
+            "purpose",
+            Box::new(|d| d.purpose = "Write to amina@example.com".to_owned()),
+        ),
+        (
+            "sender_case_ref",
+            Box::new(|d| d.sender_case_ref = "amina haddad".to_owned()),
+        ),
+        (
+            "retention_rule",
+            Box::new(|d| d.retention_rule = "Passport 12345678".to_owned()),
+        ),
+        (
+            "purpose",
+            Box::new(|d| d.purpose = "Code word is bluebird".to_owned()),
+        ),
     ];
     for (field, edit) in cases {
         let mut draft = base.clone();
@@ -241,14 +284,26 @@ fn offers_need_the_required_fields() {
     let mut w = World::new(1);
     let base = offer_draft(&w.sender, &w.receivers[0]);
     let sections = body_sections();
-    let cases: Vec<(&str, Box<dyn Fn(&mut handover_core::referral::OfferDraft)>)> = vec![
-        ("kind", Box::new(|d| d.kind = wire::ReferralKind::Unspecified)),
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "kind",
+            Box::new(|d| d.kind = wire::ReferralKind::Unspecified),
+        ),
         ("sender_case_ref", Box::new(|d| d.sender_case_ref.clear())),
-        ("services_requested", Box::new(|d| d.services_requested.clear())),
-        ("priority", Box::new(|d| d.priority = wire::Priority::Unspecified)),
+        (
+            "services_requested",
+            Box::new(|d| d.services_requested.clear()),
+        ),
+        (
+            "priority",
+            Box::new(|d| d.priority = wire::Priority::Unspecified),
+        ),
         ("purpose", Box::new(|d| d.purpose.clear())),
         ("languages", Box::new(|d| d.languages.clear())),
-        ("age_band", Box::new(|d| d.age_band = wire::AgeBand::Unspecified)),
+        (
+            "age_band",
+            Box::new(|d| d.age_band = wire::AgeBand::Unspecified),
+        ),
         ("retain_until", Box::new(|d| d.retain_until = T0)),
         ("to", Box::new(|d| d.to.org_root_key.clear())),
         ("guardian", Box::new(|d| d.is_minor = true)),

@@ -1,5 +1,6 @@
 //! The referral lifecycle: every allowed transition, forbidden ones leave the state unchanged,
 //! and who may do what.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use handover_core::identity::Role;
 use handover_core::referral::{
@@ -31,7 +32,11 @@ fn ok(lc: Lifecycle, t: Transition, who: ActorInfo) -> Lifecycle {
 fn refused(lc: Lifecycle, t: Transition, who: ActorInfo) -> (Lifecycle, LifecycleError) {
     let before = lc.clone();
     match lc.apply(t.clone(), who) {
-        Ok(next) => panic!("{t:?} allowed from {:?}: now {:?}", before.state(), next.state()),
+        Ok(next) => panic!(
+            "{t:?} allowed from {:?}: now {:?}",
+            before.state(),
+            next.state()
+        ),
         Err((back, e)) => {
             assert_eq!(back, before, "state changed after a refused {t:?}");
             (back, e)
@@ -178,7 +183,11 @@ fn complete_before_accept_is_refused() {
         Transition::Complete(Outcome::Successful),
         RECEIVER,
     );
-    refused(received(), Transition::Complete(Outcome::Successful), RECEIVER);
+    refused(
+        received(),
+        Transition::Complete(Outcome::Successful),
+        RECEIVER,
+    );
     let info = ok(acknowledged(), Transition::RequestInfo, RECEIVER);
     refused(info, Transition::Complete(Outcome::Successful), RECEIVER);
 }
@@ -215,14 +224,21 @@ fn withdraw_from_every_open_state_and_then_nothing_but_purge() {
             },
             RECEIVER,
         );
-        assert_eq!(lc.state(), &ReferralState::PurgeConfirmed(Closed::Withdrawn));
+        assert_eq!(
+            lc.state(),
+            &ReferralState::PurgeConfirmed(Closed::Withdrawn)
+        );
         refused(lc, Transition::Withdraw, SENDER);
     }
 }
 
 #[test]
 fn withdraw_after_completion_or_decline_is_refused() {
-    let done = ok(accepted(), Transition::Complete(Outcome::Successful), RECEIVER);
+    let done = ok(
+        accepted(),
+        Transition::Complete(Outcome::Successful),
+        RECEIVER,
+    );
     refused(done, Transition::Withdraw, SENDER);
     let declined = ok(
         acknowledged(),
@@ -254,7 +270,11 @@ fn who_may_do_what() {
         Transition::Decline(wire::DeclineReason::NoCapacity),
         SENDER,
     );
-    refused(accepted(), Transition::Complete(Outcome::Successful), SENDER);
+    refused(
+        accepted(),
+        Transition::Complete(Outcome::Successful),
+        SENDER,
+    );
     // The receiver cannot withdraw or answer its own questions.
     refused(acknowledged(), Transition::Withdraw, RECEIVER);
     let info = ok(acknowledged(), Transition::RequestInfo, RECEIVER);
@@ -306,7 +326,11 @@ fn consent_revoked_then_purged_or_retained_under_exception() {
         received(),
         acknowledged(),
         accepted(),
-        ok(accepted(), Transition::Complete(Outcome::Successful), RECEIVER),
+        ok(
+            accepted(),
+            Transition::Complete(Outcome::Successful),
+            RECEIVER,
+        ),
     ] {
         let lc = ok(lc, Transition::ConsentRevoked, SENDER);
         assert_eq!(lc.state(), &ReferralState::ConsentRevoked);

@@ -269,17 +269,16 @@ fn check_receipt(
     else {
         return Err(GateError::RecipientNotCovered { receipt: short });
     };
-    if !recipient.services.is_empty() {
-        if let Some(s) = offer
+    if !recipient.services.is_empty()
+        && let Some(s) = offer
             .services_requested
             .iter()
             .find(|s| !recipient.services.contains(s))
-        {
-            return Err(GateError::ServiceNotCovered {
-                service: service_name(*s),
-                receipt: short,
-            });
-        }
+    {
+        return Err(GateError::ServiceNotCovered {
+            service: service_name(*s),
+            receipt: short,
+        });
     }
     // Purpose: the offer states one of the receipt's purposes.
     if !r

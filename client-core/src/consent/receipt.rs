@@ -172,7 +172,9 @@ fn check_fields(r: &wire::ConsentReceipt) -> Result<(), ConsentError> {
     require(!r.principal_ref.is_empty(), "principal_ref")?;
     require(!r.withdrawal_method.trim().is_empty(), "withdrawal_method")?;
     require(
-        r.witness.as_ref().is_some_and(|w| !w.caseworker_id.is_empty()),
+        r.witness
+            .as_ref()
+            .is_some_and(|w| !w.caseworker_id.is_empty()),
         "witness",
     )?;
     let gives = matches!(
@@ -221,8 +223,9 @@ impl SignedReceipt {
         receipt: wire::ConsentReceipt,
         signer: DeviceCertificate,
     ) -> Result<Self, ConsentError> {
-        let id = ReceiptId::from_slice(&receipt.receipt_id)
-            .ok_or(ConsentError::MissingField { field: "receipt_id" })?;
+        let id = ReceiptId::from_slice(&receipt.receipt_id).ok_or(ConsentError::MissingField {
+            field: "receipt_id",
+        })?;
         Ok(Self {
             hash: receipt_hash(&signed),
             signed,
@@ -264,7 +267,8 @@ impl SignedReceipt {
         signed.validate().map_err(|_| ConsentError::Malformed)?;
         // Decoding is bounded and validated; nothing decoded is trusted before the signature
         // check below. The event time is needed to check the certificate's validity window.
-        let receipt = decode::consent_receipt(&signed.receipt).map_err(|_| ConsentError::Malformed)?;
+        let receipt =
+            decode::consent_receipt(&signed.receipt).map_err(|_| ConsentError::Malformed)?;
         let short = ReceiptId::from_slice(&receipt.receipt_id)
             .map(|id| id.short())
             .ok_or(ConsentError::Malformed)?;

@@ -144,10 +144,10 @@ impl DisclosureLedger {
     /// Marks one referral's recipient as waiting for erasure (CONSENT_CHANGED or WITHDRAW
     /// sent at `now`).
     pub fn mark_pending(&mut self, referral_id: &ReferralId, now: u64) {
-        if let Some(d) = self.find_mut(referral_id) {
-            if !matches!(d.purge, PurgeStatus::Confirmed { .. }) {
-                d.purge = PurgeStatus::Pending { since: now };
-            }
+        if let Some(d) = self.find_mut(referral_id)
+            && !matches!(d.purge, PurgeStatus::Confirmed { .. })
+        {
+            d.purge = PurgeStatus::Pending { since: now };
         }
     }
 

@@ -333,7 +333,9 @@ fn section_label(language: Language, section: wire::Section) -> &'static str {
         (S::Guardian, L::English) => "Details of your parent, guardian or carer",
         (S::Guardian, L::Arabic) => "بيانات ولي الأمر أو مقدم الرعاية",
         (S::Guardian, L::Ukrainian) => "Дані про батьків, опікуна або особу, яка доглядає",
-        (S::Guardian, L::French) => "Coordonnées de votre parent, tuteur ou de la personne qui s'occupe de vous",
+        (S::Guardian, L::French) => {
+            "Coordonnées de votre parent, tuteur ou de la personne qui s'occupe de vous"
+        }
         (S::Guardian, L::Spanish) => "Datos de su madre, padre, tutor o cuidador",
         (S::Reason, L::English) => "Why you are being referred",
         (S::Reason, L::Arabic) => "سبب الإحالة",
@@ -374,19 +376,91 @@ fn service_label(language: Language, service: wire::Service) -> &'static str {
     use Language as L;
     use wire::Service as S;
     let [en, ar, uk, fr, es] = match service {
-        S::Shelter => ["safe accommodation", "مأوى آمن", "безпечне житло (притулок)", "hébergement sûr", "alojamiento seguro"],
-        S::Medical => ["medical care", "رعاية طبية", "медична допомога", "soins médicaux", "atención médica"],
-        S::Psychosocial => ["emotional and psychosocial support", "دعم نفسي واجتماعي", "психосоціальна підтримка", "soutien psychosocial", "apoyo psicosocial"],
-        S::Legal => ["legal advice", "مساعدة قانونية", "правова допомога", "aide juridique", "asesoría legal"],
-        S::PoliceLiaison => ["contact with the police", "التواصل مع الشرطة", "зв'язок з поліцією", "lien avec la police", "enlace con la policía"],
-        S::Interpretation => ["interpreting", "ترجمة شفوية", "усний переклад", "interprétariat", "interpretación"],
+        S::Shelter => [
+            "safe accommodation",
+            "مأوى آمن",
+            "безпечне житло (притулок)",
+            "hébergement sûr",
+            "alojamiento seguro",
+        ],
+        S::Medical => [
+            "medical care",
+            "رعاية طبية",
+            "медична допомога",
+            "soins médicaux",
+            "atención médica",
+        ],
+        S::Psychosocial => [
+            "emotional and psychosocial support",
+            "دعم نفسي واجتماعي",
+            "психосоціальна підтримка",
+            "soutien psychosocial",
+            "apoyo psicosocial",
+        ],
+        S::Legal => [
+            "legal advice",
+            "مساعدة قانونية",
+            "правова допомога",
+            "aide juridique",
+            "asesoría legal",
+        ],
+        S::PoliceLiaison => [
+            "contact with the police",
+            "التواصل مع الشرطة",
+            "зв'язок з поліцією",
+            "lien avec la police",
+            "enlace con la policía",
+        ],
+        S::Interpretation => [
+            "interpreting",
+            "ترجمة شفوية",
+            "усний переклад",
+            "interprétariat",
+            "interpretación",
+        ],
         S::Housing => ["housing", "سكن", "житло", "logement", "vivienda"],
-        S::Livelihood => ["income and livelihood support", "دعم سبل العيش", "підтримка засобів до існування", "soutien aux moyens de subsistance", "apoyo a los medios de vida"],
-        S::ChildProtection => ["child protection", "حماية الطفل", "захист дітей", "protection de l'enfance", "protección de la infancia"],
-        S::SafetyPlanning => ["safety planning", "التخطيط للسلامة", "планування безпеки", "plan de mise en sécurité", "plan de seguridad"],
-        S::CaseManagement => ["case management", "إدارة الحالة", "ведення випадку", "suivi de votre situation", "gestión de su caso"],
-        S::RestorativeJustice => ["restorative justice", "العدالة التصالحية", "відновне правосуддя", "justice restaurative", "justicia restaurativa"],
-        S::Other | S::Unspecified => ["other support", "دعم آخر", "інша допомога", "autre soutien", "otro apoyo"],
+        S::Livelihood => [
+            "income and livelihood support",
+            "دعم سبل العيش",
+            "підтримка засобів до існування",
+            "soutien aux moyens de subsistance",
+            "apoyo a los medios de vida",
+        ],
+        S::ChildProtection => [
+            "child protection",
+            "حماية الطفل",
+            "захист дітей",
+            "protection de l'enfance",
+            "protección de la infancia",
+        ],
+        S::SafetyPlanning => [
+            "safety planning",
+            "التخطيط للسلامة",
+            "планування безпеки",
+            "plan de mise en sécurité",
+            "plan de seguridad",
+        ],
+        S::CaseManagement => [
+            "case management",
+            "إدارة الحالة",
+            "ведення випадку",
+            "suivi de votre situation",
+            "gestión de su caso",
+        ],
+        S::RestorativeJustice => [
+            "restorative justice",
+            "العدالة التصالحية",
+            "відновне правосуддя",
+            "justice restaurative",
+            "justicia restaurativa",
+        ],
+        S::Other | S::Unspecified => [
+            "other support",
+            "دعم آخر",
+            "інша допомога",
+            "autre soutien",
+            "otro apoyo",
+        ],
     };
     match language {
         L::English => en,
@@ -436,7 +510,11 @@ fn fill(template: &str, pairs: &[(&str, &str)]) -> String {
 }
 
 fn sections_list(language: Language, sections: &[wire::Section]) -> String {
-    let sep = if language == Language::Arabic { "، " } else { ", " };
+    let sep = if language == Language::Arabic {
+        "، "
+    } else {
+        ", "
+    };
     sections
         .iter()
         .map(|s| section_label(language, *s))
@@ -449,7 +527,11 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
     let language = copy.language;
     let t = texts(language);
     let r = copy.receipt.receipt();
-    let sep = if language == Language::Arabic { "، " } else { ", " };
+    let sep = if language == Language::Arabic {
+        "، "
+    } else {
+        ", "
+    };
     let mut out: Vec<String> = Vec::new();
     out.push(t.title.to_owned());
     out.push(String::new());
@@ -477,7 +559,11 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
     }
     out.push(String::new());
     out.push(t.shared.to_owned());
-    for s in r.data_categories.iter().filter_map(|s| wire::Section::try_from(*s).ok()) {
+    for s in r
+        .data_categories
+        .iter()
+        .filter_map(|s| wire::Section::try_from(*s).ok())
+    {
         out.push(format!("- {}", section_label(language, s)));
     }
     out.push(String::new());
@@ -515,7 +601,14 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
     } else {
         out.push(fill(t.valid_until, &[("date", &date(r.valid_until))]));
     }
-    out.push(if r.onward_sharing { t.onward_yes } else { t.onward_no }.to_owned());
+    out.push(
+        if r.onward_sharing {
+            t.onward_yes
+        } else {
+            t.onward_no
+        }
+        .to_owned(),
+    );
     for w in &r.withheld {
         let whom = if w.from_whom.trim().eq_ignore_ascii_case("all") {
             t.withheld_all
@@ -525,7 +618,10 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
         let section = wire::Section::try_from(w.section).unwrap_or(wire::Section::Unspecified);
         out.push(fill(
             t.withheld,
-            &[("whom", whom), ("section", section_label(language, section))],
+            &[
+                ("whom", whom),
+                ("section", section_label(language, section)),
+            ],
         ));
     }
     if !copy.overrides.is_empty() {
@@ -552,7 +648,10 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
     out.push(r.withdrawal_method.trim().to_owned());
     out.push(String::new());
     if r.collection_method() == wire::CollectionMethod::ViaInterpreter {
-        out.push(fill(t.interpreter, &[("language", &r.interpreter_language)]));
+        out.push(fill(
+            t.interpreter,
+            &[("language", &r.interpreter_language)],
+        ));
     }
     out.push(
         match copy.preferred_term {

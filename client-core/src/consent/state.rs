@@ -54,17 +54,17 @@ pub enum Consent {
     /// Asked; no answer yet.
     Requested,
     /// Given (the receipt's state is GIVEN or RENEWED).
-    Given(SignedReceipt),
+    Given(Box<SignedReceipt>),
     /// Refused.
-    Refused(SignedReceipt),
+    Refused(Box<SignedReceipt>),
     /// Deferred.
-    Deferred(SignedReceipt),
+    Deferred(Box<SignedReceipt>),
     /// Withdrawn; the receipt supersedes the last given one.
-    Withdrawn(SignedReceipt),
+    Withdrawn(Box<SignedReceipt>),
     /// Expired; the receipt supersedes the last given one.
-    Expired(SignedReceipt),
+    Expired(Box<SignedReceipt>),
     /// Invalidated; the receipt supersedes the last given one.
-    Invalidated(SignedReceipt),
+    Invalidated(Box<SignedReceipt>),
 }
 
 impl fmt::Debug for Consent {
@@ -143,18 +143,18 @@ impl Consent {
                 if let Self::Deferred(prev) = self {
                     r.supersedes = prev.id().as_bytes().to_vec();
                 }
-                Self::Given(SignedReceipt::issue(r, actor, rng)?)
+                Self::Given(Box::new(SignedReceipt::issue(r, actor, rng)?))
             }
             (Self::Requested | Self::Deferred(_), ConsentEvent::Refuse(draft)) => {
                 let mut r = fresh(draft, St::Refused);
                 if let Self::Deferred(prev) = self {
                     r.supersedes = prev.id().as_bytes().to_vec();
                 }
-                Self::Refused(SignedReceipt::issue(r, actor, rng)?)
+                Self::Refused(Box::new(SignedReceipt::issue(r, actor, rng)?))
             }
             (Self::Requested, ConsentEvent::Defer(draft)) => {
                 let r = fresh(draft, St::Deferred);
-                Self::Deferred(SignedReceipt::issue(r, actor, rng)?)
+                Self::Deferred(Box::new(SignedReceipt::issue(r, actor, rng)?))
             }
             (Self::Given(prev), ConsentEvent::Renew(draft)) => {
                 let next = prev.supersede(St::Renewed, now, actor, rng, |r| {
@@ -162,17 +162,21 @@ impl Consent {
                     *r = *draft;
                     r.receipt_id = keep_id;
                 })?;
-                Self::Given(next)
+                Self::Given(Box::new(next))
             }
-            (Self::Given(prev), ConsentEvent::Withdraw) => {
-                Self::Withdrawn(prev.supersede(St::Withdrawn, now, actor, rng, |_| {})?)
-            }
-            (Self::Given(prev), ConsentEvent::Expire) => {
-                Self::Expired(prev.supersede(St::Expired, now, actor, rng, |_| {})?)
-            }
-            (Self::Given(prev), ConsentEvent::Invalidate) => {
-                Self::Invalidated(prev.supersede(St::Invalidated, now, actor, rng, |_| {})?)
-            }
+            (Self::Given(prev), ConsentEvent::Withdraw) => Self::Withdrawn(Box::new(
+                prev.supersede(St::Withdrawn, now, actor, rng, |_| {})?,
+            )),
+            (Self::Given(prev), ConsentEvent::Expire) => Self::Expired(Box::new(prev.supersede(
+                St::Expired,
+                now,
+                actor,
+                rng,
+                |_| {},
+            )?)),
+            (Self::Given(prev), ConsentEvent::Invalidate) => Self::Invalidated(Box::new(
+                prev.supersede(St::Invalidated, now, actor, rng, |_| {})?,
+            )),
             _ => return Err(refuse),
         })
     }

@@ -254,7 +254,9 @@ pub(crate) fn decode_offer(
         .signer
         .as_ref()
         .ok_or(ReferralError::Malformed { what })?;
-    signer.validate().map_err(|_| ReferralError::Malformed { what })?;
+    signer
+        .validate()
+        .map_err(|_| ReferralError::Malformed { what })?;
     if signed.signature.len() != SIGNATURE_LEN {
         return Err(ReferralError::Malformed { what });
     }

@@ -218,7 +218,9 @@ impl Transition {
             // Expiry follows the clock: the sender signs EXPIRED, and a receiver applies it
             // locally on its own clock too.
             Self::Expire => return (None, true),
-            Self::Ready(_) | Self::Send | Self::Withdraw | Self::ProvideInfo => (Side::Sender, true),
+            Self::Ready(_) | Self::Send | Self::Withdraw | Self::ProvideInfo => {
+                (Side::Sender, true)
+            }
             // Consent is recorded by caseworkers.
             Self::ConsentRevoked | Self::ConsentRenewed => (Side::Sender, false),
             // Any device of the receiving organisation can see an offer arrive and must erase.

@@ -91,10 +91,12 @@ pub(crate) fn check_draft(
             .services_requested
             .contains(&wire::Service::Unspecified)
     {
-        return Err(invalid("services_requested", "at least one service required"));
+        return Err(invalid(
+            "services_requested",
+            "at least one service required",
+        ));
     }
-    if draft.services_requested.contains(&wire::Service::Other) && draft.other_services.is_empty()
-    {
+    if draft.services_requested.contains(&wire::Service::Other) && draft.other_services.is_empty() {
         return Err(invalid("other_services", "name the other service"));
     }
     if draft.priority == wire::Priority::Unspecified {
@@ -229,7 +231,12 @@ pub(crate) fn check_no_identifiers(
         ("retention_rule", &draft.retention_rule),
         ("preferred_worker_gender", &draft.preferred_worker_gender),
     ];
-    fields.extend(draft.other_services.iter().map(|s| ("other_services", s.as_str())));
+    fields.extend(
+        draft
+            .other_services
+            .iter()
+            .map(|s| ("other_services", s.as_str())),
+    );
     fields.extend(draft.languages.iter().map(|s| ("languages", s.as_str())));
     for (field, text) in &fields {
         if contains_id(text) {

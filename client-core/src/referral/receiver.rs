@@ -62,7 +62,10 @@ impl fmt::Debug for ReceiverReferral {
             .field("state", &core.lifecycle.state().name())
             .field("offer_held", &offer.is_some())
             .field("receipt", &receipt.as_ref().map(SignedReceipt::id))
-            .field("body_sections", &body.as_ref().map_or(0, |b| b.sections.len()))
+            .field(
+                "body_sections",
+                &body.as_ref().map_or(0, |b| b.sections.len()),
+            )
             .field("legal_hold", &legal_hold.is_some())
             .finish_non_exhaustive()
     }
@@ -205,10 +208,8 @@ impl ReceiverReferral {
     ) -> Option<Result<wire::BodySection, ReferralError>> {
         let (plaintext, _) = self.body.as_ref()?.sections.get(&section)?;
         Some(
-            handover_proto::decode::body_section(plaintext).map_err(|_| {
-                ReferralError::Malformed {
-                    what: "body section",
-                }
+            handover_proto::decode::body_section(plaintext).map_err(|_| ReferralError::Malformed {
+                what: "body section",
             }),
         )
     }
@@ -265,9 +266,12 @@ impl ReceiverReferral {
         if !bool::from(body.referral_id.ct_eq(self.core.meta.id.as_bytes())) {
             return Err(ReferralError::WrongReferral);
         }
-        if offer.consent.as_ref().and_then(|c| c.basis.as_ref()).is_some_and(|b| {
-            matches!(b, wire::consent_ref::Basis::Receipt(_))
-        }) {
+        if offer
+            .consent
+            .as_ref()
+            .and_then(|c| c.basis.as_ref())
+            .is_some_and(|b| matches!(b, wire::consent_ref::Basis::Receipt(_)))
+        {
             let receipt = body
                 .consent_receipt
                 .as_ref()
@@ -320,10 +324,10 @@ impl ReceiverReferral {
     ) -> Result<ReceiverEvent, ReferralError> {
         let before = self.state().clone();
         let incoming = self.core.receive(signed, sender_org, own_org, now)?;
-        if let Some(new_receipt) = incoming.consent {
-            if new_receipt.state() == wire::ConsentState::Renewed {
-                self.receipt = Some(new_receipt);
-            }
+        if let Some(new_receipt) = incoming.consent
+            && new_receipt.state() == wire::ConsentState::Renewed
+        {
+            self.receipt = Some(new_receipt);
         }
         match self.state() {
             ReferralState::Withdrawn | ReferralState::ConsentRevoked => {

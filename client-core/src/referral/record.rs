@@ -121,7 +121,9 @@ impl Drop for RecordV1 {
 }
 
 fn malformed() -> ReferralError {
-    ReferralError::Malformed { what: "stored record" }
+    ReferralError::Malformed {
+        what: "stored record",
+    }
 }
 
 fn closed_name(c: Closed) -> &'static str {
@@ -318,8 +320,8 @@ impl SenderReferral {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReferralError> {
         let record = decode_record(bytes, true)?;
         let core = core_from(&record, Side::Sender)?;
-        let signed_offer =
-            wire::SignedReferralOffer::decode(record.signed_offer.as_slice()).map_err(|_| malformed())?;
+        let signed_offer = wire::SignedReferralOffer::decode(record.signed_offer.as_slice())
+            .map_err(|_| malformed())?;
         let offer = super::control::decode_offer(&signed_offer)?;
         let receipt = stored_receipt(record.receipt.as_ref(), &core.meta.sender_root)?;
         let mut sealed = Vec::with_capacity(record.sections.len());

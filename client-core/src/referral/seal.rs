@@ -125,8 +125,8 @@ pub(crate) fn seal(
     })?;
     let key = SectionKey::random(rng);
     let plaintext = Zeroizing::new(body.encode_to_vec());
-    let cipher = ChaCha20Poly1305::new_from_slice(key.expose())
-        .map_err(|_| ReferralError::Crypto)?;
+    let cipher =
+        ChaCha20Poly1305::new_from_slice(key.expose()).map_err(|_| ReferralError::Crypto)?;
     let ad = section_ad(referral_id, section);
     let ciphertext = cipher
         .encrypt(
@@ -157,8 +157,8 @@ pub(crate) fn open(
     if !bool::from(commitment(ciphertext)[..].ct_eq(committed)) {
         return Err(ReferralError::CommitmentMismatch { section: name });
     }
-    let cipher = ChaCha20Poly1305::new_from_slice(key.expose())
-        .map_err(|_| ReferralError::Crypto)?;
+    let cipher =
+        ChaCha20Poly1305::new_from_slice(key.expose()).map_err(|_| ReferralError::Crypto)?;
     let ad = section_ad(referral_id, section);
     let plaintext = Zeroizing::new(
         cipher

@@ -14,9 +14,7 @@ use super::offer::{ConsentInput, OfferDraft, check_draft, check_no_identifiers, 
 use super::seal::{self, SealedSection};
 use super::shared::{Core, Meta};
 use super::{Actor, ReferralError, ReferralId, Timeline};
-use crate::consent::{
-    Basis, DisclosureLedger, ReceiptRegistry, SignedReceipt, check_offer,
-};
+use crate::consent::{Basis, DisclosureLedger, ReceiptRegistry, SignedReceipt, check_offer};
 use crate::identity::{DeviceCertificate, OrgTrust, Role};
 
 /// What the sender learns from a peer's control message or from its clock.
@@ -186,8 +184,13 @@ impl SenderReferral {
     pub fn mark_sent(
         &mut self,
         actor: &Actor<'_>,
-    ) -> Result<(wire::SignedReferralOffer, Option<wire::SignedConsentReceipt>), ReferralError>
-    {
+    ) -> Result<
+        (
+            wire::SignedReferralOffer,
+            Option<wire::SignedConsentReceipt>,
+        ),
+        ReferralError,
+    > {
         let info = self.core.check_actor(actor)?;
         self.core.transition(Transition::Send, info)?;
         Ok((
@@ -237,7 +240,10 @@ impl SenderReferral {
         let wire_action = action.to_wire();
         let transition = super::control::transition_of(&wire_action, None);
         let signed = self.core.act(wire_action, transition, actor, now)?;
-        if matches!(self.state(), ReferralState::Withdrawn | ReferralState::Expired) {
+        if matches!(
+            self.state(),
+            ReferralState::Withdrawn | ReferralState::Expired
+        ) {
             self.erase_sealed();
         }
         Ok(signed)
@@ -291,7 +297,11 @@ impl SenderReferral {
                     ciphertext: s.ciphertext.clone(),
                 })
                 .collect(),
-            keys: self.sealed.iter().map(|s| s.key.to_wire(s.section)).collect(),
+            keys: self
+                .sealed
+                .iter()
+                .map(|s| s.key.to_wire(s.section))
+                .collect(),
             consent_receipt: self.receipt.as_ref().map(|r| r.signed().clone()),
         })
     }
@@ -351,7 +361,9 @@ impl SenderReferral {
             _ => {
                 if matches!(
                     self.state(),
-                    ReferralState::Withdrawn | ReferralState::Expired | ReferralState::ConsentRevoked
+                    ReferralState::Withdrawn
+                        | ReferralState::Expired
+                        | ReferralState::ConsentRevoked
                 ) {
                     self.erase_sealed();
                 }

@@ -162,6 +162,13 @@ impl Timeline {
         self.entries.push(entry);
     }
 
+    /// Appends a signed control without any check, for tests and forensic tools that need to
+    /// show that [`verify`](Self::verify) catches what live checks would have refused.
+    #[doc(hidden)]
+    pub fn append_unverified(&mut self, signed: &wire::SignedControl) {
+        self.push(signed);
+    }
+
     /// Drops the signed bytes of every entry (case content such as the offer's purpose, notes,
     /// questions), keeping digests, signatures, signers and content-free summaries, so the
     /// chain still verifies with [`verify_chain`](Self::verify_chain).
@@ -392,7 +399,11 @@ fn summarise(sequence: u64, payload: &[u8], signer: &wire::SignedDeviceCertifica
     let mut item = json!({ "actor": actor });
     if sequence == 0 {
         if let Ok(offer) = decode::referral_offer(payload) {
-            set(&mut item, "referral_id", json!(hex::encode(&offer.referral_id)));
+            set(
+                &mut item,
+                "referral_id",
+                json!(hex::encode(&offer.referral_id)),
+            );
             offer_details(&mut item, &offer);
         }
     } else if let Ok(control) = decode::referral_control(payload) {
@@ -413,12 +424,22 @@ fn offer_details(item: &mut Value, offer: &wire::ReferralOffer) {
     set(
         item,
         "kind",
-        json!(offer.kind().as_str_name().trim_start_matches("REFERRAL_KIND_")),
+        json!(
+            offer
+                .kind()
+                .as_str_name()
+                .trim_start_matches("REFERRAL_KIND_")
+        ),
     );
     set(
         item,
         "priority",
-        json!(offer.priority().as_str_name().trim_start_matches("PRIORITY_")),
+        json!(
+            offer
+                .priority()
+                .as_str_name()
+                .trim_start_matches("PRIORITY_")
+        ),
     );
     let services: Vec<&str> = offer
         .services_requested()
@@ -454,7 +475,11 @@ fn control_details(item: &mut Value, control: &wire::ReferralControl) {
         A::Decline(d) => set(
             item,
             "reason",
-            json!(d.reason().as_str_name().trim_start_matches("DECLINE_REASON_")),
+            json!(
+                d.reason()
+                    .as_str_name()
+                    .trim_start_matches("DECLINE_REASON_")
+            ),
         ),
         A::Complete(c) => {
             set(item, "successful", json!(c.successful));

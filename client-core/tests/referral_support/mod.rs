@@ -143,7 +143,9 @@ pub fn receipt_draft(
         onward_sharing: false,
         retention_secs: 90 * DAY,
         storage_locations: vec!["EU (Belgium)".to_owned()],
-        withdrawal_method: "Call or message your caseworker at Harbour Women's Centre, or tell any staff member.".to_owned(),
+        withdrawal_method:
+            "Call or message your caseworker at Harbour Women's Centre, or tell any staff member."
+                .to_owned(),
         witness: Some(wire::Witness {
             caseworker_id: "CW-12".to_owned(),
             org_name: sender.name.clone(),
@@ -333,9 +335,7 @@ impl World {
         action: Action,
         now: u64,
     ) -> wire::SignedControl {
-        let control = receiver
-            .act(action, &self.intake[i].actor(), now)
-            .unwrap();
+        let control = receiver.act(action, &self.intake[i].actor(), now).unwrap();
         sender
             .receive_control(&control, &self.sender.trust, &self.receivers[i].trust, now)
             .unwrap();
@@ -384,4 +384,21 @@ pub fn forge_offer(device: &Device, offer: &wire::ReferralOffer) -> wire::Signed
 /// Decodes the offer inside a signed offer.
 pub fn open_offer(signed: &wire::SignedReferralOffer) -> wire::ReferralOffer {
     handover_proto::decode::referral_offer(&signed.offer).unwrap()
+}
+
+/// Signs a control message with a device's key directly (bypassing every client check).
+pub fn forge_control(device: &Device, control: &wire::ReferralControl) -> wire::SignedControl {
+    use ed25519_dalek::Signer;
+    use prost::Message;
+    let secret = device.keys.to_secret_bytes();
+    let seed: [u8; 32] = secret[17..49].try_into().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let bytes = control.encode_to_vec();
+    let mut input = b"handover/1 referral-control".to_vec();
+    input.extend_from_slice(&bytes);
+    wire::SignedControl {
+        control: bytes,
+        signer: Some(device.cert.signed().clone()),
+        signature: key.sign(&input).to_bytes().to_vec(),
+    }
 }

@@ -1,0 +1,288 @@
+//! Revocation fan-out: withdrawing consent reaches every organisation that received data under
+//! it; each erases and confirms; the sender sees who is still pending, including a receiver
+//! that was offline.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod referral_support;
+
+use std::collections::BTreeMap;
+
+use handover_core::consent::{ConsentEvent, DisclosureLedger, PurgeStatus};
+use handover_core::referral::{
+    Action, Closed, ReceiverEvent, ReceiverReferral, ReferralState, SenderEvent, SenderReferral,
+    fan_out_consent_change,
+};
+use handover_proto::e2e::v1 as wire;
+use referral_support::*;
+
+struct Network {
+    w: World,
+    senders: BTreeMap<handover_core::referral::ReferralId, SenderReferral>,
+    receivers: Vec<ReceiverReferral>,
+    ledger: DisclosureLedger,
+}
+
+/// Three receiving organisations: two accepted (bodies released), one only offered.
+fn network() -> Network {
+    let mut w = World::new(3);
+    let mut senders = BTreeMap::new();
+    let mut receivers = Vec::new();
+    let mut ledger = DisclosureLedger::new();
+    let receipt = w.receipt().id();
+    for i in 0..3 {
+        let (s, r) = if i < 2 { w.accepted(i) } else { w.send(i) };
+        ledger.record_offer(
+            receipt,
+            s.id(),
+            w.receivers[i].root.public_key().to_bytes(),
+            T0,
+        );
+        if i < 2 {
+            ledger.record_sections(&s.id(), SECTIONS);
+            assert_eq!(r.held_sections(), 4);
+        }
+        senders.insert(s.id(), s);
+        receivers.push(r);
+    }
+    Network {
+        w,
+        senders,
+        receivers,
+        ledger,
+    }
+}
+
+fn withdraw(
+    n: &mut Network,
+    now: u64,
+) -> Vec<(handover_core::referral::ReferralId, wire::SignedControl)> {
+    let consent = std::mem::replace(&mut n.w.consent, handover_core::consent::Consent::Requested);
+    let withdrawn = consent
+        .apply(
+            ConsentEvent::Withdraw,
+            &n.w.caseworker.actor(),
+            now,
+            &mut n.w.rng,
+        )
+        .unwrap();
+    let new = withdrawn.current().unwrap().clone();
+    n.w.registry.insert(new.clone());
+    n.w.consent = withdrawn;
+    fan_out_consent_change(
+        &new,
+        &mut n.ledger,
+        &mut n.senders,
+        &n.w.caseworker.actor(),
+        now,
+    )
+    .unwrap()
+}
+
+/// Receiver `i` processes a CONSENT_CHANGED; the sender processes the confirmation.
+fn process(n: &mut Network, i: usize, control: &wire::SignedControl, now: u64) -> SenderEvent {
+    let event = n.receivers[i]
+        .receive_control(
+            control,
+            &n.w.sender.trust,
+            &n.w.receivers[i].trust,
+            &n.w.intake[i].actor(),
+            now,
+        )
+        .unwrap();
+    let ReceiverEvent::Purged { confirmation, .. } = event else {
+        panic!("expected a purge, got {event:?}");
+    };
+    let id = n.receivers[i].id();
+    let sender = n.senders.get_mut(&id).unwrap();
+    let event = sender
+        .receive_control(
+            &confirmation,
+            &n.w.sender.trust,
+            &n.w.receivers[i].trust,
+            now,
+        )
+        .unwrap();
+    if let SenderEvent::PurgeConfirmed { at, retained_under } = &event {
+        n.ledger.confirm_purge(&id, *at, retained_under.clone());
+    }
+    event
+}
+
+#[test]
+fn withdrawal_fans_out_and_every_recipient_confirms() {
+    let mut n = network();
+    let old = n.w.receipt().id();
+    let controls = withdraw(&mut n, T0 + DAY);
+    assert_eq!(controls.len(), 3);
+    assert_eq!(n.ledger.pending(&old).len(), 3);
+    for s in n.senders.values() {
+        assert_eq!(s.state(), &ReferralState::ConsentRevoked);
+        assert_eq!(s.held_sections(), 0, "sender keeps no sealed copy");
+    }
+    // Receivers 0 and 1 are online.
+    for i in 0..2 {
+        let (_, control) = controls
+            .iter()
+            .find(|(id, _)| *id == n.receivers[i].id())
+            .unwrap();
+        let event = process(&mut n, i, control, T0 + DAY + 60);
+        assert_eq!(
+            event,
+            SenderEvent::PurgeConfirmed {
+                at: T0 + DAY + 60,
+                retained_under: None
+            }
+        );
+        let r = &n.receivers[i];
+        assert_eq!(r.held_sections(), 0);
+        assert!(r.offer().is_none());
+        assert!(r.section(wire::Section::Identity).is_none());
+        assert_eq!(
+            r.state(),
+            &ReferralState::PurgeConfirmed(Closed::ConsentRevoked)
+        );
+    }
+    // Receiver 2 was offline: still pending.
+    let pending = n.ledger.pending(&old);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].referral_id, n.receivers[2].id());
+    assert!(matches!(pending[0].purge, PurgeStatus::Pending { since } if since == T0 + DAY));
+    assert!(n.receivers[2].offer().is_some());
+
+    // It comes back five days later and processes the queued message.
+    let (_, control) = controls
+        .iter()
+        .find(|(id, _)| *id == n.receivers[2].id())
+        .unwrap()
+        .clone();
+    process(&mut n, 2, &control, T0 + 6 * DAY);
+    assert!(n.receivers[2].offer().is_none());
+    assert!(n.ledger.pending(&old).is_empty());
+    // Everyone's timelines agree and verify, including the signed receipts inside.
+    for (i, r) in n.receivers.iter().enumerate() {
+        let s = &n.senders[&r.id()];
+        assert_eq!(s.timeline().head(), r.timeline().head());
+        s.timeline()
+            .verify(
+                &n.w.sender.root.public_key(),
+                &n.w.receivers[i].root.public_key(),
+            )
+            .unwrap();
+        assert_eq!(
+            s.state(),
+            &ReferralState::PurgeConfirmed(Closed::ConsentRevoked)
+        );
+    }
+}
+
+#[test]
+fn a_legal_hold_is_answered_with_retained_under_exception() {
+    let mut n = network();
+    n.receivers[0].set_legal_hold(Some(
+        "Criminal proceedings, court order 2026/114".to_owned(),
+    ));
+    let controls = withdraw(&mut n, T0 + DAY);
+    let (_, control) = controls
+        .iter()
+        .find(|(id, _)| *id == n.receivers[0].id())
+        .unwrap()
+        .clone();
+    let event = process(&mut n, 0, &control, T0 + DAY + 1);
+    assert_eq!(
+        event,
+        SenderEvent::PurgeConfirmed {
+            at: T0 + DAY + 1,
+            retained_under: Some("Criminal proceedings, court order 2026/114".to_owned())
+        }
+    );
+    assert!(matches!(
+        n.receivers[0].state(),
+        ReferralState::RetainedUnderException { .. }
+    ));
+    assert_eq!(n.receivers[0].held_sections(), 4);
+}
+
+#[test]
+fn a_renewal_is_not_a_revocation() {
+    let mut n = network();
+    let consent = std::mem::replace(&mut n.w.consent, handover_core::consent::Consent::Requested);
+    let refs: Vec<&Org> = n.w.receivers.iter().collect();
+    let mut draft = receipt_draft(&n.w.sender, &refs, &SECTIONS, T0);
+    draft.valid_until = T0 + 365 * DAY;
+    let renewed = consent
+        .apply(
+            ConsentEvent::Renew(Box::new(draft)),
+            &n.w.caseworker.actor(),
+            T0 + DAY,
+            &mut n.w.rng,
+        )
+        .unwrap();
+    let new = renewed.current().unwrap().clone();
+    assert_eq!(new.state(), wire::ConsentState::Renewed);
+    let controls = fan_out_consent_change(
+        &new,
+        &mut n.ledger,
+        &mut n.senders,
+        &n.w.caseworker.actor(),
+        T0 + DAY,
+    )
+    .unwrap();
+    assert_eq!(controls.len(), 3);
+    assert!(n.ledger.pending(&new.supersedes().unwrap()).is_empty());
+    let (_, control) = &controls[0];
+    let i = n
+        .receivers
+        .iter()
+        .position(|r| r.id() == controls[0].0)
+        .unwrap();
+    let event = n.receivers[i]
+        .receive_control(
+            control,
+            &n.w.sender.trust,
+            &n.w.receivers[i].trust,
+            &n.w.intake[i].actor(),
+            T0 + DAY,
+        )
+        .unwrap();
+    assert!(matches!(
+        event,
+        ReceiverEvent::StateChanged(ReferralState::Accepted | ReferralState::Sent)
+    ));
+}
+
+#[test]
+fn sender_withdrawal_is_confirmed_by_the_receiver() {
+    let mut w = World::new(1);
+    let (mut s, mut r) = w.accepted(0);
+    let withdraw = s
+        .act(
+            Action::Withdraw {
+                reason: "The person moved away".to_owned(),
+            },
+            &w.caseworker.actor(),
+            T0 + DAY,
+        )
+        .unwrap();
+    assert_eq!(s.held_sections(), 0);
+    let event = r
+        .receive_control(
+            &withdraw,
+            &w.sender.trust,
+            &w.receivers[0].trust,
+            &w.intake[0].actor(),
+            T0 + DAY,
+        )
+        .unwrap();
+    let ReceiverEvent::Purged { confirmation, .. } = event else {
+        panic!("no purge");
+    };
+    assert_eq!(r.held_sections(), 0);
+    s.receive_control(
+        &confirmation,
+        &w.sender.trust,
+        &w.receivers[0].trust,
+        T0 + DAY,
+    )
+    .unwrap();
+    assert_eq!(s.state(), &ReferralState::PurgeConfirmed(Closed::Withdrawn));
+}
