@@ -85,12 +85,16 @@ fn process(n: &mut Network, i: usize, control: &wire::SignedControl, now: u64) -
             control,
             &n.w.sender.trust,
             &n.w.receivers[i].trust,
+            &mut handover_core::consent::ReceiptRegistry::new(),
             &n.w.intake[i].actor(),
             now,
         )
         .unwrap();
-    let ReceiverEvent::Purged { confirmation, .. } = event else {
-        panic!("expected a purge, got {event:?}");
+    let confirmation = match event {
+        ReceiverEvent::Purged { confirmation, .. } | ReceiverEvent::Retained { confirmation } => {
+            confirmation
+        }
+        other => panic!("expected a purge, got {other:?}"),
     };
     let id = n.receivers[i].id();
     let sender = n.senders.get_mut(&id).unwrap();
@@ -240,6 +244,7 @@ fn a_renewal_is_not_a_revocation() {
             control,
             &n.w.sender.trust,
             &n.w.receivers[i].trust,
+            &mut handover_core::consent::ReceiptRegistry::new(),
             &n.w.intake[i].actor(),
             T0 + DAY,
         )
@@ -269,6 +274,7 @@ fn sender_withdrawal_is_confirmed_by_the_receiver() {
             &withdraw,
             &w.sender.trust,
             &w.receivers[0].trust,
+            &mut handover_core::consent::ReceiptRegistry::new(),
             &w.intake[0].actor(),
             T0 + DAY,
         )
@@ -285,4 +291,144 @@ fn sender_withdrawal_is_confirmed_by_the_receiver() {
     )
     .unwrap();
     assert_eq!(s.state(), &ReferralState::PurgeConfirmed(Closed::Withdrawn));
+}
+
+#[test]
+fn a_consent_change_must_supersede_the_referrals_receipt() {
+    let mut n = network();
+    // A receipt for something else entirely, withdrawn: it does not supersede this referral's.
+    let refs = [&n.w.receivers[0]];
+    let mut rng = rng(21);
+    let other = give_consent(&n.w.sender, &n.w.caseworker, &refs, &SECTIONS, T0, &mut rng);
+    let other_withdrawn = other
+        .apply(
+            ConsentEvent::Withdraw,
+            &n.w.caseworker.actor(),
+            T0 + 1,
+            &mut rng,
+        )
+        .unwrap();
+    let id = n.receivers[0].id();
+    let unrelated = n
+        .senders
+        .get_mut(&id)
+        .unwrap()
+        .consent_changed(
+            other_withdrawn.current().unwrap(),
+            &n.w.caseworker.actor(),
+            T0 + 2,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        unrelated,
+        handover_core::referral::ReferralError::Consent(
+            handover_core::consent::GateError::ReceiptMismatch { .. }
+        )
+    ));
+    // Forged by hand, the receiving client refuses it and nothing changes.
+    let control = wire::ReferralControl {
+        referral_id: id.as_bytes().to_vec(),
+        sequence: n.receivers[0].timeline().len(),
+        prev_hash: n.receivers[0].timeline().head().to_vec(),
+        at: T0 + 2,
+        action: Some(wire::referral_control::Action::ConsentChanged(
+            wire::ConsentChanged {
+                receipt: Some(other_withdrawn.current().unwrap().signed().clone()),
+            },
+        )),
+    };
+    let forged = forge_control(&n.w.caseworker, &control);
+    let before = n.receivers[0].state().clone();
+    let err = n.receivers[0]
+        .receive_control(
+            &forged,
+            &n.w.sender.trust,
+            &n.w.receivers[0].trust,
+            &mut handover_core::consent::ReceiptRegistry::new(),
+            &n.w.intake[0].actor(),
+            T0 + 2,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        handover_core::referral::ReferralError::Consent(
+            handover_core::consent::GateError::ReceiptMismatch { .. }
+        )
+    ));
+    assert_eq!(n.receivers[0].state(), &before);
+    assert_eq!(n.receivers[0].held_sections(), 4);
+}
+
+#[test]
+fn after_a_withdrawal_the_receiver_refuses_new_offers_under_the_old_receipt() {
+    let mut n = network();
+    let old = n.w.receipt().signed().clone();
+    // An offer prepared before the withdrawal, delivered (or replayed) after it.
+    let (late, _) = n.w.send(0);
+    let controls = withdraw(&mut n, T0 + DAY);
+    let mut known = handover_core::consent::ReceiptRegistry::new();
+    let (_, control) = controls
+        .iter()
+        .find(|(id, _)| *id == n.receivers[0].id())
+        .unwrap();
+    n.receivers[0]
+        .receive_control(
+            control,
+            &n.w.sender.trust,
+            &n.w.receivers[0].trust,
+            &mut known,
+            &n.w.intake[0].actor(),
+            T0 + DAY,
+        )
+        .unwrap();
+    let err = ReceiverReferral::receive_offer(
+        &forge_offer(&n.w.caseworker, late.offer()),
+        Some(&old),
+        &n.w.sender.trust,
+        &n.w.intake[0].cert,
+        &known,
+        T0 + DAY + 10,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        handover_core::referral::ReferralError::Consent(
+            handover_core::consent::GateError::Revoked {
+                state: "WITHDRAWN",
+                ..
+            }
+        )
+    ));
+}
+
+#[test]
+fn declined_offers_are_purged_and_confirmed() {
+    let mut w = World::new(1);
+    let (mut s, mut r) = w.send(0);
+    w.receiver_acts(0, &mut s, &mut r, Action::Delivered, T0 + 100);
+    w.receiver_acts(0, &mut s, &mut r, Action::Acknowledge, T0 + 110);
+    w.receiver_acts(
+        0,
+        &mut s,
+        &mut r,
+        Action::Decline {
+            reason: wire::DeclineReason::ConflictOfInterest,
+            note: String::new(),
+        },
+        T0 + 120,
+    );
+    assert!(r.offer().is_none());
+    let ReceiverEvent::Purged { confirmation, .. } =
+        r.confirm_purge(&w.intake[0].actor(), T0 + 130).unwrap()
+    else {
+        panic!("expected a purge confirmation");
+    };
+    s.receive_control(
+        &confirmation,
+        &w.sender.trust,
+        &w.receivers[0].trust,
+        T0 + 130,
+    )
+    .unwrap();
+    assert_eq!(s.state(), &ReferralState::PurgeConfirmed(Closed::Declined));
 }

@@ -112,6 +112,7 @@ fn unanswered_offer_expires_on_both_sides() {
         &expired,
         &w.sender.trust,
         &w.receivers[0].trust,
+        &mut handover_core::consent::ReceiptRegistry::new(),
         &w.intake[0].actor(),
         due + 6,
     )

@@ -48,6 +48,7 @@ fn offer_accept_release_complete() {
         &answer,
         &w.sender.trust,
         &w.receivers[0].trust,
+        &mut handover_core::consent::ReceiptRegistry::new(),
         &w.intake[0].actor(),
         T0 + 150,
     )

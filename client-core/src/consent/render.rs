@@ -100,7 +100,7 @@ pub struct OverrideNotice {
 }
 
 /// What to render.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct SurvivorCopy<'a> {
     /// The receipt.
     pub receipt: &'a SignedReceipt,
@@ -112,6 +112,16 @@ pub struct SurvivorCopy<'a> {
     pub preferred_term: PreferredTerm,
     /// Sharing without consent to tell the person about.
     pub overrides: &'a [OverrideNotice],
+}
+
+impl std::fmt::Debug for SurvivorCopy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SurvivorCopy")
+            .field("receipt", &self.receipt.id())
+            .field("language", &self.language)
+            .field("overrides", &self.overrides.len())
+            .finish_non_exhaustive()
+    }
 }
 
 struct Texts {
@@ -501,11 +511,28 @@ fn date(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// Replaces `{key}` placeholders in one pass, so values (names, purposes) that happen to
+/// contain braces are never themselves substituted.
 fn fill(template: &str, pairs: &[(&str, &str)]) -> String {
-    let mut out = template.to_owned();
-    for (key, value) in pairs {
-        out = out.replace(&format!("{{{key}}}"), value);
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}').map(|close| (&after[..close], close)) {
+            Some((key, close)) if pairs.iter().any(|(k, _)| *k == key) => {
+                if let Some((_, value)) = pairs.iter().find(|(k, _)| *k == key) {
+                    out.push_str(value);
+                }
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 

@@ -14,7 +14,7 @@ use super::{ConsentError, SignedReceipt};
 use crate::referral::Actor;
 
 /// What happens to a person's consent.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum ConsentEvent {
     /// The person gave consent; the draft holds the receipt fields (state is set here).
@@ -31,6 +31,12 @@ pub enum ConsentEvent {
     Expire,
     /// The consent was not valid (for example given by someone without authority).
     Invalidate,
+}
+
+impl fmt::Debug for ConsentEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConsentEvent::{}", self.name())
+    }
 }
 
 impl ConsentEvent {

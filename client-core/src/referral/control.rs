@@ -1,5 +1,7 @@
 //! Signed control messages (docs/PROTOCOL.md §11.4).
 
+use std::fmt;
+
 use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;
 use handover_proto::limits::SIGNATURE_LEN;
@@ -21,7 +23,7 @@ pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 ///
 /// Free text (`note`, `questions`, `answers`, the withdrawal reason) is case content: it travels
 /// end-to-end encrypted and is kept on both sides, but never appears in the audit export.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Action {
     /// DELIVERED (receiver).
@@ -65,6 +67,17 @@ pub enum Action {
     },
     /// EXPIRED (sender).
     Expired,
+}
+
+impl fmt::Debug for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Free text is case content: print the step and reason codes only.
+        match self {
+            Self::Decline { reason, note: _ } => write!(f, "Decline({reason:?})"),
+            Self::Complete { outcome, note: _ } => write!(f, "Complete({outcome:?})"),
+            other => f.write_str(action_name(&other.to_wire())),
+        }
+    }
 }
 
 impl Action {

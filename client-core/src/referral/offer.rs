@@ -1,5 +1,7 @@
 //! Building and checking the sealed offer (docs/PROTOCOL.md §11.1).
 
+use std::fmt;
+
 use handover_proto::e2e::v1 as wire;
 use handover_proto::limits::KEY_LEN;
 
@@ -11,7 +13,7 @@ use super::seal::section_of;
 /// person; those belong in body sections. [`SenderReferral::prepare`](super::SenderReferral::prepare)
 /// refuses a draft whose free-text fields contain a name, contact detail, location or id number
 /// from the body, an e-mail address or a phone number.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct OfferDraft {
     /// Referral, transfer or info request.
     pub kind: wire::ReferralKind,
@@ -51,13 +53,35 @@ pub struct OfferDraft {
 }
 
 /// The consent an offer relies on, as the sender supplies it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub enum ConsentInput<'a> {
     /// A consent receipt (verified against the sending organisation before use).
     Receipt(&'a wire::SignedConsentReceipt),
     /// Sharing without consent: needs an ADMIN acting device, a legal basis and a
     /// justification. Recorded in the offer, the timeline and the survivor's copy.
     Override(&'a wire::ConsentOverride),
+}
+
+impl fmt::Debug for OfferDraft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Free text may hold case content: show the structured fields only.
+        f.debug_struct("OfferDraft")
+            .field("kind", &self.kind)
+            .field("priority", &self.priority)
+            .field("services_requested", &self.services_requested)
+            .field("age_band", &self.age_band)
+            .field("retain_until", &self.retain_until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ConsentInput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Receipt(_) => "ConsentInput::Receipt(..)",
+            Self::Override(_) => "ConsentInput::Override(..)",
+        })
+    }
 }
 
 fn invalid(field: &'static str, problem: &'static str) -> ReferralError {

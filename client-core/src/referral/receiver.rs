@@ -17,7 +17,7 @@ use crate::consent::{Basis, GateError, ReceiptRegistry, SignedReceipt, check_off
 use crate::identity::{DeviceCertificate, OrgTrust, Role};
 
 /// What happened on the receiving side.
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ReceiverEvent {
     /// The lifecycle moved to this state.
@@ -30,8 +30,26 @@ pub enum ReceiverEvent {
         /// The signed confirmation to send.
         confirmation: wire::SignedControl,
     },
+    /// Erasure was requested but a legal hold is set: nothing was erased, and this signed
+    /// RETAINED_UNDER_EXCEPTION (a PURGE_CONFIRMED naming the legal basis) must go to the
+    /// sender.
+    Retained {
+        /// The signed confirmation to send.
+        confirmation: wire::SignedControl,
+    },
     /// The offer expired on our clock; its content was erased (no message to send).
     OfferExpired(Erasure),
+}
+
+impl fmt::Debug for ReceiverEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::StateChanged(state) => write!(f, "StateChanged({})", state.name()),
+            Self::Purged { erasure, .. } => write!(f, "Purged({erasure:?})"),
+            Self::Retained { .. } => f.write_str("Retained"),
+            Self::OfferExpired(erasure) => write!(f, "OfferExpired({erasure:?})"),
+        }
+    }
 }
 
 /// Decrypted body sections and their keys. Zeroized on drop.
@@ -312,31 +330,34 @@ impl ReceiverReferral {
 
     /// Verifies and applies a control from the sender (or another device of ours). A
     /// withdrawal or a revoked consent erases the offer and body at once (unless a legal hold
-    /// is set) and returns the signed PURGE_CONFIRMED to send; an EXPIRED erases the offer.
-    /// A device that was offline processes the same message later with the same result.
+    /// is set) and returns the signed PURGE_CONFIRMED to send; an EXPIRED erases the offer. A
+    /// CONSENT_CHANGED must supersede the receipt this referral relies on; the new receipt is
+    /// added to `registry` so later offers under the old receipt are refused. A device that
+    /// was offline processes the same message later with the same result.
     pub fn receive_control(
         &mut self,
         signed: &wire::SignedControl,
         sender_org: &OrgTrust,
         own_org: &OrgTrust,
+        registry: &mut ReceiptRegistry,
         actor: &Actor<'_>,
         now: u64,
     ) -> Result<ReceiverEvent, ReferralError> {
         let before = self.state().clone();
-        let incoming = self.core.receive(signed, sender_org, own_org, now)?;
-        if let Some(new_receipt) = incoming.consent
-            && new_receipt.state() == wire::ConsentState::Renewed
-        {
-            self.receipt = Some(new_receipt);
+        let current = self.receipt.as_ref().map(SignedReceipt::id);
+        let incoming = self
+            .core
+            .receive(signed, sender_org, own_org, current, now)?;
+        if let Some(new_receipt) = incoming.consent {
+            registry.insert(new_receipt.clone());
+            if new_receipt.state() == wire::ConsentState::Renewed {
+                self.receipt = Some(new_receipt);
+            }
         }
         match self.state() {
             ReferralState::Withdrawn | ReferralState::ConsentRevoked => {
                 // Answered by this device; a colleague's PURGE_CONFIRMED may come instead.
-                let confirmation = self.purge(actor, now, "all")?;
-                Ok(ReceiverEvent::Purged {
-                    erasure: Erasure::Body(self.id()),
-                    confirmation,
-                })
+                self.purge(actor, now, "all")
             }
             ReferralState::Expired if before != ReferralState::Expired => {
                 self.erase_offer();
@@ -344,6 +365,16 @@ impl ReceiverReferral {
             }
             state => Ok(ReceiverEvent::StateChanged(state.clone())),
         }
+    }
+
+    /// Confirms erasure after a decline or an expiry (the offer content is already gone) with a
+    /// signed PURGE_CONFIRMED, or RETAINED_UNDER_EXCEPTION under a legal hold.
+    pub fn confirm_purge(
+        &mut self,
+        actor: &Actor<'_>,
+        now: u64,
+    ) -> Result<ReceiverEvent, ReferralError> {
+        self.purge(actor, now, "offer")
     }
 
     /// Runs expiry at `now`: an undecided offer past `offer_expires_at` is erased locally
@@ -375,11 +406,7 @@ impl ReceiverReferral {
             return Ok(Some(ReceiverEvent::OfferExpired(Erasure::Offer(self.id()))));
         }
         if state.body_allowed() && now >= self.core.meta.retain_until {
-            let confirmation = self.purge(actor, now, "body")?;
-            return Ok(Some(ReceiverEvent::Purged {
-                erasure: Erasure::Body(self.id()),
-                confirmation,
-            }));
+            return self.purge(actor, now, "body").map(Some);
         }
         Ok(None)
     }
@@ -391,14 +418,14 @@ impl ReceiverReferral {
         actor: &Actor<'_>,
         now: u64,
         scope: &str,
-    ) -> Result<wire::SignedControl, ReferralError> {
+    ) -> Result<ReceiverEvent, ReferralError> {
         let retained = self.legal_hold.clone();
         let action = wire::referral_control::Action::PurgeConfirmed(wire::PurgeConfirmed {
             scope: scope.to_owned(),
             purged_at: now,
             retained_under_exception: retained.clone().unwrap_or_default(),
         });
-        let signed = self.core.act(
+        let confirmation = self.core.act(
             action,
             Transition::PurgeConfirmed {
                 retained_under: retained.clone(),
@@ -406,10 +433,14 @@ impl ReceiverReferral {
             actor,
             now,
         )?;
-        if retained.is_none() {
-            self.erase_offer();
+        if retained.is_some() {
+            return Ok(ReceiverEvent::Retained { confirmation });
         }
-        Ok(signed)
+        self.erase_offer();
+        Ok(ReceiverEvent::Purged {
+            erasure: Erasure::Body(self.id()),
+            confirmation,
+        })
     }
 
     /// Erases offer content, body sections and keys, and the content of the timeline entries

@@ -18,7 +18,7 @@ use crate::consent::{Basis, DisclosureLedger, ReceiptRegistry, SignedReceipt, ch
 use crate::identity::{DeviceCertificate, OrgTrust, Role};
 
 /// What the sender learns from a peer's control message or from its clock.
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub enum SenderEvent {
     /// The lifecycle moved to this state.
@@ -39,6 +39,22 @@ pub enum SenderEvent {
     /// The offer expired after delivery but before a decision; send this signed EXPIRED
     /// control.
     ExpiredUnanswered(wire::SignedControl),
+}
+
+impl fmt::Debug for SenderEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::StateChanged(state) => write!(f, "StateChanged({})", state.name()),
+            Self::ReleaseBody => f.write_str("ReleaseBody"),
+            Self::PurgeConfirmed { at, retained_under } => f
+                .debug_struct("PurgeConfirmed")
+                .field("at", at)
+                .field("retained", &retained_under.is_some())
+                .finish(),
+            Self::ExpiredUndelivered(_) => f.write_str("ExpiredUndelivered(..)"),
+            Self::ExpiredUnanswered(_) => f.write_str("ExpiredUnanswered(..)"),
+        }
+    }
 }
 
 /// The sending organisation's record of one referral: the signed offer, the sealed body
@@ -349,7 +365,16 @@ impl SenderReferral {
         receiver_org: &OrgTrust,
         now: u64,
     ) -> Result<SenderEvent, ReferralError> {
-        let incoming = self.core.receive(signed, own_org, receiver_org, now)?;
+        let current = self.receipt.as_ref().map(SignedReceipt::id);
+        let incoming = self
+            .core
+            .receive(signed, own_org, receiver_org, current, now)?;
+        // A colleague's consent change.
+        if let Some(new_receipt) = incoming.consent
+            && new_receipt.state() == wire::ConsentState::Renewed
+        {
+            self.receipt = Some(new_receipt);
+        }
         use wire::referral_control::Action as A;
         Ok(match incoming.control.action {
             Some(A::Accept(_)) => SenderEvent::ReleaseBody,

@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 use super::control::{self, Trust, decode_control, side_of, sign_control, transition_of};
 use super::lifecycle::{ActorInfo, Lifecycle, Side, Transition};
 use super::{Actor, MAX_CLOCK_SKEW_SECS, ReferralError, ReferralId, Timeline};
-use crate::consent::SignedReceipt;
+use crate::consent::{GateError, ReceiptId, SignedReceipt};
 use crate::identity::OrgTrust;
 
 /// Offer facts a record keeps even after the offer's content is erased.
@@ -133,6 +133,7 @@ impl Core {
         signed: &wire::SignedControl,
         sender_org: &OrgTrust,
         receiver_org: &OrgTrust,
+        current_receipt: Option<ReceiptId>,
         now: u64,
     ) -> Result<Incoming, ReferralError> {
         let control = decode_control(signed)?;
@@ -174,7 +175,15 @@ impl Core {
                 let receipt = c.receipt.as_ref().ok_or(ReferralError::Malformed {
                     what: "control message",
                 })?;
-                Some(SignedReceipt::verify(receipt, sender_org)?)
+                let new = SignedReceipt::verify(receipt, sender_org)?;
+                // A change must supersede the receipt this referral relies on.
+                if current_receipt.is_none() || new.supersedes() != current_receipt {
+                    return Err(GateError::ReceiptMismatch {
+                        receipt: new.id().short(),
+                    }
+                    .into());
+                }
+                Some(new)
             }
             _ => None,
         };
