@@ -474,6 +474,21 @@ fn override_needs_permission_basis_and_is_marked() {
     );
     // The justification is case content and stays out of the audit export.
     assert!(!export.to_string().contains("Imminent risk"));
+    // The survivor's copy lists the override.
+    let notice = handover_core::consent::OverrideNotice::from_offer(r.offer().unwrap()).unwrap();
+    assert_eq!(notice.org_name, "Receiving Org 0");
+    assert_eq!(notice.sections.len(), 4);
+    let copy =
+        handover_core::consent::render_survivor_copy(&handover_core::consent::SurvivorCopy {
+            receipt: w.receipt(),
+            language: handover_core::consent::Language::English,
+            preferred_name: None,
+            preferred_term: handover_core::consent::PreferredTerm::None,
+            overrides: &[notice],
+        });
+    assert!(copy.contains("Shared without your consent:"));
+    assert!(copy.contains("Receiving Org 0 received: Who you are"));
+    assert!(copy.contains("Legal basis: GDPR Art. 9(2)(c) vital interests"));
 
     // The receiving client refuses an override signed by a caseworker device.
     let forged = forge_offer(&w.caseworker, &open_offer(&offer));

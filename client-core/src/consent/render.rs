@@ -99,6 +99,27 @@ pub struct OverrideNotice {
     pub sections: Vec<wire::Section>,
 }
 
+impl OverrideNotice {
+    /// The notice for an offer that relies on an override (`None` if it relies on consent).
+    pub fn from_offer(offer: &wire::ReferralOffer) -> Option<Self> {
+        let Some(wire::consent_ref::Basis::Override(o)) =
+            offer.consent.as_ref().and_then(|c| c.basis.as_ref())
+        else {
+            return None;
+        };
+        Some(Self {
+            org_name: offer
+                .to
+                .as_ref()
+                .map(|p| p.org_name.clone())
+                .unwrap_or_default(),
+            legal_basis: o.legal_basis.clone(),
+            at: offer.created_at,
+            sections: offer.sections_included().collect(),
+        })
+    }
+}
+
 /// What to render.
 #[derive(Clone, Copy)]
 pub struct SurvivorCopy<'a> {

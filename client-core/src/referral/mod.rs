@@ -18,6 +18,29 @@
 //! The core is sans-IO: callers pass `now` (Unix seconds), an RNG, and the acting device
 //! ([`Actor`]); records are serialisable ([`SenderReferral::to_bytes`],
 //! [`ReceiverReferral::to_bytes`]) and report what to erase ([`Erasure`]).
+//!
+//! The lifecycle is a value consumed by each transition; a refused transition hands the
+//! unchanged value back with the reason:
+//!
+//! ```
+//! use handover_core::identity::Role;
+//! use handover_core::referral::{ActorInfo, Lifecycle, ReferralState, Side, Transition};
+//! use handover_proto::e2e::v1::{DeclineReason, ReferralKind};
+//!
+//! let intake = ActorInfo { side: Side::Receiver, role: Role::Caseworker };
+//! let lifecycle = Lifecycle::received(ReferralKind::Referral)
+//!     .apply(Transition::Delivered, intake)
+//!     .map_err(|(_, err)| err)?;
+//! // Declining before the offer was acknowledged is refused; nothing changes.
+//! let Err((lifecycle, err)) =
+//!     lifecycle.apply(Transition::Decline(DeclineReason::NoCapacity), intake)
+//! else {
+//!     unreachable!()
+//! };
+//! assert_eq!(err.to_string(), "cannot decline a referral in state DELIVERED");
+//! assert_eq!(lifecycle.state(), &ReferralState::Delivered);
+//! # Ok::<(), handover_core::referral::LifecycleError>(())
+//! ```
 
 mod actor;
 mod control;

@@ -123,7 +123,16 @@ pub(crate) fn seal(
         field: "sections",
         problem: "a body section has no content",
     })?;
-    let key = SectionKey::random(rng);
+    seal_with_key(SectionKey::random(rng), referral_id, section, body)
+}
+
+/// Seals one section under `key` (which must never be used again).
+fn seal_with_key(
+    key: SectionKey,
+    referral_id: &ReferralId,
+    section: wire::Section,
+    body: &wire::BodySection,
+) -> Result<SealedSection, ReferralError> {
     let plaintext = Zeroizing::new(body.encode_to_vec());
     let cipher =
         ChaCha20Poly1305::new_from_slice(key.expose()).map_err(|_| ReferralError::Crypto)?;
@@ -177,4 +186,57 @@ pub(crate) fn open(
         return Err(ReferralError::CouldNotDecrypt { section: name });
     }
     Ok(plaintext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known-answer vector, computed independently by `tests/data/referral_vectors.py`.
+    #[test]
+    fn section_sealing_known_answer() {
+        let id = ReferralId::from_slice(&(0u8..16).collect::<Vec<_>>()).unwrap();
+        let body = wire::BodySection {
+            content: Some(wire::body_section::Content::Risk(wire::RiskSection {
+                level: wire::RiskLevel::High as i32,
+                ..Default::default()
+            })),
+        };
+        assert_eq!(body.encode_to_vec(), [0x3a, 0x02, 0x08, 0x03]);
+        assert_eq!(
+            hex::encode(section_ad(&id, wire::Section::Risk)),
+            "68616e646f7665722f312073656374696f6e000102030405060708090a0b0c0d0e0f00000007"
+        );
+        let key = SectionKey::from_slice(&[0x42; 32]).unwrap();
+        let sealed = seal_with_key(key, &id, wire::Section::Risk, &body).unwrap();
+        assert_eq!(
+            hex::encode(&sealed.ciphertext),
+            "6364ec2816c35b38e94834bfdf7ef2340e7056d6"
+        );
+        let committed = commitment(&sealed.ciphertext);
+        assert_eq!(
+            hex::encode(committed),
+            "d4191aad3531837d7f502bc9a6c893816ca25c0062d1fdec546db5264820e7a4"
+        );
+        let opened = open(
+            &id,
+            wire::Section::Risk,
+            &sealed.ciphertext,
+            &committed,
+            &sealed.key,
+        )
+        .unwrap();
+        assert_eq!(opened.as_slice(), [0x3a, 0x02, 0x08, 0x03]);
+        // Under another section's associated data it does not open.
+        assert!(
+            open(
+                &id,
+                wire::Section::Reason,
+                &sealed.ciphertext,
+                &committed,
+                &sealed.key
+            )
+            .is_err()
+        );
+    }
 }

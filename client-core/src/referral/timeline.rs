@@ -547,3 +547,19 @@ fn control_details(item: &mut Value, control: &wire::ReferralControl) {
         | A::Expired(_) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known-answer vector, computed independently by `tests/data/referral_vectors.py`.
+    #[test]
+    fn entry_hash_known_answer() {
+        let digest: [u8; 32] = Sha256::digest(b"payload").into();
+        let hash = entry_hash(1, &[0x11; 32], &digest, &[0x22; 64]);
+        assert_eq!(
+            hex::encode(hash),
+            "06e8a97a2b8da6266727fdc31e204060e829134c669718e2a84de2ecd96b626d"
+        );
+    }
+}
