@@ -274,3 +274,12 @@ fn print_renderings() {
         );
     }
 }
+
+#[test]
+fn consent_expiry_is_due_at_valid_until() {
+    let w = World::new(1);
+    let until = w.receipt().receipt().valid_until;
+    assert!(!w.consent.expiry_due(until - 1));
+    assert!(w.consent.expiry_due(until));
+    assert!(!Consent::Requested.expiry_due(u64::MAX));
+}

@@ -59,7 +59,7 @@ fn good_offer(w: &mut World) -> (wire::ReferralOffer, wire::SignedConsentReceipt
     let draft = offer_draft(&w.sender, &w.receivers[0]);
     let receipt = w.receipt().signed().clone();
     let mut s = prepare(w, &draft, &receipt, T0).unwrap();
-    let (offer, _) = s.mark_sent(&w.caseworker.actor()).unwrap();
+    let (offer, _) = s.mark_sent(&w.caseworker.actor(), &mut w.ledger).unwrap();
     (open_offer(&offer), receipt)
 }
 
@@ -454,7 +454,7 @@ fn override_needs_permission_basis_and_is_marked() {
         &mut w.rng,
     )
     .unwrap();
-    let (offer, receipt) = s.mark_sent(&w.admin.actor()).unwrap();
+    let (offer, receipt) = s.mark_sent(&w.admin.actor(), &mut w.ledger).unwrap();
     assert!(receipt.is_none());
     let r = ReceiverReferral::receive_offer(
         &offer,
@@ -523,7 +523,7 @@ fn release_is_refused_after_consent_is_withdrawn() {
         .unwrap();
     w.registry.insert(withdrawn.current().unwrap().clone());
     let err = s
-        .release_body(&w.intake[0].cert, &w.registry, T0 + 130)
+        .release_body(&w.intake[0].cert, &w.registry, &mut w.ledger, T0 + 130)
         .unwrap_err();
     assert!(matches!(gate(err), GateError::Revoked { .. }));
 }

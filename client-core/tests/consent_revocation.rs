@@ -27,23 +27,20 @@ fn network() -> Network {
     let mut w = World::new(3);
     let mut senders = BTreeMap::new();
     let mut receivers = Vec::new();
-    let mut ledger = DisclosureLedger::new();
-    let receipt = w.receipt().id();
     for i in 0..3 {
         let (s, r) = if i < 2 { w.accepted(i) } else { w.send(i) };
-        ledger.record_offer(
-            receipt,
-            s.id(),
-            w.receivers[i].root.public_key().to_bytes(),
-            T0,
-        );
         if i < 2 {
-            ledger.record_sections(&s.id(), SECTIONS);
             assert_eq!(r.held_sections(), 4);
         }
         senders.insert(s.id(), s);
         receivers.push(r);
     }
+    // The sender's client recorded who received what.
+    let ledger = std::mem::take(&mut w.ledger);
+    let disclosures = ledger.disclosures(&w.receipt().id());
+    assert_eq!(disclosures.len(), 3);
+    assert_eq!(disclosures[0].sections.len(), 4);
+    assert!(disclosures[2].sections.is_empty(), "offer only");
     Network {
         w,
         senders,

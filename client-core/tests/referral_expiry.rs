@@ -44,7 +44,7 @@ fn emergency_offer_expires_undelivered_after_24_hours() {
     )
     .unwrap();
     assert_eq!(s.offer().offer_expires_at, T0 + 24 * 3600);
-    let (offer, receipt) = s.mark_sent(&w.caseworker.actor()).unwrap();
+    let (offer, receipt) = s.mark_sent(&w.caseworker.actor(), &mut w.ledger).unwrap();
     let actor = w.caseworker.actor();
     assert_eq!(s.tick(&actor, T0 + 24 * 3600 - 1).unwrap(), None);
     assert_eq!(s.held_sections(), 4);
@@ -55,8 +55,13 @@ fn emergency_offer_expires_undelivered_after_24_hours() {
     assert_eq!(s.state(), &ReferralState::Expired);
     assert_eq!(s.held_sections(), 0, "section keys and ciphertexts erased");
     assert!(
-        s.release_body(&w.intake[0].cert, &w.registry, T0 + 24 * 3600)
-            .is_err()
+        s.release_body(
+            &w.intake[0].cert,
+            &w.registry,
+            &mut w.ledger,
+            T0 + 24 * 3600
+        )
+        .is_err()
     );
     // A receiver that only now sees the offer refuses it.
     let err = ReceiverReferral::receive_offer(

@@ -57,7 +57,7 @@ fn offer_accept_release_complete() {
 
     // No body before acceptance.
     let err = s
-        .release_body(&w.intake[0].cert, &w.registry, T0 + 155)
+        .release_body(&w.intake[0].cert, &w.registry, &mut w.ledger, T0 + 155)
         .unwrap_err();
     assert!(matches!(err, ReferralError::BodyNotAllowed { .. }));
 
@@ -69,7 +69,7 @@ fn offer_accept_release_complete() {
         .unwrap();
     assert_eq!(event, SenderEvent::ReleaseBody);
     let body = s
-        .release_body(&w.intake[0].cert, &w.registry, T0 + 170)
+        .release_body(&w.intake[0].cert, &w.registry, &mut w.ledger, T0 + 170)
         .unwrap();
     // Each section has its own key.
     assert_eq!(body.keys.len(), 4);
@@ -125,7 +125,7 @@ fn tampered_or_swapped_sections_are_refused() {
     w.receiver_acts(0, &mut s, &mut r, Action::Acknowledge, T0 + 130);
     w.receiver_acts(0, &mut s, &mut r, Action::Accept, T0 + 140);
     let body = s
-        .release_body(&w.intake[0].cert, &w.registry, T0 + 150)
+        .release_body(&w.intake[0].cert, &w.registry, &mut w.ledger, T0 + 150)
         .unwrap();
     let empty = ReceiptRegistry::new();
 
@@ -192,12 +192,17 @@ fn ambassadors_never_receive_bodies() {
     w.receiver_acts(0, &mut s, &mut r, Action::Accept, T0 + 140);
     // The sender refuses to release to an ambassador device.
     let err = s
-        .release_body(&w.receiver_ambassadors[0].cert, &w.registry, T0 + 150)
+        .release_body(
+            &w.receiver_ambassadors[0].cert,
+            &w.registry,
+            &mut w.ledger,
+            T0 + 150,
+        )
         .unwrap_err();
     assert_eq!(err, ReferralError::AmbassadorCannotReceiveBody);
     // The ambassador's client refuses a body it got anyway.
     let body = s
-        .release_body(&w.intake[0].cert, &w.registry, T0 + 150)
+        .release_body(&w.intake[0].cert, &w.registry, &mut w.ledger, T0 + 150)
         .unwrap();
     let err = r
         .receive_body(
@@ -213,7 +218,7 @@ fn ambassadors_never_receive_bodies() {
     let other = Org::new("Elsewhere", &mut w.rng);
     let stranger = other.device(Role::Caseworker, &mut w.rng);
     assert!(matches!(
-        s.release_body(&stranger.cert, &w.registry, T0 + 150),
+        s.release_body(&stranger.cert, &w.registry, &mut w.ledger, T0 + 150),
         Err(ReferralError::NotAddressedToUs { .. })
     ));
 }
@@ -346,7 +351,7 @@ fn offer_for_another_organisation_or_from_an_untrusted_one_is_refused() {
         &mut w.rng,
     )
     .unwrap();
-    let (offer, receipt) = s.mark_sent(&w.caseworker.actor()).unwrap();
+    let (offer, receipt) = s.mark_sent(&w.caseworker.actor(), &mut w.ledger).unwrap();
     // Receiver 1 is not the addressee.
     let err = ReceiverReferral::receive_offer(
         &offer,
@@ -407,4 +412,37 @@ fn replayed_or_out_of_order_controls_are_refused() {
     );
     s.receive_control(&ack, &w.sender.trust, &w.receivers[0].trust, T0 + 10_000)
         .unwrap();
+}
+
+#[test]
+fn an_accepted_transfer_moves_ownership() {
+    let mut w = World::new(1);
+    let mut draft = offer_draft(&w.sender, &w.receivers[0]);
+    draft.kind = wire::ReferralKind::Transfer;
+    let mut s = prepare_with(&mut w, &draft, &body_sections()).unwrap();
+    let (offer, receipt) = s.mark_sent(&w.caseworker.actor(), &mut w.ledger).unwrap();
+    let mut r = ReceiverReferral::receive_offer(
+        &offer,
+        receipt.as_ref(),
+        &w.sender.trust,
+        &w.intake[0].cert,
+        &ReceiptRegistry::new(),
+        T0 + 60,
+    )
+    .unwrap();
+    w.receiver_acts(0, &mut s, &mut r, Action::Delivered, T0 + 100);
+    w.receiver_acts(0, &mut s, &mut r, Action::Acknowledge, T0 + 110);
+    assert!(!s.ownership_transferred());
+    w.receiver_acts(0, &mut s, &mut r, Action::Accept, T0 + 120);
+    assert!(s.ownership_transferred());
+    let err = s
+        .act(
+            Action::Withdraw {
+                reason: String::new(),
+            },
+            &w.caseworker.actor(),
+            T0 + 130,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ReferralError::Lifecycle(_)));
 }

@@ -27,7 +27,7 @@ fn records_round_trip_and_continue() {
         r.section(wire::Section::Reason).unwrap().unwrap()
     );
     // The restored sender can still release the body, and the pair can carry on.
-    s2.release_body(&w.intake[0].cert, &w.registry, T0 + 400)
+    s2.release_body(&w.intake[0].cert, &w.registry, &mut w.ledger, T0 + 400)
         .unwrap();
     w.receiver_acts(0, &mut s2, &mut r2, Action::StartService, T0 + 500);
     s2.timeline()

@@ -109,6 +109,18 @@ impl Consent {
         }
     }
 
+    /// Whether a given consent has reached its `valid_until` at `now`: the caller should apply
+    /// [`ConsentEvent::Expire`] and fan the change out to every recipient.
+    pub fn expiry_due(&self, now: u64) -> bool {
+        match self {
+            Self::Given(r) => {
+                let until = r.receipt().valid_until;
+                until != 0 && now >= until
+            }
+            _ => false,
+        }
+    }
+
     /// Applies `event` at `now`, signing the new receipt with `actor`. On refusal the machine
     /// comes back unchanged with the error.
     pub fn apply(

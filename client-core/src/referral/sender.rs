@@ -194,12 +194,13 @@ impl SenderReferral {
         })
     }
 
-    /// READY → SENT: returns what to send to every device of the receiving organisation: the
-    /// signed offer, and the consent receipt (for `Content.consent_receipt`) when the offer
-    /// relies on one.
+    /// READY → SENT: records the disclosure in `ledger` (for revocation) and returns what to
+    /// send to every device of the receiving organisation: the signed offer, and the consent
+    /// receipt (for `Content.consent_receipt`) when the offer relies on one.
     pub fn mark_sent(
         &mut self,
         actor: &Actor<'_>,
+        ledger: &mut DisclosureLedger,
     ) -> Result<
         (
             wire::SignedReferralOffer,
@@ -209,6 +210,14 @@ impl SenderReferral {
     > {
         let info = self.core.check_actor(actor)?;
         self.core.transition(Transition::Send, info)?;
+        if let Some(receipt) = &self.receipt {
+            ledger.record_offer(
+                receipt.id(),
+                self.id(),
+                self.core.meta.receiver_root,
+                self.offer.created_at,
+            );
+        }
         Ok((
             self.signed_offer.clone(),
             self.receipt.as_ref().map(|r| r.signed().clone()),
@@ -266,13 +275,18 @@ impl SenderReferral {
     }
 
     /// Releases the body to one device of the receiving organisation after ACCEPT: every
-    /// sealed section with its key and the full consent receipt. Refuses ambassador devices,
-    /// devices of other organisations, and referrals whose consent no longer covers the offer
-    /// (checked again now: withdrawn, expired or superseded receipts).
+    /// sealed section with its key and the full consent receipt, and records the released
+    /// sections in `ledger`. Refuses ambassador devices, devices of other organisations, and
+    /// referrals whose consent no longer covers the offer (checked again now: withdrawn,
+    /// expired or superseded receipts).
+    ///
+    /// The returned body holds the section keys: encrypt it for the device (pairwise session)
+    /// at once and drop it.
     pub fn release_body(
         &self,
         device: &DeviceCertificate,
         registry: &ReceiptRegistry,
+        ledger: &mut DisclosureLedger,
         now: u64,
     ) -> Result<wire::ReferralBody, ReferralError> {
         let state = self.state();
@@ -303,6 +317,7 @@ impl SenderReferral {
                 referral: self.id().short(),
             });
         }
+        ledger.record_sections(&self.id(), self.sealed.iter().map(|s| s.section));
         Ok(wire::ReferralBody {
             referral_id: self.id().as_bytes().to_vec(),
             sections: self
@@ -446,7 +461,16 @@ impl SenderReferral {
         self.sealed.clear();
     }
 
-    /// Whether the receiving organisation's decision is complete (for outcome reporting).
+    /// Whether case ownership has moved to the receiver (an accepted transfer).
+    pub fn ownership_transferred(&self) -> bool {
+        self.core.meta.kind == wire::ReferralKind::Transfer
+            && matches!(
+                self.state(),
+                ReferralState::Accepted | ReferralState::InService | ReferralState::Completed(_)
+            )
+    }
+
+    /// The outcome once the referral is completed.
     pub fn outcome(&self) -> Option<Outcome> {
         match self.state() {
             ReferralState::Completed(o) => Some(*o),

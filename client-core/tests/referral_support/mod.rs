@@ -9,7 +9,7 @@
     missing_docs
 )]
 
-use handover_core::consent::{ConsentEvent, ReceiptRegistry, SignedReceipt};
+use handover_core::consent::{ConsentEvent, DisclosureLedger, ReceiptRegistry, SignedReceipt};
 use handover_core::identity::{DeviceCertificate, DeviceKeys, OrgRootKey, OrgTrust, Role};
 use handover_core::referral::{
     Action, Actor, ConsentInput, OfferDraft, ReceiverReferral, SenderReferral,
@@ -255,6 +255,7 @@ pub struct World {
     pub receiver_ambassadors: Vec<Device>,
     pub consent: handover_core::consent::Consent,
     pub registry: ReceiptRegistry,
+    pub ledger: DisclosureLedger,
     pub rng: StdRng,
 }
 
@@ -290,6 +291,7 @@ impl World {
             receiver_ambassadors,
             consent,
             registry,
+            ledger: DisclosureLedger::new(),
             rng,
         }
     }
@@ -313,7 +315,9 @@ impl World {
             &mut self.rng,
         )
         .unwrap();
-        let (offer, receipt) = sender.mark_sent(&self.caseworker.actor()).unwrap();
+        let (offer, receipt) = sender
+            .mark_sent(&self.caseworker.actor(), &mut self.ledger)
+            .unwrap();
         let receiver = ReceiverReferral::receive_offer(
             &offer,
             receipt.as_ref(),
@@ -349,7 +353,12 @@ impl World {
         self.receiver_acts(i, &mut s, &mut r, Action::Acknowledge, T0 + 180);
         self.receiver_acts(i, &mut s, &mut r, Action::Accept, T0 + 240);
         let body = s
-            .release_body(&self.intake[i].cert, &self.registry, T0 + 300)
+            .release_body(
+                &self.intake[i].cert,
+                &self.registry,
+                &mut self.ledger,
+                T0 + 300,
+            )
             .unwrap();
         r.receive_body(
             &body,
