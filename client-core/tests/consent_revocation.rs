@@ -143,7 +143,11 @@ fn withdrawal_fans_out_and_every_recipient_confirms() {
             &ReferralState::PurgeConfirmed(Closed::ConsentRevoked)
         );
     }
-    // Receiver 2 was offline: still pending.
+    // Receiver 2 was offline: still pending, also after the sender's client restarts.
+    n.ledger = DisclosureLedger::from_bytes(&n.ledger.to_bytes()).unwrap();
+    let registry =
+        handover_core::consent::ReceiptRegistry::from_bytes(&n.w.registry.to_bytes()).unwrap();
+    assert!(registry.superseded_by(&old).is_some());
     let pending = n.ledger.pending(&old);
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].referral_id, n.receivers[2].id());

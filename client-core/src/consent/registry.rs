@@ -4,9 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;
+use prost::Message;
 
-use super::{ReceiptId, SignedReceipt};
+use super::{ConsentError, ReceiptId, SignedReceipt};
+use crate::identity::{OrgRootPublicKey, OrgTrust};
 use crate::referral::ReferralId;
 
 /// Receipts a client has verified, and which receipt supersedes which.
@@ -176,5 +179,157 @@ impl DisclosureLedger {
             .values_mut()
             .flatten()
             .find(|d| &d.referral_id == referral_id)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local store layouts (private, versioned; never sent on the wire).
+
+const STORE_VERSION: u32 = 1;
+
+#[derive(Clone, PartialEq, Message)]
+struct RegistryRecord {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(message, repeated, tag = "2")]
+    receipts: Vec<wire::SignedConsentReceipt>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DisclosureRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    receipt_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    referral_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    recipient: Vec<u8>,
+    #[prost(int32, repeated, tag = "4")]
+    sections: Vec<i32>,
+    #[prost(uint64, tag = "5")]
+    offered_at: u64,
+    /// 0 = not requested, 1 = pending, 2 = confirmed.
+    #[prost(uint32, tag = "6")]
+    purge: u32,
+    /// `since` (pending) or `at` (confirmed).
+    #[prost(uint64, tag = "7")]
+    purge_time: u64,
+    #[prost(string, optional, tag = "8")]
+    retained_under: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct LedgerRecord {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(message, repeated, tag = "2")]
+    disclosures: Vec<DisclosureRecord>,
+}
+
+impl ReceiptRegistry {
+    /// Serialises the known receipts for the local store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        RegistryRecord {
+            version: STORE_VERSION,
+            receipts: self.receipts.values().map(|r| r.signed().clone()).collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Restores a registry written by [`to_bytes`](Self::to_bytes). Every receipt's signature
+    /// is checked again under the organisation root its signer certificate names (trust in that
+    /// root was established when the receipt was first verified and inserted).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ConsentError> {
+        let record = RegistryRecord::decode(bytes).map_err(|_| ConsentError::Malformed)?;
+        if record.version != STORE_VERSION {
+            return Err(ConsentError::Malformed);
+        }
+        let mut registry = Self::new();
+        for signed in &record.receipts {
+            let signer = signed.signer.as_ref().ok_or(ConsentError::Malformed)?;
+            let cert = decode::device_certificate(&signer.certificate)
+                .map_err(|_| ConsentError::Malformed)?;
+            let root = OrgRootPublicKey::from_bytes(&cert.org_root_key)
+                .map_err(|_| ConsentError::Malformed)?;
+            registry.insert(SignedReceipt::verify(signed, &OrgTrust::new(root))?);
+        }
+        Ok(registry)
+    }
+}
+
+impl DisclosureLedger {
+    /// Serialises the ledger for the local store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut disclosures = Vec::new();
+        for (receipt, list) in &self.by_receipt {
+            for d in list {
+                let (purge, purge_time, retained_under) = match &d.purge {
+                    PurgeStatus::NotRequested => (0, 0, None),
+                    PurgeStatus::Pending { since } => (1, *since, None),
+                    PurgeStatus::Confirmed { at, retained_under } => {
+                        (2, *at, retained_under.clone())
+                    }
+                };
+                disclosures.push(DisclosureRecord {
+                    receipt_id: receipt.as_bytes().to_vec(),
+                    referral_id: d.referral_id.as_bytes().to_vec(),
+                    recipient: d.recipient.to_vec(),
+                    sections: d.sections.iter().map(|s| *s as i32).collect(),
+                    offered_at: d.offered_at,
+                    purge,
+                    purge_time,
+                    retained_under,
+                });
+            }
+        }
+        LedgerRecord {
+            version: STORE_VERSION,
+            disclosures,
+        }
+        .encode_to_vec()
+    }
+
+    /// Restores a ledger written by [`to_bytes`](Self::to_bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ConsentError> {
+        let record = LedgerRecord::decode(bytes).map_err(|_| ConsentError::Malformed)?;
+        if record.version != STORE_VERSION {
+            return Err(ConsentError::Malformed);
+        }
+        let mut ledger = Self::new();
+        for d in record.disclosures {
+            let receipt = ReceiptId::from_slice(&d.receipt_id).ok_or(ConsentError::Malformed)?;
+            let purge = match d.purge {
+                0 => PurgeStatus::NotRequested,
+                1 => PurgeStatus::Pending {
+                    since: d.purge_time,
+                },
+                2 => PurgeStatus::Confirmed {
+                    at: d.purge_time,
+                    retained_under: d.retained_under,
+                },
+                _ => return Err(ConsentError::Malformed),
+            };
+            let sections = d
+                .sections
+                .iter()
+                .map(|s| wire::Section::try_from(*s).map_err(|_| ConsentError::Malformed))
+                .collect::<Result<_, _>>()?;
+            ledger
+                .by_receipt
+                .entry(receipt)
+                .or_default()
+                .push(Disclosure {
+                    referral_id: ReferralId::from_slice(&d.referral_id)
+                        .ok_or(ConsentError::Malformed)?,
+                    recipient: d
+                        .recipient
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| ConsentError::Malformed)?,
+                    sections,
+                    offered_at: d.offered_at,
+                    purge,
+                });
+        }
+        Ok(ledger)
     }
 }
