@@ -120,6 +120,13 @@ pub fn ciphertext_len(size: u64) -> u64 {
     size + segments * TAG_LEN as u64
 }
 
+/// Appends input to `buf` until it holds `limit` bytes or the input ends (no zero-filling).
+fn fill_to(reader: &mut impl Read, buf: &mut Vec<u8>, limit: usize) -> io::Result<()> {
+    let want = limit.saturating_sub(buf.len()) as u64;
+    reader.by_ref().take(want).read_to_end(buf)?;
+    Ok(())
+}
+
 /// Reads until `buf` is full or the input ends; returns the number of bytes read.
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -158,13 +165,12 @@ pub fn encrypt_with_key(
     let mut size: u64 = 0;
     // Current segment and one byte of look-ahead to know whether it is the last.
     let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(SEGMENT_LEN + TAG_LEN));
-    buf.resize(SEGMENT_LEN, 0);
-    let mut len = read_full(plaintext, &mut buf[..SEGMENT_LEN])?;
+    fill_to(plaintext, &mut buf, SEGMENT_LEN)?;
     let mut segments: u64 = 0;
     loop {
+        let len = buf.len();
         let mut peek = [0u8; 1];
         let more = len == SEGMENT_LEN && read_full(plaintext, &mut peek)? == 1;
-        buf.truncate(len);
         hasher.update(&buf[..]);
         size += len as u64;
         segments += 1;
@@ -190,8 +196,7 @@ pub fn encrypt_with_key(
         progress(size);
         buf.clear();
         buf.push(peek[0]);
-        buf.resize(SEGMENT_LEN, 0);
-        len = 1 + read_full(plaintext, &mut buf[1..SEGMENT_LEN])?;
+        fill_to(plaintext, &mut buf, SEGMENT_LEN)?;
     }
     Ok(EncryptedFile {
         key,
@@ -221,12 +226,12 @@ pub fn decrypt(
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     const CT_SEG: usize = SEGMENT_LEN + TAG_LEN;
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; CT_SEG]);
-    let mut len = read_full(ciphertext, &mut buf[..])?;
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(CT_SEG));
+    fill_to(ciphertext, &mut buf, CT_SEG)?;
     loop {
+        let len = buf.len();
         let mut peek = [0u8; 1];
         let more = len == CT_SEG && read_full(ciphertext, &mut peek)? == 1;
-        buf.truncate(len);
         if more {
             decryptor
                 .as_mut()
@@ -252,8 +257,7 @@ pub fn decrypt(
         }
         buf.clear();
         buf.push(peek[0]);
-        buf.resize(CT_SEG, 0);
-        len = 1 + read_full(ciphertext, &mut buf[1..])?;
+        fill_to(ciphertext, &mut buf, CT_SEG)?;
     }
     let hash: [u8; 32] = hasher.finalize().into();
     if size != blob.size || !bool::from(hash.ct_eq(&expected_hash)) {

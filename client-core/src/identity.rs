@@ -160,13 +160,13 @@ fn verifying_key(bytes: &[u8]) -> Result<VerifyingKey, CertificateError> {
 
 /// The public Ed25519 key of an organisation root: the trust anchor for its devices.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct OrgRootPublicKey([u8; KEY_LEN]);
+pub struct OrgRootPublicKey([u8; KEY_LEN], VerifyingKey);
 
 impl OrgRootPublicKey {
-    /// Parses a 32-byte Ed25519 public key (rejects non-canonical and invalid encodings).
+    /// Parses a 32-byte Ed25519 public key (rejects invalid encodings).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CertificateError> {
         let key = verifying_key(bytes)?;
-        Ok(Self(key.to_bytes()))
+        Ok(Self(key.to_bytes(), key))
     }
 
     /// The 32-byte encoding.
@@ -174,8 +174,8 @@ impl OrgRootPublicKey {
         self.0
     }
 
-    fn verifying_key(&self) -> Result<VerifyingKey, CertificateError> {
-        verifying_key(&self.0)
+    fn verifying_key(&self) -> &VerifyingKey {
+        &self.1
     }
 }
 
@@ -216,7 +216,8 @@ impl OrgRootKey {
 
     /// The public key clients trust.
     pub fn public_key(&self) -> OrgRootPublicKey {
-        OrgRootPublicKey(self.key.verifying_key().to_bytes())
+        let key = self.key.verifying_key();
+        OrgRootPublicKey(key.to_bytes(), key)
     }
 
     /// Issues a certificate for a device.
@@ -292,6 +293,8 @@ struct DeviceKeysInner {
     device_id: DeviceId,
     signing: SigningKey,
     identity: StaticSecret,
+    /// Cached public half of `identity` (a fixed-base scalar multiplication to recompute).
+    identity_public: [u8; KEY_LEN],
 }
 
 /// A device's long-term secrets: its Ed25519 signing key and X25519 identity key.
@@ -308,6 +311,7 @@ impl fmt::Debug for DeviceKeys {
             device_id,
             signing: _,
             identity: _,
+            identity_public: _,
         } = &**inner;
         f.debug_struct("DeviceKeys")
             .field("device_id", device_id)
@@ -324,11 +328,13 @@ impl DeviceKeys {
         let device_id = DeviceId::random(rng);
         let signing = SigningKey::generate(rng);
         let identity = StaticSecret::random_from_rng(rng);
+        let identity_public = X25519Public::from(&identity).to_bytes();
         Self {
             inner: Box::new(DeviceKeysInner {
                 device_id,
                 signing,
                 identity,
+                identity_public,
             }),
         }
     }
@@ -338,7 +344,7 @@ impl DeviceKeys {
         DevicePublicKeys {
             device_id: self.inner.device_id,
             signing_key: self.inner.signing.verifying_key().to_bytes(),
-            identity_key: X25519Public::from(&self.inner.identity).to_bytes(),
+            identity_key: self.inner.identity_public,
         }
     }
 
@@ -369,11 +375,14 @@ impl DeviceKeys {
         if !r.is_empty() {
             return Err(CertificateError::Malformed);
         }
+        let identity = StaticSecret::from(*identity);
+        let identity_public = X25519Public::from(&identity).to_bytes();
         Ok(Self {
             inner: Box::new(DeviceKeysInner {
                 device_id,
                 signing: SigningKey::from_bytes(&seed),
-                identity: StaticSecret::from(*identity),
+                identity,
+                identity_public,
             }),
         })
     }
@@ -384,6 +393,10 @@ impl DeviceKeys {
 
     pub(crate) fn identity_secret(&self) -> &StaticSecret {
         &self.inner.identity
+    }
+
+    pub(crate) fn identity_public(&self) -> [u8; KEY_LEN] {
+        self.inner.identity_public
     }
 }
 
@@ -416,7 +429,7 @@ impl DeviceCertificate {
     ) -> Result<Self, CertificateError> {
         signed.validate().map_err(|_| CertificateError::Malformed)?;
         if !verify_labelled(
-            &trusted_root.verifying_key()?,
+            trusted_root.verifying_key(),
             LABEL_DEVICE_CERT,
             &signed.certificate,
             &signed.signature,
@@ -549,7 +562,7 @@ impl OrgTrust {
     ) -> Result<(), CertificateError> {
         signed.validate().map_err(|_| CertificateError::Malformed)?;
         if !verify_labelled(
-            &self.root.verifying_key()?,
+            self.root.verifying_key(),
             LABEL_DEVICE_LIST,
             &signed.list,
             &signed.signature,
@@ -629,7 +642,7 @@ impl DeviceCertificate {
     ) -> Result<DeviceId, CertificateError> {
         signed.validate().map_err(|_| CertificateError::Malformed)?;
         if !verify_labelled(
-            &root.verifying_key()?,
+            root.verifying_key(),
             LABEL_DEVICE_CERT,
             &signed.certificate,
             &signed.signature,

@@ -235,7 +235,7 @@ impl Session {
             None => None,
         };
         let remote_identity = peer.identity_key();
-        let local_identity = PublicKey::from(local.identity_secret()).to_bytes();
+        let local_identity = local.identity_public();
 
         let ephemeral = StaticSecret::random_from_rng(rng);
         let ephemeral_key = PublicKey::from(&ephemeral).to_bytes();
@@ -317,7 +317,7 @@ impl Session {
             .kem_decapsulate(message.kem_prekey_id, &message.kem_ciphertext)
             .ok_or(fail.clone())?;
         let sk = kdf(&dh1, &dh2, &dh3, dh4.as_deref(), &ss[..]);
-        let local_identity = PublicKey::from(local.identity_secret()).to_bytes();
+        let local_identity = local.identity_public();
         let ratchet = RatchetState::init_bob(&sk, spk);
         let mut session = Self {
             inner: Box::new(SessionInner {

@@ -146,6 +146,7 @@ pub struct TestEnvelope {
 
 /// Errors of the harness.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HarnessError {
     /// From the session.
     #[error(transparent)]
@@ -571,7 +572,8 @@ struct Flight {
 /// `data[..8]` seeds the pair; each following byte is an event (`byte % 8`): Alice sends,
 /// Bob sends, deliver to Bob, deliver to Alice, redeliver an already delivered message,
 /// deliver a copy with one bit flipped, drop a message, advance the clock. Events that need
-/// a parameter take the next byte. Invariants: a message delivered for the first time
+/// a parameter take the next byte; a clock step also persists and restores both sessions.
+/// Invariants: a message delivered for the first time
 /// decrypts to exactly what was sent or fails cleanly; a redelivered or tampered message never
 /// decrypts.
 pub fn drive_events(data: &[u8]) {
@@ -651,6 +653,16 @@ pub fn drive_events(data: &[u8]) {
             }
             _ => {
                 pair.now += u64::from(it.next().unwrap_or(0)) * 3600;
+                // Persist and restore both sessions, as the local store would.
+                for side in [Side::Alice, Side::Bob] {
+                    let party = pair.party_mut(side);
+                    if let Some(session) = party.session.take() {
+                        let bytes = session.to_secret_bytes();
+                        let restored = Session::from_secret_bytes(&bytes);
+                        assert!(restored.is_ok(), "session state did not round-trip");
+                        party.session = restored.ok();
+                    }
+                }
             }
         }
     }

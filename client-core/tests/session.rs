@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use handover_core::identity::{DeviceKeys, Role};
-use handover_core::ratchet::{MAX_RECEIVING_CHAINS, MAX_SKIP, SKIPPED_KEY_LIFETIME};
+use handover_core::ratchet::{
+    MAX_RECEIVING_CHAINS, MAX_SKIP, MAX_SKIPPED_KEYS, SKIPPED_KEY_LIFETIME,
+};
 use handover_core::sealed::{self, MailboxSealingKey, SealError};
 use handover_core::session::{OutgoingMessage, Session, SessionError, SessionPhase};
 use handover_core::testing::{CERT_LIFETIME, HarnessError, Pair, Side, TestEnvelope, TestRng};
@@ -229,6 +231,34 @@ fn skipped_key_limit() {
         17u32.to_be_bytes()
     );
     assert!(decrypt(&mut pair, Side::Bob, too_far).is_ok());
+}
+
+#[test]
+fn total_skipped_keys_are_capped_oldest_first() {
+    let mut pair = Pair::established(20).unwrap();
+    let rounds = MAX_SKIPPED_KEYS / MAX_SKIP as usize + 1;
+    let mut first_of_round = Vec::new();
+    for _ in 0..rounds {
+        let msgs: Vec<_> = (0..=MAX_SKIP)
+            .map(|i| ratchet_message(&mut pair, Side::Alice, &i.to_be_bytes()))
+            .collect();
+        // Only the last arrives: MAX_SKIP keys are stored for this chain.
+        decrypt(&mut pair, Side::Bob, msgs.last().unwrap()).unwrap();
+        first_of_round.push(msgs[0].clone());
+        let r = ratchet_message(&mut pair, Side::Bob, b"r");
+        decrypt(&mut pair, Side::Alice, &r).unwrap();
+    }
+    assert_eq!(
+        pair.party(Side::Bob)
+            .session
+            .as_ref()
+            .unwrap()
+            .skipped_key_count(),
+        MAX_SKIPPED_KEYS
+    );
+    // The oldest chain's keys went first; the newest are still there.
+    assert!(decrypt(&mut pair, Side::Bob, &first_of_round[0]).is_err());
+    assert!(decrypt(&mut pair, Side::Bob, first_of_round.last().unwrap()).is_ok());
 }
 
 #[test]
