@@ -446,3 +446,37 @@ fn an_accepted_transfer_moves_ownership() {
         .unwrap_err();
     assert!(matches!(err, ReferralError::Lifecycle(_)));
 }
+
+#[test]
+fn timelines_are_bounded_and_offers_from_the_future_refused() {
+    let mut w = World::new(1);
+    let (_, mut r) = w.accepted(0);
+    let update = || {
+        Action::Update(wire::Update {
+            update: Some(wire::update::Update::ContactMadeAt(T0)),
+        })
+    };
+    let mut n = r.timeline().len();
+    loop {
+        match r.act(update(), &w.intake[0].actor(), T0 + 1000) {
+            Ok(_) => n += 1,
+            Err(ReferralError::TimelineFull) => break,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(n, handover_core::referral::MAX_TIMELINE_ENTRIES);
+
+    let (s, _) = w.send(0);
+    let mut offer = open_offer(&forge_offer(&w.caseworker, s.offer()));
+    offer.created_at = T0 + 10_000;
+    let err = ReceiverReferral::receive_offer(
+        &forge_offer(&w.caseworker, &offer),
+        Some(w.receipt().signed()),
+        &w.sender.trust,
+        &w.intake[0].cert,
+        &ReceiptRegistry::new(),
+        T0 + 60,
+    )
+    .unwrap_err();
+    assert_eq!(err, ReferralError::FromTheFuture);
+}

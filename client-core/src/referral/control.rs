@@ -16,8 +16,12 @@ use crate::identity::{self, DeviceCertificate, OrgRootPublicKey, OrgTrust};
 pub const LABEL_REFERRAL_CONTROL: &[u8] = b"handover/1 referral-control";
 /// Signature label of an offer (`SignedReferralOffer.signature`).
 pub const LABEL_REFERRAL_OFFER: &[u8] = b"handover/1 referral-offer";
-/// How far in the future a peer's `ReferralControl.at` may be, in seconds.
+/// How far in the future a peer's `ReferralControl.at` (or an offer's `created_at`) may be, in
+/// seconds.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+/// Most entries a referral's timeline may hold (offer included). A real referral has a few
+/// dozen; the cap bounds what a faulty or hostile peer can make a client store.
+pub const MAX_TIMELINE_ENTRIES: u64 = 1024;
 
 /// A lifecycle step a party takes (the content of a `ReferralControl`).
 ///

@@ -60,7 +60,9 @@ use handover_proto::e2e::v1 as wire;
 use rand_core::CryptoRng;
 
 pub use actor::Actor;
-pub use control::{Action, LABEL_REFERRAL_CONTROL, LABEL_REFERRAL_OFFER, MAX_CLOCK_SKEW_SECS};
+pub use control::{
+    Action, LABEL_REFERRAL_CONTROL, LABEL_REFERRAL_OFFER, MAX_CLOCK_SKEW_SECS, MAX_TIMELINE_ENTRIES,
+};
 pub use expiry::{
     EMERGENCY_OFFER_TTL_SECS, Erasure, NORMAL_OFFER_TTL_SECS, TimedContent, URGENT_OFFER_TTL_SECS,
     offer_ttl,
@@ -194,9 +196,12 @@ pub enum ReferralError {
         /// The sequence expected next.
         expected: u64,
     },
-    /// A control message dated too far in the future.
-    #[error("control message dated in the future")]
+    /// A control message or offer dated too far in the future.
+    #[error("control message or offer dated in the future")]
     FromTheFuture,
+    /// The timeline holds `MAX_TIMELINE_ENTRIES` entries; nothing more is accepted.
+    #[error("timeline is full")]
+    TimelineFull,
     /// The stored timeline does not verify.
     #[error("timeline entry {sequence} does not verify: {problem}")]
     TimelineBroken {

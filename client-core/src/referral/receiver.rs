@@ -137,6 +137,12 @@ impl ReceiverReferral {
                 referral: meta.id.short(),
             });
         }
+        if offer.created_at > now.saturating_add(super::MAX_CLOCK_SKEW_SECS) {
+            return Err(ReferralError::FromTheFuture);
+        }
+        if offer.retain_until <= offer.created_at {
+            return Err(ReferralError::Malformed { what: "offer" });
+        }
         if now >= offer.offer_expires_at {
             return Err(ReferralError::OfferExpired {
                 referral: meta.id.short(),

@@ -6,7 +6,9 @@ use subtle::ConstantTimeEq;
 
 use super::control::{self, Trust, decode_control, side_of, sign_control, transition_of};
 use super::lifecycle::{ActorInfo, Lifecycle, Side, Transition};
-use super::{Actor, MAX_CLOCK_SKEW_SECS, ReferralError, ReferralId, Timeline};
+use super::{
+    Actor, MAX_CLOCK_SKEW_SECS, MAX_TIMELINE_ENTRIES, ReferralError, ReferralId, Timeline,
+};
 use crate::consent::{GateError, ReceiptId, SignedReceipt};
 use crate::identity::OrgTrust;
 
@@ -113,6 +115,9 @@ impl Core {
             .into());
         }
         self.lifecycle.check(&transition, info)?;
+        if self.timeline.len() >= MAX_TIMELINE_ENTRIES {
+            return Err(ReferralError::TimelineFull);
+        }
         let control = wire::ReferralControl {
             referral_id: self.meta.id.as_bytes().to_vec(),
             sequence: self.timeline.len(),
@@ -165,6 +170,9 @@ impl Core {
             return Err(ReferralError::FromTheFuture);
         }
         let expected = self.timeline.len();
+        if expected >= MAX_TIMELINE_ENTRIES {
+            return Err(ReferralError::TimelineFull);
+        }
         if control.sequence != expected
             || !bool::from(control.prev_hash.ct_eq(&self.timeline.head()))
         {
