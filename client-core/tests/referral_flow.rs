@@ -480,3 +480,23 @@ fn timelines_are_bounded_and_offers_from_the_future_refused() {
     .unwrap_err();
     assert_eq!(err, ReferralError::FromTheFuture);
 }
+
+#[test]
+fn signed_offers_travel_in_content() {
+    use prost::Message;
+    let mut w = World::new(1);
+    let draft = offer_draft(&w.sender, &w.receivers[0]);
+    let mut s = prepare_with(&mut w, &draft, &body_sections()).unwrap();
+    let (offer, _) = s.mark_sent(&w.caseworker.actor(), &mut w.ledger).unwrap();
+    let content = wire::Content {
+        message_id: vec![1; 16],
+        sent_at: T0,
+        expires_at: 0,
+        body: Some(wire::content::Body::SignedReferralOffer(offer.clone())),
+    };
+    let back = handover_proto::decode::content(&content.encode_to_vec()).unwrap();
+    assert_eq!(back, content);
+    let mut bad = offer;
+    bad.signature.pop();
+    assert!(handover_proto::decode::signed_referral_offer(&bad.encode_to_vec()).is_err());
+}

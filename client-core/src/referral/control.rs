@@ -267,15 +267,8 @@ pub(crate) fn decode_offer(
     signed: &wire::SignedReferralOffer,
 ) -> Result<wire::ReferralOffer, ReferralError> {
     let what = "offer";
-    let signer = signed
-        .signer
-        .as_ref()
-        .ok_or(ReferralError::Malformed { what })?;
-    signer
+    signed
         .validate()
         .map_err(|_| ReferralError::Malformed { what })?;
-    if signed.signature.len() != SIGNATURE_LEN {
-        return Err(ReferralError::Malformed { what });
-    }
     decode::referral_offer(&signed.offer).map_err(|_| ReferralError::Malformed { what })
 }
