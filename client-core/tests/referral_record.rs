@@ -80,3 +80,20 @@ fn corrupted_records_are_refused() {
         }
     }
 }
+
+mod arbitrary_bytes {
+    use handover_core::consent::{DisclosureLedger, ReceiptRegistry};
+    use handover_core::referral::{ReceiverReferral, SenderReferral};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Store decoders never panic on arbitrary bytes.
+        #[test]
+        fn store_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = SenderReferral::from_bytes(&bytes);
+            let _ = ReceiverReferral::from_bytes(&bytes);
+            let _ = ReceiptRegistry::from_bytes(&bytes);
+            let _ = DisclosureLedger::from_bytes(&bytes);
+        }
+    }
+}

@@ -207,3 +207,30 @@ fn audit_export_has_states_times_actors_and_no_content() {
     assert_eq!(erased["entries"][0]["content_erased"], true);
     assert_eq!(erased["head"], json["head"]);
 }
+
+mod mutations {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any single-byte change to a signed control (its bytes or signature) is refused and
+        /// leaves the record unchanged.
+        #[test]
+        fn mutated_controls_are_refused(index in any::<prop::sample::Index>(), flip in 1u8..=255, in_sig in any::<bool>()) {
+            let mut w = World::new(1);
+            let (mut s, mut r) = w.send(0);
+            let delivered = r.act(Action::Delivered, &w.intake[0].actor(), T0 + 100).unwrap();
+            let mut bad = delivered.clone();
+            let target = if in_sig { &mut bad.signature } else { &mut bad.control };
+            let i = index.index(target.len());
+            target[i] ^= flip;
+            let before = s.timeline().clone();
+            let result = s.receive_control(&bad, &w.sender.trust, &w.receivers[0].trust, T0 + 100);
+            prop_assert!(result.is_err());
+            prop_assert_eq!(s.timeline(), &before);
+            // The genuine one still applies afterwards.
+            s.receive_control(&delivered, &w.sender.trust, &w.receivers[0].trust, T0 + 100).unwrap();
+        }
+    }
+}
