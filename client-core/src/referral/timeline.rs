@@ -365,7 +365,8 @@ impl Timeline {
         let mut referral = Value::Null;
         let mut entries = Vec::with_capacity(self.entries.len());
         for entry in &self.entries {
-            let mut item: Value = serde_json::from_str(&entry.summary).unwrap_or(Value::Null);
+            let mut item: Value =
+                serde_json::from_str(&entry.summary).unwrap_or_else(|_| json!({}));
             if entry.sequence == 0 {
                 referral = item.get("referral_id").cloned().unwrap_or(Value::Null);
             }
