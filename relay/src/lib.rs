@@ -8,3 +8,6 @@
 //! The request handler is sans-IO over a `Store` trait; QUIC (quinn) and storage (sled) sit at
 //! the edges. This crate depends on `handover-proto` and never on `handover-core`: the relay
 //! must not be able to decrypt anything, so it does not link the client's cryptography.
+
+pub mod handler;
+pub mod store;
