@@ -34,17 +34,15 @@ use super::{
 /// A batch of writes: `Some(value)` puts, `None` deletes.
 pub type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// Entries returned by [`KvBackend::scan`], in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// An ordered byte-key store that applies batches atomically.
 pub trait KvBackend: Send + Sync + 'static {
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Up to `limit` entries with `start <= key < end`, in key order.
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError>;
     /// Applies all writes atomically (also across a crash), in order.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Makes every applied batch durable (see [`Store::sync`]).

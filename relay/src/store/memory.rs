@@ -5,7 +5,7 @@ use std::ops::Bound;
 use std::sync::RwLock;
 
 use super::StoreError;
-use super::kv::{Batch, KvBackend};
+use super::kv::{Batch, Entries, KvBackend};
 
 /// An in-memory [`KvBackend`] for tests and benches; [`KvBackend::sync`] does nothing.
 #[derive(Debug, Default)]
@@ -26,12 +26,7 @@ impl KvBackend for MemoryBackend {
         Ok(map.get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }

@@ -30,7 +30,7 @@ mod kv;
 mod memory;
 mod sled_backend;
 
-pub use kv::{BLOB_STORE_CHUNK, Batch, KvBackend, KvStore};
+pub use kv::{BLOB_STORE_CHUNK, Batch, Entries, KvBackend, KvStore};
 pub use memory::MemoryBackend;
 pub use sled_backend::SledBackend;
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::StoreError;
-use super::kv::{Batch, KvBackend};
+use super::kv::{Batch, Entries, KvBackend};
 
 /// sled segment size: large enough that envelopes and blob chunks (256 KiB) stay in the log
 /// instead of sled's unsynced side files (the threshold is a quarter of a segment).
@@ -124,12 +124,7 @@ impl KvBackend for SledBackend {
         Ok(self.db.get(key).map_err(backend_err)?.map(|v| v.to_vec()))
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }
