@@ -654,9 +654,14 @@ impl Handler {
             return fail(ErrorCode::BadRequest, "envelope ids must be 16 bytes");
         };
         match self.store.ack(&recv_id, &ids) {
-            // Deletion need not wait for a sync: if it is lost in a crash the envelope is
-            // delivered again, which at-least-once delivery allows.
-            Ok(_) => ok(),
+            // The deletion is durable before the client hears Ok: once acknowledged, an
+            // envelope is never delivered again, even after a crash.
+            Ok(_) => Action::ReplyWhenDurable {
+                response: wire::Response {
+                    kind: Some(wire::response::Kind::Ok(wire::Ok {})),
+                },
+                notify: None,
+            },
             Err(err) => storage_failed(&err),
         }
     }

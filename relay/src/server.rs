@@ -29,6 +29,8 @@ use wire::ErrorCode;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may pause between blob chunks.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a finished stream waits for the peer to receive the last bytes.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Items deleted per sweep step.
 const SWEEP_BUDGET: usize = 10_000;
 /// QUIC application error code used when closing connections on shutdown.
@@ -488,10 +490,18 @@ impl Stream {
                 })
                 .inc();
         }
-        if self.write(response).await {
-            let _ = self.send.finish();
-        }
         let _ = self.recv.stop(0u8.into());
+        if self.write(response).await {
+            self.finish().await;
+        }
+    }
+
+    /// Finishes the send side and waits (bounded) until the peer has received everything, so
+    /// that closing the connection on shutdown cannot discard an answer already written.
+    async fn finish(&mut self) {
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(DELIVERY_TIMEOUT, self.send.stopped()).await;
+        }
     }
 }
 
@@ -618,7 +628,7 @@ async fn subscription(ctx: &Ctx, stream: &mut Stream, ids: &[Id]) {
                     kind: Some(wire::event::Kind::GoingAway(wire::GoingAway {})),
                 };
                 if stream.write(&e).await {
-                    let _ = stream.send.finish();
+                    stream.finish().await;
                 }
                 return;
             }
@@ -679,8 +689,8 @@ async fn blob_download(ctx: &Ctx, stream: &mut Stream, mut download: crate::hand
                     return;
                 }
                 if last {
-                    let _ = stream.send.finish();
                     let _ = stream.recv.stop(0u8.into());
+                    stream.finish().await;
                     return;
                 }
             }

@@ -1,0 +1,2 @@
+//! Relay load generator (placeholder, replaced below).
+fn main() {}
