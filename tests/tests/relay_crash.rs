@@ -2,6 +2,10 @@
 //! every restart, every acknowledged envelope is still fetchable, and none is delivered again
 //! after the recipient's ack was acknowledged.
 
+// Test code: helpers outside #[test] functions may unwrap and panic too (clippy.toml allows
+// it only inside test functions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
