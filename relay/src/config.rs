@@ -37,6 +37,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Connection idle timeout, seconds.
     pub idle_timeout_secs: u64,
+    /// Size of the store's write-ahead log, MiB.
+    pub wal_mib: u64,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             sweep_interval_secs: 60,
             shutdown_grace_secs: 10,
             idle_timeout_secs: 60,
+            wal_mib: 64,
         }
     }
 
@@ -75,6 +78,9 @@ impl Config {
         }
         if self.max_streams == 0 {
             return bad("max_streams must be at least 1");
+        }
+        if self.wal_mib == 0 || self.wal_mib > 4096 {
+            return bad("wal_mib must be between 1 and 4096");
         }
         if self.limits.max_ttl_secs == 0 {
             return bad("max_ttl_secs must be at least 1");
@@ -122,6 +128,8 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Idle timeout, seconds.
     pub idle_timeout_secs: Option<u64>,
+    /// Write-ahead log size, MiB.
+    pub wal_mib: Option<u64>,
     /// Limits and quotas.
     #[serde(default)]
     pub limits: FileLimits,

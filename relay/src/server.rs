@@ -179,8 +179,10 @@ impl Relay {
         config.validate()?;
         let data_dir = config.data_dir.clone();
         let store_dir = data_dir.join("store");
+        let wal_size = config.wal_mib * 1024 * 1024;
         let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            SledBackend::open(&store_dir).map(|b| Arc::new(SledStore::new(b)) as Arc<dyn Store>)
+            SledBackend::open_with_log_size(&store_dir, wal_size)
+                .map(|b| Arc::new(SledStore::new(b)) as Arc<dyn Store>)
         })
         .await
         .map_err(|e| RelayError::Config(e.to_string()))??;

@@ -80,6 +80,7 @@ pub fn load_or_generate(
             let c = data_dir.join(CERT_FILE);
             let k = data_dir.join(KEY_FILE);
             if !c.exists() || !k.exists() {
+                std::fs::create_dir_all(data_dir).map_err(RelayError::io("create data dir"))?;
                 let key = rcgen::KeyPair::generate()
                     .map_err(|e| RelayError::Tls(format!("key generation failed: {e}")))?;
                 let params = rcgen::CertificateParams::new(vec!["handover-relay".to_owned()])

@@ -31,7 +31,8 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl RelayProcess {
-    /// Starts `bin` on a loopback port with data in `data_dir` and extra flags, and waits for
+    /// Starts `bin` on a loopback port with data in `data_dir`, a 2 MiB write-ahead log and extra
+    /// flags, and waits for
     /// its ready line. Set `HANDOVER_TEST_LOG=1` to see the relay's logs.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(bin);
@@ -41,6 +42,10 @@ impl RelayProcess {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
+            // A small write-ahead log keeps test directories small and makes checkpoints
+            // (log full) happen during the tests, also under the crash test's SIGKILLs.
+            .arg("--wal-mib")
+            .arg("2")
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());

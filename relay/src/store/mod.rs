@@ -32,14 +32,14 @@ mod sled_backend;
 
 pub use kv::{BLOB_STORE_CHUNK, Batch, Entries, KvBackend, KvStore};
 pub use memory::MemoryBackend;
-pub use sled_backend::SledBackend;
+pub use sled_backend::{DEFAULT_WAL_SIZE, MIN_WAL_SIZE, SledBackend};
 
 use thiserror::Error;
 
 /// Length of ids (mailbox, envelope, blob).
 pub type Id = [u8; handover_proto::limits::ID_LEN];
 
-/// The embedded, durable store (sled plus explicit file syncs; see docs/OPERATIONS.md).
+/// The embedded, durable store (sled plus a write-ahead log; see docs/OPERATIONS.md).
 pub type SledStore = KvStore<SledBackend>;
 
 /// The in-memory twin of [`SledStore`] for tests and benches. `sync` is a no-op.

@@ -258,12 +258,14 @@ fn memory_store_suite() {
 #[test]
 fn sled_store_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::new(SledBackend::open(&dir.path().join("db")).unwrap());
+    let store = SledStore::new(
+        SledBackend::open_with_log_size(&dir.path().join("db"), MIN_WAL_SIZE).unwrap(),
+    );
     suite(&store);
     store.sync().unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     concurrent_prekey_take(Arc::new(SledStore::new(
-        SledBackend::open(dir2.path()).unwrap(),
+        SledBackend::open_with_log_size(dir2.path(), MIN_WAL_SIZE).unwrap(),
     )));
 }
 
@@ -271,7 +273,8 @@ fn sled_store_suite() {
 fn sled_store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = SledStore::new(SledBackend::open(dir.path()).unwrap());
+        let store =
+            SledStore::new(SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
         store.create_mailbox(&id(1), &mailbox(2)).unwrap();
         store
             .enqueue(
@@ -285,7 +288,7 @@ fn sled_store_survives_reopen() {
             .unwrap();
         store.sync().unwrap();
     }
-    let store = SledStore::new(SledBackend::open(dir.path()).unwrap());
+    let store = SledStore::new(SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
     let (page, _) = store.fetch(&id(1), 0, 10, 0).unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].envelope.ciphertext.len(), 300_000);

@@ -47,6 +47,10 @@ struct Args {
     /// under the current directory, so that it is on a real disk rather than a tmpfs).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run the relay over the in-memory store instead of sled (no durability; shows the cost
+    /// of the driver and handler alone).
+    #[arg(long)]
+    memory_store: bool,
 }
 
 /// Upper bound on operations per phase, so that loops are bounded in count as well as time.
@@ -326,7 +330,15 @@ async fn run(args: Args) -> Result<()> {
     config.max_streams = (args.streams as u32).max(1) * 2;
     config.limits.mailbox_max_envelopes = u64::MAX;
     config.limits.mailbox_max_bytes = u64::MAX;
-    let relay = Relay::start(config).await?;
+    let relay = if args.memory_store {
+        let store: Arc<dyn handover_relay::store::Store> = Arc::new(
+            handover_relay::store::MemoryStore::new(handover_relay::store::MemoryBackend::new()),
+        );
+        println!("(relay over the in-memory store: NOT durable)");
+        Relay::start_with_store(config, store).await?
+    } else {
+        Relay::start(config).await?
+    };
     let mut clients = Vec::new();
     let mut mailboxes = Vec::new();
     for _ in 0..args.connections {
