@@ -371,6 +371,10 @@ impl SledBackend {
         let db = sled::Config::new()
             .path(dir)
             .segment_size(SEGMENT_SIZE)
+            // Durability comes from the write-ahead log; sled's own periodic flush would only
+            // add write-back work. Favour throughput over compactness (less rewriting).
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(backend_err)?;
         let log = File::open(dir.join("db")).map_err(backend_err)?;

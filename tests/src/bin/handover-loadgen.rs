@@ -3,7 +3,8 @@
 //! ratio rather than an absolute figure on a noisy shared machine.
 //!
 //! Phases (each bounded in time and count, loopback only):
-//! 1. fdatasync rate of this machine (1 KiB appends + `fdatasync`, in the data directory);
+//! 1. fdatasync rate and latency of this machine (1 KiB appends, and 1 KiB in-place writes into
+//!    a preallocated file like the relay's write-ahead log; in the data directory);
 //! 2. raw echo: N connections × M concurrent streams, each stream one request-sized frame out
 //!    and the same frame back (the transport's limit);
 //! 3. relay: N × M concurrent durable `Send`s of 1 KiB envelopes (peak rate);
@@ -51,19 +52,27 @@ struct Args {
     /// of the driver and handler alone).
     #[arg(long)]
     memory_store: bool,
+    /// Size of the relay's write-ahead log, MiB (a full log forces a checkpoint).
+    #[arg(long, default_value_t = 64)]
+    wal_mib: u64,
 }
 
 /// Upper bound on operations per phase, so that loops are bounded in count as well as time.
 const MAX_OPS_PER_PHASE: u64 = 5_000_000;
 
-fn fdatasync_rate(dir: &std::path::Path, secs: u64) -> Result<f64> {
+/// The machine's `fdatasync` rate in two patterns: appending 1 KiB blocks (the file grows, so
+/// each sync also commits metadata) and overwriting 1 KiB blocks in place in a preallocated
+/// file (the relay's write-ahead log pattern). Returns (append/s, in-place/s, in-place p50 ms,
+/// in-place p99 ms).
+fn fdatasync_rates(dir: &std::path::Path, secs: u64) -> Result<(f64, f64, f64, f64)> {
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
     let path = dir.join("fdatasync-probe");
+    let block = [0x5au8; 1024];
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)?;
-    let block = [0x5au8; 1024];
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(secs) && n < MAX_OPS_PER_PHASE {
@@ -71,9 +80,44 @@ fn fdatasync_rate(dir: &std::path::Path, secs: u64) -> Result<f64> {
         f.sync_data()?;
         n += 1;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let append = n as f64 / start.elapsed().as_secs_f64();
+    drop(f);
     std::fs::remove_file(&path)?;
-    Ok(rate)
+
+    let size: u64 = 16 * 1024 * 1024;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut at = 0;
+    while at < size {
+        f.write_all_at(&zeros, at)?;
+        at += zeros.len() as u64;
+    }
+    f.sync_all()?;
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut offset = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) && (lat.len() as u64) < MAX_OPS_PER_PHASE {
+        let t = Instant::now();
+        f.write_all_at(&block, offset)?;
+        f.sync_data()?;
+        lat.push(t.elapsed().as_micros() as u64);
+        offset = (offset + block.len() as u64) % size;
+    }
+    let in_place = lat.len() as f64 / start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok((
+        append,
+        in_place,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+    ))
 }
 
 /// A request frame of the same shape as a relay `Send` with an envelope of `len` bytes.
@@ -287,8 +331,11 @@ async fn run(args: Args) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let fsync = fdatasync_rate(base.path(), 2)?;
-    println!("fdatasync (1 KiB append + fdatasync):      {fsync:>10.0} /s");
+    let (append, fsync, sync_p50, sync_p99) = fdatasync_rates(base.path(), 2)?;
+    println!("fdatasync, 1 KiB appends:                 {append:>10.0} /s");
+    println!(
+        "fdatasync, 1 KiB in place (the WAL's way): {fsync:>10.0} /s   p50 {sync_p50:.2} ms  p99 {sync_p99:.2} ms"
+    );
 
     // Raw echo of the same shape.
     let (echo, echo_pin) = echo_server(&base.path().join("echo")).await?;
@@ -327,6 +374,7 @@ async fn run(args: Args) -> Result<()> {
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.admin = None;
     config.requests_per_sec = 0;
+    config.wal_mib = args.wal_mib;
     config.max_streams = (args.streams as u32).max(1) * 2;
     config.limits.mailbox_max_envelopes = u64::MAX;
     config.limits.mailbox_max_bytes = u64::MAX;
@@ -390,7 +438,7 @@ async fn run(args: Args) -> Result<()> {
     )
     .await?;
     println!(
-        "relay single sender, 1 stream:           {single:>10.0} /s   ratio to fdatasync {:.2}",
+        "relay single sender, 1 stream:           {single:>10.0} /s   ratio to in-place fdatasync {:.2}",
         single / fsync
     );
     for c in &clients {
