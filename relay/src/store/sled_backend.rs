@@ -56,6 +56,8 @@ const WAL_MAGIC: &[u8; 8] = b"HOVRWAL1";
 const RECORD_HEADER_LEN: usize = 4 + 4 + 8;
 /// Log file name in the store directory.
 const WAL_FILE: &str = "wal";
+/// sled key holding the sequence number of the last batch applied (outside every table).
+const LSN_KEY: &[u8] = b"\xff~lsn";
 
 fn backend_err(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(err.to_string())
@@ -96,7 +98,8 @@ fn put_u32(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&(n as u32).to_be_bytes());
 }
 
-fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
+fn encode_batch(lsn: u64, batch: &Batch, out: &mut Vec<u8>) {
+    out.extend_from_slice(&lsn.to_be_bytes());
     put_u32(out, batch.len());
     for (k, v) in batch {
         put_u32(out, k.len());
@@ -130,11 +133,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes the batches of one log record payload.
-fn decode_batches(payload: &[u8]) -> Result<Vec<Batch>, StoreError> {
+/// Decodes the batches (with their sequence numbers) of one log record payload.
+fn decode_batches(payload: &[u8]) -> Result<Vec<(u64, Batch)>, StoreError> {
     let mut r = Reader(payload);
     let mut batches = Vec::new();
     while !r.0.is_empty() {
+        let lsn: [u8; 8] = r.take(8)?.try_into().map_err(|_| StoreError::Corrupt)?;
+        let lsn = u64::from_be_bytes(lsn);
         let n = r.u32()?;
         let mut batch = Batch::with_capacity(n.min(4096));
         for _ in 0..n {
@@ -150,7 +155,7 @@ fn decode_batches(payload: &[u8]) -> Result<Vec<Batch>, StoreError> {
             };
             batch.push((key, value));
         }
-        batches.push(batch);
+        batches.push((lsn, batch));
     }
     Ok(batches)
 }
@@ -158,10 +163,16 @@ fn decode_batches(payload: &[u8]) -> Result<Vec<Batch>, StoreError> {
 /// The on-disk [`KvBackend`]: one sled tree plus the write-ahead log.
 pub struct SledBackend {
     db: sled::Db,
-    /// Batches applied since the last log write, encoded. Appended under this lock together
-    /// with the sled apply, so log order equals apply order.
-    pending: Mutex<Vec<u8>>,
+    /// Batches applied since the last log write, encoded, and the next batch sequence number.
+    /// Appended under this lock together with the sled apply, so log order equals apply order.
+    pending: Mutex<Pending>,
     wal: Mutex<WalFile>,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    next_lsn: u64,
 }
 
 struct WalFile {
@@ -379,16 +390,27 @@ impl SledBackend {
             .map_err(backend_err)?;
         let log = File::open(dir.join("db")).map_err(backend_err)?;
         let mut wal = WalFile::open(dir, log, wal_size)?;
-        let records = wal.records()?;
-        let replayed = records.len();
-        for payload in records {
-            for batch in decode_batches(&payload)? {
-                apply_to_sled(&db, batch)?;
+        // sled recovers a prefix of its own batch sequence; that prefix may end before or after
+        // the log's last durable record (sled writes full buffers in the background). Replay
+        // only the batches sled does not have, so the result is always a consistent prefix
+        // that holds every acknowledged batch.
+        let mut last = match db.get(LSN_KEY).map_err(backend_err)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt)?),
+            None => 0,
+        };
+        let mut replayed = 0u64;
+        for payload in wal.records()? {
+            for (lsn, batch) in decode_batches(&payload)? {
+                if lsn > last {
+                    apply_to_sled(&db, lsn, batch)?;
+                    last = lsn;
+                    replayed += 1;
+                }
             }
         }
         wal.checkpoint(&db)?;
         if replayed > 0 {
-            tracing::info!(records = replayed, "replayed write-ahead log");
+            tracing::info!(batches = replayed, "replayed write-ahead log");
         }
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             File::open(parent)
@@ -397,7 +419,10 @@ impl SledBackend {
         }
         Ok(Self {
             db,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending {
+                bytes: Vec::new(),
+                next_lsn: last + 1,
+            }),
             wal: Mutex::new(wal),
         })
     }
@@ -405,14 +430,19 @@ impl SledBackend {
     /// Makes sled's own files durable and empties the log (done on open and shutdown).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        drop(pending);
+        // Everything pending is already in sled; the checkpoint makes it durable.
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes
+            .clear();
         wal.checkpoint(&self.db)
     }
 }
 
-fn apply_to_sled(db: &sled::Db, batch: Batch) -> Result<(), StoreError> {
+fn apply_to_sled(db: &sled::Db, lsn: u64, batch: Batch) -> Result<(), StoreError> {
     let mut b = sled::Batch::default();
+    b.insert(LSN_KEY, &lsn.to_be_bytes());
     for (k, v) in batch {
         match v {
             Some(v) => b.insert(k, v),
@@ -443,12 +473,14 @@ impl KvBackend for SledBackend {
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let before = pending.len();
-        encode_batch(&batch, &mut pending);
-        if let Err(err) = apply_to_sled(&self.db, batch) {
-            pending.truncate(before);
+        let lsn = pending.next_lsn;
+        let before = pending.bytes.len();
+        encode_batch(lsn, &batch, &mut pending.bytes);
+        if let Err(err) = apply_to_sled(&self.db, lsn, batch) {
+            pending.bytes.truncate(before);
             return Err(err);
         }
+        pending.next_lsn += 1;
         Ok(())
     }
 
@@ -456,7 +488,8 @@ impl KvBackend for SledBackend {
         // The log lock orders writers; the pending buffer is swapped under it so that records
         // reach the file in apply order.
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
-        let payload = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let payload =
+            std::mem::take(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()).bytes);
         if payload.is_empty() {
             return Ok(());
         }
@@ -482,17 +515,17 @@ mod tests {
         ];
         let b: Batch = vec![(vec![], Some(vec![]))];
         let mut out = Vec::new();
-        encode_batch(&a, &mut out);
-        encode_batch(&b, &mut out);
-        assert_eq!(decode_batches(&out).unwrap(), vec![a, b]);
+        encode_batch(1, &a, &mut out);
+        encode_batch(2, &b, &mut out);
+        assert_eq!(decode_batches(&out).unwrap(), vec![(1, a), (2, b)]);
         assert!(decode_batches(&out[..out.len() - 1]).is_err());
     }
 
     #[test]
-    fn log_replays_after_losing_sled_state_and_ignores_torn_tail() {
+    fn log_replay_ignores_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let backend = SledBackend::open(dir.path()).unwrap();
+            let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
             backend
                 .apply(vec![(b"a".to_vec(), Some(b"1".to_vec()))])
                 .unwrap();
@@ -508,12 +541,36 @@ mod tests {
             let wal = backend.wal.lock().unwrap();
             wal.file.write_all_at(&[0xAB; 40], wal.offset).unwrap();
         }
-        // Reopening replays the log (idempotently over whatever sled kept).
-        let backend = SledBackend::open(dir.path()).unwrap();
+        // Reopening replays the log (only what sled does not already hold).
+        let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
         assert_eq!(backend.get(b"a").unwrap(), None);
         assert_eq!(backend.get(b"b").unwrap(), Some(b"2".to_vec()));
         // After the open checkpoint, old records are ignored.
         assert!(backend.wal.lock().unwrap().records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sled_ahead_of_the_log_is_not_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+            backend
+                .apply(vec![(b"a".to_vec(), Some(b"1".to_vec()))])
+                .unwrap();
+            backend.sync().unwrap();
+            // Later batches that reached sled's files but not the log (never acknowledged).
+            backend
+                .apply(vec![(b"a".to_vec(), Some(b"2".to_vec()))])
+                .unwrap();
+            backend
+                .apply(vec![(b"b".to_vec(), Some(b"2".to_vec()))])
+                .unwrap();
+            backend.db.flush().unwrap();
+        }
+        let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+        // A consistent prefix: not the old `a` next to the new `b`.
+        assert_eq!(backend.get(b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(backend.get(b"b").unwrap(), Some(b"2".to_vec()));
     }
 
     #[test]
