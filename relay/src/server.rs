@@ -321,8 +321,8 @@ impl Relay {
             tracing::warn!("shutdown grace period over with requests still in flight");
         }
         let store = self.store.clone();
-        if let Ok(Err(err)) = tokio::task::spawn_blocking(move || store.sync()).await {
-            tracing::error!(error = %err, "final sync failed");
+        if let Ok(Err(err)) = tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            tracing::error!(error = %err, "final checkpoint failed");
         }
         self.endpoint
             .close(CLOSE_GOING_AWAY.into(), b"relay shutting down");

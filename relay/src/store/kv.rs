@@ -47,6 +47,11 @@ pub trait KvBackend: Send + Sync + 'static {
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Makes every applied batch durable (see [`Store::sync`]).
     fn sync(&self) -> Result<(), StoreError>;
+    /// Makes every applied batch durable and compacts recovery data (see
+    /// [`Store::checkpoint`]).
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
 }
 
 /// Size of stored blob chunks; uploads are re-chunked to it so reads can seek by index.
@@ -816,5 +821,9 @@ impl<B: KvBackend> Store for KvStore<B> {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.backend.sync()
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.backend.checkpoint()
     }
 }

@@ -259,6 +259,11 @@ pub trait Store: Send + Sync + 'static {
     fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError>;
     /// Makes every mutation that returned before this call durable (see the module docs).
     fn sync(&self) -> Result<(), StoreError>;
+    /// Like [`Store::sync`], and also compacts whatever the backend keeps for recovery (for
+    /// the sled store: a checkpoint that empties the write-ahead log). Called on shutdown.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
 }
 
 #[cfg(test)]

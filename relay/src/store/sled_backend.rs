@@ -428,7 +428,7 @@ impl SledBackend {
     }
 
     /// Makes sled's own files durable and empties the log (done on open and shutdown).
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
+    fn checkpoint_now(&self) -> Result<(), StoreError> {
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         // Everything pending is already in sled; the checkpoint makes it durable.
         self.pending
@@ -494,6 +494,10 @@ impl KvBackend for SledBackend {
             return Ok(());
         }
         wal.append(&self.db, &payload)
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint_now()
     }
 }
 

@@ -405,7 +405,12 @@ async fn run(args: Args) -> Result<()> {
     )
     .await?;
     println!(
-        "relay durable sends ({}x{}):              {peak:>10.0} /s   ratio to echo {:.2} (target >= 0.5)",
+        "relay {} sends ({}x{}):              {peak:>10.0} /s   ratio to echo {:.2} (target >= 0.5)",
+        if args.memory_store {
+            "in-memory"
+        } else {
+            "durable"
+        },
         args.connections,
         args.streams,
         peak / echo_rate
