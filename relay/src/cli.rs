@@ -70,6 +70,9 @@ pub struct Args {
     /// Concurrent bidirectional streams per connection [default: 128].
     #[arg(long)]
     pub max_streams: Option<u32>,
+    /// Open QUIC connections; further ones are refused [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Largest request frame in bytes [default: 524288].
     #[arg(long)]
     pub max_request_frame: Option<usize>,
@@ -178,6 +181,11 @@ pub fn config_from(args: &Args) -> Result<Config, RelayError> {
     );
     set!(c.request_burst, args.request_burst, file.request_burst);
     set!(c.max_streams, args.max_streams, file.max_streams);
+    set!(
+        c.max_connections,
+        args.max_connections,
+        file.max_connections
+    );
     set!(
         c.max_request_frame,
         args.max_request_frame,

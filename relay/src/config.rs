@@ -29,6 +29,8 @@ pub struct Config {
     pub request_burst: u32,
     /// Concurrent bidirectional streams per connection.
     pub max_streams: u32,
+    /// Open QUIC connections; more are refused.
+    pub max_connections: usize,
     /// Largest request frame accepted, bytes.
     pub max_request_frame: usize,
     /// Seconds between expiry sweeps.
@@ -54,6 +56,7 @@ impl Config {
             requests_per_sec: 200,
             request_burst: 400,
             max_streams: 128,
+            max_connections: 10_000,
             max_request_frame: 512 * 1024,
             sweep_interval_secs: 60,
             shutdown_grace_secs: 10,
@@ -120,6 +123,8 @@ pub struct FileConfig {
     pub request_burst: Option<u32>,
     /// Concurrent streams per connection.
     pub max_streams: Option<u32>,
+    /// Open connections.
+    pub max_connections: Option<usize>,
     /// Largest request frame.
     pub max_request_frame: Option<usize>,
     /// Seconds between sweeps.

@@ -13,14 +13,17 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::{Signature, VerifyingKey};
 use handover_proto::decode;
 use handover_proto::e2e::v1 as e2e;
-use handover_proto::limits::{ID_LEN, MAX_BLOB_CHUNK_LEN, MAX_ENVELOPE_LEN, PROTOCOL_VERSION};
+use handover_proto::limits::{
+    ID_LEN, MAX_BLOB_CHUNK_LEN, MAX_ENVELOPE_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
 use handover_proto::relay::v1 as wire;
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::store::{
-    Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published, Store, StoreError, Swept,
+    BLOB_STORE_CHUNK, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published, Store,
+    StoreError, Swept,
 };
 
 use wire::ErrorCode;
@@ -41,6 +44,12 @@ pub const DEVICE_LIST_PREFIX: &[u8] = b"handover/1 device-list";
 pub const ORG_PROFILE_PREFIX: &[u8] = b"handover/1 org-profile";
 /// Length of the exporter values the signatures bind to.
 pub const EXPORTER_LEN: usize = 32;
+
+/// Largest encoded response the handler builds: the frame limit minus headroom for field
+/// tags and lengths.
+const RESPONSE_BUDGET: usize = MAX_FRAME_LEN - 64 * 1024;
+/// Upper bound of the protobuf overhead of one repeated item (tags, lengths, small fields).
+const PER_ITEM_OVERHEAD: usize = 64;
 
 /// Most mailboxes one connection may authenticate (bounds per-connection memory).
 pub const MAX_AUTHENTICATED_PER_CONNECTION: usize = 1024;
@@ -171,6 +180,9 @@ pub struct BlobUpload {
     /// Declared size.
     pub size: u64,
     received: u64,
+    /// Received bytes not yet written: the store is written in whole
+    /// [`BLOB_STORE_CHUNK`]-sized pieces, so tiny chunks cannot force a rewrite per byte.
+    buffered: Vec<u8>,
 }
 
 /// What a `BlobChunk` did to an upload.
@@ -622,20 +634,32 @@ impl Handler {
             n => (n as usize).min(max),
         };
         match self.store.fetch(&recv_id, m.after_seq, limit, now) {
-            Ok((queued, more)) => reply(wire::response::Kind::FetchResult(wire::FetchResult {
-                envelopes: queued
-                    .into_iter()
-                    .map(|q| wire::QueuedEnvelope {
+            Ok((queued, mut more)) => {
+                // Keep the answer within one frame: stop before the page would outgrow it (the
+                // first envelope always fits, MAX_ENVELOPE_LEN is far below the frame limit).
+                let mut envelopes = Vec::with_capacity(queued.len());
+                let mut bytes = 0usize;
+                for q in queued {
+                    let cost = q.envelope.ciphertext.len() + PER_ITEM_OVERHEAD;
+                    if !envelopes.is_empty() && bytes + cost > RESPONSE_BUDGET {
+                        more = true;
+                        break;
+                    }
+                    bytes += cost;
+                    envelopes.push(wire::QueuedEnvelope {
                         seq: q.seq,
                         envelope: Some(wire::Envelope {
                             envelope_id: q.envelope.envelope_id.to_vec(),
                             expires_at: q.envelope.expires_at,
                             ciphertext: q.envelope.ciphertext,
                         }),
-                    })
-                    .collect(),
-                more,
-            })),
+                    });
+                }
+                reply(wire::response::Kind::FetchResult(wire::FetchResult {
+                    envelopes,
+                    more,
+                }))
+            }
             Err(err) => storage_failed(&err),
         }
     }
@@ -914,6 +938,10 @@ impl Handler {
                     && (needle.is_empty() || p.name.to_lowercase().contains(&needle))
             })
             .take(limit)
+            .scan(0usize, |bytes, p| {
+                *bytes += p.len() + PER_ITEM_OVERHEAD;
+                (*bytes <= RESPONSE_BUDGET).then_some(p)
+            })
             .collect();
         reply(wire::response::Kind::DirectoryResult(
             wire::DirectoryResult { profiles },
@@ -942,6 +970,7 @@ impl Handler {
                         blob_id,
                         size: m.size,
                         received: 0,
+                        buffered: Vec::new(),
                     });
                 }
                 Ok(false) => continue,
@@ -968,8 +997,14 @@ impl Handler {
                 "blob chunks exceed the declared size",
             ));
         }
-        if !chunk.data.is_empty() {
-            match self.store.blob_append(&upload.blob_id, &chunk.data) {
+        upload.buffered.extend_from_slice(&chunk.data);
+        upload.received = total;
+        while upload.buffered.len() >= BLOB_STORE_CHUNK
+            || (chunk.last && !upload.buffered.is_empty())
+        {
+            let take = upload.buffered.len().min(BLOB_STORE_CHUNK);
+            let piece: Vec<u8> = upload.buffered.drain(..take).collect();
+            match self.store.blob_append(&upload.blob_id, &piece) {
                 Ok(true) => {}
                 Ok(false) => return Err(error(ErrorCode::BadRequest, "blob upload rejected")),
                 Err(err) => {
@@ -982,7 +1017,6 @@ impl Handler {
                 }
             }
         }
-        upload.received = total;
         if !chunk.last {
             return Ok(ChunkOutcome::More);
         }

@@ -32,7 +32,7 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a finished stream waits for the peer to receive the last bytes.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Items deleted per sweep step.
-const SWEEP_BUDGET: usize = 10_000;
+const SWEEP_BUDGET: usize = 1_000;
 /// QUIC application error code used when closing connections on shutdown.
 const CLOSE_GOING_AWAY: u32 = 1;
 
@@ -143,6 +143,7 @@ impl Hub {
 
 struct Ctx {
     handler: Handler,
+    open_connections: std::sync::atomic::AtomicUsize,
     config: Config,
     committer: Committer,
     hub: Hub,
@@ -261,6 +262,7 @@ impl Relay {
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let ctx = Arc::new(Ctx {
             handler,
+            open_connections: std::sync::atomic::AtomicUsize::new(0),
             config,
             committer,
             hub: Hub::default(),
@@ -377,6 +379,11 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: mpsc::Send
         let Some(incoming) = incoming else {
             return;
         };
+        if ctx.open_connections.load(Ordering::Relaxed) >= ctx.config.max_connections {
+            tracing::warn!("connection refused: max_connections reached");
+            incoming.refuse();
+            continue;
+        }
         let ctx = ctx.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
@@ -398,6 +405,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: mpsc::Send
 
 async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::Sender<()>) {
     ctx.metrics.connections.inc();
+    ctx.open_connections.fetch_add(1, Ordering::Relaxed);
     let session = Arc::new(Session::new(Box::new(QuinnExporter(conn.clone()))));
     let bucket = Arc::new(Mutex::new(TokenBucket::new(
         ctx.config.requests_per_sec,
@@ -432,6 +440,7 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
         });
     }
     ctx.metrics.connections.dec();
+    ctx.open_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 struct Stream {
@@ -475,10 +484,19 @@ impl Stream {
     }
 
     async fn write<M: prost::Message>(&mut self, message: &M) -> bool {
-        match frame::encode(message) {
-            Ok(bytes) => self.send.write_all(&bytes).await.is_ok(),
-            Err(_) => false,
-        }
+        let bytes = match frame::encode(message) {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                // The handler keeps answers within a frame; if one still is not, say so.
+                tracing::error!("response exceeds the frame limit");
+                let fallback = error(ErrorCode::Unavailable, "response too large");
+                match frame::encode(&fallback) {
+                    Ok(bytes) => bytes,
+                    Err(_) => return false,
+                }
+            }
+        };
+        self.send.write_all(&bytes).await.is_ok()
     }
 
     /// Writes a final response, finishes the stream, and stops reading further input.

@@ -596,3 +596,88 @@ fn blobs_upload_download_limits_and_expiry() {
     assert_eq!(code(f.call(&s, get.clone(), NOW + 60)), ErrorCode::NotFound);
     assert_eq!(f.handler.sweep(NOW + 60, 100).unwrap().blobs, 1);
 }
+
+#[test]
+fn fetch_pages_stay_within_one_frame() {
+    let limits = Limits {
+        mailbox_max_bytes: u64::MAX,
+        ..Limits::default()
+    };
+    let mut f = fixture(limits, vec![]);
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_, recv, send) = f.mailbox(&s, &cap);
+    let big = MAX_ENVELOPE_LEN;
+    for n in 1..=20u8 {
+        let action = f.call(
+            &session(9),
+            Kind::Send(wire::Send {
+                send_id: send.to_vec(),
+                capability: cap.to_vec(),
+                envelope: Some(wire::Envelope {
+                    envelope_id: vec![n; 16],
+                    expires_at: NOW + 60,
+                    ciphertext: vec![n; big],
+                }),
+            }),
+            NOW,
+        );
+        assert!(matches!(action, Action::ReplyWhenDurable { .. }));
+    }
+    let r = response(f.call(
+        &s,
+        Kind::Fetch(wire::Fetch {
+            recv_id: recv.to_vec(),
+            after_seq: 0,
+            limit: 0,
+        }),
+        NOW,
+    ));
+    let Some(wire::response::Kind::FetchResult(page)) = &r.kind else {
+        panic!()
+    };
+    assert!(page.more);
+    assert!(!page.envelopes.is_empty() && page.envelopes.len() < 20);
+    assert!(handover_proto::frame::encode(&r).is_ok());
+}
+
+#[test]
+fn tiny_blob_chunks_are_buffered_into_store_chunks() {
+    let mut f = fixture(Limits::default(), vec![]);
+    let s = session(1);
+    let size = 300_000u64;
+    let Action::BlobUpload(mut up) = f.call(
+        &s,
+        Kind::BlobPut(wire::BlobPut {
+            size,
+            expires_at: NOW + 60,
+        }),
+        NOW,
+    ) else {
+        panic!()
+    };
+    let data: Vec<u8> = (0..size).map(|n| (n % 7) as u8).collect();
+    for (i, piece) in data.chunks(1000).enumerate() {
+        let last = (i + 1) * 1000 >= data.len();
+        let out = f
+            .handler
+            .blob_chunk(
+                &mut up,
+                wire::BlobChunk {
+                    data: piece.to_vec(),
+                    last,
+                },
+            )
+            .unwrap();
+        assert_eq!(matches!(out, ChunkOutcome::Complete(_)), last);
+    }
+    let meta = f.handler.store().blob_meta(&up.blob_id).unwrap().unwrap();
+    assert!(meta.complete);
+    assert_eq!(
+        f.handler
+            .store()
+            .blob_read(&up.blob_id, 0, 1 << 20)
+            .unwrap(),
+        data
+    );
+}
