@@ -35,7 +35,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::StoreError;
 use super::kv::{Batch, Entries, KvBackend};
@@ -54,8 +54,8 @@ const WAL_HEADER_LEN: u64 = 4096;
 const WAL_MAGIC: &[u8; 8] = b"HOVRWAL1";
 /// Record header: crc32, payload length, epoch.
 const RECORD_HEADER_LEN: usize = 4 + 4 + 8;
-/// Log file name in the store directory.
-const WAL_FILE: &str = "wal";
+/// Names of the two log files in the store directory.
+const WAL_FILES: [&str; 2] = ["wal-0", "wal-1"];
 /// sled key holding the sequence number of the last batch applied (outside every table).
 const LSN_KEY: &[u8] = b"\xff~lsn";
 
@@ -175,11 +175,27 @@ struct Pending {
     next_lsn: u64,
 }
 
-struct WalFile {
+/// One preallocated log file.
+struct LogFile {
     file: File,
-    size: u64,
     epoch: u64,
+}
+
+/// The two log files: one receives records while the other's content is being checkpointed
+/// into sled in the background, so a full log does not pause commits (unless the second fills
+/// before the checkpoint ends).
+struct WalFile {
+    files: [LogFile; 2],
+    active: usize,
+    size: u64,
     offset: u64,
+    sled_files: Arc<Mutex<SledFiles>>,
+    /// The checkpoint covering the inactive file, if one is running.
+    running: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
+}
+
+/// What a checkpoint syncs besides sled's flush.
+struct SledFiles {
     dir: PathBuf,
     log: File,
     synced: SyncedFiles,
@@ -189,6 +205,17 @@ struct WalFile {
 struct SyncedFiles {
     root: BTreeSet<String>,
     blobs: BTreeSet<String>,
+}
+
+impl SledFiles {
+    /// Makes everything applied to sled so far durable.
+    fn checkpoint(&mut self, db: &sled::Db) -> Result<(), StoreError> {
+        db.flush().map_err(backend_err)?;
+        self.log.sync_data().map_err(backend_err)?;
+        let SyncedFiles { root, blobs } = &mut self.synced;
+        sync_dir(&self.dir.join("blobs"), blobs)?;
+        sync_dir(&self.dir, root)
+    }
 }
 
 impl std::fmt::Debug for SledBackend {
@@ -257,10 +284,10 @@ fn read_header(file: &File) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(epoch))
 }
 
-impl WalFile {
-    /// Opens (or creates and preallocates) the log.
-    fn open(dir: &Path, log: File, size: u64) -> Result<Self, StoreError> {
-        let path = dir.join(WAL_FILE);
+impl LogFile {
+    /// Opens (or creates and preallocates) one log file.
+    fn open(dir: &Path, name: &str, size: u64) -> Result<Self, StoreError> {
+        let path = dir.join(name);
         let exists = path.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -270,7 +297,6 @@ impl WalFile {
             .open(&path)
             .map_err(backend_err)?;
         let len = file.metadata().map_err(backend_err)?.len();
-        let size = size.max(len).max(MIN_WAL_SIZE);
         if !exists || len < size {
             // Preallocate with real zero blocks (not a sparse file) so that later in-place
             // writes need no metadata commit.
@@ -281,7 +307,7 @@ impl WalFile {
                 at += zeros.len() as u64;
             }
             if !exists {
-                file.write_all_at(&header(1), 0).map_err(backend_err)?;
+                file.write_all_at(&header(0), 0).map_err(backend_err)?;
             }
             file.sync_all().map_err(backend_err)?;
             File::open(dir)
@@ -289,23 +315,15 @@ impl WalFile {
                 .map_err(backend_err)?;
         }
         let epoch = read_header(&file)?;
-        Ok(Self {
-            file,
-            size,
-            epoch,
-            offset: WAL_HEADER_LEN,
-            dir: dir.to_path_buf(),
-            log,
-            synced: SyncedFiles::default(),
-        })
+        Ok(Self { file, epoch })
     }
 
-    /// Records of the current epoch, in order, up to the first torn or damaged one.
-    fn records(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// Records of this file's epoch, in order, up to the first torn or damaged one.
+    fn records(&self, size: u64) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
         let mut at = WAL_HEADER_LEN;
         let mut head = [0u8; RECORD_HEADER_LEN];
-        while at + RECORD_HEADER_LEN as u64 <= self.size {
+        while at + RECORD_HEADER_LEN as u64 <= size {
             self.file
                 .read_exact_at(&mut head, at)
                 .map_err(backend_err)?;
@@ -313,7 +331,7 @@ impl WalFile {
             let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as u64;
             let epoch: [u8; 8] = head[8..16].try_into().map_err(|_| StoreError::Corrupt)?;
             let end = at + RECORD_HEADER_LEN as u64 + len;
-            if u64::from_be_bytes(epoch) != self.epoch || len == 0 || end > self.size {
+            if u64::from_be_bytes(epoch) != self.epoch || len == 0 || end > size {
                 break;
             }
             let mut payload = vec![0u8; len as usize];
@@ -329,20 +347,108 @@ impl WalFile {
         Ok(out)
     }
 
-    /// Makes sled's files durable, then starts a new log epoch.
-    fn checkpoint(&mut self, db: &sled::Db) -> Result<(), StoreError> {
-        db.flush().map_err(backend_err)?;
-        self.log.sync_data().map_err(backend_err)?;
-        let SyncedFiles { root, blobs } = &mut self.synced;
-        sync_dir(&self.dir.join("blobs"), blobs)?;
-        sync_dir(&self.dir, root)?;
-        let epoch = self.epoch + 1;
+    /// Starts a new, empty generation of this file: older records no longer count.
+    fn reset(&mut self, epoch: u64) -> Result<(), StoreError> {
         self.file
             .write_all_at(&header(epoch), 0)
             .map_err(backend_err)?;
         self.file.sync_data().map_err(backend_err)?;
         self.epoch = epoch;
+        Ok(())
+    }
+}
+
+impl WalFile {
+    fn open(dir: &Path, log: File, size: u64) -> Result<Self, StoreError> {
+        let size = size.max(MIN_WAL_SIZE);
+        let files = [
+            LogFile::open(dir, WAL_FILES[0], size)?,
+            LogFile::open(dir, WAL_FILES[1], size)?,
+        ];
+        // Files are never shrunk: use the smaller actual size of the two.
+        let actual = files
+            .iter()
+            .map(|f| f.file.metadata().map(|m| m.len()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend_err)?;
+        let size = actual.into_iter().min().unwrap_or(size).max(MIN_WAL_SIZE);
+        Ok(Self {
+            files,
+            active: 0,
+            size,
+            offset: WAL_HEADER_LEN,
+            sled_files: Arc::new(Mutex::new(SledFiles {
+                dir: dir.to_path_buf(),
+                log,
+                synced: SyncedFiles::default(),
+            })),
+            running: None,
+        })
+    }
+
+    /// All batches in both files, ordered by sequence number.
+    fn batches(&self) -> Result<Vec<(u64, Batch)>, StoreError> {
+        let mut all = Vec::new();
+        for file in &self.files {
+            for payload in file.records(self.size)? {
+                all.extend(decode_batches(&payload)?);
+            }
+        }
+        all.sort_by_key(|(lsn, _)| *lsn);
+        Ok(all)
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.files[0].epoch.max(self.files[1].epoch) + 1
+    }
+
+    fn join_running(&mut self) -> Result<(), StoreError> {
+        match self.running.take() {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| StoreError::Backend("checkpoint thread failed".into()))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Synchronous checkpoint: sled made durable, both files emptied.
+    fn checkpoint(&mut self, db: &sled::Db) -> Result<(), StoreError> {
+        self.join_running()?;
+        self.sled_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint(db)?;
+        let epoch = self.next_epoch();
+        let inactive = 1 - self.active;
+        self.files[inactive].reset(epoch)?;
+        self.files[self.active].reset(epoch + 1)?;
         self.offset = WAL_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Switches to the other file and checkpoints the one just filled in the background.
+    fn rotate(&mut self, db: &sled::Db) -> Result<(), StoreError> {
+        // The other file may be reused only once the checkpoint covering it has finished.
+        self.join_running()?;
+        let next = 1 - self.active;
+        let epoch = self.next_epoch();
+        self.files[next].reset(epoch)?;
+        self.active = next;
+        self.offset = WAL_HEADER_LEN;
+        // Every batch in the file just left is already applied to sled, so a flush started now
+        // covers all of it.
+        let db = db.clone();
+        let sled_files = self.sled_files.clone();
+        let handle = std::thread::Builder::new()
+            .name("handover-checkpoint".into())
+            .spawn(move || {
+                sled_files
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .checkpoint(&db)
+            })
+            .map_err(backend_err)?;
+        self.running = Some(handle);
         Ok(())
     }
 
@@ -350,20 +456,25 @@ impl WalFile {
     fn append(&mut self, db: &sled::Db, payload: &[u8]) -> Result<(), StoreError> {
         let total = (RECORD_HEADER_LEN + payload.len()) as u64;
         if self.offset + total > self.size {
-            // Everything in `payload` is already applied to sled, so the checkpoint covers it.
-            return self.checkpoint(db);
+            self.rotate(db)?;
+            if self.offset + total > self.size {
+                // Larger than a whole log file: the batches are in sled, so wait for the
+                // checkpoint just started, which covers them.
+                return self.join_running();
+            }
         }
+        let log = &self.files[self.active];
         let mut record = Vec::with_capacity(total as usize);
         record.extend_from_slice(&[0; 4]);
         put_u32(&mut record, payload.len());
-        record.extend_from_slice(&self.epoch.to_be_bytes());
+        record.extend_from_slice(&log.epoch.to_be_bytes());
         record.extend_from_slice(payload);
         let crc = crc32(&[&record[4..]]);
         record[..4].copy_from_slice(&crc.to_be_bytes());
-        self.file
+        log.file
             .write_all_at(&record, self.offset)
             .map_err(backend_err)?;
-        self.file.sync_data().map_err(backend_err)?;
+        log.file.sync_data().map_err(backend_err)?;
         self.offset += total;
         Ok(())
     }
@@ -399,13 +510,11 @@ impl SledBackend {
             None => 0,
         };
         let mut replayed = 0u64;
-        for payload in wal.records()? {
-            for (lsn, batch) in decode_batches(&payload)? {
-                if lsn > last {
-                    apply_to_sled(&db, lsn, batch)?;
-                    last = lsn;
-                    replayed += 1;
-                }
+        for (lsn, batch) in wal.batches()? {
+            if lsn > last {
+                apply_to_sled(&db, lsn, batch)?;
+                last = lsn;
+                replayed += 1;
             }
         }
         wal.checkpoint(&db)?;
@@ -437,6 +546,16 @@ impl SledBackend {
             .bytes
             .clear();
         wal.checkpoint(&self.db)
+    }
+}
+
+impl Drop for SledBackend {
+    fn drop(&mut self) {
+        // Do not leave a checkpoint thread holding the database open behind us.
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = wal.join_running() {
+            tracing::error!(error = %err, "background checkpoint failed");
+        }
     }
 }
 
@@ -543,14 +662,17 @@ mod tests {
             backend.sync().unwrap();
             // A torn, never-acknowledged record after the last good one.
             let wal = backend.wal.lock().unwrap();
-            wal.file.write_all_at(&[0xAB; 40], wal.offset).unwrap();
+            wal.files[wal.active]
+                .file
+                .write_all_at(&[0xAB; 40], wal.offset)
+                .unwrap();
         }
         // Reopening replays the log (only what sled does not already hold).
         let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
         assert_eq!(backend.get(b"a").unwrap(), None);
         assert_eq!(backend.get(b"b").unwrap(), Some(b"2".to_vec()));
         // After the open checkpoint, old records are ignored.
-        assert!(backend.wal.lock().unwrap().records().unwrap().is_empty());
+        assert!(backend.wal.lock().unwrap().batches().unwrap().is_empty());
     }
 
     #[test]
@@ -581,7 +703,7 @@ mod tests {
     fn full_log_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
-        let epoch = backend.wal.lock().unwrap().epoch;
+        let epoch = backend.wal.lock().unwrap().next_epoch();
         let value = vec![7u8; 200 * 1024];
         for n in 0..20u32 {
             backend
@@ -589,9 +711,17 @@ mod tests {
                 .unwrap();
             backend.sync().unwrap();
         }
-        assert!(backend.wal.lock().unwrap().epoch > epoch);
+        assert!(
+            backend.wal.lock().unwrap().next_epoch() > epoch + 2,
+            "log files rotated"
+        );
         drop(backend);
-        let backend = SledBackend::open(dir.path()).unwrap();
-        assert_eq!(backend.get(&19u32.to_be_bytes()).unwrap(), Some(value));
+        let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+        for n in 0..20u32 {
+            assert_eq!(
+                backend.get(&n.to_be_bytes()).unwrap().as_ref(),
+                Some(&value)
+            );
+        }
     }
 }
