@@ -13,20 +13,23 @@
 //!
 //! # What this backend does
 //!
-//! - Every batch is applied to sled (in memory, atomically) and, under the same lock, appended
-//!   to an in-memory log buffer, so the log order is the apply order.
+//! - Every batch gets a sequence number, is applied to sled (in memory, atomically, together
+//!   with that number under a reserved key) and, under the same lock, appended to an in-memory
+//!   log buffer, so the log order is the apply order.
 //! - [`KvBackend::sync`] (one call per group commit) frames the buffered batches as one record
-//!   (`crc32 | len | epoch | payload`), writes it into the preallocated log file `wal` and calls
-//!   `fdatasync` on it. The file is preallocated with zeros on creation and written in place,
-//!   so `fdatasync` never has to commit a file-size change.
-//! - A *checkpoint* makes sled's own files durable (`flush`, then `fdatasync` of `db`, of new
-//!   files in the data directory and `blobs/`, and `fsync` of the directories whose entries
-//!   changed) and then starts a new log epoch by rewriting the log header (and syncing it).
-//!   Records of older epochs are ignored. Checkpoints happen on open, when the log is full, and
-//!   on shutdown.
-//! - On open, records of the current epoch are replayed into sled in order until the first
-//!   record that is torn or fails its checksum (it was never acknowledged). Batches are blind
-//!   puts and deletes, so replaying a suffix that sled already holds is harmless.
+//!   (`crc32 | len | epoch | payload`), writes it into the active one of two preallocated log
+//!   files (`wal-0`, `wal-1`) and calls `fdatasync` on it. The files are preallocated with
+//!   zeros on creation and written in place, so `fdatasync` never has to commit a size change.
+//! - When the active file is full, the other file starts a new generation (a new epoch in its
+//!   header, synced) and a background thread *checkpoints*: it makes sled's own files durable
+//!   (`flush`, then `fdatasync` of `db`, of new files in the data directory and `blobs/`, and
+//!   `fsync` of the directories whose entries changed). A file is reused only after the
+//!   checkpoint covering it has finished. Open and shutdown checkpoint synchronously.
+//! - On open, the records of both files (each up to its first torn or damaged record, which
+//!   was never acknowledged) are replayed in sequence order, skipping the batches sled already
+//!   holds: sled recovers a consistent prefix of its batches, which may end before or after the
+//!   log's last durable record, and replaying only what it lacks keeps the state a consistent
+//!   prefix that contains every acknowledged batch.
 //!
 //! When `sync` returns, every batch applied before it is on stable storage, given a drive that
 //! honours cache flushes (see docs/OPERATIONS.md, "Durability").
