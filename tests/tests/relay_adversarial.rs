@@ -70,6 +70,16 @@ fn code(r: &wire::Response) -> ErrorCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abuse_gets_typed_errors_and_others_keep_being_served() {
+    // Bounded: a hung relay fails the test instead of hanging the suite.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        abuse_gets_typed_errors_and_others_keep_being_served_scenario(),
+    )
+    .await
+    .expect("test timed out");
+}
+
+async fn abuse_gets_typed_errors_and_others_keep_being_served_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(
         bin(),
@@ -299,6 +309,16 @@ async fn abuse_gets_typed_errors_and_others_keep_being_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_rate_is_limited_per_connection() {
+    // Bounded: a hung relay fails the test instead of hanging the suite.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        request_rate_is_limited_per_connection_scenario(),
+    )
+    .await
+    .expect("test timed out");
+}
+
+async fn request_rate_is_limited_per_connection_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(
         bin(),

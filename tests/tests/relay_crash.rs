@@ -70,6 +70,16 @@ async fn send_until_killed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_envelopes_survive_repeated_sigkill() {
+    // Bounded: a hung relay fails the test instead of hanging the suite.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        acknowledged_envelopes_survive_repeated_sigkill_scenario(),
+    )
+    .await
+    .expect("test timed out");
+}
+
+async fn acknowledged_envelopes_survive_repeated_sigkill_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let acked: Arc<Mutex<HashSet<[u8; 16]>>> = Arc::default();
     let mut delivered_and_acked: HashSet<[u8; 16]> = HashSet::new();

@@ -62,6 +62,16 @@ async fn member_auth(client: &Client, device: &SigningKey, cert: Vec<u8>) -> wir
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_is_for_admitted_members_only() {
+    // Bounded: a hung relay fails the test instead of hanging the suite.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        directory_is_for_admitted_members_only_scenario(),
+    )
+    .await
+    .expect("test timed out");
+}
+
+async fn directory_is_for_admitted_members_only_scenario() {
     let mut rng = rand::rng();
     let root = SigningKey::generate(&mut rng);
     let stranger_root = SigningKey::generate(&mut rng);
@@ -157,6 +167,16 @@ async fn directory_is_for_admitted_members_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_prekey_takes_never_share_a_one_time_prekey() {
+    // Bounded: a hung relay fails the test instead of hanging the suite.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        concurrent_prekey_takes_never_share_a_one_time_prekey_scenario(),
+    )
+    .await
+    .expect("test timed out");
+}
+
+async fn concurrent_prekey_takes_never_share_a_one_time_prekey_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(bin(), dir.path(), &["--requests-per-sec", "0"]).unwrap();
     let owner = Client::connect(relay.addr, relay.pin).await.unwrap();

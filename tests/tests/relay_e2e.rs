@@ -28,6 +28,16 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailbox_send_subscribe_fetch_ack_blob_and_graceful_shutdown() {
+    // Bounded: a hung relay fails the test instead of hanging the suite.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        mailbox_send_subscribe_fetch_ack_blob_and_graceful_shutdown_scenario(),
+    )
+    .await
+    .expect("test timed out");
+}
+
+async fn mailbox_send_subscribe_fetch_ack_blob_and_graceful_shutdown_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = RelayProcess::start(bin(), dir.path(), &[]).unwrap();
     let alice = Client::connect(relay.addr, relay.pin).await.unwrap();
