@@ -825,8 +825,40 @@ impl Handler {
         ) else {
             return fail(ErrorCode::BadRequest, "device certificate is malformed");
         };
+        match self.is_revoked(&org_root_key, &verified.cert.device_id) {
+            Ok(false) => {}
+            Ok(true) => return fail(ErrorCode::Unauthorised, "device has been revoked"),
+            Err(err) => return storage_failed(&err),
+        }
         session.state().member = Some(Member { org_root_key, role });
         ok()
+    }
+
+    /// True if the organisation's published (root-signed, verified at publish time) device
+    /// list revokes `device_id`.
+    fn is_revoked(&self, org_root_key: &[u8; 32], device_id: &[u8]) -> Result<bool, StoreError> {
+        for bytes in self.store.directory_all()? {
+            let Ok(signed) = decode::signed_org_profile(&bytes) else {
+                continue;
+            };
+            let Ok(profile) = decode::org_profile(&signed.profile) else {
+                continue;
+            };
+            if profile.org_root_key[..] != org_root_key[..] {
+                continue;
+            }
+            let Some(list) = profile.device_list else {
+                return Ok(false);
+            };
+            let Ok(list) = decode::device_list(&list.list) else {
+                return Ok(false);
+            };
+            return Ok(list
+                .revoked_device_ids
+                .iter()
+                .any(|id| id[..] == device_id[..]));
+        }
+        Ok(false)
     }
 
     fn directory_publish(&self, session: &Session, m: &wire::DirectoryPublish, now: u64) -> Action {

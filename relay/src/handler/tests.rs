@@ -466,6 +466,7 @@ fn directory_needs_member_auth_and_admin_signatures() {
         member_auth(&mut f, &s, &admin, c.clone()),
         Action::Reply(_)
     ));
+    let c_admin = c.clone();
 
     let profile = e2e::OrgProfile {
         org_root_key: org.root.verifying_key().to_bytes().to_vec(),
@@ -522,7 +523,7 @@ fn directory_needs_member_auth_and_admin_signatures() {
         ..Default::default()
     };
     assert_eq!(found(&mut f, q), 0);
-    // A caseworker is a member but cannot publish.
+    // A caseworker is a member but cannot publish. (Checked before the revocation below.)
     let worker = SigningKey::generate(&mut rng);
     let s3 = session(3);
     let c = org.cert(&worker, e2e::Role::Caseworker, NOW + 100);
@@ -530,6 +531,52 @@ fn directory_needs_member_auth_and_admin_signatures() {
     assert_eq!(found_s(&mut f, &s3), 1);
     let publish = Kind::DirectoryPublish(wire::DirectoryPublish { profile: vec![] });
     assert_eq!(code(f.call(&s3, publish, NOW)), ErrorCode::Unauthorised);
+
+    // The organisation revokes the device (id [3; 16], see `Org::cert`) in a newer profile:
+    // member authentication with its certificate fails from then on.
+    let list = e2e::DeviceList {
+        org_root_key: org.root.verifying_key().to_bytes().to_vec(),
+        version: 2,
+        issued_at: NOW,
+        devices: vec![],
+        revoked_device_ids: vec![vec![3; 16]],
+    }
+    .encode_to_vec();
+    let profile = e2e::OrgProfile {
+        org_root_key: org.root.verifying_key().to_bytes().to_vec(),
+        name: "Safe Harbour".into(),
+        device_list: Some(e2e::SignedDeviceList {
+            signature: org
+                .root
+                .sign(&[DEVICE_LIST_PREFIX, &list].concat())
+                .to_bytes()
+                .to_vec(),
+            list,
+        }),
+        issued_at: NOW + 1,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let signed = e2e::SignedOrgProfile {
+        signature: admin
+            .sign(&[ORG_PROFILE_PREFIX, &profile].concat())
+            .to_bytes()
+            .to_vec(),
+        profile,
+        signer: Some(decode::signed_device_certificate(&c_admin).unwrap()),
+    }
+    .encode_to_vec();
+    let publish = Kind::DirectoryPublish(wire::DirectoryPublish { profile: signed });
+    assert!(matches!(
+        f.call(&s, publish, NOW),
+        Action::ReplyWhenDurable { .. }
+    ));
+    let s4 = session(4);
+    let c = org.cert(&worker, e2e::Role::Caseworker, NOW + 100);
+    assert_eq!(
+        code(member_auth(&mut f, &s4, &worker, c)),
+        ErrorCode::Unauthorised
+    );
 }
 
 fn found_s(f: &mut Fixture, s: &Session) -> usize {
