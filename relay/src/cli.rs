@@ -46,6 +46,9 @@ pub struct Args {
     /// Largest blob in bytes [default: 104857600].
     #[arg(long)]
     pub max_blob_bytes: Option<u64>,
+    /// Total size of all stored blobs in bytes [default: 21474836480 = 20 GiB].
+    #[arg(long)]
+    pub blob_store_max_bytes: Option<u64>,
     /// Longest time to live of envelopes and blobs, seconds [default: 2592000 = 30 days].
     #[arg(long)]
     pub max_ttl_secs: Option<u64>,

@@ -148,6 +148,8 @@ pub struct FileLimits {
     pub max_envelope_bytes: Option<usize>,
     /// Largest blob.
     pub max_blob_bytes: Option<u64>,
+    /// Total size of all stored blobs.
+    pub blob_store_max_bytes: Option<u64>,
     /// Longest time to live.
     pub max_ttl_secs: Option<u64>,
     /// Envelopes per mailbox.

@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::store::{
-    BLOB_STORE_CHUNK, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published, Store,
-    StoreError, Swept,
+    BLOB_STORE_CHUNK, BlobBegun, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope,
+    Published, Store, StoreError, Swept,
 };
 
 use wire::ErrorCode;
@@ -62,6 +62,8 @@ pub struct Limits {
     pub max_envelope_bytes: usize,
     /// Largest blob accepted.
     pub max_blob_bytes: u64,
+    /// Total declared size of all stored blobs.
+    pub blob_store_max_bytes: u64,
     /// Longest time to live of envelopes and blobs, seconds.
     pub max_ttl_secs: u64,
     /// Most envelopes queued per mailbox.
@@ -83,6 +85,7 @@ impl Default for Limits {
         Self {
             max_envelope_bytes: MAX_ENVELOPE_LEN,
             max_blob_bytes: 100 * 1024 * 1024,
+            blob_store_max_bytes: 20 * 1024 * 1024 * 1024,
             max_ttl_secs: 30 * 24 * 3600,
             mailbox_max_envelopes: 10_000,
             mailbox_max_bytes: 256 * 1024 * 1024,
@@ -996,8 +999,13 @@ impl Handler {
         for _ in 0..3 {
             let mut blob_id = [0u8; ID_LEN];
             rng.fill_bytes(&mut blob_id);
-            match self.store.blob_begin(&blob_id, m.size, m.expires_at) {
-                Ok(true) => {
+            match self.store.blob_begin(
+                &blob_id,
+                m.size,
+                m.expires_at,
+                self.limits.blob_store_max_bytes,
+            ) {
+                Ok(BlobBegun::Started) => {
                     return Action::BlobUpload(BlobUpload {
                         blob_id,
                         size: m.size,
@@ -1005,7 +1013,10 @@ impl Handler {
                         buffered: Vec::new(),
                     });
                 }
-                Ok(false) => continue,
+                Ok(BlobBegun::QuotaExceeded) => {
+                    return fail(ErrorCode::QuotaExceeded, "the relay's blob store is full");
+                }
+                Ok(BlobBegun::IdTaken) => continue,
                 Err(err) => return storage_failed(&err),
             }
         }

@@ -595,6 +595,7 @@ fn found_s(f: &mut Fixture, s: &Session) -> usize {
 fn blobs_upload_download_limits_and_expiry() {
     let limits = Limits {
         max_blob_bytes: 1000,
+        blob_store_max_bytes: 1500,
         ..Limits::default()
     };
     let mut f = fixture(limits, vec![]);
@@ -633,6 +634,11 @@ fn blobs_upload_download_limits_and_expiry() {
     assert!(c.last);
     assert_eq!(c.data.len(), 350);
     assert_eq!(&c.data[..50], &[1; 50]);
+    // The blob store as a whole has a quota (700 of 1500 bytes are taken).
+    assert_eq!(
+        code(f.call(&s, put(900, NOW + 60), NOW)),
+        ErrorCode::QuotaExceeded
+    );
     // Overlong uploads are refused.
     let Action::BlobUpload(mut up) = f.call(&s, put(10, NOW + 60), NOW) else {
         panic!()

@@ -19,6 +19,7 @@
 //! | `D` directory | org root key | [`DirRec`] |
 //! | `B` blob meta | blob_id | [`BlobRec`] |
 //! | `C` blob chunk | blob_id, chunk index | bytes |
+//! | `G` global counters | name | u64 (total declared blob bytes) |
 //!
 //! Integers in keys are big-endian so that key order is numeric order.
 
@@ -27,8 +28,8 @@ use std::sync::{Mutex, MutexGuard};
 use prost::Message;
 
 use super::{
-    BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published, Queued, Store,
-    StoreError, Swept, TakenPrekeys,
+    BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published,
+    Queued, Store, StoreError, Swept, TakenPrekeys,
 };
 
 /// A batch of writes: `Some(value)` puts, `None` deletes.
@@ -68,6 +69,9 @@ const T_ONETIME: u8 = b'O';
 const T_DIR: u8 = b'D';
 const T_BLOB: u8 = b'B';
 const T_CHUNK: u8 = b'C';
+/// Key (table `G`, global counters) of the total declared size of all stored blobs, for the
+/// blob-store quota.
+const G_BLOB_BYTES: &[u8] = b"Gblob-bytes";
 
 const X_ENVELOPE: u8 = 1;
 const X_TOMBSTONE: u8 = 2;
@@ -253,6 +257,13 @@ impl<B: KvBackend> KvStore<B> {
             .get(&key(T_BLOB, &[blob_id]))?
             .map(|v| decode(&v))
             .transpose()
+    }
+
+    fn blob_total(&self) -> Result<u64, StoreError> {
+        match self.backend.get(G_BLOB_BYTES)? {
+            Some(v) => u64_of(&v),
+            None => Ok(0),
+        }
     }
 
     fn delete_blob_batch(&self, batch: &mut Batch, blob_id: &Id, rec: &BlobRec) {
@@ -625,11 +636,21 @@ impl<B: KvBackend> Store for KvStore<B> {
             .collect()
     }
 
-    fn blob_begin(&self, blob_id: &Id, size: u64, expires_at: u64) -> Result<bool, StoreError> {
+    fn blob_begin(
+        &self,
+        blob_id: &Id,
+        size: u64,
+        expires_at: u64,
+        max_total: u64,
+    ) -> Result<BlobBegun, StoreError> {
         let _g = self.guard();
         let k = key(T_BLOB, &[blob_id]);
         if self.backend.get(&k)?.is_some() {
-            return Ok(false);
+            return Ok(BlobBegun::IdTaken);
+        }
+        let total = self.blob_total()?;
+        if total.saturating_add(size) > max_total {
+            return Ok(BlobBegun::QuotaExceeded);
         }
         let rec = BlobRec {
             size,
@@ -643,8 +664,12 @@ impl<B: KvBackend> Store for KvStore<B> {
                 key(T_EXPIRY, &[&expires_at.to_be_bytes(), &[X_BLOB], blob_id]),
                 Some(Vec::new()),
             ),
+            (
+                G_BLOB_BYTES.to_vec(),
+                Some((total + size).to_be_bytes().to_vec()),
+            ),
         ])?;
-        Ok(true)
+        Ok(BlobBegun::Started)
     }
 
     fn blob_append(&self, blob_id: &Id, data: &[u8]) -> Result<bool, StoreError> {
@@ -734,6 +759,8 @@ impl<B: KvBackend> Store for KvStore<B> {
         if let Some(rec) = self.blob_rec(blob_id)? {
             let mut batch = Batch::new();
             self.delete_blob_batch(&mut batch, blob_id, &rec);
+            let total = self.blob_total()?.saturating_sub(rec.size);
+            batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
             self.backend.apply(batch)?;
         }
         Ok(())
@@ -746,6 +773,7 @@ impl<B: KvBackend> Store for KvStore<B> {
         let mut swept = Swept::default();
         let mut batch = Batch::new();
         let mut mailboxes: std::collections::HashMap<Id, MailboxRec> = Default::default();
+        let mut blob_bytes_freed = 0u64;
         for (k, _) in self.backend.scan(&start, &end, budget)? {
             batch.push((k.clone(), None));
             let kind = *k.get(9).ok_or(StoreError::Corrupt)?;
@@ -804,11 +832,16 @@ impl<B: KvBackend> Store for KvStore<B> {
                     let blob_id = id_of(rest)?;
                     if let Some(rec) = self.blob_rec(&blob_id)? {
                         self.delete_blob_batch(&mut batch, &blob_id, &rec);
+                        blob_bytes_freed += rec.size;
                         swept.blobs += 1;
                     }
                 }
                 _ => return Err(StoreError::Corrupt),
             }
+        }
+        if blob_bytes_freed > 0 {
+            let total = self.blob_total()?.saturating_sub(blob_bytes_freed);
+            batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
         }
         for (recv_id, rec) in mailboxes {
             batch.push((key(T_MAILBOX, &[&recv_id]), Some(rec.encode_to_vec())));

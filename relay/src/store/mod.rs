@@ -164,6 +164,17 @@ pub struct BlobMeta {
     pub complete: bool,
 }
 
+/// Outcome of [`Store::blob_begin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobBegun {
+    /// The upload may proceed.
+    Started,
+    /// The id is taken; nothing changed.
+    IdTaken,
+    /// The blob store's total size limit would be exceeded; nothing changed.
+    QuotaExceeded,
+}
+
 /// What one [`Store::sweep`] call removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -240,8 +251,15 @@ pub trait Store: Send + Sync + 'static {
     /// All directory profiles (the directory of one network is small).
     fn directory_all(&self) -> Result<Vec<Vec<u8>>, StoreError>;
 
-    /// Starts a blob upload. Returns `false` if the id is taken.
-    fn blob_begin(&self, blob_id: &Id, size: u64, expires_at: u64) -> Result<bool, StoreError>;
+    /// Starts a blob upload, reserving `size` bytes of the blob store, whose total declared size
+    /// must stay within `max_total`.
+    fn blob_begin(
+        &self,
+        blob_id: &Id,
+        size: u64,
+        expires_at: u64,
+        max_total: u64,
+    ) -> Result<BlobBegun, StoreError>;
     /// Appends bytes to an incomplete blob. Returns `false` if the blob is unknown, complete,
     /// or would grow past its declared size.
     fn blob_append(&self, blob_id: &Id, data: &[u8]) -> Result<bool, StoreError>;

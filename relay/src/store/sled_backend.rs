@@ -627,6 +627,22 @@ impl KvBackend for SledBackend {
 mod tests {
     use super::*;
 
+    /// Reopens a store dropped a moment ago: sled's worker threads may hold its file lock for
+    /// a short while after the `Db` handle is gone.
+    fn reopen(dir: &Path) -> SledBackend {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledBackend::open_with_log_size(dir, MIN_WAL_SIZE) {
+                Ok(b) => return b,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     #[test]
     fn crc32_known_answer() {
         assert_eq!(crc32(&[b"123456789"]), 0xCBF4_3926);
@@ -671,7 +687,7 @@ mod tests {
                 .unwrap();
         }
         // Reopening replays the log (only what sled does not already hold).
-        let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+        let backend = reopen(dir.path());
         assert_eq!(backend.get(b"a").unwrap(), None);
         assert_eq!(backend.get(b"b").unwrap(), Some(b"2".to_vec()));
         // After the open checkpoint, old records are ignored.
@@ -696,7 +712,7 @@ mod tests {
                 .unwrap();
             backend.db.flush().unwrap();
         }
-        let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+        let backend = reopen(dir.path());
         // A consistent prefix: not the old `a` next to the new `b`.
         assert_eq!(backend.get(b"a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(backend.get(b"b").unwrap(), Some(b"2".to_vec()));
@@ -719,7 +735,7 @@ mod tests {
             "log files rotated"
         );
         drop(backend);
-        let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+        let backend = reopen(dir.path());
         for n in 0..20u32 {
             assert_eq!(
                 backend.get(&n.to_be_bytes()).unwrap().as_ref(),

@@ -192,8 +192,19 @@ fn directory(store: &dyn Store) {
 fn blobs(store: &dyn Store) {
     let b = id(40);
     let data: Vec<u8> = (0..600_000u32).map(|n| (n % 251) as u8).collect();
-    assert!(store.blob_begin(&b, data.len() as u64, 500).unwrap());
-    assert!(!store.blob_begin(&b, 1, 500).unwrap());
+    let max = 1_000_000;
+    assert_eq!(
+        store.blob_begin(&b, data.len() as u64, 500, max).unwrap(),
+        BlobBegun::Started
+    );
+    assert_eq!(
+        store.blob_begin(&b, 1, 500, max).unwrap(),
+        BlobBegun::IdTaken
+    );
+    assert_eq!(
+        store.blob_begin(&id(42), 400_001, 500, max).unwrap(),
+        BlobBegun::QuotaExceeded
+    );
     for piece in data.chunks(100_000) {
         assert!(store.blob_append(&b, piece).unwrap());
     }
@@ -209,15 +220,28 @@ fn blobs(store: &dyn Store) {
     );
     // Incomplete uploads cannot be completed.
     let short = id(41);
-    assert!(store.blob_begin(&short, 10, 500).unwrap());
+    assert_eq!(
+        store.blob_begin(&short, 10, 500, max).unwrap(),
+        BlobBegun::Started
+    );
     assert!(store.blob_append(&short, &[1; 5]).unwrap());
     assert!(!store.blob_complete(&short).unwrap());
     store.blob_delete(&short).unwrap();
     assert!(store.blob_meta(&short).unwrap().is_none());
+    // Deleting released its reservation.
+    assert_eq!(
+        store.blob_begin(&id(43), 400_000, 500, max).unwrap(),
+        BlobBegun::Started
+    );
     // Expiry removes blobs.
     let swept = store.sweep(500, 1000, 50).unwrap();
-    assert_eq!(swept.blobs, 1);
+    assert_eq!(swept.blobs, 2);
     assert!(store.blob_meta(&b).unwrap().is_none());
+    // Sweeping released the reservations.
+    assert_eq!(
+        store.blob_begin(&id(44), max, 900, max).unwrap(),
+        BlobBegun::Started
+    );
 }
 
 fn concurrent_prekey_take(store: Arc<dyn Store>) {
@@ -288,7 +312,18 @@ fn sled_store_survives_reopen() {
             .unwrap();
         store.sync().unwrap();
     }
-    let store = SledStore::new(SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
+    // sled's worker threads may hold the file lock a moment after the first store is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let backend = loop {
+        match SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE) {
+            Ok(b) => break b,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let store = SledStore::new(backend);
     let (page, _) = store.fetch(&id(1), 0, 10, 0).unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].envelope.ciphertext.len(), 300_000);
