@@ -254,6 +254,7 @@ pub fn run() -> ExitCode {
         .with_env_filter(filter)
         .with_timer(MinuteClock)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let config = match config_from(&args) {
