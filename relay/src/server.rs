@@ -436,7 +436,7 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
                 let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
                 b.take(started.elapsed().as_millis() as u64)
             };
-            serve_stream(&ctx, &session, &mut stream, allowed).await;
+            serve_stream(&ctx, session, &mut stream, allowed).await;
         });
     }
     ctx.metrics.connections.dec();
@@ -549,7 +549,7 @@ fn op_name(request: &wire::Request) -> &'static str {
     }
 }
 
-async fn serve_stream(ctx: &Ctx, session: &Session, stream: &mut Stream, allowed: bool) {
+async fn serve_stream(ctx: &Arc<Ctx>, session: Arc<Session>, stream: &mut Stream, allowed: bool) {
     let payload = match stream
         .read_frame(ctx.config.max_request_frame, REQUEST_TIMEOUT)
         .await
@@ -595,9 +595,19 @@ async fn serve_stream(ctx: &Ctx, session: &Session, stream: &mut Stream, allowed
         })
         .inc();
     let is_send = matches!(request.kind, Some(wire::request::Kind::Send(_)));
+    // Store calls may block (locks, sled's buffers): keep them off the async workers that
+    // drive QUIC.
     let action = {
-        let mut rng = rand::rng();
-        ctx.handler.handle(session, request, unix_now(), &mut rng)
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut rng = rand::rng();
+            ctx.handler.handle(&session, request, unix_now(), &mut rng)
+        })
+        .await
+    };
+    let Ok(action) = action else {
+        let r = error_retry(ErrorCode::Unavailable, "request failed", 1);
+        return stream.reply(ctx, &r).await;
     };
     match action {
         Action::Reply(response) => stream.reply(ctx, &response).await,

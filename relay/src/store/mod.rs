@@ -25,6 +25,8 @@
 //! - **No history**: acknowledged envelopes are deleted, not marked. The only trace of an
 //!   envelope that expired undelivered is a tombstone that itself expires.
 //! - Errors are [`StoreError`]; they never contain stored data or ids.
+//! - Methods are synchronous and may block (locks, disk); the QUIC driver calls the handler on
+//!   tokio's blocking pool, so a networked backend may block on round trips too.
 
 mod kv;
 mod memory;
