@@ -63,10 +63,12 @@
 //! ```
 
 pub mod attachment;
+pub mod consent;
 pub mod fanout;
 pub mod identity;
 pub mod pqxdh;
 pub mod ratchet;
+pub mod referral;
 pub mod sealed;
 pub mod session;
 #[cfg(feature = "test-support")]
