@@ -83,6 +83,16 @@ for lang in "${langs[@]}"; do
             fi
             printf '#include "handover_ffiFFI.h"\n' | "$cc" "${flags[@]}" -x c -
             echo "ffi-bindings: swift C header handover_ffiFFI.h compiles ($cc ${flags[*]})"
+            if "$cc" --version 2>/dev/null | grep -q clang; then
+                # As Swift sees it: a clang module from the generated module map.
+                mm=$(mktemp -d)
+                cp "$out/swift/handover_ffiFFI.h" "$mm/"
+                cp "$out/swift/handover_ffiFFI.modulemap" "$mm/module.modulemap"
+                printf '@import handover_ffiFFI;\nint main(void) { return (int)uniffi_handover_ffi_checksum_func_version(); }\n' |
+                    "$cc" -fsyntax-only -fmodules -fmodules-cache-path="$mm/cache" -Werror -I "$mm" -x objective-c -
+                rm -rf "$mm"
+                echo "ffi-bindings: swift module map imports as clang module handover_ffiFFI"
+            fi
             ;;
     esac
     echo "ffi-bindings: $lang bindings in $out/$lang"
