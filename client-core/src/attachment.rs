@@ -171,11 +171,26 @@ fn stream_nonce(index: u64, last: bool) -> Option<Nonce> {
     Some(nonce.into())
 }
 
-/// Reads until `buf` is full or the input ends; returns the number of bytes read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
+/// Initial size of a buffer; buffers grow (doubling, up to a chunk) only as far as the data
+/// needs, so a small file costs no more than its size in buffer set-up and zeroization.
+const INITIAL_BUF: usize = 16 * 1024;
+
+/// Reads into `buf[filled..limit]` until it is full or the input ends and returns the new
+/// fill level. `buf.len()` is the initialized part (it only grows, doubling up to `limit`,
+/// zero-filled once when it grows), so a reused buffer is never cleared again.
+fn fill(
+    reader: &mut impl Read,
+    buf: &mut Vec<u8>,
+    mut filled: usize,
+    limit: usize,
+) -> io::Result<usize> {
+    while filled < limit {
+        if filled == buf.len() {
+            let grow = buf.len().max(INITIAL_BUF).min(limit - buf.len());
+            ensure_len(buf, buf.len() + grow);
+        }
+        let end = buf.len().min(limit);
+        match reader.read(&mut buf[filled..end]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -183,6 +198,14 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// Makes `buf` at least `len` bytes long (exact allocation, zero-filled new part).
+fn ensure_len(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.reserve_exact(len - buf.len());
+        buf.resize(len, 0);
+    }
 }
 
 fn hash_worker_failed() -> io::Error {
@@ -214,24 +237,22 @@ struct PlaintextHasher {
     state: HashState,
     may_move: bool,
     hashed: u64,
-    buf_len: usize,
     free: Vec<Zeroizing<Vec<u8>>>,
     allocated: usize,
 }
 
 impl PlaintextHasher {
-    fn new(hashing: Hashing, buf_len: usize) -> Self {
+    fn new(hashing: Hashing) -> Self {
         Self {
             state: HashState::CallingThread(Sha256::new()),
             may_move: hashing == Hashing::Background,
             hashed: 0,
-            buf_len,
             free: Vec::new(),
             allocated: 0,
         }
     }
 
-    /// A free plaintext chunk buffer (its contents are stale plaintext or zeros).
+    /// A free plaintext chunk buffer (empty, or holding stale plaintext).
     fn buffer(&mut self) -> io::Result<Zeroizing<Vec<u8>>> {
         if let HashState::Background(worker) = &self.state {
             self.free.extend(worker.returned.try_iter());
@@ -243,7 +264,7 @@ impl PlaintextHasher {
             return Ok(buf);
         }
         self.allocated += 1;
-        Ok(Zeroizing::new(vec![0u8; self.buf_len]))
+        Ok(Zeroizing::new(Vec::new()))
     }
 
     /// Hashes `buf[..len]` (the next plaintext bytes) and recycles the buffer.
@@ -347,9 +368,9 @@ pub fn encrypt_with_options(
     mut progress: impl FnMut(u64),
 ) -> Result<EncryptedFile, AttachmentError> {
     let cipher = key.cipher();
-    let mut hasher = PlaintextHasher::new(hashing, PT_CHUNK + 1);
+    let mut hasher = PlaintextHasher::new(hashing);
     // Sealed segments of one chunk (ciphertext only, so not zeroized).
-    let mut sealed = vec![0u8; CT_CHUNK];
+    let mut sealed = Vec::new();
     let mut segment_ends = [0u64; CHUNK_SEGMENTS];
     let mut index: u64 = 0;
     let mut size: u64 = 0;
@@ -358,9 +379,11 @@ pub fn encrypt_with_options(
     let mut chunk = hasher.buffer()?;
     let mut filled = 0;
     loop {
-        filled += read_full(plaintext, &mut chunk[filled..])?;
+        filled = fill(plaintext, &mut chunk, filled, PT_CHUNK + 1)?;
         let last_chunk = filled <= PT_CHUNK;
         let body = filled.min(PT_CHUNK);
+        let segments = body.div_ceil(SEGMENT_LEN).max(1);
+        ensure_len(&mut sealed, body + segments * TAG_LEN);
         let (mut pos, mut out, mut count) = (0, 0, 0);
         loop {
             let len = (body - pos).min(SEGMENT_LEN);
@@ -394,6 +417,7 @@ pub fn encrypt_with_options(
             break;
         }
         let mut next = hasher.buffer()?;
+        ensure_len(&mut next, 1);
         next[0] = chunk[PT_CHUNK];
         hasher.update(chunk, PT_CHUNK)?;
         chunk = next;
@@ -435,18 +459,19 @@ pub fn decrypt_with_options(
         .try_into()
         .map_err(|_| AttachmentError::MalformedReference)?;
     let cipher = key.cipher();
-    let mut hasher = PlaintextHasher::new(hashing, PT_CHUNK);
+    let mut hasher = PlaintextHasher::new(hashing);
     // A chunk of ciphertext segments and one byte of look-ahead.
-    let mut sealed = vec![0u8; CT_CHUNK + 1];
+    let mut sealed = Vec::new();
     let mut segment_ends = [0u64; CHUNK_SEGMENTS];
     let mut index: u64 = 0;
     let mut size: u64 = 0;
     let mut filled = 0;
     loop {
-        filled += read_full(ciphertext, &mut sealed[filled..])?;
+        filled = fill(ciphertext, &mut sealed, filled, CT_CHUNK + 1)?;
         let last_chunk = filled <= CT_CHUNK;
         let body = filled.min(CT_CHUNK);
         let mut chunk = hasher.buffer()?;
+        ensure_len(&mut chunk, body);
         let (mut pos, mut out, mut count) = (0, 0, 0);
         loop {
             let len = (body - pos).min(CT_SEGMENT);
