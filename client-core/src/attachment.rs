@@ -156,7 +156,8 @@ pub enum Hashing {
     /// On a second thread, overlapping with encryption or decryption, once more than
     /// [`BACKGROUND_HASH_MIN`] bytes were processed and the machine has more than one CPU
     /// (otherwise, and if the thread cannot be started, on the calling thread). Worth it only
-    /// when a core is idle: on a saturated machine it is slower (docs/PERFORMANCE.md).
+    /// when a core is idle: on a saturated machine it gains nothing and can be slower
+    /// (docs/PERFORMANCE.md).
     Background,
 }
 
