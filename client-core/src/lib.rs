@@ -63,6 +63,7 @@
 //! ```
 
 pub mod attachment;
+pub mod engine;
 pub mod fanout;
 pub mod identity;
 pub mod pqxdh;
