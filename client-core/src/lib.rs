@@ -72,11 +72,13 @@
 pub mod attachment;
 #[cfg(feature = "net")]
 pub mod client;
+pub mod consent;
 pub mod engine;
 pub mod fanout;
 pub mod identity;
 pub mod pqxdh;
 pub mod ratchet;
+pub mod referral;
 pub mod sealed;
 pub mod session;
 #[cfg(feature = "test-support")]

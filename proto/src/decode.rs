@@ -76,6 +76,8 @@ decoders! {
     consent_receipt => e2e::ConsentReceipt;
     /// A referral offer.
     referral_offer => e2e::ReferralOffer;
+    /// A referral offer with the sending device's signature.
+    signed_referral_offer => e2e::SignedReferralOffer;
     /// A released referral body.
     referral_body => e2e::ReferralBody;
     /// The plaintext of one sealed body section.

@@ -509,6 +509,7 @@ impl Validate for e2e::Content {
                 each("ChatMessage.attachments", &m.attachments)
             }
             Body::ReferralOffer(m) => m.validate(),
+            Body::SignedReferralOffer(m) => m.validate(),
             Body::ReferralBody(m) => m.validate(),
             Body::ReferralControl(m) => m.validate(),
             Body::ConsentReceipt(m) => m.validate(),
@@ -663,6 +664,22 @@ impl Validate for e2e::ReferralControl {
             | Action::StartService(_)
             | Action::Expired(_) => Ok(()),
         }
+    }
+}
+
+impl Validate for e2e::SignedReferralOffer {
+    fn validate(&self) -> Result {
+        at_most(
+            "SignedReferralOffer.offer",
+            self.offer.len(),
+            MAX_ENVELOPE_LEN,
+        )?;
+        required("SignedReferralOffer.signer", &self.signer)?.validate()?;
+        exact(
+            "SignedReferralOffer.signature",
+            &self.signature,
+            SIGNATURE_LEN,
+        )
     }
 }
 

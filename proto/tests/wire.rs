@@ -96,6 +96,7 @@ fn e2e_messages_round_trip() {
     round_trip(&referral_offer(), decode::referral_offer);
     round_trip(&referral_body(), decode::referral_body);
     round_trip(&body_section(), decode::body_section);
+    round_trip(&signed_referral_offer(), decode::signed_referral_offer);
 }
 
 #[test]
@@ -152,6 +153,7 @@ fn garbage_is_malformed_for_every_decoder() {
     assert_malformed(decode::referral_offer(TRUNCATED_FIELD));
     assert_malformed(decode::referral_body(TRUNCATED_FIELD));
     assert_malformed(decode::body_section(TRUNCATED_FIELD));
+    assert_malformed(decode::signed_referral_offer(TRUNCATED_FIELD));
     // An invalid wire type (7) in a tag.
     assert_malformed(decode::request(&[0x0f]));
 }
@@ -387,7 +389,7 @@ macro_rules! discard {
     ($($f:path),* $(,)?) => { [$(|b: &[u8]| $f(b).map(|_| ())),*] };
 }
 
-const DECODERS: [Decoder; 23] = discard![
+const DECODERS: [Decoder; 24] = discard![
     decode::request,
     decode::response,
     decode::event,
@@ -411,6 +413,7 @@ const DECODERS: [Decoder; 23] = discard![
     decode::referral_offer,
     decode::referral_body,
     decode::body_section,
+    decode::signed_referral_offer,
 ];
 
 proptest! {

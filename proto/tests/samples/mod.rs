@@ -4,6 +4,7 @@
 
 use handover_proto::e2e::v1 as e2e;
 use handover_proto::relay::v1 as relay;
+use prost::Message;
 
 pub fn id(b: u8) -> Vec<u8> {
     vec![b; 16]
@@ -496,5 +497,13 @@ pub fn content() -> e2e::Content {
                 file_name: "letter.pdf".into(),
             }],
         })),
+    }
+}
+
+pub fn signed_referral_offer() -> e2e::SignedReferralOffer {
+    e2e::SignedReferralOffer {
+        offer: referral_offer().encode_to_vec(),
+        signer: Some(signed_cert()),
+        signature: sig(7),
     }
 }
