@@ -71,6 +71,9 @@ pub type ClientStore = SledStore<StdRng>;
 pub const SEND_ATTEMPTS: u32 = 4;
 /// First retry delay; doubled after each failed attempt.
 pub const RETRY_BASE_DELAY: Duration = Duration::from_millis(200);
+/// Longest wait `flush_outbox` spends before one retry; longer `retry_after_secs` hints leave
+/// the entry to the background task.
+pub const MAX_INLINE_RETRY_WAIT: Duration = Duration::from_secs(5);
 /// Longest delay between reconnection attempts of the background task.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(60);
 /// How often the background task retries the outbox while connected.
@@ -492,13 +495,26 @@ impl Client {
                         break;
                     }
                     Err(ClientError::Net(e)) if e.is_transient() => {
-                        self.forget_relay(&item.relay).await;
-                        if attempt == SEND_ATTEMPTS {
+                        let wait = match &e {
+                            NetError::Relay {
+                                retry_after_secs, ..
+                            } if *retry_after_secs > 0 => {
+                                Duration::from_secs(u64::from(*retry_after_secs)).max(delay)
+                            }
+                            NetError::Relay { .. } => delay,
+                            // The connection itself failed: reconnect next time.
+                            _ => {
+                                self.forget_relay(&item.relay).await;
+                                delay
+                            }
+                        };
+                        if attempt == SEND_ATTEMPTS || wait > MAX_INLINE_RETRY_WAIT {
+                            // Left in the outbox for the background task.
                             last_err = Some(ClientError::Net(e));
-                        } else {
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
+                            break;
                         }
+                        tokio::time::sleep(wait).await;
+                        delay *= 2;
                     }
                     Err(ClientError::Net(_)) => {
                         // Refused for good (expired, capability withdrawn, too large).
