@@ -404,6 +404,11 @@ impl Client {
                 break;
             }
         }
+        // Sessions started by others consume one-time prekeys: top them up.
+        let left = self.engine_op(|e, _, _| e.one_time_prekeys_left()).await?;
+        if left < (engine::ONE_TIME_PREKEY_BATCH as usize) / 2 {
+            self.replenish_prekeys().await?;
+        }
         let mut out = Vec::with_capacity(delivered.len());
         for message in delivered {
             let message = match &message.content.body {

@@ -1043,6 +1043,12 @@ impl<S: KvStore> Engine<S> {
         })
     }
 
+    /// One-time X25519 prekeys left on this device; publish more with
+    /// [`prekey_publish`](Self::prekey_publish) when it runs low.
+    pub fn one_time_prekeys_left(&self) -> Result<usize, EngineError> {
+        Ok(self.state()?.prekeys.one_time_count())
+    }
+
     /// SHA-256 hashes of the send capabilities currently issued and not expired at `now`: the
     /// set to register with `SetCapabilities` (or `CreateMailbox`).
     pub fn capability_hashes(&self, now: u64) -> Result<Vec<[u8; KEY_LEN]>, EngineError> {
@@ -1181,7 +1187,7 @@ impl<S: KvStore> Engine<S> {
             .address
             .as_ref()
             .ok_or(EngineError::InvalidInvitation)?;
-        if address.device_id != cert.device_id().0 {
+        if address.device_id != cert.device_id().0 || cert.device_id() == st.own_cert.device_id() {
             return Err(EngineError::InvalidInvitation);
         }
         Ok(cert.device_id())
