@@ -562,6 +562,22 @@ fn tampered_misaddressed_and_unknown_sender_envelopes_change_nothing() {
         Err(EngineError::UntrustedOrganisation)
     ));
     assert!(before == bob.snapshot(), "an unknown sender changed state");
+    // The driver leaves it queued and shows the organisation to verify; once trusted, it is
+    // delivered.
+    assert_eq!(
+        bob.engine.envelope_sender_org(&from_carol).unwrap(),
+        carol.root()
+    );
+    bob.engine.trust_organisation(&carol.root()).unwrap();
+    let r = bob
+        .engine
+        .receive(&from_carol, T0 + 14, &mut bob.rng)
+        .unwrap();
+    let Received::Delivered(card) = r else {
+        panic!("expected delivery")
+    };
+    assert!(matches!(card.content.body, Some(Body::ContactCard(_))));
+    assert_eq!(card.peer, carol.id());
 
     // The genuine envelope still decrypts after all that.
     let r = bob.engine.receive(&genuine, T0 + 15, &mut bob.rng).unwrap();

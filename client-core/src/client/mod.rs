@@ -8,8 +8,9 @@
 //! Delivery rules (see [`crate::engine`] for why they give exactly-once delivery):
 //!
 //! - [`Client::sync`] fetches envelopes, lets the engine persist each one, and only then acks
-//!   them. Envelopes that can never be processed (refused senders, tampering) are acked too,
-//!   so they do not block the queue; store failures are not acked.
+//!   them. Envelopes that can never be processed (tampering, revoked senders) are acked too,
+//!   so they do not block the queue; store failures are not acked, and neither are envelopes
+//!   from an organisation not trusted yet ([`ClientEvent::UntrustedOrganisation`]).
 //! - Every send goes through the engine's outbox; [`Client::flush_outbox`] sends each entry and
 //!   removes it only after `SendAccepted`. Transient failures ([`NetError::is_transient`]) are
 //!   retried with exponential backoff; the entry stays in the outbox across restarts.
@@ -120,6 +121,10 @@ pub enum ClientEvent {
     Message(Box<Message>),
     /// An envelope was refused (tampered, from an untrusted or revoked sender) and dropped.
     Refused,
+    /// A message from a device of an organisation this device does not trust yet is waiting
+    /// at the relay. Show the root's [`engine::org_fingerprint`], verify it in person, then
+    /// [`Client::trust_organisation`] and [`Client::sync`]. Carries the organisation root.
+    UntrustedOrganisation([u8; KEY_LEN]),
     /// The relay refused an outgoing envelope for good (expired, capability withdrawn); it was
     /// removed from the outbox. Carries the `Content.message_id`.
     SendFailed([u8; ID_LEN]),
@@ -390,6 +395,20 @@ impl Client {
                     Ok(_) => {}
                     Err(EngineError::Store(e)) => return Err(e.into()),
                     Err(EngineError::NoProfile) => return Err(ClientError::Closed),
+                    Err(EngineError::UntrustedOrganisation) => {
+                        // Left queued at the relay (until it expires) so it is delivered once
+                        // the user has verified and trusted the sender's organisation.
+                        if let Ok(root) = self
+                            .with_engine(|e, _, _| e.envelope_sender_org(queued))
+                            .await?
+                        {
+                            let _ = self
+                                .inner
+                                .events
+                                .send(ClientEvent::UntrustedOrganisation(root));
+                        }
+                        continue;
+                    }
                     Err(_) => {
                         let _ = self.inner.events.send(ClientEvent::Refused);
                     }

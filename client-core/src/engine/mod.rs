@@ -1777,6 +1777,52 @@ impl<S: KvStore> Engine<S> {
         }
     }
 
+    /// The organisation root named by the sender certificate of an envelope sealed to this
+    /// device (after [`receive`](Self::receive) answered
+    /// [`EngineError::UntrustedOrganisation`]), so the application can show that
+    /// organisation's [`org_fingerprint`] and ask the user to verify it. Nothing is verified
+    /// or stored.
+    pub fn envelope_sender_org(
+        &self,
+        queued: &relay::QueuedEnvelope,
+    ) -> Result<[u8; KEY_LEN], EngineError> {
+        let envelope = queued
+            .envelope
+            .as_ref()
+            .ok_or(EngineError::CouldNotDecrypt)?;
+        let envelope_id = to_id(&envelope.envelope_id).ok_or(EngineError::CouldNotDecrypt)?;
+        let opened = sealed::open(
+            &self.state()?.profile.sealing,
+            &envelope_id,
+            envelope.expires_at,
+            &envelope.ciphertext,
+        )
+        .map_err(|_| EngineError::CouldNotDecrypt)?;
+        opened
+            .sender
+            .as_ref()
+            .and_then(cert_root)
+            .ok_or(EngineError::CouldNotDecrypt)
+    }
+
+    /// The acting device for the [`referral`](crate::referral) and
+    /// [`consent`](crate::consent) APIs (signs offers, controls and receipts).
+    pub fn actor(&self) -> Result<crate::referral::Actor<'_>, EngineError> {
+        let st = self.state()?;
+        crate::referral::Actor::new(&st.profile.device, st.own_cert.clone())
+            .ok_or(EngineError::CorruptState)
+    }
+
+    /// What this device knows about a trusted organisation (its root, newest device list and
+    /// revocations), for the referral and consent APIs.
+    pub fn org_trust(&self, root: &[u8; KEY_LEN]) -> Result<&OrgTrust, EngineError> {
+        self.state()?
+            .orgs
+            .get(root)
+            .map(|o| &o.trust)
+            .ok_or(EngineError::UntrustedOrganisation)
+    }
+
     /// Messages stored on this device with a sequence number of at least `from_seq`, in order.
     pub fn messages(&self, from_seq: u64) -> Result<Vec<Message>, EngineError> {
         let mut out = Vec::new();
