@@ -1,7 +1,3 @@
-//! PENDING: moves to `tests/tests/client_e2e.rs` when the relay branch (the `relay-under-test`
-//! binary and `handover_tests::process`) is on main; cargo does not compile this directory.
-//! It passed against the relay branch merged locally (see the client branch's report).
-//!
 //! End-to-end: two client profiles on sled in temporary directories, the relay as a separate
 //! process, real QUIC on loopback. Invitation, chat both ways woken by the relay's push,
 //! attachments, and a client restart in the middle of a sync with exactly-once delivery.
@@ -125,7 +121,10 @@ async fn scenario() {
     assert_eq!(chat_text(&m), Some("hello Bob"));
     assert_eq!(m.peer, alice_id);
     bob.send_text(alice_id, "hi Alice", vec![]).await.unwrap();
-    assert_eq!(chat_text(&next_chat(&mut alice_events).await), Some("hi Alice"));
+    assert_eq!(
+        chat_text(&next_chat(&mut alice_events).await),
+        Some("hi Alice")
+    );
 
     // An attachment, with progress both ways, verified on download.
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -135,7 +134,10 @@ async fn scenario() {
         .await
         .unwrap();
     assert!(uploaded as usize >= data.len());
-    alice.send_text(bob_id, "see attached", vec![att]).await.unwrap();
+    alice
+        .send_text(bob_id, "see attached", vec![att])
+        .await
+        .unwrap();
     let m = next_chat(&mut bob_events).await;
     let Some(Body::Chat(chat)) = &m.content.body else {
         panic!("expected chat")
@@ -201,7 +203,9 @@ async fn scenario() {
 
     // The conversation continues from the restored sessions.
     let mut alice_events = alice.events();
-    bob.send_text(alice_id, "back online", vec![]).await.unwrap();
+    bob.send_text(alice_id, "back online", vec![])
+        .await
+        .unwrap();
     assert_eq!(
         chat_text(&next_chat(&mut alice_events).await),
         Some("back online")
