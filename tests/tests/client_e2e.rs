@@ -215,3 +215,163 @@ async fn scenario() {
     bob.shutdown().await.unwrap();
     drop(process);
 }
+
+/// Waits until `client` has stored a message matching `pred` (syncing explicitly, bounded by
+/// the test's timeout).
+async fn wait_for(client: &Client, pred: impl Fn(&Message) -> bool) -> Message {
+    loop {
+        for m in client.sync().await.unwrap() {
+            if pred(&m) {
+                return m;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_fanout_revocation_and_resend_after_crash() {
+    tokio::time::timeout(Duration::from_secs(180), fanout_scenario())
+        .await
+        .expect("test timed out");
+}
+
+async fn fanout_scenario() {
+    let tmp = tempfile::tempdir().unwrap();
+    let process = RelayProcess::start(bin(), &tmp.path().join("relay"), &[]).unwrap();
+    let relay = RelayInfo {
+        host_port: process.addr.to_string(),
+        pin: process.pin,
+    };
+    let dir = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+
+    // Organisation B: an admin device and an enrolled caseworker device.
+    let b1 = create(&dir("b1"), &relay, "Intake").await;
+    let b2_keys = DeviceKeys::generate(&mut rand::rng());
+    let (certificate, device_list) = b1
+        .enrol_device(
+            b2_keys.public_keys(),
+            handover_core::identity::Role::Caseworker,
+            "Caseworker".into(),
+        )
+        .await
+        .unwrap();
+    let b2 = Client::create(
+        &dir("b2"),
+        &cred("B2"),
+        KdfParams::new(8, 1, 1).unwrap(),
+        relay.clone(),
+        b2_keys,
+        IdentitySetup::Enrolled {
+            certificate,
+            device_list,
+        },
+        "Caseworker",
+    )
+    .await
+    .unwrap();
+    let alice = create(&dir("alice"), &relay, "Referrer").await;
+    let b_root = root(&b1).await;
+    alice.trust_organisation(b_root).await.unwrap();
+    b1.trust_organisation(root(&alice).await).await.unwrap();
+    b2.trust_organisation(root(&alice).await).await.unwrap();
+
+    // Alice connects to both team devices by invitation (their contact cards reach her).
+    let (_, link) = b1.create_invitation(3600).await.unwrap();
+    let b1_id = alice.accept_invitation(&link).await.unwrap();
+    let (_, link) = b2.create_invitation(3600).await.unwrap();
+    let b2_id = alice.accept_invitation(&link).await.unwrap();
+    wait_for(&b1, |m| {
+        matches!(m.content.body, Some(Body::ContactCard(_)))
+    })
+    .await;
+    wait_for(&b2, |m| {
+        matches!(m.content.body, Some(Body::ContactCard(_)))
+    })
+    .await;
+
+    // One packet for the team: uploaded once, a key to each active device.
+    let body = |text: &str| {
+        Body::Chat(handover_proto::e2e::v1::ChatMessage {
+            text: text.into(),
+            attachments: vec![],
+        })
+    };
+    let sent = alice
+        .send_to_organisation(b_root, body("for the intake team"))
+        .await
+        .unwrap();
+    assert_eq!(sent.items.len(), 2);
+    assert!(sent.unreached.is_empty());
+    for device in [&b1, &b2] {
+        let m = wait_for(device, |m| chat_text(m).is_some()).await;
+        assert_eq!(chat_text(&m), Some("for the intake team"));
+        assert_eq!(m.peer, alice_device(&alice).await);
+    }
+
+    // B's admin revokes B2; the new device list reaches Alice; B2 receives nothing new.
+    b1.revoke_device(b2_id).await.unwrap();
+    wait_for(&alice, |m| {
+        matches!(m.content.body, Some(Body::DeviceList(_)))
+    })
+    .await;
+    let sent = alice
+        .send_to_organisation(b_root, body("second packet"))
+        .await
+        .unwrap();
+    assert_eq!(sent.items.len(), 1);
+    assert_eq!(sent.items[0].recipient, b1_id);
+    let m = wait_for(&b1, |m| chat_text(m).is_some()).await;
+    assert_eq!(chat_text(&m), Some("second packet"));
+    assert!(b2.sync().await.unwrap().is_empty());
+
+    // Alice queues a message, the relay stores it, and she crashes before SendAccepted: the
+    // restarted client resends the same envelope, and B1 sees the message once.
+    let (_, item) = alice
+        .with_engine(|e, rng, now| {
+            e.send_chat(b1_id, "exactly once", vec![], now, rng)
+                .unwrap()
+        })
+        .await
+        .unwrap();
+    let raw = RelayClient::connect(&RelayAddress {
+        host_port: relay.host_port.clone(),
+        pin: relay.pin,
+    })
+    .await
+    .unwrap();
+    raw.send(&item.send_id, item.capability(), item.envelope.clone())
+        .await
+        .unwrap();
+    raw.close().await;
+    alice.shutdown().await.unwrap();
+    let alice = Client::open(&tmp.path().join("alice"), &cred("Referrer"))
+        .await
+        .unwrap();
+    assert_eq!(alice.flush_outbox().await.unwrap(), 1);
+    let m = wait_for(&b1, |m| chat_text(m).is_some()).await;
+    assert_eq!(chat_text(&m), Some("exactly once"));
+    assert!(b1.sync().await.unwrap().is_empty());
+    let count = chats(&b1)
+        .await
+        .iter()
+        .filter(|t| t.as_str() == "exactly once")
+        .count();
+    assert_eq!(count, 1);
+
+    for c in [alice, b1, b2] {
+        c.shutdown().await.unwrap();
+    }
+    drop(process);
+}
+
+async fn alice_device(client: &Client) -> DeviceId {
+    client
+        .with_engine(|e, _, _| e.device_id().unwrap())
+        .await
+        .unwrap()
+}
