@@ -439,6 +439,9 @@ impl Client {
                 break;
             }
         }
+        // Dedupe markers of expired envelopes are no longer needed (the relay never returns
+        // an expired envelope), nor are expired capabilities.
+        self.engine_op(|e, _, now| e.sweep(now)).await?;
         // Sessions started by others consume one-time prekeys: top them up.
         let left = self.engine_op(|e, _, _| e.one_time_prekeys_left()).await?;
         if left < (engine::ONE_TIME_PREKEY_BATCH as usize) / 2 {
