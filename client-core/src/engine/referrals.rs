@@ -26,8 +26,8 @@ use super::{
     OutboxItem, Role, Session, WriteBatch, key, wire,
 };
 use crate::consent::{
-    ConsentError, DisclosureLedger, PurgeStatus, ReceiptId, ReceiptRegistry, SignedReceipt,
-    kantara_json,
+    Consent, ConsentError, ConsentEvent, DisclosureLedger, PurgeStatus, ReceiptId, ReceiptRegistry,
+    SignedReceipt, kantara_json,
 };
 use crate::identity::{DeviceCertificate, OrgTrust};
 use crate::referral::{
@@ -374,14 +374,24 @@ impl<S: KvStore> Engine<S> {
     // -----------------------------------------------------------------------------------------
     // Consent.
 
-    /// Records consent: signs the draft receipt with this device (caseworker or admin) and
+    /// Records consent given now (REQUESTED → GIVEN): signs the draft receipt with this
+    /// device (caseworker or admin; `state`, `event_time` and `supersedes` are set here) and
     /// stores it in the receipt registry. Returns the signed receipt.
     pub fn record_consent(
         &mut self,
         draft: wire::ConsentReceipt,
+        now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<SignedReceipt, EngineError> {
-        let receipt = SignedReceipt::issue(draft, &self.actor()?, rng)?;
+        let given = Consent::Requested
+            .apply(
+                ConsentEvent::Give(Box::new(draft)),
+                &self.actor()?,
+                now,
+                rng,
+            )
+            .map_err(|(_, e)| e)?;
+        let receipt = given.current().cloned().ok_or(EngineError::CorruptState)?;
         let mut registry = self.load_registry()?;
         registry.insert(receipt.clone());
         self.store
