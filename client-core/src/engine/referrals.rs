@@ -730,20 +730,32 @@ impl<S: KvStore> Engine<S> {
                 continue;
             };
             let peers = self.load_peers(&id)?;
-            let (changed, send) = match &mut record {
-                Record::Sent(r) => match r.tick(&actor, now)? {
+            let ticked = match &mut record {
+                Record::Sent(r) => r.tick(&actor, now).map(|e| match e {
                     Some(
                         SenderEvent::ExpiredUndelivered(signed)
                         | SenderEvent::ExpiredUnanswered(signed),
                     ) => (true, Some(signed)),
                     _ => (false, None),
-                },
-                Record::Received(r) => match r.tick(&actor, now)? {
+                }),
+                Record::Received(r) => r.tick(&actor, now).map(|e| match e {
                     Some(ReceiverEvent::Purged { confirmation, .. })
                     | Some(ReceiverEvent::Retained { confirmation }) => (true, Some(confirmation)),
                     Some(_) => (true, None),
                     None => (false, None),
-                },
+                }),
+            };
+            // One record that cannot move (for example an ambassador device may not sign the
+            // step) must not stop the others; it is reported and left as it was.
+            let (changed, send) = match ticked {
+                Ok(t) => t,
+                Err(error) => {
+                    events.push(ReferralEvent::Refused {
+                        referral: Some(id),
+                        error,
+                    });
+                    continue;
+                }
             };
             if !changed {
                 continue;
