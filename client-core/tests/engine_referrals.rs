@@ -14,6 +14,7 @@ use handover_core::referral::{
     Action, LifecycleError, OfferDraft, Outcome, ReferralError, ReferralId, ReferralState, Side,
 };
 use handover_proto::e2e::v1 as wire;
+use handover_proto::e2e::v1::content::Body;
 
 const DAY: u64 = 86_400;
 const PURPOSE: &str = "Safe accommodation and psychosocial support after leaving home";
@@ -242,6 +243,10 @@ fn act(
     engine.referral_act(id, action, now, rng).map(|(s, _)| s)
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn state_of(dev: &Device, id: &ReferralId) -> ReferralState {
     dev.engine.referral(id).unwrap().unwrap().state
 }
@@ -438,6 +443,19 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
             ReferralState::PurgeConfirmed(_)
         ));
         assert!(dev.engine.received_offer(&id).unwrap().is_none());
+        // No copy of the case content is left anywhere in the store (records, message log,
+        // timeline export).
+        for (_, _, value) in dev.snapshot() {
+            assert!(!contains(&value, b"Amina Haddad"));
+            assert!(!contains(&value, b"violent partner"));
+        }
+        for m in dev.engine.messages(0).unwrap() {
+            match &m.content.body {
+                Some(Body::ReferralBody(b)) => assert!(b.keys.is_empty() && b.sections.is_empty()),
+                Some(Body::SignedReferralOffer(o)) => assert!(o.offer.is_empty()),
+                _ => {}
+            }
+        }
         assert!(
             dev.engine
                 .received_section(&id, wire::Section::Identity)

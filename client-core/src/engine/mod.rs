@@ -1778,6 +1778,10 @@ impl<S: KvStore> Engine<S> {
         let message = if duplicate {
             None
         } else {
+            // The referral record holds the offer and body (and erases them); the message log
+            // keeps only a redacted copy.
+            let mut content = content;
+            referrals::redact(&mut content);
             Some(self.stage_message(&mut batch, Direction::Incoming, sender_id, content, now)?)
         };
         self.store.apply_batch(batch)?;

@@ -155,6 +155,24 @@ pub struct PurgeReport {
     pub pending: Vec<DeviceId>,
 }
 
+/// Strips case content from a received referral offer or body before the message is logged:
+/// the referral record holds them, and erasure (decline, withdrawal, consent revoked, expiry,
+/// retention) must not leave a copy in the message log. The body keeps its referral id, the
+/// offer its signer and signature.
+pub(super) fn redact(content: &mut wire::Content) {
+    match &mut content.body {
+        Some(Body::ReferralBody(body)) => {
+            body.sections.clear();
+            body.keys.clear();
+            body.consent_receipt = None;
+        }
+        Some(Body::SignedReferralOffer(offer)) => {
+            offer.offer.clear();
+        }
+        _ => {}
+    }
+}
+
 /// The counterpart of a referral: its organisation and the devices involved (for a sender
 /// record: every receiving device the offer went to; for a receiver record: the device that
 /// sent the offer).
