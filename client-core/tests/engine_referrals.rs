@@ -7,14 +7,19 @@
 mod engine_support;
 
 use engine_support::*;
-use handover_core::consent::{GateError, PurgeStatus, ReceiptId};
+use handover_core::consent::{
+    DisclosureLedger, GateError, PurgeStatus, ReceiptId, ReceiptRegistry,
+};
 use handover_core::engine::{EngineError, OfferConsent, ProfileDetails, Received, ReferralEvent};
 use handover_core::identity::{DeviceId, Role};
 use handover_core::referral::{
-    Action, LifecycleError, OfferDraft, Outcome, ReferralError, ReferralId, ReferralState, Side,
+    Action, LifecycleError, OfferDraft, Outcome, ReceiverReferral, ReferralError, ReferralId,
+    ReferralState, SenderReferral, Side,
 };
+use handover_core::store::{KvStore, Namespace};
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::content::Body;
+use prost::Message as _;
 
 const DAY: u64 = 86_400;
 const PURPOSE: &str = "Safe accommodation and psychosocial support after leaving home";
@@ -520,4 +525,161 @@ fn offer_with_a_section_outside_the_consent_is_refused_and_nothing_changes() {
     assert!(before == cw.snapshot());
     assert!(cw.engine.referrals().unwrap().is_empty());
     assert_eq!(cw.flush(&mut relay), 0);
+}
+
+/// The offer reaches all three B devices and B1 accepts; returns the referral.
+fn accepted_referral(net: &mut Net) -> ReferralId {
+    let b_root = net.b[0].root();
+    let a_root = net.cw.root();
+    let receipt = record_consent(&mut net.cw, &b_root, &COVERED);
+    let (id, _) = net
+        .cw
+        .engine
+        .send_referral_offer(
+            &offer_draft(&a_root, &b_root),
+            &body_sections(false),
+            &OfferConsent::Receipt(receipt),
+            T0 + 20,
+            &mut net.cw.rng,
+        )
+        .unwrap();
+    net.cw.flush(&mut net.relay);
+    for dev in net.b.iter_mut() {
+        dev.sync(&mut net.relay, T0 + 21);
+    }
+    act(&mut net.b[0], &id, Action::Acknowledge, T0 + 30).unwrap();
+    act(&mut net.b[0], &id, Action::Accept, T0 + 31).unwrap();
+    net.b[0].flush(&mut net.relay);
+    for dev in net.b[1..].iter_mut() {
+        dev.sync(&mut net.relay, T0 + 32);
+    }
+    net.cw.sync(&mut net.relay, T0 + 32);
+    assert_eq!(state_of(&net.cw, &id), ReferralState::Accepted);
+    for dev in net.b.iter_mut() {
+        dev.engine.take_referral_events();
+    }
+    net.cw.engine.take_referral_events();
+    id
+}
+
+/// The referral records, registry, ledger and timelines of a device.
+fn referral_records(dev: &Device) -> Vec<Vec<u8>> {
+    dev.snapshot()
+        .into_iter()
+        .filter(|(ns, _, _)| {
+            matches!(
+                ns,
+                Namespace::Referrals | Namespace::Consent | Namespace::Timeline
+            )
+        })
+        .map(|(_, k, v)| [k, v].concat())
+        .collect()
+}
+
+#[test]
+fn a_body_sent_to_an_ambassador_and_a_forged_control_are_refused_without_state_change() {
+    let mut net = setup();
+    let id = accepted_referral(&mut net);
+    let registry = ReceiptRegistry::from_bytes(
+        &net.cw
+            .engine
+            .store()
+            .get(Namespace::Consent, b"registry")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+
+    // A body built for an intake device, pushed to the ambassador by hand (the engine never
+    // sends one there): refused, nothing in the referral records changes.
+    let mut record_key = b"s/".to_vec();
+    record_key.extend_from_slice(id.as_bytes());
+    let stored = net
+        .cw
+        .engine
+        .store()
+        .get(Namespace::Referrals, &record_key)
+        .unwrap()
+        .unwrap();
+    let sender = SenderReferral::from_bytes(&stored).unwrap();
+    let intake_cert = net.b[0].engine.certificate().unwrap().clone();
+    let body = sender
+        .release_body(
+            &intake_cert,
+            &registry,
+            &mut DisclosureLedger::new(),
+            T0 + 40,
+        )
+        .unwrap();
+    let ambassador = net.b[2].id();
+    let Device { engine, rng } = &mut net.cw;
+    engine
+        .send(ambassador, Body::ReferralBody(body), T0 + 40, rng)
+        .unwrap();
+    net.cw.flush(&mut net.relay);
+    let before = referral_records(&net.b[2]);
+    let (got, _) = net.b[2].sync(&mut net.relay, T0 + 41);
+    assert_eq!(got.len(), 1, "the message is delivered (and acked) once");
+    assert_eq!(
+        net.b[2].engine.take_referral_events(),
+        [ReferralEvent::Refused {
+            referral: Some(id),
+            error: ReferralError::AmbassadorCannotReceiveBody,
+        }]
+    );
+    assert!(before == referral_records(&net.b[2]));
+    assert!(
+        net.b[2]
+            .engine
+            .received_section(&id, wire::Section::Identity)
+            .unwrap()
+            .is_none()
+    );
+
+    // A WITHDRAW on top of B2's timeline head with a signature that does not verify.
+    let mut record_key = b"r/".to_vec();
+    record_key.extend_from_slice(id.as_bytes());
+    let stored = net.b[1]
+        .engine
+        .store()
+        .get(Namespace::Referrals, &record_key)
+        .unwrap()
+        .unwrap();
+    let timeline = ReceiverReferral::from_bytes(&stored)
+        .unwrap()
+        .timeline()
+        .clone();
+    let control = wire::ReferralControl {
+        referral_id: id.as_bytes().to_vec(),
+        sequence: timeline.len(),
+        prev_hash: timeline.head().to_vec(),
+        at: T0 + 50,
+        action: Some(wire::referral_control::Action::Withdraw(wire::Withdraw {
+            reason: "forged".into(),
+        })),
+    };
+    let forged = wire::SignedControl {
+        control: control.encode_to_vec(),
+        signer: Some(net.cw.engine.certificate().unwrap().signed().clone()),
+        signature: vec![0; 64],
+    };
+    let b2 = net.b[1].id();
+    let Device { engine, rng } = &mut net.cw;
+    engine
+        .send(b2, Body::ReferralControl(forged), T0 + 50, rng)
+        .unwrap();
+    net.cw.flush(&mut net.relay);
+    let before = referral_records(&net.b[1]);
+    net.b[1].sync(&mut net.relay, T0 + 51);
+    assert_eq!(
+        net.b[1].engine.take_referral_events(),
+        [ReferralEvent::Refused {
+            referral: Some(id),
+            error: ReferralError::BadSignature {
+                what: "control message"
+            },
+        }]
+    );
+    assert!(before == referral_records(&net.b[1]));
+    assert_eq!(state_of(&net.b[1], &id), ReferralState::Accepted);
 }
