@@ -8,7 +8,7 @@ mod engine_support;
 
 use engine_support::*;
 use handover_core::consent::{
-    DisclosureLedger, GateError, PurgeStatus, ReceiptId, ReceiptRegistry,
+    DisclosureLedger, GateError, Language, PreferredTerm, PurgeStatus, ReceiptId, ReceiptRegistry,
 };
 use handover_core::engine::{EngineError, OfferConsent, ProfileDetails, Received, ReferralEvent};
 use handover_core::identity::{DeviceId, Role};
@@ -265,6 +265,18 @@ fn record_consent(cw: &mut Device, b_root: &[u8; 32], sections: &[wire::Section]
     assert!(cw.engine.consent_receipt(&receipt.id()).unwrap().is_some());
     let kantara = cw.engine.kantara_export(&receipt.id()).unwrap();
     assert_eq!(kantara["version"], "KI-CR-v1.1.0");
+    let copy = cw
+        .engine
+        .survivor_copy(
+            &receipt.id(),
+            Language::English,
+            Some("Amina"),
+            PreferredTerm::Survivor,
+            Some("HWC-2026-0193"),
+        )
+        .unwrap();
+    assert!(copy.contains("Harbour"));
+    assert!(copy.contains("Amina"));
     receipt.id()
 }
 

@@ -8,7 +8,7 @@ use handover_proto::limits::KEY_LEN;
 use serde_json::Value;
 
 use super::{Client, ClientError};
-use crate::consent::{ReceiptId, SignedReceipt};
+use crate::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
 use crate::engine::{OfferConsent, PurgeReport, ReferralSummary};
 use crate::referral::{Action, OfferDraft, ReferralId, ReferralState};
 
@@ -104,6 +104,28 @@ impl Client {
     pub async fn kantara_export(&self, receipt: ReceiptId) -> Result<Value, ClientError> {
         self.engine_op(move |e, _, _| e.kantara_export(&receipt))
             .await
+    }
+
+    /// The survivor's copy of a stored receipt (see
+    /// [`Engine::survivor_copy`](crate::engine::Engine::survivor_copy)).
+    pub async fn survivor_copy(
+        &self,
+        receipt: ReceiptId,
+        language: Language,
+        preferred_name: Option<String>,
+        preferred_term: PreferredTerm,
+        case_ref: Option<String>,
+    ) -> Result<String, ClientError> {
+        self.engine_op(move |e, _, _| {
+            e.survivor_copy(
+                &receipt,
+                language,
+                preferred_name.as_deref(),
+                preferred_term,
+                case_ref.as_deref(),
+            )
+        })
+        .await
     }
 
     /// Applies referral expiry now and sends what it produces (EXPIRED, PURGE_CONFIRMED).

@@ -26,8 +26,9 @@ use super::{
     OutboxItem, Role, Session, WriteBatch, key, wire,
 };
 use crate::consent::{
-    Consent, ConsentError, ConsentEvent, DisclosureLedger, PurgeStatus, ReceiptId, ReceiptRegistry,
-    SignedReceipt, kantara_json,
+    Consent, ConsentError, ConsentEvent, DisclosureLedger, Language, OverrideNotice, PreferredTerm,
+    PurgeStatus, ReceiptId, ReceiptRegistry, SignedReceipt, SurvivorCopy, kantara_json,
+    render_survivor_copy,
 };
 use crate::identity::{DeviceCertificate, OrgTrust};
 use crate::referral::{
@@ -437,6 +438,48 @@ impl<S: KvStore> Engine<S> {
             .get(id)
             .ok_or(EngineError::InvalidInput("no such consent receipt"))?;
         Ok(kantara_json(receipt))
+    }
+
+    /// The survivor's copy of a stored receipt in `language` (docs/PROTOCOL.md §12.6), with
+    /// the person's preferred name and term. If `case_ref` is given, every referral sent from
+    /// this device under that case reference without consent (an override) is listed too, so
+    /// the person learns of it.
+    pub fn survivor_copy(
+        &self,
+        id: &ReceiptId,
+        language: Language,
+        preferred_name: Option<&str>,
+        preferred_term: PreferredTerm,
+        case_ref: Option<&str>,
+    ) -> Result<String, EngineError> {
+        let registry = self.load_registry()?;
+        let receipt = registry
+            .get(id)
+            .ok_or(EngineError::InvalidInput("no such consent receipt"))?;
+        let mut overrides = Vec::new();
+        if let Some(case_ref) = case_ref {
+            for k in self
+                .store
+                .keys_with_prefix(Namespace::Referrals, PREFIX_SENT)?
+            {
+                let Some(rid) = k.get(PREFIX_SENT.len()..).and_then(ReferralId::from_slice) else {
+                    continue;
+                };
+                if let Some(Record::Sent(r)) = self.load_record(&rid)?
+                    && r.offer().sender_case_ref == case_ref
+                    && let Some(notice) = OverrideNotice::from_offer(r.offer())
+                {
+                    overrides.push(notice);
+                }
+            }
+        }
+        Ok(render_survivor_copy(&SurvivorCopy {
+            receipt,
+            language,
+            preferred_name,
+            preferred_term,
+            overrides: &overrides,
+        }))
     }
 
     /// Changes consent (`state`: withdrawn, expired, invalidated or renewed): signs the
