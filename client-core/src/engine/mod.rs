@@ -28,6 +28,17 @@
 //!
 //! Failures never change state: an envelope that fails any check (HPKE, padding, sender
 //! certificate, session, ratchet) is reported as an error and leaves the store untouched.
+//!
+//! # Referrals and consent
+//!
+//! The engine persists [`referral`](crate::referral) records, consent receipts, the receipt
+//! registry and the disclosure ledger, and applies a received offer, body, control message or
+//! receipt inside [`Engine::receive`]'s batch, so a referral step is applied exactly once with
+//! its message (docs/PROTOCOL.md §10.3). Operations: [`Engine::record_consent`],
+//! [`Engine::send_referral_offer`], [`Engine::referral_act`], [`Engine::release_referral_body`],
+//! [`Engine::change_consent`], [`Engine::purge_status`], [`Engine::sweep_referrals`],
+//! [`Engine::referrals`], [`Engine::kantara_export`], [`Engine::survivor_copy`]; what happened is
+//! reported as [`ReferralEvent`]s ([`Engine::take_referral_events`]).
 
 mod records;
 mod referrals;

@@ -891,7 +891,7 @@ impl<S: KvStore> Engine<S> {
         }))
     }
 
-    /// A received referral's offer (until erased).
+    /// A referral's offer: the receiver's copy (until erased) or the sender's own.
     pub fn received_offer(
         &self,
         id: &ReferralId,
