@@ -757,15 +757,22 @@ impl KvBackend for SledBackend {
         // ahead of the log (as with a crash between the two); recovery replays only what sled
         // lacks. Records of earlier groups, which a rotation in `append` checkpoints, are in
         // sled already.
-        let (logged, applied) = std::thread::scope(|scope| {
-            let applier = scope.spawn(|| self.apply_frozen());
+        std::thread::scope(|scope| {
+            // `Builder::spawn_scoped` reports a failed spawn instead of panicking; without a
+            // thread, apply first and then log, as for small groups.
+            let applier = std::thread::Builder::new()
+                .name("handover-apply".into())
+                .spawn_scoped(scope, || self.apply_frozen());
+            let Ok(applier) = applier else {
+                self.apply_frozen()?;
+                return wal.append(&self.db, &payload);
+            };
             let logged = wal.append(&self.db, &payload);
             let applied = applier
                 .join()
                 .unwrap_or_else(|_| Err(StoreError::Backend("sled apply thread failed".into())));
-            (logged, applied)
-        });
-        logged.and(applied)
+            logged.and(applied)
+        })
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
