@@ -13,13 +13,19 @@
 //!
 //! # What this backend does
 //!
-//! - Every batch gets a sequence number, is applied to sled (in memory, atomically, together
-//!   with that number under a reserved key) and, under the same lock, appended to an in-memory
-//!   log buffer, so the log order is the apply order.
-//! - [`KvBackend::sync`] (one call per group commit) frames the buffered batches as one record
-//!   (`crc32 | len | epoch | payload`), writes it into the active one of two preallocated log
-//!   files (`wal-0`, `wal-1`) and calls `fdatasync` on it. The files are preallocated with
-//!   zeros on creation and written in place, so `fdatasync` never has to commit a size change.
+//! - Every batch gets a sequence number and, under one lock, is appended to an in-memory log
+//!   buffer and written into an in-memory overlay (key → newest value or delete) that reads
+//!   consult before sled, so the log order is the apply order and a batch is visible as soon
+//!   as `apply` returns. Nothing touches sled on this path.
+//! - [`KvBackend::sync`] (one call per group commit) freezes the buffered batches as one
+//!   *group*: it frames their encoding as one record (`crc32 | len | epoch | payload`), writes
+//!   it into the active one of two preallocated log files (`wal-0`, `wal-1`) and calls
+//!   `fdatasync` on it, while a second thread applies the whole group to sled as ONE atomic
+//!   sled batch (the group's writes, the last write of each key only, plus the group's last
+//!   sequence number under a reserved key). The group leaves the overlay once sled holds it;
+//!   `sync` returns when both are done. Groups reach sled strictly in log order. The files are
+//!   preallocated with zeros on creation and written in place, so `fdatasync` never has to
+//!   commit a size change.
 //! - When the active file is full, the other file starts a new generation (a new epoch in its
 //!   header, synced) and a background thread *checkpoints*: it makes sled's own files durable
 //!   (`flush`, then `fdatasync` of `db`, of new files in the data directory and `blobs/`, and
@@ -27,15 +33,17 @@
 //!   checkpoint covering it has finished. Open and shutdown checkpoint synchronously.
 //! - On open, the records of both files (each up to its first torn or damaged record, which
 //!   was never acknowledged) are replayed in sequence order, skipping the batches sled already
-//!   holds: sled recovers a consistent prefix of its batches, which may end before or after the
-//!   log's last durable record, and replaying only what it lacks keeps the state a consistent
-//!   prefix that contains every acknowledged batch.
+//!   holds: sled recovers a consistent prefix of its (group) batches, which may end before or
+//!   after the log's last durable record (a group goes to sled while its record is synced),
+//!   and replaying only what it lacks keeps the state a consistent prefix that contains every
+//!   acknowledged batch.
 //!
 //! When `sync` returns, every batch applied before it is on stable storage, given a drive that
 //! honours cache flushes (see docs/OPERATIONS.md, "Durability").
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
+use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,6 +67,9 @@ const WAL_MAGIC: &[u8; 8] = b"HOVRWAL1";
 const RECORD_HEADER_LEN: usize = 4 + 4 + 8;
 /// Names of the two log files in the store directory.
 const WAL_FILES: [&str; 2] = ["wal-0", "wal-1"];
+/// Groups whose log payload is at most this many bytes are applied to sled before their log
+/// record is written instead of on a second thread while it is synced.
+const INLINE_APPLY_BYTES: usize = 4096;
 /// sled key holding the sequence number of the last batch applied (outside every table).
 const LSN_KEY: &[u8] = b"\xff~lsn";
 
@@ -166,16 +177,63 @@ fn decode_batches(payload: &[u8]) -> Result<Vec<(u64, Batch)>, StoreError> {
 /// The on-disk [`KvBackend`]: one sled tree plus the write-ahead log.
 pub struct SledBackend {
     db: sled::Db,
-    /// Batches applied since the last log write, encoded, and the next batch sequence number.
-    /// Appended under this lock together with the sled apply, so log order equals apply order.
+    /// Batches applied since the last log write (encoded, and as an in-memory overlay over
+    /// sled), the groups being written to sled, and the next batch sequence number. Batches are
+    /// numbered and encoded under this lock, so log order equals apply order.
     pending: Mutex<Pending>,
     wal: Mutex<WalFile>,
 }
+
+/// One key-value pair read from sled.
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// Writes of one or more batches in apply order; the last write of a key wins.
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 #[derive(Default)]
 struct Pending {
     bytes: Vec<u8>,
     next_lsn: u64,
+    /// The writes of the batches in `bytes`, not yet in sled.
+    active: Overlay,
+    /// Groups taken by `sync` (oldest first, each with the sequence number of its last batch)
+    /// until they are applied to sled; readers still see them here meanwhile.
+    frozen: VecDeque<(u64, Arc<Overlay>)>,
+}
+
+impl Pending {
+    /// The newest unapplied write of `key`, if any: `Some(None)` is a pending delete.
+    fn lookup(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if let Some(v) = self.active.get(key) {
+            return Some(v.clone());
+        }
+        self.frozen
+            .iter()
+            .rev()
+            .find_map(|(_, group)| group.get(key).cloned())
+    }
+
+    /// The unapplied writes with `start <= key < end`, newest write per key.
+    fn range(&self, start: &[u8], end: &[u8]) -> Overlay {
+        let mut out = Overlay::new();
+        let groups = self.frozen.iter().map(|(_, g)| g.as_ref());
+        for group in groups.chain(std::iter::once(&self.active)) {
+            for (k, v) in group.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
+
+    /// Moves the batches applied so far into a frozen group and returns their encoding.
+    fn freeze(&mut self) -> Vec<u8> {
+        let bytes = std::mem::take(&mut self.bytes);
+        if !bytes.is_empty() {
+            let group = Arc::new(std::mem::take(&mut self.active));
+            self.frozen.push_back((self.next_lsn - 1, group));
+        }
+        bytes
+    }
 }
 
 /// One preallocated log file.
@@ -532,8 +590,8 @@ impl SledBackend {
         Ok(Self {
             db,
             pending: Mutex::new(Pending {
-                bytes: Vec::new(),
                 next_lsn: last + 1,
+                ..Pending::default()
             }),
             wal: Mutex::new(wal),
         })
@@ -542,13 +600,32 @@ impl SledBackend {
     /// Makes sled's own files durable and empties the log (done on open and shutdown).
     fn checkpoint_now(&self) -> Result<(), StoreError> {
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
-        // Everything pending is already in sled; the checkpoint makes it durable.
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .bytes
-            .clear();
+        // Everything pending goes to sled; the checkpoint makes it durable, so its encoding is
+        // not needed in the log.
+        self.lock_pending().freeze();
+        self.apply_frozen()?;
         wal.checkpoint(&self.db)
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Every change under this lock is completed before it is released (no fallible step
+        // leaves it half-done), so a poisoned lock is safe to reuse.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies the frozen groups to sled, oldest first, each as one atomic sled batch, and
+    /// drops each from the overlay once sled holds it. Called only under the log lock.
+    fn apply_frozen(&self) -> Result<(), StoreError> {
+        loop {
+            let Some((lsn, group)) = self.lock_pending().frozen.front().cloned() else {
+                return Ok(());
+            };
+            apply_group_to_sled(&self.db, lsn, &group)?;
+            let mut pending = self.lock_pending();
+            if pending.frozen.front().is_some_and(|(l, _)| *l == lsn) {
+                pending.frozen.pop_front();
+            }
+        }
     }
 }
 
@@ -556,6 +633,12 @@ impl Drop for SledBackend {
     fn drop(&mut self) {
         // Do not leave a checkpoint thread holding the database open behind us.
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        // Hand unsynced batches to sled as before this overlay existed (sled writes them back
+        // when it closes); they were never acknowledged, so this is not needed for durability.
+        self.lock_pending().freeze();
+        if let Err(err) = self.apply_frozen() {
+            tracing::error!(error = %err, "applying pending batches on close failed");
+        }
         if let Err(err) = wal.join_running() {
             tracing::error!(error = %err, "background checkpoint failed");
         }
@@ -574,8 +657,27 @@ fn apply_to_sled(db: &sled::Db, lsn: u64, batch: Batch) -> Result<(), StoreError
     db.apply_batch(b).map_err(backend_err)
 }
 
+/// Applies one frozen group (the writes of consecutive batches up to `lsn`) as one atomic
+/// sled batch, so sled's own recovery always yields a whole number of groups.
+fn apply_group_to_sled(db: &sled::Db, lsn: u64, group: &Overlay) -> Result<(), StoreError> {
+    let mut b = sled::Batch::default();
+    b.insert(LSN_KEY, &lsn.to_be_bytes());
+    for (k, v) in group {
+        match v {
+            Some(v) => b.insert(k.as_slice(), v.as_slice()),
+            None => b.remove(k.as_slice()),
+        }
+    }
+    db.apply_batch(b).map_err(backend_err)
+}
+
 impl KvBackend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        // If the overlay misses, the key's newest write is in sled: a group leaves the overlay
+        // only after sled holds it.
+        if let Some(v) = self.lock_pending().lookup(key) {
+            return Ok(v);
+        }
         Ok(self.db.get(key).map_err(backend_err)?.map(|v| v.to_vec()))
     }
 
@@ -583,39 +685,94 @@ impl KvBackend for SledBackend {
         if start >= end {
             return Ok(Vec::new());
         }
-        self.db
-            .range(start..end)
-            .take(limit)
-            .map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(backend_err)
-            })
-            .collect()
+        // Snapshot of the unapplied writes first: a group applied to sled after this point is
+        // also in the snapshot (with the same values), and the snapshot takes precedence.
+        let overlay = self.lock_pending().range(start, end);
+        let mut disk = self.db.range(start..end);
+        let mut next_disk = || -> Result<Option<Entry>, StoreError> {
+            disk.next()
+                .transpose()
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .map_err(backend_err)
+        };
+        let mut out = Vec::new();
+        let mut over = overlay.into_iter().peekable();
+        let mut on_disk = next_disk()?;
+        while out.len() < limit {
+            let take_overlay = match (&on_disk, over.peek()) {
+                (None, None) => break,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some((dk, _)), Some((ok, _))) => ok <= dk,
+            };
+            if take_overlay {
+                let Some((k, v)) = over.next() else { break };
+                if on_disk.as_ref().is_some_and(|(dk, _)| *dk == k) {
+                    on_disk = next_disk()?;
+                }
+                if let Some(v) = v {
+                    out.push((k, v));
+                }
+            } else if let Some(entry) = on_disk.take() {
+                out.push(entry);
+                on_disk = next_disk()?;
+            }
+        }
+        Ok(out)
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // Visible at once through the overlay; written to sled as part of its group by `sync`.
+        let mut pending = self.lock_pending();
         let lsn = pending.next_lsn;
-        let before = pending.bytes.len();
         encode_batch(lsn, &batch, &mut pending.bytes);
-        if let Err(err) = apply_to_sled(&self.db, lsn, batch) {
-            pending.bytes.truncate(before);
-            return Err(err);
+        for (k, v) in batch {
+            pending.active.insert(k, v);
         }
         pending.next_lsn += 1;
         Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        // The log lock orders writers; the pending buffer is swapped under it so that records
-        // reach the file in apply order.
+        // The log lock orders writers; the pending batches are frozen under it so that records
+        // reach the file in apply order, and groups reach sled in the same order.
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
-        let payload =
-            std::mem::take(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()).bytes);
+        // A group left by a failed apply goes first: sled must receive groups in log order, and
+        // every batch of a log file must be in sled before that file is checkpointed.
+        self.apply_frozen()?;
+        let payload = self.lock_pending().freeze();
         if payload.is_empty() {
             return Ok(());
         }
-        wal.append(&self.db, &payload)
+        if (RECORD_HEADER_LEN + payload.len()) as u64 > wal.size - WAL_HEADER_LEN
+            || payload.len() <= INLINE_APPLY_BYTES
+        {
+            // Larger than a whole log file: `append` relies on the checkpoint it starts, which
+            // covers only what sled already holds. Or so small that a thread costs more than
+            // the apply.
+            self.apply_frozen()?;
+            return wal.append(&self.db, &payload);
+        }
+        // The group goes to sled while its log record is written and synced. Sled may get
+        // ahead of the log (as with a crash between the two); recovery replays only what sled
+        // lacks. Records of earlier groups, which a rotation in `append` checkpoints, are in
+        // sled already.
+        std::thread::scope(|scope| {
+            // `Builder::spawn_scoped` reports a failed spawn instead of panicking; without a
+            // thread, apply first and then log, as for small groups.
+            let applier = std::thread::Builder::new()
+                .name("handover-apply".into())
+                .spawn_scoped(scope, || self.apply_frozen());
+            let Ok(applier) = applier else {
+                self.apply_frozen()?;
+                return wal.append(&self.db, &payload);
+            };
+            let logged = wal.append(&self.db, &payload);
+            let applied = applier
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Backend("sled apply thread failed".into())));
+            logged.and(applied)
+        })
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
@@ -733,19 +890,73 @@ mod tests {
                 .apply(vec![(b"a".to_vec(), Some(b"1".to_vec()))])
                 .unwrap();
             backend.sync().unwrap();
-            // Later batches that reached sled's files but not the log (never acknowledged).
+            // Later batches that reached sled's files but not the log (never acknowledged):
+            // their group applied to sled, then a crash before the log record was written.
             backend
                 .apply(vec![(b"a".to_vec(), Some(b"2".to_vec()))])
                 .unwrap();
             backend
                 .apply(vec![(b"b".to_vec(), Some(b"2".to_vec()))])
                 .unwrap();
+            backend.lock_pending().freeze();
+            backend.apply_frozen().unwrap();
             backend.db.flush().unwrap();
         }
         let backend = reopen(dir.path());
         // A consistent prefix: not the old `a` next to the new `b`.
         assert_eq!(backend.get(b"a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(backend.get(b"b").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn overlay_reads_merge_with_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+        let put = |k: &[u8], v: &[u8]| (k.to_vec(), Some(v.to_vec()));
+        backend
+            .apply(vec![put(b"k1", b"a"), put(b"k3", b"a"), put(b"k5", b"a")])
+            .unwrap();
+        backend.sync().unwrap();
+        // In sled now, nothing pending.
+        assert!(backend.lock_pending().active.is_empty());
+        assert!(backend.lock_pending().frozen.is_empty());
+        backend
+            .apply(vec![
+                put(b"k2", b"b"),
+                (b"k3".to_vec(), None),
+                put(b"k5", b"b"),
+            ])
+            .unwrap();
+        // A frozen group not yet in sled, and newer writes on top.
+        backend.lock_pending().freeze();
+        backend
+            .apply(vec![
+                put(b"k4", b"c"),
+                (b"k5".to_vec(), None),
+                put(b"k2", b"c"),
+            ])
+            .unwrap();
+        let expect: Entries = vec![
+            (b"k1".to_vec(), b"a".to_vec()),
+            (b"k2".to_vec(), b"c".to_vec()),
+            (b"k4".to_vec(), b"c".to_vec()),
+        ];
+        assert_eq!(backend.scan(b"k", b"l", 10).unwrap(), expect);
+        assert_eq!(backend.scan(b"k", b"l", 2).unwrap(), expect[..2].to_vec());
+        assert_eq!(
+            backend.scan(b"k2", b"k5", 10).unwrap(),
+            expect[1..].to_vec()
+        );
+        assert_eq!(backend.get(b"k3").unwrap(), None);
+        assert_eq!(backend.get(b"k5").unwrap(), None);
+        assert_eq!(backend.get(b"k1").unwrap(), Some(b"a".to_vec()));
+        // After the next sync, sled alone gives the same answers.
+        backend.sync().unwrap();
+        assert!(backend.lock_pending().frozen.is_empty());
+        assert_eq!(backend.scan(b"k", b"l", 10).unwrap(), expect);
+        drop(backend);
+        let backend = reopen(dir.path());
+        assert_eq!(backend.scan(b"k", b"l", 10).unwrap(), expect);
     }
 
     #[test]
