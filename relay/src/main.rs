@@ -1,3 +1,5 @@
-//! `handover-relay`: runs a Handover relay.
+//! `handover-relay`: runs a Handover relay. See `handover-relay --help` and docs/OPERATIONS.md.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    handover_relay::cli::run()
+}

@@ -1,0 +1,358 @@
+//! The `handover-relay` command line: flags, configuration file, logging, signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::config::{Config, FileConfig, parse_org_key};
+use crate::{RelayError, server};
+
+/// Handover relay: stores and forwards sealed envelopes over QUIC (ALPN handover/1).
+///
+/// Settings come from the TOML file given with --config, then from flags, which win. On start
+/// the relay prints one line to stdout:
+/// `handover-relay ready quic=ADDR admin=ADDR|off pin=HEX`, where pin is the SHA-256 of the
+/// certificate's SubjectPublicKeyInfo that clients pin.
+#[derive(Debug, Parser)]
+#[command(name = "handover-relay", version, about, long_about)]
+pub struct Args {
+    /// TOML configuration file (see docs/OPERATIONS.md).
+    #[arg(long, short = 'c', env = "HANDOVER_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// UDP address for QUIC [default: 0.0.0.0:4433].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory for the store and the generated certificate [default: ./relay-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// TCP address of the admin endpoint (/metrics, /healthz), or "off" [default: 127.0.0.1:9433].
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Certificate chain PEM file (with --key); default: generate one in the data directory.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key PEM file (with --cert).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Hex Ed25519 root key of an organisation whose members may use the directory (repeatable;
+    /// adds to the file's list).
+    #[arg(long = "admit-org", value_name = "HEX")]
+    pub admit_org: Vec<String>,
+    /// Largest envelope ciphertext in bytes [default: 262144, the protocol maximum].
+    #[arg(long)]
+    pub max_envelope_bytes: Option<usize>,
+    /// Largest blob in bytes [default: 104857600].
+    #[arg(long)]
+    pub max_blob_bytes: Option<u64>,
+    /// Total size of all stored blobs in bytes [default: 21474836480 = 20 GiB].
+    #[arg(long)]
+    pub blob_store_max_bytes: Option<u64>,
+    /// Longest time to live of envelopes and blobs, seconds [default: 2592000 = 30 days].
+    #[arg(long)]
+    pub max_ttl_secs: Option<u64>,
+    /// Most envelopes queued per mailbox [default: 10000].
+    #[arg(long)]
+    pub mailbox_max_envelopes: Option<u64>,
+    /// Most ciphertext bytes queued per mailbox [default: 268435456].
+    #[arg(long)]
+    pub mailbox_max_bytes: Option<u64>,
+    /// Most one-time prekeys of each kind stored per mailbox [default: 1000].
+    #[arg(long)]
+    pub max_one_time_prekeys: Option<u64>,
+    /// How long "expired undelivered" tombstones are kept, seconds [default: 604800].
+    #[arg(long)]
+    pub tombstone_secs: Option<u64>,
+    /// Requests per second per connection, 0 = unlimited [default: 200].
+    #[arg(long)]
+    pub requests_per_sec: Option<u32>,
+    /// Request burst per connection [default: 400].
+    #[arg(long)]
+    pub request_burst: Option<u32>,
+    /// Concurrent bidirectional streams per connection [default: 128].
+    #[arg(long)]
+    pub max_streams: Option<u32>,
+    /// Open QUIC connections; further ones are refused [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Largest request frame in bytes [default: 524288].
+    #[arg(long)]
+    pub max_request_frame: Option<usize>,
+    /// Seconds between expiry sweeps [default: 60].
+    #[arg(long)]
+    pub sweep_interval_secs: Option<u64>,
+    /// Seconds to let in-flight requests finish on SIGTERM/SIGINT [default: 10].
+    #[arg(long)]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Idle timeout of QUIC connections, seconds [default: 60].
+    #[arg(long)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Size of the store's preallocated write-ahead log, MiB; a full log forces a checkpoint
+    /// [default: 64].
+    #[arg(long)]
+    pub wal_mib: Option<u64>,
+    /// Log filter (tracing EnvFilter syntax), also from RUST_LOG [default: info].
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn parse_admin(value: &str) -> Result<Option<SocketAddr>, RelayError> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| RelayError::Config("admin must be an address or \"off\"".into()))
+}
+
+/// Builds the configuration from a file (if any) and flags.
+pub fn config_from(args: &Args) -> Result<Config, RelayError> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("relay-data"));
+    let mut c = Config::new(data_dir);
+    macro_rules! set {
+        ($field:expr, $flag:expr, $file:expr) => {
+            if let Some(v) = $flag.or($file) {
+                $field = v;
+            }
+        };
+    }
+    set!(c.listen, args.listen, file.listen);
+    if let Some(admin) = args.admin.as_deref().or(file.admin.as_deref()) {
+        c.admin = parse_admin(admin)?;
+    }
+    match (
+        args.cert.clone().or(file.cert.clone()),
+        args.key.clone().or(file.key.clone()),
+    ) {
+        (Some(cert), Some(key)) => c.pem = Some((cert, key)),
+        (None, None) => {}
+        _ => {
+            return Err(RelayError::Config(
+                "cert and key must be given together".into(),
+            ));
+        }
+    }
+    for hex_key in file.admitted_orgs.iter().flatten().chain(&args.admit_org) {
+        c.admitted_orgs.push(parse_org_key(hex_key)?);
+    }
+    let l = &file.limits;
+    set!(
+        c.limits.max_envelope_bytes,
+        args.max_envelope_bytes,
+        l.max_envelope_bytes
+    );
+    set!(
+        c.limits.max_blob_bytes,
+        args.max_blob_bytes,
+        l.max_blob_bytes
+    );
+    set!(c.limits.max_ttl_secs, args.max_ttl_secs, l.max_ttl_secs);
+    set!(
+        c.limits.mailbox_max_envelopes,
+        args.mailbox_max_envelopes,
+        l.mailbox_max_envelopes
+    );
+    set!(
+        c.limits.mailbox_max_bytes,
+        args.mailbox_max_bytes,
+        l.mailbox_max_bytes
+    );
+    set!(
+        c.limits.max_one_time_prekeys,
+        args.max_one_time_prekeys,
+        l.max_one_time_prekeys
+    );
+    set!(
+        c.limits.tombstone_secs,
+        args.tombstone_secs,
+        l.tombstone_secs
+    );
+    set!(
+        c.requests_per_sec,
+        args.requests_per_sec,
+        file.requests_per_sec
+    );
+    set!(c.request_burst, args.request_burst, file.request_burst);
+    set!(c.max_streams, args.max_streams, file.max_streams);
+    set!(
+        c.max_connections,
+        args.max_connections,
+        file.max_connections
+    );
+    set!(
+        c.max_request_frame,
+        args.max_request_frame,
+        file.max_request_frame
+    );
+    set!(
+        c.sweep_interval_secs,
+        args.sweep_interval_secs,
+        file.sweep_interval_secs
+    );
+    set!(
+        c.shutdown_grace_secs,
+        args.shutdown_grace_secs,
+        file.shutdown_grace_secs
+    );
+    set!(
+        c.idle_timeout_secs,
+        args.idle_timeout_secs,
+        file.idle_timeout_secs
+    );
+    c.validate()?;
+    Ok(c)
+}
+
+/// Log timestamps rounded down to the minute (metadata hygiene).
+struct MinuteClock;
+
+impl tracing_subscriber::fmt::time::FormatTime for MinuteClock {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let secs = server::unix_now();
+        let days = secs / 86_400;
+        let (y, m, d) = civil_from_days(days as i64);
+        let rem = secs % 86_400;
+        write!(
+            w,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60
+        )
+    }
+}
+
+/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Entry point of the `handover-relay` binary: parses flags, runs until SIGTERM/SIGINT.
+pub fn run() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(MinuteClock)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match config_from(&args) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("handover-relay: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("handover-relay: cannot start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve_until_signal(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "relay failed");
+            eprintln!("handover-relay: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_until_signal(config: Config) -> Result<(), RelayError> {
+    let relay = server::Relay::start(config).await?;
+    let admin = relay
+        .admin_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    println!(
+        "handover-relay ready quic={} admin={admin} pin={}",
+        relay.local_addr(),
+        hex::encode(relay.pin())
+    );
+    tracing::info!(pin = %hex::encode(relay.pin()), "relay ready");
+    wait_for_signal().await?;
+    tracing::info!("shutting down: draining in-flight requests");
+    relay.shutdown().await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> Result<(), RelayError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(RelayError::io("install SIGTERM"))?;
+    tokio::select! {
+        _ = term.recv() => {},
+        r = tokio::signal::ctrl_c() => r.map_err(RelayError::io("install SIGINT"))?,
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> Result<(), RelayError> {
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(RelayError::io("install Ctrl-C handler"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_833), (2027, 1, 15));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:5000\"\nadmin = \"off\"\nmax_streams = 9\n[limits]\nmax_ttl_secs = 77\n",
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "handover-relay",
+            "--config",
+            path.to_str().unwrap(),
+            "--max-streams",
+            "5",
+        ]);
+        let c = config_from(&args).unwrap();
+        assert_eq!(c.listen.port(), 5000);
+        assert_eq!(c.admin, None);
+        assert_eq!(c.max_streams, 5);
+        assert_eq!(c.limits.max_ttl_secs, 77);
+        let bad = Args::parse_from(["handover-relay", "--max-envelope-bytes", "999999"]);
+        assert!(config_from(&bad).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Relay configuration: a TOML file, overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::RelayError;
+use crate::handler::Limits;
+
+/// Complete, validated relay configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// UDP address of the QUIC listener.
+    pub listen: SocketAddr,
+    /// Data directory (store, generated certificate).
+    pub data_dir: PathBuf,
+    /// TCP address of the admin endpoint (metrics, health); `None` disables it.
+    pub admin: Option<SocketAddr>,
+    /// Certificate chain and private key PEM files; `None` uses the generated identity.
+    pub pem: Option<(PathBuf, PathBuf)>,
+    /// Root keys of admitted organisations.
+    pub admitted_orgs: Vec<[u8; 32]>,
+    /// Protocol limits and quotas.
+    pub limits: Limits,
+    /// Requests per second per connection (0 = unlimited).
+    pub requests_per_sec: u32,
+    /// Request burst per connection.
+    pub request_burst: u32,
+    /// Concurrent bidirectional streams per connection.
+    pub max_streams: u32,
+    /// Open QUIC connections; more are refused.
+    pub max_connections: usize,
+    /// Largest request frame accepted, bytes.
+    pub max_request_frame: usize,
+    /// Seconds between expiry sweeps.
+    pub sweep_interval_secs: u64,
+    /// Seconds to wait for in-flight requests on shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Connection idle timeout, seconds.
+    pub idle_timeout_secs: u64,
+    /// Size of the store's write-ahead log, MiB.
+    pub wal_mib: u64,
+}
+
+impl Config {
+    /// Defaults for a relay with data in `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            data_dir,
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9433))),
+            pem: None,
+            admitted_orgs: Vec::new(),
+            limits: Limits::default(),
+            requests_per_sec: 200,
+            request_burst: 400,
+            max_streams: 128,
+            max_connections: 10_000,
+            max_request_frame: 512 * 1024,
+            sweep_interval_secs: 60,
+            shutdown_grace_secs: 10,
+            idle_timeout_secs: 60,
+            wal_mib: 64,
+        }
+    }
+
+    /// Checks the configuration against protocol limits.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        use handover_proto::limits::{MAX_ENVELOPE_LEN, MAX_FRAME_LEN};
+        let bad = |m: &str| Err(RelayError::Config(m.to_owned()));
+        if self.limits.max_envelope_bytes == 0 || self.limits.max_envelope_bytes > MAX_ENVELOPE_LEN
+        {
+            return bad("max_envelope_bytes must be between 1 and 262144");
+        }
+        if self.max_request_frame < 1024 || self.max_request_frame > MAX_FRAME_LEN {
+            return bad("max_request_frame must be between 1024 and 4194304");
+        }
+        if self.max_request_frame < self.limits.max_envelope_bytes + 1024 {
+            return bad("max_request_frame must exceed max_envelope_bytes by at least 1024");
+        }
+        if self.max_streams == 0 {
+            return bad("max_streams must be at least 1");
+        }
+        if self.wal_mib == 0 || self.wal_mib > 4096 {
+            return bad("wal_mib must be between 1 and 4096");
+        }
+        if self.limits.max_ttl_secs == 0 {
+            return bad("max_ttl_secs must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Parses a hex-encoded 32-byte organisation root key.
+pub fn parse_org_key(hex_key: &str) -> Result<[u8; 32], RelayError> {
+    let bytes = hex::decode(hex_key.trim())
+        .map_err(|_| RelayError::Config("admitted org key is not hex".into()))?;
+    bytes
+        .try_into()
+        .map_err(|_| RelayError::Config("admitted org key must be 32 bytes".into()))
+}
+
+/// The TOML configuration file. Every key is optional; flags override it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// QUIC listen address.
+    pub listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Admin address, or "off".
+    pub admin: Option<String>,
+    /// Certificate chain PEM.
+    pub cert: Option<PathBuf>,
+    /// Private key PEM.
+    pub key: Option<PathBuf>,
+    /// Hex root keys of admitted organisations.
+    pub admitted_orgs: Option<Vec<String>>,
+    /// Requests per second per connection.
+    pub requests_per_sec: Option<u32>,
+    /// Request burst per connection.
+    pub request_burst: Option<u32>,
+    /// Concurrent streams per connection.
+    pub max_streams: Option<u32>,
+    /// Open connections.
+    pub max_connections: Option<usize>,
+    /// Largest request frame.
+    pub max_request_frame: Option<usize>,
+    /// Seconds between sweeps.
+    pub sweep_interval_secs: Option<u64>,
+    /// Shutdown grace, seconds.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Idle timeout, seconds.
+    pub idle_timeout_secs: Option<u64>,
+    /// Write-ahead log size, MiB.
+    pub wal_mib: Option<u64>,
+    /// Limits and quotas.
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+/// `[limits]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Largest envelope ciphertext.
+    pub max_envelope_bytes: Option<usize>,
+    /// Largest blob.
+    pub max_blob_bytes: Option<u64>,
+    /// Total size of all stored blobs.
+    pub blob_store_max_bytes: Option<u64>,
+    /// Longest time to live.
+    pub max_ttl_secs: Option<u64>,
+    /// Envelopes per mailbox.
+    pub mailbox_max_envelopes: Option<u64>,
+    /// Bytes per mailbox.
+    pub mailbox_max_bytes: Option<u64>,
+    /// One-time prekeys per mailbox and kind.
+    pub max_one_time_prekeys: Option<u64>,
+    /// Tombstone lifetime.
+    pub tombstone_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Self, RelayError> {
+        let text = std::fs::read_to_string(path).map_err(RelayError::io("read config file"))?;
+        toml::from_str(&text).map_err(|e| RelayError::Config(format!("config file: {e}")))
+    }
+}

@@ -1,0 +1,736 @@
+//! Handler tests on the in-memory store with an injected clock.
+
+use std::sync::Arc;
+
+use ed25519_dalek::{Signer, SigningKey};
+use handover_proto::e2e::v1 as e2e;
+use handover_proto::relay::v1 as wire;
+use prost::Message;
+use wire::request::Kind;
+
+use super::*;
+use crate::store::{MemoryBackend, MemoryStore};
+
+const NOW: u64 = 1_800_000_000;
+
+/// A fake exporter: distinct per "connection".
+struct FakeExporter(u8);
+
+impl KeyingMaterial for FakeExporter {
+    fn export(&self, label: &[u8], context: &[u8]) -> Option<[u8; 32]> {
+        let mut h = Sha256::new();
+        h.update([self.0]);
+        h.update(label);
+        h.update(context);
+        Some(h.finalize().into())
+    }
+}
+
+fn session(n: u8) -> Session {
+    Session::new(Box::new(FakeExporter(n)))
+}
+
+struct Fixture {
+    handler: Handler,
+    rng: rand::rngs::ThreadRng,
+}
+
+fn fixture(limits: Limits, orgs: Vec<[u8; 32]>) -> Fixture {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBackend::new()));
+    Fixture {
+        handler: Handler::new(store, limits, orgs),
+        rng: rand::rng(),
+    }
+}
+
+fn req(kind: Kind) -> wire::Request {
+    wire::Request {
+        protocol_version: 1,
+        kind: Some(kind),
+    }
+}
+
+fn response(action: Action) -> wire::Response {
+    match action {
+        Action::Reply(r) | Action::ReplyWhenDurable { response: r, .. } => r,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn code(action: Action) -> ErrorCode {
+    match response(action).kind {
+        Some(wire::response::Kind::Error(e)) => ErrorCode::try_from(e.code).unwrap(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+impl Fixture {
+    fn call(&mut self, s: &Session, kind: Kind, now: u64) -> Action {
+        self.handler.handle(s, req(kind), now, &mut self.rng)
+    }
+
+    /// Creates a mailbox with capability `cap` and authenticates it on `s`.
+    fn mailbox(&mut self, s: &Session, cap: &[u8; 32]) -> (SigningKey, Id, Id) {
+        let key = SigningKey::generate(&mut self.rng);
+        let created = response(self.call(
+            s,
+            Kind::CreateMailbox(wire::CreateMailbox {
+                auth_key: key.verifying_key().to_bytes().to_vec(),
+                capability_hashes: vec![Sha256::digest(cap).to_vec()],
+            }),
+            NOW,
+        ));
+        let Some(wire::response::Kind::MailboxCreated(c)) = created.kind else {
+            panic!("{created:?}")
+        };
+        let recv: Id = c.recv_id.try_into().unwrap();
+        let send: Id = c.send_id.try_into().unwrap();
+        assert!(matches!(self.auth(s, &key, &recv), Action::Reply(_)));
+        assert!(s.is_authenticated(&recv));
+        (key, recv, send)
+    }
+
+    fn auth(&mut self, s: &Session, key: &SigningKey, recv: &Id) -> Action {
+        let exporter = s
+            .exporter
+            .export(MAILBOX_AUTH_EXPORTER_LABEL, recv)
+            .unwrap();
+        let mut msg = MAILBOX_AUTH_PREFIX.to_vec();
+        msg.extend_from_slice(recv);
+        msg.extend_from_slice(&exporter);
+        let signature = key.sign(&msg).to_bytes().to_vec();
+        self.call(
+            s,
+            Kind::Authenticate(wire::Authenticate {
+                recv_id: recv.to_vec(),
+                signature,
+            }),
+            NOW,
+        )
+    }
+
+    fn send(&mut self, send: &Id, cap: &[u8; 32], n: u8, expires_at: u64, now: u64) -> Action {
+        let s = session(99);
+        self.call(
+            &s,
+            Kind::Send(wire::Send {
+                send_id: send.to_vec(),
+                capability: cap.to_vec(),
+                envelope: Some(wire::Envelope {
+                    envelope_id: vec![n; 16],
+                    expires_at,
+                    ciphertext: vec![n; 100],
+                }),
+            }),
+            now,
+        )
+    }
+
+    fn fetch(&mut self, s: &Session, recv: &Id, now: u64) -> Vec<u8> {
+        let r = response(self.call(
+            s,
+            Kind::Fetch(wire::Fetch {
+                recv_id: recv.to_vec(),
+                after_seq: 0,
+                limit: 0,
+            }),
+            now,
+        ));
+        let Some(wire::response::Kind::FetchResult(f)) = r.kind else {
+            panic!("{r:?}")
+        };
+        f.envelopes
+            .iter()
+            .map(|q| q.envelope.as_ref().unwrap().envelope_id[0])
+            .collect()
+    }
+
+    fn status(&mut self, send: &Id, cap: &[u8; 32], ids: &[u8], now: u64) -> Vec<i32> {
+        let s = session(98);
+        let r = response(self.call(
+            &s,
+            Kind::EnvelopeStatus(wire::EnvelopeStatus {
+                send_id: send.to_vec(),
+                capability: cap.to_vec(),
+                envelope_ids: ids.iter().map(|n| vec![*n; 16]).collect(),
+            }),
+            now,
+        ));
+        let Some(wire::response::Kind::EnvelopeStatusResult(st)) = r.kind else {
+            panic!("{r:?}")
+        };
+        st.states
+    }
+}
+
+#[test]
+fn send_fetch_ack_in_order() {
+    let mut f = fixture(Limits::default(), vec![]);
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_, recv, send) = f.mailbox(&s, &cap);
+    for n in 1..=3 {
+        let action = f.send(&send, &cap, n, NOW + 60, NOW);
+        let Action::ReplyWhenDurable { notify, response } = action else {
+            panic!()
+        };
+        assert_eq!(notify, Some(recv));
+        let Some(wire::response::Kind::SendAccepted(a)) = response.kind else {
+            panic!()
+        };
+        assert_eq!(a.accepted_at % 60, 0, "coarse timestamp");
+    }
+    assert_eq!(f.fetch(&s, &recv, NOW), vec![1, 2, 3]);
+    // Fetch is at-least-once: the same envelopes again until acked.
+    assert_eq!(f.fetch(&s, &recv, NOW), vec![1, 2, 3]);
+    let acked = f.call(
+        &s,
+        Kind::Ack(wire::Ack {
+            recv_id: recv.to_vec(),
+            envelope_ids: vec![vec![1; 16], vec![2; 16]],
+        }),
+        NOW,
+    );
+    assert!(matches!(
+        response(acked).kind,
+        Some(wire::response::Kind::Ok(_))
+    ));
+    assert_eq!(f.fetch(&s, &recv, NOW), vec![3]);
+    assert_eq!(f.status(&send, &cap, &[1, 3], NOW), vec![0, 1]);
+}
+
+#[test]
+fn unauthenticated_wrong_capability_and_replayed_auth_are_refused() {
+    let mut f = fixture(Limits::default(), vec![]);
+    let owner = session(1);
+    let cap = [5u8; 32];
+    let (key, recv, send) = f.mailbox(&owner, &cap);
+    let other = session(2);
+    let fetch = Kind::Fetch(wire::Fetch {
+        recv_id: recv.to_vec(),
+        after_seq: 0,
+        limit: 0,
+    });
+    assert_eq!(
+        code(f.call(&other, fetch.clone(), NOW)),
+        ErrorCode::Unauthorised
+    );
+    assert_eq!(
+        code(f.send(&send, &[6; 32], 1, NOW + 60, NOW)),
+        ErrorCode::Unauthorised
+    );
+    assert_eq!(
+        code(f.send(&[0; 16], &cap, 1, NOW + 60, NOW)),
+        ErrorCode::NotFound
+    );
+    // A signature made for the owner's connection is useless on another connection.
+    let exporter = owner
+        .exporter
+        .export(MAILBOX_AUTH_EXPORTER_LABEL, &recv)
+        .unwrap();
+    let mut msg = MAILBOX_AUTH_PREFIX.to_vec();
+    msg.extend_from_slice(&recv);
+    msg.extend_from_slice(&exporter);
+    let replay = Kind::Authenticate(wire::Authenticate {
+        recv_id: recv.to_vec(),
+        signature: key.sign(&msg).to_bytes().to_vec(),
+    });
+    assert_eq!(code(f.call(&other, replay, NOW)), ErrorCode::Unauthorised);
+    assert_eq!(code(f.call(&other, fetch, NOW)), ErrorCode::Unauthorised);
+    // Wrong version.
+    let bad = wire::Request {
+        protocol_version: 2,
+        kind: Some(Kind::Ping(wire::Ping {})),
+    };
+    assert_eq!(
+        code(f.handler.handle(&other, bad, NOW, &mut f.rng)),
+        ErrorCode::UnsupportedVersion
+    );
+    // Capability revocation.
+    let set = Kind::SetCapabilities(wire::SetCapabilities {
+        recv_id: recv.to_vec(),
+        capability_hashes: vec![Sha256::digest([7u8; 32]).to_vec()],
+    });
+    response(f.call(&owner, set, NOW));
+    assert_eq!(
+        code(f.send(&send, &cap, 1, NOW + 60, NOW)),
+        ErrorCode::Unauthorised
+    );
+    assert!(matches!(
+        f.send(&send, &[7; 32], 1, NOW + 60, NOW),
+        Action::ReplyWhenDurable { .. }
+    ));
+}
+
+#[test]
+fn ttl_bounds_size_and_quota() {
+    let limits = Limits {
+        max_ttl_secs: 3600,
+        max_envelope_bytes: 50,
+        mailbox_max_envelopes: 2,
+        ..Limits::default()
+    };
+    let mut f = fixture(limits.clone(), vec![]);
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_, _, send) = f.mailbox(&s, &cap);
+    assert_eq!(
+        code(f.send(&send, &cap, 1, NOW + 60, NOW)),
+        ErrorCode::TooLarge
+    );
+    f = fixture(
+        Limits {
+            max_envelope_bytes: 1000,
+            ..limits
+        },
+        vec![],
+    );
+    let (_, _, send) = f.mailbox(&s, &cap);
+    assert_eq!(code(f.send(&send, &cap, 1, NOW, NOW)), ErrorCode::Expired);
+    assert_eq!(
+        code(f.send(&send, &cap, 1, NOW - 5, NOW)),
+        ErrorCode::Expired
+    );
+    assert_eq!(
+        code(f.send(&send, &cap, 1, NOW + 3601, NOW)),
+        ErrorCode::Expired
+    );
+    assert!(matches!(
+        f.send(&send, &cap, 1, NOW + 3600, NOW),
+        Action::ReplyWhenDurable { .. }
+    ));
+    assert!(matches!(
+        f.send(&send, &cap, 2, NOW + 3600, NOW),
+        Action::ReplyWhenDurable { .. }
+    ));
+    assert_eq!(
+        code(f.send(&send, &cap, 3, NOW + 3600, NOW)),
+        ErrorCode::QuotaExceeded
+    );
+    // A retried send of a queued envelope is accepted again, not counted twice.
+    assert!(matches!(
+        f.send(&send, &cap, 2, NOW + 3600, NOW),
+        Action::ReplyWhenDurable { notify: None, .. }
+    ));
+}
+
+#[test]
+fn expiry_sweeper_and_tombstones_follow_the_injected_clock() {
+    let limits = Limits {
+        tombstone_secs: 600,
+        ..Limits::default()
+    };
+    let mut f = fixture(limits, vec![]);
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_, recv, send) = f.mailbox(&s, &cap);
+    f.send(&send, &cap, 1, NOW + 100, NOW);
+    f.send(&send, &cap, 2, NOW + 1000, NOW);
+    assert_eq!(f.fetch(&s, &recv, NOW + 99), vec![1, 2]);
+    // Expired items are never returned, swept or not.
+    assert_eq!(f.fetch(&s, &recv, NOW + 100), vec![2]);
+    assert_eq!(f.status(&send, &cap, &[1, 2], NOW + 100), vec![2, 1]);
+    let swept = f.handler.sweep(NOW + 100, 100).unwrap();
+    assert_eq!(swept.envelopes, 1);
+    assert_eq!(f.status(&send, &cap, &[1], NOW + 200), vec![2]);
+    // The tombstone is short-lived.
+    let swept = f.handler.sweep(NOW + 700, 100).unwrap();
+    assert_eq!(swept.tombstones, 1);
+    assert_eq!(f.status(&send, &cap, &[1], NOW + 700), vec![0]);
+    assert_eq!(f.fetch(&s, &recv, NOW + 700), vec![2]);
+    let swept = f.handler.sweep(NOW + 1000, 100).unwrap();
+    assert_eq!(swept.envelopes, 1);
+    assert!(f.fetch(&s, &recv, NOW + 1000).is_empty());
+}
+
+#[test]
+fn one_time_prekeys_are_handed_out_once() {
+    let mut f = fixture(Limits::default(), vec![]);
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_, recv, send) = f.mailbox(&s, &cap);
+    let take = Kind::PrekeyTake(wire::PrekeyTake {
+        send_id: send.to_vec(),
+        capability: cap.to_vec(),
+    });
+    assert_eq!(code(f.call(&s, take.clone(), NOW)), ErrorCode::NotFound);
+    let publish = Kind::PrekeyPublish(wire::PrekeyPublish {
+        recv_id: recv.to_vec(),
+        bundle: b"bundle".to_vec(),
+        one_time_prekeys: vec![vec![1; 32], vec![2; 32]],
+        one_time_kem_prekeys: vec![],
+    });
+    assert_eq!(
+        code(f.call(&session(2), publish.clone(), NOW)),
+        ErrorCode::Unauthorised
+    );
+    response(f.call(&s, publish, NOW));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let r = response(f.call(&s, take.clone(), NOW));
+        let Some(wire::response::Kind::PrekeyBundle(b)) = r.kind else {
+            panic!()
+        };
+        assert_eq!(b.bundle, b"bundle");
+        got.push(b.one_time_prekey);
+    }
+    assert_eq!(got, vec![vec![1; 32], vec![2; 32], vec![]]);
+}
+
+struct Org {
+    root: SigningKey,
+}
+
+impl Org {
+    fn cert(&self, device: &SigningKey, role: e2e::Role, not_after: u64) -> Vec<u8> {
+        let cert = e2e::DeviceCertificate {
+            org_root_key: self.root.verifying_key().to_bytes().to_vec(),
+            device_id: vec![3; 16],
+            signing_key: device.verifying_key().to_bytes().to_vec(),
+            identity_key: vec![4; 32],
+            role: role as i32,
+            not_before: NOW - 10,
+            not_after,
+            label: String::new(),
+        }
+        .encode_to_vec();
+        let mut msg = DEVICE_CERT_PREFIX.to_vec();
+        msg.extend_from_slice(&cert);
+        e2e::SignedDeviceCertificate {
+            certificate: cert,
+            signature: self.root.sign(&msg).to_bytes().to_vec(),
+        }
+        .encode_to_vec()
+    }
+}
+
+fn member_auth(f: &mut Fixture, s: &Session, device: &SigningKey, cert: Vec<u8>) -> Action {
+    let exporter = s.exporter.export(MEMBER_AUTH_EXPORTER_LABEL, &[]).unwrap();
+    let mut msg = MEMBER_AUTH_PREFIX.to_vec();
+    msg.extend_from_slice(&exporter);
+    f.call(
+        s,
+        Kind::MemberAuth(wire::MemberAuth {
+            device_certificate: cert,
+            signature: device.sign(&msg).to_bytes().to_vec(),
+        }),
+        NOW,
+    )
+}
+
+#[test]
+fn directory_needs_member_auth_and_admin_signatures() {
+    let mut rng = rand::rng();
+    let org = Org {
+        root: SigningKey::generate(&mut rng),
+    };
+    let stranger = Org {
+        root: SigningKey::generate(&mut rng),
+    };
+    let mut f = fixture(Limits::default(), vec![org.root.verifying_key().to_bytes()]);
+    let admin = SigningKey::generate(&mut rng);
+    let s = session(1);
+    let query = Kind::DirectoryQuery(wire::DirectoryQuery::default());
+    assert_eq!(
+        code(f.call(&s, query.clone(), NOW)),
+        ErrorCode::Unauthorised
+    );
+    // Not admitted, expired, or signed by the wrong key.
+    let c = stranger.cert(&admin, e2e::Role::Admin, NOW + 100);
+    assert_eq!(
+        code(member_auth(&mut f, &s, &admin, c)),
+        ErrorCode::Unauthorised
+    );
+    let c = org.cert(&admin, e2e::Role::Admin, NOW);
+    assert_eq!(
+        code(member_auth(&mut f, &s, &admin, c)),
+        ErrorCode::Unauthorised
+    );
+    let c = org.cert(&admin, e2e::Role::Admin, NOW + 100);
+    let other = SigningKey::generate(&mut rng);
+    assert_eq!(
+        code(member_auth(&mut f, &s, &other, c.clone())),
+        ErrorCode::Unauthorised
+    );
+    // A signature for another connection does not transfer.
+    let s2 = session(2);
+    let exporter = s2.exporter.export(MEMBER_AUTH_EXPORTER_LABEL, &[]).unwrap();
+    let mut msg = MEMBER_AUTH_PREFIX.to_vec();
+    msg.extend_from_slice(&exporter);
+    let replay = Kind::MemberAuth(wire::MemberAuth {
+        device_certificate: c.clone(),
+        signature: admin.sign(&msg).to_bytes().to_vec(),
+    });
+    assert_eq!(code(f.call(&s, replay, NOW)), ErrorCode::Unauthorised);
+    assert!(matches!(
+        member_auth(&mut f, &s, &admin, c.clone()),
+        Action::Reply(_)
+    ));
+    let c_admin = c.clone();
+
+    let profile = e2e::OrgProfile {
+        org_root_key: org.root.verifying_key().to_bytes().to_vec(),
+        name: "Safe Harbour".into(),
+        services: vec!["housing".into()],
+        languages: vec!["en".into(), "uk".into()],
+        device_list: Some(e2e::SignedDeviceList {
+            list: b"list".to_vec(),
+            signature: org
+                .root
+                .sign(&[DEVICE_LIST_PREFIX, b"list"].concat())
+                .to_bytes()
+                .to_vec(),
+        }),
+        issued_at: NOW,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let signed = e2e::SignedOrgProfile {
+        signature: admin
+            .sign(&[ORG_PROFILE_PREFIX, &profile].concat())
+            .to_bytes()
+            .to_vec(),
+        profile,
+        signer: Some(decode::signed_device_certificate(&c).unwrap()),
+    }
+    .encode_to_vec();
+    let publish = Kind::DirectoryPublish(wire::DirectoryPublish { profile: signed });
+    assert!(matches!(
+        f.call(&s, publish.clone(), NOW),
+        Action::ReplyWhenDurable { .. }
+    ));
+    assert_eq!(
+        code(f.call(&s, publish, NOW)),
+        ErrorCode::BadRequest,
+        "stale"
+    );
+    let found = |f: &mut Fixture, q: wire::DirectoryQuery| {
+        let r = response(f.call(&s, Kind::DirectoryQuery(q), NOW));
+        let Some(wire::response::Kind::DirectoryResult(d)) = r.kind else {
+            panic!()
+        };
+        d.profiles.len()
+    };
+    assert_eq!(found(&mut f, wire::DirectoryQuery::default()), 1);
+    let q = wire::DirectoryQuery {
+        languages: vec!["UK".into()],
+        name_contains: "harb".into(),
+        ..Default::default()
+    };
+    assert_eq!(found(&mut f, q), 1);
+    let q = wire::DirectoryQuery {
+        services: vec!["legal".into()],
+        ..Default::default()
+    };
+    assert_eq!(found(&mut f, q), 0);
+    // A caseworker is a member but cannot publish. (Checked before the revocation below.)
+    let worker = SigningKey::generate(&mut rng);
+    let s3 = session(3);
+    let c = org.cert(&worker, e2e::Role::Caseworker, NOW + 100);
+    member_auth(&mut f, &s3, &worker, c);
+    assert_eq!(found_s(&mut f, &s3), 1);
+    let publish = Kind::DirectoryPublish(wire::DirectoryPublish { profile: vec![] });
+    assert_eq!(code(f.call(&s3, publish, NOW)), ErrorCode::Unauthorised);
+
+    // The organisation revokes the device (id [3; 16], see `Org::cert`) in a newer profile:
+    // member authentication with its certificate fails from then on.
+    let list = e2e::DeviceList {
+        org_root_key: org.root.verifying_key().to_bytes().to_vec(),
+        version: 2,
+        issued_at: NOW,
+        devices: vec![],
+        revoked_device_ids: vec![vec![3; 16]],
+    }
+    .encode_to_vec();
+    let profile = e2e::OrgProfile {
+        org_root_key: org.root.verifying_key().to_bytes().to_vec(),
+        name: "Safe Harbour".into(),
+        device_list: Some(e2e::SignedDeviceList {
+            signature: org
+                .root
+                .sign(&[DEVICE_LIST_PREFIX, &list].concat())
+                .to_bytes()
+                .to_vec(),
+            list,
+        }),
+        issued_at: NOW + 1,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let signed = e2e::SignedOrgProfile {
+        signature: admin
+            .sign(&[ORG_PROFILE_PREFIX, &profile].concat())
+            .to_bytes()
+            .to_vec(),
+        profile,
+        signer: Some(decode::signed_device_certificate(&c_admin).unwrap()),
+    }
+    .encode_to_vec();
+    let publish = Kind::DirectoryPublish(wire::DirectoryPublish { profile: signed });
+    assert!(matches!(
+        f.call(&s, publish, NOW),
+        Action::ReplyWhenDurable { .. }
+    ));
+    let s4 = session(4);
+    let c = org.cert(&worker, e2e::Role::Caseworker, NOW + 100);
+    assert_eq!(
+        code(member_auth(&mut f, &s4, &worker, c)),
+        ErrorCode::Unauthorised
+    );
+}
+
+fn found_s(f: &mut Fixture, s: &Session) -> usize {
+    let r = response(f.call(
+        s,
+        Kind::DirectoryQuery(wire::DirectoryQuery::default()),
+        NOW,
+    ));
+    let Some(wire::response::Kind::DirectoryResult(d)) = r.kind else {
+        panic!()
+    };
+    d.profiles.len()
+}
+
+#[test]
+fn blobs_upload_download_limits_and_expiry() {
+    let limits = Limits {
+        max_blob_bytes: 1000,
+        blob_store_max_bytes: 1500,
+        ..Limits::default()
+    };
+    let mut f = fixture(limits, vec![]);
+    let s = session(1);
+    let put = |size, expires_at| Kind::BlobPut(wire::BlobPut { size, expires_at });
+    assert_eq!(
+        code(f.call(&s, put(1001, NOW + 60), NOW)),
+        ErrorCode::TooLarge
+    );
+    assert_eq!(code(f.call(&s, put(10, NOW), NOW)), ErrorCode::Expired);
+    let Action::BlobUpload(mut up) = f.call(&s, put(700, NOW + 60), NOW) else {
+        panic!()
+    };
+    let chunk = |n: u8, len: usize, last| wire::BlobChunk {
+        data: vec![n; len],
+        last,
+    };
+    assert!(matches!(
+        f.handler.blob_chunk(&mut up, chunk(1, 400, false)),
+        Ok(ChunkOutcome::More)
+    ));
+    let Ok(ChunkOutcome::Complete(r)) = f.handler.blob_chunk(&mut up, chunk(2, 300, true)) else {
+        panic!()
+    };
+    let Some(wire::response::Kind::BlobStored(stored)) = r.kind else {
+        panic!()
+    };
+    let get = Kind::BlobGet(wire::BlobGet {
+        blob_id: stored.blob_id.clone(),
+        offset: 350,
+    });
+    let Action::BlobDownload(mut down) = f.call(&s, get.clone(), NOW) else {
+        panic!()
+    };
+    let c = f.handler.blob_read(&mut down).unwrap();
+    assert!(c.last);
+    assert_eq!(c.data.len(), 350);
+    assert_eq!(&c.data[..50], &[1; 50]);
+    // The blob store as a whole has a quota (700 of 1500 bytes are taken).
+    assert_eq!(
+        code(f.call(&s, put(900, NOW + 60), NOW)),
+        ErrorCode::QuotaExceeded
+    );
+    // Overlong uploads are refused.
+    let Action::BlobUpload(mut up) = f.call(&s, put(10, NOW + 60), NOW) else {
+        panic!()
+    };
+    assert!(f.handler.blob_chunk(&mut up, chunk(1, 11, true)).is_err());
+    f.handler.blob_abort(up);
+    // Expired blobs are gone.
+    assert_eq!(code(f.call(&s, get.clone(), NOW + 60)), ErrorCode::NotFound);
+    assert_eq!(f.handler.sweep(NOW + 60, 100).unwrap().blobs, 1);
+}
+
+#[test]
+fn fetch_pages_stay_within_one_frame() {
+    let limits = Limits {
+        mailbox_max_bytes: u64::MAX,
+        ..Limits::default()
+    };
+    let mut f = fixture(limits, vec![]);
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_, recv, send) = f.mailbox(&s, &cap);
+    let big = MAX_ENVELOPE_LEN;
+    for n in 1..=20u8 {
+        let action = f.call(
+            &session(9),
+            Kind::Send(wire::Send {
+                send_id: send.to_vec(),
+                capability: cap.to_vec(),
+                envelope: Some(wire::Envelope {
+                    envelope_id: vec![n; 16],
+                    expires_at: NOW + 60,
+                    ciphertext: vec![n; big],
+                }),
+            }),
+            NOW,
+        );
+        assert!(matches!(action, Action::ReplyWhenDurable { .. }));
+    }
+    let r = response(f.call(
+        &s,
+        Kind::Fetch(wire::Fetch {
+            recv_id: recv.to_vec(),
+            after_seq: 0,
+            limit: 0,
+        }),
+        NOW,
+    ));
+    let Some(wire::response::Kind::FetchResult(page)) = &r.kind else {
+        panic!()
+    };
+    assert!(page.more);
+    assert!(!page.envelopes.is_empty() && page.envelopes.len() < 20);
+    assert!(handover_proto::frame::encode(&r).is_ok());
+}
+
+#[test]
+fn tiny_blob_chunks_are_buffered_into_store_chunks() {
+    let mut f = fixture(Limits::default(), vec![]);
+    let s = session(1);
+    let size = 300_000u64;
+    let Action::BlobUpload(mut up) = f.call(
+        &s,
+        Kind::BlobPut(wire::BlobPut {
+            size,
+            expires_at: NOW + 60,
+        }),
+        NOW,
+    ) else {
+        panic!()
+    };
+    let data: Vec<u8> = (0..size).map(|n| (n % 7) as u8).collect();
+    for (i, piece) in data.chunks(1000).enumerate() {
+        let last = (i + 1) * 1000 >= data.len();
+        let out = f
+            .handler
+            .blob_chunk(
+                &mut up,
+                wire::BlobChunk {
+                    data: piece.to_vec(),
+                    last,
+                },
+            )
+            .unwrap();
+        assert_eq!(matches!(out, ChunkOutcome::Complete(_)), last);
+    }
+    let meta = f.handler.store().blob_meta(&up.blob_id).unwrap().unwrap();
+    assert!(meta.complete);
+    assert_eq!(
+        f.handler
+            .store()
+            .blob_read(&up.blob_id, 0, 1 << 20)
+            .unwrap(),
+        data
+    );
+}

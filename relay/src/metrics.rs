@@ -1,0 +1,101 @@
+//! Prometheus metrics. Labels are operation names and error codes only: never ids or addresses.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of a request operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// Operation name, for example `send`.
+    pub op: String,
+}
+
+/// Label of an error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// Error code name, for example `UNAUTHORISED`.
+    pub code: String,
+}
+
+/// The relay's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry holding everything below.
+    pub registry: Registry,
+    /// Requests by operation.
+    pub requests: Family<OpLabel, Counter>,
+    /// Error responses by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Envelopes acknowledged as durable.
+    pub envelopes_accepted: Counter,
+    /// Open QUIC connections.
+    pub connections: Gauge,
+    /// Waiters released per group commit.
+    pub commit_batch: Histogram,
+    /// Duration of one durable store sync, seconds.
+    pub commit_seconds: Histogram,
+    /// Items removed by the expiry sweeper.
+    pub swept: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers all metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("handover_relay");
+        let requests = Family::<OpLabel, Counter>::default();
+        let errors = Family::<CodeLabel, Counter>::default();
+        let envelopes_accepted = Counter::default();
+        let connections = Gauge::default();
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let commit_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let swept = Counter::default();
+        registry.register("requests", "Requests by operation", requests.clone());
+        registry.register("errors", "Error responses by code", errors.clone());
+        registry.register(
+            "envelopes_accepted",
+            "Envelopes acknowledged as durable",
+            envelopes_accepted.clone(),
+        );
+        registry.register("connections", "Open QUIC connections", connections.clone());
+        registry.register(
+            "commit_batch_size",
+            "Requests made durable by one group commit",
+            commit_batch.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Duration of one durable store sync",
+            commit_seconds.clone(),
+        );
+        registry.register("swept", "Expired items removed", swept.clone());
+        Self {
+            registry,
+            requests,
+            errors,
+            envelopes_accepted,
+            connections,
+            commit_batch,
+            commit_seconds,
+            swept,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,734 @@
+//! The QUIC driver: quinn endpoint, one task per connection and per stream, the group
+//! committer, subscriptions, the expiry sweeper and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use handover_proto::limits::{ALPN, FRAME_HEADER_LEN, MAX_BLOB_CHUNK_LEN};
+use handover_proto::relay::v1 as wire;
+use handover_proto::{decode, frame};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::RelayError;
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::handler::{
+    Action, ChunkOutcome, EXPORTER_LEN, Handler, KeyingMaterial, Session, error, error_retry,
+};
+use crate::metrics::{CodeLabel, Metrics, OpLabel};
+use crate::ratelimit::TokenBucket;
+use crate::store::{Id, SledBackend, SledStore, Store};
+use crate::tls;
+
+use wire::ErrorCode;
+
+/// How long a client may take to send its request frame.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may pause between blob chunks.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a finished stream waits for the peer to receive the last bytes.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Items deleted per sweep step.
+const SWEEP_BUDGET: usize = 1_000;
+/// QUIC application error code used when closing connections on shutdown.
+const CLOSE_GOING_AWAY: u32 = 1;
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct QuinnExporter(quinn::Connection);
+
+impl KeyingMaterial for QuinnExporter {
+    fn export(&self, label: &[u8], context: &[u8]) -> Option<[u8; EXPORTER_LEN]> {
+        let mut out = [0u8; EXPORTER_LEN];
+        self.0
+            .export_keying_material(&mut out, label, context)
+            .ok()
+            .map(|()| out)
+    }
+}
+
+/// Group commit: writers enqueue a waiter after their store write returned; one task syncs the
+/// store once for every waiter queued so far and then releases them all.
+#[derive(Clone)]
+struct Committer {
+    tx: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+}
+
+impl Committer {
+    fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let store = store.clone();
+                let started = Instant::now();
+                let synced = tokio::task::spawn_blocking(move || store.sync())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.commit_batch.observe(batch.len() as f64);
+                let ok = match synced {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::error!(error = %err, "durable sync failed; requests answered UNAVAILABLE");
+                        false
+                    }
+                };
+                for waiter in batch.drain(..) {
+                    let _ = waiter.send(ok);
+                }
+            }
+        });
+        (Self { tx }, task)
+    }
+
+    /// Waits until everything written before this call is durable.
+    async fn durable(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(tx).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// Subscriptions: mailbox → event channels of subscribed streams.
+#[derive(Default)]
+struct Hub {
+    subs: Mutex<HashMap<Id, Vec<mpsc::Sender<Id>>>>,
+}
+
+impl Hub {
+    fn subscribe(&self, ids: &[Id]) -> mpsc::Receiver<Id> {
+        let (tx, rx) = mpsc::channel(64);
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            let list = subs.entry(*id).or_default();
+            list.retain(|s| !s.is_closed());
+            list.push(tx.clone());
+        }
+        rx
+    }
+
+    fn notify(&self, id: &Id) {
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = subs.get_mut(id) {
+            // A full channel already has an event pending for the subscriber; dropping this
+            // one loses nothing, since events say only "fetch this mailbox".
+            list.retain(|s| !s.is_closed());
+            for s in list.iter() {
+                let _ = s.try_send(*id);
+            }
+            if list.is_empty() {
+                subs.remove(id);
+            }
+        }
+    }
+}
+
+struct Ctx {
+    handler: Handler,
+    open_connections: std::sync::atomic::AtomicUsize,
+    config: Config,
+    committer: Committer,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A running relay.
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    pin: [u8; 32],
+    shutdown: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    drained: mpsc::Receiver<()>,
+    accept_task: tokio::task::JoinHandle<()>,
+    committer_task: tokio::task::JoinHandle<()>,
+    store: Arc<dyn Store>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Opens the store, loads or generates the TLS identity and starts serving.
+    pub async fn start(config: Config) -> Result<Self, RelayError> {
+        config.validate()?;
+        let data_dir = config.data_dir.clone();
+        let store_dir = data_dir.join("store");
+        let wal_size = config.wal_mib * 1024 * 1024;
+        let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
+            SledBackend::open_with_log_size(&store_dir, wal_size)
+                .map(|b| Arc::new(SledStore::new(b)) as Arc<dyn Store>)
+        })
+        .await
+        .map_err(|e| RelayError::Config(e.to_string()))??;
+        Self::start_with_store(config, store).await
+    }
+
+    /// Starts serving over an already opened store (for tests and benches).
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, RelayError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(RelayError::io("create data dir"))?;
+        let pem = config.pem.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let identity = tls::load_or_generate(&config.data_dir, pem)?;
+        let pin = identity.pin;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| RelayError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(identity.certs, identity.key)
+            .map_err(|e| RelayError::Tls(e.to_string()))?;
+        tls_config.alpn_protocols = vec![ALPN.to_vec()];
+        tls_config.max_early_data_size = 0;
+        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls_config)
+            .map_err(|e| RelayError::Tls(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(config.max_streams.into())
+            .max_concurrent_uni_streams(0u8.into())
+            .max_idle_timeout(
+                Duration::from_secs(config.idle_timeout_secs.max(1))
+                    .try_into()
+                    .ok(),
+            )
+            .keep_alive_interval(None);
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .map_err(RelayError::io("bind QUIC listener"))?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(RelayError::io("read listener address"))?;
+
+        let metrics = Arc::new(Metrics::new());
+        let (committer, committer_task) = Committer::start(store.clone(), metrics.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let draining = Arc::new(AtomicBool::new(false));
+
+        let admin_addr = match config.admin {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(RelayError::io("bind admin listener"))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(RelayError::io("read admin address"))?;
+                let state = Arc::new(AdminState {
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    draining: draining.clone(),
+                });
+                tokio::spawn(admin::serve(listener, state, shutdown_rx.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+
+        let handler = Handler::new(
+            store.clone(),
+            config.limits.clone(),
+            config.admitted_orgs.clone(),
+        );
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let ctx = Arc::new(Ctx {
+            handler,
+            open_connections: std::sync::atomic::AtomicUsize::new(0),
+            config,
+            committer,
+            hub: Hub::default(),
+            metrics,
+            shutdown: shutdown_rx,
+        });
+
+        // Sweeper.
+        {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { sweeper(ctx).await });
+        }
+
+        let (drain_tx, drained) = mpsc::channel::<()>(1);
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, drain_tx));
+        Ok(Self {
+            endpoint,
+            local_addr,
+            admin_addr,
+            pin,
+            shutdown,
+            draining,
+            drained,
+            accept_task,
+            committer_task,
+            store,
+            grace,
+        })
+    }
+
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The bound admin address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo.
+    pub fn pin(&self) -> [u8; 32] {
+        self.pin
+    }
+
+    /// Graceful shutdown: stop accepting connections and streams, tell subscribers
+    /// `GoingAway`, let in-flight requests finish (sends are committed and acknowledged) within
+    /// the grace period, make the store durable and close all connections.
+    pub async fn shutdown(mut self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.endpoint.set_server_config(None);
+        let _ = self.shutdown.send(true);
+        let _ = self.accept_task.await;
+        if tokio::time::timeout(self.grace, self.drained.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over with requests still in flight");
+        }
+        let store = self.store.clone();
+        if let Ok(Err(err)) = tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            tracing::error!(error = %err, "final checkpoint failed");
+        }
+        self.endpoint
+            .close(CLOSE_GOING_AWAY.into(), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.committer_task.abort();
+    }
+}
+
+async fn sweeper(ctx: Arc<Ctx>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let period = Duration::from_secs(ctx.config.sweep_interval_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {},
+            _ = shutdown.changed() => return,
+        }
+        loop {
+            let step = {
+                let ctx = ctx.clone();
+                tokio::task::spawn_blocking(move || ctx.handler.sweep(unix_now(), SWEEP_BUDGET))
+                    .await
+            };
+            match step {
+                Ok(Ok(swept)) => {
+                    let n = swept.envelopes + swept.tombstones + swept.blobs;
+                    ctx.metrics.swept.inc_by(n);
+                    if n > 0 {
+                        // Make tombstones durable; sweeping is otherwise idempotent.
+                        ctx.committer.durable().await;
+                    }
+                    if n < SWEEP_BUDGET as u64 {
+                        break;
+                    }
+                }
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, "expiry sweep failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: mpsc::Sender<()>) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = shutdown.changed() => return,
+        };
+        let Some(incoming) = incoming else {
+            return;
+        };
+        if ctx.open_connections.load(Ordering::Relaxed) >= ctx.config.max_connections {
+            tracing::warn!("connection refused: max_connections reached");
+            incoming.refuse();
+            continue;
+        }
+        let ctx = ctx.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            let connecting = match incoming.accept() {
+                Ok(c) => c,
+                Err(err) => {
+                    tracing::debug!(error = %err, "refused connection");
+                    return;
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+                Ok(Ok(conn)) => serve_connection(ctx, conn, drain).await,
+                Ok(Err(err)) => tracing::debug!(error = %err, "handshake failed"),
+                Err(_) => tracing::debug!("handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::Sender<()>) {
+    ctx.metrics.connections.inc();
+    ctx.open_connections.fetch_add(1, Ordering::Relaxed);
+    let session = Arc::new(Session::new(Box::new(QuinnExporter(conn.clone()))));
+    let bucket = Arc::new(Mutex::new(TokenBucket::new(
+        ctx.config.requests_per_sec,
+        ctx.config.request_burst,
+    )));
+    let started = Instant::now();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let stream = tokio::select! {
+            s = conn.accept_bi() => s,
+            _ = shutdown.changed() => break,
+        };
+        let (send, recv) = match stream {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::debug!(error = %err, "connection ended");
+                break;
+            }
+        };
+        let ctx = ctx.clone();
+        let session = session.clone();
+        let bucket = bucket.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            let _drain = drain;
+            let mut stream = Stream { send, recv };
+            let allowed = {
+                let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+                b.take(started.elapsed().as_millis() as u64)
+            };
+            serve_stream(&ctx, session, &mut stream, allowed).await;
+        });
+    }
+    ctx.metrics.connections.dec();
+    ctx.open_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+struct Stream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+enum ReadError {
+    /// The stream ended cleanly before a frame started.
+    End,
+    TooLarge,
+    Truncated,
+    TimedOut,
+    Io,
+}
+
+impl Stream {
+    async fn read_frame(&mut self, max: usize, timeout: Duration) -> Result<Vec<u8>, ReadError> {
+        let read = async {
+            let mut header = [0u8; FRAME_HEADER_LEN];
+            match self.recv.read_exact(&mut header).await {
+                Ok(()) => {}
+                Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(ReadError::End),
+                Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
+                Err(quinn::ReadExactError::ReadError(_)) => return Err(ReadError::Io),
+            }
+            let len = frame::header_len(header);
+            if len > max {
+                return Err(ReadError::TooLarge);
+            }
+            let mut payload = vec![0u8; len];
+            match self.recv.read_exact(&mut payload).await {
+                Ok(()) => Ok(payload),
+                Err(quinn::ReadExactError::FinishedEarly(_)) => Err(ReadError::Truncated),
+                Err(quinn::ReadExactError::ReadError(_)) => Err(ReadError::Io),
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Err(ReadError::TimedOut))
+    }
+
+    async fn write<M: prost::Message>(&mut self, message: &M) -> bool {
+        let bytes = match frame::encode(message) {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                // The handler keeps answers within a frame; if one still is not, say so.
+                tracing::error!("response exceeds the frame limit");
+                let fallback = error(ErrorCode::Unavailable, "response too large");
+                match frame::encode(&fallback) {
+                    Ok(bytes) => bytes,
+                    Err(_) => return false,
+                }
+            }
+        };
+        self.send.write_all(&bytes).await.is_ok()
+    }
+
+    /// Writes a final response, finishes the stream, and stops reading further input.
+    async fn reply(&mut self, ctx: &Ctx, response: &wire::Response) {
+        if let Some(wire::response::Kind::Error(e)) = &response.kind {
+            let code = ErrorCode::try_from(e.code).map_or("UNKNOWN", |c| c.as_str_name());
+            ctx.metrics
+                .errors
+                .get_or_create(&CodeLabel {
+                    code: code.trim_start_matches("ERROR_CODE_").to_owned(),
+                })
+                .inc();
+        }
+        let _ = self.recv.stop(0u8.into());
+        if self.write(response).await {
+            self.finish().await;
+        }
+    }
+
+    /// Finishes the send side and waits (bounded) until the peer has received everything, so
+    /// that closing the connection on shutdown cannot discard an answer already written.
+    async fn finish(&mut self) {
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(DELIVERY_TIMEOUT, self.send.stopped()).await;
+        }
+    }
+}
+
+fn op_name(request: &wire::Request) -> &'static str {
+    use wire::request::Kind;
+    match &request.kind {
+        Some(Kind::CreateMailbox(_)) => "create_mailbox",
+        Some(Kind::DeleteMailbox(_)) => "delete_mailbox",
+        Some(Kind::Authenticate(_)) => "authenticate",
+        Some(Kind::SetCapabilities(_)) => "set_capabilities",
+        Some(Kind::Send(_)) => "send",
+        Some(Kind::Fetch(_)) => "fetch",
+        Some(Kind::Ack(_)) => "ack",
+        Some(Kind::Subscribe(_)) => "subscribe",
+        Some(Kind::EnvelopeStatus(_)) => "envelope_status",
+        Some(Kind::PrekeyPublish(_)) => "prekey_publish",
+        Some(Kind::PrekeyTake(_)) => "prekey_take",
+        Some(Kind::MemberAuth(_)) => "member_auth",
+        Some(Kind::DirectoryPublish(_)) => "directory_publish",
+        Some(Kind::DirectoryQuery(_)) => "directory_query",
+        Some(Kind::BlobPut(_)) => "blob_put",
+        Some(Kind::BlobGet(_)) => "blob_get",
+        Some(Kind::Ping(_)) => "ping",
+        None => "none",
+    }
+}
+
+async fn serve_stream(ctx: &Arc<Ctx>, session: Arc<Session>, stream: &mut Stream, allowed: bool) {
+    let payload = match stream
+        .read_frame(ctx.config.max_request_frame, REQUEST_TIMEOUT)
+        .await
+    {
+        Ok(p) => p,
+        Err(ReadError::End) | Err(ReadError::Io) => return,
+        Err(ReadError::TooLarge) => {
+            let r = error(
+                ErrorCode::TooLarge,
+                "request frame is larger than this relay accepts",
+            );
+            return stream.reply(ctx, &r).await;
+        }
+        Err(ReadError::Truncated) => {
+            let r = error(ErrorCode::BadRequest, "stream ended inside a frame");
+            return stream.reply(ctx, &r).await;
+        }
+        Err(ReadError::TimedOut) => {
+            let r = error(ErrorCode::BadRequest, "request not received in time");
+            return stream.reply(ctx, &r).await;
+        }
+    };
+    if !allowed {
+        let r = error_retry(
+            ErrorCode::RateLimited,
+            "too many requests on this connection",
+            1,
+        );
+        return stream.reply(ctx, &r).await;
+    }
+    let request = match decode::request(&payload) {
+        Ok(r) => r,
+        Err(err) => {
+            // Decode errors name fields and rules, never data.
+            let r = error(ErrorCode::BadRequest, &err.to_string());
+            return stream.reply(ctx, &r).await;
+        }
+    };
+    ctx.metrics
+        .requests
+        .get_or_create(&OpLabel {
+            op: op_name(&request).to_owned(),
+        })
+        .inc();
+    let is_send = matches!(request.kind, Some(wire::request::Kind::Send(_)));
+    // Store calls may block (locks, sled's buffers): keep them off the async workers that
+    // drive QUIC.
+    let action = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut rng = rand::rng();
+            ctx.handler.handle(&session, request, unix_now(), &mut rng)
+        })
+        .await
+    };
+    let Ok(action) = action else {
+        let r = error_retry(ErrorCode::Unavailable, "request failed", 1);
+        return stream.reply(ctx, &r).await;
+    };
+    match action {
+        Action::Reply(response) => stream.reply(ctx, &response).await,
+        Action::ReplyWhenDurable { response, notify } => {
+            if ctx.committer.durable().await {
+                if is_send && matches!(response.kind, Some(wire::response::Kind::SendAccepted(_))) {
+                    ctx.metrics.envelopes_accepted.inc();
+                }
+                stream.reply(ctx, &response).await;
+                if let Some(id) = notify {
+                    ctx.hub.notify(&id);
+                }
+            } else {
+                let r = error_retry(ErrorCode::Unavailable, "storage unavailable", 5);
+                stream.reply(ctx, &r).await;
+            }
+        }
+        Action::Subscribe(ids) => subscription(ctx, stream, &ids).await,
+        Action::BlobUpload(upload) => blob_upload(ctx, stream, upload).await,
+        Action::BlobDownload(download) => blob_download(ctx, stream, download).await,
+    }
+}
+
+async fn subscription(ctx: &Ctx, stream: &mut Stream, ids: &[Id]) {
+    let mut events = ctx.hub.subscribe(ids);
+    let subscribed = wire::Response {
+        kind: Some(wire::response::Kind::Subscribed(wire::Subscribed {})),
+    };
+    if !stream.write(&subscribed).await {
+        return;
+    }
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(id) = event else { return };
+                let e = wire::Event {
+                    kind: Some(wire::event::Kind::NewEnvelopes(wire::NewEnvelopes {
+                        recv_id: id.to_vec(),
+                    })),
+                };
+                if !stream.write(&e).await {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => {
+                let e = wire::Event {
+                    kind: Some(wire::event::Kind::GoingAway(wire::GoingAway {})),
+                };
+                if stream.write(&e).await {
+                    stream.finish().await;
+                }
+                return;
+            }
+            _ = stream.send.stopped() => return,
+        }
+    }
+}
+
+async fn blob_upload(ctx: &Ctx, stream: &mut Stream, mut upload: crate::handler::BlobUpload) {
+    // A chunk frame carries at most MAX_BLOB_CHUNK_LEN data bytes plus a few bytes of protobuf.
+    let max = MAX_BLOB_CHUNK_LEN + 16;
+    loop {
+        let failure = match stream.read_frame(max, CHUNK_TIMEOUT).await {
+            Ok(payload) => match decode::blob_chunk(&payload) {
+                Ok(chunk) => match ctx.handler.blob_chunk(&mut upload, chunk) {
+                    Ok(ChunkOutcome::More) => continue,
+                    Ok(ChunkOutcome::Complete(response)) => {
+                        if ctx.committer.durable().await {
+                            return stream.reply(ctx, &response).await;
+                        }
+                        error_retry(ErrorCode::Unavailable, "storage unavailable", 5)
+                    }
+                    Err(response) => response,
+                },
+                Err(err) => error(ErrorCode::BadRequest, &err.to_string()),
+            },
+            Err(ReadError::TooLarge) => error(ErrorCode::TooLarge, "blob chunk frame is too large"),
+            Err(ReadError::End) | Err(ReadError::Truncated) => error(
+                ErrorCode::BadRequest,
+                "blob upload ended before the last chunk",
+            ),
+            Err(ReadError::TimedOut) => error(ErrorCode::BadRequest, "blob upload stalled"),
+            Err(ReadError::Io) => {
+                ctx.handler.blob_abort(upload);
+                return;
+            }
+        };
+        ctx.handler.blob_abort(upload);
+        return stream.reply(ctx, &failure).await;
+    }
+}
+
+async fn blob_download(ctx: &Ctx, stream: &mut Stream, mut download: crate::handler::BlobDownload) {
+    let header = wire::Response {
+        kind: Some(wire::response::Kind::BlobHeader(wire::BlobHeader {
+            size: download.size,
+            expires_at: download.expires_at,
+        })),
+    };
+    if !stream.write(&header).await {
+        return;
+    }
+    loop {
+        match ctx.handler.blob_read(&mut download) {
+            Ok(chunk) => {
+                let last = chunk.last;
+                if !stream.write(&chunk).await {
+                    return;
+                }
+                if last {
+                    let _ = stream.recv.stop(0u8.into());
+                    stream.finish().await;
+                    return;
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "blob read failed");
+                let _ = stream.send.reset(1u8.into());
+                return;
+            }
+        }
+    }
+}

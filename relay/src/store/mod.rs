@@ -1,0 +1,290 @@
+//! Storage behind the request handler.
+//!
+//! [`Store`] is the contract between the sans-IO [`Handler`](crate::handler::Handler) and a
+//! storage backend. Two implementations ship: [`SledStore`] (embedded, durable, the default) and
+//! [`MemoryStore`] (an in-memory twin for tests and benches). Both are a [`KvStore`] over an
+//! ordered key-value [`KvBackend`]; a shared SQL backend (PostgreSQL) would implement [`Store`]
+//! directly with one transaction per method.
+//!
+//! # Contract
+//!
+//! Every implementation must provide, for each method:
+//!
+//! - **Atomicity**: a method's effects are all-or-nothing, also across a crash. Concurrent calls
+//!   behave as if run one after another (serialisable), in particular [`Store::enqueue`]'s quota
+//!   check and [`Store::prekey_take`]'s removal of a one-time prekey.
+//! - **Visibility before durability**: once a mutating method returns, later reads (from any
+//!   caller) see its effects, but they may not survive a crash or power loss yet.
+//! - **Durability on [`Store::sync`]**: when `sync` returns `Ok`, the effects of every mutating
+//!   call that *returned before `sync` was called* survive process crash and power loss. The
+//!   relay acknowledges a `Send` or `BlobPut` only after such a `sync`; many writers share one
+//!   `sync` (group commit). Effects become durable in the order they were made visible: if a
+//!   later write survives a crash, every earlier one does too.
+//! - **Time is an argument**: methods that depend on expiry take `now` (Unix seconds); an item
+//!   with `expires_at <= now` is expired and never returned.
+//! - **No history**: acknowledged envelopes are deleted, not marked. The only trace of an
+//!   envelope that expired undelivered is a tombstone that itself expires.
+//! - Errors are [`StoreError`]; they never contain stored data or ids.
+//! - Methods are synchronous and may block (locks, disk); the QUIC driver calls the handler on
+//!   tokio's blocking pool, so a networked backend may block on round trips too.
+
+mod kv;
+mod memory;
+mod sled_backend;
+
+pub use kv::{BLOB_STORE_CHUNK, Batch, Entries, KvBackend, KvStore};
+pub use memory::MemoryBackend;
+pub use sled_backend::{DEFAULT_WAL_SIZE, MIN_WAL_SIZE, SledBackend};
+
+use thiserror::Error;
+
+/// Length of ids (mailbox, envelope, blob).
+pub type Id = [u8; handover_proto::limits::ID_LEN];
+
+/// The embedded, durable store (sled plus a write-ahead log; see docs/OPERATIONS.md).
+pub type SledStore = KvStore<SledBackend>;
+
+/// The in-memory twin of [`SledStore`] for tests and benches. `sync` is a no-op.
+pub type MemoryStore = KvStore<MemoryBackend>;
+
+/// A storage failure.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed (I/O error, corruption). The operation did not happen, or is not
+    /// known to be durable.
+    #[error("storage backend failure: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt")]
+    Corrupt,
+}
+
+/// A mailbox as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mailbox {
+    /// Send id (unlinked to the receive id).
+    pub send_id: Id,
+    /// Ed25519 public key of the owner.
+    pub auth_key: [u8; 32],
+    /// SHA-256 hashes of accepted send capabilities.
+    pub capability_hashes: Vec<[u8; 32]>,
+    /// Envelopes currently queued (including expired ones not yet swept).
+    pub queued_count: u64,
+    /// Ciphertext bytes currently queued.
+    pub queued_bytes: u64,
+}
+
+/// An envelope to queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEnvelope {
+    /// Sender-chosen random id.
+    pub envelope_id: Id,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Sealed ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A queued envelope returned by [`Store::fetch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    /// Queue position, strictly increasing per mailbox.
+    pub seq: u64,
+    /// The envelope.
+    pub envelope: NewEnvelope,
+}
+
+/// Per-mailbox quota applied by [`Store::enqueue`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxQuota {
+    /// Most envelopes queued at once.
+    pub max_envelopes: u64,
+    /// Most ciphertext bytes queued at once.
+    pub max_bytes: u64,
+}
+
+/// Outcome of [`Store::enqueue`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued at this sequence number.
+    Queued(u64),
+    /// An envelope with this id is already queued in the mailbox (a retried send); nothing
+    /// changed.
+    Duplicate,
+    /// No such mailbox.
+    NoMailbox,
+    /// The mailbox's quota would be exceeded; nothing changed.
+    QuotaExceeded,
+}
+
+/// Delivery state of an envelope, from [`Store::envelope_states`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Not known: acknowledged, or never sent.
+    Unknown,
+    /// Queued and unexpired.
+    Pending,
+    /// Expired before it was acknowledged (a tombstone or an unswept expired entry).
+    ExpiredUndelivered,
+}
+
+/// A prekey bundle handed out by [`Store::prekey_take`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakenPrekeys {
+    /// The published bundle.
+    pub bundle: Vec<u8>,
+    /// One one-time X25519 prekey, removed from the store.
+    pub one_time: Option<Vec<u8>>,
+    /// One one-time KEM prekey, removed from the store.
+    pub one_time_kem: Option<Vec<u8>>,
+    /// One-time X25519 prekeys left.
+    pub remaining: u64,
+}
+
+/// Outcome of [`Store::prekey_publish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Stored.
+    Stored,
+    /// No such mailbox.
+    NoMailbox,
+    /// More one-time prekeys than the limit would be stored; nothing changed.
+    QuotaExceeded,
+}
+
+/// Metadata of a stored blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// Declared size in bytes.
+    pub size: u64,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Bytes written so far.
+    pub written: u64,
+    /// True once the upload finished; only complete blobs are served.
+    pub complete: bool,
+}
+
+/// Outcome of [`Store::blob_begin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobBegun {
+    /// The upload may proceed.
+    Started,
+    /// The id is taken; nothing changed.
+    IdTaken,
+    /// The blob store's total size limit would be exceeded; nothing changed.
+    QuotaExceeded,
+}
+
+/// What one [`Store::sweep`] call removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Expired envelopes deleted (each leaves a tombstone).
+    pub envelopes: u64,
+    /// Expired tombstones deleted.
+    pub tombstones: u64,
+    /// Expired (or abandoned) blobs deleted.
+    pub blobs: u64,
+}
+
+/// The storage contract of the relay. See the [module docs](self) for the guarantees every
+/// implementation gives.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a mailbox. Returns `false` (and changes nothing) if either id is taken.
+    fn create_mailbox(&self, recv_id: &Id, mailbox: &Mailbox) -> Result<bool, StoreError>;
+    /// Reads a mailbox by receive id.
+    fn mailbox(&self, recv_id: &Id) -> Result<Option<Mailbox>, StoreError>;
+    /// Resolves a send id to its mailbox.
+    fn mailbox_by_send_id(&self, send_id: &Id) -> Result<Option<(Id, Mailbox)>, StoreError>;
+    /// Replaces a mailbox's capability set. Returns `false` if there is no such mailbox.
+    fn set_capabilities(&self, recv_id: &Id, hashes: &[[u8; 32]]) -> Result<bool, StoreError>;
+    /// Deletes a mailbox with its queue, tombstones and prekeys. Returns `false` if absent.
+    fn delete_mailbox(&self, recv_id: &Id) -> Result<bool, StoreError>;
+
+    /// Appends an envelope to a mailbox queue, enforcing `quota` atomically.
+    fn enqueue(
+        &self,
+        recv_id: &Id,
+        envelope: &NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Result<Enqueued, StoreError>;
+    /// Up to `limit` unexpired envelopes with `seq > after_seq`, oldest first, and whether more
+    /// follow.
+    fn fetch(
+        &self,
+        recv_id: &Id,
+        after_seq: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<(Vec<Queued>, bool), StoreError>;
+    /// Deletes the named envelopes; unknown ids are ignored. Returns how many were deleted.
+    fn ack(&self, recv_id: &Id, envelope_ids: &[Id]) -> Result<u64, StoreError>;
+    /// Delivery state of each envelope id, in order.
+    fn envelope_states(
+        &self,
+        recv_id: &Id,
+        envelope_ids: &[Id],
+        now: u64,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Replaces the mailbox's prekey bundle and adds one-time prekeys, refusing to hold more
+    /// than `max_stored` of either kind.
+    fn prekey_publish(
+        &self,
+        recv_id: &Id,
+        bundle: &[u8],
+        one_time: &[Vec<u8>],
+        one_time_kem: &[Vec<u8>],
+        max_stored: u64,
+    ) -> Result<Published, StoreError>;
+    /// The bundle plus at most one one-time prekey of each kind, which are removed atomically:
+    /// no prekey is ever returned twice, also under concurrent calls.
+    fn prekey_take(&self, recv_id: &Id) -> Result<Option<TakenPrekeys>, StoreError>;
+
+    /// Stores a directory profile for an organisation if `issued_at` is newer than the stored
+    /// one. Returns `false` if a newer or equal profile is already stored.
+    fn directory_put(
+        &self,
+        org_root_key: &[u8; 32],
+        issued_at: u64,
+        profile: &[u8],
+    ) -> Result<bool, StoreError>;
+    /// All directory profiles (the directory of one network is small).
+    fn directory_all(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Starts a blob upload, reserving `size` bytes of the blob store, whose total declared size
+    /// must stay within `max_total`.
+    fn blob_begin(
+        &self,
+        blob_id: &Id,
+        size: u64,
+        expires_at: u64,
+        max_total: u64,
+    ) -> Result<BlobBegun, StoreError>;
+    /// Appends bytes to an incomplete blob. Returns `false` if the blob is unknown, complete,
+    /// or would grow past its declared size.
+    fn blob_append(&self, blob_id: &Id, data: &[u8]) -> Result<bool, StoreError>;
+    /// Marks a blob complete. Returns `false` unless exactly the declared size was written.
+    fn blob_complete(&self, blob_id: &Id) -> Result<bool, StoreError>;
+    /// A blob's metadata.
+    fn blob_meta(&self, blob_id: &Id) -> Result<Option<BlobMeta>, StoreError>;
+    /// Up to `max` bytes of a blob from `offset`.
+    fn blob_read(&self, blob_id: &Id, offset: u64, max: usize) -> Result<Vec<u8>, StoreError>;
+    /// Deletes a blob (for example an abandoned upload).
+    fn blob_delete(&self, blob_id: &Id) -> Result<(), StoreError>;
+
+    /// Deletes up to `budget` expired items through the expiry index. Expired envelopes leave a
+    /// tombstone until `now + tombstone_secs`.
+    fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError>;
+    /// Makes every mutation that returned before this call durable (see the module docs).
+    fn sync(&self) -> Result<(), StoreError>;
+    /// Like [`Store::sync`], and also compacts whatever the backend keeps for recovery (for
+    /// the sled store: a checkpoint that empties the write-ahead log). Called on shutdown.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! One store test suite, run against both [`MemoryStore`] and [`SledStore`].
+
+use std::sync::Arc;
+
+use super::*;
+
+const QUOTA: MailboxQuota = MailboxQuota {
+    max_envelopes: 5,
+    max_bytes: 1000,
+};
+
+fn id(n: u8) -> Id {
+    [n; 16]
+}
+
+fn env(n: u8, expires_at: u64, len: usize) -> NewEnvelope {
+    NewEnvelope {
+        envelope_id: id(n),
+        expires_at,
+        ciphertext: vec![n; len],
+    }
+}
+
+fn mailbox(send: u8) -> Mailbox {
+    Mailbox {
+        send_id: id(send),
+        auth_key: [7; 32],
+        capability_hashes: vec![[9; 32]],
+        queued_count: 0,
+        queued_bytes: 0,
+    }
+}
+
+fn suite(store: &dyn Store) {
+    mailboxes(store);
+    queue_order_ack_and_quota(store);
+    expiry_and_tombstones(store);
+    prekeys(store);
+    directory(store);
+    blobs(store);
+}
+
+fn mailboxes(store: &dyn Store) {
+    assert!(store.create_mailbox(&id(1), &mailbox(2)).unwrap());
+    assert!(!store.create_mailbox(&id(1), &mailbox(3)).unwrap());
+    assert!(!store.create_mailbox(&id(4), &mailbox(2)).unwrap());
+    let (recv, m) = store.mailbox_by_send_id(&id(2)).unwrap().unwrap();
+    assert_eq!(recv, id(1));
+    assert_eq!(m, mailbox(2));
+    assert!(store.set_capabilities(&id(1), &[[1; 32], [2; 32]]).unwrap());
+    assert_eq!(
+        store.mailbox(&id(1)).unwrap().unwrap().capability_hashes,
+        vec![[1; 32], [2; 32]]
+    );
+    assert!(store.enqueue(&id(1), &env(1, 100, 10), QUOTA).is_ok());
+    assert!(store.delete_mailbox(&id(1)).unwrap());
+    assert!(store.mailbox(&id(1)).unwrap().is_none());
+    assert!(store.mailbox_by_send_id(&id(2)).unwrap().is_none());
+    assert!(!store.delete_mailbox(&id(1)).unwrap());
+    assert!(!store.set_capabilities(&id(1), &[]).unwrap());
+    assert_eq!(
+        store.enqueue(&id(1), &env(1, 100, 10), QUOTA).unwrap(),
+        Enqueued::NoMailbox
+    );
+}
+
+fn queue_order_ack_and_quota(store: &dyn Store) {
+    let r = id(10);
+    assert!(store.create_mailbox(&r, &mailbox(11)).unwrap());
+    for n in 1..=5 {
+        assert_eq!(
+            store.enqueue(&r, &env(n, 100, 10), QUOTA).unwrap(),
+            Enqueued::Queued(u64::from(n))
+        );
+    }
+    assert_eq!(
+        store.enqueue(&r, &env(3, 100, 10), QUOTA).unwrap(),
+        Enqueued::Duplicate
+    );
+    assert_eq!(
+        store.enqueue(&r, &env(6, 100, 10), QUOTA).unwrap(),
+        Enqueued::QuotaExceeded
+    );
+    let (page, more) = store.fetch(&r, 0, 2, 50).unwrap();
+    assert_eq!(page.iter().map(|q| q.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(more);
+    assert_eq!(page[0].envelope, env(1, 100, 10));
+    let (page, more) = store.fetch(&r, 2, 10, 50).unwrap();
+    assert_eq!(
+        page.iter().map(|q| q.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert!(!more);
+    assert_eq!(store.ack(&r, &[id(1), id(2), id(2), id(99)]).unwrap(), 2);
+    assert_eq!(store.ack(&r, &[id(1)]).unwrap(), 0);
+    let m = store.mailbox(&r).unwrap().unwrap();
+    assert_eq!((m.queued_count, m.queued_bytes), (3, 30));
+    // Sequence numbers keep increasing after acks.
+    assert_eq!(
+        store.enqueue(&r, &env(6, 100, 10), QUOTA).unwrap(),
+        Enqueued::Queued(6)
+    );
+    // Byte quota.
+    assert_eq!(
+        store.enqueue(&r, &env(7, 100, 2000), QUOTA).unwrap(),
+        Enqueued::QuotaExceeded
+    );
+    assert_eq!(
+        store.envelope_states(&r, &[id(1), id(3)], 50).unwrap(),
+        vec![Delivery::Unknown, Delivery::Pending]
+    );
+}
+
+fn expiry_and_tombstones(store: &dyn Store) {
+    let r = id(20);
+    assert!(store.create_mailbox(&r, &mailbox(21)).unwrap());
+    store.enqueue(&r, &env(1, 100, 10), QUOTA).unwrap();
+    store.enqueue(&r, &env(2, 200, 10), QUOTA).unwrap();
+    store.enqueue(&r, &env(3, 100, 10), QUOTA).unwrap();
+    // Expired items are never returned, even before the sweep.
+    let (page, _) = store.fetch(&r, 0, 10, 100).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].envelope.envelope_id, id(2));
+    assert_eq!(
+        store.envelope_states(&r, &[id(1), id(2)], 100).unwrap(),
+        vec![Delivery::ExpiredUndelivered, Delivery::Pending]
+    );
+    let swept = store.sweep(100, 1000, 50).unwrap();
+    assert!(swept.envelopes >= 2, "{swept:?}");
+    assert_eq!(store.mailbox(&r).unwrap().unwrap().queued_count, 1);
+    // The tombstone answers until it expires, then the relay forgets.
+    assert_eq!(
+        store.envelope_states(&r, &[id(1)], 120).unwrap(),
+        vec![Delivery::ExpiredUndelivered]
+    );
+    store.sweep(150, 1000, 50).unwrap();
+    assert_eq!(
+        store.envelope_states(&r, &[id(1)], 150).unwrap(),
+        vec![Delivery::Unknown]
+    );
+    // Acked envelopes leave nothing behind.
+    store.ack(&r, &[id(2)]).unwrap();
+    store.sweep(10_000, 1000, 50).unwrap();
+    assert_eq!(
+        store.envelope_states(&r, &[id(2)], 150).unwrap(),
+        vec![Delivery::Unknown]
+    );
+}
+
+fn prekeys(store: &dyn Store) {
+    let r = id(30);
+    assert!(store.prekey_take(&r).unwrap().is_none());
+    assert!(store.create_mailbox(&r, &mailbox(31)).unwrap());
+    assert!(store.prekey_take(&r).unwrap().is_none());
+    let ot: Vec<Vec<u8>> = (0..3u8).map(|n| vec![n; 32]).collect();
+    assert_eq!(
+        store
+            .prekey_publish(&r, b"bundle", &ot, &[vec![9; 40]], 3)
+            .unwrap(),
+        Published::Stored
+    );
+    assert_eq!(
+        store
+            .prekey_publish(&r, b"bundle", &[vec![5; 32]], &[], 3)
+            .unwrap(),
+        Published::QuotaExceeded
+    );
+    let first = store.prekey_take(&r).unwrap().unwrap();
+    assert_eq!(first.bundle, b"bundle");
+    assert_eq!(first.one_time, Some(vec![0; 32]));
+    assert_eq!(first.one_time_kem, Some(vec![9; 40]));
+    assert_eq!(first.remaining, 2);
+    let second = store.prekey_take(&r).unwrap().unwrap();
+    assert_eq!(second.one_time, Some(vec![1; 32]));
+    assert_eq!(second.one_time_kem, None);
+    store.prekey_take(&r).unwrap();
+    let last = store.prekey_take(&r).unwrap().unwrap();
+    assert_eq!((last.one_time, last.remaining), (None, 0));
+}
+
+fn directory(store: &dyn Store) {
+    assert!(store.directory_put(&[1; 32], 10, b"a1").unwrap());
+    assert!(!store.directory_put(&[1; 32], 10, b"a0").unwrap());
+    assert!(store.directory_put(&[1; 32], 11, b"a2").unwrap());
+    assert!(store.directory_put(&[2; 32], 1, b"b").unwrap());
+    assert_eq!(
+        store.directory_all().unwrap(),
+        vec![b"a2".to_vec(), b"b".to_vec()]
+    );
+}
+
+fn blobs(store: &dyn Store) {
+    let b = id(40);
+    let data: Vec<u8> = (0..600_000u32).map(|n| (n % 251) as u8).collect();
+    let max = 1_000_000;
+    assert_eq!(
+        store.blob_begin(&b, data.len() as u64, 500, max).unwrap(),
+        BlobBegun::Started
+    );
+    assert_eq!(
+        store.blob_begin(&b, 1, 500, max).unwrap(),
+        BlobBegun::IdTaken
+    );
+    assert_eq!(
+        store.blob_begin(&id(42), 400_001, 500, max).unwrap(),
+        BlobBegun::QuotaExceeded
+    );
+    for piece in data.chunks(100_000) {
+        assert!(store.blob_append(&b, piece).unwrap());
+    }
+    assert!(!store.blob_append(&b, &[0]).unwrap(), "past declared size");
+    assert!(store.blob_complete(&b).unwrap());
+    let meta = store.blob_meta(&b).unwrap().unwrap();
+    assert!(meta.complete);
+    assert_eq!(meta.size, 600_000);
+    assert_eq!(store.blob_read(&b, 0, 1_000_000).unwrap(), data);
+    assert_eq!(
+        store.blob_read(&b, 262_100, 100).unwrap(),
+        data[262_100..262_200]
+    );
+    // Incomplete uploads cannot be completed.
+    let short = id(41);
+    assert_eq!(
+        store.blob_begin(&short, 10, 500, max).unwrap(),
+        BlobBegun::Started
+    );
+    assert!(store.blob_append(&short, &[1; 5]).unwrap());
+    assert!(!store.blob_complete(&short).unwrap());
+    store.blob_delete(&short).unwrap();
+    assert!(store.blob_meta(&short).unwrap().is_none());
+    // Deleting released its reservation.
+    assert_eq!(
+        store.blob_begin(&id(43), 400_000, 500, max).unwrap(),
+        BlobBegun::Started
+    );
+    // Expiry removes blobs.
+    let swept = store.sweep(500, 1000, 50).unwrap();
+    assert_eq!(swept.blobs, 2);
+    assert!(store.blob_meta(&b).unwrap().is_none());
+    // Sweeping released the reservations.
+    assert_eq!(
+        store.blob_begin(&id(44), max, 900, max).unwrap(),
+        BlobBegun::Started
+    );
+}
+
+fn concurrent_prekey_take(store: Arc<dyn Store>) {
+    let r = id(50);
+    assert!(store.create_mailbox(&r, &mailbox(51)).unwrap());
+    let ot: Vec<Vec<u8>> = (0..100u8).map(|n| vec![n; 32]).collect();
+    store.prekey_publish(&r, b"b", &ot, &[], 200).unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for _ in 0..20 {
+                    if let Some(k) = store.prekey_take(&r).unwrap().unwrap().one_time {
+                        got.push(k);
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<Vec<u8>> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(all.len(), 100);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 100, "a one-time prekey was handed out twice");
+}
+
+#[test]
+fn memory_store_suite() {
+    suite(&MemoryStore::new(MemoryBackend::new()));
+    concurrent_prekey_take(Arc::new(MemoryStore::new(MemoryBackend::new())));
+}
+
+#[test]
+fn sled_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::new(
+        SledBackend::open_with_log_size(&dir.path().join("db"), MIN_WAL_SIZE).unwrap(),
+    );
+    suite(&store);
+    store.sync().unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    concurrent_prekey_take(Arc::new(SledStore::new(
+        SledBackend::open_with_log_size(dir2.path(), MIN_WAL_SIZE).unwrap(),
+    )));
+}
+
+#[test]
+fn sled_store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store =
+            SledStore::new(SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
+        store.create_mailbox(&id(1), &mailbox(2)).unwrap();
+        store
+            .enqueue(
+                &id(1),
+                &env(1, 100, 300_000),
+                MailboxQuota {
+                    max_envelopes: 10,
+                    max_bytes: 1 << 20,
+                },
+            )
+            .unwrap();
+        store.sync().unwrap();
+    }
+    // sled's worker threads may hold the file lock a moment after the first store is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let backend = loop {
+        match SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE) {
+            Ok(b) => break b,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let store = SledStore::new(backend);
+    let (page, _) = store.fetch(&id(1), 0, 10, 0).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].envelope.ciphertext.len(), 300_000);
+}

@@ -1,0 +1,476 @@
+//! Relay load generator: durable sends against the real relay (sled store, group commit) next
+//! to a raw quinn echo of the same shape, in the same run and process, so the result is a
+//! ratio rather than an absolute figure on a noisy shared machine.
+//!
+//! Phases (each bounded in time and count, loopback only):
+//! 1. fdatasync rate and latency of this machine (1 KiB appends, and 1 KiB in-place writes into
+//!    a preallocated file like the relay's write-ahead log; in the data directory);
+//! 2. raw echo: N connections × M concurrent streams, each stream one request-sized frame out
+//!    and the same frame back (the transport's limit);
+//! 3. relay: N × M concurrent durable `Send`s of 1 KiB envelopes (peak rate);
+//! 4. relay at half the peak rate, paced: p50 / p99 acknowledgement latency;
+//! 5. relay, one sender, one stream at a time: the single-sender durable rate.
+//!
+//! `cargo run --release -p handover-tests --bin handover-loadgen -- --help`
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use handover_proto::frame;
+use handover_proto::limits::MAX_FRAME_LEN;
+use handover_proto::relay::v1 as wire;
+use handover_relay::config::Config;
+use handover_relay::server::Relay;
+use handover_tests::client::{Client, MailboxKeys, client_config, read_frame, unix_now};
+use handover_tests::{BoxError, Result};
+
+/// Load generator for the Handover relay.
+#[derive(Debug, Parser)]
+#[command(name = "handover-loadgen")]
+struct Args {
+    /// Concurrent QUIC connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent streams (requests in flight) per connection.
+    #[arg(long, default_value_t = 64)]
+    streams: usize,
+    /// Envelope ciphertext size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    envelope_bytes: usize,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    /// Directory for the relay's data and the fdatasync probe (default: a temporary directory
+    /// under the current directory, so that it is on a real disk rather than a tmpfs).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Run the relay over the in-memory store instead of sled (no durability; shows the cost
+    /// of the driver and handler alone).
+    #[arg(long)]
+    memory_store: bool,
+    /// Size of the relay's write-ahead log, MiB (a full log forces a checkpoint).
+    #[arg(long, default_value_t = 64)]
+    wal_mib: u64,
+}
+
+/// Upper bound on operations per phase, so that loops are bounded in count as well as time.
+const MAX_OPS_PER_PHASE: u64 = 5_000_000;
+
+/// The machine's `fdatasync` rate in two patterns: appending 1 KiB blocks (the file grows, so
+/// each sync also commits metadata) and overwriting 1 KiB blocks in place in a preallocated
+/// file (the relay's write-ahead log pattern). Returns (append/s, in-place/s, in-place p50 ms,
+/// in-place p99 ms).
+fn fdatasync_rates(dir: &std::path::Path, secs: u64) -> Result<(f64, f64, f64, f64)> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fdatasync-probe");
+    let block = [0x5au8; 1024];
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) && n < MAX_OPS_PER_PHASE {
+        f.write_all(&block)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let append = n as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+
+    let size: u64 = 16 * 1024 * 1024;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut at = 0;
+    while at < size {
+        f.write_all_at(&zeros, at)?;
+        at += zeros.len() as u64;
+    }
+    f.sync_all()?;
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut offset = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) && (lat.len() as u64) < MAX_OPS_PER_PHASE {
+        let t = Instant::now();
+        f.write_all_at(&block, offset)?;
+        f.sync_data()?;
+        lat.push(t.elapsed().as_micros() as u64);
+        offset = (offset + block.len() as u64) % size;
+    }
+    let in_place = lat.len() as f64 / start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok((
+        append,
+        in_place,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+    ))
+}
+
+/// A request frame of the same shape as a relay `Send` with an envelope of `len` bytes.
+fn send_frame(mailbox: &MailboxKeys, id: u64, len: usize) -> Result<Vec<u8>> {
+    let mut envelope_id = [0u8; 16];
+    envelope_id[..8].copy_from_slice(&id.to_be_bytes());
+    envelope_id[8..].copy_from_slice(&rand_tail());
+    let request = handover_tests::client::request(wire::request::Kind::Send(wire::Send {
+        send_id: mailbox.send_id.clone(),
+        capability: mailbox.capability.to_vec(),
+        envelope: Some(wire::Envelope {
+            envelope_id: envelope_id.to_vec(),
+            expires_at: unix_now() + 600,
+            ciphertext: vec![0xc5; len],
+        }),
+    }));
+    Ok(frame::encode(&request)?)
+}
+
+fn rand_tail() -> [u8; 8] {
+    let mut tail = [0u8; 8];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut tail);
+    tail
+}
+
+/// One request on a fresh stream; returns the response payload.
+async fn round_trip(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(bytes).await?;
+    let _ = send.finish();
+    read_frame(&mut recv, MAX_FRAME_LEN)
+        .await?
+        .ok_or_else(|| "no response".into())
+}
+
+/// The raw quinn echo server: reads one frame per stream and writes it back.
+async fn echo_server(dir: &std::path::Path) -> Result<(quinn::Endpoint, [u8; 32])> {
+    let identity = handover_relay::tls::load_or_generate(dir, None)?;
+    let pin = identity.pin;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)?;
+    tls.alpn_protocols = vec![handover_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(1024u32.into());
+    config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let server = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(Some(payload)) = read_frame(&mut recv, MAX_FRAME_LEN).await {
+                            let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+                            out.extend_from_slice(&payload);
+                            if send.write_all(&out).await.is_ok() {
+                                let _ = send.finish();
+                                let _ = send.stopped().await;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok((endpoint, pin))
+}
+
+async fn connect_raw(addr: SocketAddr, pin: [u8; 32]) -> Result<quinn::Connection> {
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    endpoint.set_default_client_config(client_config(pin)?);
+    Ok(endpoint.connect(addr, "handover-relay")?.await?)
+}
+
+/// Runs `workers` closed loops over `conns` for `secs`; returns completed operations per second.
+async fn closed_loop(
+    conns: &[quinn::Connection],
+    mailboxes: &[MailboxKeys],
+    streams: usize,
+    len: usize,
+    secs: u64,
+    check_accepted: bool,
+) -> Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, conn) in conns.iter().enumerate() {
+        for s in 0..streams {
+            let conn = conn.clone();
+            let mailbox = mailboxes[c].clone();
+            let done = done.clone();
+            let failed = failed.clone();
+            let worker = (c * streams + s) as u64;
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline && done.load(Ordering::Relaxed) < MAX_OPS_PER_PHASE
+                {
+                    let Ok(bytes) = send_frame(&mailbox, (worker << 40) | n, len) else {
+                        break;
+                    };
+                    n += 1;
+                    match round_trip(&conn, &bytes).await {
+                        Ok(payload) => {
+                            let ok = !check_accepted
+                                || matches!(
+                                    handover_proto::decode::response(&payload).map(|r| r.kind),
+                                    Ok(Some(wire::response::Kind::SendAccepted(_)))
+                                );
+                            if ok {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let failures = failed.load(Ordering::Relaxed);
+    if failures > 0 {
+        println!("  ({failures} requests failed or were refused)");
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Paced open-ish loop at `rate` ops/s over all workers; returns sorted latencies in µs.
+async fn paced(
+    conns: &[quinn::Connection],
+    mailboxes: &[MailboxKeys],
+    streams: usize,
+    len: usize,
+    secs: u64,
+    rate: f64,
+) -> Result<Vec<u64>> {
+    let workers = conns.len() * streams;
+    let per_worker = rate / workers as f64;
+    let period = Duration::from_secs_f64(1.0 / per_worker.max(0.001));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for (c, conn) in conns.iter().enumerate() {
+        for s in 0..streams {
+            let conn = conn.clone();
+            let mailbox = mailboxes[c].clone();
+            let worker = (c * streams + s) as u64;
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                // Spread the workers' phases over one period.
+                let offset = period.mul_f64(worker as f64 / workers as f64);
+                let mut ticker =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut n = 0u64;
+                while Instant::now() < deadline && n < MAX_OPS_PER_PHASE {
+                    ticker.tick().await;
+                    let Ok(bytes) = send_frame(&mailbox, (1 << 62) | (worker << 40) | n, len)
+                    else {
+                        break;
+                    };
+                    n += 1;
+                    let t = Instant::now();
+                    if round_trip(&conn, &bytes).await.is_ok() {
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                }
+                lat
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    all.sort_unstable();
+    Ok(all)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+async fn run(args: Args) -> Result<()> {
+    let base = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir_in(".")?,
+    };
+    println!(
+        "handover-loadgen: {} connections x {} streams, {} B envelopes, {} s per phase, loopback, {} CPUs",
+        args.connections,
+        args.streams,
+        args.envelope_bytes,
+        args.secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let (append, fsync, sync_p50, sync_p99) = fdatasync_rates(base.path(), 2)?;
+    println!("fdatasync, 1 KiB appends:                 {append:>10.0} /s");
+    println!(
+        "fdatasync, 1 KiB in place (the WAL's way): {fsync:>10.0} /s   p50 {sync_p50:.2} ms  p99 {sync_p99:.2} ms"
+    );
+
+    // Raw echo of the same shape.
+    let (echo, echo_pin) = echo_server(&base.path().join("echo")).await?;
+    let echo_addr = echo.local_addr()?;
+    let mut echo_conns = Vec::new();
+    for _ in 0..args.connections {
+        echo_conns.push(connect_raw(echo_addr, echo_pin).await?);
+    }
+    let fake = MailboxKeys {
+        key: ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        recv_id: vec![0; 16],
+        send_id: vec![0; 16],
+        capability: [0; 32],
+    };
+    let fakes = vec![fake; args.connections];
+    let echo_rate = closed_loop(
+        &echo_conns,
+        &fakes,
+        args.streams,
+        args.envelope_bytes,
+        args.secs,
+        false,
+    )
+    .await?;
+    println!(
+        "raw quinn echo ({}x{}):                  {echo_rate:>10.0} req/s",
+        args.connections, args.streams
+    );
+    for c in &echo_conns {
+        c.close(0u8.into(), b"done");
+    }
+    echo.close(0u8.into(), b"done");
+
+    // The relay, in process, over the real sled store.
+    let mut config = Config::new(base.path().join("relay"));
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.admin = None;
+    config.requests_per_sec = 0;
+    config.wal_mib = args.wal_mib;
+    config.max_streams = (args.streams as u32).max(1) * 2;
+    config.limits.mailbox_max_envelopes = u64::MAX;
+    config.limits.mailbox_max_bytes = u64::MAX;
+    let relay = if args.memory_store {
+        let store: Arc<dyn handover_relay::store::Store> = Arc::new(
+            handover_relay::store::MemoryStore::new(handover_relay::store::MemoryBackend::new()),
+        );
+        println!("(relay over the in-memory store: NOT durable)");
+        Relay::start_with_store(config, store).await?
+    } else {
+        Relay::start(config).await?
+    };
+    let mut clients = Vec::new();
+    let mut mailboxes = Vec::new();
+    for _ in 0..args.connections {
+        let c = Client::connect(relay.local_addr(), relay.pin()).await?;
+        mailboxes.push(c.create_mailbox().await?);
+        clients.push(c);
+    }
+    let conns: Vec<quinn::Connection> = clients.iter().map(|c| c.conn.clone()).collect();
+    let peak = closed_loop(
+        &conns,
+        &mailboxes,
+        args.streams,
+        args.envelope_bytes,
+        args.secs,
+        true,
+    )
+    .await?;
+    println!(
+        "relay {} sends ({}x{}):              {peak:>10.0} /s   ratio to echo {:.2} (target >= 0.5)",
+        if args.memory_store {
+            "in-memory"
+        } else {
+            "durable"
+        },
+        args.connections,
+        args.streams,
+        peak / echo_rate
+    );
+
+    let half = peak / 2.0;
+    let lat = paced(
+        &conns,
+        &mailboxes,
+        args.streams,
+        args.envelope_bytes,
+        args.secs,
+        half,
+    )
+    .await?;
+    let achieved = lat.len() as f64 / args.secs as f64;
+    println!(
+        "relay at half peak ({half:.0}/s offered, {achieved:.0}/s done): p50 {:.2} ms  p99 {:.2} ms  (target p99 <= 5 ms)",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+
+    let single = closed_loop(
+        &conns[..1],
+        &mailboxes[..1],
+        1,
+        args.envelope_bytes,
+        args.secs,
+        true,
+    )
+    .await?;
+    println!(
+        "relay single sender, 1 stream:           {single:>10.0} /s   ratio to in-place fdatasync {:.2}",
+        single / fsync
+    );
+    for c in &clients {
+        c.conn.close(0u8.into(), b"done");
+    }
+    relay.shutdown().await;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("handover-loadgen: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result: std::result::Result<(), BoxError> = runtime.block_on(run(args));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("handover-loadgen: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
