@@ -64,6 +64,7 @@
 
 pub mod attachment;
 pub mod consent;
+pub mod engine;
 pub mod fanout;
 pub mod identity;
 pub mod pqxdh;

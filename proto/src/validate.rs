@@ -392,6 +392,15 @@ impl Validate for e2e::Invitation {
     }
 }
 
+impl Validate for e2e::ContactCard {
+    fn validate(&self) -> Result {
+        required("ContactCard.address", &self.address)?.validate()?;
+        required("ContactCard.certificate", &self.certificate)?.validate()?;
+        self.device_list.validate()?;
+        short("ContactCard.display_name", &self.display_name)
+    }
+}
+
 impl Validate for e2e::SignedPrekey {
     fn validate(&self) -> Result {
         exact("SignedPrekey.public_key", &self.public_key, KEY_LEN)?;
@@ -512,6 +521,7 @@ impl Validate for e2e::Content {
                 ID_LEN,
                 MAX_IDS_PER_REQUEST,
             ),
+            Body::ContactCard(m) => m.validate(),
         }
     }
 }

@@ -1,0 +1,743 @@
+//! Engine tests with a deterministic harness: in-memory stores, seeded RNGs, a fake clock and a
+//! tiny in-memory relay (mailboxes, capabilities, prekeys, blobs) written for these tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+
+use handover_core::engine::{
+    self, Direction, Engine, EngineError, IdentitySetup, MailboxKeys, Message, OutboxItem,
+    ProfileDetails, Received, RelayInfo,
+};
+use handover_core::identity::{DeviceId, DeviceKeys, Role};
+use handover_core::store::{InMemoryStore, KvStore, Namespace};
+use handover_core::testing::TestRng;
+use handover_proto::e2e::v1 as wire;
+use handover_proto::e2e::v1::content::Body;
+use handover_proto::relay::v1 as relay;
+use sha2::{Digest, Sha256};
+
+const T0: u64 = 1_800_000_000;
+
+#[derive(Default)]
+struct Mailbox {
+    caps: Vec<[u8; 32]>,
+    queue: Vec<relay::QueuedEnvelope>,
+    bundle: Vec<u8>,
+    otpks: Vec<Vec<u8>>,
+    kems: Vec<Vec<u8>>,
+}
+
+/// A tiny in-memory relay: at-least-once queues until ack, capability checks, prekeys handed out
+/// once, blobs. No deduplication of envelope ids (the clients must cope).
+#[derive(Default)]
+struct SimRelay {
+    by_send: HashMap<[u8; 16], Mailbox>,
+    by_recv: HashMap<[u8; 16], [u8; 16]>,
+    blobs: HashMap<[u8; 16], Vec<u8>>,
+    counter: u64,
+}
+
+impl SimRelay {
+    fn id(&mut self) -> [u8; 16] {
+        self.counter += 1;
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&self.counter.to_be_bytes());
+        id[0] = 0xAA;
+        id
+    }
+
+    fn create_mailbox(&mut self) -> ([u8; 16], [u8; 16]) {
+        let (recv, send) = (self.id(), self.id());
+        self.by_recv.insert(recv, send);
+        self.by_send.insert(send, Mailbox::default());
+        (recv, send)
+    }
+
+    fn mailbox(&mut self, recv: [u8; 16]) -> &mut Mailbox {
+        let send = self.by_recv[&recv];
+        self.by_send.get_mut(&send).unwrap()
+    }
+
+    fn set_caps(&mut self, recv: [u8; 16], caps: Vec<[u8; 32]>) {
+        self.mailbox(recv).caps = caps;
+    }
+
+    fn authorised(&self, send_id: &[u8; 16], capability: &[u8; 32]) -> Option<&Mailbox> {
+        let mb = self.by_send.get(send_id)?;
+        let digest: [u8; 32] = Sha256::digest(capability).into();
+        mb.caps.contains(&digest).then_some(mb)
+    }
+
+    fn send(&mut self, item: &OutboxItem) -> Result<(), &'static str> {
+        self.authorised(&item.send_id, item.capability())
+            .ok_or("unauthorised")?;
+        self.counter += 1;
+        let seq = self.counter;
+        let mb = self.by_send.get_mut(&item.send_id).unwrap();
+        mb.queue.push(relay::QueuedEnvelope {
+            seq,
+            envelope: Some(item.envelope.clone()),
+        });
+        Ok(())
+    }
+
+    fn fetch(&mut self, recv: [u8; 16]) -> Vec<relay::QueuedEnvelope> {
+        self.mailbox(recv).queue.clone()
+    }
+
+    fn ack(&mut self, recv: [u8; 16], ids: &[Vec<u8>]) {
+        self.mailbox(recv)
+            .queue
+            .retain(|q| !ids.contains(&q.envelope.as_ref().unwrap().envelope_id));
+    }
+
+    fn publish(&mut self, p: relay::PrekeyPublish) {
+        let recv: [u8; 16] = p.recv_id.as_slice().try_into().unwrap();
+        let mb = self.mailbox(recv);
+        mb.bundle = p.bundle;
+        mb.otpks.extend(p.one_time_prekeys);
+        mb.kems.extend(p.one_time_kem_prekeys);
+    }
+
+    fn take(&mut self, address: &wire::DeviceAddress) -> relay::PrekeyBundleResult {
+        let send: [u8; 16] = address.send_id.as_slice().try_into().unwrap();
+        let cap: [u8; 32] = address.capability.as_slice().try_into().unwrap();
+        assert!(
+            self.authorised(&send, &cap).is_some(),
+            "prekey take refused"
+        );
+        let mb = self.by_send.get_mut(&send).unwrap();
+        relay::PrekeyBundleResult {
+            bundle: mb.bundle.clone(),
+            one_time_prekey: mb.otpks.pop().unwrap_or_default(),
+            one_time_kem_prekey: mb.kems.pop().unwrap_or_default(),
+            one_time_remaining: mb.otpks.len() as u32,
+        }
+    }
+
+    fn blob_put(&mut self, data: &[u8]) -> [u8; 16] {
+        let id = self.id();
+        self.blobs.insert(id, data.to_vec());
+        id
+    }
+}
+
+struct Device {
+    engine: Engine<InMemoryStore>,
+    rng: TestRng,
+}
+
+fn relay_info() -> RelayInfo {
+    RelayInfo {
+        host_port: "relay.test:4433".into(),
+        pin: [7; 32],
+    }
+}
+
+impl Device {
+    fn create(
+        relay: &mut SimRelay,
+        keys: DeviceKeys,
+        identity: IdentitySetup,
+        name: &str,
+        mut rng: TestRng,
+    ) -> Self {
+        let mut engine = Engine::open(InMemoryStore::new()).unwrap();
+        let mailbox = MailboxKeys::generate(&mut rng);
+        let (recv, send) = relay.create_mailbox();
+        engine
+            .create_profile(
+                keys,
+                mailbox,
+                recv,
+                send,
+                relay_info(),
+                identity,
+                name,
+                T0,
+                &mut rng,
+            )
+            .unwrap();
+        let mut dev = Self { engine, rng };
+        let publish = dev.engine.prekey_publish(&mut dev.rng).unwrap();
+        relay.publish(publish);
+        dev
+    }
+
+    fn new_org(relay: &mut SimRelay, seed: u64, name: &str) -> Self {
+        let mut rng = TestRng::seeded(seed);
+        let keys = DeviceKeys::generate(&mut rng);
+        let identity = IdentitySetup::NewOrganisation {
+            device_label: format!("{name} laptop"),
+        };
+        Self::create(relay, keys, identity, name, rng)
+    }
+
+    /// Enrols a new device of `admin`'s organisation.
+    fn enrol(relay: &mut SimRelay, admin: &mut Device, seed: u64, role: Role, name: &str) -> Self {
+        let mut rng = TestRng::seeded(seed);
+        let keys = DeviceKeys::generate(&mut rng);
+        let (certificate, device_list) = admin
+            .engine
+            .enrol_device(&keys.public_keys(), role, name, T0)
+            .unwrap();
+        let identity = IdentitySetup::Enrolled {
+            certificate,
+            device_list,
+        };
+        Self::create(relay, keys, identity, name, rng)
+    }
+
+    fn id(&self) -> DeviceId {
+        self.engine.device_id().unwrap()
+    }
+
+    fn root(&self) -> [u8; 32] {
+        self.engine.org_root().unwrap()
+    }
+
+    fn sync_caps(&self, relay: &mut SimRelay, now: u64) {
+        relay.set_caps(
+            self.engine.recv_id().unwrap(),
+            self.engine.capability_hashes(now).unwrap(),
+        );
+    }
+
+    /// Sends every outbox entry and removes those the relay accepted.
+    fn flush(&mut self, relay: &mut SimRelay) -> usize {
+        let mut sent = 0;
+        for item in self.engine.outbox().unwrap() {
+            relay.send(&item).unwrap();
+            self.engine.outbox_accepted(&item.envelope_id).unwrap();
+            sent += 1;
+        }
+        sent
+    }
+
+    /// Fetches, processes and acks; returns the delivered messages and the number of
+    /// duplicates.
+    fn sync(&mut self, relay: &mut SimRelay, now: u64) -> (Vec<Message>, usize) {
+        let recv = self.engine.recv_id().unwrap();
+        let mut delivered = Vec::new();
+        let mut duplicates = 0;
+        let mut acks = Vec::new();
+        for queued in relay.fetch(recv) {
+            match self.engine.receive(&queued, now, &mut self.rng) {
+                Ok(Received::Delivered(m)) => delivered.push(*m),
+                Ok(Received::Duplicate) => duplicates += 1,
+                Ok(_) => {}
+                Err(e) => panic!("unexpected refusal: {e}"),
+            }
+            acks.push(queued.envelope.unwrap().envelope_id);
+        }
+        relay.ack(recv, &acks);
+        (delivered, duplicates)
+    }
+
+    /// Simulates a crash: drops everything in memory and reopens the store.
+    fn restart(self) -> Self {
+        let store = self.engine.into_store();
+        Self {
+            engine: Engine::open(store).unwrap(),
+            rng: self.rng,
+        }
+    }
+
+    fn invite(&mut self, relay: &mut SimRelay, now: u64) -> String {
+        let inv = self
+            .engine
+            .create_invitation(now + 3600, now, &mut self.rng)
+            .unwrap();
+        self.sync_caps(relay, now);
+        engine::invitation_link(&inv)
+    }
+
+    fn accept(&mut self, relay: &mut SimRelay, link: &str, now: u64) -> DeviceId {
+        let inv = engine::parse_invitation_link(link).unwrap();
+        let bundle = relay.take(inv.address.as_ref().unwrap());
+        let bundle = engine::bundle_from_result(&bundle).unwrap();
+        let (peer, _item) = self
+            .engine
+            .accept_invitation(&inv, &bundle, now, &mut self.rng)
+            .unwrap();
+        self.sync_caps(relay, now);
+        self.flush(relay);
+        peer
+    }
+
+    fn chat(&mut self, to: DeviceId, text: &str, now: u64) -> Message {
+        let (m, _) = self
+            .engine
+            .send_chat(to, text, vec![], now, &mut self.rng)
+            .unwrap();
+        m
+    }
+
+    /// Every record in the store, for "nothing changed" checks.
+    fn snapshot(&self) -> Vec<(Namespace, Vec<u8>, Vec<u8>)> {
+        let mut all = Vec::new();
+        for ns in Namespace::ALL {
+            for (k, v) in self.engine.store().scan_prefix(ns, b"").unwrap() {
+                all.push((ns, k, v.to_vec()));
+            }
+        }
+        all
+    }
+}
+
+fn text(m: &Message) -> &str {
+    match &m.content.body {
+        Some(Body::Chat(c)) => &c.text,
+        other => panic!("not a chat message: {other:?}"),
+    }
+}
+
+/// Alice (organisation A) invites Bob (organisation B); both organisations trust each other.
+fn connected_pair(relay: &mut SimRelay) -> (Device, Device, DeviceId, DeviceId) {
+    let mut alice = Device::new_org(relay, 1, "Alice");
+    let mut bob = Device::new_org(relay, 2, "Bob");
+    alice.engine.trust_organisation(&bob.root()).unwrap();
+    bob.engine.trust_organisation(&alice.root()).unwrap();
+    let link = alice.invite(relay, T0);
+    assert!(link.starts_with("handover://invite#"));
+    let alice_id = bob.accept(relay, &link, T0 + 1);
+    let (got, _) = alice.sync(relay, T0 + 2);
+    assert_eq!(got.len(), 1);
+    assert!(matches!(got[0].content.body, Some(Body::ContactCard(_))));
+    let bob_id = got[0].peer;
+    assert_eq!(bob_id, bob.id());
+    assert_eq!(alice_id, alice.id());
+    (alice, bob, alice_id, bob_id)
+}
+
+#[test]
+fn invitation_then_chat_both_ways() {
+    let mut relay = SimRelay::default();
+    let (mut alice, mut bob, alice_id, bob_id) = connected_pair(&mut relay);
+
+    // The contact card gave Alice Bob's reply address; she can write first now.
+    alice.chat(bob_id, "hello Bob", T0 + 10);
+    alice.chat(bob_id, "are you there?", T0 + 11);
+    assert_eq!(alice.flush(&mut relay), 2);
+    let (got, dups) = bob.sync(&mut relay, T0 + 12);
+    assert_eq!(dups, 0);
+    let texts: Vec<_> = got.iter().map(text).collect();
+    assert_eq!(texts, ["hello Bob", "are you there?"]);
+    assert!(
+        got.iter()
+            .all(|m| m.peer == alice_id && m.direction == Direction::Incoming)
+    );
+
+    bob.chat(alice_id, "hi Alice", T0 + 20);
+    bob.flush(&mut relay);
+    let (got, _) = alice.sync(&mut relay, T0 + 21);
+    assert_eq!(got.len(), 1);
+    assert_eq!(text(&got[0]), "hi Alice");
+
+    // Several rounds, then both histories hold every message once, in order.
+    for i in 0..3 {
+        alice.chat(bob_id, &format!("a{i}"), T0 + 30 + i);
+        alice.flush(&mut relay);
+        bob.sync(&mut relay, T0 + 30 + i);
+        bob.chat(alice_id, &format!("b{i}"), T0 + 40 + i);
+        bob.flush(&mut relay);
+        alice.sync(&mut relay, T0 + 40 + i);
+    }
+    let alice_log: Vec<_> = alice
+        .engine
+        .messages(0)
+        .unwrap()
+        .into_iter()
+        .filter(|m| matches!(m.content.body, Some(Body::Chat(_))))
+        .map(|m| (m.direction, text(&m).to_owned()))
+        .collect();
+    assert_eq!(alice_log.len(), 9);
+    assert_eq!(alice_log[0], (Direction::Outgoing, "hello Bob".to_owned()));
+    assert_eq!(alice_log[2], (Direction::Incoming, "hi Alice".to_owned()));
+
+    // Safety numbers agree.
+    let a = alice.engine.safety_number(bob_id, T0 + 50).unwrap();
+    let b = bob.engine.safety_number(alice_id, T0 + 50).unwrap();
+    assert_eq!(a.digits(), b.digits());
+    assert!(b.matches_scanned(&a.qr_payload()));
+
+    // Everything survives a restart, and the conversation goes on.
+    let mut alice = alice.restart();
+    let mut bob = bob.restart();
+    alice.chat(bob_id, "after restart", T0 + 60);
+    alice.flush(&mut relay);
+    let (got, _) = bob.sync(&mut relay, T0 + 61);
+    assert_eq!(text(&got[0]), "after restart");
+}
+
+#[test]
+fn invitation_link_round_trips_and_rejects_garbage() {
+    let mut relay = SimRelay::default();
+    let mut alice = Device::new_org(&mut relay, 1, "Alice");
+    let link = alice.invite(&mut relay, T0);
+    let inv = engine::parse_invitation_link(&link).unwrap();
+    assert_eq!(engine::invitation_link(&inv), link);
+    assert_eq!(engine::invitation_org_root(&inv).unwrap(), alice.root());
+    for bad in [
+        "",
+        "handover://invite#",
+        "https://x/#abc",
+        "handover://invite#!!!",
+    ] {
+        assert!(matches!(
+            engine::parse_invitation_link(bad),
+            Err(EngineError::InvalidInvitation)
+        ));
+    }
+    // An untrusted inviter's organisation must be verified first; an expired one is refused.
+    let bob = Device::new_org(&mut relay, 2, "Bob");
+    assert!(matches!(
+        bob.engine.check_invitation(&inv, T0 + 1),
+        Err(EngineError::UntrustedOrganisation)
+    ));
+    let mut bob = bob;
+    bob.engine.trust_organisation(&alice.root()).unwrap();
+    assert_eq!(
+        bob.engine.check_invitation(&inv, T0 + 1).unwrap(),
+        alice.id()
+    );
+    assert!(matches!(
+        bob.engine.check_invitation(&inv, T0 + 3600),
+        Err(EngineError::InvitationExpired)
+    ));
+}
+
+#[test]
+fn redelivery_after_crash_before_ack_is_deduplicated() {
+    let mut relay = SimRelay::default();
+    let (mut alice, mut bob, alice_id, bob_id) = connected_pair(&mut relay);
+    alice.chat(bob_id, "exactly once", T0 + 10);
+    alice.flush(&mut relay);
+
+    // Bob processes (persists) the envelope, then crashes before acking it.
+    let recv = bob.engine.recv_id().unwrap();
+    let queued = relay.fetch(recv);
+    assert_eq!(queued.len(), 1);
+    let r = bob
+        .engine
+        .receive(&queued[0], T0 + 11, &mut bob.rng)
+        .unwrap();
+    assert!(matches!(r, Received::Delivered(_)));
+    let mut bob = bob.restart();
+
+    // The relay redelivers; Bob recognises it and acks; the app saw it once.
+    let (got, dups) = bob.sync(&mut relay, T0 + 12);
+    assert!(got.is_empty());
+    assert_eq!(dups, 1);
+    let chats: Vec<_> = bob
+        .engine
+        .messages(0)
+        .unwrap()
+        .into_iter()
+        .filter(|m| matches!(m.content.body, Some(Body::Chat(_))))
+        .collect();
+    assert_eq!(chats.len(), 1);
+    assert_eq!(text(&chats[0]), "exactly once");
+
+    // The persisted session is the advanced one: the conversation continues both ways.
+    alice.chat(bob_id, "next", T0 + 13);
+    alice.flush(&mut relay);
+    let (got, _) = bob.sync(&mut relay, T0 + 14);
+    assert_eq!(text(&got[0]), "next");
+    bob.chat(alice_id, "reply", T0 + 15);
+    bob.flush(&mut relay);
+    let (got, _) = alice.sync(&mut relay, T0 + 16);
+    assert_eq!(text(&got[0]), "reply");
+}
+
+#[test]
+fn resend_after_crash_before_send_accepted_is_deduplicated() {
+    let mut relay = SimRelay::default();
+    let (alice, mut bob, _alice_id, bob_id) = connected_pair(&mut relay);
+    let mut alice = alice;
+    alice.chat(bob_id, "sent once", T0 + 10);
+
+    // The relay stores the envelope, but Alice crashes before seeing SendAccepted.
+    let pending = alice.engine.outbox().unwrap();
+    assert_eq!(pending.len(), 1);
+    relay.send(&pending[0]).unwrap();
+    let mut alice = alice.restart();
+
+    // After the restart the outbox still holds the same envelope; she sends it again.
+    let again = alice.engine.outbox().unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(
+        again[0] == pending[0],
+        "the resent envelope must be byte-identical"
+    );
+    assert_eq!(alice.flush(&mut relay), 1);
+    assert!(alice.engine.outbox().unwrap().is_empty());
+
+    // Bob receives two copies and delivers one.
+    let (got, dups) = bob.sync(&mut relay, T0 + 11);
+    assert_eq!(got.len(), 1);
+    assert_eq!(dups, 1);
+    assert_eq!(text(&got[0]), "sent once");
+
+    // An outbox entry persisted before a crash (never sent) goes out after the restart.
+    alice.chat(bob_id, "offline", T0 + 12);
+    let mut alice = alice.restart();
+    assert_eq!(alice.flush(&mut relay), 1);
+    let (got, _) = bob.sync(&mut relay, T0 + 13);
+    assert_eq!(text(&got[0]), "offline");
+}
+
+#[test]
+fn tampered_misaddressed_and_unknown_sender_envelopes_change_nothing() {
+    let mut relay = SimRelay::default();
+    let (mut alice, mut bob, _alice_id, bob_id) = connected_pair(&mut relay);
+    alice.chat(bob_id, "genuine", T0 + 10);
+    alice.flush(&mut relay);
+    let recv = bob.engine.recv_id().unwrap();
+    let genuine = relay.fetch(recv).remove(0);
+    let before = bob.snapshot();
+
+    // Flipped ciphertext bytes anywhere, a changed expiry or id (bound into the AAD).
+    let env = genuine.envelope.clone().unwrap();
+    for i in [0, 40, env.ciphertext.len() - 1] {
+        let mut bad = genuine.clone();
+        bad.envelope.as_mut().unwrap().ciphertext[i] ^= 1;
+        let r = bob.engine.receive(&bad, T0 + 11, &mut bob.rng);
+        assert!(matches!(r, Err(EngineError::CouldNotDecrypt)), "byte {i}");
+    }
+    let mut bad = genuine.clone();
+    bad.envelope.as_mut().unwrap().expires_at += 1;
+    assert!(matches!(
+        bob.engine.receive(&bad, T0 + 11, &mut bob.rng),
+        Err(EngineError::CouldNotDecrypt)
+    ));
+    let mut bad = genuine.clone();
+    bad.envelope.as_mut().unwrap().envelope_id[0] ^= 1;
+    assert!(matches!(
+        bob.engine.receive(&bad, T0 + 11, &mut bob.rng),
+        Err(EngineError::CouldNotDecrypt)
+    ));
+    // Sealed to someone else's mailbox.
+    let mut carol_same_org = Device::new_org(&mut relay, 9, "Mallory");
+    let _ = &mut carol_same_org;
+    assert!(matches!(
+        carol_same_org
+            .engine
+            .receive(&genuine, T0 + 11, &mut TestRng::seeded(99)),
+        Err(EngineError::CouldNotDecrypt)
+    ));
+    assert!(before == bob.snapshot(), "a refused envelope changed state");
+
+    // A sender from an organisation Bob does not trust.
+    let mut carol = Device::new_org(&mut relay, 3, "Carol");
+    carol.engine.trust_organisation(&bob.root()).unwrap();
+    let link = bob.invite(&mut relay, T0 + 12);
+    let before = bob.snapshot();
+    carol.accept(&mut relay, &link, T0 + 13);
+    let queued = relay.fetch(recv);
+    let from_carol = queued
+        .iter()
+        .find(|q| q.envelope != genuine.envelope)
+        .unwrap()
+        .clone();
+    assert!(matches!(
+        bob.engine.receive(&from_carol, T0 + 14, &mut bob.rng),
+        Err(EngineError::UntrustedOrganisation)
+    ));
+    assert!(before == bob.snapshot(), "an unknown sender changed state");
+
+    // The genuine envelope still decrypts after all that.
+    let r = bob.engine.receive(&genuine, T0 + 15, &mut bob.rng).unwrap();
+    let Received::Delivered(m) = r else {
+        panic!("expected delivery")
+    };
+    assert_eq!(text(&m), "genuine");
+}
+
+#[test]
+fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
+    let mut relay = SimRelay::default();
+    // Organisation B: an admin device holding the root key and an enrolled caseworker device.
+    let mut b1 = Device::new_org(&mut relay, 21, "Intake admin");
+    let mut b2 = Device::enrol(&mut relay, &mut b1, 22, Role::Caseworker, "Caseworker");
+    // B2 sends B1 its contact card (same organisation, trusted by construction).
+    let link = b1.invite(&mut relay, T0);
+    b2.accept(&mut relay, &link, T0 + 1);
+    b1.sync(&mut relay, T0 + 2);
+
+    // Organisation A trusts B (and B trusts A); B's admin publishes the profile.
+    let mut alice = Device::new_org(&mut relay, 23, "Referrer");
+    alice.engine.trust_organisation(&b1.root()).unwrap();
+    b1.engine.trust_organisation(&alice.root()).unwrap();
+    b2.engine.trust_organisation(&alice.root()).unwrap();
+    let details = ProfileDetails {
+        name: "Shelter B".into(),
+        services: vec!["SHELTER".into()],
+        languages: vec!["en".into(), "uk".into()],
+        regions: vec!["North".into()],
+        description: "Emergency accommodation".into(),
+    };
+    let profile = b1
+        .engine
+        .signed_org_profile(details.clone(), T0 + 3, &mut b1.rng)
+        .unwrap();
+    b1.sync_caps(&mut relay, T0 + 3);
+    let verified = alice.engine.verify_org_profile(&profile, T0 + 4).unwrap();
+    assert!(verified.trusted);
+    assert_eq!(verified.profile.name, "Shelter B");
+    let mut intake = alice.engine.import_org_profile(&profile, T0 + 4).unwrap();
+    intake.sort();
+    let mut team = vec![b1.id(), b2.id()];
+    team.sort();
+    assert_eq!(intake, team);
+
+    // Alice starts a session with each device and sends the packet once.
+    for device in &team {
+        let address = alice.engine.contact_address(*device).unwrap();
+        let bundle = engine::bundle_from_result(&relay.take(&address)).unwrap();
+        alice
+            .engine
+            .start_session(*device, &bundle, T0 + 5, &mut alice.rng)
+            .unwrap();
+    }
+    let body = Body::Chat(wire::ChatMessage {
+        text: "referral for the intake team".into(),
+        attachments: vec![],
+    });
+    let packet = alice
+        .engine
+        .prepare_org_packet(&b1.root(), body, T0 + 6, &mut alice.rng)
+        .unwrap();
+    let blob_id = relay.blob_put(packet.ciphertext());
+    let sent = alice
+        .engine
+        .send_fanout_keys(&packet, blob_id, "relay.test:4433", T0 + 6, &mut alice.rng)
+        .unwrap();
+    assert_eq!(sent.items.len(), 2);
+    assert!(sent.unreached.is_empty());
+    alice.flush(&mut relay);
+    assert_eq!(relay.blobs.len(), 1, "the packet is uploaded once");
+
+    for dev in [&mut b1, &mut b2] {
+        let (got, _) = dev.sync(&mut relay, T0 + 7);
+        assert_eq!(got.len(), 1);
+        let Some(Body::FanoutKey(fk)) = &got[0].content.body else {
+            panic!("expected a fan-out key")
+        };
+        let id: [u8; 16] = fk
+            .packet
+            .as_ref()
+            .unwrap()
+            .blob_id
+            .as_slice()
+            .try_into()
+            .unwrap();
+        let blob = relay.blobs[&id].clone();
+        let opened = dev.engine.open_org_packet(got[0].seq, &blob).unwrap();
+        assert_eq!(text(&opened), "referral for the intake team");
+        assert_eq!(opened.message_id, packet.message_id());
+    }
+
+    // Alice sends both B devices her contact card so they can answer.
+    for device in &team {
+        alice
+            .engine
+            .send_contact_card(*device, T0 + 8, &mut alice.rng)
+            .unwrap();
+    }
+    alice.sync_caps(&mut relay, T0 + 8);
+    alice.flush(&mut relay);
+    b1.sync(&mut relay, T0 + 9);
+    b2.sync(&mut relay, T0 + 9);
+
+    // B's admin revokes B2 and distributes the new device list to Alice.
+    let b2_id = b2.id();
+    b1.engine.revoke_device(b2_id, T0 + 10).unwrap();
+    b1.engine
+        .send_device_list(alice.engine.device_id().unwrap(), T0 + 10, &mut b1.rng)
+        .unwrap();
+    b1.flush(&mut relay);
+    let (got, _) = alice.sync(&mut relay, T0 + 11);
+    assert!(matches!(got[0].content.body, Some(Body::DeviceList(_))));
+    assert_eq!(
+        alice.engine.org_devices(&b1.root(), T0 + 11).unwrap(),
+        vec![b1.id()]
+    );
+
+    // The next packet reaches B1 only; B2 receives nothing new.
+    let body = Body::Chat(wire::ChatMessage {
+        text: "second referral".into(),
+        attachments: vec![],
+    });
+    let packet = alice
+        .engine
+        .prepare_org_packet(&b1.root(), body, T0 + 12, &mut alice.rng)
+        .unwrap();
+    let blob_id = relay.blob_put(packet.ciphertext());
+    let sent = alice
+        .engine
+        .send_fanout_keys(&packet, blob_id, "relay.test:4433", T0 + 12, &mut alice.rng)
+        .unwrap();
+    assert_eq!(sent.items.len(), 1);
+    assert_eq!(sent.items[0].recipient, b1.id());
+    alice.flush(&mut relay);
+    assert!(b2.sync(&mut relay, T0 + 13).0.is_empty());
+    assert_eq!(b1.sync(&mut relay, T0 + 13).0.len(), 1);
+    // Direct messages to the revoked device are refused too.
+    assert!(matches!(
+        alice
+            .engine
+            .send_chat(b2_id, "x", vec![], T0 + 14, &mut alice.rng),
+        Err(EngineError::Revoked)
+    ));
+
+    // And Alice refuses anything the revoked device still sends, without state change.
+    b2.chat(alice.engine.device_id().unwrap(), "still here", T0 + 15);
+    b2.flush(&mut relay);
+    let before = alice.snapshot();
+    let recv = alice.engine.recv_id().unwrap();
+    let queued = relay.fetch(recv);
+    assert_eq!(queued.len(), 1);
+    assert!(matches!(
+        alice.engine.receive(&queued[0], T0 + 16, &mut alice.rng),
+        Err(EngineError::CouldNotDecrypt)
+    ));
+    assert!(before == alice.snapshot());
+
+    // The org profile published after the revocation lists B1 only.
+    let profile = b1
+        .engine
+        .signed_org_profile(details, T0 + 17, &mut b1.rng)
+        .unwrap();
+    let verified = alice.engine.verify_org_profile(&profile, T0 + 17).unwrap();
+    assert_eq!(verified.profile.intake.len(), 1);
+}
+
+#[test]
+fn non_holders_cannot_enrol_and_fingerprints_are_stable() {
+    let mut relay = SimRelay::default();
+    let mut admin = Device::new_org(&mut relay, 31, "Admin");
+    let mut member = Device::enrol(&mut relay, &mut admin, 32, Role::Ambassador, "Ambassador");
+    let pk = DeviceKeys::generate(&mut TestRng::seeded(33)).public_keys();
+    assert!(matches!(
+        member.engine.enrol_device(&pk, Role::Caseworker, "", T0),
+        Err(EngineError::NotOrgKeyHolder)
+    ));
+    assert!(matches!(
+        member
+            .engine
+            .signed_org_profile(ProfileDetails::default(), T0, &mut TestRng::seeded(1)),
+        Err(EngineError::NotAdmin)
+    ));
+    let fp = engine::org_fingerprint(&admin.root());
+    assert_eq!(fp.len(), 6 * 5 + 5);
+    assert_eq!(fp, engine::org_fingerprint(&member.root()));
+    assert!(admin.engine.holds_org_key().unwrap());
+    assert!(!member.engine.holds_org_key().unwrap());
+    // The admin's state, including the root key, survives a restart.
+    let mut admin = admin.restart();
+    admin
+        .engine
+        .enrol_device(&pk, Role::Caseworker, "", T0)
+        .unwrap();
+}
