@@ -734,3 +734,45 @@ fn tiny_blob_chunks_are_buffered_into_store_chunks() {
         data
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever bytes arrive, decoding either fails with a typed error or the handler answers:
+    /// no input panics it.
+    #[test]
+    fn arbitrary_request_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+        let mut f = fixture(Limits::default(), vec![[1; 32]]);
+        let s = session(1);
+        if let Ok(request) = handover_proto::decode::request(&bytes) {
+            let _ = f.handler.handle(&s, request, NOW, &mut f.rng);
+        }
+    }
+
+    /// Structurally valid requests with arbitrary field contents never panic the handler.
+    #[test]
+    fn arbitrary_valid_requests_never_panic(
+        id in proptest::collection::vec(proptest::num::u8::ANY, 16..=16),
+        key in proptest::collection::vec(proptest::num::u8::ANY, 32..=32),
+        sig in proptest::collection::vec(proptest::num::u8::ANY, 64..=64),
+        blob in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        n in proptest::num::u64::ANY,
+        which in 0u8..10,
+    ) {
+        let mut f = fixture(Limits::default(), vec![[1; 32]]);
+        let s = session(1);
+        let kind = match which {
+            0 => Kind::CreateMailbox(wire::CreateMailbox { auth_key: key.clone(), capability_hashes: vec![key.clone()] }),
+            1 => Kind::Authenticate(wire::Authenticate { recv_id: id.clone(), signature: sig.clone() }),
+            2 => Kind::Send(wire::Send { send_id: id.clone(), capability: key.clone(), envelope: Some(wire::Envelope { envelope_id: id.clone(), expires_at: n, ciphertext: blob.clone() }) }),
+            3 => Kind::Fetch(wire::Fetch { recv_id: id.clone(), after_seq: n, limit: n as u32 }),
+            4 => Kind::MemberAuth(wire::MemberAuth { device_certificate: blob.clone(), signature: sig.clone() }),
+            5 => Kind::DirectoryPublish(wire::DirectoryPublish { profile: blob.clone() }),
+            6 => Kind::BlobPut(wire::BlobPut { size: n, expires_at: n }),
+            7 => Kind::BlobGet(wire::BlobGet { blob_id: id.clone(), offset: n }),
+            8 => Kind::EnvelopeStatus(wire::EnvelopeStatus { send_id: id.clone(), capability: key.clone(), envelope_ids: vec![id.clone()] }),
+            _ => Kind::PrekeyTake(wire::PrekeyTake { send_id: id.clone(), capability: key.clone() }),
+        };
+        let _ = f.handler.handle(&s, req(kind), n, &mut f.rng);
+    }
+}

@@ -649,6 +649,36 @@ mod tests {
         assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn log_payload_decoding_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_batches(&bytes);
+        }
+
+        #[test]
+        fn log_payload_round_trips(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(
+                    (
+                        proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+                        proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..8)),
+                    ),
+                    0..4,
+                ),
+                0..4,
+            )
+        ) {
+            let mut out = Vec::new();
+            for (i, b) in batches.iter().enumerate() {
+                encode_batch(i as u64, b, &mut out);
+            }
+            let back = decode_batches(&out).unwrap();
+            let expected: Vec<(u64, Batch)> =
+                batches.into_iter().enumerate().map(|(i, b)| (i as u64, b)).collect();
+            proptest::prop_assert_eq!(back, expected);
+        }
+    }
+
     #[test]
     fn batches_round_trip() {
         let a: Batch = vec![
