@@ -18,6 +18,13 @@
 //! - [`sealed`]: HPKE sealed-sender envelopes with padding buckets (§8).
 //! - [`attachment`] and [`fanout`]: STREAM-encrypted files and organisation packets (§9, §10).
 //!
+//! # Client
+//!
+//! - [`engine`]: the sans-IO client engine over the local [`store`]: profile and organisation
+//!   setup, invitations, contacts, sessions, exactly-once send and receive with an outbox,
+//!   organisation fan-out, directory profiles.
+//! - `client` (feature `net`): the async `Client` that drives the engine against relays.
+//!
 //! Time is always passed in as Unix seconds (`now`); randomness as a `rand_core` 0.10
 //! [`CryptoRng`](rand_core::CryptoRng).
 //!
@@ -63,6 +70,8 @@
 //! ```
 
 pub mod attachment;
+#[cfg(feature = "net")]
+pub mod client;
 pub mod consent;
 pub mod engine;
 pub mod fanout;

@@ -426,6 +426,9 @@ struct State {
     published: Option<wire::PublishedPrekeys>,
     caps: Vec<IssuedCapability>,
     next_seq: u64,
+    /// Next outbox key: entries are keyed `u64be(counter) || envelope_id` so the driver sends
+    /// them in the order they were queued.
+    next_outbox: std::cell::Cell<u64>,
 }
 
 /// The sans-IO client engine over a [`KvStore`].
@@ -614,6 +617,15 @@ impl<S: KvStore> Engine<S> {
             ),
             None => 1,
         };
+        let next_outbox = self
+            .store
+            .keys_with_prefix(Namespace::Outbox, b"")?
+            .iter()
+            .filter_map(|k| k.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()))
+            .map(u64::from_be_bytes)
+            .max()
+            .unwrap_or(0)
+            + 1;
         Ok(Some(State {
             profile,
             own_cert,
@@ -623,6 +635,7 @@ impl<S: KvStore> Engine<S> {
             published,
             caps,
             next_seq,
+            next_outbox: std::cell::Cell::new(next_outbox),
         }))
     }
 
@@ -722,6 +735,7 @@ impl<S: KvStore> Engine<S> {
             published: None,
             caps: Vec::new(),
             next_seq: 1,
+            next_outbox: std::cell::Cell::new(1),
         }));
         Ok(())
     }
@@ -1029,6 +1043,12 @@ impl<S: KvStore> Engine<S> {
         })
     }
 
+    /// One-time X25519 prekeys left on this device; publish more with
+    /// [`prekey_publish`](Self::prekey_publish) when it runs low.
+    pub fn one_time_prekeys_left(&self) -> Result<usize, EngineError> {
+        Ok(self.state()?.prekeys.one_time_count())
+    }
+
     /// SHA-256 hashes of the send capabilities currently issued and not expired at `now`: the
     /// set to register with `SetCapabilities` (or `CreateMailbox`).
     pub fn capability_hashes(&self, now: u64) -> Result<Vec<[u8; KEY_LEN]>, EngineError> {
@@ -1167,7 +1187,7 @@ impl<S: KvStore> Engine<S> {
             .address
             .as_ref()
             .ok_or(EngineError::InvalidInvitation)?;
-        if address.device_id != cert.device_id().0 {
+        if address.device_id != cert.device_id().0 || cert.device_id() == st.own_cert.device_id() {
             return Err(EngineError::InvalidInvitation);
         }
         Ok(cert.device_id())
@@ -1275,7 +1295,7 @@ impl<S: KvStore> Engine<S> {
         let address = contact.address.as_ref().ok_or(EngineError::NoAddress)?;
         let item = self.seal_to(&mut session, address, to, &content, now, rng)?;
         batch.put(Namespace::Sessions, &to.0, &session.to_secret_bytes());
-        batch.put(Namespace::Outbox, &item.envelope_id, &item.encode());
+        batch.put(Namespace::Outbox, &self.outbox_key(&item)?, &item.encode());
         batch.put(Namespace::Settings, KEY_CAPS, &records::encode_caps(&caps));
         Ok((item, caps))
     }
@@ -1512,7 +1532,7 @@ impl<S: KvStore> Engine<S> {
         let mut session = self.load_session(to)?.ok_or(EngineError::NoSession)?;
         let item = self.seal_to(&mut session, &address, to, content, now, rng)?;
         batch.put(Namespace::Sessions, &to.0, &session.to_secret_bytes());
-        batch.put(Namespace::Outbox, &item.envelope_id, &item.encode());
+        batch.put(Namespace::Outbox, &self.outbox_key(&item)?, &item.encode());
         Ok(item)
     }
 
@@ -1552,8 +1572,15 @@ impl<S: KvStore> Engine<S> {
         Ok(message)
     }
 
-    /// The outbox: envelopes persisted but not yet accepted by a relay, oldest first is not
-    /// guaranteed (ordered by envelope id).
+    fn outbox_key(&self, item: &OutboxItem) -> Result<Vec<u8>, EngineError> {
+        let st = self.state()?;
+        let n = st.next_outbox.get();
+        st.next_outbox.set(n + 1);
+        Ok(key(&n.to_be_bytes(), &item.envelope_id))
+    }
+
+    /// The outbox: envelopes persisted but not yet accepted by a relay, in the order they
+    /// were queued.
     pub fn outbox(&self) -> Result<Vec<OutboxItem>, EngineError> {
         self.store
             .scan_prefix(Namespace::Outbox, b"")?
@@ -1565,7 +1592,11 @@ impl<S: KvStore> Engine<S> {
     /// Removes an outbox entry after the relay's `SendAccepted` (or after the relay refused it
     /// for good, for example because the envelope expired).
     pub fn outbox_accepted(&mut self, envelope_id: &[u8; ID_LEN]) -> Result<(), EngineError> {
-        self.store.delete(Namespace::Outbox, envelope_id)?;
+        for k in self.store.keys_with_prefix(Namespace::Outbox, b"")? {
+            if k.len() == 8 + ID_LEN && k[8..] == envelope_id[..] {
+                self.store.delete(Namespace::Outbox, &k)?;
+            }
+        }
         Ok(())
     }
 
@@ -1744,6 +1775,52 @@ impl<S: KvStore> Engine<S> {
             }
             None => Ok(Received::Duplicate),
         }
+    }
+
+    /// The organisation root named by the sender certificate of an envelope sealed to this
+    /// device (after [`receive`](Self::receive) answered
+    /// [`EngineError::UntrustedOrganisation`]), so the application can show that
+    /// organisation's [`org_fingerprint`] and ask the user to verify it. Nothing is verified
+    /// or stored.
+    pub fn envelope_sender_org(
+        &self,
+        queued: &relay::QueuedEnvelope,
+    ) -> Result<[u8; KEY_LEN], EngineError> {
+        let envelope = queued
+            .envelope
+            .as_ref()
+            .ok_or(EngineError::CouldNotDecrypt)?;
+        let envelope_id = to_id(&envelope.envelope_id).ok_or(EngineError::CouldNotDecrypt)?;
+        let opened = sealed::open(
+            &self.state()?.profile.sealing,
+            &envelope_id,
+            envelope.expires_at,
+            &envelope.ciphertext,
+        )
+        .map_err(|_| EngineError::CouldNotDecrypt)?;
+        opened
+            .sender
+            .as_ref()
+            .and_then(cert_root)
+            .ok_or(EngineError::CouldNotDecrypt)
+    }
+
+    /// The acting device for the [`referral`](crate::referral) and
+    /// [`consent`](crate::consent) APIs (signs offers, controls and receipts).
+    pub fn actor(&self) -> Result<crate::referral::Actor<'_>, EngineError> {
+        let st = self.state()?;
+        crate::referral::Actor::new(&st.profile.device, st.own_cert.clone())
+            .ok_or(EngineError::CorruptState)
+    }
+
+    /// What this device knows about a trusted organisation (its root, newest device list and
+    /// revocations), for the referral and consent APIs.
+    pub fn org_trust(&self, root: &[u8; KEY_LEN]) -> Result<&OrgTrust, EngineError> {
+        self.state()?
+            .orgs
+            .get(root)
+            .map(|o| &o.trust)
+            .ok_or(EngineError::UntrustedOrganisation)
     }
 
     /// Messages stored on this device with a sequence number of at least `from_seq`, in order.
