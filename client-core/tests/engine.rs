@@ -666,6 +666,14 @@ fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
             .try_into()
             .unwrap();
         let blob = relay.blobs[&id].clone();
+        // A relay that alters the blob is caught; the stored key message stays as it was.
+        let mut tampered = blob.clone();
+        tampered[5] ^= 1;
+        assert!(matches!(
+            dev.engine.open_org_packet(got[0].seq, &tampered),
+            Err(EngineError::Fanout(_))
+        ));
+        assert!(dev.engine.message(got[0].seq).unwrap().unwrap() == got[0]);
         let opened = dev.engine.open_org_packet(got[0].seq, &blob).unwrap();
         assert_eq!(text(&opened), "referral for the intake team");
         assert_eq!(opened.message_id, packet.message_id());

@@ -120,11 +120,43 @@ fn content_bodies_round_trip() {
         Body::DeliveryReceipt(e2e::DeliveryReceipt {
             message_ids: vec![id(1), id(2)],
         }),
+        Body::ContactCard(e2e::ContactCard {
+            address: Some(address()),
+            certificate: Some(signed_cert()),
+            device_list: Some(signed_device_list()),
+            display_name: "Intake".into(),
+        }),
     ];
     for body in bodies {
         let mut c = content();
         c.body = Some(body);
         round_trip(&c, decode::content);
+    }
+}
+
+#[test]
+fn contact_card_requires_address_and_certificate() {
+    use e2e::content::Body;
+    for card in [
+        e2e::ContactCard {
+            address: None,
+            certificate: Some(signed_cert()),
+            device_list: None,
+            display_name: String::new(),
+        },
+        e2e::ContactCard {
+            address: Some(address()),
+            certificate: None,
+            device_list: None,
+            display_name: String::new(),
+        },
+    ] {
+        let mut c = content();
+        c.body = Some(Body::ContactCard(card));
+        assert!(matches!(
+            decode::content(&c.encode_to_vec()),
+            Err(DecodeError::Invalid { .. })
+        ));
     }
 }
 

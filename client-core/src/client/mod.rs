@@ -185,6 +185,22 @@ fn relay_of(address: &wire::DeviceAddress) -> Result<RelayInfo, ClientError> {
     })
 }
 
+/// Whether the relay will never accept this envelope, so it leaves the outbox.
+fn refused_for_good(err: &NetError) -> bool {
+    use relay::ErrorCode as C;
+    matches!(
+        err.relay_code(),
+        Some(
+            C::Expired
+                | C::Unauthorised
+                | C::NotFound
+                | C::TooLarge
+                | C::BadRequest
+                | C::UnsupportedVersion
+        )
+    )
+}
+
 fn id16(bytes: &[u8]) -> Result<[u8; ID_LEN], ClientError> {
     bytes
         .try_into()
@@ -423,6 +439,9 @@ impl Client {
                 break;
             }
         }
+        // Dedupe markers of expired envelopes are no longer needed (the relay never returns
+        // an expired envelope), nor are expired capabilities.
+        self.engine_op(|e, _, now| e.sweep(now)).await?;
         // Sessions started by others consume one-time prekeys: top them up.
         let left = self.engine_op(|e, _, _| e.one_time_prekeys_left()).await?;
         if left < (engine::ONE_TIME_PREKEY_BATCH as usize) / 2 {
@@ -539,6 +558,11 @@ impl Client {
                         }
                         tokio::time::sleep(wait).await;
                         delay *= 2;
+                    }
+                    Err(ClientError::Net(e)) if !refused_for_good(&e) => {
+                        // For example a full mailbox: keep it for the background retry.
+                        last_err = Some(ClientError::Net(e));
+                        break;
                     }
                     Err(ClientError::Net(_)) => {
                         // Refused for good (expired, capability withdrawn, too large).
