@@ -58,6 +58,9 @@ enum Command {
     Contacts,
     /// Show your organisation's fingerprint (compare it in person before trusting).
     Whoami,
+    /// Panic wipe: destroy this profile's keys at once and delete its files. No passphrase
+    /// needed. Cannot be undone.
+    Wipe(profile::WipeArgs),
 }
 
 /// Runs the command line (the `handover` binary's entry point).
@@ -88,6 +91,7 @@ pub fn run() -> ExitCode {
             Command::Inbox(args) => profile::inbox(cli.profile, args).await,
             Command::Contacts => profile::contacts(cli.profile).await,
             Command::Whoami => profile::whoami(cli.profile).await,
+            Command::Wipe(args) => profile::wipe(cli.profile, args),
         }
     });
     match result {

@@ -16,6 +16,10 @@ use handover_proto::e2e::v1::content::Body;
 
 use crate::ui::{Context, Outcome, fail};
 
+/// Longest the CLI waits for the relay in one command before telling the person; whatever is
+/// in the outbox stays there for the next `handover sync`.
+const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Options of `handover init`.
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
@@ -71,6 +75,14 @@ pub(crate) struct InboxArgs {
     /// Show only messages after this number (as printed in the first column).
     #[arg(long, value_name = "N", default_value_t = 0)]
     after: u64,
+}
+
+/// Options of `handover wipe`.
+#[derive(Debug, Args)]
+pub(crate) struct WipeArgs {
+    /// Confirm: yes, destroy this profile now.
+    #[arg(long)]
+    yes: bool,
 }
 
 /// Options of `handover sync`.
@@ -407,15 +419,20 @@ pub(crate) async fn send(profile: Option<PathBuf>, args: SendArgs) -> Outcome {
     let client = open(profile).await?;
     let result = async {
         let to = find_contact(&client, &args.to).await?;
-        client
-            .send_text(to, &args.text, Vec::new())
-            .await
-            .map_err(|e| fail(format!("sending failed: {e}. {}.", relay_hint())))?;
-        let waiting = client
-            .with_engine(|e, _, _| e.outbox().map(|o| o.len()))
-            .await
-            .ctx("reading the outbox", "Report this.")?
-            .ctx("reading the outbox", "Report this.")?;
+        let before = outbox_len(&client).await?;
+        let finished =
+            tokio::time::timeout(NETWORK_WAIT, client.send_text(to, &args.text, Vec::new())).await;
+        if let Ok(Err(e)) = finished {
+            return Err(fail(format!("sending failed: {e}. {}.", relay_hint())));
+        }
+        let waiting = outbox_len(&client).await?;
+        if finished.is_err() && waiting <= before {
+            return Err(fail(format!(
+                "the relay did not answer in {} seconds and nothing was sent. {}.",
+                NETWORK_WAIT.as_secs(),
+                relay_hint()
+            )));
+        }
         if waiting == 0 {
             println!("Sent: the relay stored it for {}.", args.to);
         } else {
@@ -428,6 +445,14 @@ pub(crate) async fn send(profile: Option<PathBuf>, args: SendArgs) -> Outcome {
     }
     .await;
     close(client, result).await
+}
+
+async fn outbox_len(client: &Client) -> Outcome<usize> {
+    client
+        .with_engine(|e, _, _| e.outbox().map(|o| o.len()))
+        .await
+        .ctx("reading the outbox", "Report this.")?
+        .ctx("reading the outbox", "Report this.")
 }
 
 fn describe(message: &Message, names: &dyn Fn(&DeviceId) -> String) -> String {
@@ -481,14 +506,39 @@ pub(crate) async fn sync(profile: Option<PathBuf>, args: SyncArgs) -> Outcome {
     let client = open(profile).await?;
     let result = async {
         let mut events = client.events();
-        let sent = client
-            .flush_outbox()
-            .await
-            .map_err(|e| fail(format!("sending the outbox failed: {e}. {}.", relay_hint())))?;
-        let mut got = client
-            .sync()
-            .await
-            .map_err(|e| fail(format!("fetching messages failed: {e}. {}.", relay_hint())))?;
+        let sent = match tokio::time::timeout(NETWORK_WAIT, client.flush_outbox()).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                return Err(fail(format!(
+                    "sending the outbox failed: {e}. {}.",
+                    relay_hint()
+                )));
+            }
+            Err(_) => {
+                return Err(fail(format!(
+                    "the relay did not answer in {} seconds; waiting messages stay in the \
+                     outbox. {}.",
+                    NETWORK_WAIT.as_secs(),
+                    relay_hint()
+                )));
+            }
+        };
+        let mut got = match tokio::time::timeout(NETWORK_WAIT, client.sync()).await {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => {
+                return Err(fail(format!(
+                    "fetching messages failed: {e}. {}.",
+                    relay_hint()
+                )));
+            }
+            Err(_) => {
+                return Err(fail(format!(
+                    "the relay did not answer in {} seconds. {}.",
+                    NETWORK_WAIT.as_secs(),
+                    relay_hint()
+                )));
+            }
+        };
         let mut untrusted = Vec::new();
         while let Ok(event) = events.try_recv() {
             match event {
@@ -601,4 +651,29 @@ pub(crate) async fn contacts(profile: Option<PathBuf>) -> Outcome {
     }
     .await;
     close(client, result).await
+}
+
+/// `handover wipe`: shreds the store's key header first, then removes the files; works on a
+/// locked profile (no passphrase), as a panic wipe must.
+pub(crate) fn wipe(profile: Option<PathBuf>, args: WipeArgs) -> Outcome {
+    let dir = profile_dir(profile)?;
+    if !args.yes {
+        return Err(fail(format!(
+            "this destroys the profile in {} for good (keys, contacts, messages). If that is \
+             what you want, run again with --yes.",
+            dir.display()
+        )));
+    }
+    handover_core::store::panic_wipe(&dir).map_err(|e| {
+        fail(format!(
+            "the wipe could not remove everything: {e}. The keys were destroyed first if the \
+             header could be overwritten; delete the directory {} by hand as well.",
+            dir.display()
+        ))
+    })?;
+    println!(
+        "Profile in {} wiped: its keys were destroyed and its files removed.",
+        dir.display()
+    );
+    Ok(())
 }

@@ -213,6 +213,15 @@ fn two_profiles_invite_accept_send_sync_inbox_over_a_relay_process() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Panic wipe: refused without --yes, then the profile is gone (no passphrase needed).
+    let out = run(Some(&bob), &["wipe"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("--yes"), "{}", out.stderr);
+    must(Some(&bob), &["wipe", "--yes"]);
+    let out = run(Some(&bob), &["inbox"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("handover init"), "{}", out.stderr);
+
     // Nothing the people wrote is in the relay's files.
     drop(relay);
     for f in files_under(&tmp.path().join("relay")) {
@@ -264,4 +273,136 @@ fn demo_verifies_every_step_and_the_relay_holds_no_plaintext() {
             );
         }
     }
+}
+
+/// A relay process on a fixed loopback port (so a restarted relay has the address the profiles
+/// know). Killed on drop.
+struct FixedRelay {
+    child: std::process::Child,
+}
+
+impl FixedRelay {
+    fn start(addr: std::net::SocketAddr, data_dir: &Path) -> (Self, [u8; 32]) {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(relay_bin())
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin")
+            .arg("off")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--wal-mib")
+            .arg("2")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line.starts_with("handover-relay ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(COMMAND_TIMEOUT)
+            .expect("relay did not start");
+        let pin = line
+            .split_whitespace()
+            .find_map(|p| p.strip_prefix("pin="))
+            .unwrap();
+        let pin: [u8; 32] = hex::decode(pin).unwrap().try_into().unwrap();
+        (Self { child }, pin)
+    }
+}
+
+impl Drop for FixedRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+#[test]
+fn relay_killed_before_send_and_client_killed_mid_sync_deliver_each_message_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = free_udp_port();
+    let relay_dir = tmp.path().join("relay");
+    let (relay, pin) = FixedRelay::start(addr, &relay_dir);
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    for (p, name) in [(&alice, "Alice"), (&bob, "Bob")] {
+        must(
+            Some(p),
+            &[
+                "init",
+                "--relay",
+                &addr.to_string(),
+                "--relay-pin",
+                &hex::encode(pin),
+                "--name",
+                name,
+                "--insecure-fast-kdf",
+            ],
+        );
+    }
+    let (fp_alice, fp_bob) = (fingerprint(&alice), fingerprint(&bob));
+    let invite = must(Some(&alice), &["invite", "--no-qr"]);
+    let link = invite
+        .lines()
+        .find(|l| l.starts_with("handover://invite#"))
+        .unwrap()
+        .to_owned();
+    must(Some(&bob), &["accept", &link, "--trust-org", &fp_alice]);
+    must(Some(&alice), &["sync", "--trust-org", &fp_bob]);
+
+    // The relay crashes (SIGKILL); Bob sends anyway: the message waits in his outbox.
+    drop(relay);
+    let out = must(
+        Some(&bob),
+        &["send", "--to", "Alice", "while the relay was down"],
+    );
+    assert!(out.contains("outbox"), "{out}");
+    // The relay comes back on the same address with the same data (and certificate).
+    let (_relay, pin2) = FixedRelay::start(addr, &relay_dir);
+    assert_eq!(pin, pin2);
+    let out = must(Some(&bob), &["sync"]);
+    assert!(out.contains("Sent 1 waiting message"), "{out}");
+
+    // Alice's sync is killed at once, several times, wherever it happens to be; a final sync
+    // completes. The message reaches her exactly once.
+    must(Some(&bob), &["send", "--to", "Alice", "second message"]);
+    for _ in 0..3 {
+        let mut child = Command::new(cli())
+            .args(["sync", "--profile"])
+            .arg(&alice)
+            .env("HANDOVER_PASSPHRASE", "correct horse battery staple")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    must(Some(&alice), &["sync"]);
+    must(Some(&alice), &["sync"]);
+    let inbox = must(Some(&alice), &["inbox"]);
+    assert_eq!(
+        inbox.matches("while the relay was down").count(),
+        1,
+        "{inbox}"
+    );
+    assert_eq!(inbox.matches("second message").count(), 1, "{inbox}");
 }
