@@ -667,6 +667,17 @@ impl Story {
             sent_receipt.items.len() == 2,
             "the consent receipt reaches both devices of B's intake team",
         )?;
+        for (what, sent) in [("consent receipt", &sent_receipt), ("offer", &sent_offer)] {
+            for item in &sent.items {
+                self.relay_saw.push((
+                    format!(
+                        "envelope {} ({what} packet key for one B device, sealed, padded)",
+                        hex::encode(item.envelope_id)
+                    ),
+                    item.envelope.ciphertext.len() as u64,
+                ));
+            }
+        }
         self.step(&format!(
             "Offer and consent receipt sent to organisation B: encrypted once, uploaded once, \
              keys to {} devices; state SENT",

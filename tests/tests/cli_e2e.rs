@@ -149,12 +149,17 @@ fn two_profiles_invite_accept_send_sync_inbox_over_a_relay_process() {
     assert!(!out.ok);
     assert!(out.stderr.contains("--profile"), "{}", out.stderr);
 
-    let invite = must(Some(&alice), &["invite", "--no-qr"]);
+    let invite = must(Some(&alice), &["invite"]);
     let link = invite
         .lines()
         .find(|l| l.starts_with("handover://invite#"))
         .unwrap()
         .to_owned();
+    // The QR code is drawn with half blocks.
+    assert!(
+        invite.contains('\u{2580}') && invite.contains('\u{2584}'),
+        "{invite}"
+    );
 
     // Bob has not verified Alice's organisation yet: refused, with the fingerprint to compare.
     let out = run(Some(&bob), &["accept", &link]);
