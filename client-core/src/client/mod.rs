@@ -50,6 +50,8 @@ use rand::rngs::StdRng;
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::task::JoinHandle;
 
+mod referrals;
+
 use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::content::Body;
@@ -59,7 +61,7 @@ use handover_proto::relay::v1 as relay;
 use crate::attachment::{self, AttachmentError};
 use crate::engine::{
     self, Contact, Engine, EngineError, FanoutSent, IdentitySetup, MailboxKeys, Message,
-    ProfileDetails, Received, RelayInfo, VerifiedProfile,
+    ProfileDetails, Received, ReferralEvent, RelayInfo, VerifiedProfile,
 };
 use crate::identity::{DeviceId, DeviceKeys};
 use crate::net::{NetError, RelayAddress, RelayClient};
@@ -132,6 +134,9 @@ pub enum ClientEvent {
     Connected,
     /// The background task lost its connection and will retry.
     Disconnected,
+    /// A referral or consent step was applied or refused (carried by a received message or
+    /// by [`Client::sweep_referrals`]).
+    Referral(ReferralEvent),
 }
 
 struct Inner {
@@ -393,6 +398,7 @@ impl Client {
         let connection = self.own_relay().await?;
         let recv_id = self.engine_op(|e, _, _| e.recv_id()).await?;
         let mut delivered = Vec::new();
+        let mut referral_steps = 0;
         let mut after_seq = 0;
         loop {
             let batch = connection.fetch(&recv_id, after_seq, FETCH_LIMIT).await?;
@@ -406,6 +412,11 @@ impl Client {
                 let outcome = self
                     .with_engine(|e, rng, now| e.receive(queued, now, rng))
                     .await?;
+                let referral_events = self.with_engine(|e, _, _| e.take_referral_events()).await?;
+                referral_steps += referral_events.len();
+                for event in referral_events {
+                    let _ = self.inner.events.send(ClientEvent::Referral(event));
+                }
                 match outcome {
                     Ok(Received::Delivered(m)) => delivered.push(*m),
                     Ok(_) => {}
@@ -442,6 +453,11 @@ impl Client {
         // Dedupe markers of expired envelopes are no longer needed (the relay never returns
         // an expired envelope), nor are expired capabilities.
         self.engine_op(|e, _, now| e.sweep(now)).await?;
+        // Referral expiry; answers staged while receiving (PURGE_CONFIRMED) go out now.
+        self.sweep_referrals().await?;
+        if referral_steps > 0 {
+            self.flush_after_send().await?;
+        }
         // Sessions started by others consume one-time prekeys: top them up.
         let left = self.engine_op(|e, _, _| e.one_time_prekeys_left()).await?;
         if left < (engine::ONE_TIME_PREKEY_BATCH as usize) / 2 {

@@ -28,8 +28,22 @@
 //!
 //! Failures never change state: an envelope that fails any check (HPKE, padding, sender
 //! certificate, session, ratchet) is reported as an error and leaves the store untouched.
+//!
+//! # Referrals and consent
+//!
+//! The engine persists [`referral`](crate::referral) records, consent receipts, the receipt
+//! registry and the disclosure ledger, and applies a received offer, body, control message or
+//! receipt inside [`Engine::receive`]'s batch, so a referral step is applied exactly once with
+//! its message (docs/PROTOCOL.md §10.3). Operations: [`Engine::record_consent`],
+//! [`Engine::send_referral_offer`], [`Engine::referral_act`], [`Engine::release_referral_body`],
+//! [`Engine::change_consent`], [`Engine::purge_status`], [`Engine::sweep_referrals`],
+//! [`Engine::referrals`], [`Engine::kantara_export`], [`Engine::survivor_copy`]; what happened is
+//! reported as [`ReferralEvent`]s ([`Engine::take_referral_events`]).
 
 mod records;
+mod referrals;
+
+pub use referrals::{OfferConsent, PurgeReport, ReferralEvent, ReferralSummary};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -166,6 +180,10 @@ pub enum EngineError {
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidInput(&'static str),
+    /// A referral or consent step was refused (consent gate, lifecycle, signature, timeline,
+    /// ambassador); nothing changed.
+    #[error(transparent)]
+    Referral(#[from] crate::referral::ReferralError),
 }
 
 /// Where a relay is: `host:port` and the SHA-256 pin of its certificate's public key.
@@ -436,6 +454,7 @@ pub struct Engine<S: KvStore> {
     store: S,
     state: Option<Box<State>>,
     envelope_ttl: u64,
+    referral_events: Vec<ReferralEvent>,
 }
 
 impl<S: KvStore> fmt::Debug for Engine<S> {
@@ -532,6 +551,7 @@ impl<S: KvStore> Engine<S> {
             store,
             state: None,
             envelope_ttl: DEFAULT_ENVELOPE_TTL,
+            referral_events: Vec::new(),
         };
         engine.state = engine.load()?.map(Box::new);
         Ok(engine)
@@ -1705,6 +1725,7 @@ impl<S: KvStore> Engine<S> {
 
         // Side effects of control content, staged in the same batch.
         let mut staged_org = None;
+        let mut referral_events = Vec::new();
         let mut contact = st.contacts.get(&sender_id).map(|c| ContactRecord {
             certificate: sender_signed.clone(),
             address: c.address.clone(),
@@ -1740,6 +1761,18 @@ impl<S: KvStore> Engine<S> {
                         .ok()
                         .flatten();
                 }
+                Some(
+                    body @ (Body::SignedReferralOffer(_)
+                    | Body::ReferralBody(_)
+                    | Body::ReferralControl(_)
+                    | Body::ConsentReceipt(_)),
+                ) => {
+                    // Referral and consent steps apply in this batch (docs/PROTOCOL.md §10.3):
+                    // exactly once, together with the message and its markers.
+                    referral_events = self.stage_referral_content(
+                        body, sender_id, &root, &mut batch, &session, now, rng,
+                    )?;
+                }
                 _ => {}
             }
         }
@@ -1756,9 +1789,14 @@ impl<S: KvStore> Engine<S> {
         let message = if duplicate {
             None
         } else {
+            // The referral record holds the offer and body (and erases them); the message log
+            // keeps only a redacted copy.
+            let mut content = content;
+            referrals::redact(&mut content);
             Some(self.stage_message(&mut batch, Direction::Incoming, sender_id, content, now)?)
         };
         self.store.apply_batch(batch)?;
+        self.referral_events.extend(referral_events);
 
         let st = self.state_mut()?;
         if let Some(p) = new_prekeys {

@@ -456,6 +456,70 @@ impl SenderReferral {
         Ok(SenderEvent::ExpiredUndelivered(signed))
     }
 
+    /// Verifies a PURGE_CONFIRMED (or RETAINED_UNDER_EXCEPTION) signed by a device of the
+    /// receiving organisation for the erasure step the timeline already records. Every
+    /// receiving device erases and confirms, but the hash chain holds only the first
+    /// confirmation; the others answer the same step (same sequence, same previous hash) and
+    /// are checked here without changing anything. Returns the confirming device, its signed
+    /// time and the legal basis of anything retained.
+    pub fn verify_purge_confirmation(
+        &self,
+        signed: &wire::SignedControl,
+        receiver_org: &OrgTrust,
+        now: u64,
+    ) -> Result<(crate::identity::DeviceId, u64, Option<String>), ReferralError> {
+        if !bool::from(
+            receiver_org
+                .root()
+                .to_bytes()
+                .ct_eq(&self.core.meta.receiver_root),
+        ) {
+            return Err(ReferralError::UntrustedSigner {
+                what: "control message",
+            });
+        }
+        let control = super::control::decode_control(signed)?;
+        if !bool::from(control.referral_id.ct_eq(self.id().as_bytes())) {
+            return Err(ReferralError::WrongReferral);
+        }
+        let Some(wire::referral_control::Action::PurgeConfirmed(p)) = &control.action else {
+            return Err(ReferralError::Malformed {
+                what: "purge confirmation",
+            });
+        };
+        let signer = super::control::verify_signed(
+            "control message",
+            signed.signer.as_ref(),
+            super::control::LABEL_REFERRAL_CONTROL,
+            &signed.control,
+            &signed.signature,
+            super::control::Trust::Live {
+                org: receiver_org,
+                now,
+            },
+        )?;
+        let entries = self.core.timeline.entries();
+        let confirmed = matches!(
+            self.state(),
+            ReferralState::PurgeConfirmed(_) | ReferralState::RetainedUnderException { .. }
+        );
+        let position = entries.len().checked_sub(2).and_then(|i| entries.get(i));
+        match position {
+            Some(prev)
+                if confirmed
+                    && control.sequence == prev.sequence() + 1
+                    && bool::from(control.prev_hash.ct_eq(prev.hash())) => {}
+            _ => {
+                return Err(ReferralError::OutOfOrder {
+                    expected: self.core.timeline.len(),
+                });
+            }
+        }
+        let retained =
+            (!p.retained_under_exception.is_empty()).then(|| p.retained_under_exception.clone());
+        Ok((signer.device_id(), p.purged_at, retained))
+    }
+
     fn erase_sealed(&mut self) {
         // Dropping zeroizes every section key.
         self.sealed.clear();

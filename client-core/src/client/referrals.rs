@@ -1,0 +1,159 @@
+//! Referrals and consent over the relay: thin async wrappers of the engine's referral
+//! operations (see [`crate::engine`]'s `referrals` docs). Every method persists its step and
+//! envelopes in one engine batch, then sends the outbox; a transient relay failure leaves the
+//! envelopes in the outbox for the background task.
+
+use handover_proto::e2e::v1 as wire;
+use handover_proto::limits::KEY_LEN;
+use serde_json::Value;
+
+use super::{Client, ClientError};
+use crate::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
+use crate::engine::{OfferConsent, PurgeReport, ReferralSummary};
+use crate::referral::{Action, OfferDraft, ReferralId, ReferralState};
+
+impl Client {
+    /// Records consent given now (see [`Engine::record_consent`](crate::engine::Engine::record_consent)).
+    pub async fn record_consent(
+        &self,
+        draft: wire::ConsentReceipt,
+    ) -> Result<SignedReceipt, ClientError> {
+        self.engine_op(move |e, rng, now| e.record_consent(draft, now, rng))
+            .await
+    }
+
+    /// Sends a referral offer to every active device of the receiving organisation
+    /// (`draft.to.org_root_key`), starting sessions where needed; the consent gate runs first
+    /// and nothing is sent if it refuses.
+    pub async fn send_referral(
+        &self,
+        draft: OfferDraft,
+        sections: Vec<wire::BodySection>,
+        consent: OfferConsent,
+    ) -> Result<ReferralId, ClientError> {
+        let root: [u8; KEY_LEN] = draft.to.org_root_key.as_slice().try_into().map_err(|_| {
+            crate::engine::EngineError::InvalidInput("organisation root key must be 32 bytes")
+        })?;
+        self.ensure_org_sessions(root).await?;
+        let (id, _) = self
+            .engine_op(move |e, rng, now| {
+                e.send_referral_offer(&draft, &sections, &consent, now, rng)
+            })
+            .await?;
+        self.flush_after_send().await?;
+        Ok(id)
+    }
+
+    /// Takes a lifecycle step on a referral (either side) and sends the signed control (see
+    /// [`Engine::referral_act`](crate::engine::Engine::referral_act)). Returns the new state.
+    pub async fn referral_act(
+        &self,
+        id: ReferralId,
+        action: Action,
+    ) -> Result<ReferralState, ClientError> {
+        let own = self.engine_op(|e, _, _| e.org_root()).await?;
+        self.ensure_org_sessions(own).await?;
+        let (state, _) = self
+            .engine_op(move |e, rng, now| e.referral_act(&id, action, now, rng))
+            .await?;
+        self.flush_after_send().await?;
+        Ok(state)
+    }
+
+    /// Releases an accepted referral's body to the receiving organisation's non-ambassador
+    /// devices. Returns how many devices it went to.
+    pub async fn release_referral_body(&self, id: ReferralId) -> Result<usize, ClientError> {
+        let items = self
+            .engine_op(move |e, rng, now| e.release_referral_body(&id, now, rng))
+            .await?;
+        self.flush_after_send().await?;
+        Ok(items.len())
+    }
+
+    /// Changes consent (withdrawn, expired, invalidated, renewed) and sends CONSENT_CHANGED to
+    /// every organisation that received data under it. Returns the new receipt.
+    pub async fn change_consent(
+        &self,
+        receipt: ReceiptId,
+        state: wire::ConsentState,
+    ) -> Result<SignedReceipt, ClientError> {
+        let (new, _) = self
+            .engine_op(move |e, rng, now| e.change_consent(&receipt, state, now, rng))
+            .await?;
+        self.flush_after_send().await?;
+        Ok(new)
+    }
+
+    /// Erasure confirmations and pending devices per recipient of data under a receipt.
+    pub async fn purge_status(&self, receipt: ReceiptId) -> Result<Vec<PurgeReport>, ClientError> {
+        self.engine_op(move |e, _, _| e.purge_status(&receipt))
+            .await
+    }
+
+    /// Every referral on this device with its current state and timeline.
+    pub async fn referrals(&self) -> Result<Vec<ReferralSummary>, ClientError> {
+        self.engine_op(|e, _, _| e.referrals()).await
+    }
+
+    /// One referral with its current state and timeline.
+    pub async fn referral(&self, id: ReferralId) -> Result<Option<ReferralSummary>, ClientError> {
+        self.engine_op(move |e, _, _| e.referral(&id)).await
+    }
+
+    /// The Kantara Consent Receipt v1.1 JSON of a stored receipt.
+    pub async fn kantara_export(&self, receipt: ReceiptId) -> Result<Value, ClientError> {
+        self.engine_op(move |e, _, _| e.kantara_export(&receipt))
+            .await
+    }
+
+    /// The survivor's copy of a stored receipt (see
+    /// [`Engine::survivor_copy`](crate::engine::Engine::survivor_copy)).
+    pub async fn survivor_copy(
+        &self,
+        receipt: ReceiptId,
+        language: Language,
+        preferred_name: Option<String>,
+        preferred_term: PreferredTerm,
+        case_ref: Option<String>,
+    ) -> Result<String, ClientError> {
+        self.engine_op(move |e, _, _| {
+            e.survivor_copy(
+                &receipt,
+                language,
+                preferred_name.as_deref(),
+                preferred_term,
+                case_ref.as_deref(),
+            )
+        })
+        .await
+    }
+
+    /// Applies referral expiry now and sends what it produces (EXPIRED, PURGE_CONFIRMED).
+    /// [`Client::sync`] calls this after every fetch.
+    pub async fn sweep_referrals(&self) -> Result<(), ClientError> {
+        let (events, items) = self
+            .engine_op(|e, rng, now| e.sweep_referrals(now, rng))
+            .await?;
+        for event in events {
+            let _ = self.inner.events.send(super::ClientEvent::Referral(event));
+        }
+        // The engine queued them for take_referral_events too; drop those duplicates.
+        self.with_engine(|e, _, _| e.take_referral_events()).await?;
+        if !items.is_empty() {
+            self.flush_after_send().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts sessions with every active device of an organisation that has an address
+    /// (devices without a bundle are skipped; the engine sends only where a session exists).
+    async fn ensure_org_sessions(&self, root: [u8; KEY_LEN]) -> Result<(), ClientError> {
+        let devices = self
+            .engine_op(move |e, _, now| e.org_devices(&root, now))
+            .await?;
+        for device in devices {
+            let _ = self.ensure_session(device).await;
+        }
+        Ok(())
+    }
+}
