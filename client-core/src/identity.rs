@@ -427,20 +427,7 @@ impl DeviceCertificate {
         trusted_root: &OrgRootPublicKey,
         now: u64,
     ) -> Result<Self, CertificateError> {
-        signed.validate().map_err(|_| CertificateError::Malformed)?;
-        if !verify_labelled(
-            trusted_root.verifying_key(),
-            LABEL_DEVICE_CERT,
-            &signed.certificate,
-            &signed.signature,
-        ) {
-            return Err(CertificateError::BadSignature);
-        }
-        let cert = decode::device_certificate(&signed.certificate)
-            .map_err(|_| CertificateError::Malformed)?;
-        if cert.org_root_key != trusted_root.0 {
-            return Err(CertificateError::WrongOrganisation);
-        }
+        let cert = Self::check_signature_and_org(signed, trusted_root)?;
         if now < cert.not_before {
             return Err(CertificateError::NotYetValid);
         }
@@ -640,6 +627,16 @@ impl DeviceCertificate {
         signed: &wire::SignedDeviceCertificate,
         root: &OrgRootPublicKey,
     ) -> Result<DeviceId, CertificateError> {
+        let cert = Self::check_signature_and_org(signed, root)?;
+        DeviceId::from_slice(&cert.device_id)
+    }
+
+    /// Steps 1–3 of PROTOCOL.md §5.2: structure, the root's signature over the exact bytes,
+    /// then the organisation named inside. Validity and revocation are the callers' steps.
+    fn check_signature_and_org(
+        signed: &wire::SignedDeviceCertificate,
+        root: &OrgRootPublicKey,
+    ) -> Result<wire::DeviceCertificate, CertificateError> {
         signed.validate().map_err(|_| CertificateError::Malformed)?;
         if !verify_labelled(
             root.verifying_key(),
@@ -654,7 +651,7 @@ impl DeviceCertificate {
         if cert.org_root_key != root.0 {
             return Err(CertificateError::WrongOrganisation);
         }
-        DeviceId::from_slice(&cert.device_id)
+        Ok(cert)
     }
 }
 

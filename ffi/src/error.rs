@@ -1,0 +1,160 @@
+//! The one error type that crosses the FFI boundary.
+
+use handover_core::net::NetError;
+use handover_core::store::StoreError;
+use handover_proto::relay::v1::ErrorCode;
+
+/// Everything that can go wrong in a Handover call, flattened from the core's error types.
+///
+/// Foreign code sees one exception type per variant (Kotlin `HandoverException.WrongCredential`,
+/// Swift `HandoverError.WrongCredential`, Python `HandoverError.WrongCredential`) whose message
+/// is the text below: written for a log or a support screen, never containing passphrases, keys,
+/// record names or message content. Variants marked *transient* may succeed when retried later.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
+#[non_exhaustive]
+pub enum HandoverError {
+    /// The passphrase or keystore key did not unlock the profile. Nothing was changed.
+    #[error("could not unlock the profile: wrong passphrase or key")]
+    WrongCredential,
+    /// There is no profile in that directory.
+    #[error("no profile exists in this directory")]
+    ProfileNotFound,
+    /// `create` was called where a profile already exists.
+    #[error("a profile already exists in this directory")]
+    ProfileExists,
+    /// The profile's files are damaged or were tampered with.
+    #[error("the profile is damaged: {detail}")]
+    ProfileCorrupt {
+        /// Which part failed (no data).
+        detail: String,
+    },
+    /// The profile was locked ([`Profile::lock`](crate::Profile::lock)) or wiped; open it
+    /// again.
+    #[error("the profile is locked or wiped; open it again")]
+    ProfileLocked,
+    /// The duress passphrase would unlock the real profile; choose a different one.
+    #[error("the duress passphrase must differ from every passphrase that unlocks the profile")]
+    DuressMatchesCredential,
+    /// An argument was rejected before anything was done (wrong key length, bad pin or address,
+    /// value too large, parameters out of range).
+    #[error("invalid argument: {detail}")]
+    InvalidArgument {
+        /// What was wrong.
+        detail: String,
+    },
+    /// Local storage failed (disk full, permissions, I/O error, out of memory in key derivation).
+    #[error("local storage failed: {detail}")]
+    Storage {
+        /// The underlying error.
+        detail: String,
+    },
+    /// The relay could not be reached or the connection broke (*transient*).
+    #[error("could not reach the relay: {detail}")]
+    RelayUnreachable {
+        /// The underlying error.
+        detail: String,
+    },
+    /// The relay did not answer in time (*transient*).
+    #[error("the relay did not answer in time; try again")]
+    RelayTimeout,
+    /// The relay is rate-limiting this client or is temporarily unavailable (*transient*).
+    #[error("the relay is busy; retry in {retry_after_secs} s (0 = unknown): {detail}")]
+    RelayBusy {
+        /// The relay's explanation.
+        detail: String,
+        /// Seconds after which a retry may succeed (0 = unknown).
+        retry_after_secs: u32,
+    },
+    /// The relay refused the request and will refuse it again.
+    #[error("the relay refused the request ({code}): {detail}")]
+    RelayRefused {
+        /// The relay's error code name.
+        code: String,
+        /// The relay's explanation.
+        detail: String,
+    },
+    /// The relay sent something that does not follow the protocol.
+    #[error("protocol error: {detail}")]
+    Protocol {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The call was cancelled (the foreign coroutine or task was cancelled).
+    #[error("the operation was cancelled")]
+    Cancelled,
+    /// A bug or an unexpected state inside the library; please report it.
+    #[error("internal error: {detail}")]
+    Internal {
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl HandoverError {
+    pub(crate) fn invalid(detail: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<StoreError> for HandoverError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WrongCredential => Self::WrongCredential,
+            StoreError::NotFound => Self::ProfileNotFound,
+            StoreError::AlreadyExists => Self::ProfileExists,
+            StoreError::CorruptHeader | StoreError::CorruptRecord => Self::ProfileCorrupt {
+                detail: e.to_string(),
+            },
+            StoreError::DuressMatchesCredential => Self::DuressMatchesCredential,
+            StoreError::InvalidKdfParams
+            | StoreError::InvalidKeyLength
+            | StoreError::TooLarge { .. } => Self::invalid(e.to_string()),
+            StoreError::Io(ref io) => Self::Storage {
+                detail: format!("{e}: {io}"),
+            },
+            other => Self::Storage {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<NetError> for HandoverError {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::Resolve | NetError::Connect(_) | NetError::Connection(_) => {
+                Self::RelayUnreachable {
+                    detail: e.to_string(),
+                }
+            }
+            NetError::Setup(_) => Self::Internal {
+                detail: e.to_string(),
+            },
+            NetError::Timeout => Self::RelayTimeout,
+            NetError::Relay {
+                code,
+                message,
+                retry_after_secs,
+            } => match code {
+                ErrorCode::RateLimited | ErrorCode::Unavailable => Self::RelayBusy {
+                    detail: message,
+                    retry_after_secs,
+                },
+                other => Self::RelayRefused {
+                    code: other.as_str_name().to_owned(),
+                    detail: message,
+                },
+            },
+            NetError::TooLarge(_) => Self::invalid(e.to_string()),
+            NetError::Io(_) => Self::Storage {
+                detail: e.to_string(),
+            },
+            other => Self::Protocol {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
