@@ -1,24 +1,20 @@
 //! `handover demo`: a relay and five real clients over QUIC on loopback, playing one referral
 //! from first contact to purge confirmation, then checking that the relay never held plaintext.
 //!
-//! Everything the devices do goes through [`Client`]; the referral and consent steps use the
-//! `referral` and `consent` modules through [`Client::with_engine`] (signing, the consent gate)
-//! and [`Client::send_body`] / [`Client::send_to_organisation`] (transport), because the
-//! Client does not wrap referrals yet. The demo keeps the referral records in memory.
+//! Everything the devices do goes through [`Client`], including the referral and consent steps
+//! (`record_consent`, `send_referral`, `referral_act`, `release_referral_body`,
+//! `change_consent`, `purge_status`). Only two reads use [`Client::with_engine`], because the
+//! Client does not wrap them: the received offer and the received body sections, which the demo
+//! prints to show the decrypted text at the receivers.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
 use handover_core::client::Client;
-use handover_core::consent::{Consent, ConsentEvent, DisclosureLedger, ReceiptRegistry};
-use handover_core::engine::{Direction, IdentitySetup, Message, RelayInfo};
+use handover_core::engine::{Direction, IdentitySetup, Message, OfferConsent, RelayInfo};
 use handover_core::identity::{DeviceId, DeviceKeys, Role};
-use handover_core::referral::{
-    Action, ConsentInput, OfferDraft, Outcome as ServiceOutcome, ReceiverEvent, ReceiverReferral,
-    ReferralState, SenderEvent, SenderReferral, fan_out_consent_change,
-};
+use handover_core::referral::{Action, OfferDraft, Outcome as ServiceOutcome, ReferralId};
 use handover_core::store::{Credential, KdfParams, Passphrase};
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::content::Body;
@@ -437,26 +433,6 @@ impl Story {
         }
     }
 
-    /// Sends a signed control from `from` to each device in `to` (one message each).
-    async fn send_control(
-        &self,
-        from: usize,
-        to: &[usize],
-        control: &wire::SignedControl,
-    ) -> Outcome {
-        for &t in to {
-            self.devices[from]
-                .client
-                .send_body(self.devices[t].id, Body::ReferralControl(control.clone()))
-                .await
-                .ctx(
-                    "sending a referral control message",
-                    "Check that the relay is running.",
-                )?;
-        }
-        Ok(())
-    }
-
     async fn play(&mut self) -> Outcome {
         // --- Organisations and devices.
         let admin = self
@@ -546,24 +522,11 @@ impl Story {
             wire::Section::Risk,
             wire::Section::Attachments,
         ];
-        let draft = receipt_draft(b_root, &sections, &m);
-        let consent = self.devices[CASEWORKER]
-            .client
-            .with_engine(move |e, rng, now| {
-                let actor = e.actor().map_err(|e| e.to_string())?;
-                Consent::Requested
-                    .apply(ConsentEvent::Give(Box::new(draft)), &actor, now, rng)
-                    .map_err(|(_, e)| e.to_string())
-            })
+        let cw = self.devices[CASEWORKER].client.clone();
+        let receipt = cw
+            .record_consent(receipt_draft(b_root, &sections, &m))
             .await
-            .ctx("recording consent", "Report this.")?
             .ctx("recording consent", "Check the consent fields.")?;
-        let receipt = consent
-            .current()
-            .ok_or_else(|| fail("recording consent failed: no receipt. Report this."))?
-            .clone();
-        let mut registry = ReceiptRegistry::new();
-        registry.insert(receipt.clone());
         self.step(&format!(
             "Consent GIVEN (via interpreter, Arabic): receipt {} signed by the caseworker's \
              device, covering {ORG_B}, 5 sections, purpose: safe accommodation",
@@ -579,8 +542,7 @@ impl Story {
             document.extend_from_slice(attachment_text.as_bytes());
         }
         let mut bar = Progress::new("uploading letter.txt (encrypted)", document.len() as u64);
-        let attachment = self.devices[CASEWORKER]
-            .client
+        let attachment = cw
             .upload_attachment(&document, "text/plain", "letter.txt", |done| {
                 bar.update(done)
             })
@@ -604,398 +566,157 @@ impl Story {
         ));
 
         // --- The referral: offer to the whole intake team.
-        let body = body_sections(&m, attachment.clone());
-        let offer_draft = offer_draft(a_root, b_root, &m);
-        let signed_receipt = receipt.signed().clone();
-        let reg = registry.clone();
-        let prepared = self.devices[CASEWORKER]
-            .client
-            .with_engine(move |e, rng, now| {
-                let actor = e.actor().map_err(|e| e.to_string())?;
-                let own = e.org_trust(&a_root).map_err(|e| e.to_string())?;
-                let mut ledger = DisclosureLedger::new();
-                let mut referral = SenderReferral::prepare(
-                    &offer_draft,
-                    &body,
-                    ConsentInput::Receipt(&signed_receipt),
-                    own,
-                    &reg,
-                    &actor,
-                    now,
-                    rng,
-                )
-                .map_err(|e| e.to_string())?;
-                let (offer, receipt) = referral
-                    .mark_sent(&actor, &mut ledger)
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>((referral, ledger, offer, receipt))
-            })
-            .await
-            .ctx("preparing the referral", "Report this.")?
-            .ctx(
-                "preparing the referral",
-                "Check the referral's fields and consent.",
-            )?;
-        let (mut sender, mut ledger, offer, offer_receipt) = prepared;
-        let offer_receipt = offer_receipt.ok_or_else(|| {
-            fail("preparing the referral failed: no receipt to send. Report this.")
-        })?;
-        self.step(&format!(
-            "Referral {} READY (consent gate passed: recipient, purpose and sections covered), \
-             offer signed; state {}",
-            sender.id().short(),
-            sender.state().name()
-        ));
-        let sent_receipt = self.devices[CASEWORKER]
-            .client
-            .send_to_organisation(b_root, Body::ConsentReceipt(offer_receipt))
+        let id = cw
+            .send_referral(
+                offer_draft(a_root, b_root, &m),
+                body_sections(&m, attachment.clone()),
+                OfferConsent::Receipt(receipt.id()),
+            )
             .await
             .ctx(
-                "sending the consent receipt to B",
-                "Check that the relay is running.",
+                "sending the referral",
+                "Check the referral's fields and that consent covers it.",
             )?;
-        let sent_offer = self.devices[CASEWORKER]
-            .client
-            .send_to_organisation(b_root, Body::SignedReferralOffer(offer))
-            .await
-            .ctx("sending the offer to B", "Check that the relay is running.")?;
-        check(
-            sent_offer.items.len() == 2 && sent_offer.unreached.is_empty(),
-            "the offer reaches both devices of B's intake team",
-        )?;
-        check(
-            sent_receipt.items.len() == 2,
-            "the consent receipt reaches both devices of B's intake team",
-        )?;
-        for (what, sent) in [("consent receipt", &sent_receipt), ("offer", &sent_offer)] {
-            for item in &sent.items {
-                self.relay_saw.push((
-                    format!(
-                        "envelope {} ({what} packet key for one B device, sealed, padded)",
-                        hex::encode(item.envelope_id)
-                    ),
-                    item.envelope.ciphertext.len() as u64,
-                ));
-            }
-        }
+        let state = self.state(CASEWORKER, id).await?;
+        check(state == "SENT", "the caseworker's record is SENT")?;
         self.step(&format!(
-            "Offer and consent receipt sent to organisation B: encrypted once, uploaded once, \
-             keys to {} devices; state SENT",
-            sent_offer.items.len()
+            "Referral {} READY (consent gate passed: recipient, purpose, sections), offer signed \
+             and sent with the receipt to every device of B; caseworker's record: {state}",
+            id.short()
         ));
 
         // --- Both intake devices see the offer.
-        let mut receivers: BTreeMap<usize, ReceiverReferral> = BTreeMap::new();
         for who in [INTAKE_1, INTAKE_2] {
-            let got = self.sync(who).await?;
-            let receipt = got.iter().find_map(|m| match &m.content.body {
-                Some(Body::ConsentReceipt(r)) => Some(r.clone()),
-                _ => None,
-            });
-            let offer = got.iter().find_map(|m| match &m.content.body {
-                Some(Body::SignedReferralOffer(o)) => Some(o.clone()),
-                _ => None,
-            });
-            let (Some(receipt), Some(offer)) = (receipt, offer) else {
-                return Err(fail(format!(
-                    "demo check failed: {} did not receive the offer and receipt. Report this.",
-                    self.devices[who].name
-                )));
-            };
-            let referral = self.devices[who]
+            self.sync(who).await?;
+            let offer = self.devices[who]
                 .client
-                .with_engine(move |e, _, now| {
-                    let sender_org = e.org_trust(&a_root).map_err(|e| e.to_string())?;
-                    let cert = e.certificate().map_err(|e| e.to_string())?;
-                    ReceiverReferral::receive_offer(
-                        &offer,
-                        Some(&receipt),
-                        sender_org,
-                        cert,
-                        &ReceiptRegistry::new(),
-                        now,
-                    )
-                    .map_err(|e| e.to_string())
-                })
+                .with_engine(move |e, _, _| e.received_offer(&id))
                 .await
-                .ctx("opening the offer", "Report this.")?
-                .ctx(
-                    "checking the offer",
-                    "Ask the sender to check the referral.",
-                )?;
-            let purpose = referral
-                .offer()
-                .map(|o| o.purpose.clone())
-                .unwrap_or_default();
+                .ctx("reading the offer", "Report this.")?
+                .ctx("reading the offer", "Report this.")?;
+            let purpose = offer.map(|o| o.purpose).unwrap_or_default();
             check(
                 purpose.contains(&self.marker),
                 "the offer's purpose decrypts at the receiver",
             )?;
+            let body = self.section(who, id, wire::Section::Identity).await?;
             check(
-                referral.held_sections() == 0,
+                body.is_none(),
                 "no body section is readable before ACCEPTED",
             )?;
+            let state = self.state(who, id).await?;
             self.step(&format!(
-                "{} sees the offer (signature and consent checked, no body yet): purpose {:?}",
+                "{} sees the offer (signature and consent checked, no body yet; {state}): \
+                 purpose {:?}",
                 self.devices[who].name, purpose
             ));
-            receivers.insert(who, referral);
         }
 
-        // --- Intake 1 acts; the caseworker and intake 2 follow.
-        let b1 = INTAKE_1;
-        for action in [Action::Delivered, Action::Acknowledge, Action::Accept] {
-            self.receiver_act(&mut receivers, b1, action).await?;
+        // --- Intake 1 acknowledges and accepts; the caseworker and intake 2 follow.
+        for action in [Action::Acknowledge, Action::Accept] {
+            self.act(id, action).await?;
         }
-        let events = self
-            .sender_follow(&mut sender, a_root, b_root, &mut receivers)
-            .await?;
         check(
-            matches!(sender.state(), ReferralState::Accepted),
-            "the caseworker's record is ACCEPTED",
-        )?;
-        check(
-            events.contains(&SenderEvent::ReleaseBody),
-            "ACCEPT asks the caseworker to release the body",
+            self.state(CASEWORKER, id).await? == "ACCEPTED"
+                && self.state(INTAKE_2, id).await? == "ACCEPTED",
+            "the caseworker's and intake 2's records are ACCEPTED",
         )?;
         self.step(&format!(
-            "{} ACCEPTED; the caseworker's record and {}'s follow: {} / {}",
-            self.devices[b1].name,
-            self.devices[INTAKE_2].name,
-            sender.state().name(),
-            receivers
-                .get(&INTAKE_2)
-                .map(|r| r.state().name())
-                .unwrap_or("?")
+            "{} ACCEPTED; the caseworker's record and {}'s follow: ACCEPTED / ACCEPTED",
+            self.devices[INTAKE_1].name, self.devices[INTAKE_2].name
         ));
 
         // --- Body released to every non-ambassador device of B.
-        let reg = registry.clone();
-        let bodies = self.devices[CASEWORKER]
-            .client
-            .with_engine(move |e, _, now| {
-                let trust = e.org_trust(&b_root).map_err(|e| e.to_string())?;
-                let mut out = Vec::new();
-                for cert in trust.active_devices(now) {
-                    if cert.role() == Role::Ambassador {
-                        continue;
-                    }
-                    let body = sender
-                        .release_body(&cert, &reg, &mut ledger, now)
-                        .map_err(|e| e.to_string())?;
-                    out.push((cert.device_id(), body));
-                }
-                Ok::<_, String>((out, sender, ledger))
-            })
+        let released = cw
+            .release_referral_body(id)
             .await
-            .ctx("releasing the body", "Report this.")?
             .ctx("releasing the body", "Check the consent.")?;
-        let (bodies, sender_back, ledger_back) = bodies;
-        let mut sender = sender_back;
-        let mut ledger = ledger_back;
-        check(bodies.len() == 2, "the body goes to both intake devices")?;
-        for (device, body) in bodies {
-            self.devices[CASEWORKER]
-                .client
-                .send_body(device, Body::ReferralBody(body))
-                .await
-                .ctx("sending the body", "Check that the relay is running.")?;
-        }
+        check(released == 2, "the body goes to both intake devices")?;
         for who in [INTAKE_1, INTAKE_2] {
-            self.receive_body(&mut receivers, who, a_root, &registry)
-                .await?;
+            self.receive_body(who, id).await?;
         }
 
         // --- Service and completion.
-        self.receiver_act(&mut receivers, b1, Action::StartService)
-            .await?;
-        self.receiver_act(
-            &mut receivers,
-            b1,
+        self.act(id, Action::StartService).await?;
+        self.act(
+            id,
             Action::Complete {
                 outcome: ServiceOutcome::Successful,
                 note: format!("Stayed four weeks; moved to her own flat. [{m}]"),
             },
         )
         .await?;
-        self.sender_follow(&mut sender, a_root, b_root, &mut receivers)
-            .await?;
+        let (cs, b2s) = (
+            self.state(CASEWORKER, id).await?,
+            self.state(INTAKE_2, id).await?,
+        );
         check(
-            matches!(sender.state(), ReferralState::Completed(_)),
-            "the caseworker's record is COMPLETED",
+            cs == "COMPLETED" && b2s == "COMPLETED",
+            "the caseworker's and intake 2's records are COMPLETED",
         )?;
         self.step(&format!(
-            "{} IN_SERVICE, then COMPLETED (successful); caseworker's record: {}, {}'s: {}",
-            self.devices[b1].name,
-            sender.state().name(),
-            self.devices[INTAKE_2].name,
-            receivers
-                .get(&INTAKE_2)
-                .map(|r| r.state().name())
-                .unwrap_or("?")
+            "{} IN_SERVICE, then COMPLETED (successful); caseworker's record: {cs}, {}'s: {b2s}",
+            self.devices[INTAKE_1].name, self.devices[INTAKE_2].name
         ));
 
         // --- Consent withdrawn: fan-out, erasure, purge confirmations.
-        let id = sender.id();
-        let withdrawn = self.devices[CASEWORKER]
-            .client
-            .with_engine(move |e, rng, now| {
-                let actor = e.actor().map_err(|e| e.to_string())?;
-                let consent = consent
-                    .apply(ConsentEvent::Withdraw, &actor, now, rng)
-                    .map_err(|(_, e)| e.to_string())?;
-                let new = consent
-                    .current()
-                    .cloned()
-                    .ok_or_else(|| "no receipt".to_owned())?;
-                let mut referrals = BTreeMap::new();
-                referrals.insert(id, sender);
-                let controls =
-                    fan_out_consent_change(&new, &mut ledger, &mut referrals, &actor, now)
-                        .map_err(|e| e.to_string())?;
-                Ok::<_, String>((new, controls, referrals, ledger))
-            })
+        let new_receipt = cw
+            .change_consent(receipt.id(), wire::ConsentState::Withdrawn)
             .await
-            .ctx("withdrawing consent", "Report this.")?
-            .ctx("withdrawing consent", "Report this.")?;
-        let (new_receipt, controls, mut referrals, mut ledger) = withdrawn;
-        let mut sender = referrals
-            .remove(&id)
-            .ok_or_else(|| fail("withdrawing consent lost the referral record. Report this."))?;
+            .ctx("withdrawing consent", "Check that the relay is running.")?;
+        let state = self.state(CASEWORKER, id).await?;
         check(
-            controls.len() == 1 && matches!(sender.state(), ReferralState::ConsentRevoked),
-            "withdrawal reaches the one referral made under this consent",
+            state == "CONSENT_REVOKED",
+            "the caseworker's record is CONSENT_REVOKED",
         )?;
         self.step(&format!(
-            "The survivor withdrew consent: receipt {} (WITHDRAWN, supersedes {}); referral {}: {}; \
-             CONSENT_CHANGED sent to both intake devices",
+            "The survivor withdrew consent: receipt {} (WITHDRAWN, supersedes {}); referral {}: \
+             {state}; CONSENT_CHANGED sent to both intake devices",
             new_receipt.id().short(),
             receipt.id().short(),
-            id.short(),
-            sender.state().name()
+            id.short()
         ));
-        for (_, control) in &controls {
-            self.send_control(CASEWORKER, &[INTAKE_1, INTAKE_2], control)
-                .await?;
-        }
-        let mut confirmations = Vec::new();
         for who in [INTAKE_1, INTAKE_2] {
-            let got = self.sync(who).await?;
-            for msg in got {
-                let Some(Body::ReferralControl(control)) = msg.content.body else {
-                    continue;
-                };
-                let mut record = receivers
-                    .remove(&who)
-                    .ok_or_else(|| fail("lost a receiver record. Report this."))?;
-                let (event, record) = self.devices[who]
-                    .client
-                    .with_engine(move |e, _, now| {
-                        let actor = e.actor().map_err(|e| e.to_string())?;
-                        let a = e.org_trust(&a_root).map_err(|e| e.to_string())?;
-                        let b = e.org_trust(&b_root).map_err(|e| e.to_string())?;
-                        let event = record
-                            .receive_control(
-                                &control,
-                                a,
-                                b,
-                                &mut ReceiptRegistry::new(),
-                                &actor,
-                                now,
-                            )
-                            .map_err(|e| e.to_string())?;
-                        Ok::<_, String>((event, record))
-                    })
-                    .await
-                    .ctx("applying the consent change", "Report this.")?
-                    .ctx("applying the consent change", "Report this.")?;
-                let ReceiverEvent::Purged { confirmation, .. } = event else {
-                    return Err(fail(format!(
-                        "demo check failed: {} did not erase after the consent change. Report this.",
-                        self.devices[who].name
-                    )));
-                };
-                check(
-                    record.held_sections() == 0,
-                    "the intake device erased every body section",
-                )?;
-                self.step(&format!(
-                    "{} received CONSENT_REVOKED, erased the body ({} sections left) and sent a \
-                     signed PURGE_CONFIRMED",
-                    self.devices[who].name,
-                    record.held_sections()
-                ));
-                self.send_control(who, &[CASEWORKER], &confirmation).await?;
-                confirmations.push(who);
-                receivers.insert(who, record);
-            }
+            self.sync(who).await?;
+            let state = self.state(who, id).await?;
+            let left = self.section(who, id, wire::Section::Identity).await?;
+            check(
+                left.is_none() && state == "PURGE_CONFIRMED",
+                "the intake device erased the body and confirmed",
+            )?;
+            self.step(&format!(
+                "{} received CONSENT_REVOKED, erased the offer and body, and sent a signed \
+                 PURGE_CONFIRMED ({state})",
+                self.devices[who].name
+            ));
         }
-        check(confirmations.len() == 2, "both intake devices confirm")?;
-        // The caseworker checks each confirmation against its record; the first moves the
-        // record to PURGE_CONFIRMED, the second (same position in the chain, from the other
-        // device of the team) is verified against the record as it was before.
-        let got = self.sync(CASEWORKER).await?;
-        let before = sender.to_bytes();
-        let mut confirmed = 0;
-        for msg in got {
-            let Some(Body::ReferralControl(control)) = msg.content.body else {
-                continue;
-            };
-            let mut target =
-                SenderReferral::from_bytes(&before).ctx("restoring a record", "Report this.")?;
-            let (event, target) = self.devices[CASEWORKER]
-                .client
-                .with_engine(move |e, _, now| {
-                    let a = e.org_trust(&a_root).map_err(|e| e.to_string())?;
-                    let b = e.org_trust(&b_root).map_err(|e| e.to_string())?;
-                    let event = target
-                        .receive_control(&control, a, b, now)
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>((event, target))
-                })
-                .await
-                .ctx("checking a purge confirmation", "Report this.")?
-                .ctx("checking a purge confirmation", "Report this.")?;
-            let SenderEvent::PurgeConfirmed { at, retained_under } = event else {
-                return Err(fail(
-                    "demo check failed: expected a purge confirmation. Report this.",
-                ));
-            };
-            check(retained_under.is_none(), "nothing retained under exception")?;
-            if confirmed == 0 {
-                ledger.confirm_purge(&id, at, None);
-                sender = target;
-            } else {
-                drop(target);
-            }
-            confirmed += 1;
-        }
+        self.sync(CASEWORKER).await?;
+        let report = cw
+            .purge_status(receipt.id())
+            .await
+            .ctx("reading the purge status", "Report this.")?;
         check(
-            confirmed == 2,
-            "the caseworker verified both purge confirmations",
+            report.len() == 1 && report[0].confirmed.len() == 2 && report[0].pending.is_empty(),
+            "both intake devices confirmed the purge and nobody is pending",
         )?;
+        let state = self.state(CASEWORKER, id).await?;
         check(
-            matches!(sender.state(), ReferralState::PurgeConfirmed(_)),
+            state == "PURGE_CONFIRMED",
             "the caseworker's record is PURGE_CONFIRMED",
         )?;
-        check(
-            ledger.pending(&receipt.id()).is_empty(),
-            "no recipient of data under the withdrawn consent is left pending",
-        )?;
         self.step(&format!(
-            "Caseworker verified both signed PURGE_CONFIRMED; referral {}: {}; nobody pending \
-             for the withdrawn consent",
-            id.short(),
-            sender.state().name()
+            "Caseworker verified both signed PURGE_CONFIRMED; referral {}: {state}; nobody \
+             pending for the withdrawn consent",
+            id.short()
         ));
 
         // --- The caseworker's timeline.
-        let timeline = sender.timeline();
-        check(
-            timeline.verify_chain().is_ok(),
-            "the timeline's hash chain verifies",
-        )?;
-        let json = timeline.export_json();
+        let summary = cw
+            .referral(id)
+            .await
+            .ctx("reading the referral", "Report this.")?
+            .ok_or_else(|| fail("the caseworker's referral record is missing. Report this."))?;
+        let json = summary.timeline;
         self.step("Timeline at the caseworker (hash-chained, signed entries, no case content):");
         if let Some(entries) = json.get("entries").and_then(|e| e.as_array()) {
             for entry in entries {
@@ -1027,155 +748,64 @@ impl Story {
         Ok(())
     }
 
-    /// `who` (an intake device) takes `action`, sends the signed control to the caseworker and
-    /// its colleague, and the colleague applies it.
-    async fn receiver_act(
-        &mut self,
-        receivers: &mut BTreeMap<usize, ReceiverReferral>,
-        who: usize,
-        action: Action,
-    ) -> Outcome {
-        let mut record = receivers
-            .remove(&who)
-            .ok_or_else(|| fail("lost a receiver record. Report this."))?;
-        let (control, record) = self.devices[who]
+    /// The DOMAIN.md state name of referral `id` on device `who`.
+    async fn state(&self, who: usize, id: ReferralId) -> Outcome<&'static str> {
+        let summary = self.devices[who]
             .client
-            .with_engine(move |e, _, now| {
-                let actor = e.actor().map_err(|e| e.to_string())?;
-                let control = record.act(action, &actor, now).map_err(|e| e.to_string())?;
-                Ok::<_, String>((control, record))
-            })
+            .referral(id)
             .await
-            .ctx("acting on the referral", "Report this.")?
+            .ctx("reading the referral", "Report this.")?;
+        Ok(summary.map(|s| s.state.name()).unwrap_or("NONE"))
+    }
+
+    async fn section(
+        &self,
+        who: usize,
+        id: ReferralId,
+        section: wire::Section,
+    ) -> Outcome<Option<wire::BodySection>> {
+        self.devices[who]
+            .client
+            .with_engine(move |e, _, _| e.received_section(&id, section))
+            .await
+            .ctx("reading the body", "Report this.")?
+            .ctx("reading the body", "Report this.")
+    }
+
+    /// Intake 1 takes `action`; the caseworker and intake 2 fetch the signed control.
+    async fn act(&self, id: ReferralId, action: Action) -> Outcome {
+        let state = self.devices[INTAKE_1]
+            .client
+            .referral_act(id, action)
+            .await
             .ctx("acting on the referral", "Check the referral's state.")?;
-        let state = record.state().name();
-        receivers.insert(who, record);
-        let colleague = if who == INTAKE_1 { INTAKE_2 } else { INTAKE_1 };
-        self.send_control(who, &[CASEWORKER, colleague], &control)
-            .await?;
-        // The colleague's device applies it too.
-        let a_root = self.devices[CASEWORKER].org;
-        let b_root = self.devices[INTAKE_1].org;
-        let got = self.sync(colleague).await?;
-        for msg in got {
-            let Some(Body::ReferralControl(control)) = msg.content.body else {
-                continue;
-            };
-            let mut record = receivers
-                .remove(&colleague)
-                .ok_or_else(|| fail("lost a receiver record. Report this."))?;
-            let record = self.devices[colleague]
-                .client
-                .with_engine(move |e, _, now| {
-                    let actor = e.actor().map_err(|e| e.to_string())?;
-                    let a = e.org_trust(&a_root).map_err(|e| e.to_string())?;
-                    let b = e.org_trust(&b_root).map_err(|e| e.to_string())?;
-                    record
-                        .receive_control(&control, a, b, &mut ReceiptRegistry::new(), &actor, now)
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>(record)
-                })
-                .await
-                .ctx("applying a colleague's control", "Report this.")?
-                .ctx("applying a colleague's control", "Report this.")?;
-            check(
-                record.state().name() == state,
-                "the colleague's record follows",
-            )?;
-            receivers.insert(colleague, record);
-        }
+        self.sync(CASEWORKER).await?;
+        self.sync(INTAKE_2).await?;
         detail(&format!(
-            "{} -> {state} (signed control to the caseworker and {})",
-            self.devices[who].name, self.devices[colleague].name
+            "{} -> {} (signed control to the caseworker and {}); caseworker's record: {}, {}'s: {}",
+            self.devices[INTAKE_1].name,
+            state.name(),
+            self.devices[INTAKE_2].name,
+            self.state(CASEWORKER, id).await?,
+            self.devices[INTAKE_2].name,
+            self.state(INTAKE_2, id).await?,
         ));
         Ok(())
     }
 
-    /// The caseworker fetches and applies every control waiting for it.
-    async fn sender_follow(
-        &mut self,
-        sender: &mut SenderReferral,
-        a_root: [u8; 32],
-        b_root: [u8; 32],
-        _receivers: &mut BTreeMap<usize, ReceiverReferral>,
-    ) -> Outcome<Vec<SenderEvent>> {
-        let got = self.sync(CASEWORKER).await?;
-        let mut events = Vec::new();
-        for msg in got {
-            let Some(Body::ReferralControl(control)) = msg.content.body else {
-                continue;
-            };
-            let bytes = sender.to_bytes();
-            let mut record =
-                SenderReferral::from_bytes(&bytes).ctx("reading a record", "Report this.")?;
-            let (event, record) = self.devices[CASEWORKER]
-                .client
-                .with_engine(move |e, _, now| {
-                    let a = e.org_trust(&a_root).map_err(|e| e.to_string())?;
-                    let b = e.org_trust(&b_root).map_err(|e| e.to_string())?;
-                    let event = record
-                        .receive_control(&control, a, b, now)
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>((event, record))
-                })
-                .await
-                .ctx("applying a control", "Report this.")?
-                .ctx("applying a control", "Report this.")?;
-            *sender = record;
-            detail(&format!("caseworker's record -> {}", sender.state().name()));
-            events.push(event);
-        }
-        Ok(events)
-    }
-
-    async fn receive_body(
-        &mut self,
-        receivers: &mut BTreeMap<usize, ReceiverReferral>,
-        who: usize,
-        a_root: [u8; 32],
-        registry: &ReceiptRegistry,
-    ) -> Outcome {
-        let got = self.sync(who).await?;
-        let body = got
-            .into_iter()
-            .find_map(|m| match m.content.body {
-                Some(Body::ReferralBody(b)) => Some(b),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                fail(format!(
-                    "demo check failed: {} did not receive the body. Report this.",
-                    self.devices[who].name
-                ))
-            })?;
-        let mut record = receivers
-            .remove(&who)
-            .ok_or_else(|| fail("lost a receiver record. Report this."))?;
-        let reg = registry.clone();
-        let record = self.devices[who]
-            .client
-            .with_engine(move |e, _, now| {
-                let a = e.org_trust(&a_root).map_err(|e| e.to_string())?;
-                let cert = e.certificate().map_err(|e| e.to_string())?;
-                record
-                    .receive_body(&body, cert, a, &reg, now)
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(record)
-            })
-            .await
-            .ctx("opening the body", "Report this.")?
-            .ctx("checking the body", "Ask the sender to release it again.")?;
-        let name = match record.section(wire::Section::Identity) {
-            Some(Ok(wire::BodySection {
+    async fn receive_body(&mut self, who: usize, id: ReferralId) -> Outcome {
+        self.sync(who).await?;
+        let name = match self.section(who, id, wire::Section::Identity).await? {
+            Some(wire::BodySection {
                 content: Some(wire::body_section::Content::Identity(i)),
-            })) => i.name_or_alias,
+            }) => i.name_or_alias,
             _ => String::new(),
         };
         check(name.contains(&self.marker), "the identity section decrypts")?;
-        let attachment = match record.section(wire::Section::Attachments) {
-            Some(Ok(wire::BodySection {
+        let attachment = match self.section(who, id, wire::Section::Attachments).await? {
+            Some(wire::BodySection {
                 content: Some(wire::body_section::Content::Attachments(a)),
-            })) => a.attachments.into_iter().next(),
+            }) => a.attachments.into_iter().next(),
             _ => None,
         }
         .ok_or_else(|| fail("demo check failed: the body has no attachment. Report this."))?;
@@ -1200,15 +830,12 @@ impl Story {
             "the attachment decrypts and verifies",
         )?;
         self.step(&format!(
-            "{} received the body ({} sections; name {:?}) and the attachment ({}, hash \
-             verified): {:?}",
+            "{} received the body (name {:?}) and the attachment ({}, hash verified): {:?}",
             self.devices[who].name,
-            record.held_sections(),
             name,
             human_size(file.len() as u64),
             first_line
         ));
-        receivers.insert(who, record);
         Ok(())
     }
 }
