@@ -1,7 +1,7 @@
 //! `handover`: the command-line client for caseworkers and organisation admins, and the
-//! end-to-end demo.
-//!
-//! The CLI is a thin shell over `handover-core`'s client API; it never implements protocol logic
-//! itself. Only its `demo` command also starts a relay, in-process, to show the whole system.
+//! end-to-end demo. The commands live in the `handover_cli` library so that tests can run the
+//! same entry point as a binary of their own package.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    handover_cli::run()
+}

@@ -1,0 +1,679 @@
+//! The profile commands: `init`, `invite`, `accept`, `send`, `sync`, `inbox`, `contacts`,
+//! `whoami`. Each opens the encrypted profile, does one thing through the [`Client`], and
+//! closes it cleanly.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use clap::Args;
+use handover_core::client::{Client, ClientError, ClientEvent};
+use handover_core::engine::{
+    self, Direction, EngineError, IdentitySetup, Message, RelayInfo, org_fingerprint,
+};
+use handover_core::identity::{DeviceId, DeviceKeys};
+use handover_core::store::{Credential, KdfParams, Passphrase, StoreError};
+use handover_proto::e2e::v1::content::Body;
+
+use crate::ui::{Context, Outcome, fail};
+
+/// Longest the CLI waits for the relay in one command before telling the person; whatever is
+/// in the outbox stays there for the next `handover sync`.
+const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Options of `handover init`.
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// The relay's QUIC address, HOST:PORT (the `quic=` value of its ready line).
+    #[arg(long, value_name = "HOST:PORT")]
+    relay: String,
+    /// The relay's certificate pin, 64 hex characters (the `pin=` value of its ready line).
+    #[arg(long, value_name = "HEX")]
+    relay_pin: String,
+    /// Your name as your contacts will see it, for example "Intake desk, Riverside".
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Use very cheap passphrase hashing. Only for automated tests: a stolen profile made with
+    /// this can be opened by guessing the passphrase quickly.
+    #[arg(long, hide = true)]
+    insecure_fast_kdf: bool,
+}
+
+/// Options of `handover invite`.
+#[derive(Debug, Args)]
+pub(crate) struct InviteArgs {
+    /// How long the invitation stays valid, in hours.
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    valid_hours: u64,
+    /// Print only the link (no QR code).
+    #[arg(long)]
+    no_qr: bool,
+}
+
+/// Options of `handover accept`.
+#[derive(Debug, Args)]
+pub(crate) struct AcceptArgs {
+    /// The invitation link (starts with handover://invite#).
+    link: String,
+    /// Trust the inviter's organisation: its fingerprint, after comparing it in person.
+    #[arg(long, value_name = "FINGERPRINT")]
+    trust_org: Option<String>,
+}
+
+/// Options of `handover send`.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// The contact: their name (as `handover contacts` shows it) or the start of their device id.
+    #[arg(long, value_name = "CONTACT")]
+    to: String,
+    /// The message text.
+    text: String,
+}
+
+/// Options of `handover inbox`.
+#[derive(Debug, Args)]
+pub(crate) struct InboxArgs {
+    /// Show only messages after this number (as printed in the first column).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    after: u64,
+}
+
+/// Options of `handover wipe`.
+#[derive(Debug, Args)]
+pub(crate) struct WipeArgs {
+    /// Confirm: yes, destroy this profile now.
+    #[arg(long)]
+    yes: bool,
+}
+
+/// Options of `handover sync`.
+#[derive(Debug, Args)]
+pub(crate) struct SyncArgs {
+    /// Trust the organisation with this fingerprint (shown by an earlier `handover sync`),
+    /// after comparing it with the sender in person or by phone, and fetch its waiting messages.
+    #[arg(long, value_name = "FINGERPRINT")]
+    trust_org: Option<String>,
+}
+
+fn profile_dir(profile: Option<PathBuf>) -> Outcome<PathBuf> {
+    profile.ok_or_else(|| {
+        fail(
+            "no profile directory given. Pass --profile DIR or set HANDOVER_PROFILE to the \
+             directory you chose with `handover init`.",
+        )
+    })
+}
+
+/// The passphrase: HANDOVER_PASSPHRASE, a prompt without echo, or the first line of stdin.
+fn passphrase(confirm: bool) -> Outcome<Credential> {
+    let text = match std::env::var("HANDOVER_PASSPHRASE") {
+        Ok(p) => p,
+        Err(_) if std::io::stdin().is_terminal() => {
+            let p = rpassword::prompt_password("Passphrase: ").ctx(
+                "reading the passphrase",
+                "Type it at the prompt, or set HANDOVER_PASSPHRASE.",
+            )?;
+            if confirm {
+                let again = rpassword::prompt_password("Repeat the passphrase: ").ctx(
+                    "reading the passphrase",
+                    "Type it at the prompt, or set HANDOVER_PASSPHRASE.",
+                )?;
+                if again != p {
+                    return Err(fail(
+                        "the two passphrases differ. Run the command again and type the same \
+                         passphrase twice.",
+                    ));
+                }
+            }
+            p
+        }
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).ctx(
+                "reading the passphrase from standard input",
+                "Pipe it in as the first line, or set HANDOVER_PASSPHRASE.",
+            )?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if text.is_empty() {
+        return Err(fail(
+            "the passphrase is empty. Set HANDOVER_PASSPHRASE or type it at the prompt.",
+        ));
+    }
+    Ok(Credential::from(Passphrase::from(text.as_str())))
+}
+
+async fn open(profile: Option<PathBuf>) -> Outcome<Client> {
+    let dir = profile_dir(profile)?;
+    let credential = passphrase(false)?;
+    let client = match Client::open(&dir, &credential).await {
+        Ok(c) => c,
+        Err(ClientError::Store(StoreError::NotFound)) => {
+            return Err(fail(format!(
+                "there is no profile in {}. Create one with `handover init`, or pass the right \
+                 --profile.",
+                dir.display()
+            )));
+        }
+        Err(e) => {
+            return Err(fail(format!(
+                "could not open the profile in {}: {e}. Check the passphrase and the --profile \
+                 directory; close other `handover` commands using the same profile.",
+                dir.display()
+            )));
+        }
+    };
+    if !client.has_profile().await {
+        let _ = client.shutdown().await;
+        return Err(fail(format!(
+            "the profile in {} holds no identity. Create one with `handover init`.",
+            dir.display()
+        )));
+    }
+    Ok(client)
+}
+
+async fn close(client: Client, result: Outcome) -> Outcome {
+    let closed = client.shutdown().await.ctx(
+        "closing the profile",
+        "Your data is safe up to the last completed step; run the command again if needed.",
+    );
+    result.and(closed)
+}
+
+fn relay_hint() -> &'static str {
+    "Check that the relay is running and reachable, and that the relay address and pin given to \
+     `handover init` are right; then try again (messages being sent stay in the outbox)"
+}
+
+fn parse_pin(hex_pin: &str) -> Outcome<[u8; 32]> {
+    let bytes = hex::decode(hex_pin.trim()).ok();
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            fail(
+                "the relay pin must be 64 hex characters. Copy the `pin=` value from the relay's \
+                 ready line (or ask the relay operator for it).",
+            )
+        })
+}
+
+/// `handover init`.
+pub(crate) async fn init(profile: Option<PathBuf>, args: InitArgs) -> Outcome {
+    let dir = profile_dir(profile)?;
+    let pin = parse_pin(&args.relay_pin)?;
+    if args.name.trim().is_empty() {
+        return Err(fail(
+            "the name is empty. Pass --name with the name your contacts should see.",
+        ));
+    }
+    let credential = passphrase(true)?;
+    let kdf = if args.insecure_fast_kdf {
+        KdfParams::new(1024, 1, 1).ctx("choosing test key derivation costs", "Report this.")?
+    } else {
+        KdfParams::default()
+    };
+    let relay = RelayInfo {
+        host_port: args.relay.clone(),
+        pin,
+    };
+    let device = DeviceKeys::generate(&mut rand::rng());
+    let identity = IdentitySetup::NewOrganisation {
+        device_label: args.name.clone(),
+    };
+    let client =
+        match Client::create(&dir, &credential, kdf, relay, device, identity, &args.name).await {
+            Ok(c) => c,
+            Err(ClientError::Engine(EngineError::ProfileExists)) => {
+                return Err(fail(format!(
+                    "{} already holds a profile. Use it as it is, or choose another --profile \
+                 directory.",
+                    dir.display()
+                )));
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "creating the profile failed: {e}. {}.",
+                    relay_hint()
+                )));
+            }
+        };
+    let result = whoami_of(&client).await;
+    if result.is_ok() {
+        println!("Profile created in {}.", dir.display());
+    }
+    close(client, result).await
+}
+
+async fn whoami_of(client: &Client) -> Outcome {
+    let (name, device, root) = client
+        .with_engine(|e, _, _| {
+            Ok::<_, EngineError>((
+                e.certificate()?.label().to_owned(),
+                e.device_id()?,
+                e.org_root()?,
+            ))
+        })
+        .await
+        .ctx("reading the profile", "Report this.")?
+        .ctx("reading the profile", "Report this.")?;
+    println!("Name: {name}");
+    println!("Device: {}", hex::encode(device.0));
+    println!(
+        "Organisation fingerprint: {}  (read it out to contacts so they can verify you)",
+        org_fingerprint(&root)
+    );
+    Ok(())
+}
+
+/// `handover whoami`.
+pub(crate) async fn whoami(profile: Option<PathBuf>) -> Outcome {
+    let client = open(profile).await?;
+    let result = whoami_of(&client).await;
+    close(client, result).await
+}
+
+/// `handover invite`.
+pub(crate) async fn invite(profile: Option<PathBuf>, args: InviteArgs) -> Outcome {
+    let client = open(profile).await?;
+    let result = async {
+        let ttl = args.valid_hours.clamp(1, 24 * 30) * 3600;
+        let (_, link) = client.create_invitation(ttl).await.map_err(|e| {
+            fail(format!(
+                "creating the invitation failed: {e}. {}.",
+                relay_hint()
+            ))
+        })?;
+        println!(
+            "Invitation (valid {} hours; give it to one person):",
+            ttl / 3600
+        );
+        println!("{link}");
+        if !args.no_qr {
+            crate::ui::print_qr(&link)?;
+        }
+        println!(
+            "The other person runs `handover accept LINK`. Then run `handover sync` here to \
+             receive their reply address."
+        );
+        Ok(())
+    }
+    .await;
+    close(client, result).await
+}
+
+fn parse_trust(fingerprint: &str, root: &[u8; 32]) -> Outcome<bool> {
+    let want = org_fingerprint(root);
+    let norm = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    Ok(norm(fingerprint) == norm(&want))
+}
+
+/// `handover accept`.
+pub(crate) async fn accept(profile: Option<PathBuf>, args: AcceptArgs) -> Outcome {
+    let invitation = engine::parse_invitation_link(args.link.trim()).map_err(|_| {
+        fail(
+            "this is not a valid invitation link. Copy the whole link (it starts with \
+             handover://invite#) or scan the QR code again.",
+        )
+    })?;
+    let root = engine::invitation_org_root(&invitation)
+        .map_err(|_| fail("the invitation is damaged. Ask the person for a new one."))?;
+    let client = open(profile).await?;
+    let result =
+        async {
+            let trusted = client
+                .with_engine(move |e, _, _| e.trusts_organisation(&root))
+                .await
+                .ctx("reading trusted organisations", "Report this.")?
+                .ctx("reading trusted organisations", "Report this.")?;
+            if !trusted {
+                match &args.trust_org {
+                    Some(fp) if parse_trust(fp, &root)? => {
+                        client
+                            .trust_organisation(root)
+                            .await
+                            .ctx("trusting the organisation", "Report this.")?;
+                        println!("Organisation {} is now trusted.", org_fingerprint(&root));
+                    }
+                    Some(_) => {
+                        return Err(fail(format!(
+                            "the fingerprint you gave does not match the invitation's organisation \
+                         ({}). Do not accept: ask the person, in person or by phone, to read \
+                         their fingerprint again.",
+                            org_fingerprint(&root)
+                        )));
+                    }
+                    None => {
+                        return Err(fail(format!(
+                            "this invitation comes from an organisation you do not trust yet, with \
+                         fingerprint {}. Compare it with the fingerprint the inviter reads to \
+                         you (`handover whoami` on their side), in person or by phone; if it \
+                         matches, run again with --trust-org \"{}\".",
+                            org_fingerprint(&root),
+                            org_fingerprint(&root)
+                        )));
+                    }
+                }
+            }
+            let peer = client.accept_invitation(args.link.trim()).await.map_err(|e| {
+            fail(format!(
+                "accepting the invitation failed: {e}. If it expired or was already used, ask \
+                 for a new one; otherwise: {}.",
+                relay_hint()
+            ))
+        })?;
+            println!(
+                "Invitation from {:?} accepted. You can now send messages: handover send --to {} \
+             \"...\"",
+                invitation.display_name,
+                short(&peer)
+            );
+            Ok(())
+        }
+        .await;
+    close(client, result).await
+}
+
+fn short(id: &DeviceId) -> String {
+    hex::encode(&id.0[..4])
+}
+
+async fn find_contact(client: &Client, who: &str) -> Outcome<DeviceId> {
+    let contacts = client
+        .contacts()
+        .await
+        .ctx("reading contacts", "Report this.")?;
+    let who_l = who.to_lowercase();
+    let matches: Vec<_> = contacts
+        .iter()
+        .filter(|c| {
+            c.display_name.to_lowercase() == who_l
+                || (who.len() >= 4 && hex::encode(c.device_id.0).starts_with(&who_l))
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.device_id),
+        [] => Err(fail(format!(
+            "no contact called {who:?}. Run `handover contacts` to see their names and ids; \
+             if they are missing, exchange an invitation first (`handover invite`)."
+        ))),
+        _ => Err(fail(format!(
+            "{who:?} matches several contacts. Use more characters of the device id shown by \
+             `handover contacts`."
+        ))),
+    }
+}
+
+/// `handover send`.
+pub(crate) async fn send(profile: Option<PathBuf>, args: SendArgs) -> Outcome {
+    if args.text.trim().is_empty() {
+        return Err(fail(
+            "the message is empty. Write the text after the contact.",
+        ));
+    }
+    let client = open(profile).await?;
+    let result = async {
+        let to = find_contact(&client, &args.to).await?;
+        let before = outbox_len(&client).await?;
+        let finished =
+            tokio::time::timeout(NETWORK_WAIT, client.send_text(to, &args.text, Vec::new())).await;
+        if let Ok(Err(e)) = finished {
+            return Err(fail(format!("sending failed: {e}. {}.", relay_hint())));
+        }
+        let waiting = outbox_len(&client).await?;
+        if finished.is_err() && waiting <= before {
+            return Err(fail(format!(
+                "the relay did not answer in {} seconds and nothing was sent. {}.",
+                NETWORK_WAIT.as_secs(),
+                relay_hint()
+            )));
+        }
+        if waiting == 0 {
+            println!("Sent: the relay stored it for {}.", args.to);
+        } else {
+            println!(
+                "Saved in the outbox ({waiting} waiting): the relay could not be reached. Run \
+                 `handover sync` later to send it."
+            );
+        }
+        Ok(())
+    }
+    .await;
+    close(client, result).await
+}
+
+async fn outbox_len(client: &Client) -> Outcome<usize> {
+    client
+        .with_engine(|e, _, _| e.outbox().map(|o| o.len()))
+        .await
+        .ctx("reading the outbox", "Report this.")?
+        .ctx("reading the outbox", "Report this.")
+}
+
+fn describe(message: &Message, names: &dyn Fn(&DeviceId) -> String) -> String {
+    let who = names(&message.peer);
+    let arrow = match message.direction {
+        Direction::Incoming => format!("from {who}"),
+        Direction::Outgoing => format!("to {who}"),
+    };
+    let what = match &message.content.body {
+        Some(Body::Chat(c)) => {
+            let files = if c.attachments.is_empty() {
+                String::new()
+            } else {
+                format!(" (+{} attachments)", c.attachments.len())
+            };
+            format!("{}{files}", c.text)
+        }
+        Some(Body::ContactCard(_)) => "(contact card: reply address received)".to_owned(),
+        Some(Body::DeviceList(_)) => "(their organisation's device list was updated)".to_owned(),
+        Some(Body::SignedReferralOffer(_)) => "(a referral offer)".to_owned(),
+        Some(Body::ReferralControl(_)) => "(a referral status update)".to_owned(),
+        Some(Body::ReferralBody(_)) => "(a referral body)".to_owned(),
+        Some(Body::ConsentReceipt(_)) => "(a consent receipt)".to_owned(),
+        Some(Body::FanoutKey(_)) => "(an organisation packet that could not be opened)".to_owned(),
+        _ => "(a message this version cannot show)".to_owned(),
+    };
+    format!("#{:<4} {arrow}: {what}", message.seq)
+}
+
+async fn names(client: &Client) -> Outcome<Vec<(DeviceId, String)>> {
+    Ok(client
+        .contacts()
+        .await
+        .ctx("reading contacts", "Report this.")?
+        .into_iter()
+        .map(|c| (c.device_id, c.display_name))
+        .collect())
+}
+
+fn namer(list: Vec<(DeviceId, String)>) -> impl Fn(&DeviceId) -> String {
+    move |id| {
+        list.iter()
+            .find(|(d, _)| d == id)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_else(|| format!("device {}", short(id)))
+    }
+}
+
+/// `handover sync`.
+pub(crate) async fn sync(profile: Option<PathBuf>, args: SyncArgs) -> Outcome {
+    let client = open(profile).await?;
+    let result = async {
+        let mut events = client.events();
+        let sent = match tokio::time::timeout(NETWORK_WAIT, client.flush_outbox()).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                return Err(fail(format!(
+                    "sending the outbox failed: {e}. {}.",
+                    relay_hint()
+                )));
+            }
+            Err(_) => {
+                return Err(fail(format!(
+                    "the relay did not answer in {} seconds; waiting messages stay in the \
+                     outbox. {}.",
+                    NETWORK_WAIT.as_secs(),
+                    relay_hint()
+                )));
+            }
+        };
+        let mut got = match tokio::time::timeout(NETWORK_WAIT, client.sync()).await {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => {
+                return Err(fail(format!(
+                    "fetching messages failed: {e}. {}.",
+                    relay_hint()
+                )));
+            }
+            Err(_) => {
+                return Err(fail(format!(
+                    "the relay did not answer in {} seconds. {}.",
+                    NETWORK_WAIT.as_secs(),
+                    relay_hint()
+                )));
+            }
+        };
+        let mut untrusted = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            match event {
+                ClientEvent::UntrustedOrganisation(root) if !untrusted.contains(&root) => {
+                    untrusted.push(root)
+                }
+                ClientEvent::Refused => eprintln!(
+                    "warning: a message could not be opened (damaged, or from a revoked device) \
+                     and was dropped."
+                ),
+                _ => {}
+            }
+        }
+        let mut still = Vec::new();
+        for root in untrusted {
+            match &args.trust_org {
+                Some(fp) if parse_trust(fp, &root)? => {
+                    client
+                        .trust_organisation(root)
+                        .await
+                        .ctx("trusting the organisation", "Report this.")?;
+                    println!("Organisation {} is now trusted.", org_fingerprint(&root));
+                    let more = client.sync().await.map_err(|e| {
+                        fail(format!("fetching messages failed: {e}. {}.", relay_hint()))
+                    })?;
+                    got.extend(more);
+                }
+                _ => still.push(root),
+            }
+        }
+        let list = namer(names(&client).await?);
+        let received: Vec<_> = got
+            .iter()
+            .filter(|m| m.direction == Direction::Incoming)
+            .collect();
+        if sent > 0 {
+            println!("Sent {sent} waiting message(s) from the outbox.");
+        }
+        println!("{} new message(s).", received.len());
+        for m in received {
+            println!("{}", describe(m, &list));
+        }
+        for root in still {
+            println!(
+                "Messages from an organisation you do not trust yet are waiting at the relay \
+                 (fingerprint {}). Compare it with the sender in person or by phone; if it \
+                 matches, run `handover sync --trust-org \"{}\"`.",
+                org_fingerprint(&root),
+                org_fingerprint(&root)
+            );
+        }
+        Ok(())
+    }
+    .await;
+    close(client, result).await
+}
+
+/// `handover inbox`.
+pub(crate) async fn inbox(profile: Option<PathBuf>, args: InboxArgs) -> Outcome {
+    let client = open(profile).await?;
+    let result = async {
+        let messages = client
+            .messages(if args.after == 0 {
+                0
+            } else {
+                args.after.saturating_add(1)
+            })
+            .await
+            .ctx("reading messages", "Report this.")?;
+        let list = namer(names(&client).await?);
+        if messages.is_empty() {
+            println!("No messages. Run `handover sync` to fetch new ones.");
+        }
+        for m in &messages {
+            println!("{}", describe(m, &list));
+        }
+        Ok(())
+    }
+    .await;
+    close(client, result).await
+}
+
+/// `handover contacts`.
+pub(crate) async fn contacts(profile: Option<PathBuf>) -> Outcome {
+    let client = open(profile).await?;
+    let result = async {
+        let contacts = client
+            .contacts()
+            .await
+            .ctx("reading contacts", "Report this.")?;
+        if contacts.is_empty() {
+            println!(
+                "No contacts yet. Exchange an invitation: `handover invite` / `handover accept`."
+            );
+        }
+        for c in contacts {
+            println!(
+                "{}  {:<30} org {}{}",
+                short(&c.device_id),
+                c.display_name,
+                org_fingerprint(&c.org_root),
+                if c.has_address {
+                    ""
+                } else {
+                    "  (no reply address yet: run `handover sync`)"
+                }
+            );
+        }
+        Ok(())
+    }
+    .await;
+    close(client, result).await
+}
+
+/// `handover wipe`: shreds the store's key header first, then removes the files; works on a
+/// locked profile (no passphrase), as a panic wipe must.
+pub(crate) fn wipe(profile: Option<PathBuf>, args: WipeArgs) -> Outcome {
+    let dir = profile_dir(profile)?;
+    if !args.yes {
+        return Err(fail(format!(
+            "this destroys the profile in {} for good (keys, contacts, messages). If that is \
+             what you want, run again with --yes.",
+            dir.display()
+        )));
+    }
+    handover_core::store::panic_wipe(&dir).map_err(|e| {
+        fail(format!(
+            "the wipe could not remove everything: {e}. The keys were destroyed first if the \
+             header could be overwritten; delete the directory {} by hand as well.",
+            dir.display()
+        ))
+    })?;
+    println!(
+        "Profile in {} wiped: its keys were destroyed and its files removed.",
+        dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! End-to-end tests of the `handover` CLI as separate processes: a relay process and several
+//! CLI invocations on two profiles (invite, accept, send, sync, inbox), and the demo itself.
+
+// Test code: helpers outside #[test] functions may unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use handover_tests::process::RelayProcess;
+
+/// Longest a single CLI invocation may take before the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn cli() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_handover-under-test"))
+}
+
+fn relay_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_relay-under-test"))
+}
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the CLI with `args`, killing it after [`COMMAND_TIMEOUT`].
+fn run(profile: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(cli());
+    cmd.args(args)
+        .env("HANDOVER_PASSPHRASE", "correct horse battery staple")
+        .env_remove("HANDOVER_PROFILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = profile {
+        cmd.arg("--profile").arg(p);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`handover {}` did not finish in time", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = Output {
+        ok: status.success(),
+        stdout: reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    };
+    eprintln!(
+        "$ handover {}\n{}{}",
+        args.join(" "),
+        output.stdout,
+        output.stderr
+    );
+    output
+}
+
+fn must(profile: Option<&Path>, args: &[&str]) -> String {
+    let out = run(profile, args);
+    assert!(
+        out.ok,
+        "`handover {}` failed: {}",
+        args.join(" "),
+        out.stderr
+    );
+    out.stdout
+}
+
+fn fingerprint(profile: &Path) -> String {
+    let out = must(Some(profile), &["whoami"]);
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Organisation fingerprint: "))
+        .unwrap();
+    line.split("  (").next().unwrap().trim().to_owned()
+}
+
+fn init(profile: &Path, relay: &RelayProcess, name: &str) {
+    let addr = relay.addr.to_string();
+    let pin = hex::encode(relay.pin);
+    must(
+        Some(profile),
+        &[
+            "init",
+            "--relay",
+            &addr,
+            "--relay-pin",
+            &pin,
+            "--name",
+            name,
+            "--insecure-fast-kdf",
+        ],
+    );
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn two_profiles_invite_accept_send_sync_inbox_over_a_relay_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(relay_bin(), &tmp.path().join("relay"), &[]).unwrap();
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    init(&alice, &relay, "Alice");
+    init(&bob, &relay, "Bob");
+    let fp_alice = fingerprint(&alice);
+    let fp_bob = fingerprint(&bob);
+
+    // Without a profile the CLI says what to do.
+    let out = run(None, &["inbox"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("--profile"), "{}", out.stderr);
+
+    let invite = must(Some(&alice), &["invite"]);
+    let link = invite
+        .lines()
+        .find(|l| l.starts_with("handover://invite#"))
+        .unwrap()
+        .to_owned();
+    // The QR code is drawn with half blocks.
+    assert!(
+        invite.contains('\u{2580}') && invite.contains('\u{2584}'),
+        "{invite}"
+    );
+
+    // Bob has not verified Alice's organisation yet: refused, with the fingerprint to compare.
+    let out = run(Some(&bob), &["accept", &link]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains(&fp_alice), "{}", out.stderr);
+    // A wrong fingerprint is refused too.
+    let out = run(Some(&bob), &["accept", &link, "--trust-org", &fp_bob]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("does not match"), "{}", out.stderr);
+    must(Some(&bob), &["accept", &link, "--trust-org", &fp_alice]);
+
+    // Alice sees that an untrusted organisation wrote, then trusts it after comparing.
+    let out = must(Some(&alice), &["sync"]);
+    assert!(out.contains(&fp_bob), "{out}");
+    let out = must(Some(&alice), &["sync", "--trust-org", &fp_bob]);
+    assert!(out.contains("contact card"), "{out}");
+    let contacts = must(Some(&alice), &["contacts"]);
+    assert!(contacts.contains("Bob"), "{contacts}");
+
+    must(
+        Some(&bob),
+        &["send", "--to", "Alice", "Hello Alice, marker-31337"],
+    );
+    let out = must(Some(&alice), &["sync"]);
+    assert!(out.contains("from Bob: Hello Alice, marker-31337"), "{out}");
+    // Syncing again delivers nothing new; the inbox shows the message exactly once.
+    let out = must(Some(&alice), &["sync"]);
+    assert!(out.contains("0 new message(s)"), "{out}");
+    let inbox = must(Some(&alice), &["inbox"]);
+    assert_eq!(
+        inbox.matches("Hello Alice, marker-31337").count(),
+        1,
+        "{inbox}"
+    );
+
+    must(Some(&alice), &["send", "--to", "Bob", "Hello Bob"]);
+    let out = must(Some(&bob), &["sync"]);
+    assert!(out.contains("from Alice: Hello Bob"), "{out}");
+
+    // Unknown contacts are explained.
+    let out = run(Some(&bob), &["send", "--to", "Carol", "hi"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("handover contacts"), "{}", out.stderr);
+
+    // A wrong passphrase is explained, not a crash.
+    let out = Command::new(cli())
+        .args(["inbox", "--profile"])
+        .arg(&alice)
+        .env("HANDOVER_PASSPHRASE", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("passphrase"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Panic wipe: refused without --yes, then the profile is gone (no passphrase needed).
+    let out = run(Some(&bob), &["wipe"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("--yes"), "{}", out.stderr);
+    must(Some(&bob), &["wipe", "--yes"]);
+    let out = run(Some(&bob), &["inbox"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("handover init"), "{}", out.stderr);
+
+    // Nothing the people wrote is in the relay's files.
+    drop(relay);
+    for f in files_under(&tmp.path().join("relay")) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(12).any(|w| w == b"marker-31337"),
+            "plaintext in {}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn demo_verifies_every_step_and_the_relay_holds_no_plaintext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = tmp.path().join("relay-data");
+    let marker = "MARKER-q7Zp-secret";
+    let out = run(
+        None,
+        &[
+            "demo",
+            "--marker",
+            marker,
+            "--keep-relay-data",
+            kept.to_str().unwrap(),
+        ],
+    );
+    assert!(out.ok, "demo failed: {}", out.stderr);
+    // The decrypted texts are printed at the receivers.
+    assert!(
+        out.stdout
+            .contains(&format!("decrypted at the receiver: \"A woman from our community needs a safe place tonight. [{marker}]\"")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(&format!("Amina Haddad [{marker}]")));
+    assert!(out.stdout.contains("PURGE_CONFIRMED"));
+    assert!(out.stdout.contains("none found"));
+    // And they are absent from every file the relay kept.
+    let files = files_under(&kept);
+    assert!(!files.is_empty());
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in [marker.as_bytes(), b"Amina Haddad".as_slice()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "plaintext in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+/// A relay process on a fixed loopback port (so a restarted relay has the address the profiles
+/// know). Killed on drop.
+struct FixedRelay {
+    child: std::process::Child,
+}
+
+impl FixedRelay {
+    fn start(addr: std::net::SocketAddr, data_dir: &Path) -> (Self, [u8; 32]) {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(relay_bin())
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin")
+            .arg("off")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--wal-mib")
+            .arg("2")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line.starts_with("handover-relay ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(COMMAND_TIMEOUT)
+            .expect("relay did not start");
+        let pin = line
+            .split_whitespace()
+            .find_map(|p| p.strip_prefix("pin="))
+            .unwrap();
+        let pin: [u8; 32] = hex::decode(pin).unwrap().try_into().unwrap();
+        (Self { child }, pin)
+    }
+}
+
+impl Drop for FixedRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+#[test]
+fn relay_killed_before_send_and_client_killed_mid_sync_deliver_each_message_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = free_udp_port();
+    let relay_dir = tmp.path().join("relay");
+    let (relay, pin) = FixedRelay::start(addr, &relay_dir);
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    for (p, name) in [(&alice, "Alice"), (&bob, "Bob")] {
+        must(
+            Some(p),
+            &[
+                "init",
+                "--relay",
+                &addr.to_string(),
+                "--relay-pin",
+                &hex::encode(pin),
+                "--name",
+                name,
+                "--insecure-fast-kdf",
+            ],
+        );
+    }
+    let (fp_alice, fp_bob) = (fingerprint(&alice), fingerprint(&bob));
+    let invite = must(Some(&alice), &["invite", "--no-qr"]);
+    let link = invite
+        .lines()
+        .find(|l| l.starts_with("handover://invite#"))
+        .unwrap()
+        .to_owned();
+    must(Some(&bob), &["accept", &link, "--trust-org", &fp_alice]);
+    must(Some(&alice), &["sync", "--trust-org", &fp_bob]);
+
+    // The relay crashes (SIGKILL); Bob sends anyway: the message waits in his outbox.
+    drop(relay);
+    let out = must(
+        Some(&bob),
+        &["send", "--to", "Alice", "while the relay was down"],
+    );
+    assert!(out.contains("outbox"), "{out}");
+    // The relay comes back on the same address with the same data (and certificate).
+    let (_relay, pin2) = FixedRelay::start(addr, &relay_dir);
+    assert_eq!(pin, pin2);
+    let out = must(Some(&bob), &["sync"]);
+    assert!(out.contains("Sent 1 waiting message"), "{out}");
+
+    // Alice's sync is killed at once, several times, wherever it happens to be; a final sync
+    // completes. The message reaches her exactly once.
+    must(Some(&bob), &["send", "--to", "Alice", "second message"]);
+    for _ in 0..3 {
+        let mut child = Command::new(cli())
+            .args(["sync", "--profile"])
+            .arg(&alice)
+            .env("HANDOVER_PASSPHRASE", "correct horse battery staple")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    must(Some(&alice), &["sync"]);
+    must(Some(&alice), &["sync"]);
+    let inbox = must(Some(&alice), &["inbox"]);
+    assert_eq!(
+        inbox.matches("while the relay was down").count(),
+        1,
+        "{inbox}"
+    );
+    assert_eq!(inbox.matches("second message").count(), 1, "{inbox}");
+}
