@@ -238,6 +238,16 @@ fn ok() -> Action {
     reply(wire::response::Kind::Ok(wire::Ok {}))
 }
 
+/// `Ok`, written only once the change is durable (group commit).
+fn ok_when_durable() -> Action {
+    Action::ReplyWhenDurable {
+        response: wire::Response {
+            kind: Some(wire::response::Kind::Ok(wire::Ok {})),
+        },
+        notify: None,
+    }
+}
+
 fn storage_failed(err: &StoreError) -> Action {
     tracing::error!(error = %err, "storage failure");
     Action::Reply(error_retry(
@@ -504,12 +514,7 @@ impl Handler {
         match self.store.delete_mailbox(&recv_id) {
             Ok(_) => {
                 session.state().authenticated.remove(&recv_id);
-                Action::ReplyWhenDurable {
-                    response: wire::Response {
-                        kind: Some(wire::response::Kind::Ok(wire::Ok {})),
-                    },
-                    notify: None,
-                }
+                ok_when_durable()
             }
             Err(err) => storage_failed(&err),
         }
@@ -529,12 +534,7 @@ impl Handler {
             return fail(ErrorCode::BadRequest, "capability hashes must be 32 bytes");
         };
         match self.store.set_capabilities(&recv_id, &hashes) {
-            Ok(true) => Action::ReplyWhenDurable {
-                response: wire::Response {
-                    kind: Some(wire::response::Kind::Ok(wire::Ok {})),
-                },
-                notify: None,
-            },
+            Ok(true) => ok_when_durable(),
             Ok(false) => fail(ErrorCode::NotFound, "mailbox no longer exists"),
             Err(err) => storage_failed(&err),
         }
@@ -683,12 +683,7 @@ impl Handler {
         match self.store.ack(&recv_id, &ids) {
             // The deletion is durable before the client hears Ok: once acknowledged, an
             // envelope is never delivered again, even after a crash.
-            Ok(_) => Action::ReplyWhenDurable {
-                response: wire::Response {
-                    kind: Some(wire::response::Kind::Ok(wire::Ok {})),
-                },
-                notify: None,
-            },
+            Ok(_) => ok_when_durable(),
             Err(err) => storage_failed(&err),
         }
     }
@@ -759,12 +754,7 @@ impl Handler {
             &m.one_time_kem_prekeys,
             self.limits.max_one_time_prekeys,
         ) {
-            Ok(Published::Stored) => Action::ReplyWhenDurable {
-                response: wire::Response {
-                    kind: Some(wire::response::Kind::Ok(wire::Ok {})),
-                },
-                notify: None,
-            },
+            Ok(Published::Stored) => ok_when_durable(),
             Ok(Published::NoMailbox) => fail(ErrorCode::NotFound, "mailbox no longer exists"),
             Ok(Published::QuotaExceeded) => fail(
                 ErrorCode::QuotaExceeded,
@@ -921,12 +911,7 @@ impl Handler {
             .store
             .directory_put(&member.org_root_key, profile.issued_at, &m.profile)
         {
-            Ok(true) => Action::ReplyWhenDurable {
-                response: wire::Response {
-                    kind: Some(wire::response::Kind::Ok(wire::Ok {})),
-                },
-                notify: None,
-            },
+            Ok(true) => ok_when_durable(),
             Ok(false) => fail(
                 ErrorCode::BadRequest,
                 "a profile at least as new is already published",
