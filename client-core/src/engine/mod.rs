@@ -369,11 +369,20 @@ impl fmt::Debug for Contact {
 
 /// An organisation packet encrypted once, to upload as a blob before
 /// [`Engine::send_fanout_keys`].
-#[derive(Debug)]
 pub struct PreparedPacket {
     packet: FanoutPacket,
     content: wire::Content,
     org_root: [u8; KEY_LEN],
+}
+
+impl fmt::Debug for PreparedPacket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Holds the plaintext content and the packet key: debug output may reach logs.
+        let Self { packet, .. } = self;
+        f.debug_struct("PreparedPacket")
+            .field("ciphertext_len", &packet.ciphertext.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PreparedPacket {
