@@ -2,12 +2,15 @@
 # Builds the handover-ffi library and generates its Kotlin, Swift and Python bindings into
 # ffi/bindings/ (gitignored), then checks that the Swift C header compiles.
 #
-#   scripts/ffi-bindings.sh [--release] [--no-build] [--lang kotlin|swift|python]... [--out DIR]
+#   scripts/ffi-bindings.sh [--release] [--no-build] [--staticlib] [--lang kotlin|swift|python]...
+#                           [--out DIR]
 #
 # --no-build   use the library (and uniffi-bindgen, if present) already in the target directory;
 #              this is how `cargo test -p handover-ffi` calls it, because a cargo build inside a
 #              running cargo test would wait forever for the target directory's lock. A missing
 #              uniffi-bindgen is then built into a separate target directory (target/ffi-tools).
+# --staticlib  also build target/<profile>/libhandover_ffi.a, the static library an iOS app links
+#              (`cargo rustc --crate-type staticlib`; not a default crate type, see ffi/Cargo.toml).
 # --lang       generate only these languages (default: all three).
 #
 # Environment: CARGO_TARGET_DIR (default ./target), HANDOVER_FFI_LIB_DIR and HANDOVER_FFI_LIB
@@ -19,12 +22,14 @@ root=$PWD
 profile=debug
 cargo_profile=()
 build=1
+staticlib=0
 langs=()
 out=$root/ffi/bindings
 while [ $# -gt 0 ]; do
     case "$1" in
         --release) profile=release; cargo_profile=(--release) ;;
         --no-build) build=0 ;;
+        --staticlib) staticlib=1 ;;
         --lang) langs+=("$2"); shift ;;
         --out) out=$2; shift ;;
         *) echo "ffi-bindings: unknown argument $1" >&2; exit 2 ;;
@@ -51,6 +56,9 @@ if [ "$build" = 1 ]; then
     # of the library instead of reusing the one `cargo test -p handover-ffi` built.
     cargo build "${cargo_profile[@]}" -p handover-ffi
     cargo build "${cargo_profile[@]}" -p uniffi-bindgen
+fi
+if [ "$staticlib" = 1 ]; then
+    cargo rustc "${cargo_profile[@]}" -p handover-ffi --lib --crate-type staticlib
 fi
 if [ ! -f "$lib" ]; then
     echo "ffi-bindings: $lib is missing; build it with: cargo build -p handover-ffi" >&2
