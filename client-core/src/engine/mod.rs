@@ -895,6 +895,30 @@ impl<S: KvStore> Engine<S> {
         Ok(Some(OrgEntry { trust, lists }))
     }
 
+    /// Stages a device list that came with an invitation, profile or contact card: a bad or
+    /// old list is ignored (it changes no trust), a new one is staged in `batch`.
+    fn stage_carried_list(
+        &self,
+        root: &[u8; KEY_LEN],
+        list: Option<&wire::SignedDeviceList>,
+        batch: &mut WriteBatch,
+    ) -> Option<OrgEntry> {
+        list.and_then(|list| self.stage_device_list(root, list, batch).ok().flatten())
+    }
+
+    /// The organisation's trust as it will be once `staged` (if any) is installed.
+    fn trust_after<'a>(
+        &'a self,
+        root: &[u8; KEY_LEN],
+        staged: Option<&'a OrgEntry>,
+    ) -> Result<&'a OrgTrust, EngineError> {
+        let st = self.state()?;
+        staged
+            .map(|o| &o.trust)
+            .or_else(|| st.orgs.get(root).map(|o| &o.trust))
+            .ok_or(EngineError::UntrustedOrganisation)
+    }
+
     /// Issues a certificate for a new device of this organisation (this device must hold the
     /// root key) and signs a new device list that includes it. Distribute the list to contacts
     /// with [`send_device_list`](Self::send_device_list).
@@ -1241,19 +1265,10 @@ impl<S: KvStore> Engine<S> {
             .ok_or(EngineError::InvalidInvitation)?;
         let root = cert_root(&signed).ok_or(EngineError::InvalidInvitation)?;
         let mut batch = WriteBatch::new();
-        let staged_org = match &invitation.device_list {
-            Some(list) => self
-                .stage_device_list(&root, list, &mut batch)
-                .ok()
-                .flatten(),
-            None => None,
-        };
+        let staged_org =
+            self.stage_carried_list(&root, invitation.device_list.as_ref(), &mut batch);
+        let trust = self.trust_after(&root, staged_org.as_ref())?;
         let st = self.state()?;
-        let trust = staged_org
-            .as_ref()
-            .map(|o| &o.trust)
-            .or_else(|| st.orgs.get(&root).map(|o| &o.trust))
-            .ok_or(EngineError::UntrustedOrganisation)?;
         let (session, peer) = Session::initiate(&st.profile.device, trust, bundle, now, rng)?;
         if peer.device_id() != inviter {
             return Err(EngineError::InvalidBundle);
@@ -1750,11 +1765,9 @@ impl<S: KvStore> Engine<S> {
                     {
                         return Err(EngineError::CouldNotDecrypt);
                     }
-                    if let Some(list) = &card.device_list {
-                        staged_org = self
-                            .stage_device_list(&root, list, &mut batch)
-                            .ok()
-                            .flatten();
+                    if card.device_list.is_some() {
+                        staged_org =
+                            self.stage_carried_list(&root, card.device_list.as_ref(), &mut batch);
                     }
                     contact = Some(ContactRecord {
                         certificate: sender_signed.clone(),
@@ -1765,10 +1778,7 @@ impl<S: KvStore> Engine<S> {
                 Some(Body::DeviceList(list)) => {
                     // Only a list of the sender's own organisation; a bad or old one is kept
                     // as a message but changes no trust.
-                    staged_org = self
-                        .stage_device_list(&root, list, &mut batch)
-                        .ok()
-                        .flatten();
+                    staged_org = self.stage_carried_list(&root, Some(list), &mut batch);
                 }
                 Some(
                     body @ (Body::SignedReferralOffer(_)
@@ -2189,19 +2199,8 @@ impl<S: KvStore> Engine<S> {
             .try_into()
             .map_err(|_| EngineError::InvalidProfile)?;
         let mut batch = WriteBatch::new();
-        let staged = match &profile.device_list {
-            Some(list) => self
-                .stage_device_list(&root, list, &mut batch)
-                .ok()
-                .flatten(),
-            None => None,
-        };
-        let st = self.state()?;
-        let trust = staged
-            .as_ref()
-            .map(|o| &o.trust)
-            .or_else(|| st.orgs.get(&root).map(|o| &o.trust))
-            .ok_or(EngineError::UntrustedOrganisation)?;
+        let staged = self.stage_carried_list(&root, profile.device_list.as_ref(), &mut batch);
+        let trust = self.trust_after(&root, staged.as_ref())?;
         let active = trust.active_devices(now);
         let mut added = Vec::new();
         let mut new_contacts = Vec::new();

@@ -310,20 +310,7 @@ impl<R: CryptoRng> SledStore<R> {
         header.seal_slot(SLOT_PRIMARY, &root, credential.kind(), &master, &mut rng)?;
         let cipher = RecordCipher::new(&master)?;
 
-        build_new_db(dir, &cipher, |_| Ok(()))?;
-        write_header(dir, &header.encode())?;
-        promote_new_db(dir)?;
-        let db = open_db(&dir.join(DB_DIR))?;
-        Ok(SledStore {
-            dir: dir.to_path_buf(),
-            db,
-            header,
-            slot: SLOT_PRIMARY,
-            master,
-            cipher,
-            index: BTreeSet::new(),
-            rng,
-        })
+        Self::install_empty(dir, header, master, cipher, rng)
     }
 
     /// Opens the store in `dir` with `credential`.
@@ -380,6 +367,19 @@ impl<R: CryptoRng> SledStore<R> {
         }
         // Order: the replacement database first, then the header (this destroys the real
         // master key), then the old database is removed. See docs/STORAGE.md for crashes.
+        Self::install_empty(dir, header, master, cipher, rng)
+    }
+
+    /// Writes a fresh empty database, then `header` (whose primary slot wraps `master`), then
+    /// promotes the new database; the order is what makes create and duress crash-safe
+    /// (docs/STORAGE.md).
+    fn install_empty(
+        dir: &Path,
+        header: Header,
+        master: SecretKey,
+        cipher: RecordCipher,
+        rng: R,
+    ) -> Result<Self, StoreError> {
         build_new_db(dir, &cipher, |_| Ok(()))?;
         write_header(dir, &header.encode())?;
         promote_new_db(dir)?;
