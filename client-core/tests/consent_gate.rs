@@ -527,3 +527,187 @@ fn release_is_refused_after_consent_is_withdrawn() {
         .unwrap_err();
     assert!(matches!(gate(err), GateError::Revoked { .. }));
 }
+
+/// A minor's consent: the receipt for a 13-year-old, given by a guardian with the child's
+/// assent unless a test changes it.
+fn minor_receipt_draft(w: &World) -> wire::ConsentReceipt {
+    let mut sections = SECTIONS.to_vec();
+    sections.push(wire::Section::Guardian);
+    let mut draft = receipt_draft(&w.sender, &[&w.receivers[0]], &sections, T0);
+    draft.principal_is_minor = true;
+    draft.expressed_by = wire::ExpressedBy::Guardian as i32;
+    draft.child_assent = wire::ChildAssent::Given as i32;
+    draft
+}
+
+fn record(
+    w: &World,
+    draft: wire::ConsentReceipt,
+    seed: u64,
+) -> Result<handover_core::consent::Consent, handover_core::consent::ConsentError> {
+    handover_core::consent::Consent::Requested
+        .apply(
+            ConsentEvent::Give(Box::new(draft)),
+            &w.caseworker.actor(),
+            T0,
+            &mut rng(seed),
+        )
+        .map_err(|(_, e)| e)
+}
+
+fn minor_offer_draft(w: &World) -> handover_core::referral::OfferDraft {
+    let mut draft = offer_draft(&w.sender, &w.receivers[0]);
+    draft.is_minor = true;
+    draft.age_band = wire::AgeBand::Child;
+    draft
+}
+
+fn minor_body() -> Vec<wire::BodySection> {
+    let mut body = body_sections();
+    body.push(wire::BodySection {
+        content: Some(wire::body_section::Content::Guardian(
+            wire::GuardianSection {
+                caregiver: "Aunt".to_owned(),
+                relationship: "aunt".to_owned(),
+                contact: "via the school social worker".to_owned(),
+                unaccompanied: false,
+                caregiver_informed: true,
+                not_informed_reason: String::new(),
+            },
+        )),
+    });
+    body
+}
+
+fn prepare_minor(
+    w: &mut World,
+    draft: &handover_core::referral::OfferDraft,
+    receipt: &wire::SignedConsentReceipt,
+) -> Result<SenderReferral, ReferralError> {
+    SenderReferral::prepare(
+        draft,
+        &minor_body(),
+        ConsentInput::Receipt(receipt),
+        &w.sender.trust,
+        &w.registry,
+        &w.caseworker.actor(),
+        T0,
+        &mut w.rng,
+    )
+}
+
+#[test]
+fn a_minors_receipt_must_record_assent_and_who_consented() {
+    use handover_core::consent::ConsentError;
+    let w = World::new(1);
+    let missing = |field| ConsentError::MissingField { field };
+
+    let mut no_assent = minor_receipt_draft(&w);
+    no_assent.child_assent = wire::ChildAssent::Unspecified as i32;
+    assert_eq!(
+        record(&w, no_assent, 31).unwrap_err(),
+        missing("child_assent")
+    );
+
+    let mut not_applicable = minor_receipt_draft(&w);
+    not_applicable.child_assent = wire::ChildAssent::NotApplicable as i32;
+    assert_eq!(
+        record(&w, not_applicable.clone(), 32).unwrap_err(),
+        missing("minor_note")
+    );
+    not_applicable.minor_note = "The child is 4 years old.".to_owned();
+    assert!(record(&w, not_applicable, 33).is_ok());
+
+    // Consent expressed by the child alone needs the reason no caregiver or guardian did.
+    let mut by_child = minor_receipt_draft(&w);
+    by_child.expressed_by = wire::ExpressedBy::Survivor as i32;
+    assert_eq!(
+        record(&w, by_child.clone(), 34).unwrap_err(),
+        missing("minor_note")
+    );
+    by_child.minor_note =
+        "The caregiver is the alleged perpetrator; best-interest decision by the supervisor."
+            .to_owned();
+    assert!(record(&w, by_child, 35).is_ok());
+
+    // An adult's receipt carries no assent.
+    let mut adult = receipt_draft(&w.sender, &[&w.receivers[0]], &SECTIONS, T0);
+    adult.child_assent = wire::ChildAssent::Given as i32;
+    assert_eq!(record(&w, adult, 36).unwrap_err(), missing("child_assent"));
+}
+
+#[test]
+fn a_minors_referral_needs_a_minors_receipt_with_assent() {
+    let mut w = World::new(1);
+    let minor = record(&w, minor_receipt_draft(&w), 41).unwrap();
+    let minor = minor.current().unwrap().clone();
+    let short = minor.id().short();
+    let draft = minor_offer_draft(&w);
+
+    // Guardian's consent and the child's assent: the offer passes.
+    assert!(prepare_minor(&mut w, &draft, minor.signed()).is_ok());
+
+    // The child's own consent with the reason recorded also passes.
+    let mut by_child = minor_receipt_draft(&w);
+    by_child.expressed_by = wire::ExpressedBy::Survivor as i32;
+    by_child.minor_note = "Unaccompanied; no guardian appointed yet.".to_owned();
+    let by_child = record(&w, by_child, 42).unwrap();
+    assert!(prepare_minor(&mut w, &draft, by_child.current().unwrap().signed()).is_ok());
+
+    // A minor's receipt cannot cover an offer that calls the person an adult.
+    let adult_draft = offer_draft(&w.sender, &w.receivers[0]);
+    let err = gate(prepare(&mut w, &adult_draft, minor.signed(), T0).unwrap_err());
+    assert_eq!(err, GateError::MinorMismatch { receipt: short });
+    assert_eq!(
+        err.to_string(),
+        format!("the offer and consent receipt {short} disagree on whether the person is a minor")
+    );
+
+    // An adult's receipt cannot cover a child's referral.
+    let adult = w.receipt().signed().clone();
+    let adult_short = w.receipt().id().short();
+    let err = gate(prepare_minor(&mut w, &draft, &adult).unwrap_err());
+    assert_eq!(
+        err,
+        GateError::MinorMismatch {
+            receipt: adult_short
+        }
+    );
+
+    // The child said no.
+    let mut refused = minor_receipt_draft(&w);
+    refused.child_assent = wire::ChildAssent::Refused as i32;
+    let refused = record(&w, refused, 43).unwrap();
+    let refused = refused.current().unwrap().clone();
+    let err = gate(prepare_minor(&mut w, &draft, refused.signed()).unwrap_err());
+    assert_eq!(
+        err,
+        GateError::ChildAssentRefused {
+            receipt: refused.id().short()
+        }
+    );
+    assert!(err.to_string().contains("the child did not assent"));
+}
+
+#[test]
+fn the_receiver_refuses_a_childs_referral_under_an_adults_receipt() {
+    // A modified sender client labels the person a minor but relies on an adult's receipt.
+    let mut w = World::new(1);
+    let (mut offer, receipt) = good_offer(&mut w);
+    offer.is_minor = true;
+    offer.age_band = wire::AgeBand::Child as i32;
+    let err = receiver_check(
+        &w,
+        &offer,
+        Some(&receipt),
+        &w.caseworker,
+        &ReceiptRegistry::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        ReferralError::Consent(GateError::MinorMismatch {
+            receipt: w.receipt().id().short()
+        })
+    );
+}

@@ -772,6 +772,8 @@ impl Validate for e2e::ConsentReceipt {
             known_enum::<e2e::AckMethod>("PrincipalAck.method", a.method, true)?;
             text("PrincipalAck.detail", &a.detail)?;
         }
+        known_enum::<e2e::ChildAssent>("ConsentReceipt.child_assent", self.child_assent, true)?;
+        text("ConsentReceipt.minor_note", &self.minor_note)?;
         Ok(())
     }
 }

@@ -344,6 +344,16 @@ fn unknown_and_unspecified_enums_are_invalid_where_required() {
         decode::referral_control(&control.encode_to_vec()),
         "Decline.reason",
     );
+
+    // Child assent may be unspecified (an adult), never unknown.
+    let mut receipt = consent_receipt();
+    receipt.child_assent = 0;
+    assert!(decode::consent_receipt(&receipt.encode_to_vec()).is_ok());
+    receipt.child_assent = 9;
+    assert_invalid(
+        decode::consent_receipt(&receipt.encode_to_vec()),
+        "ConsentReceipt.child_assent",
+    );
 }
 
 #[test]

@@ -134,6 +134,29 @@ pub enum GateError {
         /// The receipt.
         receipt: ShortId,
     },
+    /// The offer and the receipt disagree on whether the person is a minor.
+    #[error("the offer and consent receipt {receipt} disagree on whether the person is a minor")]
+    MinorMismatch {
+        /// The receipt.
+        receipt: ShortId,
+    },
+    /// A minor's receipt lacks what a child's referral needs.
+    #[error("consent receipt {receipt} for a minor does not record {missing}")]
+    MinorConsentIncomplete {
+        /// The receipt.
+        receipt: ShortId,
+        /// "the child's assent" or "a caregiver's or guardian's consent, or why there is none".
+        missing: &'static str,
+    },
+    /// The child said no to the referral.
+    #[error(
+        "the child did not assent (consent receipt {receipt}); a referral needs the child's \
+         assent or an override"
+    )]
+    ChildAssentRefused {
+        /// The receipt.
+        receipt: ShortId,
+    },
     /// An override by a device without the override permission (ADMIN role).
     #[error("sharing without consent needs the override permission (admin role)")]
     OverrideNotPermitted,
@@ -259,6 +282,7 @@ fn check_receipt(
     if r.valid_until != 0 && now >= r.valid_until {
         return Err(GateError::Expired { receipt: short });
     }
+    check_minor(offer, r, short)?;
     // Recipient and its services.
     let to = offer.to.as_ref();
     let to_key = to.map(|p| p.org_root_key.as_slice()).unwrap_or_default();
@@ -322,4 +346,38 @@ fn check_receipt(
     Ok(ConsentCleared {
         receipt: Some(receipt.id()),
     })
+}
+
+/// A child's referral needs a minor's receipt with the child's assent and the adult's consent
+/// documented; a minor's receipt cannot cover an offer that calls the person an adult (which
+/// would skip the guardian section).
+fn check_minor(
+    offer: &wire::ReferralOffer,
+    r: &wire::ConsentReceipt,
+    short: ShortId,
+) -> Result<(), GateError> {
+    if offer.is_minor != r.principal_is_minor {
+        return Err(GateError::MinorMismatch { receipt: short });
+    }
+    if !offer.is_minor {
+        return Ok(());
+    }
+    match r.child_assent() {
+        wire::ChildAssent::Given => {}
+        wire::ChildAssent::NotApplicable if !r.minor_note.trim().is_empty() => {}
+        wire::ChildAssent::Refused => return Err(GateError::ChildAssentRefused { receipt: short }),
+        wire::ChildAssent::NotApplicable | wire::ChildAssent::Unspecified => {
+            return Err(GateError::MinorConsentIncomplete {
+                receipt: short,
+                missing: "the child's assent",
+            });
+        }
+    }
+    if !super::receipt::adult_consent_documented(r) {
+        return Err(GateError::MinorConsentIncomplete {
+            receipt: short,
+            missing: "a caregiver's or guardian's consent, or why there is none",
+        });
+    }
+    Ok(())
 }

@@ -138,6 +138,30 @@ fn require(ok: bool, field: &'static str) -> Result<(), ConsentError> {
     }
 }
 
+/// Whether a receipt for a minor says who consented for the child, or why no caregiver or
+/// guardian did (used by the record-time check and by the consent gate).
+pub(crate) fn adult_consent_documented(r: &wire::ConsentReceipt) -> bool {
+    matches!(
+        r.expressed_by(),
+        wire::ExpressedBy::Caregiver | wire::ExpressedBy::Guardian
+    ) || !r.minor_note.trim().is_empty()
+}
+
+/// The rules for a minor's receipt (docs/PROTOCOL.md §12.1): the child's assent is recorded;
+/// "not applicable" and consent not expressed by a caregiver or guardian each need the reason
+/// in `minor_note`. An adult's receipt carries no assent.
+fn check_minor_fields(r: &wire::ConsentReceipt) -> Result<(), ConsentError> {
+    if !r.principal_is_minor {
+        return require(r.child_assent == 0, "child_assent");
+    }
+    require(r.child_assent != 0, "child_assent")?;
+    require(
+        r.child_assent() != wire::ChildAssent::NotApplicable || !r.minor_note.trim().is_empty(),
+        "minor_note",
+    )?;
+    require(adult_consent_documented(r), "minor_note")
+}
+
 /// Field rules beyond structural validation (docs/PROTOCOL.md §12.1).
 fn check_fields(r: &wire::ConsentReceipt) -> Result<(), ConsentError> {
     r.validate()
@@ -148,6 +172,7 @@ fn check_fields(r: &wire::ConsentReceipt) -> Result<(), ConsentError> {
         r.expressed_by != wire::ExpressedBy::Other as i32 || !r.expressed_by_other.is_empty(),
         "expressed_by_other",
     )?;
+    check_minor_fields(r)?;
     require(r.collection_method != 0, "collection_method")?;
     require(
         r.collection_method != wire::CollectionMethod::ViaInterpreter as i32

@@ -171,6 +171,9 @@ struct Texts {
     override_line: &'static str,
     interpreter: &'static str,
     receipt_no: &'static str,
+    minor_by_carer: &'static str,
+    minor_assent_given: &'static str,
+    minor_assent_refused: &'static str,
     term_survivor: &'static str,
     term_victim: &'static str,
     term_none: &'static str,
@@ -202,6 +205,9 @@ const EN: Texts = Texts {
     override_line: "On {date}, {org} received: {sections}. Legal basis: {basis}. You have the right to ask about this.",
     interpreter: "An interpreter helped during the conversation (language: {language}).",
     receipt_no: "Receipt number: {id}",
+    minor_by_carer: "Because you are under 18, your parent, guardian or carer was asked for consent too.",
+    minor_assent_given: "You agreed to this yourself.",
+    minor_assent_refused: "You said no to this yourself. Your answer is recorded, and nothing is shared because of this consent.",
     term_survivor: "You decide what happens with your information: that is the right of every survivor.",
     term_victim: "You decide what happens with your information: that is the right of every victim of crime.",
     term_none: "You decide what happens with your information.",
@@ -233,6 +239,9 @@ const AR: Texts = Texts {
     override_line: "بتاريخ {date}، تلقت {org} ما يلي: {sections}. الأساس القانوني: {basis}. يحق لك الاستفسار عن ذلك.",
     interpreter: "ساعد مترجم خلال المحادثة (اللغة: {language}).",
     receipt_no: "رقم الإيصال: {id}",
+    minor_by_carer: "لأن عمرك أقل من 18 عامًا، طُلبت الموافقة أيضًا من والدك أو ولي أمرك أو الشخص الذي يرعاك.",
+    minor_assent_given: "لقد وافقت على ذلك بنفسك.",
+    minor_assent_refused: "لقد رفضت ذلك بنفسك. تم تسجيل إجابتك، ولن تتم مشاركة أي شيء بناءً على هذه الموافقة.",
     term_survivor: "أنت من يقرر ما يحدث لمعلوماتك، وهذا حق لكل الناجين والناجيات.",
     term_victim: "أنت من يقرر ما يحدث لمعلوماتك، وهذا حق لكل ضحايا الجرائم.",
     term_none: "أنت من يقرر ما يحدث لمعلوماتك.",
@@ -264,6 +273,9 @@ const UK: Texts = Texts {
     override_line: "{date} організація {org} отримала: {sections}. Правова підстава: {basis}. Ви маєте право запитати про це.",
     interpreter: "Під час розмови допомагав перекладач (мова: {language}).",
     receipt_no: "Номер запису: {id}",
+    minor_by_carer: "Оскільки вам ще немає 18 років, згоду також запитали у ваших батьків, опікуна або особи, яка про вас піклується.",
+    minor_assent_given: "Ви самі погодилися на це.",
+    minor_assent_refused: "Ви самі відмовилися від цього. Вашу відповідь записано, і на підставі цієї згоди нічого не передається.",
     term_survivor: "Ви вирішуєте, що відбувається з вашою інформацією, — це право кожної людини, яка пережила насильство.",
     term_victim: "Ви вирішуєте, що відбувається з вашою інформацією, — це право кожної постраждалої особи.",
     term_none: "Ви вирішуєте, що відбувається з вашою інформацією.",
@@ -295,6 +307,9 @@ const FR: Texts = Texts {
     override_line: "Le {date}, {org} a reçu : {sections}. Base légale : {basis}. Vous avez le droit de poser des questions à ce sujet.",
     interpreter: "Un service d'interprétariat a été utilisé pendant l'entretien (langue : {language}).",
     receipt_no: "Numéro du reçu : {id}",
+    minor_by_carer: "Comme vous avez moins de 18 ans, votre parent, tuteur ou la personne qui s'occupe de vous a aussi été consulté.",
+    minor_assent_given: "Vous avez vous-même donné votre accord.",
+    minor_assent_refused: "Vous avez vous-même refusé. Votre réponse est enregistrée et rien n'est partagé sur la base de ce consentement.",
     term_survivor: "C'est vous qui décidez de ce que deviennent vos informations : c'est le droit de toute personne survivante.",
     term_victim: "C'est vous qui décidez de ce que deviennent vos informations : c'est le droit de toute victime.",
     term_none: "C'est vous qui décidez de ce que deviennent vos informations.",
@@ -326,6 +341,9 @@ const ES: Texts = Texts {
     override_line: "El {date}, {org} recibió: {sections}. Base legal: {basis}. Tiene derecho a preguntar sobre esto.",
     interpreter: "Se contó con un servicio de interpretación durante la conversación (idioma: {language}).",
     receipt_no: "Número de recibo: {id}",
+    minor_by_carer: "Como usted tiene menos de 18 años, también se pidió el consentimiento de su madre, padre, tutor o la persona que le cuida.",
+    minor_assent_given: "Usted también dio su acuerdo.",
+    minor_assent_refused: "Usted dijo que no. Su respuesta queda registrada y no se comparte nada con base en este consentimiento.",
     term_survivor: "Usted decide qué pasa con su información: es el derecho de toda persona sobreviviente.",
     term_victim: "Usted decide qué pasa con su información: es el derecho de toda víctima.",
     term_none: "Usted decide qué pasa con su información.",
@@ -594,6 +612,19 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
             ("controllers", &controllers.join(sep)),
         ],
     ));
+    if r.principal_is_minor {
+        if matches!(
+            r.expressed_by(),
+            wire::ExpressedBy::Caregiver | wire::ExpressedBy::Guardian
+        ) {
+            out.push(t.minor_by_carer.to_owned());
+        }
+        match r.child_assent() {
+            wire::ChildAssent::Given => out.push(t.minor_assent_given.to_owned()),
+            wire::ChildAssent::Refused => out.push(t.minor_assent_refused.to_owned()),
+            _ => {}
+        }
+    }
     let status = match r.state() {
         wire::ConsentState::Withdrawn => Some(t.status_withdrawn),
         wire::ConsentState::Expired => Some(t.status_expired),

@@ -459,6 +459,9 @@ pub fn consent_receipt() -> e2e::ConsentReceipt {
             method: e2e::AckMethod::VerbalWitnessed as i32,
             detail: String::new(),
         }),
+        principal_is_minor: true,
+        child_assent: e2e::ChildAssent::Given as i32,
+        minor_note: "Unaccompanied; guardian appointment pending".to_owned(),
     }
 }
 
