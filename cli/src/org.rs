@@ -21,6 +21,7 @@ use clap::{Args, Subcommand};
 use handover_core::client::{Client, ClientError};
 use handover_core::engine::{Engine, EngineError, IdentitySetup, ProfileDetails, RelayInfo};
 use handover_core::identity::{DeviceId, DeviceKeys, DevicePublicKeys, Role};
+use handover_core::net::NetError;
 use handover_core::store::{Credential, KdfParams, KvStore, Namespace, SledStore, StoreError};
 use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;
@@ -426,31 +427,44 @@ async fn enroll(profile: Option<PathBuf>, args: EnrollArgs) -> Outcome {
     let label = args.label.unwrap_or(name);
     let client = open(profile).await?;
     let result = async {
-        let enrolled =
-            tokio::time::timeout(NETWORK_WAIT, client.enrol_device(keys, role, label.clone()))
+        // Enrolling is idempotent: a device already in the list (an earlier run that timed
+        // out, or a lost enrolment code) gets its existing certificate again.
+        let (certificate, device_list) = match enrolled_cert(&client, keys.device_id).await? {
+            Some(found) => found,
+            None => {
+                let enrolled = tokio::time::timeout(
+                    NETWORK_WAIT,
+                    client.enrol_device(keys, role, label.clone()),
+                )
                 .await;
-        let (certificate, device_list) = match enrolled {
-            Ok(Ok(out)) => out,
-            Ok(Err(ClientError::Engine(EngineError::NotOrgKeyHolder))) => {
-                return Err(fail(
-                    "this device does not hold the organisation's root key, so it cannot \
-                     enrol devices. Run `handover org enroll` on the device that created the \
-                     organisation (`handover init` / `org create`).",
-                ));
-            }
-            Ok(Err(e)) => {
-                return Err(fail(format!(
-                    "enrolling the device failed: {e}. Check the request code and try again."
-                )));
-            }
-            Err(_) => {
-                return Err(fail(format!(
-                    "the relay did not answer in {} seconds while sending the new device list \
-                     to your contacts. The device may already be enrolled: run `handover org \
-                     devices`. {}.",
-                    NETWORK_WAIT.as_secs(),
-                    relay_hint()
-                )));
+                match enrolled {
+                    Ok(Ok(out)) => out,
+                    Ok(Err(ClientError::Engine(EngineError::NotOrgKeyHolder))) => {
+                        return Err(fail(
+                            "this device does not hold the organisation's root key, so it \
+                             cannot enrol devices. Run `handover org enroll` on the device that \
+                             created the organisation (`handover init` / `org create`).",
+                        ));
+                    }
+                    Ok(Err(e)) => {
+                        return Err(fail(format!(
+                            "enrolling the device failed: {e}. Check the request code and try \
+                             again."
+                        )));
+                    }
+                    // Enrolled, but telling the contacts took too long (they get the list
+                    // with the next messages): carry on with the stored certificate.
+                    Err(_) => enrolled_cert(&client, keys.device_id)
+                        .await?
+                        .ok_or_else(|| {
+                            fail(format!(
+                                "the relay did not answer in {} seconds and the device was not \
+                             enrolled. {}; then run this command again.",
+                                NETWORK_WAIT.as_secs(),
+                                relay_hint()
+                            ))
+                        })?,
+                }
             }
         };
         let invitation = match tokio::time::timeout(
@@ -480,10 +494,12 @@ async fn enroll(profile: Option<PathBuf>, args: EnrollArgs) -> Outcome {
         put_field(&mut code, &certificate.encode_to_vec())?;
         put_field(&mut code, &device_list.encode_to_vec())?;
         put_field(&mut code, invitation.as_bytes())?;
+        let enrolled_role = decode::device_certificate(&certificate.certificate)
+            .map(|c| role_name(c.role()))
+            .unwrap_or("unknown");
         println!(
-            "Enrolled {label:?} as {} (check code {}). Every contact was sent the new device \
-             list.",
-            args.role.trim().to_ascii_lowercase(),
+            "Enrolled {label:?} as {enrolled_role} (check code {}); your contacts are sent the \
+             new device list.",
             check_code(&keys)
         );
         println!("Enrolment code (give it to the new device; it holds no secrets):");
@@ -547,6 +563,14 @@ async fn join(profile: Option<PathBuf>, args: JoinArgs) -> Outcome {
     .await;
     let client = match created {
         Ok(Ok(c)) => c,
+        Ok(Err(ClientError::Engine(EngineError::ProfileExists))) => {
+            return Err(fail(format!(
+                "{} has already joined its organisation (an earlier `handover org join` got \
+                 that far). Run `handover whoami` there; if something is missing, run \
+                 `handover sync`.",
+                dir.display()
+            )));
+        }
         Ok(Err(ClientError::Engine(EngineError::Certificate(_)))) => {
             return Err(fail(
                 "the enrolment code is for another device or organisation (its certificate \
@@ -663,6 +687,41 @@ async fn own_devices(client: &Client) -> Outcome<(Vec<(DeviceId, wire::Role, Str
     Ok((out, decoded.revoked_device_ids.len()))
 }
 
+/// The certificate of `device` in this organisation's current device list, with the list.
+async fn enrolled_cert(
+    client: &Client,
+    device: DeviceId,
+) -> Outcome<Option<(wire::SignedDeviceCertificate, wire::SignedDeviceList)>> {
+    let list = client
+        .with_engine(|e, _, _| e.own_device_list())
+        .await
+        .ctx("reading the device list", "Report this.")?
+        .ctx("reading the device list", "Report this.")?;
+    let Some(list) = list else { return Ok(None) };
+    let decoded = decode::device_list(&list.list)
+        .map_err(|_| fail("the stored device list is damaged. Report this."))?;
+    let found = decoded.devices.iter().find(|signed| {
+        decode::device_certificate(&signed.certificate)
+            .is_ok_and(|c| c.device_id.as_slice() == device.0.as_slice())
+    });
+    Ok(found.map(|c| (c.clone(), list.clone())))
+}
+
+/// Explains a directory failure: a relay that has not admitted the organisation says so.
+fn directory_failure(doing: &str, e: &ClientError) -> crate::ui::Failure {
+    match e {
+        ClientError::Net(NetError::Relay {
+            code: relay::ErrorCode::Unauthorised,
+            ..
+        }) => fail(format!(
+            "{doing} failed: the relay has not admitted your organisation to its members-only \
+             directory. Give the relay operator your organisation key (`handover whoami` shows \
+             it) to add to admitted_orgs (--admit-org); then try again."
+        )),
+        e => fail(format!("{doing} failed: {e}. {}.", relay_hint())),
+    }
+}
+
 /// `handover org devices`.
 async fn devices(profile: Option<PathBuf>) -> Outcome {
     let client = open(profile).await?;
@@ -774,9 +833,7 @@ async fn publish(profile: Option<PathBuf>, args: PublishArgs) -> Outcome {
                      admin device.",
                 ));
             }
-            Ok(Err(e)) => {
-                return Err(fail(format!("publishing failed: {e}. {}.", relay_hint())));
-            }
+            Ok(Err(e)) => return Err(directory_failure("publishing", &e)),
             Err(_) => {
                 return Err(fail(format!(
                     "the relay did not answer in {} seconds. {}.",
@@ -809,12 +866,7 @@ async fn directory(profile: Option<PathBuf>, args: DirectoryArgs) -> Outcome {
         };
         let found = match tokio::time::timeout(NETWORK_WAIT, client.search_directory(query)).await {
             Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                return Err(fail(format!(
-                    "searching the directory failed: {e}. {}.",
-                    relay_hint()
-                )));
-            }
+            Ok(Err(e)) => return Err(directory_failure("searching the directory", &e)),
             Err(_) => {
                 return Err(fail(format!(
                     "the relay did not answer in {} seconds. {}.",

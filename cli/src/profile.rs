@@ -166,7 +166,8 @@ pub(crate) async fn open(profile: Option<PathBuf>) -> Outcome<Client> {
     if !client.has_profile().await {
         let _ = client.shutdown().await;
         return Err(fail(format!(
-            "the profile in {} holds no identity. Create one with `handover init`.",
+            "the profile in {} holds no identity. Create one with `handover init`, or, if this \
+             device is joining an organisation, finish with `handover org join CODE`.",
             dir.display()
         )));
     }
@@ -262,6 +263,11 @@ pub(crate) async fn whoami_of(client: &Client) -> Outcome {
     println!(
         "Organisation fingerprint: {}  (read it out to contacts so they can verify you)",
         org_fingerprint(&root)
+    );
+    println!(
+        "Organisation key: {}  (for relay operators: admits your organisation to a relay's \
+         directory)",
+        hex::encode(root)
     );
     Ok(())
 }
