@@ -167,20 +167,20 @@ async fn run_with(client: &Client, command: ReferralCommand) -> Outcome {
     match command {
         ReferralCommand::List => list(client).await,
         ReferralCommand::Show(a) => show(client, &a).await,
-        ReferralCommand::Accept(a) => accept(client, &a.id).await,
+        ReferralCommand::Accept(a) => decide(client, &a.id, Action::Accept).await,
         ReferralCommand::Decline(a) => {
             let reason = forms::decline_reason("--reason", &a.reason)?;
             let action = Action::Decline {
                 reason,
                 note: a.note.clone(),
             };
-            act(client, &a.id, action).await
+            decide(client, &a.id, action).await
         }
         ReferralCommand::RequestInfo(a) => {
             let action = Action::RequestInfo {
                 questions: a.questions.clone(),
             };
-            act(client, &a.id, action).await
+            decide(client, &a.id, action).await
         }
         ReferralCommand::ProvideInfo(a) => {
             let action = Action::ProvideInfo {
@@ -843,17 +843,11 @@ async fn act(client: &Client, text: &str, action: Action) -> Outcome {
     let id = resolve(client, text).await?;
     let state = step(client, id, action).await?;
     println!("Referral {}: {state}.", id_hex(&id));
-    match state {
-        "ACCEPTED" => println!(
-            "The sender's device releases the case details when it next syncs; run `handover \
-             sync` here to receive them."
-        ),
-        "DECLINED" => println!("The offer was erased on this device; the sender is told why."),
-        "WITHDRAWN" => println!(
+    if state == "WITHDRAWN" {
+        println!(
             "The receiving organisation erases what it has and confirms; `handover sync` \
              shows the confirmations."
-        ),
-        _ => {}
+        );
     }
     Ok(())
 }
@@ -911,8 +905,9 @@ async fn step(client: &Client, id: ReferralId, action: Action) -> Outcome<&'stat
     }
 }
 
-/// `handover referral accept`: acknowledges first when the offer was not opened yet.
-async fn accept(client: &Client, text: &str) -> Outcome {
+/// A receiving-side decision (accept, decline, request info): acknowledges first when the
+/// offer was not opened yet (DOMAIN.md: decisions are taken from ACKNOWLEDGED).
+async fn decide(client: &Client, text: &str, action: Action) -> Outcome {
     let id = resolve(client, text).await?;
     let state = client
         .referral(id)
@@ -921,19 +916,26 @@ async fn accept(client: &Client, text: &str) -> Outcome {
         .map(|s| (s.side, s.state.name()));
     if let Some((Side::Sender, _)) = state {
         return Err(fail(
-            "you sent this referral; only the receiving organisation can accept it.",
+            "you sent this referral; only the receiving organisation can accept, decline or \
+             ask for information.",
         ));
     }
     if let Some((_, "SENT" | "DELIVERED")) = state {
         let s = step(client, id, Action::Acknowledge).await?;
         println!("Referral {}: {s}.", id_hex(&id));
     }
-    let s = step(client, id, Action::Accept).await?;
+    let accepted = matches!(action, Action::Accept);
+    let declined = matches!(action, Action::Decline { .. });
+    let s = step(client, id, action).await?;
     println!("Referral {}: {s}.", id_hex(&id));
-    println!(
-        "The sender's device releases the case details when it next syncs; run `handover sync` \
-         here to receive them."
-    );
+    if accepted {
+        println!(
+            "The sender's device releases the case details when it next syncs; run `handover \
+             sync` here to receive them."
+        );
+    } else if declined {
+        println!("The offer was erased on this device; the sender is told the reason.");
+    }
     Ok(())
 }
 
