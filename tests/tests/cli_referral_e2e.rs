@@ -309,11 +309,41 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     let err = refused(&b2, &["org", "enroll", &spare, "--role", "caseworker"]);
     assert!(err.contains("root key"), "{err}");
 
-    // --- A and both B devices know each other.
+    // --- A and both B devices know each other; A also knows organisation C.
     connect(&a, &b1);
     connect(&a, &b2);
     let fp_a = fingerprint(&a);
     assert_ne!(fp_a, fp_b);
+    let c = tmp.path().join("c-other");
+    init(&c, &relay, "Hillside clinic");
+    connect(&a, &c);
+    let fp_c = fingerprint(&c);
+
+    // --- The directory: only admins publish, and only organisations the relay operator
+    // admitted (this relay admits none); the message says whom to ask with what.
+    let err = refused(&b2, &["org", "publish", "--name", "Riverside Safe House"]);
+    assert!(err.contains("admin"), "{err}");
+    let err = refused(
+        &b1,
+        &[
+            "org",
+            "publish",
+            "--name",
+            "Riverside Safe House",
+            "--service",
+            "shelter",
+        ],
+    );
+    assert!(
+        err.contains("relay operator") && err.contains("whoami"),
+        "{err}"
+    );
+    let key = line_after(&must(&b1, &["whoami"]), "Organisation key: ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(key.len(), 64, "{key}");
 
     // --- Consent.
     let consent_file = write(&tmp.path().join("consent.toml"), &consent_toml(&fp_b));
@@ -352,6 +382,13 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     );
     let err = refused(&a, &["refer", file.to_str().unwrap()]);
     assert!(err.contains("purpose not covered"), "{err}");
+    // An organisation the consent does not name.
+    let file = write(
+        &tmp.path().join("other-org.toml"),
+        &referral_toml(&fp_c, &receipt, PURPOSE, ""),
+    );
+    let err = refused(&a, &["refer", file.to_str().unwrap()]);
+    assert!(err.contains("recipient organisation not covered"), "{err}");
     // A recipient that is not a contact.
     let file = write(
         &tmp.path().join("nobody.toml"),
@@ -466,6 +503,101 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
         );
         assert!(show.contains("State: ACCEPTED"), "{show}");
     }
+
+    // --- A second referral, under consent recorded with flags: questions, then declined.
+    let err = refused(
+        &a,
+        &[
+            "consent",
+            "record",
+            "--recipient",
+            &fp_b,
+            "--section",
+            "identity",
+        ],
+    );
+    assert!(err.contains("--principal-ref"), "{err}");
+    let out = must(
+        &a,
+        &[
+            "consent",
+            "record",
+            "--principal-ref",
+            "P-8K3M",
+            "--recipient",
+            &fp_b,
+            "--service",
+            "shelter",
+            "--purpose",
+            PURPOSE,
+            "--section",
+            "identity",
+            "--section",
+            "safe_contact",
+            "--section",
+            "reason",
+            "--section",
+            "risk",
+            "--jurisdiction",
+            "BE",
+            "--controller",
+            "Harbour Women's Centre",
+            "--notice-ref",
+            "paper notice v3",
+            "--withdrawal-method",
+            "Tell your caseworker.",
+            "--witness",
+            "CW-12",
+        ],
+    );
+    let receipt2 = line_after(&out, "Consent recorded: receipt ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let file = write(
+        &tmp.path().join("second.toml"),
+        &referral_toml(&fp_b, &receipt2, PURPOSE, ""),
+    );
+    let out = must(&a, &["refer", file.to_str().unwrap()]);
+    let id2 = line_after(&out, "Referral ID: ").to_owned();
+    must(&b1, &["sync"]);
+    let out = must(
+        &b1,
+        &[
+            "referral",
+            "request-info",
+            &id2,
+            "--question",
+            "Does she have children?",
+        ],
+    );
+    assert!(out.contains("INFO_REQUESTED"), "{out}");
+    must(&a, &["sync"]);
+    let out = must(&a, &["referral", "provide-info", &id2, "--answer", "No."]);
+    assert!(out.contains("ACKNOWLEDGED"), "{out}");
+    must(&b1, &["sync"]);
+    let err = refused(&b1, &["referral", "decline", &id2, "--reason", "busy"]);
+    assert!(
+        err.contains("no_capacity"),
+        "the valid reasons are listed: {err}"
+    );
+    let out = must(
+        &b1,
+        &["referral", "decline", &id2, "--reason", "no_capacity"],
+    );
+    assert!(out.contains("DECLINED"), "{out}");
+    let out = must(&a, &["sync"]);
+    assert!(out.contains(&format!("Referral {id2}: DECLINED")), "{out}");
+    let timeline = must(&a, &["referral", "timeline", &id2]);
+    for state in [
+        "INFO_REQUESTED",
+        "ACKNOWLEDGED (info provided)",
+        "DECLINED (no_capacity)",
+    ] {
+        assert!(timeline.contains(state), "{state} in {timeline}");
+    }
+    must(&b2, &["sync"]);
 
     // --- Completion.
     let out = must(
