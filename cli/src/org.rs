@@ -190,10 +190,21 @@ fn unb64(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Check code of a device's public keys: the first 10 bytes of its signing key, grouped.
-/// Both screens show it; matching 80 bits of an Ed25519 key is out of reach.
+/// Hash label of the check code.
+const LABEL_CHECK_CODE: &[u8] = b"handover/1 cli enrolment check";
+
+/// Check code of a device's public keys, shown on the new device and on the admin device to
+/// compare before enrolling: the first 10 bytes (80 bits) of SHA-256 over a label, the device
+/// id, the signing key and the identity key, so a swapped key in a tampered request shows up.
 fn check_code(keys: &DevicePublicKeys) -> String {
-    keys.signing_key[..10]
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(LABEL_CHECK_CODE);
+    h.update(keys.device_id.0);
+    h.update(keys.signing_key);
+    h.update(keys.identity_key);
+    let digest = h.finalize();
+    digest[..10]
         .chunks(2)
         .map(hex::encode)
         .collect::<Vec<_>>()
