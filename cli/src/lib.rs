@@ -69,9 +69,10 @@ enum Command {
     ///
     /// A second device joins in three steps; no secret leaves the device it was made on:
     /// (1) on the new device `handover org join-request --relay .. --relay-pin .. --name ..`
-    /// prints a request code and a check code; (2) on an admin device `handover org enroll
-    /// REQUEST --role caseworker` (compare the check code first) prints an enrolment code;
-    /// (3) on the new device `handover org join CODE`. Then `handover sync` on the admin.
+    /// prints a request code and a check code; (2) on the device that created the
+    /// organisation, `handover org enroll REQUEST --role caseworker` (compare the check code
+    /// first) prints an enrolment code; (3) on the new device `handover org join CODE`. Then
+    /// `handover sync` on the first device.
     #[command(subcommand)]
     Org(org::OrgCommand),
     /// Send a referral from a TOML file (offer, consent, case details), with attachments.

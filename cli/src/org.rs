@@ -6,8 +6,9 @@
 //! 1. the new device runs `org join-request`: it creates its encrypted profile directory,
 //!    generates its keys, keeps them there (pending), and prints a request code (its public
 //!    keys) and a check code;
-//! 2. an admin device runs `org enroll REQUEST --role ROLE` after comparing the check code
-//!    with the new device's screen: the organisation root key signs a certificate and a new
+//! 2. the device that created the organisation (the only one holding its root key) runs
+//!    `org enroll REQUEST --role ROLE` after comparing the check code with the new device's
+//!    screen: the organisation root key signs a certificate and a new
 //!    device list, which it sends to every contact, and the admin prints an enrolment code
 //!    (certificate, device list and an invitation from the admin device, all public);
 //! 3. the new device runs `org join CODE`: it creates its mailbox and profile with the
@@ -56,16 +57,17 @@ pub(crate) enum OrgCommand {
     /// On a NEW device: prepare to join an existing organisation. Prints a request code to
     /// give to an admin (it holds public keys only) and a check code to compare.
     JoinRequest(JoinRequestArgs),
-    /// On an ADMIN device: enrol a new device from its request code with a role; prints the
-    /// enrolment code for the new device. Compare the check code with the new device's
-    /// screen first.
+    /// On the device that created the organisation (it holds the root key): enrol a new
+    /// device from its request code with a role; prints the enrolment code for the new
+    /// device. Compare the check code with the new device's screen first.
     Enroll(EnrollArgs),
     /// On the new device: finish joining with the enrolment code from the admin.
     Join(JoinArgs),
     /// List this organisation's devices (ids, roles, names).
     Devices,
-    /// On an ADMIN device: revoke a device (lost, stolen, or a person who left). Every
-    /// contact is sent the new device list; the device can no longer send or receive.
+    /// On the device that created the organisation: revoke a device (lost, stolen, or a
+    /// person who left). Every contact is sent the new device list; the device can no longer
+    /// send or receive.
     Revoke(RevokeArgs),
     /// On an ADMIN device: publish this organisation's profile in the members-only directory
     /// of the relay, so other organisations can find its intake devices.
@@ -96,9 +98,9 @@ pub(crate) struct JoinRequestArgs {
 pub(crate) struct EnrollArgs {
     /// The request code printed by `handover org join-request` on the new device.
     request: String,
-    /// What the device may do: admin (enrols and revokes devices, publishes the profile),
-    /// caseworker (sends and receives referrals, records consent), ambassador (chats;
-    /// never receives case details).
+    /// What the device may do: admin (publishes the profile, may share without consent
+    /// under a recorded legal basis), caseworker (sends and receives referrals, records
+    /// consent), ambassador (chats; never receives case details).
     #[arg(long, value_name = "ROLE")]
     role: String,
     /// Label in the certificate (default: the name the new device asked for).
