@@ -8,8 +8,12 @@
 //! Every message the CLI prints for a person says what happened and, when something failed,
 //! what to do next: the people using it are caseworkers, not engineers.
 
+mod consent;
 mod demo;
+mod forms;
+mod org;
 mod profile;
+mod referral;
 mod ui;
 
 use std::path::PathBuf;
@@ -61,6 +65,35 @@ enum Command {
     /// Panic wipe: destroy this profile's keys at once and delete its files. No passphrase
     /// needed. Cannot be undone.
     Wipe(profile::WipeArgs),
+    /// Your organisation: create it, enrol and revoke devices, publish it in the directory.
+    ///
+    /// A second device joins in three steps; no secret leaves the device it was made on:
+    /// (1) on the new device `handover org join-request --relay .. --relay-pin .. --name ..`
+    /// prints a request code and a check code; (2) on the device that created the
+    /// organisation, `handover org enroll REQUEST --role caseworker` (compare the check code
+    /// first) prints an enrolment code; (3) on the new device `handover org join CODE`. Then
+    /// `handover sync` on the first device.
+    #[command(subcommand)]
+    Org(org::OrgCommand),
+    /// Send a referral from a TOML file (offer, consent, case details), with attachments.
+    ///
+    /// The file format is in docs/REFERRALS.md; cli/examples/referral.toml shows every field.
+    /// The consent gate runs first: if the consent receipt does not cover the receiving
+    /// organisation, the purpose, a section or a service, nothing is sent and the message
+    /// says what is missing. Prints the referral id.
+    Refer(referral::ReferArgs),
+    /// Work with referrals: list, show, accept, decline, ask for information, complete,
+    /// withdraw, and the verified timeline.
+    ///
+    /// Case details are released only after the receiving organisation accepts: the
+    /// sender's next `handover sync` sends them (or `handover referral release ID`); the
+    /// receiver's next `handover sync` receives them.
+    #[command(subcommand)]
+    Referral(referral::ReferralCommand),
+    /// Consent receipts: record, show (with the person's copy in their language), export as
+    /// Kantara JSON, revoke (erasure requests to every recipient), list.
+    #[command(subcommand)]
+    Consent(consent::ConsentCommand),
 }
 
 /// Runs the command line (the `handover` binary's entry point).
@@ -92,6 +125,10 @@ pub fn run() -> ExitCode {
             Command::Contacts => profile::contacts(cli.profile).await,
             Command::Whoami => profile::whoami(cli.profile).await,
             Command::Wipe(args) => profile::wipe(cli.profile, args),
+            Command::Org(command) => org::run(cli.profile, command).await,
+            Command::Refer(args) => referral::refer(cli.profile, args).await,
+            Command::Referral(command) => referral::run(cli.profile, command).await,
+            Command::Consent(command) => consent::run(cli.profile, command).await,
         }
     });
     match result {

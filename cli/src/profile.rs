@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 use handover_core::client::{Client, ClientError, ClientEvent};
 use handover_core::engine::{
-    self, Direction, EngineError, IdentitySetup, Message, RelayInfo, org_fingerprint,
+    self, Direction, EngineError, IdentitySetup, Message, ReferralEvent, RelayInfo, org_fingerprint,
 };
 use handover_core::identity::{DeviceId, DeviceKeys};
 use handover_core::store::{Credential, KdfParams, Passphrase, StoreError};
@@ -18,7 +18,7 @@ use crate::ui::{Context, Outcome, fail};
 
 /// Longest the CLI waits for the relay in one command before telling the person; whatever is
 /// in the outbox stays there for the next `handover sync`.
-const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+pub(crate) const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Options of `handover init`.
 #[derive(Debug, Args)]
@@ -94,7 +94,7 @@ pub(crate) struct SyncArgs {
     trust_org: Option<String>,
 }
 
-fn profile_dir(profile: Option<PathBuf>) -> Outcome<PathBuf> {
+pub(crate) fn profile_dir(profile: Option<PathBuf>) -> Outcome<PathBuf> {
     profile.ok_or_else(|| {
         fail(
             "no profile directory given. Pass --profile DIR or set HANDOVER_PROFILE to the \
@@ -104,7 +104,7 @@ fn profile_dir(profile: Option<PathBuf>) -> Outcome<PathBuf> {
 }
 
 /// The passphrase: HANDOVER_PASSPHRASE, a prompt without echo, or the first line of stdin.
-fn passphrase(confirm: bool) -> Outcome<Credential> {
+pub(crate) fn passphrase(confirm: bool) -> Outcome<Credential> {
     let text = match std::env::var("HANDOVER_PASSPHRASE") {
         Ok(p) => p,
         Err(_) if std::io::stdin().is_terminal() => {
@@ -143,7 +143,7 @@ fn passphrase(confirm: bool) -> Outcome<Credential> {
     Ok(Credential::from(Passphrase::from(text.as_str())))
 }
 
-async fn open(profile: Option<PathBuf>) -> Outcome<Client> {
+pub(crate) async fn open(profile: Option<PathBuf>) -> Outcome<Client> {
     let dir = profile_dir(profile)?;
     let credential = passphrase(false)?;
     let client = match Client::open(&dir, &credential).await {
@@ -166,14 +166,15 @@ async fn open(profile: Option<PathBuf>) -> Outcome<Client> {
     if !client.has_profile().await {
         let _ = client.shutdown().await;
         return Err(fail(format!(
-            "the profile in {} holds no identity. Create one with `handover init`.",
+            "the profile in {} holds no identity. Create one with `handover init`, or, if this \
+             device is joining an organisation, finish with `handover org join CODE`.",
             dir.display()
         )));
     }
     Ok(client)
 }
 
-async fn close(client: Client, result: Outcome) -> Outcome {
+pub(crate) async fn close(client: Client, result: Outcome) -> Outcome {
     let closed = client.shutdown().await.ctx(
         "closing the profile",
         "Your data is safe up to the last completed step; run the command again if needed.",
@@ -181,12 +182,12 @@ async fn close(client: Client, result: Outcome) -> Outcome {
     result.and(closed)
 }
 
-fn relay_hint() -> &'static str {
+pub(crate) fn relay_hint() -> &'static str {
     "Check that the relay is running and reachable, and that the relay address and pin given to \
      `handover init` are right; then try again (messages being sent stay in the outbox)"
 }
 
-fn parse_pin(hex_pin: &str) -> Outcome<[u8; 32]> {
+pub(crate) fn parse_pin(hex_pin: &str) -> Outcome<[u8; 32]> {
     let bytes = hex::decode(hex_pin.trim()).ok();
     bytes
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
@@ -245,7 +246,7 @@ pub(crate) async fn init(profile: Option<PathBuf>, args: InitArgs) -> Outcome {
     close(client, result).await
 }
 
-async fn whoami_of(client: &Client) -> Outcome {
+pub(crate) async fn whoami_of(client: &Client) -> Outcome {
     let (name, device, root) = client
         .with_engine(|e, _, _| {
             Ok::<_, EngineError>((
@@ -262,6 +263,11 @@ async fn whoami_of(client: &Client) -> Outcome {
     println!(
         "Organisation fingerprint: {}  (read it out to contacts so they can verify you)",
         org_fingerprint(&root)
+    );
+    println!(
+        "Organisation key: {}  (for relay operators: admits your organisation to a relay's \
+         directory)",
+        hex::encode(root)
     );
     Ok(())
 }
@@ -302,7 +308,7 @@ pub(crate) async fn invite(profile: Option<PathBuf>, args: InviteArgs) -> Outcom
     close(client, result).await
 }
 
-fn parse_trust(fingerprint: &str, root: &[u8; 32]) -> Outcome<bool> {
+pub(crate) fn parse_trust(fingerprint: &str, root: &[u8; 32]) -> Outcome<bool> {
     let want = org_fingerprint(root);
     let norm = |s: &str| {
         s.chars()
@@ -379,11 +385,11 @@ pub(crate) async fn accept(profile: Option<PathBuf>, args: AcceptArgs) -> Outcom
     close(client, result).await
 }
 
-fn short(id: &DeviceId) -> String {
+pub(crate) fn short(id: &DeviceId) -> String {
     hex::encode(&id.0[..4])
 }
 
-async fn find_contact(client: &Client, who: &str) -> Outcome<DeviceId> {
+pub(crate) async fn find_contact(client: &Client, who: &str) -> Outcome<DeviceId> {
     let contacts = client
         .contacts()
         .await
@@ -482,7 +488,7 @@ fn describe(message: &Message, names: &dyn Fn(&DeviceId) -> String) -> String {
     format!("#{:<4} {arrow}: {what}", message.seq)
 }
 
-async fn names(client: &Client) -> Outcome<Vec<(DeviceId, String)>> {
+pub(crate) async fn names(client: &Client) -> Outcome<Vec<(DeviceId, String)>> {
     Ok(client
         .contacts()
         .await
@@ -492,7 +498,7 @@ async fn names(client: &Client) -> Outcome<Vec<(DeviceId, String)>> {
         .collect())
 }
 
-fn namer(list: Vec<(DeviceId, String)>) -> impl Fn(&DeviceId) -> String {
+pub(crate) fn namer(list: Vec<(DeviceId, String)>) -> impl Fn(&DeviceId) -> String {
     move |id| {
         list.iter()
             .find(|(d, _)| d == id)
@@ -540,18 +546,8 @@ pub(crate) async fn sync(profile: Option<PathBuf>, args: SyncArgs) -> Outcome {
             }
         };
         let mut untrusted = Vec::new();
-        while let Ok(event) = events.try_recv() {
-            match event {
-                ClientEvent::UntrustedOrganisation(root) if !untrusted.contains(&root) => {
-                    untrusted.push(root)
-                }
-                ClientEvent::Refused => eprintln!(
-                    "warning: a message could not be opened (damaged, or from a revoked device) \
-                     and was dropped."
-                ),
-                _ => {}
-            }
-        }
+        let mut referral_events = Vec::new();
+        drain_events(&mut events, &mut untrusted, &mut referral_events);
         let mut still = Vec::new();
         for root in untrusted {
             match &args.trust_org {
@@ -569,6 +565,7 @@ pub(crate) async fn sync(profile: Option<PathBuf>, args: SyncArgs) -> Outcome {
                 _ => still.push(root),
             }
         }
+        drain_events(&mut events, &mut Vec::new(), &mut referral_events);
         let list = namer(names(&client).await?);
         let received: Vec<_> = got
             .iter()
@@ -581,6 +578,7 @@ pub(crate) async fn sync(profile: Option<PathBuf>, args: SyncArgs) -> Outcome {
         for m in received {
             println!("{}", describe(m, &list));
         }
+        crate::referral::after_sync(&client, referral_events).await?;
         for root in still {
             println!(
                 "Messages from an organisation you do not trust yet are waiting at the relay \
@@ -594,6 +592,36 @@ pub(crate) async fn sync(profile: Option<PathBuf>, args: SyncArgs) -> Outcome {
     }
     .await;
     close(client, result).await
+}
+
+/// Takes the events a sync produced: organisations waiting for trust, refused envelopes
+/// (warned about here) and referral steps.
+fn drain_events(
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+    untrusted: &mut Vec<[u8; 32]>,
+    referral: &mut Vec<ReferralEvent>,
+) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match events.try_recv() {
+            Ok(ClientEvent::UntrustedOrganisation(root)) => {
+                if !untrusted.contains(&root) {
+                    untrusted.push(root);
+                }
+            }
+            Ok(ClientEvent::Refused) => eprintln!(
+                "warning: a message could not be opened (damaged, or from a revoked device) and \
+                 was dropped."
+            ),
+            Ok(ClientEvent::Referral(event)) => referral.push(event),
+            Ok(_) => {}
+            Err(TryRecvError::Lagged(_)) => eprintln!(
+                "warning: some updates were too many to show; run `handover referral list` to \
+                 see every referral's state."
+            ),
+            Err(_) => break,
+        }
+    }
 }
 
 /// `handover inbox`.

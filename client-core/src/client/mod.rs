@@ -51,6 +51,7 @@ use tokio::sync::{Mutex, broadcast, watch};
 use tokio::task::JoinHandle;
 
 mod referrals;
+pub use referrals::TimelineCheck;
 
 use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;

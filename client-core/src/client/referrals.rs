@@ -9,8 +9,31 @@ use serde_json::Value;
 
 use super::{Client, ClientError};
 use crate::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
-use crate::engine::{OfferConsent, PurgeReport, ReferralSummary};
-use crate::referral::{Action, OfferDraft, ReferralId, ReferralState};
+use crate::engine::{EngineError, OfferConsent, PurgeReport, ReferralSummary};
+use crate::identity::OrgRootPublicKey;
+use crate::referral::{
+    Action, OfferDraft, ReceiverReferral, ReferralError, ReferralId, ReferralState, SenderReferral,
+    Side, Timeline,
+};
+use crate::store::{KvStore, Namespace};
+
+/// Store keys of the engine's referral records (`engine/referrals.rs`: `PREFIX_SENT`,
+/// `PREFIX_RECEIVED`); read here only to verify a stored timeline.
+const RECORD_PREFIXES: [&[u8]; 2] = [b"s/", b"r/"];
+
+/// How far [`Client::verify_referral_timeline`] could check a stored timeline.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum TimelineCheck {
+    /// Every hash and link, every signature by a device of the organisation whose turn it
+    /// was, and the order of steps as a legal lifecycle
+    /// ([`Timeline::verify`](crate::referral::Timeline::verify)).
+    Full,
+    /// Case content was erased from the entries (withdrawal, consent revoked, expiry): the
+    /// hash chain (hashes, links, sequence numbers) verified; signatures over the erased
+    /// content can no longer be rechecked.
+    ChainOnly,
+}
 
 impl Client {
     /// Records consent given now (see [`Engine::record_consent`](crate::engine::Engine::record_consent)).
@@ -100,6 +123,37 @@ impl Client {
         self.engine_op(move |e, _, _| e.referral(&id)).await
     }
 
+    /// Verifies a referral's stored timeline on this device: the full check
+    /// ([`Timeline::verify`](crate::referral::Timeline::verify)) against the two organisation
+    /// roots, or, once case content was erased, the hash chain only. `Ok(None)` if there is
+    /// no such referral; an error names the first entry that does not verify.
+    pub async fn verify_referral_timeline(
+        &self,
+        id: ReferralId,
+    ) -> Result<Option<TimelineCheck>, ClientError> {
+        self.engine_op(move |e, _, _| {
+            let Some(summary) = e.referral(&id)? else {
+                return Ok(None);
+            };
+            let own = e.org_root()?;
+            let (sender, receiver) = match summary.side {
+                Side::Sender => (own, summary.counterpart),
+                Side::Receiver => (summary.counterpart, own),
+            };
+            let timeline = stored_timeline(e.store(), &id)?.ok_or(EngineError::CorruptState)?;
+            let check = |e: ReferralError| EngineError::from(e);
+            if timeline.is_erased() {
+                timeline.verify_chain().map_err(check)?;
+                return Ok(Some(TimelineCheck::ChainOnly));
+            }
+            let sender = OrgRootPublicKey::from_bytes(&sender)?;
+            let receiver = OrgRootPublicKey::from_bytes(&receiver)?;
+            timeline.verify(&sender, &receiver).map_err(check)?;
+            Ok(Some(TimelineCheck::Full))
+        })
+        .await
+    }
+
     /// The Kantara Consent Receipt v1.1 JSON of a stored receipt.
     pub async fn kantara_export(&self, receipt: ReceiptId) -> Result<Value, ClientError> {
         self.engine_op(move |e, _, _| e.kantara_export(&receipt))
@@ -156,4 +210,28 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// The timeline of the stored sender or receiver record of `id`.
+fn stored_timeline(store: &impl KvStore, id: &ReferralId) -> Result<Option<Timeline>, EngineError> {
+    for (index, prefix) in RECORD_PREFIXES.iter().enumerate() {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(id.as_bytes());
+        let Some(bytes) = store.get(Namespace::Referrals, &key)? else {
+            continue;
+        };
+        let timeline = if index == 0 {
+            SenderReferral::from_bytes(&bytes)
+                .map_err(|_| EngineError::CorruptState)?
+                .timeline()
+                .clone()
+        } else {
+            ReceiverReferral::from_bytes(&bytes)
+                .map_err(|_| EngineError::CorruptState)?
+                .timeline()
+                .clone()
+        };
+        return Ok(Some(timeline));
+    }
+    Ok(None)
 }
