@@ -392,7 +392,7 @@ pub enum MessageKind {
 }
 
 /// A message delivered to, or sent by, this device.
-#[derive(uniffi::Record, Debug, Clone)]
+#[derive(uniffi::Record, Clone)]
 pub struct Message {
     /// Local sequence number (delivery order on this device).
     pub seq: u64,
@@ -414,6 +414,17 @@ pub struct Message {
     pub attachments: Vec<Arc<Attachment>>,
     /// The referral it belongs to (offers, bodies, lifecycle steps), hex.
     pub referral_id: Option<String>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No content and no ids: debug output may reach logs.
+        f.debug_struct("Message")
+            .field("seq", &self.seq)
+            .field("direction", &self.direction)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) fn message(m: &engine::Message) -> Message {

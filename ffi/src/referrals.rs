@@ -120,7 +120,7 @@ fn receipt_id(id: &str) -> Result<ReceiptId, HandoverError> {
 // Consent.
 
 /// A data controller named in a consent receipt.
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct ConsentController {
     /// Name.
     pub name: String,
@@ -139,7 +139,7 @@ pub struct ConsentController {
 }
 
 /// A purpose the person agreed to.
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct ConsentPurpose {
     /// The purpose in plain language (a referral's `purpose` must equal one of these).
     pub purpose: String,
@@ -152,7 +152,7 @@ pub struct ConsentPurpose {
 }
 
 /// An organisation the person agreed to share with, for which services.
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct ConsentRecipient {
     /// The organisation root (hex).
     pub org_root: String,
@@ -163,7 +163,7 @@ pub struct ConsentRecipient {
 }
 
 /// A section that must not go to someone.
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct ConsentWithheld {
     /// The section (vocabulary, e.g. "LOCATION").
     pub section: String,
@@ -176,7 +176,7 @@ pub struct ConsentWithheld {
 
 /// What the caseworker records when the person gives consent (shared/DOMAIN.md "Consent
 /// receipt"). The device signs it; state, time and id are set by the library.
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct ConsentDraft {
     /// Pseudonymous reference to the person (never a name).
     pub principal_ref: String,
@@ -449,7 +449,7 @@ fn purge_report(r: engine::PurgeReport) -> PurgeReport {
 // Referral drafts and sections.
 
 /// An organisation and worker on a referral.
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct Party {
     /// The organisation root (hex).
     pub org_root: String,
@@ -490,7 +490,7 @@ impl Party {
 
 /// What the caseworker fills in for a referral offer (no direct identifiers of the person;
 /// those go in body sections).
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct ReferralDraft {
     /// REFERRAL, TRANSFER or INFO_REQUEST.
     pub kind: String,
@@ -512,12 +512,11 @@ pub struct ReferralDraft {
     pub retain_until: u64,
     /// Retention rule in words.
     pub retention_rule: String,
+    /// Languages the person speaks (BCP 47), at least one.
+    pub languages: Vec<String>,
     /// Names of services when OTHER is requested.
     #[uniffi(default)]
     pub other_services: Vec<String>,
-    /// Languages the person speaks (BCP 47).
-    #[uniffi(default)]
-    pub languages: Vec<String>,
     /// Whether an interpreter is needed.
     #[uniffi(default)]
     pub interpreter_needed: bool,
@@ -608,7 +607,7 @@ impl std::fmt::Debug for ReferralConsent {
 }
 
 /// One do-not-disclose rule.
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct DoNotDiscloseRule {
     /// What must not be disclosed.
     pub what: String,
@@ -965,7 +964,7 @@ const SECTIONS: [wire::Section; 10] = [
 // Referral views and steps.
 
 /// A referral offer as the receiver triages it (no direct identifiers).
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct ReferralOffer {
     /// REFERRAL, TRANSFER or INFO_REQUEST.
     pub kind: String,
@@ -1091,7 +1090,7 @@ pub enum ReferralSide {
 }
 
 /// A referral on this device: side, state, audit trail and (until erased) the offer.
-#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
 pub struct Referral {
     /// The referral id (hex).
     pub id: String,

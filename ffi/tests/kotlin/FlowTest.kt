@@ -141,6 +141,7 @@ fun referralDraft(aRoot: String, bRoot: String) = ReferralDraft(
     ageBand = "ADULT",
     retainUntil = (System.currentTimeMillis() / 1000 + 60 * 86400).toULong(),
     retentionRule = "Erase 60 days after the offer",
+    languages = listOf("ar"),
 )
 
 fun body(attachment: Attachment, extra: List<BodySection> = emptyList()) = listOf(
