@@ -20,7 +20,7 @@ use crate::HandoverError;
 use crate::profile::{Credential, KdfSettings, kdf_params};
 use crate::referrals::{ReferralEvent, referral_event};
 use crate::relay::{ProgressListener, parse_pin};
-use crate::runtime::{run, runtime};
+use crate::runtime::{run, run_blocking, runtime};
 
 /// How long dropping a client waits for its orderly shutdown (store flushed and closed).
 const DROP_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
@@ -644,8 +644,10 @@ impl Client {
     ) -> Result<Arc<Self>, HandoverError> {
         let credential = credential.into_core()?;
         let kdf = kdf_params(kdf)?;
-        run(async move {
-            let client = core::Client::create(
+        // The core client derives the store key (Argon2id) and opens sled inside its async
+        // call: run it on the blocking pool, driving its network steps from there.
+        run_blocking(move || {
+            let client = runtime()?.block_on(core::Client::create(
                 &PathBuf::from(dir),
                 &credential,
                 kdf,
@@ -653,8 +655,7 @@ impl Client {
                 device,
                 setup,
                 &display_name,
-            )
-            .await?;
+            ))?;
             Ok(Self::wrap(client))
         })
         .await
@@ -716,8 +717,10 @@ impl Client {
     #[uniffi::constructor]
     pub async fn open(dir: String, credential: Credential) -> Result<Arc<Self>, HandoverError> {
         let credential = credential.into_core()?;
-        run(async move {
-            let client = core::Client::open(&PathBuf::from(dir), &credential).await?;
+        // Key derivation and sled: on the blocking pool (see `create`).
+        run_blocking(move || {
+            let client =
+                runtime()?.block_on(core::Client::open(&PathBuf::from(dir), &credential))?;
             Ok(Self::wrap(client))
         })
         .await

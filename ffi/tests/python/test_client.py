@@ -195,9 +195,14 @@ def test_two_organisations_full_flow(relay, tmp_path, clients):
     assert got.text == "Can you take a referral tonight?"
     assert got.direction == h.MessageDirection.INCOMING and got.peer == b_id.device_id
     assert got.message_id == sent.message_id
+    # Replacing B's listener: the new one gets the next message, the old one nothing more.
+    old_inbox, b_inbox = b_inbox, Listener()
+    b.set_message_listener(b_inbox)
     run(a.send_text(b_id.device_id, "Yes, send it through Handover.", []))
     got = b_inbox.wait_message("A's chat message", lambda m: m.kind == h.MessageKind.CHAT)
     assert got.text == "Yes, send it through Handover."
+    assert not any(kind == "message" and item.kind == h.MessageKind.CHAT
+                   for kind, item in list(old_inbox.items.queue))
     assert any(m.text == "Yes, send it through Handover." for m in run(b.inbox(0)))
 
     # --- Consent, attachment with progress.
@@ -274,9 +279,14 @@ def test_two_organisations_full_flow(relay, tmp_path, clients):
     timeline = json.loads(run(a.referral(rid)).timeline_json)
     assert len(timeline["entries"]) >= 5
 
+    # A step the lifecycle does not allow is refused with the state named; nothing changes.
+    with pytest.raises(h.HandoverError.ReferralRefused) as err:
+        run(b.referral_act(rid, h.ReferralAction.ACCEPT()))
+    assert "PURGE_CONFIRMED" in str(err.value)
+
     # Callbacks arrive on library threads, never the caller's.
     main = threading.current_thread().name
-    assert a_inbox.threads and main not in a_inbox.threads | b_inbox.threads
+    assert a_inbox.threads and main not in a_inbox.threads | b_inbox.threads | old_inbox.threads
 
     a.clear_message_listener()
     run(a.shutdown())
