@@ -1,6 +1,9 @@
 //! The one error type that crosses the FFI boundary.
 
+use handover_core::client::ClientError;
+use handover_core::engine::EngineError;
 use handover_core::net::NetError;
+use handover_core::referral::ReferralError;
 use handover_core::store::StoreError;
 use handover_proto::relay::v1::ErrorCode;
 
@@ -80,6 +83,63 @@ pub enum HandoverError {
         /// What was wrong.
         detail: String,
     },
+    /// The profile holds no identity yet (a new store, or one opened with the duress
+    /// passphrase): create an organisation or enrol the device first.
+    #[error("this profile has no identity yet; create an organisation or enrol this device")]
+    NoIdentity,
+    /// The invitation link or QR payload is malformed or has expired.
+    #[error("{detail}")]
+    InvalidInvitation {
+        /// What was wrong (no part of the link).
+        detail: String,
+    },
+    /// The other side's organisation is not trusted on this device yet: compare its
+    /// fingerprint in person, then call `trust_organisation`.
+    #[error(
+        "the organisation is not trusted on this device; compare its fingerprint in person, then trust it"
+    )]
+    UntrustedOrganisation,
+    /// The referral, consent receipt, contact or device named by an id is not known on this
+    /// device.
+    #[error("not found: {detail}")]
+    NotFound {
+        /// What was not found (a kind of thing, never the id's data).
+        detail: String,
+    },
+    /// The contact cannot be reached yet (no reply address or no session).
+    #[error("the contact cannot be reached yet: {detail}")]
+    ContactNotReady {
+        /// Why.
+        detail: String,
+    },
+    /// This device may not do that (not an admin, no organisation root key, ambassador,
+    /// revoked device, override without permission).
+    #[error("not permitted: {detail}")]
+    NotPermitted {
+        /// Which rule refused.
+        detail: String,
+    },
+    /// The consent gate refused the referral; the message names what the consent receipt does
+    /// not cover (recipient, purpose, service or section) or why it is not valid. Nothing was
+    /// sent.
+    #[error("consent does not allow this: {detail}")]
+    ConsentRefused {
+        /// What is missing, with the short receipt id.
+        detail: String,
+    },
+    /// A referral or consent step was refused (not allowed in the current state, wrong side, a
+    /// reason is missing, content erased). Nothing changed.
+    #[error("referral step refused: {detail}")]
+    ReferralRefused {
+        /// Why, with the state and a short referral id.
+        detail: String,
+    },
+    /// Something received did not decrypt or verify, or an attachment failed its hash check.
+    #[error("could not decrypt or verify: {detail}")]
+    CouldNotDecrypt {
+        /// What failed (never which key or byte).
+        detail: String,
+    },
     /// The call was cancelled (the foreign coroutine or task was cancelled).
     #[error("the operation was cancelled")]
     Cancelled,
@@ -155,6 +215,88 @@ impl From<NetError> for HandoverError {
             other => Self::Protocol {
                 detail: other.to_string(),
             },
+        }
+    }
+}
+
+impl From<ClientError> for HandoverError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Engine(e) => e.into(),
+            ClientError::Net(e) => e.into(),
+            ClientError::Store(e) => e.into(),
+            ClientError::Attachment(a) => match a {
+                handover_core::attachment::AttachmentError::Io(_) => Self::Storage {
+                    detail: format!("attachment: {a}"),
+                },
+                handover_core::attachment::AttachmentError::TooLarge => {
+                    Self::invalid(format!("attachment: {a}"))
+                }
+                other => Self::CouldNotDecrypt {
+                    detail: format!("attachment: {other}"),
+                },
+            },
+            ClientError::UnknownRelay => Self::ContactNotReady {
+                detail: e.to_string(),
+            },
+            ClientError::Closed => Self::ProfileLocked,
+            other => Self::Internal {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<EngineError> for HandoverError {
+    fn from(e: EngineError) -> Self {
+        let detail = e.to_string();
+        match e {
+            EngineError::NoProfile => Self::NoIdentity,
+            EngineError::ProfileExists => Self::ProfileExists,
+            EngineError::Store(s) => s.into(),
+            EngineError::CorruptState => Self::ProfileCorrupt { detail },
+            EngineError::CouldNotDecrypt => Self::CouldNotDecrypt { detail },
+            EngineError::UntrustedOrganisation => Self::UntrustedOrganisation,
+            EngineError::UnknownContact => Self::NotFound { detail },
+            EngineError::NoSession | EngineError::NoAddress => Self::ContactNotReady { detail },
+            EngineError::Revoked | EngineError::NotOrgKeyHolder | EngineError::NotAdmin => {
+                Self::NotPermitted { detail }
+            }
+            EngineError::InvalidInvitation | EngineError::InvitationExpired => {
+                Self::InvalidInvitation { detail }
+            }
+            EngineError::InvalidInput(what) if what.starts_with("no such") => Self::NotFound {
+                detail: what.trim_start_matches("no such ").to_owned(),
+            },
+            EngineError::InvalidInput(_)
+            | EngineError::TooLarge
+            | EngineError::TooManyCapabilities => Self::InvalidArgument { detail },
+            EngineError::Referral(r) => r.into(),
+            _ => Self::Protocol { detail },
+        }
+    }
+}
+
+impl From<ReferralError> for HandoverError {
+    fn from(e: ReferralError) -> Self {
+        let detail = e.to_string();
+        match e {
+            ReferralError::Consent(handover_core::consent::GateError::OverrideNotPermitted)
+            | ReferralError::Receipt(handover_core::consent::ConsentError::SignerNotPermitted)
+            | ReferralError::AmbassadorCannotReceiveBody => Self::NotPermitted { detail },
+            ReferralError::Receipt(handover_core::consent::ConsentError::MissingField {
+                ..
+            }) => Self::InvalidArgument { detail },
+            ReferralError::Consent(_) => Self::ConsentRefused { detail },
+            ReferralError::InvalidDraft { .. } | ReferralError::IdentifierInOffer { .. } => {
+                Self::InvalidArgument { detail }
+            }
+            ReferralError::Malformed { .. }
+            | ReferralError::BadSignature { .. }
+            | ReferralError::UntrustedSigner { .. }
+            | ReferralError::CouldNotDecrypt { .. }
+            | ReferralError::CommitmentMismatch { .. } => Self::CouldNotDecrypt { detail },
+            _ => Self::ReferralRefused { detail },
         }
     }
 }

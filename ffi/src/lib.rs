@@ -12,6 +12,9 @@
 //!   ([`Profile::panic_wipe`], [`panic_wipe_profile`]); encrypted app settings.
 //! - [`Relay`]: a QUIC connection to a relay authenticated by its SPKI pin; ping and a latency
 //!   check that reports progress through a foreign [`ProgressListener`].
+//! - [`Client`]: the messaging client over a profile and its relay (enrolment, invitations,
+//!   contacts, chat with a foreign [`MessageListener`], referrals and consent, attachments with
+//!   [`ProgressListener`] progress, panic wipe and duress).
 //! - [`version`].
 //!
 //! Every slow call (key derivation, disk, network) is `async` on the foreign side and runs on a
@@ -29,13 +32,25 @@
 // uniffi-bindgen reads from the compiled library. Generated code, see "Unsafe code" above.
 #![allow(unsafe_code)]
 
+mod client;
 mod error;
 mod profile;
+mod referrals;
 mod relay;
 mod runtime;
 
+pub use client::{
+    Attachment, Client, ClientEvent, Contact, DevicePublicKeys, Enrolment, Identity, Invitation,
+    InvitationInfo, Message, MessageDirection, MessageKind, MessageListener, OrgProfileDetails,
+    PendingDevice, QrCode, Role, invitation_info, org_fingerprint, qr_code,
+};
 pub use error::HandoverError;
 pub use profile::{Credential, KdfSettings, Profile, default_kdf_settings, panic_wipe_profile};
+pub use referrals::{
+    BodySection, ConsentChange, ConsentController, ConsentDraft, ConsentPurpose, ConsentRecipient,
+    ConsentRecord, ConsentWithheld, DoNotDiscloseRule, Party, PurgeReport, PurgeState, Referral,
+    ReferralAction, ReferralConsent, ReferralDraft, ReferralEvent, ReferralOffer, ReferralSide,
+};
 pub use relay::{LatencyReport, ProgressListener, Relay};
 
 uniffi::setup_scaffolding!();

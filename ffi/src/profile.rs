@@ -47,7 +47,7 @@ fn keystore_key(mut key: Vec<u8>) -> Result<KeystoreKey, HandoverError> {
 }
 
 impl Credential {
-    fn into_core(self) -> Result<store::Credential, HandoverError> {
+    pub(crate) fn into_core(self) -> Result<store::Credential, HandoverError> {
         Ok(match self {
             // `Passphrase::new` takes the Vec without copying it and zeroizes it on drop.
             Credential::Passphrase { passphrase } => {
@@ -86,6 +86,14 @@ pub fn default_kdf_settings() -> KdfSettings {
         iterations: p.t_cost(),
         parallelism: p.p_cost(),
     }
+}
+
+/// The Argon2id parameters for `kdf` (`None` = the production defaults).
+pub(crate) fn kdf_params(kdf: Option<KdfSettings>) -> Result<KdfParams, HandoverError> {
+    Ok(match kdf {
+        None => KdfParams::default(),
+        Some(k) => KdfParams::new(k.memory_kib, k.iterations, k.parallelism)?,
+    })
 }
 
 fn rng() -> StdRng {
@@ -179,10 +187,7 @@ impl Profile {
         kdf: Option<KdfSettings>,
     ) -> Result<Arc<Self>, HandoverError> {
         let credential = credential.into_core()?;
-        let params = match kdf {
-            None => KdfParams::default(),
-            Some(k) => KdfParams::new(k.memory_kib, k.iterations, k.parallelism)?,
-        };
+        let params = kdf_params(kdf)?;
         run_blocking(move || {
             let store = Store::create(&PathBuf::from(&dir), &credential, params, rng())?;
             Ok(Self::new(dir, store))

@@ -33,7 +33,7 @@ pub struct LatencyReport {
     pub relay_time: u64,
 }
 
-fn parse_pin(pin_hex: &str) -> Result<[u8; 32], HandoverError> {
+pub(crate) fn parse_pin(pin_hex: &str) -> Result<[u8; 32], HandoverError> {
     let bytes = hex::decode(pin_hex.trim())
         .map_err(|_| HandoverError::invalid("the relay pin must be hex"))?;
     bytes
