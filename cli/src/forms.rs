@@ -259,6 +259,16 @@ pub(crate) struct ConsentFile {
     ack: String,
     #[serde(default)]
     ack_detail: String,
+    /// The person is under 18 (a referral with `is_minor = true` needs such a consent).
+    #[serde(default)]
+    minor: bool,
+    /// For a minor: given | refused | not_applicable (the child's own agreement).
+    #[serde(default)]
+    child_assent: String,
+    /// For a minor: why consent was not expressed by a caregiver or guardian, or why assent is
+    /// not applicable. No names.
+    #[serde(default)]
+    minor_note: String,
 }
 
 fn default_purpose_category() -> String {
@@ -371,6 +381,7 @@ wire_enum!(kind, wire::ReferralKind, "REFERRAL_KIND_");
 wire_enum!(age_band, wire::AgeBand, "AGE_BAND_");
 wire_enum!(risk_level, wire::RiskLevel, "RISK_LEVEL_");
 wire_enum!(expressed_by, wire::ExpressedBy, "EXPRESSED_BY_");
+wire_enum!(child_assent, wire::ChildAssent, "CHILD_ASSENT_");
 wire_enum!(
     collection_method,
     wire::CollectionMethod,
@@ -493,6 +504,9 @@ impl ConsentFile {
             witness_org: None,
             ack: f.ack,
             ack_detail: String::new(),
+            minor: false,
+            child_assent: String::new(),
+            minor_note: String::new(),
         }
     }
 
@@ -631,6 +645,13 @@ impl ConsentFile {
                 method: ack_method("ack", &self.ack)? as i32,
                 detail: self.ack_detail.clone(),
             }),
+            principal_is_minor: self.minor,
+            child_assent: if self.child_assent.trim().is_empty() {
+                0
+            } else {
+                child_assent("child_assent", &self.child_assent)? as i32
+            },
+            minor_note: self.minor_note.clone(),
             ..Default::default()
         })
     }
@@ -833,5 +854,39 @@ mod tests {
         assert!(r.is_ok(), "{:?}", r.err());
         let c: Outcome<ConsentFile> = read_toml(&dir.join("consent.toml"), "consent");
         assert!(c.is_ok(), "{:?}", c.err());
+    }
+
+    #[test]
+    fn a_childs_consent_fields_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let text = std::fs::read_to_string(dir.join("consent.toml")).unwrap_or_default();
+        let text = text
+            .replacen(
+                "expressed_by = \"survivor\"",
+                "expressed_by = \"guardian\"",
+                1,
+            )
+            .replacen(
+                "ack = \"verbal_witnessed\"\n",
+                "ack = \"verbal_witnessed\"\nminor = true\nchild_assent = \"given\"\n",
+                1,
+            );
+        let c = parse_toml::<ConsentFile>(&text, Path::new("c.toml"), "consent")
+            .map_err(|e| e.0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.minor);
+        assert_eq!(
+            child_assent("child_assent", &c.child_assent).ok(),
+            Some(wire::ChildAssent::Given)
+        );
+        assert_eq!(
+            child_assent("child_assent", "not applicable").ok(),
+            Some(wire::ChildAssent::NotApplicable)
+        );
+        let err = child_assent("child_assent", "maybe").err().map(|e| e.0);
+        assert!(
+            err.unwrap_or_default()
+                .contains("given, refused, not_applicable")
+        );
     }
 }

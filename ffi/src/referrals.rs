@@ -237,6 +237,17 @@ pub struct ConsentDraft {
     /// Detail of the acknowledgement (e.g. the witness's note).
     #[uniffi(default)]
     pub principal_ack_detail: String,
+    /// The person is under 18; a referral of a minor needs such a receipt.
+    #[uniffi(default)]
+    pub principal_is_minor: bool,
+    /// For a minor, the child's own agreement: GIVEN, REFUSED or NOT_APPLICABLE (empty for an
+    /// adult).
+    #[uniffi(default)]
+    pub child_assent: String,
+    /// For a minor: why consent was not expressed by a caregiver or guardian, or why assent is
+    /// not applicable. No names.
+    #[uniffi(default)]
+    pub minor_note: String,
 }
 
 impl ConsentDraft {
@@ -343,6 +354,18 @@ impl ConsentDraft {
                 )? as i32,
                 detail: self.principal_ack_detail,
             }),
+            principal_is_minor: self.principal_is_minor,
+            child_assent: if self.child_assent.trim().is_empty() {
+                0
+            } else {
+                vocab(
+                    "child_assent",
+                    "CHILD_ASSENT_",
+                    &self.child_assent,
+                    wire::ChildAssent::from_str_name,
+                )? as i32
+            },
+            minor_note: self.minor_note,
             ..Default::default()
         })
     }

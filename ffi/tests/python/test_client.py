@@ -379,6 +379,20 @@ def test_errors_are_exceptions_with_clear_messages(relay, tmp_path, clients):
         run(client.record_consent(consent_draft("ab" * 32, ["NOT_A_SECTION"])))
     assert "SECTION_" in str(err.value) and "NOT_A_SECTION" not in str(err.value)
 
+    # A child's consent records the child's assent, and who consented for the child.
+    minor = consent_draft("ab" * 32)
+    minor.principal_is_minor = True
+    minor.expressed_by = "GUARDIAN"
+    with pytest.raises(h.HandoverError.InvalidArgument) as err:
+        run(client.record_consent(minor))
+    assert "child_assent" in str(err.value)
+    minor.child_assent = "NOT_APPLICABLE"
+    with pytest.raises(h.HandoverError.InvalidArgument) as err:
+        run(client.record_consent(minor))
+    assert "minor_note" in str(err.value)
+    minor.minor_note = "The child is 4 years old."
+    run(client.record_consent(minor))
+
     # Trust is needed before accepting another organisation's invitation.
     other = new_org(clients, relay, tmp_path / "other", "Other", passphrase("pw"))
     invitation = run(other.create_invitation(600))
