@@ -90,6 +90,15 @@ fn must(profile: Option<&Path>, args: &[&str]) -> String {
     out.stdout
 }
 
+fn organisation_key(profile: &Path) -> String {
+    let out = must(Some(profile), &["whoami"]);
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Organisation key: "))
+        .unwrap();
+    line.split("  (").next().unwrap().trim().to_owned()
+}
+
 fn fingerprint(profile: &Path) -> String {
     let out = must(Some(profile), &["whoami"]);
     let line = out
@@ -288,8 +297,13 @@ struct FixedRelay {
 
 impl FixedRelay {
     fn start(addr: std::net::SocketAddr, data_dir: &Path) -> (Self, [u8; 32]) {
+        Self::start_with(addr, data_dir, &[])
+    }
+
+    fn start_with(addr: std::net::SocketAddr, data_dir: &Path, extra: &[&str]) -> (Self, [u8; 32]) {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(relay_bin())
+            .args(extra)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--admin")
@@ -410,4 +424,126 @@ fn relay_killed_before_send_and_client_killed_mid_sync_deliver_each_message_once
         "{inbox}"
     );
     assert_eq!(inbox.matches("second message").count(), 1, "{inbox}");
+}
+
+#[test]
+fn directory_publish_search_import_and_message_once_the_relay_admits_both_organisations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = free_udp_port();
+    let relay_dir = tmp.path().join("relay");
+    let (relay, pin) = FixedRelay::start(addr, &relay_dir);
+    let harbour = tmp.path().join("harbour");
+    let riverside = tmp.path().join("riverside");
+    for (p, name) in [(&harbour, "Harbour intake"), (&riverside, "Riverside desk")] {
+        must(
+            Some(p),
+            &[
+                "init",
+                "--relay",
+                &addr.to_string(),
+                "--relay-pin",
+                &hex::encode(pin),
+                "--name",
+                name,
+                "--insecure-fast-kdf",
+            ],
+        );
+    }
+
+    // Before the operator admits them, the directory refuses and says what to do.
+    let out = run(
+        Some(&harbour),
+        &["org", "publish", "--name", "Harbour Women's Centre"],
+    );
+    assert!(!out.ok);
+    assert!(out.stderr.contains("relay operator"), "{}", out.stderr);
+
+    // The operator restarts the relay with both organisations admitted (same data, same port).
+    drop(relay);
+    let (key_h, key_r) = (organisation_key(&harbour), organisation_key(&riverside));
+    let (_relay, pin2) = FixedRelay::start_with(
+        addr,
+        &relay_dir,
+        &["--admit-org", &key_h, "--admit-org", &key_r],
+    );
+    assert_eq!(pin2, pin, "the relay keeps its certificate across restarts");
+
+    let out = must(
+        Some(&harbour),
+        &[
+            "org",
+            "publish",
+            "--name",
+            "Harbour Women's Centre",
+            "--service",
+            "shelter",
+            "--language",
+            "ar",
+            "--region",
+            "Brussels",
+        ],
+    );
+    assert!(out.contains("Published"), "{out}");
+
+    // Riverside finds Harbour by name and by service, and not by a service it lacks.
+    let fp_h = fingerprint(&harbour);
+    let found = must(Some(&riverside), &["org", "directory", "--name", "harbour"]);
+    assert!(found.contains("Harbour Women's Centre"), "{found}");
+    assert!(found.contains(&fp_h), "{found}");
+    let by_service = must(
+        Some(&riverside),
+        &["org", "directory", "--service", "shelter"],
+    );
+    assert!(
+        by_service.contains("Harbour Women's Centre"),
+        "{by_service}"
+    );
+    let none = must(
+        Some(&riverside),
+        &["org", "directory", "--service", "legal"],
+    );
+    assert!(none.contains("No organisation"), "{none}");
+
+    // A wrong fingerprint imports nothing.
+    let out = run(
+        Some(&riverside),
+        &[
+            "org",
+            "directory",
+            "--name",
+            "harbour",
+            "--import",
+            &fingerprint(&riverside),
+        ],
+    );
+    assert!(!out.ok, "{}", out.stdout);
+
+    // Import after verifying the fingerprint: Harbour's intake device becomes a contact, which
+    // Riverside can message without an invitation.
+    let out = must(
+        Some(&riverside),
+        &["org", "directory", "--name", "harbour", "--import", &fp_h],
+    );
+    assert!(out.contains("imported: 1 intake device"), "{out}");
+    let contacts = must(Some(&riverside), &["contacts"]);
+    assert!(contacts.contains("Harbour Women's Centre"), "{contacts}");
+    must(
+        Some(&riverside),
+        &[
+            "send",
+            "--to",
+            "Harbour Women's Centre",
+            "found you in the directory",
+        ],
+    );
+    must(
+        Some(&harbour),
+        &["sync", "--trust-org", &fingerprint(&riverside)],
+    );
+    let inbox = must(Some(&harbour), &["inbox"]);
+    assert_eq!(
+        inbox.matches("found you in the directory").count(),
+        1,
+        "{inbox}"
+    );
 }
