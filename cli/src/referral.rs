@@ -4,7 +4,9 @@
 //! Releasing the body: when the receiving organisation accepts, the sender's `handover sync`
 //! sees the ACCEPTED step and releases the case details to the receiving organisation's
 //! caseworker and admin devices at once (never to ambassadors), as the demo does; `handover
-//! referral release ID` sends them again if that was interrupted.
+//! referral release ID` sends them again. The core keeps "accepted, not yet released" durably,
+//! so a sync that was interrupted (or a crash after ACCEPTED arrived) is caught up by the next
+//! `handover sync`.
 
 use std::path::{Path, PathBuf};
 
@@ -1101,31 +1103,8 @@ pub(crate) async fn after_sync(client: &Client, events: Vec<ReferralEvent>) -> O
             ReferralEvent::StateChanged { referral, state } => {
                 println!("Referral {}: {state}.", id_hex(&referral))
             }
-            ReferralEvent::ReleaseBody { referral } => {
-                match tokio::time::timeout(NETWORK_WAIT, client.release_referral_body(referral))
-                    .await
-                {
-                    Ok(Ok(n)) => println!(
-                        "Referral {}: accepted; case details released to {n} device(s) of the \
-                         receiving organisation.",
-                        id_hex(&referral)
-                    ),
-                    Ok(Err(e)) => eprintln!(
-                        "warning: referral {} was accepted but its case details could not be \
-                         released: {e}. Check the consent (`handover consent show`), then run \
-                         `handover referral release {}`.",
-                        id_hex(&referral),
-                        id_hex(&referral)
-                    ),
-                    Err(_) => eprintln!(
-                        "warning: referral {} was accepted; the relay did not answer while \
-                         releasing its case details. Run `handover sync` later (or `handover \
-                         referral release {}`).",
-                        id_hex(&referral),
-                        id_hex(&referral)
-                    ),
-                }
-            }
+            // Released below, together with any release an earlier run did not finish.
+            ReferralEvent::ReleaseBody { .. } => {}
             ReferralEvent::BodyReceived { referral } => println!(
                 "Referral {}: case details received; see `handover referral show {}`.",
                 id_hex(&referral),
@@ -1163,6 +1142,38 @@ pub(crate) async fn after_sync(client: &Client, events: Vec<ReferralEvent>) -> O
                     .unwrap_or_default()
             ),
             _ => {}
+        }
+    }
+    release_pending(client).await
+}
+
+/// Releases the case details of every sent referral the receiver accepted and whose details
+/// have not gone out yet (kept durably by the core, so a sync that was interrupted, or a crash
+/// after ACCEPTED arrived, is caught up by the next `handover sync`).
+async fn release_pending(client: &Client) -> Outcome {
+    let pending = client
+        .pending_releases()
+        .await
+        .ctx("listing accepted referrals", "Report this.")?;
+    for referral in pending {
+        match tokio::time::timeout(NETWORK_WAIT, client.release_referral_body(referral)).await {
+            Ok(Ok(n)) => println!(
+                "Referral {}: accepted; case details released to {n} device(s) of the \
+                 receiving organisation.",
+                id_hex(&referral)
+            ),
+            Ok(Err(e)) => eprintln!(
+                "warning: referral {} was accepted but its case details could not be \
+                 released: {e}. Check the consent (`handover consent show`), then run \
+                 `handover sync` again (or `handover referral release {}`).",
+                id_hex(&referral),
+                id_hex(&referral)
+            ),
+            Err(_) => eprintln!(
+                "warning: referral {} was accepted; the relay did not answer while \
+                 releasing its case details. Run `handover sync` later.",
+                id_hex(&referral)
+            ),
         }
     }
     Ok(())

@@ -364,6 +364,8 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
         ));
     }
     assert!(cw.engine.take_referral_events().is_empty());
+    // The ReleaseBody event did not survive the restart; the pending release did.
+    assert_eq!(cw.engine.pending_releases().unwrap(), vec![id]);
     let ids: Vec<Vec<u8>> = queued
         .iter()
         .map(|q| q.envelope.as_ref().unwrap().envelope_id.clone())
@@ -385,6 +387,7 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     let mut intake = vec![b[0].id(), b[1].id()];
     intake.sort();
     assert_eq!(recipients, intake);
+    assert!(cw.engine.pending_releases().unwrap().is_empty());
     cw.flush(&mut relay);
     for dev in b[..2].iter_mut() {
         dev.sync(&mut relay, T0 + 41);

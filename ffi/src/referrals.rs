@@ -1527,6 +1527,20 @@ impl Client {
         .await
     }
 
+    /// Sender: ids of referrals the receiver accepted whose body is not released yet. Kept
+    /// durably, unlike the `ReleaseBody` event: call it after `open` and after each `sync`,
+    /// and release each with [`release_referral_body`](Self::release_referral_body).
+    pub async fn pending_releases(&self) -> Result<Vec<String>, HandoverError> {
+        self.call(|c| async move {
+            Ok(c.pending_releases()
+                .await?
+                .iter()
+                .map(|id| hex::encode(id.as_bytes()))
+                .collect())
+        })
+        .await
+    }
+
     /// Every referral on this device (sent and received).
     pub async fn referrals(&self) -> Result<Vec<Referral>, HandoverError> {
         self.call(|c| async move {

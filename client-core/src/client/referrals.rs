@@ -93,6 +93,13 @@ impl Client {
         Ok(items.len())
     }
 
+    /// Sent referrals accepted by the receiver whose body is not released yet (see
+    /// [`Engine::pending_releases`](crate::engine::Engine::pending_releases)); durable across
+    /// restarts, unlike the [`ClientEvent`](super::ClientEvent) that announced them.
+    pub async fn pending_releases(&self) -> Result<Vec<ReferralId>, ClientError> {
+        self.engine_op(|e, _, _| e.pending_releases()).await
+    }
+
     /// Changes consent (withdrawn, expired, invalidated, renewed) and sends CONSENT_CHANGED to
     /// every organisation that received data under it. Returns the new receipt.
     pub async fn change_consent(

@@ -48,6 +48,10 @@ const PREFIX_RECEIVED: &[u8] = b"r/";
 const PREFIX_PEERS: &[u8] = b"p/";
 /// Referrals: the devices that confirmed erasure, by referral id.
 const PREFIX_CONFIRMED: &[u8] = b"c/";
+/// Referrals: a sent referral whose receiver accepted and whose body is not yet released, by
+/// referral id (empty value). Written in the batch that applies ACCEPTED, deleted in the batch
+/// that stages the body, so a crash in between never loses the release.
+const PREFIX_RELEASE: &[u8] = b"b/";
 
 /// A referral step the engine applied or refused, for the application to show. Drained with
 /// [`Engine::take_referral_events`]; the records themselves are the source of truth
@@ -695,8 +699,38 @@ impl<S: KvStore> Engine<S> {
             return Err(EngineError::NoSession);
         }
         batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
+        batch.delete(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()));
         self.store.apply_batch(batch)?;
         Ok(items)
+    }
+
+    /// Sent referrals the receiver accepted whose body has not been released yet (the
+    /// [`ReferralEvent::ReleaseBody`] events, kept durably: an application that crashed or
+    /// was offline between ACCEPTED and the release finds them here). Release each with
+    /// [`release_referral_body`](Self::release_referral_body). A referral that has left
+    /// ACCEPTED / IN_SERVICE meanwhile (withdrawn, consent revoked, expired) is not listed.
+    pub fn pending_releases(&self) -> Result<Vec<ReferralId>, EngineError> {
+        let mut out = Vec::new();
+        for k in self
+            .store
+            .keys_with_prefix(Namespace::Referrals, PREFIX_RELEASE)?
+        {
+            let Some(id) = k
+                .get(PREFIX_RELEASE.len()..)
+                .and_then(ReferralId::from_slice)
+            else {
+                continue;
+            };
+            if let Some(Record::Sent(r)) = self.load_record(&id)?
+                && matches!(
+                    r.state(),
+                    ReferralState::Accepted | ReferralState::InService
+                )
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     /// Takes a lifecycle step on a referral of either side and sends the signed control: a
@@ -1092,6 +1126,11 @@ impl<S: KvStore> Engine<S> {
                 });
                 match event {
                     SenderEvent::ReleaseBody => {
+                        batch.put(
+                            Namespace::Referrals,
+                            &key(PREFIX_RELEASE, id.as_bytes()),
+                            &[],
+                        );
                         events.push(ReferralEvent::ReleaseBody { referral: id });
                     }
                     SenderEvent::PurgeConfirmed { at, retained_under } => {

@@ -243,7 +243,9 @@ def test_two_organisations_full_flow(relay, tmp_path, clients):
     a_inbox.wait_referral("the accept", lambda e: isinstance(
         e, h.ReferralEvent.RELEASE_BODY) and e.referral_id == rid)
     assert run(a.referral(rid)).state == "ACCEPTED"
+    assert run(a.pending_releases()) == [rid]
     assert run(a.release_referral_body(rid)) == 1
+    assert run(a.pending_releases()) == []
     b_inbox.wait_referral("the body", lambda e: isinstance(
         e, h.ReferralEvent.BODY_RECEIVED) and e.referral_id == rid)
     sections = run(b.referral_body(rid))
