@@ -327,13 +327,17 @@ pub(crate) async fn refer(profile: Option<PathBuf>, args: ReferArgs) -> Outcome 
     }
     let mut files = Vec::new();
     for path in &args.attach {
-        let data = std::fs::read(path).map_err(|e| {
-            fail(format!(
-                "could not read the attachment {}: {e}. Check the path.",
-                path.display()
-            ))
-        })?;
-        files.push((path.clone(), data));
+        // Checked before anything is sent; the file itself is streamed at upload.
+        let size = std::fs::File::open(path)
+            .and_then(|f| f.metadata())
+            .map_err(|e| {
+                fail(format!(
+                    "could not read the attachment {}: {e}. Check the path.",
+                    path.display()
+                ))
+            })?
+            .len();
+        files.push((path.clone(), size));
     }
     let client = open(profile).await?;
     let result = refer_with(&client, &file, files).await;
@@ -358,11 +362,7 @@ fn media_type(path: &Path) -> &'static str {
     }
 }
 
-async fn refer_with(
-    client: &Client,
-    file: &ReferralFile,
-    files: Vec<(PathBuf, Vec<u8>)>,
-) -> Outcome {
+async fn refer_with(client: &Client, file: &ReferralFile, files: Vec<(PathBuf, u64)>) -> Outcome {
     let contacts = client
         .contacts()
         .await
@@ -399,7 +399,7 @@ async fn refer_with(
 
     // Attachments: encrypted here, uploaded with a progress bar.
     let mut attachments = Vec::new();
-    for (path, data) in &files {
+    for (path, size) in &files {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -407,11 +407,11 @@ async fn refer_with(
             .to_owned();
         let mut bar = Progress::new(
             &format!("uploading {name} (encrypted)"),
-            handover_core::attachment::ciphertext_len(data.len() as u64),
+            handover_core::attachment::ciphertext_len(*size),
         );
         let uploaded = tokio::time::timeout(
             UPLOAD_WAIT,
-            client.upload_attachment(data, media_type(path), &name, |done| bar.update(done)),
+            client.upload_attachment_file(path, media_type(path), &name, |done| bar.update(done)),
         )
         .await;
         bar.finish();

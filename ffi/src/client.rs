@@ -985,6 +985,63 @@ impl Client {
         .await
     }
 
+    /// Like [`upload_attachment`](Self::upload_attachment) for a file on disk, streamed: the
+    /// file is encrypted in 64 KiB segments and never held whole in memory (use this for
+    /// photos, scans and recordings).
+    pub async fn upload_attachment_file(
+        &self,
+        path: String,
+        media_type: String,
+        file_name: String,
+        listener: Option<Arc<dyn ProgressListener>>,
+    ) -> Result<Arc<Attachment>, HandoverError> {
+        let size = std::fs::metadata(&path)
+            .map_err(|e| HandoverError::invalid(format!("cannot read the file: {e}")))?
+            .len();
+        let total = handover_core::attachment::ciphertext_len(size);
+        self.call(|c| async move {
+            let inner = c
+                .upload_attachment_file(
+                    std::path::Path::new(&path),
+                    &media_type,
+                    &file_name,
+                    move |done| {
+                        if let Some(l) = &listener {
+                            l.on_progress(done, total);
+                        }
+                    },
+                )
+                .await?;
+            Ok(Arc::new(Attachment { inner }))
+        })
+        .await
+    }
+
+    /// Like [`download_attachment`](Self::download_attachment) into the file `path`, streamed.
+    /// The file appears under `path` only once it has verified completely (it is written as
+    /// `path.partial` and renamed); on failure nothing is left. Returns the size.
+    pub async fn download_attachment_to_file(
+        &self,
+        attachment: Arc<Attachment>,
+        path: String,
+        listener: Option<Arc<dyn ProgressListener>>,
+    ) -> Result<u64, HandoverError> {
+        let total = attachment.size();
+        self.call(|c| async move {
+            Ok(c.download_attachment_to_file(
+                &attachment.inner,
+                std::path::Path::new(&path),
+                move |done| {
+                    if let Some(l) = &listener {
+                        l.on_progress(done, total);
+                    }
+                },
+            )
+            .await?)
+        })
+        .await
+    }
+
     // -----------------------------------------------------------------------------------------
     // Safety.
 

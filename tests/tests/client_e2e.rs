@@ -150,6 +150,42 @@ async fn scenario() {
     assert_eq!(got, data);
     assert_eq!(downloaded as usize, data.len());
 
+    // The same as files, streamed (1.2 MiB: several 256 KiB chunks and a short last segment),
+    // and a tampered reference leaves no file behind.
+    let big: Vec<u8> = (0..1_250_000u32).map(|i| (i % 253) as u8).collect();
+    let files = tempfile::tempdir().unwrap();
+    let source = files.path().join("scan.pdf");
+    std::fs::write(&source, &big).unwrap();
+    let file_att = alice
+        .upload_attachment_file(&source, "application/pdf", "scan.pdf", |_| {})
+        .await
+        .unwrap();
+    let target = files.path().join("received.pdf");
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = written.clone();
+    let n = bob
+        .download_attachment_to_file(&file_att, &target, move |n| {
+            seen.store(n, std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, big.len() as u64);
+    assert_eq!(std::fs::read(&target).unwrap(), big);
+    assert_eq!(
+        written.load(std::sync::atomic::Ordering::Relaxed),
+        big.len() as u64
+    );
+    let mut forged = file_att.clone();
+    forged.blob.as_mut().unwrap().plaintext_sha256[0] ^= 1;
+    let bad = files.path().join("forged.pdf");
+    assert!(
+        bob.download_attachment_to_file(&forged, &bad, |_| {})
+            .await
+            .is_err()
+    );
+    assert!(!bad.exists());
+    assert!(!files.path().join("forged.pdf.partial").exists());
+
     // Bob goes offline; Alice writes three messages (they wait at the relay).
     bob.shutdown().await.unwrap();
     for i in 0..3 {

@@ -50,6 +50,7 @@ use rand::rngs::StdRng;
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::task::JoinHandle;
 
+mod files;
 mod referrals;
 pub use referrals::TimelineCheck;
 

@@ -257,6 +257,21 @@ def test_two_organisations_full_flow(relay, tmp_path, clients):
     down = Progress()
     assert run(b.download_attachment(files[0], down)) == document
     assert down.calls and down.calls[-1] == (len(document), len(document))
+    # The same attachment streamed into a file; a file streamed up and back.
+    saved = tmp_path / "saved-letter.txt"
+    assert run(b.download_attachment_to_file(files[0], str(saved), None)) == len(document)
+    assert saved.read_bytes() == document
+    scan = tmp_path / "scan.bin"
+    scan.write_bytes(bytes(i % 251 for i in range(700_000)))
+    up_file = Progress()
+    uploaded = run(a.upload_attachment_file(str(scan), "application/octet-stream", "scan.bin",
+                                            up_file))
+    assert uploaded.size() == 700_000 and up_file.calls
+    back = tmp_path / "scan-back.bin"
+    assert run(a.download_attachment_to_file(uploaded, str(back), None)) == 700_000
+    assert back.read_bytes() == scan.read_bytes()
+    with pytest.raises(h.HandoverError.InvalidArgument):
+        run(a.upload_attachment_file(str(tmp_path / "missing.bin"), "x/y", "missing", None))
 
     # --- Consent exports.
     kantara = json.loads(run(a.export_consent_kantara(receipt.receipt_id)))
