@@ -537,7 +537,13 @@ impl Client {
         let items = self.engine_op(|e, _, _| e.outbox()).await?;
         let mut accepted = 0;
         let mut last_err = None;
+        // Relays that could not be reached in this flush: their items stay in the outbox for
+        // the background task instead of each paying its own connect time-out.
+        let mut unreachable: Vec<String> = Vec::new();
         for item in items {
+            if unreachable.contains(&item.relay.host_port) {
+                continue;
+            }
             let mut delay = RETRY_BASE_DELAY;
             for attempt in 1..=SEND_ATTEMPTS {
                 let result = match self.relay_for(&item.relay).await {
@@ -545,6 +551,11 @@ impl Client {
                         .send(&item.send_id, item.capability(), item.envelope.clone())
                         .await
                         .map_err(ClientError::from),
+                    Err(ClientError::Net(e)) if e.is_transient() => {
+                        unreachable.push(item.relay.host_port.clone());
+                        last_err = Some(ClientError::Net(e));
+                        break;
+                    }
                     Err(e) => Err(e),
                 };
                 match result {

@@ -38,6 +38,11 @@ pub const EXPORTER_LEN: usize = 32;
 /// How long one request may take before the client gives up on it.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long establishing a connection (QUIC + TLS handshake) may take. Shorter than a request:
+/// a relay that does not complete a handshake on a working network in this time is treated as
+/// unreachable, and what waits is left for the background retry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where a relay is and how to recognise it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RelayAddress {
@@ -179,7 +184,7 @@ impl RelayClient {
         let connecting = endpoint
             .connect(remote, "handover-relay")
             .map_err(|e| NetError::Connect(e.to_string()))?;
-        let connection = tokio::time::timeout(DEFAULT_REQUEST_TIMEOUT, connecting)
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| NetError::Timeout)?
             .map_err(|e| NetError::Connect(e.to_string()))?;
