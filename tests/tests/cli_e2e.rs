@@ -4,11 +4,11 @@
 // Test code: helpers outside #[test] functions may unwrap and panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use handover_tests::cli::{CliOutput, run_cli};
 use handover_tests::process::RelayProcess;
 
 /// Longest a single CLI invocation may take before the test fails.
@@ -22,61 +22,9 @@ fn relay_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_relay-under-test"))
 }
 
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs the CLI with `args`, killing it after [`COMMAND_TIMEOUT`].
-fn run(profile: Option<&Path>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(cli());
-    cmd.args(args)
-        .env("HANDOVER_PASSPHRASE", "correct horse battery staple")
-        .env_remove("HANDOVER_PROFILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(p) = profile {
-        cmd.arg("--profile").arg(p);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        out.read_to_string(&mut s).unwrap();
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        err.read_to_string(&mut s).unwrap();
-        s
-    });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`handover {}` did not finish in time", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = Output {
-        ok: status.success(),
-        stdout: reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    };
-    eprintln!(
-        "$ handover {}\n{}{}",
-        args.join(" "),
-        output.stdout,
-        output.stderr
-    );
-    output
+fn run(profile: Option<&Path>, args: &[&str]) -> CliOutput {
+    run_cli(cli(), profile, args, COMMAND_TIMEOUT).unwrap()
 }
 
 fn must(profile: Option<&Path>, args: &[&str]) -> String {

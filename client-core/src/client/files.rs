@@ -16,10 +16,10 @@ use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use handover_proto::e2e::v1 as wire;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use super::{BLOB_TTL, Client, ClientError, id16, now};
-use crate::attachment::{self, FileKey};
+use crate::attachment::{self, EncryptedFile, FileKey};
 use crate::engine::EngineError;
 
 /// A blocking task that panicked or was cancelled: reported as an I/O failure.
@@ -74,12 +74,32 @@ impl Client {
             })
             .await,
         )?;
+        self.put_encrypted(
+            file,
+            tokio::fs::File::from_std(staged),
+            media_type,
+            file_name,
+            progress,
+        )
+        .await
+    }
+
+    /// Uploads the ciphertext of `file` from `source` to this device's relay and returns the
+    /// attachment that references it.
+    pub(super) async fn put_encrypted(
+        &self,
+        file: EncryptedFile,
+        source: impl AsyncRead + Unpin,
+        media_type: &str,
+        file_name: &str,
+        progress: impl FnMut(u64) + Send,
+    ) -> Result<wire::Attachment, ClientError> {
         let own = self.engine_op(|e, _, _| Ok(e.relay()?.clone())).await?;
         let blob_id = self
             .own_relay()
             .await?
             .blob_put(
-                tokio::fs::File::from_std(staged),
+                source,
                 attachment::ciphertext_len(file.size),
                 now().saturating_add(BLOB_TTL),
                 progress,

@@ -956,22 +956,8 @@ impl Client {
                     .map(|f| (f, ciphertext))
             })
             .await??;
-        let own = self.engine_op(|e, _, _| Ok(e.relay()?.clone())).await?;
-        let blob_id = self
-            .own_relay()
-            .await?
-            .blob_put(
-                &ciphertext[..],
-                ciphertext.len() as u64,
-                now().saturating_add(BLOB_TTL),
-                progress,
-            )
-            .await?;
-        Ok(wire::Attachment {
-            blob: Some(file.blob_ref(blob_id, own.host_port)),
-            media_type: media_type.to_owned(),
-            file_name: file_name.to_owned(),
-        })
+        self.put_encrypted(file, &ciphertext[..], media_type, file_name, progress)
+            .await
     }
 
     /// Downloads an attachment, decrypts it and verifies size and hash, reporting decrypted
