@@ -368,52 +368,60 @@ impl<B: KvBackend> KvStore<B> {
 
     /// Copies up to [`COMPACT_STEP_BYTES`] of live envelopes out of the oldest log segment if
     /// that segment is mostly dead, or if the log holds much more than the live envelopes.
-    /// Returns how many were copied.
-    fn compact_step(&self, state: &mut State) -> Result<u64, StoreError> {
+    /// Returns how many were copied. Bodies are read without holding the store lock.
+    fn compact_step(&self) -> Result<u64, StoreError> {
         let Some(c) = self.backend.compaction_candidate() else {
             return Ok(0);
         };
-        let live = state.queues.live_in(c.segment);
-        if live.count == 0 {
-            return Ok(0);
-        }
-        let mostly_dead = live.bytes.saturating_mul(2) <= c.segment_size;
-        let log_bytes = c.segments.saturating_mul(c.segment_size);
-        let bloated = log_bytes
-            > state
-                .queues
-                .total_bytes()
-                .saturating_mul(2)
-                .saturating_add(c.segment_size.saturating_mul(2));
-        if !mostly_dead && !bloated {
-            return Ok(0);
-        }
-        let mut moved = Vec::new();
-        let mut bodies = Vec::new();
-        let mut bytes = 0u64;
-        for (recv_id, seq) in state.queues.in_segment(c.segment, 65_536) {
-            if bytes >= COMPACT_STEP_BYTES {
-                break;
+        let planned: Vec<(Id, u64, Entry)> = {
+            let state = self.guard();
+            let live = state.queues.live_in(c.segment);
+            let mostly_dead = live.bytes.saturating_mul(2) <= c.segment_size;
+            let log_bytes = c.segments.saturating_mul(c.segment_size);
+            let bloated = log_bytes
+                > state
+                    .queues
+                    .total_bytes()
+                    .saturating_mul(2)
+                    .saturating_add(c.segment_size.saturating_mul(2));
+            if live.count == 0 || (!mostly_dead && !bloated) {
+                return Ok(0);
             }
-            let Some(entry) = state
-                .queues
-                .queue(&recv_id)
-                .and_then(|q| q.entries.get(&seq))
-            else {
-                continue;
-            };
-            let entry = *entry;
-            let Some(body) = self.backend.read_body(&entry.body)? else {
-                return Err(StoreError::Corrupt);
-            };
-            bytes += body.len() as u64;
-            moved.push((recv_id, seq, entry));
-            bodies.push(body);
+            let mut bytes = 0u64;
+            let mut planned = Vec::new();
+            for (recv_id, seq) in state.queues.in_segment(c.segment, 65_536) {
+                if bytes >= COMPACT_STEP_BYTES {
+                    break;
+                }
+                if let Some(entry) = state
+                    .queues
+                    .queue(&recv_id)
+                    .and_then(|q| q.entries.get(&seq))
+                {
+                    bytes += u64::from(entry.body.len);
+                    planned.push((recv_id, seq, *entry));
+                }
+            }
+            planned
+        };
+        let mut read = Vec::with_capacity(planned.len());
+        for (recv_id, seq, entry) in planned {
+            // `None`: removed meanwhile and its segment already reclaimed.
+            if let Some(body) = self.backend.read_body(&entry.body)? {
+                read.push((recv_id, seq, entry, body));
+            }
         }
-        let ops: Vec<LogOp<'_>> = moved
+        let mut state = self.guard();
+        // Copy only what is still queued unchanged (not acked, expired or moved meanwhile).
+        read.retain(|(recv_id, seq, entry, _)| {
+            state.queues.queue(recv_id).and_then(|q| q.entries.get(seq)) == Some(entry)
+        });
+        if read.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<LogOp<'_>> = read
             .iter()
-            .zip(&bodies)
-            .map(|((recv_id, seq, entry), body)| LogOp::Enqueue {
+            .map(|(recv_id, seq, entry, body)| LogOp::Enqueue {
                 recv_id: *recv_id,
                 seq: *seq,
                 envelope_id: entry.envelope_id,
@@ -422,12 +430,12 @@ impl<B: KvBackend> KvStore<B> {
             })
             .collect();
         let refs = self.backend.apply_logged(Batch::new(), &ops)?;
-        for ((recv_id, seq, entry), body) in moved.iter().zip(refs) {
+        for ((recv_id, seq, entry, _), body) in read.iter().zip(refs) {
             state
                 .queues
                 .insert(*recv_id, *seq, Entry { body, ..*entry });
         }
-        Ok(moved.len() as u64)
+        Ok(read.len() as u64)
     }
 
     fn blob_rec(&self, blob_id: &Id) -> Result<Option<BlobRec>, StoreError> {
@@ -1008,7 +1016,8 @@ impl<B: KvBackend> Store for KvStore<B> {
                 state.queues.remove(recv_id, *seq);
             }
         }
-        swept.compacted = self.compact_step(&mut state)?;
+        drop(state);
+        swept.compacted = self.compact_step()?;
         Ok(swept)
     }
 
