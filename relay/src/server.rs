@@ -465,8 +465,11 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
         let served = in_service.fetch_add(1, Ordering::Relaxed) + 1;
         tokio::spawn(async move {
             let _drain = drain;
-            let _slot = slot;
-            let mut stream = Stream { send, recv };
+            let mut stream = Stream {
+                send,
+                recv,
+                slot: Some(slot),
+            };
             let admission = if served > ctx.config.max_streams as usize {
                 Admission::TooManyStreams
             } else if bucket
@@ -488,6 +491,8 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
 struct Stream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    /// Counts this stream as being served until its final answer is written.
+    slot: Option<StreamSlot>,
 }
 
 enum ReadError {
@@ -553,7 +558,11 @@ impl Stream {
                 .inc();
         }
         let _ = self.recv.stop(0u8.into());
-        if self.write(response).await {
+        let written = self.write(response).await;
+        // Answered: waiting for the peer to acknowledge delivery does not count against the
+        // connection's limit of streams being served.
+        self.slot = None;
+        if written {
             self.finish().await;
         }
     }
