@@ -468,6 +468,75 @@ fn sync_dir(dir: &Path, known: &mut BTreeSet<String>) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// The log files of the previous store format (envelopes in sled).
+const OLD_WAL_FILES: [&str; 2] = ["wal-0", "wal-1"];
+/// Magic of an old log file header (magic, epoch, crc32; records from byte 4096, each
+/// `crc32 | len | epoch | payload`).
+const OLD_WAL_MAGIC: &[u8; 8] = b"HOVRWAL1";
+/// Tables of the previous format that held envelopes: queue entries, envelope-id index, and
+/// the envelope kind of the expiry index.
+const OLD_T_QUEUE: u8 = b'Q';
+const OLD_T_ENV: u8 = b'E';
+const OLD_T_EXPIRY: u8 = b'X';
+const OLD_X_ENVELOPE: u8 = 1;
+/// Envelopes moved per migration step.
+const OLD_MIGRATE_STEP: usize = 1_000;
+
+/// A queue entry of the previous format.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OldQueuedRec {
+    #[prost(bytes = "vec", tag = "1")]
+    envelope_id: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    expires_at: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    ciphertext: Vec<u8>,
+}
+
+/// Checks that the old log files hold no record of their current generation, i.e. that the
+/// previous version shut down cleanly (its shutdown checkpoint put everything into sled).
+fn old_format_is_clean(dir: &Path) -> Result<(), StoreError> {
+    for name in OLD_WAL_FILES {
+        let file = match File::open(dir.join(name)) {
+            Ok(f) => f,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(backend_err(err)),
+        };
+        let size = file.metadata().map_err(backend_err)?.len();
+        let mut h = [0u8; 20];
+        file.read_exact_at(&mut h, 0).map_err(backend_err)?;
+        if &h[..8] != OLD_WAL_MAGIC || crc32(&[&h[..16]]).to_be_bytes() != h[16..20] {
+            return Err(StoreError::Backend(
+                "the old-format log header is damaged; refusing to start (see \
+                 docs/OPERATIONS.md, \"Upgrading the store format\")"
+                    .into(),
+            ));
+        }
+        let epoch = &h[8..16];
+        let mut head = [0u8; RECORD_HEADER_LEN as usize];
+        if size < 4096 + RECORD_HEADER_LEN {
+            continue;
+        }
+        file.read_exact_at(&mut head, 4096).map_err(backend_err)?;
+        let len = u64::from(u32::from_be_bytes([head[4], head[5], head[6], head[7]]));
+        if len == 0 || &head[8..16] != epoch || 4096 + RECORD_HEADER_LEN + len > size {
+            continue;
+        }
+        let mut payload = vec![0u8; len as usize];
+        file.read_exact_at(&mut payload, 4096 + RECORD_HEADER_LEN)
+            .map_err(backend_err)?;
+        if crc32(&[&head[4..], &payload]).to_be_bytes() == head[..4] {
+            return Err(StoreError::Backend(
+                "this store was written by the previous relay version and not shut down \
+                 cleanly; start that version once and stop it with SIGTERM, then start this \
+                 one (see docs/OPERATIONS.md, \"Upgrading the store format\")"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn segment_header(id: u64) -> Vec<u8> {
     let mut h = SEG_MAGIC.to_vec();
     h.extend_from_slice(&id.to_be_bytes());
@@ -715,12 +784,9 @@ impl SledBackend {
     pub fn open_with_log_size(dir: &Path, segment_size: u64) -> Result<Self, StoreError> {
         let segment_size = segment_size.max(MIN_WAL_SIZE);
         std::fs::create_dir_all(dir).map_err(backend_err)?;
-        if dir.join("wal-0").exists() {
-            return Err(StoreError::Backend(
-                "this store was written by an older relay version (wal-0 present); see \
-                 docs/OPERATIONS.md, \"Upgrading the store format\""
-                    .into(),
-            ));
+        let old_format = dir.join(OLD_WAL_FILES[0]).exists();
+        if old_format {
+            old_format_is_clean(dir)?;
         }
         let db = sled::Config::new()
             .path(dir)
@@ -824,7 +890,7 @@ impl SledBackend {
             last_written: max_lsn,
         };
         wal.spawn_spare(active_id + 1);
-        Ok(Self {
+        let backend = Self {
             db,
             pending: Mutex::new(Pending {
                 bytes: Vec::new(),
@@ -844,7 +910,103 @@ impl SledBackend {
             recovered: Mutex::new(recovered),
             seq_floor: max_lsn + 1,
             segment_size,
-        })
+        };
+        if old_format {
+            backend.migrate_old_format(dir)?;
+        }
+        Ok(backend)
+    }
+
+    /// Moves the envelopes of a store written by the previous format (queue entries in sled,
+    /// two log files `wal-0`/`wal-1`, shut down cleanly) into the log, then deletes the old
+    /// log files. Each step is one atomic log batch (enqueue records plus the deletion of the
+    /// old keys), synced before the next, so a crash midway is resumed on the next start.
+    fn migrate_old_format(&self, dir: &Path) -> Result<(), StoreError> {
+        let mut moved = 0u64;
+        loop {
+            let mut ops_data = Vec::new();
+            for entry in self.db.scan_prefix([OLD_T_QUEUE]).take(OLD_MIGRATE_STEP) {
+                let (k, v) = entry.map_err(backend_err)?;
+                let recv_id: Id = k
+                    .get(1..17)
+                    .ok_or(StoreError::Corrupt)?
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt)?;
+                let seq: [u8; 8] = k
+                    .get(17..25)
+                    .ok_or(StoreError::Corrupt)?
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt)?;
+                let rec = <OldQueuedRec as prost::Message>::decode(v.as_ref())
+                    .map_err(|_| StoreError::Corrupt)?;
+                let envelope_id: Id = rec
+                    .envelope_id
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt)?;
+                ops_data.push((
+                    recv_id,
+                    u64::from_be_bytes(seq),
+                    envelope_id,
+                    rec.expires_at,
+                    rec.ciphertext,
+                ));
+            }
+            if ops_data.is_empty() {
+                break;
+            }
+            let mut batch = Batch::new();
+            let mut ops = Vec::with_capacity(ops_data.len());
+            for (recv_id, seq, envelope_id, expires_at, ciphertext) in &ops_data {
+                let seq_be = seq.to_be_bytes();
+                batch.push(([&[OLD_T_QUEUE][..], recv_id, &seq_be].concat(), None));
+                batch.push(([&[OLD_T_ENV][..], recv_id, envelope_id].concat(), None));
+                batch.push((
+                    [
+                        &[OLD_T_EXPIRY][..],
+                        &expires_at.to_be_bytes(),
+                        &[OLD_X_ENVELOPE],
+                        recv_id,
+                        &seq_be,
+                    ]
+                    .concat(),
+                    None,
+                ));
+                ops.push(LogOp::Enqueue {
+                    recv_id: *recv_id,
+                    seq: *seq,
+                    envelope_id: *envelope_id,
+                    expires_at: *expires_at,
+                    ciphertext,
+                });
+            }
+            let refs = self.apply_logged(batch, &ops)?;
+            self.sync(None)?;
+            let mut recovered = self.recovered.lock().unwrap_or_else(|e| e.into_inner());
+            for ((recv_id, seq, envelope_id, expires_at, _), body) in ops_data.iter().zip(refs) {
+                recovered.push(Recovered::Enqueue {
+                    recv_id: *recv_id,
+                    seq: *seq,
+                    envelope_id: *envelope_id,
+                    expires_at: *expires_at,
+                    body,
+                });
+            }
+            moved += ops_data.len() as u64;
+        }
+        for name in OLD_WAL_FILES {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(backend_err(err)),
+            }
+        }
+        sync_dir_entries(dir)?;
+        tracing::info!(
+            envelopes = moved,
+            "store migrated from the two-file log format"
+        );
+        Ok(())
     }
 
     fn lock_pending(&self) -> MutexGuard<'_, Pending> {
@@ -1142,6 +1304,118 @@ mod tests {
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Writes a store in the previous format: envelopes in sled, two log files.
+    fn write_old_format(dir: &Path, unclean: bool) {
+        {
+            let db = sled::Config::new()
+                .path(dir)
+                .segment_size(SLED_SEGMENT_SIZE)
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+                .unwrap();
+            let recv = [5u8; 16];
+            for (seq, n) in [(3u64, 7u8), (4, 8)] {
+                let rec = OldQueuedRec {
+                    envelope_id: vec![n; 16],
+                    expires_at: 1_000 + u64::from(n),
+                    ciphertext: vec![n; 100],
+                };
+                let seq_be = seq.to_be_bytes();
+                db.insert(
+                    [&[OLD_T_QUEUE][..], &recv, &seq_be].concat(),
+                    prost::Message::encode_to_vec(&rec),
+                )
+                .unwrap();
+                db.insert([&[OLD_T_ENV][..], &recv, &[n; 16]].concat(), &seq_be)
+                    .unwrap();
+                db.insert(
+                    [
+                        &[OLD_T_EXPIRY][..],
+                        &rec.expires_at.to_be_bytes(),
+                        &[OLD_X_ENVELOPE],
+                        &recv,
+                        &seq_be,
+                    ]
+                    .concat(),
+                    b"",
+                )
+                .unwrap();
+            }
+            db.insert(b"Mmailbox", b"kept").unwrap();
+            db.insert(LSN_KEY, &50u64.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        for (i, name) in OLD_WAL_FILES.iter().enumerate() {
+            let mut h = OLD_WAL_MAGIC.to_vec();
+            h.extend_from_slice(&(10 + i as u64).to_be_bytes());
+            let crc = crc32(&[&h]);
+            h.extend_from_slice(&crc.to_be_bytes());
+            h.resize(8192, 0);
+            if unclean && i == 1 {
+                let payload = b"some batch";
+                let mut rec = Vec::new();
+                rec.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                rec.extend_from_slice(&11u64.to_be_bytes());
+                rec.extend_from_slice(payload);
+                let crc = crc32(&[&rec]);
+                h[4096..4100].copy_from_slice(&crc.to_be_bytes());
+                h[4100..4100 + rec.len()].copy_from_slice(&rec);
+            }
+            std::fs::write(dir.join(name), &h).unwrap();
+        }
+    }
+
+    #[test]
+    fn old_format_is_migrated_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        write_old_format(dir.path(), false);
+        let check = |backend: &SledBackend| {
+            let recovered = backend.take_recovered();
+            assert_eq!(recovered.len(), 2, "{recovered:?}");
+            for (r, (seq, n)) in recovered.iter().zip([(3u64, 7u8), (4, 8)]) {
+                let Recovered::Enqueue {
+                    recv_id,
+                    seq: s,
+                    envelope_id,
+                    expires_at,
+                    body,
+                } = r
+                else {
+                    panic!("{r:?}")
+                };
+                assert_eq!(
+                    (*recv_id, *s, *envelope_id, *expires_at),
+                    ([5; 16], seq, [n; 16], 1_000 + u64::from(n))
+                );
+                assert_eq!(backend.read_body(body).unwrap().unwrap(), vec![n; 100]);
+            }
+            // The old envelope keys are gone, the rest of the keyspace is kept.
+            for table in [OLD_T_QUEUE, OLD_T_ENV, OLD_T_EXPIRY] {
+                assert!(backend.scan(&[table], &[table + 1], 10).unwrap().is_empty());
+            }
+            assert_eq!(backend.get(b"Mmailbox").unwrap(), Some(b"kept".to_vec()));
+            assert!(backend.seq_floor() > 50);
+        };
+        {
+            let backend = reopen(dir.path());
+            check(&backend);
+            assert!(!dir.path().join("wal-0").exists());
+            assert!(!dir.path().join("wal-1").exists());
+        }
+        // Once migrated, the envelopes come back from the log.
+        check(&reopen(dir.path()));
+    }
+
+    #[test]
+    fn old_format_not_shut_down_cleanly_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_old_format(dir.path(), true);
+        let err = try_reopen(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not shut down cleanly"), "{err}");
+        assert!(dir.path().join("wal-0").exists());
     }
 
     #[test]
