@@ -88,8 +88,8 @@ pub struct Args {
     /// Idle timeout of QUIC connections, seconds [default: 60].
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
-    /// Size of the store's preallocated write-ahead log, MiB; a full log forces a checkpoint
-    /// [default: 64].
+    /// Size of each preallocated log segment of the store, MiB; a full segment starts the
+    /// next one and a background checkpoint [default: 64].
     #[arg(long)]
     pub wal_mib: Option<u64>,
     /// Log filter (tracing EnvFilter syntax), also from RUST_LOG [default: info].

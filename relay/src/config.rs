@@ -39,7 +39,7 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Connection idle timeout, seconds.
     pub idle_timeout_secs: u64,
-    /// Size of the store's write-ahead log, MiB.
+    /// Size of each log segment of the store, MiB.
     pub wal_mib: u64,
 }
 
@@ -133,7 +133,7 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Idle timeout, seconds.
     pub idle_timeout_secs: Option<u64>,
-    /// Write-ahead log size, MiB.
+    /// Log segment size, MiB.
     pub wal_mib: Option<u64>,
     /// Limits and quotas.
     #[serde(default)]

@@ -35,6 +35,37 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 const SWEEP_BUDGET: usize = 1_000;
 /// QUIC application error code used when closing connections on shutdown.
 const CLOSE_GOING_AWAY: u32 = 1;
+/// QUIC grants this many bidirectional streams per connection beyond `max_streams` (at least
+/// [`MIN_STREAM_SLACK`]), so that a client over the limit gets a typed `RATE_LIMITED` answer
+/// on the excess streams instead of silently waiting for stream credit. Only past
+/// `max_streams` + slack does QUIC flow control make the client wait.
+const STREAM_SLACK_DIVISOR: u32 = 4;
+/// Smallest number of extra streams granted for typed refusals.
+const MIN_STREAM_SLACK: u32 = 8;
+
+/// Streams QUIC grants per connection for a configured limit of `max_streams` served at once.
+fn quic_stream_limit(max_streams: u32) -> u32 {
+    max_streams.saturating_add((max_streams / STREAM_SLACK_DIVISOR).max(MIN_STREAM_SLACK))
+}
+
+/// Whether a new stream may be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    Allowed,
+    /// The connection's request rate is over its token bucket.
+    RateLimited,
+    /// The connection already has `max_streams` streams being served.
+    TooManyStreams,
+}
+
+/// Counts a connection's streams being served; decrements on drop.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Current Unix time in seconds.
 pub fn unix_now() -> u64 {
@@ -215,7 +246,7 @@ impl Relay {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            .max_concurrent_bidi_streams(config.max_streams.into())
+            .max_concurrent_bidi_streams(quic_stream_limit(config.max_streams).into())
             .max_concurrent_uni_streams(0u8.into())
             .max_idle_timeout(
                 Duration::from_secs(config.idle_timeout_secs.max(1))
@@ -412,6 +443,7 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
         ctx.config.request_burst,
     )));
     let started = Instant::now();
+    let in_service = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let stream = tokio::select! {
@@ -429,14 +461,27 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
         let session = session.clone();
         let bucket = bucket.clone();
         let drain = drain.clone();
+        let slot = StreamSlot(in_service.clone());
+        let served = in_service.fetch_add(1, Ordering::Relaxed) + 1;
         tokio::spawn(async move {
             let _drain = drain;
-            let mut stream = Stream { send, recv };
-            let allowed = {
-                let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
-                b.take(started.elapsed().as_millis() as u64)
+            let mut stream = Stream {
+                send,
+                recv,
+                slot: Some(slot),
             };
-            serve_stream(&ctx, session, &mut stream, allowed).await;
+            let admission = if served > ctx.config.max_streams as usize {
+                Admission::TooManyStreams
+            } else if bucket
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(started.elapsed().as_millis() as u64)
+            {
+                Admission::Allowed
+            } else {
+                Admission::RateLimited
+            };
+            serve_stream(&ctx, session, &mut stream, admission).await;
         });
     }
     ctx.metrics.connections.dec();
@@ -446,6 +491,8 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
 struct Stream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    /// Counts this stream as being served until its final answer is written.
+    slot: Option<StreamSlot>,
 }
 
 enum ReadError {
@@ -511,7 +558,11 @@ impl Stream {
                 .inc();
         }
         let _ = self.recv.stop(0u8.into());
-        if self.write(response).await {
+        let written = self.write(response).await;
+        // Answered: waiting for the peer to acknowledge delivery does not count against the
+        // connection's limit of streams being served.
+        self.slot = None;
+        if written {
             self.finish().await;
         }
     }
@@ -549,7 +600,12 @@ fn op_name(request: &wire::Request) -> &'static str {
     }
 }
 
-async fn serve_stream(ctx: &Arc<Ctx>, session: Arc<Session>, stream: &mut Stream, allowed: bool) {
+async fn serve_stream(
+    ctx: &Arc<Ctx>,
+    session: Arc<Session>,
+    stream: &mut Stream,
+    admission: Admission,
+) {
     let payload = match stream
         .read_frame(ctx.config.max_request_frame, REQUEST_TIMEOUT)
         .await
@@ -572,13 +628,26 @@ async fn serve_stream(ctx: &Arc<Ctx>, session: Arc<Session>, stream: &mut Stream
             return stream.reply(ctx, &r).await;
         }
     };
-    if !allowed {
-        let r = error_retry(
-            ErrorCode::RateLimited,
-            "too many requests on this connection",
-            1,
-        );
-        return stream.reply(ctx, &r).await;
+    match admission {
+        Admission::Allowed => {}
+        Admission::RateLimited => {
+            let r = error_retry(
+                ErrorCode::RateLimited,
+                "too many requests on this connection",
+                1,
+            );
+            return stream.reply(ctx, &r).await;
+        }
+        Admission::TooManyStreams => {
+            let message = format!(
+                "too many concurrent streams on this connection (this relay serves at most {} \
+                 at once, subscriptions included); wait for answers before opening more \
+                 streams, or use another connection",
+                ctx.config.max_streams
+            );
+            let r = error_retry(ErrorCode::RateLimited, &message, 1);
+            return stream.reply(ctx, &r).await;
+        }
     }
     let request = match decode::request(&payload) {
         Ok(r) => r,
@@ -595,9 +664,18 @@ async fn serve_stream(ctx: &Arc<Ctx>, session: Arc<Session>, stream: &mut Stream
         })
         .inc();
     let is_send = matches!(request.kind, Some(wire::request::Kind::Send(_)));
-    // Store calls may block (locks, sled's buffers): keep them off the async workers that
-    // drive QUIC.
-    let action = {
+    // Store calls may block (locks, disk reads): keep them off the async workers that drive
+    // QUIC. Except `Send` and `Ping`: a send only reads two small keyspace records (cached in
+    // memory) and appends to the in-memory log buffer; the disk sync happens in the committer.
+    // Handing the hottest request to the blocking pool costs two thread hand-offs each.
+    let inline = matches!(
+        request.kind,
+        Some(wire::request::Kind::Send(_)) | Some(wire::request::Kind::Ping(_))
+    );
+    let action = if inline {
+        let mut rng = rand::rng();
+        Ok(ctx.handler.handle(&session, request, unix_now(), &mut rng))
+    } else {
         let ctx = ctx.clone();
         tokio::task::spawn_blocking(move || {
             let mut rng = rand::rng();

@@ -1,18 +1,22 @@
-//! [`Store`] logic over an ordered key-value backend.
+//! [`Store`] logic over an ordered key-value backend with an envelope log.
 //!
-//! One ordered keyspace; the first key byte names the table. Each `Store` method reads under a
-//! mutex, builds one batch of puts and deletes and applies it atomically, so every method is
-//! atomic against concurrent callers and across crashes (the backend applies batches
-//! atomically). The mutex is held only for in-memory work and page-cache writes, never across a
-//! disk sync.
+//! Envelopes are not in the keyspace: each queued envelope is one [`LogOp::Enqueue`] record in
+//! the backend's log (which keeps the ciphertext), its removal (ack, expiry, mailbox deletion)
+//! one more record, and the queues are an in-memory index ([`Queues`]) rebuilt from those
+//! records when the store opens. A `Send` therefore costs one log append and a share of the
+//! group commit's sync, and no write to the keyspace.
+//!
+//! Everything else is in one ordered keyspace; the first key byte names the table. Each `Store`
+//! method reads under a mutex, builds one batch of puts and deletes plus its log records and
+//! hands them to the backend as one atomic unit ([`KvBackend::apply_logged`]), so every method
+//! is atomic against concurrent callers and across crashes. The mutex is held only for
+//! in-memory work, never across a disk sync.
 //!
 //! | table | key | value |
 //! |---|---|---|
 //! | `M` mailbox | recv_id | [`MailboxRec`] |
 //! | `S` send index | send_id | recv_id |
-//! | `Q` queue | recv_id, seq | [`QueuedRec`] |
-//! | `E` envelope index | recv_id, envelope_id | seq |
-//! | `X` expiry index | expires_at, kind, rest | empty |
+//! | `X` expiry index (tombstones, blobs) | expires_at, kind, rest | empty |
 //! | `T` tombstone | recv_id, envelope_id | until |
 //! | `P` prekey bundle | recv_id | bundle |
 //! | `O` one-time prekey | recv_id, kind, counter | prekey |
@@ -21,12 +25,15 @@
 //! | `C` blob chunk | blob_id, chunk index | bytes |
 //! | `G` global counters | name | u64 (total declared blob bytes) |
 //!
-//! Integers in keys are big-endian so that key order is numeric order.
+//! Integers in keys are big-endian so that key order is numeric order. Sequence numbers are
+//! global (one counter for all mailboxes, never reused: the backend's [`KvBackend::seq_floor`]
+//! survives restarts), so they are strictly increasing per mailbox but not dense.
 
 use std::sync::{Mutex, MutexGuard};
 
 use prost::Message;
 
+use super::queue::{Entry, Queues};
 use super::{
     BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published,
     Queued, Store, StoreError, Swept, TakenPrekeys,
@@ -38,20 +45,120 @@ pub type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 /// Entries returned by [`KvBackend::scan`], in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// An ordered byte-key store that applies batches atomically.
+/// Where an envelope body is kept in a backend's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BodyRef {
+    /// Log segment number.
+    pub segment: u64,
+    /// Byte offset of the body in the segment.
+    pub offset: u64,
+    /// Body length in bytes.
+    pub len: u32,
+}
+
+/// A record written to the backend's log only (never to the keyspace): the envelope queues.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogOp<'a> {
+    /// An envelope queued (or, during compaction, a live one copied forward).
+    Enqueue {
+        /// Mailbox.
+        recv_id: Id,
+        /// Queue position.
+        seq: u64,
+        /// Sender-chosen id.
+        envelope_id: Id,
+        /// Expiry, Unix seconds.
+        expires_at: u64,
+        /// The body.
+        ciphertext: &'a [u8],
+    },
+    /// An envelope acked or expired.
+    Remove {
+        /// Mailbox.
+        recv_id: Id,
+        /// Queue position.
+        seq: u64,
+    },
+    /// A mailbox deleted with its whole queue.
+    DropMailbox {
+        /// Mailbox.
+        recv_id: Id,
+    },
+}
+
+/// A log record found when the backend opened, in log order, for rebuilding the queues.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recovered {
+    /// See [`LogOp::Enqueue`]; the body stays in the log.
+    Enqueue {
+        /// Mailbox.
+        recv_id: Id,
+        /// Queue position.
+        seq: u64,
+        /// Sender-chosen id.
+        envelope_id: Id,
+        /// Expiry, Unix seconds.
+        expires_at: u64,
+        /// Where the body is.
+        body: BodyRef,
+    },
+    /// See [`LogOp::Remove`].
+    Remove {
+        /// Mailbox.
+        recv_id: Id,
+        /// Queue position.
+        seq: u64,
+    },
+    /// See [`LogOp::DropMailbox`].
+    DropMailbox {
+        /// Mailbox.
+        recv_id: Id,
+    },
+}
+
+/// The oldest log segment, offered for compaction by [`KvBackend::compaction_candidate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The oldest segment; it is no longer written to and its keyspace writes are checkpointed,
+    /// so it can be deleted as soon as it holds no queued envelope.
+    pub segment: u64,
+    /// Segments on disk.
+    pub segments: u64,
+    /// Nominal size of a segment in bytes.
+    pub segment_size: u64,
+}
+
+/// An ordered byte-key store that applies batches atomically, with a log for envelope bodies.
 pub trait KvBackend: Send + Sync + 'static {
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Up to `limit` entries with `start <= key < end`, in key order.
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError>;
     /// Applies all writes atomically (also across a crash), in order.
-    fn apply(&self, batch: Batch) -> Result<(), StoreError>;
-    /// Makes every applied batch durable (see [`Store::sync`]).
-    fn sync(&self) -> Result<(), StoreError>;
-    /// Makes every applied batch durable and compacts recovery data (see
-    /// [`Store::checkpoint`]).
-    fn checkpoint(&self) -> Result<(), StoreError> {
-        self.sync()
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        self.apply_logged(batch, &[]).map(|_| ())
+    }
+    /// Applies `batch` and appends `ops` to the log as one atomic unit (also across a crash),
+    /// in the order of calls. Returns the body location of each [`LogOp::Enqueue`], in order.
+    fn apply_logged(&self, batch: Batch, ops: &[LogOp<'_>]) -> Result<Vec<BodyRef>, StoreError>;
+    /// A body written by [`KvBackend::apply_logged`]; `None` if its segment was reclaimed
+    /// meanwhile (the envelope was removed since the caller looked it up).
+    fn read_body(&self, body: &BodyRef) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The log records found on open, in log order (taken once; empty afterwards).
+    fn take_recovered(&self) -> Vec<Recovered>;
+    /// A sequence number higher than any handed out before this backend was opened.
+    fn seq_floor(&self) -> u64;
+    /// Makes every applied batch and log record durable (see [`Store::sync`]). Log segments
+    /// older than `oldest_live` (the oldest one holding a queued envelope, as of before this
+    /// call) may be reclaimed.
+    fn sync(&self, oldest_live: Option<u64>) -> Result<(), StoreError>;
+    /// Makes everything durable and compacts recovery data (see [`Store::checkpoint`]).
+    fn checkpoint(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
+        self.sync(oldest_live)
+    }
+    /// The oldest log segment if it could be reclaimed once empty (see [`Candidate`]).
+    fn compaction_candidate(&self) -> Option<Candidate> {
+        None
     }
 }
 
@@ -60,8 +167,6 @@ pub const BLOB_STORE_CHUNK: usize = 256 * 1024;
 
 const T_MAILBOX: u8 = b'M';
 const T_SEND: u8 = b'S';
-const T_QUEUE: u8 = b'Q';
-const T_ENV: u8 = b'E';
 const T_EXPIRY: u8 = b'X';
 const T_TOMB: u8 = b'T';
 const T_BUNDLE: u8 = b'P';
@@ -73,7 +178,6 @@ const T_CHUNK: u8 = b'C';
 /// blob-store quota.
 const G_BLOB_BYTES: &[u8] = b"Gblob-bytes";
 
-const X_ENVELOPE: u8 = 1;
 const X_TOMBSTONE: u8 = 2;
 const X_BLOB: u8 = 3;
 
@@ -100,16 +204,6 @@ struct MailboxRec {
     one_time_count: u64,
     #[prost(uint64, tag = "9")]
     one_time_kem_count: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct QueuedRec {
-    #[prost(bytes = "vec", tag = "1")]
-    envelope_id: Vec<u8>,
-    #[prost(uint64, tag = "2")]
-    expires_at: u64,
-    #[prost(bytes = "vec", tag = "3")]
-    ciphertext: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -187,11 +281,20 @@ impl MailboxRec {
     }
 }
 
-/// [`Store`] over any [`KvBackend`]; see the module table for the layout.
+/// [`Store`] over any [`KvBackend`]; see the module docs for the layout.
 pub struct KvStore<B> {
     backend: B,
-    lock: Mutex<()>,
+    lock: Mutex<State>,
 }
+
+/// What the store lock guards besides the backend's atomic batches.
+struct State {
+    queues: Queues,
+    next_seq: u64,
+}
+
+/// Most body bytes one compaction step copies forward.
+const COMPACT_STEP_BYTES: u64 = 4 * 1024 * 1024;
 
 impl<B: KvBackend> std::fmt::Debug for KvStore<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,11 +303,41 @@ impl<B: KvBackend> std::fmt::Debug for KvStore<B> {
 }
 
 impl<B: KvBackend> KvStore<B> {
-    /// A store over `backend`.
+    /// A store over `backend`; rebuilds the envelope queues from the backend's log.
     pub fn new(backend: B) -> Self {
+        let mut queues = Queues::default();
+        let mut next_seq = backend.seq_floor().max(1);
+        for record in backend.take_recovered() {
+            match record {
+                Recovered::Enqueue {
+                    recv_id,
+                    seq,
+                    envelope_id,
+                    expires_at,
+                    body,
+                } => {
+                    next_seq = next_seq.max(seq.saturating_add(1));
+                    queues.insert(
+                        recv_id,
+                        seq,
+                        Entry {
+                            envelope_id,
+                            expires_at,
+                            body,
+                        },
+                    );
+                }
+                Recovered::Remove { recv_id, seq } => {
+                    queues.remove(&recv_id, seq);
+                }
+                Recovered::DropMailbox { recv_id } => {
+                    queues.drop_mailbox(&recv_id);
+                }
+            }
+        }
         Self {
             backend,
-            lock: Mutex::new(()),
+            lock: Mutex::new(State { queues, next_seq }),
         }
     }
 
@@ -213,9 +346,10 @@ impl<B: KvBackend> KvStore<B> {
         &self.backend
     }
 
-    fn guard(&self) -> MutexGuard<'_, ()> {
-        // The guarded state lives in the backend, whose batches are atomic: a panic while the
-        // lock was held cannot have left it half-written, so a poisoned lock is safe to reuse.
+    fn guard(&self) -> MutexGuard<'_, State> {
+        // The backend's batches are atomic and the in-memory index is updated only after the
+        // backend accepted a change, with no fallible step in between: a panic while the lock
+        // was held cannot have left them half-written, so a poisoned lock is safe to reuse.
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -226,30 +360,82 @@ impl<B: KvBackend> KvStore<B> {
             .transpose()
     }
 
-    fn queued_rec(&self, recv_id: &Id, seq: u64) -> Result<Option<QueuedRec>, StoreError> {
-        self.backend
-            .get(&key(T_QUEUE, &[recv_id, &seq.to_be_bytes()]))?
-            .map(|v| decode(&v))
-            .transpose()
+    fn with_usage(&self, recv_id: &Id, rec: &MailboxRec) -> Result<Mailbox, StoreError> {
+        let mut m = rec.to_mailbox()?;
+        (m.queued_count, m.queued_bytes) = self.guard().queues.usage(recv_id);
+        Ok(m)
     }
 
-    /// Adds deletion of one queued envelope (queue entry, index, expiry entry) to `batch`.
-    fn delete_queued(batch: &mut Batch, recv_id: &Id, seq: u64, rec: &QueuedRec) {
-        let seq_be = seq.to_be_bytes();
-        batch.push((key(T_QUEUE, &[recv_id, &seq_be]), None));
-        batch.push((key(T_ENV, &[recv_id, &rec.envelope_id]), None));
-        batch.push((
-            key(
-                T_EXPIRY,
-                &[
-                    &rec.expires_at.to_be_bytes(),
-                    &[X_ENVELOPE],
-                    recv_id,
-                    &seq_be,
-                ],
-            ),
-            None,
-        ));
+    /// Copies up to [`COMPACT_STEP_BYTES`] of live envelopes out of the oldest log segment if
+    /// that segment is mostly dead, or if the log holds much more than the live envelopes.
+    /// Returns how many were copied. Bodies are read without holding the store lock.
+    fn compact_step(&self) -> Result<u64, StoreError> {
+        let Some(c) = self.backend.compaction_candidate() else {
+            return Ok(0);
+        };
+        let planned: Vec<(Id, u64, Entry)> = {
+            let state = self.guard();
+            let live = state.queues.live_in(c.segment);
+            let mostly_dead = live.bytes.saturating_mul(2) <= c.segment_size;
+            let log_bytes = c.segments.saturating_mul(c.segment_size);
+            let bloated = log_bytes
+                > state
+                    .queues
+                    .total_bytes()
+                    .saturating_mul(2)
+                    .saturating_add(c.segment_size.saturating_mul(2));
+            if live.count == 0 || (!mostly_dead && !bloated) {
+                return Ok(0);
+            }
+            let mut bytes = 0u64;
+            let mut planned = Vec::new();
+            for (recv_id, seq) in state.queues.in_segment(c.segment, 65_536) {
+                if bytes >= COMPACT_STEP_BYTES {
+                    break;
+                }
+                if let Some(entry) = state
+                    .queues
+                    .queue(&recv_id)
+                    .and_then(|q| q.entries.get(&seq))
+                {
+                    bytes += u64::from(entry.body.len);
+                    planned.push((recv_id, seq, *entry));
+                }
+            }
+            planned
+        };
+        let mut read = Vec::with_capacity(planned.len());
+        for (recv_id, seq, entry) in planned {
+            // `None`: removed meanwhile and its segment already reclaimed.
+            if let Some(body) = self.backend.read_body(&entry.body)? {
+                read.push((recv_id, seq, entry, body));
+            }
+        }
+        let mut state = self.guard();
+        // Copy only what is still queued unchanged (not acked, expired or moved meanwhile).
+        read.retain(|(recv_id, seq, entry, _)| {
+            state.queues.queue(recv_id).and_then(|q| q.entries.get(seq)) == Some(entry)
+        });
+        if read.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<LogOp<'_>> = read
+            .iter()
+            .map(|(recv_id, seq, entry, body)| LogOp::Enqueue {
+                recv_id: *recv_id,
+                seq: *seq,
+                envelope_id: entry.envelope_id,
+                expires_at: entry.expires_at,
+                ciphertext: body,
+            })
+            .collect();
+        let refs = self.backend.apply_logged(Batch::new(), &ops)?;
+        for ((recv_id, seq, entry, _), body) in read.iter().zip(refs) {
+            state
+                .queues
+                .insert(*recv_id, *seq, Entry { body, ..*entry });
+        }
+        Ok(read.len() as u64)
     }
 
     fn blob_rec(&self, blob_id: &Id) -> Result<Option<BlobRec>, StoreError> {
@@ -324,7 +510,7 @@ impl<B: KvBackend> Store for KvStore<B> {
 
     fn mailbox(&self, recv_id: &Id) -> Result<Option<Mailbox>, StoreError> {
         self.mailbox_rec(recv_id)?
-            .map(|r| r.to_mailbox())
+            .map(|r| self.with_usage(recv_id, &r))
             .transpose()
     }
 
@@ -350,7 +536,7 @@ impl<B: KvBackend> Store for KvStore<B> {
     }
 
     fn delete_mailbox(&self, recv_id: &Id) -> Result<bool, StoreError> {
-        let _g = self.guard();
+        let mut state = self.guard();
         let Some(rec) = self.mailbox_rec(recv_id)? else {
             return Ok(false);
         };
@@ -359,11 +545,6 @@ impl<B: KvBackend> Store for KvStore<B> {
             (key(T_SEND, &[&rec.send_id]), None),
             (key(T_BUNDLE, &[recv_id]), None),
         ];
-        let q = key(T_QUEUE, &[recv_id]);
-        for (k, v) in self.backend.scan(&q, &prefix_end(&q), usize::MAX)? {
-            let seq = u64_of(k.get(1 + 16..).ok_or(StoreError::Corrupt)?)?;
-            Self::delete_queued(&mut batch, recv_id, seq, &decode(&v)?);
-        }
         for table in [T_TOMB, T_ONETIME] {
             let p = key(table, &[recv_id]);
             for (k, v) in self.backend.scan(&p, &prefix_end(&p), usize::MAX)? {
@@ -381,7 +562,9 @@ impl<B: KvBackend> Store for KvStore<B> {
                 batch.push((k, None));
             }
         }
-        self.backend.apply(batch)?;
+        self.backend
+            .apply_logged(batch, &[LogOp::DropMailbox { recv_id: *recv_id }])?;
+        state.queues.drop_mailbox(recv_id);
         Ok(true)
     }
 
@@ -391,50 +574,45 @@ impl<B: KvBackend> Store for KvStore<B> {
         envelope: &NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<Enqueued, StoreError> {
-        let _g = self.guard();
-        let Some(mut rec) = self.mailbox_rec(recv_id)? else {
+        let mut state = self.guard();
+        if self.mailbox_rec(recv_id)?.is_none() {
             return Ok(Enqueued::NoMailbox);
-        };
-        let env_key = key(T_ENV, &[recv_id, &envelope.envelope_id]);
-        if self.backend.get(&env_key)?.is_some() {
+        }
+        if state
+            .queues
+            .queue(recv_id)
+            .is_some_and(|q| q.by_id.contains_key(&envelope.envelope_id))
+        {
             return Ok(Enqueued::Duplicate);
         }
+        let (count, bytes) = state.queues.usage(recv_id);
         let len = envelope.ciphertext.len() as u64;
-        if rec.queued_count >= quota.max_envelopes
-            || rec.queued_bytes.saturating_add(len) > quota.max_bytes
-        {
+        if count >= quota.max_envelopes || bytes.saturating_add(len) > quota.max_bytes {
             return Ok(Enqueued::QuotaExceeded);
         }
-        let seq = rec.next_seq.max(1);
-        rec.next_seq = seq + 1;
-        rec.queued_count += 1;
-        rec.queued_bytes += len;
-        let seq_be = seq.to_be_bytes();
-        let queued = QueuedRec {
-            envelope_id: envelope.envelope_id.to_vec(),
+        let seq = state.next_seq;
+        let op = LogOp::Enqueue {
+            recv_id: *recv_id,
+            seq,
+            envelope_id: envelope.envelope_id,
             expires_at: envelope.expires_at,
-            ciphertext: envelope.ciphertext.clone(),
+            ciphertext: &envelope.ciphertext,
         };
-        self.backend.apply(vec![
-            (
-                key(T_QUEUE, &[recv_id, &seq_be]),
-                Some(queued.encode_to_vec()),
-            ),
-            (env_key, Some(seq_be.to_vec())),
-            (
-                key(
-                    T_EXPIRY,
-                    &[
-                        &envelope.expires_at.to_be_bytes(),
-                        &[X_ENVELOPE],
-                        recv_id,
-                        &seq_be,
-                    ],
-                ),
-                Some(Vec::new()),
-            ),
-            (key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())),
-        ])?;
+        let body = self
+            .backend
+            .apply_logged(Batch::new(), &[op])?
+            .pop()
+            .ok_or(StoreError::Corrupt)?;
+        state.next_seq = seq + 1;
+        state.queues.insert(
+            *recv_id,
+            seq,
+            Entry {
+                envelope_id: envelope.envelope_id,
+                expires_at: envelope.expires_at,
+                body,
+            },
+        );
         Ok(Enqueued::Queued(seq))
     }
 
@@ -445,76 +623,66 @@ impl<B: KvBackend> Store for KvStore<B> {
         limit: usize,
         now: u64,
     ) -> Result<(Vec<Queued>, bool), StoreError> {
-        let start = key(
-            T_QUEUE,
-            &[recv_id, &after_seq.saturating_add(1).to_be_bytes()],
-        );
-        let end = prefix_end(&key(T_QUEUE, &[recv_id]));
-        let mut out = Vec::new();
-        let mut cursor = start;
-        // Expired entries not yet swept are skipped; scan in pages until `limit + 1` live ones.
-        loop {
-            let page = self.backend.scan(&cursor, &end, limit.saturating_add(1))?;
-            let exhausted = page.len() <= limit;
-            for (k, v) in &page {
-                let seq = u64_of(k.get(1 + 16..).ok_or(StoreError::Corrupt)?)?;
-                let rec: QueuedRec = decode(v)?;
-                if rec.expires_at <= now {
-                    continue;
-                }
-                if out.len() == limit {
-                    return Ok((out, true));
-                }
-                out.push(Queued {
-                    seq,
-                    envelope: NewEnvelope {
-                        envelope_id: id_of(&rec.envelope_id)?,
-                        expires_at: rec.expires_at,
-                        ciphertext: rec.ciphertext,
-                    },
-                });
-            }
-            match page.last() {
-                Some((last, _)) if !exhausted => {
-                    cursor = last.clone();
-                    cursor.push(0);
-                }
-                _ => return Ok((out, false)),
-            }
+        // Expired entries not yet swept are skipped. One more than `limit` tells whether more
+        // follow.
+        let found: Vec<(u64, Entry)> = {
+            let state = self.guard();
+            let Some(q) = state.queues.queue(recv_id) else {
+                return Ok((Vec::new(), false));
+            };
+            q.entries
+                .range(after_seq.saturating_add(1)..)
+                .filter(|(_, e)| e.expires_at > now)
+                .take(limit.saturating_add(1))
+                .map(|(s, e)| (*s, *e))
+                .collect()
+        };
+        let more = found.len() > limit;
+        let mut out = Vec::with_capacity(found.len().min(limit));
+        for (seq, entry) in found.into_iter().take(limit) {
+            // Bodies are read outside the lock; one whose segment was reclaimed meanwhile was
+            // acked or expired since, and is skipped.
+            let Some(ciphertext) = self.backend.read_body(&entry.body)? else {
+                continue;
+            };
+            out.push(Queued {
+                seq,
+                envelope: NewEnvelope {
+                    envelope_id: entry.envelope_id,
+                    expires_at: entry.expires_at,
+                    ciphertext,
+                },
+            });
         }
+        Ok((out, more))
     }
 
     fn ack(&self, recv_id: &Id, envelope_ids: &[Id]) -> Result<u64, StoreError> {
-        let _g = self.guard();
-        let Some(mut rec) = self.mailbox_rec(recv_id)? else {
+        let mut state = self.guard();
+        let Some(q) = state.queues.queue(recv_id) else {
             return Ok(0);
         };
-        let mut batch = Batch::new();
-        let mut deleted = 0;
-        let mut seen = std::collections::HashSet::new();
-        for id in envelope_ids {
-            if !seen.insert(*id) {
-                continue;
-            }
-            let Some(seq) = self.backend.get(&key(T_ENV, &[recv_id, id]))? else {
-                continue;
-            };
-            let seq = u64_of(&seq)?;
-            let Some(queued) = self.queued_rec(recv_id, seq)? else {
-                continue;
-            };
-            Self::delete_queued(&mut batch, recv_id, seq, &queued);
-            rec.queued_count = rec.queued_count.saturating_sub(1);
-            rec.queued_bytes = rec
-                .queued_bytes
-                .saturating_sub(queued.ciphertext.len() as u64);
-            deleted += 1;
+        let mut seqs: Vec<u64> = envelope_ids
+            .iter()
+            .filter_map(|id| q.by_id.get(id).copied())
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        if seqs.is_empty() {
+            return Ok(0);
         }
-        if deleted > 0 {
-            batch.push((key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())));
-            self.backend.apply(batch)?;
+        let ops: Vec<LogOp<'_>> = seqs
+            .iter()
+            .map(|seq| LogOp::Remove {
+                recv_id: *recv_id,
+                seq: *seq,
+            })
+            .collect();
+        self.backend.apply_logged(Batch::new(), &ops)?;
+        for seq in &seqs {
+            state.queues.remove(recv_id, *seq);
         }
-        Ok(deleted)
+        Ok(seqs.len() as u64)
     }
 
     fn envelope_states(
@@ -523,14 +691,23 @@ impl<B: KvBackend> Store for KvStore<B> {
         envelope_ids: &[Id],
         now: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
+        let queued: Vec<Option<u64>> = {
+            let state = self.guard();
+            let q = state.queues.queue(recv_id);
+            envelope_ids
+                .iter()
+                .map(|id| {
+                    q.and_then(|q| q.by_id.get(id))
+                        .and_then(|seq| q.and_then(|q| q.entries.get(seq)))
+                        .map(|e| e.expires_at)
+                })
+                .collect()
+        };
         let mut out = Vec::with_capacity(envelope_ids.len());
-        for id in envelope_ids {
-            let state = match self.backend.get(&key(T_ENV, &[recv_id, id]))? {
-                Some(seq) => match self.queued_rec(recv_id, u64_of(&seq)?)? {
-                    Some(q) if q.expires_at <= now => Delivery::ExpiredUndelivered,
-                    Some(_) => Delivery::Pending,
-                    None => Delivery::Unknown,
-                },
+        for (id, expires_at) in envelope_ids.iter().zip(queued) {
+            let state = match expires_at {
+                Some(at) if at <= now => Delivery::ExpiredUndelivered,
+                Some(_) => Delivery::Pending,
                 None => match self.backend.get(&key(T_TOMB, &[recv_id, id]))? {
                     Some(until) if u64_of(&until)? > now => Delivery::ExpiredUndelivered,
                     _ => Delivery::Unknown,
@@ -767,57 +944,47 @@ impl<B: KvBackend> Store for KvStore<B> {
     }
 
     fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError> {
-        let _g = self.guard();
-        let start = [T_EXPIRY];
-        let end = key(T_EXPIRY, &[&now.saturating_add(1).to_be_bytes()]);
+        let mut state = self.guard();
         let mut swept = Swept::default();
         let mut batch = Batch::new();
-        let mut mailboxes: std::collections::HashMap<Id, MailboxRec> = Default::default();
+        let mut ops = Vec::new();
+        let until = now.saturating_add(tombstone_secs);
+        let expired = state.queues.expired(now, budget);
+        for (recv_id, seq) in &expired {
+            let Some(entry) = state.queues.queue(recv_id).and_then(|q| q.entries.get(seq)) else {
+                continue;
+            };
+            ops.push(LogOp::Remove {
+                recv_id: *recv_id,
+                seq: *seq,
+            });
+            batch.push((
+                key(T_TOMB, &[recv_id, &entry.envelope_id]),
+                Some(until.to_be_bytes().to_vec()),
+            ));
+            batch.push((
+                key(
+                    T_EXPIRY,
+                    &[
+                        &until.to_be_bytes(),
+                        &[X_TOMBSTONE],
+                        recv_id,
+                        &entry.envelope_id,
+                    ],
+                ),
+                Some(Vec::new()),
+            ));
+            swept.envelopes += 1;
+        }
+        let start = [T_EXPIRY];
+        let end = key(T_EXPIRY, &[&now.saturating_add(1).to_be_bytes()]);
         let mut blob_bytes_freed = 0u64;
-        for (k, _) in self.backend.scan(&start, &end, budget)? {
+        let rest_budget = budget.saturating_sub(expired.len());
+        for (k, _) in self.backend.scan(&start, &end, rest_budget)? {
             batch.push((k.clone(), None));
             let kind = *k.get(9).ok_or(StoreError::Corrupt)?;
             let rest = k.get(10..).ok_or(StoreError::Corrupt)?;
             match kind {
-                X_ENVELOPE => {
-                    let recv_id = id_of(rest.get(..16).ok_or(StoreError::Corrupt)?)?;
-                    let seq = u64_of(rest.get(16..).ok_or(StoreError::Corrupt)?)?;
-                    let Some(queued) = self.queued_rec(&recv_id, seq)? else {
-                        continue;
-                    };
-                    Self::delete_queued(&mut batch, &recv_id, seq, &queued);
-                    let rec = match mailboxes.entry(recv_id) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            match self.mailbox_rec(&recv_id)? {
-                                Some(r) => v.insert(r),
-                                None => continue,
-                            }
-                        }
-                    };
-                    rec.queued_count = rec.queued_count.saturating_sub(1);
-                    rec.queued_bytes = rec
-                        .queued_bytes
-                        .saturating_sub(queued.ciphertext.len() as u64);
-                    let until = now.saturating_add(tombstone_secs);
-                    batch.push((
-                        key(T_TOMB, &[&recv_id, &queued.envelope_id]),
-                        Some(until.to_be_bytes().to_vec()),
-                    ));
-                    batch.push((
-                        key(
-                            T_EXPIRY,
-                            &[
-                                &until.to_be_bytes(),
-                                &[X_TOMBSTONE],
-                                &recv_id,
-                                &queued.envelope_id,
-                            ],
-                        ),
-                        Some(Vec::new()),
-                    ));
-                    swept.envelopes += 1;
-                }
                 X_TOMBSTONE => {
                     let tomb = key(T_TOMB, &[rest]);
                     // Only delete the tombstone this index entry belongs to.
@@ -843,20 +1010,26 @@ impl<B: KvBackend> Store for KvStore<B> {
             let total = self.blob_total()?.saturating_sub(blob_bytes_freed);
             batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
         }
-        for (recv_id, rec) in mailboxes {
-            batch.push((key(T_MAILBOX, &[&recv_id]), Some(rec.encode_to_vec())));
+        if !batch.is_empty() || !ops.is_empty() {
+            self.backend.apply_logged(batch, &ops)?;
+            for (recv_id, seq) in &expired {
+                state.queues.remove(recv_id, *seq);
+            }
         }
-        if !batch.is_empty() {
-            self.backend.apply(batch)?;
-        }
+        drop(state);
+        swept.compacted = self.compact_step()?;
         Ok(swept)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.backend.sync()
+        // Read before the backend freezes its pending records: every removal visible now is in
+        // what this sync makes durable, so segments older than this are safe to reclaim.
+        let oldest_live = self.guard().queues.oldest_live_segment();
+        self.backend.sync(oldest_live)
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
-        self.backend.checkpoint()
+        let oldest_live = self.guard().queues.oldest_live_segment();
+        self.backend.checkpoint(oldest_live)
     }
 }

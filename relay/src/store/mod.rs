@@ -30,9 +30,12 @@
 
 mod kv;
 mod memory;
+mod queue;
 mod sled_backend;
 
-pub use kv::{BLOB_STORE_CHUNK, Batch, Entries, KvBackend, KvStore};
+pub use kv::{
+    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp, Recovered,
+};
 pub use memory::MemoryBackend;
 pub use sled_backend::{DEFAULT_WAL_SIZE, MIN_WAL_SIZE, SledBackend};
 
@@ -41,7 +44,7 @@ use thiserror::Error;
 /// Length of ids (mailbox, envelope, blob).
 pub type Id = [u8; handover_proto::limits::ID_LEN];
 
-/// The embedded, durable store (sled plus a write-ahead log; see docs/OPERATIONS.md).
+/// The embedded, durable store (envelope log segments plus sled; see docs/OPERATIONS.md).
 pub type SledStore = KvStore<SledBackend>;
 
 /// The in-memory twin of [`SledStore`] for tests and benches. `sync` is a no-op.
@@ -186,6 +189,9 @@ pub struct Swept {
     pub tombstones: u64,
     /// Expired (or abandoned) blobs deleted.
     pub blobs: u64,
+    /// Queued envelopes copied out of a mostly dead log segment so it can be reclaimed (the
+    /// copies become durable with the next sync).
+    pub compacted: u64,
 }
 
 /// The storage contract of the relay. See the [module docs](self) for the guarantees every

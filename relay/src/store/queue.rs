@@ -1,0 +1,197 @@
+//! The in-memory index of queued envelopes.
+//!
+//! Envelope bodies live in the backend's log ([`BodyRef`]); this index holds, per mailbox, the
+//! queue (sequence number → envelope id, expiry, body location), the envelope-id lookup used for
+//! duplicate detection and acks, a global expiry index for the sweeper, and per-segment live
+//! counts for log reclamation. It is rebuilt from the log when the store opens.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::Id;
+use super::kv::BodyRef;
+
+/// One queued envelope, without its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) envelope_id: Id,
+    pub(super) expires_at: u64,
+    pub(super) body: BodyRef,
+}
+
+/// One mailbox's queue.
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    pub(super) entries: BTreeMap<u64, Entry>,
+    pub(super) by_id: HashMap<Id, u64>,
+    pub(super) bytes: u64,
+}
+
+/// Live envelopes of one log segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Live {
+    pub(super) count: u64,
+    pub(super) bytes: u64,
+}
+
+/// All queues.
+#[derive(Debug, Default)]
+pub(super) struct Queues {
+    queues: HashMap<Id, Queue>,
+    /// (expires_at, recv_id, seq) of every queued envelope.
+    expiry: BTreeSet<(u64, Id, u64)>,
+    /// (segment, recv_id, seq) of every queued envelope.
+    by_segment: BTreeSet<(u64, Id, u64)>,
+    live: BTreeMap<u64, Live>,
+    total_bytes: u64,
+}
+
+impl Queues {
+    pub(super) fn queue(&self, recv_id: &Id) -> Option<&Queue> {
+        self.queues.get(recv_id)
+    }
+
+    /// (count, bytes) queued in a mailbox.
+    pub(super) fn usage(&self, recv_id: &Id) -> (u64, u64) {
+        self.queues
+            .get(recv_id)
+            .map_or((0, 0), |q| (q.entries.len() as u64, q.bytes))
+    }
+
+    /// Inserts (or, for a rewritten copy, replaces) an entry.
+    pub(super) fn insert(&mut self, recv_id: Id, seq: u64, entry: Entry) {
+        self.remove(&recv_id, seq);
+        let q = self.queues.entry(recv_id).or_default();
+        q.entries.insert(seq, entry);
+        q.by_id.insert(entry.envelope_id, seq);
+        q.bytes += u64::from(entry.body.len);
+        self.expiry.insert((entry.expires_at, recv_id, seq));
+        self.by_segment.insert((entry.body.segment, recv_id, seq));
+        let live = self.live.entry(entry.body.segment).or_default();
+        live.count += 1;
+        live.bytes += u64::from(entry.body.len);
+        self.total_bytes += u64::from(entry.body.len);
+    }
+
+    /// Removes an entry; returns it if it was queued.
+    pub(super) fn remove(&mut self, recv_id: &Id, seq: u64) -> Option<Entry> {
+        let q = self.queues.get_mut(recv_id)?;
+        let entry = q.entries.remove(&seq)?;
+        if q.by_id.get(&entry.envelope_id) == Some(&seq) {
+            q.by_id.remove(&entry.envelope_id);
+        }
+        let len = u64::from(entry.body.len);
+        q.bytes = q.bytes.saturating_sub(len);
+        if q.entries.is_empty() {
+            self.queues.remove(recv_id);
+        }
+        self.expiry.remove(&(entry.expires_at, *recv_id, seq));
+        self.by_segment.remove(&(entry.body.segment, *recv_id, seq));
+        if let Some(live) = self.live.get_mut(&entry.body.segment) {
+            live.count = live.count.saturating_sub(1);
+            live.bytes = live.bytes.saturating_sub(len);
+            if live.count == 0 {
+                self.live.remove(&entry.body.segment);
+            }
+        }
+        self.total_bytes = self.total_bytes.saturating_sub(len);
+        Some(entry)
+    }
+
+    /// Removes a mailbox's whole queue; returns the removed sequence numbers.
+    pub(super) fn drop_mailbox(&mut self, recv_id: &Id) -> Vec<u64> {
+        let seqs: Vec<u64> = self
+            .queues
+            .get(recv_id)
+            .map(|q| q.entries.keys().copied().collect())
+            .unwrap_or_default();
+        for seq in &seqs {
+            self.remove(recv_id, *seq);
+        }
+        seqs
+    }
+
+    /// Up to `limit` (recv_id, seq, entry) of envelopes with `expires_at <= now`, soonest first.
+    pub(super) fn expired(&self, now: u64, limit: usize) -> Vec<(Id, u64)> {
+        self.expiry
+            .range(..=(now, [0xff; 16], u64::MAX))
+            .take(limit)
+            .map(|(_, r, s)| (*r, *s))
+            .collect()
+    }
+
+    /// The oldest log segment holding a queued envelope.
+    pub(super) fn oldest_live_segment(&self) -> Option<u64> {
+        self.live.keys().next().copied()
+    }
+
+    /// Live envelopes in `segment`.
+    pub(super) fn live_in(&self, segment: u64) -> Live {
+        self.live.get(&segment).copied().unwrap_or_default()
+    }
+
+    /// Total bytes of all queued bodies.
+    pub(super) fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Up to `limit` (recv_id, seq) of envelopes whose body is in `segment`.
+    pub(super) fn in_segment(&self, segment: u64, limit: usize) -> Vec<(Id, u64)> {
+        self.by_segment
+            .range((segment, [0; 16], 0)..=(segment, [0xff; 16], u64::MAX))
+            .take(limit)
+            .map(|(_, r, s)| (*r, *s))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8, expires_at: u64, segment: u64) -> Entry {
+        Entry {
+            envelope_id: [n; 16],
+            expires_at,
+            body: BodyRef {
+                segment,
+                offset: u64::from(n) * 100,
+                len: 10,
+            },
+        }
+    }
+
+    #[test]
+    fn accounting_follows_inserts_and_removals() {
+        let mut q = Queues::default();
+        let a = [1u8; 16];
+        let b = [2u8; 16];
+        q.insert(a, 1, entry(1, 50, 3));
+        q.insert(a, 2, entry(2, 40, 4));
+        q.insert(b, 3, entry(3, 60, 4));
+        assert_eq!(q.usage(&a), (2, 20));
+        assert_eq!(q.oldest_live_segment(), Some(3));
+        assert_eq!(
+            q.live_in(4),
+            Live {
+                count: 2,
+                bytes: 20
+            }
+        );
+        assert_eq!(q.expired(50, 10), vec![(a, 2), (a, 1)]);
+        // A rewritten copy replaces the entry and moves it to its new segment.
+        q.insert(a, 1, entry(1, 50, 5));
+        assert_eq!(q.oldest_live_segment(), Some(4));
+        assert_eq!(q.usage(&a), (2, 20));
+        assert_eq!(q.total_bytes(), 30);
+        assert_eq!(q.in_segment(4, 10), vec![(a, 2), (b, 3)]);
+        assert_eq!(q.remove(&a, 2).map(|e| e.envelope_id), Some([2; 16]));
+        assert!(q.remove(&a, 2).is_none());
+        assert_eq!(q.drop_mailbox(&b), vec![3]);
+        assert_eq!(q.oldest_live_segment(), Some(5));
+        assert_eq!(q.total_bytes(), 10);
+        assert_eq!(q.drop_mailbox(&a), vec![1]);
+        assert_eq!(q.oldest_live_segment(), None);
+        assert!(q.queue(&a).is_none());
+        assert!(q.expired(u64::MAX, 10).is_empty());
+    }
+}
