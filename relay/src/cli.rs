@@ -88,7 +88,7 @@ pub struct Args {
     /// Idle timeout of QUIC connections, seconds [default: 60].
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
-    /// Size of each preallocated log segment of the store, MiB; a full segment starts the
+    /// Size of each log segment of the store, MiB; a full segment starts the
     /// next one and a background checkpoint [default: 64].
     #[arg(long)]
     pub wal_mib: Option<u64>,

@@ -25,8 +25,8 @@
 //!   `pwrite` and calls `fdatasync` once. Only then are the group's keyspace writes applied to
 //!   sled (one atomic sled batch with the group's last LSN), so sled never holds anything the
 //!   log does not; groups with no keyspace writes (sends, acks) skip sled entirely.
-//! - Segments (`seg-<16 hex digits>`) are preallocated with zeros in the background
-//!   (written under a temporary name, synced, renamed, directory synced), so a `fdatasync`
+//! - Segments (`seg-<16 hex digits>`) are created at their full size (sparse) in the
+//!   background (under a temporary name, synced, renamed, directory synced), so a `fdatasync`
 //!   never has to commit a size change except when a group spills past the nominal size.
 //!   When a group would start past the end of the active segment, the next one becomes active
 //!   and a background thread *checkpoints* sled (records the last LSN, `flush`, `fdatasync` of
@@ -545,8 +545,13 @@ fn segment_header(id: u64) -> Vec<u8> {
     h
 }
 
-/// Creates segment `id`, preallocated with zero blocks (not a sparse file, so that in-place
-/// writes need no metadata commit), durably: temporary name, sync, rename, directory sync.
+/// Creates segment `id` at its full size (`set_len`: a sparse file whose unwritten part reads
+/// as zeros), durably: temporary name, sync, rename, directory sync. Its size is fixed, so a
+/// log `fdatasync` never commits a size change; it does commit the allocation of the blocks
+/// the group wrote. Filling the segment with zeros instead (no allocation at sync time) was
+/// measured slower at the tail: writing 64 MiB of zeros every few seconds at high rates
+/// disturbed the foreground syncs on the same disk (docs/PERFORMANCE.md, "Segment
+/// creation").
 fn create_segment(dir: &Path, id: u64, size: u64) -> Result<File, StoreError> {
     let tmp = dir.join(format!("{}.tmp", segment_name(id)));
     let file = std::fs::OpenOptions::new()
@@ -556,13 +561,7 @@ fn create_segment(dir: &Path, id: u64, size: u64) -> Result<File, StoreError> {
         .truncate(true)
         .open(&tmp)
         .map_err(backend_err)?;
-    let zeros = vec![0u8; 1024 * 1024];
-    let mut at = 0;
-    while at < size {
-        let n = (size - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at).map_err(backend_err)?;
-        at += n as u64;
-    }
+    file.set_len(size).map_err(backend_err)?;
     file.write_all_at(&segment_header(id), 0)
         .map_err(backend_err)?;
     file.sync_all().map_err(backend_err)?;
@@ -632,7 +631,7 @@ struct Wal {
     segment_size: u64,
     /// The segment being written.
     active: (u64, Arc<File>),
-    /// The next segment, being preallocated.
+    /// The next segment, being created.
     spare: Option<JoinHandle<Result<(u64, File), StoreError>>>,
     /// The running background checkpoint and the segment number below which it covers.
     running: Option<(u64, JoinHandle<Result<(), StoreError>>)>,
