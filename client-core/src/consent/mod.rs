@@ -27,7 +27,9 @@ pub use gate::{Basis, ConsentCleared, GateError, check_offer};
 pub use kantara::{KANTARA_VERSION, kantara_json};
 pub use receipt::{LABEL_CONSENT_RECEIPT, ReceiptId, SCHEMA_VERSION, ShortId, SignedReceipt};
 pub use registry::{Disclosure, DisclosureLedger, PurgeStatus, ReceiptRegistry};
-pub use render::{Language, OverrideNotice, PreferredTerm, SurvivorCopy, render_survivor_copy};
+pub use render::{
+    Language, OverrideNotice, PreferredTerm, SurvivorCopy, render_survivor_copy, utc_date,
+};
 pub use state::{Consent, ConsentEvent};
 
 /// Errors from issuing, verifying and changing consent receipts.

@@ -535,7 +535,7 @@ fn days_text(language: Language, secs: u64) -> String {
 }
 
 /// `YYYY-MM-DD` (UTC) for Unix seconds; a format every reader of these languages understands.
-fn date(secs: u64) -> String {
+pub fn utc_date(secs: u64) -> String {
     // Civil-from-days (proleptic Gregorian calendar).
     let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
     let z = days + 719_468;
@@ -608,7 +608,7 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
     out.push(fill(
         t.intro,
         &[
-            ("date", &date(r.event_time)),
+            ("date", &utc_date(r.event_time)),
             ("controllers", &controllers.join(sep)),
         ],
     ));
@@ -634,7 +634,7 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
     };
     if let Some(status) = status {
         out.push(String::new());
-        out.push(fill(status, &[("date", &date(r.event_time))]));
+        out.push(fill(status, &[("date", &utc_date(r.event_time))]));
     }
     out.push(String::new());
     out.push(t.shared.to_owned());
@@ -678,7 +678,7 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
     if r.valid_until == 0 {
         out.push(t.valid_open.to_owned());
     } else {
-        out.push(fill(t.valid_until, &[("date", &date(r.valid_until))]));
+        out.push(fill(t.valid_until, &[("date", &utc_date(r.valid_until))]));
     }
     out.push(
         if r.onward_sharing {
@@ -712,7 +712,7 @@ pub fn render_survivor_copy(copy: &SurvivorCopy<'_>) -> String {
                 fill(
                     t.override_line,
                     &[
-                        ("date", &date(o.at)),
+                        ("date", &utc_date(o.at)),
                         ("org", &o.org_name),
                         ("sections", &sections_list(language, &o.sections)),
                         ("basis", &o.legal_basis),
