@@ -6,6 +6,9 @@
 //! The format is documented in docs/REFERRALS.md and shown in full in
 //! `cli/examples/referral.toml` and `cli/examples/consent.toml`. Unknown keys are refused, so
 //! a misspelt field is reported (with its line) instead of silently ignored.
+//!
+//! The form types hold case content (names, safe-contact details, code words), so none of them
+//! implements `Debug`: they cannot end up in a log line or a panic message by accident.
 
 use std::path::Path;
 
@@ -20,7 +23,7 @@ use crate::ui::{Outcome, fail};
 const DAY: u64 = 86_400;
 
 /// A referral file.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReferralFile {
     /// The receiving organisation: the name of one of its devices in `handover contacts`, or
@@ -105,7 +108,7 @@ fn default_kind() -> String {
     "referral".to_owned()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IdentityToml {
     name_or_alias: String,
@@ -128,7 +131,7 @@ struct IdentityToml {
     id_numbers: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SafeContactToml {
     safe_to_contact: bool,
@@ -146,7 +149,7 @@ struct SafeContactToml {
     details: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GuardianToml {
     #[serde(default)]
@@ -163,7 +166,7 @@ struct GuardianToml {
     not_informed_reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RiskToml {
     /// low | medium | high.
@@ -178,7 +181,7 @@ struct RiskToml {
     perpetrator_knows_location: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DoNotDiscloseToml {
     what: String,
@@ -187,7 +190,7 @@ struct DoNotDiscloseToml {
     why: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AppointmentToml {
     /// Unix time (seconds).
@@ -200,7 +203,7 @@ struct AppointmentToml {
 }
 
 /// A consent record.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConsentFile {
     /// Pseudonymous reference of the person (never a name).
@@ -279,7 +282,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ControllerToml {
     name: String,
@@ -293,7 +296,7 @@ struct ControllerToml {
     phone: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecipientToml {
     /// A contact name or organisation fingerprint.
@@ -304,7 +307,7 @@ struct RecipientToml {
     services: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WithheldToml {
     section: String,
