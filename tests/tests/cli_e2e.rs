@@ -57,16 +57,18 @@ fn fingerprint(profile: &Path) -> String {
 }
 
 fn init(profile: &Path, relay: &RelayProcess, name: &str) {
-    let addr = relay.addr.to_string();
-    let pin = hex::encode(relay.pin);
+    init_at(profile, relay.addr, relay.pin, name);
+}
+
+fn init_at(profile: &Path, addr: std::net::SocketAddr, pin: [u8; 32], name: &str) {
     must(
         Some(profile),
         &[
             "init",
             "--relay",
-            &addr,
+            &addr.to_string(),
             "--relay-pin",
-            &pin,
+            &hex::encode(pin),
             "--name",
             name,
             "--insecure-fast-kdf",
@@ -309,19 +311,7 @@ fn relay_killed_before_send_and_client_killed_mid_sync_deliver_each_message_once
     let alice = tmp.path().join("alice");
     let bob = tmp.path().join("bob");
     for (p, name) in [(&alice, "Alice"), (&bob, "Bob")] {
-        must(
-            Some(p),
-            &[
-                "init",
-                "--relay",
-                &addr.to_string(),
-                "--relay-pin",
-                &hex::encode(pin),
-                "--name",
-                name,
-                "--insecure-fast-kdf",
-            ],
-        );
+        init_at(p, addr, pin, name);
     }
     let (fp_alice, fp_bob) = (fingerprint(&alice), fingerprint(&bob));
     let invite = must(Some(&alice), &["invite", "--no-qr"]);
@@ -383,19 +373,7 @@ fn directory_publish_search_import_and_message_once_the_relay_admits_both_organi
     let harbour = tmp.path().join("harbour");
     let riverside = tmp.path().join("riverside");
     for (p, name) in [(&harbour, "Harbour intake"), (&riverside, "Riverside desk")] {
-        must(
-            Some(p),
-            &[
-                "init",
-                "--relay",
-                &addr.to_string(),
-                "--relay-pin",
-                &hex::encode(pin),
-                "--name",
-                name,
-                "--insecure-fast-kdf",
-            ],
-        );
+        init_at(p, addr, pin, name);
     }
 
     // Before the operator admits them, the directory refuses and says what to do.
