@@ -193,6 +193,7 @@ pub struct Relay {
     drained: mpsc::Receiver<()>,
     accept_task: tokio::task::JoinHandle<()>,
     committer_task: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     grace: Duration,
 }
@@ -297,7 +298,7 @@ impl Relay {
             config,
             committer,
             hub: Hub::default(),
-            metrics,
+            metrics: metrics.clone(),
             shutdown: shutdown_rx,
         });
 
@@ -319,6 +320,7 @@ impl Relay {
             drained,
             accept_task,
             committer_task,
+            metrics,
             store,
             grace,
         })
@@ -337,6 +339,12 @@ impl Relay {
     /// SHA-256 of the certificate's SubjectPublicKeyInfo.
     pub fn pin(&self) -> [u8; 32] {
         self.pin
+    }
+
+    /// The relay's metrics (what the admin port's `/metrics` serves), for example the group
+    /// commit histograms the load generator reports.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Graceful shutdown: stop accepting connections and streams, tell subscribers

@@ -59,7 +59,41 @@ struct Args {
     /// peak). A fixed rate compares builds at the same load.
     #[arg(long)]
     rate: Option<f64>,
+    /// How the latency phase paces its requests: `poisson` (open loop, Poisson arrivals from a
+    /// pacer thread, latency from the scheduled arrival) or `ticks` (the N x M workers on
+    /// tokio interval timers of 1 ms resolution, latency from the actual send; the arrivals
+    /// come in synchronised bursts each millisecond).
+    #[arg(long, value_enum, default_value_t = Pacing::Poisson)]
+    pacing: Pacing,
 }
+
+/// Pacing of the latency phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Pacing {
+    Poisson,
+    Ticks,
+}
+
+/// Latency phase at `rate` per second in the chosen pacing; sorted latencies in µs and failures.
+#[allow(clippy::too_many_arguments)]
+async fn latency_phase(
+    pacing: Pacing,
+    conns: &[quinn::Connection],
+    mailboxes: &[MailboxKeys],
+    streams: usize,
+    len: usize,
+    secs: u64,
+    rate: f64,
+    check_accepted: bool,
+) -> Result<(Vec<u64>, u64)> {
+    match pacing {
+        Pacing::Poisson => open_loop(conns, mailboxes, len, secs, rate, 1, check_accepted).await,
+        Pacing::Ticks => paced(conns, mailboxes, streams, len, secs, rate, check_accepted).await,
+    }
+}
+
+/// The open-loop pacer wakes at most once per quantum and then starts every request that is due.
+const PACER_QUANTUM: Duration = Duration::from_micros(250);
 
 /// Upper bound on operations per phase, so that loops are bounded in count as well as time.
 const MAX_OPS_PER_PHASE: u64 = 5_000_000;
@@ -262,7 +296,8 @@ async fn closed_loop(
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Paced open-ish loop at `rate` ops/s over all workers; returns sorted latencies in µs.
+/// Paced open-ish loop at `rate` ops/s over all workers; returns sorted latencies in µs and
+/// the number of requests that failed or were refused.
 async fn paced(
     conns: &[quinn::Connection],
     mailboxes: &[MailboxKeys],
@@ -270,7 +305,8 @@ async fn paced(
     len: usize,
     secs: u64,
     rate: f64,
-) -> Result<Vec<u64>> {
+    check_accepted: bool,
+) -> Result<(Vec<u64>, u64)> {
     let workers = conns.len() * streams;
     let per_worker = rate / workers as f64;
     let period = Duration::from_secs_f64(1.0 / per_worker.max(0.001));
@@ -283,6 +319,7 @@ async fn paced(
             let worker = (c * streams + s) as u64;
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
+                let mut failed = 0u64;
                 // Spread the workers' phases over one period.
                 let offset = period.mul_f64(worker as f64 / workers as f64);
                 let mut ticker =
@@ -297,20 +334,155 @@ async fn paced(
                     };
                     n += 1;
                     let t = Instant::now();
-                    if round_trip(&conn, &bytes).await.is_ok() {
+                    let accepted = match round_trip(&conn, &bytes).await {
+                        Ok(payload) => {
+                            !check_accepted
+                                || matches!(
+                                    handover_proto::decode::response(&payload).map(|r| r.kind),
+                                    Ok(Some(wire::response::Kind::SendAccepted(_)))
+                                )
+                        }
+                        Err(_) => false,
+                    };
+                    if accepted {
                         lat.push(t.elapsed().as_micros() as u64);
+                    } else {
+                        failed += 1;
                     }
                 }
-                lat
+                (lat, failed)
             }));
         }
     }
     let mut all = Vec::new();
+    let mut failed = 0;
     for t in tasks {
-        all.extend(t.await?);
+        let (lat, f) = t.await?;
+        all.extend(lat);
+        failed += f;
     }
     all.sort_unstable();
-    Ok(all)
+    Ok((all, failed))
+}
+
+/// Group-commit totals from the relay's metrics: (syncs, writers released, seconds syncing).
+#[derive(Clone, Copy, Default)]
+struct Commits {
+    syncs: f64,
+    writers: f64,
+    seconds: f64,
+}
+
+impl Commits {
+    fn read(relay: &Relay) -> Self {
+        let text = relay.metrics().encode();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            syncs: value("handover_relay_commit_batch_size_count"),
+            writers: value("handover_relay_commit_batch_size_sum"),
+            seconds: value("handover_relay_commit_seconds_sum"),
+        }
+    }
+
+    /// One line on the group commits since `before`, over `secs` of wall time.
+    fn since(self, before: Self, secs: f64) -> String {
+        let syncs = self.syncs - before.syncs;
+        if syncs < 1.0 {
+            return "  group commit: no syncs".into();
+        }
+        format!(
+            "  group commit: {:.0} syncs/s, {:.1} sends per sync, {:.3} ms per sync",
+            syncs / secs,
+            (self.writers - before.writers) / syncs,
+            (self.seconds - before.seconds) * 1000.0 / syncs
+        )
+    }
+}
+
+/// Open loop: requests arrive as a Poisson process at `rate` per second (exponential gaps from
+/// a generator seeded with `seed`), each on a task of its own, round-robin over the connections.
+/// A request's latency runs from its *scheduled* arrival, so a client or pacer that falls behind
+/// counts against the result (no coordinated omission). The pacer is an OS thread sleeping
+/// until the next arrival (tens of microseconds late at most, counted in the latency), because
+/// tokio's timer has a resolution of 1 ms: timer-driven workers fire in synchronised bursts of
+/// `rate` / 1000 requests (the `--pacing ticks` mode below). Returns sorted latencies in µs
+/// and the number of requests that failed or were refused.
+async fn open_loop(
+    conns: &[quinn::Connection],
+    mailboxes: &[MailboxKeys],
+    len: usize,
+    secs: u64,
+    rate: f64,
+    seed: u64,
+    check_accepted: bool,
+) -> Result<(Vec<u64>, u64)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
+    let runtime = tokio::runtime::Handle::current();
+    let conns = conns.to_vec();
+    let mailboxes = mailboxes.to_vec();
+    let pacer = std::thread::Builder::new()
+        .name("loadgen-pacer".into())
+        .spawn(move || {
+            use rand::SeedableRng;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let start = Instant::now();
+            let end = Duration::from_secs(secs);
+            let mut at = Duration::ZERO;
+            let mut n = 0u64;
+            while at < end && n < MAX_OPS_PER_PHASE {
+                // Every arrival that is due, then sleep until the next one, but at least one
+                // quantum: arrivals are never early, and at most a quantum (plus the wake-up
+                // delay) late; the lateness counts in their latency.
+                let now = Instant::now();
+                while start + at <= now && at < end && n < MAX_OPS_PER_PHASE {
+                    let due = start + at;
+                    let c = (n as usize) % conns.len();
+                    let (conn, mailbox, tx) = (conns[c].clone(), mailboxes[c].clone(), tx.clone());
+                    runtime.spawn(async move {
+                        let Ok(bytes) = send_frame(&mailbox, (2 << 62) | n, len) else {
+                            let _ = tx.send(None);
+                            return;
+                        };
+                        let accepted = match round_trip(&conn, &bytes).await {
+                            Ok(payload) => {
+                                !check_accepted
+                                    || matches!(
+                                        handover_proto::decode::response(&payload).map(|r| r.kind),
+                                        Ok(Some(wire::response::Kind::SendAccepted(_)))
+                                    )
+                            }
+                            Err(_) => false,
+                        };
+                        let us = due.elapsed().as_micros() as u64;
+                        let _ = tx.send(accepted.then_some(us));
+                    });
+                    n += 1;
+                    // Exponential gap: -ln(U) / rate with U uniform in (0, 1].
+                    let u =
+                        ((rand::Rng::next_u64(&mut rng) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                    at += Duration::from_secs_f64(-u.ln() / rate.max(0.001));
+                }
+                let next = (start + at).max(now + PACER_QUANTUM);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        })?;
+    let mut latencies = Vec::new();
+    let mut failed = 0u64;
+    // Ends once the pacer and every request task have dropped their senders.
+    while let Some(result) = rx.recv().await {
+        match result {
+            Some(us) => latencies.push(us),
+            None => failed += 1,
+        }
+    }
+    pacer.join().map_err(|_| "the pacer thread panicked")?;
+    latencies.sort_unstable();
+    Ok((latencies, failed))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -368,10 +540,6 @@ async fn run(args: Args) -> Result<()> {
         "raw quinn echo ({}x{}):                  {echo_rate:>10.0} req/s",
         args.connections, args.streams
     );
-    for c in &echo_conns {
-        c.close(0u8.into(), b"done");
-    }
-    echo.close(0u8.into(), b"done");
 
     // The relay, in process, over the real sled store.
     let mut config = Config::new(base.path().join("relay"));
@@ -399,6 +567,8 @@ async fn run(args: Args) -> Result<()> {
         clients.push(c);
     }
     let conns: Vec<quinn::Connection> = clients.iter().map(|c| c.conn.clone()).collect();
+    let secs = args.secs as f64;
+    let before = Commits::read(&relay);
     let peak = closed_loop(
         &conns,
         &mailboxes,
@@ -419,29 +589,64 @@ async fn run(args: Args) -> Result<()> {
         args.streams,
         peak / echo_rate
     );
+    let after = Commits::read(&relay);
+    println!("{}", after.since(before, secs));
 
     let half = args.rate.unwrap_or(peak / 2.0);
-    let lat = paced(
+    let before = Commits::read(&relay);
+    let (lat, failed) = latency_phase(
+        args.pacing,
         &conns,
         &mailboxes,
         args.streams,
         args.envelope_bytes,
         args.secs,
         half,
+        true,
     )
     .await?;
     let achieved = lat.len() as f64 / args.secs as f64;
     println!(
-        "relay at {} ({half:.0}/s offered, {achieved:.0}/s done): p50 {:.2} ms  p99 {:.2} ms  (target p99 <= 5 ms)",
+        "relay at {} ({half:.0}/s offered, {achieved:.0}/s done, {:?} pacing): p50 {:.2} ms  p99 {:.2} ms  (target p99 <= 5 ms)  p99.9 {:.2} ms",
         if args.rate.is_some() {
             "fixed rate"
         } else {
             "half peak"
         },
+        args.pacing,
         percentile(&lat, 0.50),
-        percentile(&lat, 0.99)
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999)
     );
+    if failed > 0 {
+        println!("  ({failed} requests failed or were refused)");
+    }
 
+    println!("{}", Commits::read(&relay).since(before, secs));
+
+    let (echo_lat, _) = latency_phase(
+        args.pacing,
+        &echo_conns,
+        &fakes,
+        args.streams,
+        args.envelope_bytes,
+        args.secs,
+        half,
+        false,
+    )
+    .await?;
+    println!(
+        "raw echo at the same rate and pacing:      p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
+        percentile(&echo_lat, 0.50),
+        percentile(&echo_lat, 0.99),
+        percentile(&echo_lat, 0.999)
+    );
+    for c in &echo_conns {
+        c.close(0u8.into(), b"done");
+    }
+    echo.close(0u8.into(), b"done");
+
+    let before = Commits::read(&relay);
     let single = closed_loop(
         &conns[..1],
         &mailboxes[..1],
@@ -455,6 +660,7 @@ async fn run(args: Args) -> Result<()> {
         "relay single sender, 1 stream:           {single:>10.0} /s   ratio to in-place fdatasync {:.2}",
         single / fsync
     );
+    println!("{}", Commits::read(&relay).since(before, secs));
     for c in &clients {
         c.conn.close(0u8.into(), b"done");
     }
