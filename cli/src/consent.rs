@@ -237,10 +237,7 @@ pub(crate) async fn resolve_receipt(client: &Client, text: &str) -> Outcome<Rece
 }
 
 async fn record(client: &Client, args: RecordArgs, file: Option<ConsentFile>) -> Outcome {
-    let contacts = client
-        .contacts()
-        .await
-        .ctx("reading contacts", "Report this.")?;
+    let contacts = crate::profile::contacts_active_first(client).await?;
     let (own_name, now) = client
         .with_engine(|e, _, now| Ok::<_, EngineError>((e.certificate()?.label().to_owned(), now)))
         .await
@@ -310,10 +307,7 @@ fn state_name(state: wire::ConsentState) -> &'static str {
 }
 
 async fn org_name(client: &Client, root: &[u8; 32]) -> Outcome<String> {
-    let contacts = client
-        .contacts()
-        .await
-        .ctx("reading contacts", "Report this.")?;
+    let contacts = crate::profile::contacts_active_first(client).await?;
     Ok(contacts
         .iter()
         .find(|c| c.org_root == *root)

@@ -253,10 +253,7 @@ pub(crate) async fn resolve(client: &Client, text: &str) -> Outcome<ReferralId> 
 }
 
 async fn org_names(client: &Client) -> Outcome<Vec<([u8; 32], String)>> {
-    let contacts = client
-        .contacts()
-        .await
-        .ctx("reading contacts", "Report this.")?;
+    let contacts = crate::profile::contacts_active_first(client).await?;
     let mut out: Vec<([u8; 32], String)> = Vec::new();
     for c in contacts {
         if !out.iter().any(|(r, _)| *r == c.org_root) {
@@ -353,10 +350,7 @@ fn media_type(path: &Path) -> &'static str {
 }
 
 async fn refer_with(client: &Client, file: &ReferralFile, files: Vec<(PathBuf, u64)>) -> Outcome {
-    let contacts = client
-        .contacts()
-        .await
-        .ctx("reading contacts", "Report this.")?;
+    let contacts = crate::profile::contacts_active_first(client).await?;
     let (own_root, own_name, now) = client
         .with_engine(|e, _, now| {
             Ok::<_, EngineError>((e.org_root()?, e.certificate()?.label().to_owned(), now))
