@@ -123,7 +123,8 @@ pub(crate) struct ShowArgs {
 pub(crate) struct ExportArgs {
     /// The receipt id.
     id: String,
-    /// Write the JSON to FILE instead of standard output.
+    /// Write the JSON to FILE instead of standard output. FILE must not exist yet: an
+    /// existing file is never overwritten.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
 }
@@ -236,10 +237,7 @@ pub(crate) async fn resolve_receipt(client: &Client, text: &str) -> Outcome<Rece
 }
 
 async fn record(client: &Client, args: RecordArgs, file: Option<ConsentFile>) -> Outcome {
-    let contacts = client
-        .contacts()
-        .await
-        .ctx("reading contacts", "Report this.")?;
+    let contacts = crate::profile::contacts_active_first(client).await?;
     let (own_name, now) = client
         .with_engine(|e, _, now| Ok::<_, EngineError>((e.certificate()?.label().to_owned(), now)))
         .await
@@ -309,10 +307,7 @@ fn state_name(state: wire::ConsentState) -> &'static str {
 }
 
 async fn org_name(client: &Client, root: &[u8; 32]) -> Outcome<String> {
-    let contacts = client
-        .contacts()
-        .await
-        .ctx("reading contacts", "Report this.")?;
+    let contacts = crate::profile::contacts_active_first(client).await?;
     Ok(contacts
         .iter()
         .find(|c| c.org_root == *root)
@@ -431,12 +426,7 @@ async fn export(client: &Client, args: &ExportArgs) -> Outcome {
     let text = serde_json::to_string_pretty(&json).ctx("writing the JSON", "Report this.")?;
     match &args.out {
         Some(path) => {
-            std::fs::write(path, format!("{text}\n")).map_err(|e| {
-                fail(format!(
-                    "could not write {}: {e}. Choose a file you can write to.",
-                    path.display()
-                ))
-            })?;
+            write_new(path, format!("{text}\n").as_bytes())?;
             println!(
                 "Kantara Consent Receipt v1.1 JSON written to {}.",
                 path.display()
@@ -445,6 +435,39 @@ async fn export(client: &Client, args: &ExportArgs) -> Outcome {
         None => println!("{text}"),
     }
     Ok(())
+}
+
+/// Writes `bytes` to a file that must not exist yet (a receipt export never replaces another
+/// file); a file left half-written by a failed write is removed.
+fn write_new(path: &std::path::Path, bytes: &[u8]) -> Outcome {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                fail(format!(
+                    "{} already exists; nothing was written. Choose a new file name, or move \
+                     the old file away first.",
+                    path.display()
+                ))
+            } else {
+                fail(format!(
+                    "could not write {}: {e}. Choose a file you can write to.",
+                    path.display()
+                ))
+            }
+        })?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            fail(format!(
+                "could not write {}: {e}. Choose a file you can write to.",
+                path.display()
+            ))
+        })
 }
 
 async fn revoke(client: &Client, args: &RevokeArgs) -> Outcome {

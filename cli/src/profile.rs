@@ -428,8 +428,17 @@ pub(crate) async fn send(profile: Option<PathBuf>, args: SendArgs) -> Outcome {
         let before = outbox_len(&client).await?;
         let finished =
             tokio::time::timeout(NETWORK_WAIT, client.send_text(to, &args.text, Vec::new())).await;
-        if let Ok(Err(e)) = finished {
-            return Err(fail(format!("sending failed: {e}. {}.", relay_hint())));
+        match finished {
+            Ok(Err(ClientError::Engine(EngineError::Revoked))) => {
+                return Err(fail(format!(
+                    "{} was revoked by its organisation, so nothing is sent to it (nothing \
+                     was sent). Write to another device of that organisation (`handover \
+                     contacts`).",
+                    args.to
+                )));
+            }
+            Ok(Err(e)) => return Err(fail(format!("sending failed: {e}. {}.", relay_hint()))),
+            _ => {}
         }
         let waiting = outbox_len(&client).await?;
         if finished.is_err() && waiting <= before {
@@ -649,6 +658,39 @@ pub(crate) async fn inbox(profile: Option<PathBuf>, args: InboxArgs) -> Outcome 
     close(client, result).await
 }
 
+/// The contacts whose organisation has revoked them (in the newest device list this device
+/// accepted from that organisation).
+pub(crate) async fn revoked_contacts(client: &Client) -> Outcome<Vec<DeviceId>> {
+    client
+        .with_engine(|e, _, _| {
+            let mut out = Vec::new();
+            for c in e.contacts()? {
+                // An organisation not trusted yet has no device list here.
+                if e.org_trust(&c.org_root)
+                    .is_ok_and(|t| t.is_revoked(&c.device_id))
+                {
+                    out.push(c.device_id);
+                }
+            }
+            Ok::<_, EngineError>(out)
+        })
+        .await
+        .ctx("reading contacts", "Report this.")?
+        .ctx("reading contacts", "Report this.")
+}
+
+/// The contacts, revoked devices last: an organisation named by its fingerprint then takes the
+/// name of a device it still has, not of one it revoked.
+pub(crate) async fn contacts_active_first(client: &Client) -> Outcome<Vec<engine::Contact>> {
+    let mut contacts = client
+        .contacts()
+        .await
+        .ctx("reading contacts", "Report this.")?;
+    let revoked = revoked_contacts(client).await?;
+    contacts.sort_by_key(|c| revoked.contains(&c.device_id));
+    Ok(contacts)
+}
+
 /// `handover contacts`.
 pub(crate) async fn contacts(profile: Option<PathBuf>) -> Outcome {
     let client = open(profile).await?;
@@ -662,13 +704,16 @@ pub(crate) async fn contacts(profile: Option<PathBuf>) -> Outcome {
                 "No contacts yet. Exchange an invitation: `handover invite` / `handover accept`."
             );
         }
+        let revoked = revoked_contacts(&client).await?;
         for c in contacts {
             println!(
                 "{}  {:<30} org {}{}",
                 short(&c.device_id),
                 c.display_name,
                 org_fingerprint(&c.org_root),
-                if c.has_address {
+                if revoked.contains(&c.device_id) {
+                    "  (revoked by its organisation: nothing is sent to it)"
+                } else if c.has_address {
                     ""
                 } else {
                     "  (no reply address yet: run `handover sync`)"

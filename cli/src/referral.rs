@@ -253,10 +253,7 @@ pub(crate) async fn resolve(client: &Client, text: &str) -> Outcome<ReferralId> 
 }
 
 async fn org_names(client: &Client) -> Outcome<Vec<([u8; 32], String)>> {
-    let contacts = client
-        .contacts()
-        .await
-        .ctx("reading contacts", "Report this.")?;
+    let contacts = crate::profile::contacts_active_first(client).await?;
     let mut out: Vec<([u8; 32], String)> = Vec::new();
     for c in contacts {
         if !out.iter().any(|(r, _)| *r == c.org_root) {
@@ -353,10 +350,7 @@ fn media_type(path: &Path) -> &'static str {
 }
 
 async fn refer_with(client: &Client, file: &ReferralFile, files: Vec<(PathBuf, u64)>) -> Outcome {
-    let contacts = client
-        .contacts()
-        .await
-        .ctx("reading contacts", "Report this.")?;
+    let contacts = crate::profile::contacts_active_first(client).await?;
     let (own_root, own_name, now) = client
         .with_engine(|e, _, now| {
             Ok::<_, EngineError>((e.org_root()?, e.certificate()?.label().to_owned(), now))
@@ -853,17 +847,23 @@ async fn step(client: &Client, id: ReferralId, action: Action) -> Outcome<&'stat
     match tokio::time::timeout(NETWORK_WAIT, client.referral_act(id, action)).await {
         Ok(Ok(state)) => Ok(state.name()),
         Ok(Err(ClientError::Engine(e))) => {
-            let state = client
+            let now = client
                 .referral(id)
                 .await
-                .ctx("reading the referral", "Report this.")?
-                .map(|s| s.state.name())
-                .unwrap_or("?");
-            Err(fail(format!(
-                "this step is not possible: {e} (the referral is {state} here). Run `handover \
-                 sync` to catch up, and see `handover referral show {}`.",
-                hex::encode(id.as_bytes())
-            )))
+                .ctx("reading the referral", "Report this.")?;
+            let state = now.as_ref().map(|s| s.state.name()).unwrap_or("?");
+            let id = hex::encode(id.as_bytes());
+            match now.and_then(|s| ended_because(state, &s.timeline)) {
+                // Ended: catching up changes nothing; say why it ended.
+                Some(cause) => Err(fail(format!(
+                    "this step is not possible: {e}. The referral is {state} here because \
+                     {cause}; see `handover referral timeline {id}`."
+                ))),
+                None => Err(fail(format!(
+                    "this step is not possible: {e} (the referral is {state} here). Run \
+                     `handover sync` to catch up, and see `handover referral show {id}`."
+                ))),
+            }
         }
         Ok(Err(e)) => Err(fail(format!(
             "sending the step failed: {e}. {}.",
@@ -994,6 +994,33 @@ fn state_after(entry: &Value) -> String {
     }
 }
 
+/// Why a referral ended, in words with the DOMAIN.md state name, from the last step of its
+/// timeline that is not an erasure confirmation: the receiver learns from this that the
+/// sender withdrew it, that consent was withdrawn, or that the offer expired. `None` while the
+/// referral is open, and after a completion or a consent renewal.
+fn ended_because(state: &str, timeline: &Value) -> Option<String> {
+    let entries = timeline["entries"].as_array()?;
+    let last = entries
+        .iter()
+        .rev()
+        .find(|e| e["action"].as_str() != Some("PURGE_CONFIRMED"))?;
+    match last["action"].as_str()? {
+        "WITHDRAW" => Some("the sender withdrew it (WITHDRAWN)".to_owned()),
+        "CONSENT_CHANGED" => match last["consent_state"].as_str() {
+            Some("RENEWED") | None => None,
+            Some(s) => Some(format!(
+                "the consent it relied on was {} (CONSENT_REVOKED)",
+                s.to_ascii_lowercase()
+            )),
+        },
+        "EXPIRED" => Some("the offer expired (EXPIRED)".to_owned()),
+        "DECLINE" => Some("it was declined (DECLINED)".to_owned()),
+        // A receiver's offer expires locally, without a step in the timeline.
+        _ if state == "EXPIRED" => Some("the offer expired (EXPIRED)".to_owned()),
+        _ => None,
+    }
+}
+
 /// `handover referral timeline`.
 async fn timeline(client: &Client, args: &TimelineArgs) -> Outcome {
     let id = resolve(client, &args.id).await?;
@@ -1100,10 +1127,19 @@ pub(crate) async fn after_sync(client: &Client, events: Vec<ReferralEvent>) -> O
                 id_hex(&referral),
                 id_hex(&referral)
             ),
-            ReferralEvent::Erased { referral } => println!(
-                "Referral {}: its case content was erased on this device.",
-                id_hex(&referral)
-            ),
+            ReferralEvent::Erased { referral } => {
+                let cause = client
+                    .referral(referral)
+                    .await
+                    .ctx("reading the referral", "Report this.")?
+                    .and_then(|s| ended_because(s.state.name(), &s.timeline))
+                    .map(|c| format!("{c}; "))
+                    .unwrap_or_default();
+                println!(
+                    "Referral {}: {cause}its case content was erased on this device.",
+                    id_hex(&referral)
+                )
+            }
             ReferralEvent::PurgeConfirmed {
                 referral,
                 device,
@@ -1167,4 +1203,57 @@ async fn release_pending(client: &Client) -> Outcome {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn timeline(actions: &[Value]) -> Value {
+        json!({ "entries": actions })
+    }
+
+    #[test]
+    fn an_ended_referral_names_the_step_that_ended_it() {
+        let withdrawn = timeline(&[
+            json!({ "action": "OFFER" }),
+            json!({ "action": "WITHDRAW" }),
+            json!({ "action": "PURGE_CONFIRMED" }),
+            json!({ "action": "PURGE_CONFIRMED" }),
+        ]);
+        assert_eq!(
+            ended_because("PURGE_CONFIRMED", &withdrawn).as_deref(),
+            Some("the sender withdrew it (WITHDRAWN)")
+        );
+        let revoked = timeline(&[
+            json!({ "action": "OFFER" }),
+            json!({ "action": "CONSENT_CHANGED", "consent_state": "EXPIRED" }),
+        ]);
+        assert_eq!(
+            ended_because("CONSENT_REVOKED", &revoked).as_deref(),
+            Some("the consent it relied on was expired (CONSENT_REVOKED)")
+        );
+        let expired_here = timeline(&[json!({ "action": "OFFER" })]);
+        assert_eq!(
+            ended_because("EXPIRED", &expired_here).as_deref(),
+            Some("the offer expired (EXPIRED)")
+        );
+    }
+
+    #[test]
+    fn an_open_or_completed_referral_has_no_cause() {
+        let renewed = timeline(&[
+            json!({ "action": "OFFER" }),
+            json!({ "action": "CONSENT_CHANGED", "consent_state": "RENEWED" }),
+        ]);
+        assert_eq!(ended_because("SENT", &renewed), None);
+        let completed = timeline(&[
+            json!({ "action": "OFFER" }),
+            json!({ "action": "ACCEPT" }),
+            json!({ "action": "COMPLETE", "successful": true }),
+        ]);
+        assert_eq!(ended_because("COMPLETED", &completed), None);
+        assert_eq!(ended_because("SENT", &json!({})), None);
+    }
 }

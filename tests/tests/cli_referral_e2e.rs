@@ -2,8 +2,11 @@
 //! separate processes over a relay process: organisation A (one device) refers a person to
 //! organisation B, whose second device was enrolled with `handover org join-request` /
 //! `org enroll` / `org join`; consent is recorded, the referral goes out with an attachment,
-//! B accepts, the body is released and read on both B devices, B completes, consent is
-//! withdrawn and both B devices erase and confirm. Plus the refusals a caseworker can hit.
+//! B accepts, the body is released (by `sync`, then again by `referral release`) and read on
+//! both B devices, B starts the service and completes, a third referral is withdrawn, consent
+//! is withdrawn and both B devices erase and confirm, and the receipts are exported to files.
+//! A second test revokes B's second device (`org revoke`) and checks that nothing reaches it
+//! afterwards. Plus the refusals a caseworker can hit.
 
 // Test code: helpers outside #[test] functions may unwrap and panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -106,6 +109,13 @@ fn connect(inviter: &Path, acceptor: &Path) {
     let fp_acceptor = fingerprint(acceptor);
     must(acceptor, &["accept", &link, "--trust-org", &fp_inviter]);
     must(inviter, &["sync", "--trust-org", &fp_acceptor]);
+}
+
+/// How many entries the referral's timeline has on `profile` (from the JSON audit export).
+fn timeline_len(profile: &Path, id: &str) -> usize {
+    let json = must(profile, &["referral", "timeline", id, "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    json["entries"].as_array().unwrap().len()
 }
 
 fn write(path: &Path, text: &str) -> PathBuf {
@@ -451,6 +461,64 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
         assert!(show.contains("State: ACCEPTED"), "{show}");
     }
 
+    // --- `referral release`: the sync above released the body; nothing is pending now, so a
+    // further sync releases nothing, and `referral release` sends the case details again
+    // (docs/REFERRALS.md: for a release that was interrupted) without a timeline step.
+    let entries_before = timeline_len(&a, &id);
+    let out = must(&a, &["sync"]);
+    assert!(!out.contains("released"), "nothing left to release: {out}");
+    let out = must(&a, &["referral", "release", &id[..8]]);
+    assert!(
+        out.contains(&format!("Referral {id}: case details sent to 2 device(s)")),
+        "{out}"
+    );
+    for b in [&b1, &b2] {
+        let out = must(b, &["sync"]);
+        assert!(
+            out.contains(&format!("Referral {id}: case details received")),
+            "{out}"
+        );
+        let show = must(b, &["referral", "show", &id]);
+        assert!(
+            show.contains(&format!("IDENTITY: Amina {MARKER}")),
+            "{show}"
+        );
+        assert!(show.contains("State: ACCEPTED"), "{show}");
+    }
+    assert_eq!(
+        timeline_len(&a, &id),
+        entries_before,
+        "a release is not a lifecycle step"
+    );
+    // Only the sender releases.
+    let err = refused(&b1, &["referral", "release", &id]);
+    assert!(err.contains("cannot be released"), "{err}");
+
+    // --- `referral start-service`: IN_SERVICE on the receiving team and the sender.
+    let err = refused(&a, &["referral", "start-service", &id]);
+    assert!(
+        err.contains("not possible") && err.contains("Receiver side"),
+        "the sender cannot: {err}"
+    );
+    let out = must(&b1, &["referral", "start-service", &id]);
+    assert!(out.contains(&format!("Referral {id}: IN_SERVICE")), "{out}");
+    for p in [&a, &b2] {
+        let out = must(p, &["sync"]);
+        assert!(out.contains(&format!("Referral {id}: IN_SERVICE")), "{out}");
+    }
+    for p in [&a, &b1, &b2] {
+        let show = must(p, &["referral", "show", &id]);
+        assert!(show.contains("State: IN_SERVICE"), "{show}");
+        let timeline = must(p, &["referral", "timeline", &id]);
+        assert!(timeline.contains("(now IN_SERVICE)"), "{timeline}");
+        assert!(timeline.contains("-> IN_SERVICE"), "{timeline}");
+        let out = must(p, &["referral", "timeline", &id, "--verify"]);
+        assert!(out.contains("verified: every hash"), "{out}");
+    }
+    // Twice is refused, naming the state.
+    let err = refused(&b1, &["referral", "start-service", &id]);
+    assert!(err.contains("IN_SERVICE"), "{err}");
+
     // --- A second referral, under consent recorded with flags: questions, then declined.
     let err = refused(
         &a,
@@ -508,6 +576,12 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     );
     let out = must(&a, &["refer", file.to_str().unwrap()]);
     let id2 = line_after(&out, "Referral ID: ").to_owned();
+    // Nothing to release before the receiver accepts: refused, naming the state.
+    let err = refused(&a, &["referral", "release", &id2]);
+    assert!(
+        err.contains("cannot be released") && err.contains("SENT"),
+        "{err}"
+    );
     must(&b1, &["sync"]);
     let out = must(
         &b1,
@@ -546,6 +620,82 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     }
     must(&b2, &["sync"]);
 
+    // --- A third referral, withdrawn by A before B decides: both B devices erase it and
+    // confirm, and B can no longer accept it.
+    let file = write(
+        &tmp.path().join("third.toml"),
+        &referral_toml(&fp_b, &receipt2, PURPOSE, ""),
+    );
+    let out = must(&a, &["refer", file.to_str().unwrap()]);
+    let id3 = line_after(&out, "Referral ID: ").to_owned();
+    for b in [&b1, &b2] {
+        let out = must(b, &["sync"]);
+        assert!(out.contains(&format!("New referral offer {id3}")), "{out}");
+    }
+    let err = refused(&a, &["referral", "withdraw", &id3, "--reason", " "]);
+    assert!(err.contains("--reason is empty"), "{err}");
+    let err = refused(
+        &b1,
+        &[
+            "referral",
+            "withdraw",
+            &id3,
+            "--reason",
+            "Not ours to withdraw",
+        ],
+    );
+    assert!(
+        err.contains("not possible") && err.contains("Sender side"),
+        "only the sender withdraws: {err}"
+    );
+    let out = must(
+        &a,
+        &[
+            "referral",
+            "withdraw",
+            &id3[..8],
+            "--reason",
+            "She found a place with family",
+        ],
+    );
+    assert!(out.contains(&format!("Referral {id3}: WITHDRAWN")), "{out}");
+    for b in [&b1, &b2] {
+        let out = must(b, &["sync"]);
+        assert!(
+            out.contains(&format!(
+                "Referral {id3}: the sender withdrew it (WITHDRAWN); its case content was \
+                 erased on this device."
+            )),
+            "B is told why: {out}"
+        );
+        let timeline = must(b, &["referral", "timeline", &id3]);
+        assert!(timeline.contains("-> WITHDRAWN"), "{timeline}");
+        assert!(timeline.contains("hash chain verified"), "{timeline}");
+        let show = must(b, &["referral", "show", &id3]);
+        assert!(show.contains("The offer was erased"), "{show}");
+        assert!(!show.contains(PURPOSE), "offer erased: {show}");
+        let err = refused(b, &["referral", "accept", &id3]);
+        assert!(
+            err.contains("not possible") && err.contains("because the sender withdrew it"),
+            "{err}"
+        );
+    }
+    let out = must(&a, &["sync"]);
+    let confirmed = out
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!("Referral {id3}: device"))
+                && l.ends_with("confirmed erasure (PURGE_CONFIRMED).")
+        })
+        .count();
+    assert_eq!(confirmed, 2, "both B devices confirm erasure: {out}");
+    let timeline = must(&a, &["referral", "timeline", &id3]);
+    assert!(timeline.contains("-> WITHDRAWN"), "{timeline}");
+    assert!(timeline.contains("-> PURGE_CONFIRMED"), "{timeline}");
+    assert!(timeline.contains("Timeline verified"), "{timeline}");
+    let err = refused(&a, &["referral", "withdraw", &id3, "--reason", "again"]);
+    assert!(err.contains("not possible"), "{err}");
+
     // --- Completion.
     let out = must(
         &b1,
@@ -570,6 +720,11 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     // --- Consent withdrawn: both B devices erase and confirm; A sees who confirmed.
     let out = must(&a, &["consent", "revoke", &receipt]);
     assert!(out.contains("WITHDRAWN"), "{out}");
+    let withdrawal = line_after(&out, "Consent WITHDRAWN: new receipt ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
     for b in [&b1, &b2] {
         let out = must(b, &["sync"]);
         assert!(out.contains("erased"), "{out}");
@@ -593,6 +748,123 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     let export = must(&a, &["consent", "export", &receipt]);
     let json: serde_json::Value = serde_json::from_str(&export).unwrap();
     assert_eq!(json["version"], "KI-CR-v1.1.0", "{export}");
+
+    // --- `consent export --out FILE`: the same Kantara JSON, in the file.
+    let exported = tmp.path().join("receipt.json");
+    let out = must(
+        &a,
+        &[
+            "consent",
+            "export",
+            &receipt[..8],
+            "--out",
+            exported.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("written to"), "{out}");
+    assert!(
+        !out.contains("KI-CR-v1.1.0"),
+        "the JSON goes to the file: {out}"
+    );
+    let text = std::fs::read_to_string(&exported).unwrap();
+    assert_eq!(text, export, "the file holds what standard output shows");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["version"], "KI-CR-v1.1.0", "{text}");
+    assert_eq!(json["consentReceiptID"], receipt.as_str(), "{text}");
+    assert_eq!(json["piiPrincipalId"], "P-7Q2X", "{text}");
+    assert_eq!(json["jurisdiction"], "BE", "{text}");
+    assert_eq!(
+        json["policyUrl"], "https://example.org/privacy/v3",
+        "{text}"
+    );
+    assert_eq!(json["collectionMethod"], "via interpreter (ar)", "{text}");
+    assert_eq!(
+        json["piiControllers"][0]["piiController"], "Harbour Women's Centre",
+        "{text}"
+    );
+    let services = json["services"].as_array().unwrap();
+    assert_eq!(services.len(), 1, "one recipient organisation: {text}");
+    let purposes = services[0]["purposes"].as_array().unwrap();
+    assert_eq!(purposes.len(), 1, "{text}");
+    assert_eq!(purposes[0]["purpose"], PURPOSE, "{text}");
+    assert_eq!(
+        purposes[0]["termination"],
+        "Tell your caseworker, any time."
+    );
+    assert_eq!(purposes[0]["thirdPartyDisclosure"], true, "{text}");
+    let categories: Vec<&str> = purposes[0]["piiCategory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        categories,
+        ["IDENTITY", "SAFE_CONTACT", "REASON", "RISK", "ATTACHMENTS"],
+        "{text}"
+    );
+    assert_eq!(json["handover"]["state"], "GIVEN", "{text}");
+    // The withdrawal receipt supersedes it.
+    let second = tmp.path().join("withdrawal.json");
+    must(
+        &a,
+        &[
+            "consent",
+            "export",
+            &withdrawal,
+            "--out",
+            second.to_str().unwrap(),
+        ],
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&second).unwrap()).unwrap();
+    assert_eq!(json["consentReceiptID"], withdrawal.as_str(), "{json}");
+    assert_eq!(json["handover"]["state"], "WITHDRAWN", "{json}");
+    assert_eq!(json["handover"]["supersedes"], receipt.as_str(), "{json}");
+    // An existing file is never overwritten: refused, and the file is unchanged.
+    let err = refused(
+        &a,
+        &[
+            "consent",
+            "export",
+            &withdrawal,
+            "--out",
+            exported.to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&exported).unwrap(), export);
+    // A path that cannot be written: a missing directory, or a directory.
+    let missing = tmp.path().join("no-such-dir").join("receipt.json");
+    let err = refused(
+        &a,
+        &[
+            "consent",
+            "export",
+            &receipt,
+            "--out",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("could not write") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+    let err = refused(
+        &a,
+        &[
+            "consent",
+            "export",
+            &receipt,
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("already exists"), "{err}");
+    // An unknown receipt.
+    let err = refused(&a, &["consent", "export", "0123abcd"]);
+    assert!(err.contains("no consent receipt"), "{err}");
     let err = refused(&a, &["consent", "show", &receipt, "--lang", "xx"]);
     assert!(err.contains("en, ar, uk, fr or es"), "{err}");
 
@@ -603,6 +875,7 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
         "DELIVERED",
         "ACKNOWLEDGED",
         "ACCEPTED",
+        "IN_SERVICE",
         "COMPLETED",
         "CONSENT_REVOKED",
         "PURGE_CONFIRMED",
@@ -646,4 +919,198 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
             }
         }
     }
+}
+
+/// The id `handover org devices` on `profile` shows for the device named `label`.
+fn device_id(profile: &Path, label: &str) -> String {
+    let devices = must(profile, &["org", "devices"]);
+    devices
+        .lines()
+        .find(|l| l.contains(label))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no device {label:?} in:\n{devices}"))
+        .to_owned()
+}
+
+/// `org revoke`: only the root-key device revokes, an unknown id and a missing `--yes` are
+/// refused; once B revokes its second device and A has synced (and so holds B's new device
+/// list), A's new referral reaches B's remaining device only, and the revoked device can no
+/// longer send to A.
+#[test]
+fn org_revoke_stops_delivery_to_the_revoked_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(relay_bin(), &tmp.path().join("relay"), &[]).unwrap();
+    let a = tmp.path().join("a-caseworker");
+    let b1 = tmp.path().join("b-intake-1");
+    let b2 = tmp.path().join("b-intake-2");
+    init(&a, &relay, "Harbour caseworker");
+    init(&b1, &relay, "Riverside intake 1");
+    let (addr, pin) = relay_args(&relay);
+    let out = must(
+        &b2,
+        &[
+            "org",
+            "join-request",
+            "--relay",
+            &addr,
+            "--relay-pin",
+            &pin,
+            "--name",
+            "Riverside intake 2",
+            "--insecure-fast-kdf",
+        ],
+    );
+    let request = out
+        .lines()
+        .find(|l| l.starts_with("handover://enrol-request#"))
+        .unwrap()
+        .to_owned();
+    let out = must(&b1, &["org", "enroll", &request, "--role", "caseworker"]);
+    let code = out
+        .lines()
+        .find(|l| l.starts_with("handover://enrolment#"))
+        .unwrap()
+        .to_owned();
+    must(&b2, &["org", "join", &code]);
+    must(&b1, &["sync"]);
+    connect(&a, &b1);
+    connect(&a, &b2);
+    let fp_b = fingerprint(&b1);
+    let id_b1 = device_id(&b1, "(this device)");
+    let id_b2 = device_id(&b1, "Riverside intake 2");
+    assert_eq!(device_id(&b2, "(this device)"), id_b2);
+
+    // Refusals: not the root-key device, an unknown or too short id, no --yes, itself.
+    let err = refused(&b2, &["org", "revoke", &id_b1, "--yes"]);
+    assert!(err.contains("root key"), "{err}");
+    let err = refused(&b1, &["org", "revoke", "00000000", "--yes"]);
+    assert!(
+        err.contains("no active device") && err.contains("org devices"),
+        "{err}"
+    );
+    let err = refused(&b1, &["org", "revoke", "12ab", "--yes"]);
+    assert!(err.contains("first 8 characters"), "{err}");
+    let err = refused(&b1, &["org", "revoke", &id_b2]);
+    assert!(
+        err.contains("--yes") && err.contains("Riverside intake 2"),
+        "{err}"
+    );
+    let err = refused(&b1, &["org", "revoke", &id_b1, "--yes"]);
+    assert!(err.contains("itself"), "{err}");
+    let devices = must(&b1, &["org", "devices"]);
+    assert!(
+        devices.contains("Riverside intake 2") && !devices.contains("revoked"),
+        "nothing changed: {devices}"
+    );
+
+    // The revocation.
+    let out = must(&b1, &["org", "revoke", &id_b2[..8], "--yes"]);
+    assert!(out.contains("Revoked \"Riverside intake 2\""), "{out}");
+    let devices = must(&b1, &["org", "devices"]);
+    assert!(!devices.contains(&id_b2), "{devices}");
+    assert!(devices.contains("1 device(s) revoked"), "{devices}");
+    let err = refused(&b1, &["org", "revoke", &id_b2, "--yes"]);
+    assert!(err.contains("no active device"), "revoked already: {err}");
+    let out = must(&a, &["sync"]);
+    assert!(out.contains("device list was updated"), "{out}");
+    let contacts = must(&a, &["contacts"]);
+    let line = contacts
+        .lines()
+        .find(|l| l.contains("Riverside intake 2"))
+        .unwrap();
+    assert!(line.contains("revoked"), "{contacts}");
+    assert!(
+        !contacts
+            .lines()
+            .find(|l| l.contains("Riverside intake 1"))
+            .unwrap()
+            .contains("revoked"),
+        "{contacts}"
+    );
+    // Nothing goes to the revoked device, and A is told why (not to check the relay).
+    let err = refused(&a, &["send", "--to", "Riverside intake 2", "Hello?"]);
+    assert!(
+        err.contains("revoked by its organisation") && !err.contains("relay"),
+        "{err}"
+    );
+
+    // A new referral from A goes to B's remaining device only.
+    let out = must(
+        &a,
+        &[
+            "consent",
+            "record",
+            "--principal-ref",
+            "P-4R7T",
+            "--recipient",
+            &fp_b,
+            "--service",
+            "shelter",
+            "--purpose",
+            PURPOSE,
+            "--section",
+            "identity",
+            "--section",
+            "safe_contact",
+            "--section",
+            "reason",
+            "--section",
+            "risk",
+            "--jurisdiction",
+            "BE",
+            "--controller",
+            "Harbour Women's Centre",
+            "--notice-ref",
+            "paper notice v3",
+            "--withdrawal-method",
+            "Tell your caseworker.",
+            "--witness",
+            "CW-12",
+        ],
+    );
+    let receipt = line_after(&out, "Consent recorded: receipt ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let file = write(
+        &tmp.path().join("referral.toml"),
+        &referral_toml(&fp_b, &receipt, PURPOSE, ""),
+    );
+    let out = must(&a, &["refer", file.to_str().unwrap()]);
+    let id = line_after(&out, "Referral ID: ").to_owned();
+    assert!(
+        out.contains("every reachable device of \"Riverside intake 1\""),
+        "B is named after a device it still has: {out}"
+    );
+    let out = must(&b1, &["sync"]);
+    assert!(out.contains(&format!("New referral offer {id}")), "{out}");
+    let out = must(&b2, &["sync"]);
+    assert!(
+        !out.contains(&id),
+        "the revoked device gets no offer: {out}"
+    );
+    let err = refused(&b2, &["referral", "show", &id]);
+    assert!(err.contains("no referral"), "{err}");
+    must(&b1, &["referral", "accept", &id]);
+    let out = must(&a, &["sync"]);
+    assert!(
+        out.contains(&format!(
+            "Referral {id}: accepted; case details released to 1 device(s)"
+        )),
+        "only the remaining device gets the case details: {out}"
+    );
+    let out = must(&b1, &["sync"]);
+    assert!(out.contains("case details received"), "{out}");
+
+    // The revoked device does not know it was revoked and still sends, but A drops what it
+    // sends and says so.
+    let text = format!("Still here? {MARKER}");
+    let out = must(&b2, &["send", "--to", "Harbour caseworker", &text]);
+    assert!(out.contains("Sent"), "{out}");
+    let out = run(&a, &["sync"]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stdout.contains("0 new message(s)"), "{}", out.stdout);
+    assert!(out.stderr.contains("revoked device"), "{}", out.stderr);
+    assert!(!must(&a, &["inbox"]).contains(&text));
 }
