@@ -58,8 +58,13 @@ enum Command {
     Sync(profile::SyncArgs),
     /// Show stored messages.
     Inbox(profile::InboxArgs),
-    /// List your contacts.
-    Contacts,
+    /// List your contacts (and whether you verified each), or compare a safety number.
+    ///
+    /// `handover contacts verify CONTACT` shows the safety number of your device and the
+    /// contact's, in twelve groups of five digits. Read it aloud with them, in person or by
+    /// phone (they run the same command with your name): both screens show the same number.
+    /// If every group matches, mark the contact verified with `--matches "NUMBER"`.
+    Contacts(profile::ContactsArgs),
     /// Show your organisation's fingerprint (compare it in person before trusting).
     Whoami,
     /// Panic wipe: destroy this profile's keys at once and delete its files. No passphrase
@@ -122,7 +127,7 @@ pub fn run() -> ExitCode {
             Command::Send(args) => profile::send(cli.profile, args).await,
             Command::Sync(args) => profile::sync(cli.profile, args).await,
             Command::Inbox(args) => profile::inbox(cli.profile, args).await,
-            Command::Contacts => profile::contacts(cli.profile).await,
+            Command::Contacts(args) => profile::contacts(cli.profile, args).await,
             Command::Whoami => profile::whoami(cli.profile).await,
             Command::Wipe(args) => profile::wipe(cli.profile, args),
             Command::Org(command) => org::run(cli.profile, command).await,

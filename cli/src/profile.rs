@@ -1,11 +1,11 @@
-//! The profile commands: `init`, `invite`, `accept`, `send`, `sync`, `inbox`, `contacts`,
-//! `whoami`. Each opens the encrypted profile, does one thing through the [`Client`], and
-//! closes it cleanly.
+//! The profile commands: `init`, `invite`, `accept`, `send`, `sync`, `inbox`, `contacts`
+//! (with `contacts verify`), `whoami`. Each opens the encrypted profile, does one thing through
+//! the [`Client`], and closes it cleanly.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use handover_core::client::{Client, ClientError, ClientEvent};
 use handover_core::engine::{
     self, Direction, EngineError, IdentitySetup, Message, ReferralEvent, RelayInfo, org_fingerprint,
@@ -75,6 +75,35 @@ pub(crate) struct InboxArgs {
     /// Show only messages after this number (as printed in the first column).
     #[arg(long, value_name = "N", default_value_t = 0)]
     after: u64,
+}
+
+/// Options of `handover contacts`.
+#[derive(Debug, Args)]
+pub(crate) struct ContactsArgs {
+    #[command(subcommand)]
+    command: Option<ContactsCommand>,
+}
+
+/// `handover contacts ...`; without a subcommand, the list.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ContactsCommand {
+    /// Show the safety number with a contact, to compare in person or by phone; with
+    /// --matches, mark the contact verified.
+    Verify(VerifyArgs),
+}
+
+/// Options of `handover contacts verify`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The contact: their name (as `handover contacts` shows it) or the start of their device id.
+    contact: String,
+    /// Mark the contact verified: the safety number as the contact read it out to you (it must
+    /// be the number this command shows; spaces do not matter).
+    #[arg(long, value_name = "NUMBER", conflicts_with = "clear")]
+    matches: Option<String>,
+    /// Forget that the contact was verified (for example after marking the wrong contact).
+    #[arg(long)]
+    clear: bool,
 }
 
 /// Options of `handover wipe`.
@@ -309,14 +338,7 @@ pub(crate) async fn invite(profile: Option<PathBuf>, args: InviteArgs) -> Outcom
 }
 
 pub(crate) fn parse_trust(fingerprint: &str, root: &[u8; 32]) -> Outcome<bool> {
-    let want = org_fingerprint(root);
-    let norm = |s: &str| {
-        s.chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase()
-    };
-    Ok(norm(fingerprint) == norm(&want))
+    Ok(engine::org_fingerprint_matches(root, fingerprint))
 }
 
 /// `handover accept`.
@@ -691,8 +713,16 @@ pub(crate) async fn contacts_active_first(client: &Client) -> Outcome<Vec<engine
     Ok(contacts)
 }
 
+/// `handover contacts` and `handover contacts verify`.
+pub(crate) async fn contacts(profile: Option<PathBuf>, args: ContactsArgs) -> Outcome {
+    match args.command {
+        None => list_contacts(profile).await,
+        Some(ContactsCommand::Verify(args)) => verify(profile, args).await,
+    }
+}
+
 /// `handover contacts`.
-pub(crate) async fn contacts(profile: Option<PathBuf>) -> Outcome {
+async fn list_contacts(profile: Option<PathBuf>) -> Outcome {
     let client = open(profile).await?;
     let result = async {
         let contacts = client
@@ -705,11 +735,17 @@ pub(crate) async fn contacts(profile: Option<PathBuf>) -> Outcome {
             );
         }
         let revoked = revoked_contacts(&client).await?;
+        let unverified = contacts.iter().filter(|c| !c.verified).count();
         for c in contacts {
             println!(
-                "{}  {:<30} org {}{}",
+                "{}  {:<30} {:<13} org {}{}",
                 short(&c.device_id),
                 c.display_name,
+                if c.verified {
+                    "verified"
+                } else {
+                    "not verified"
+                },
                 org_fingerprint(&c.org_root),
                 if revoked.contains(&c.device_id) {
                     "  (revoked by its organisation: nothing is sent to it)"
@@ -720,6 +756,112 @@ pub(crate) async fn contacts(profile: Option<PathBuf>) -> Outcome {
                 }
             );
         }
+        if unverified > 0 {
+            println!(
+                "Compare the safety number with a contact in person or by phone before sending \
+                 case details: `handover contacts verify CONTACT`."
+            );
+        }
+        Ok(())
+    }
+    .await;
+    close(client, result).await
+}
+
+/// Explains why a contact has no safety number (or it could not be marked).
+fn safety_failure(who: &str, e: ClientError) -> crate::ui::Failure {
+    match e {
+        ClientError::Engine(EngineError::UntrustedOrganisation) => fail(format!(
+            "{who:?} belongs to an organisation you do not trust on this device, so there is no \
+             safety number to compare. Compare the organisation's fingerprint with them first \
+             (`handover sync --trust-org`), then try again."
+        )),
+        ClientError::Engine(EngineError::Revoked) => fail(format!(
+            "{who:?} is a device its organisation has revoked: do not verify it or send it \
+             anything. Ask the organisation which device to use instead."
+        )),
+        ClientError::Engine(EngineError::Certificate(_)) => fail(format!(
+            "the certificate of {who:?} is not valid now (expired or not yet valid). Ask its \
+             organisation to renew it, run `handover sync`, then try again."
+        )),
+        ClientError::Engine(EngineError::SafetyNumberMismatch) => fail(format!(
+            "the number you gave does not match the safety number with {who:?}; nothing was \
+             marked. Run `handover contacts verify {who:?}` and compare again group by group; \
+             if the numbers still differ, send no case details to this contact and tell their \
+             organisation."
+        )),
+        e => fail(format!(
+            "reading the safety number failed: {e}. Run `handover contacts` to check the \
+             contact, then try again."
+        )),
+    }
+}
+
+/// `handover contacts verify`.
+async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
+    if let Some(number) = &args.matches
+        && number.bytes().filter(u8::is_ascii_digit).count() != 60
+    {
+        return Err(fail(
+            "--matches needs the whole safety number: 60 digits (twelve groups of five), as \
+             the contact reads it out to you.",
+        ));
+    }
+    let client = open(profile).await?;
+    let result = async {
+        let who = find_contact(&client, &args.contact).await?;
+        let name = client
+            .contacts()
+            .await
+            .ctx("reading contacts", "Report this.")?
+            .into_iter()
+            .find(|c| c.device_id == who)
+            .map(|c| c.display_name)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| short(&who));
+        if args.clear {
+            client
+                .clear_contact_verified(who)
+                .await
+                .ctx("forgetting the verification", "Report this.")?;
+            println!(
+                "{name} is no longer marked verified. Compare the safety number again with \
+                 `handover contacts verify {}`.",
+                short(&who)
+            );
+            return Ok(());
+        }
+        if let Some(number) = &args.matches {
+            client
+                .mark_contact_verified(who, number.clone())
+                .await
+                .map_err(|e| safety_failure(&name, e))?;
+            println!(
+                "{name} is now marked verified. `handover contacts` shows it until their \
+                 device's keys change."
+            );
+            return Ok(());
+        }
+        let number = client
+            .safety_number(who)
+            .await
+            .map_err(|e| safety_failure(&name, e))?;
+        let grouped = number.grouped();
+        let groups: Vec<&str> = grouped.split(' ').collect();
+        println!("Safety number with {name} (device {}):", short(&who));
+        println!();
+        for row in groups.chunks(4) {
+            println!("    {}", row.join(" "));
+        }
+        println!();
+        println!(
+            "Read it aloud with {name}, in person or by phone (they run `handover contacts \
+             verify` with your name): both of you must see the same twelve groups. If every \
+             group matches, type the number as they read it out: `handover contacts verify {} \
+             --matches \"THEIR NUMBER\"`. If they differ, send no case details to this \
+             contact and tell their organisation.",
+            short(&who)
+        );
         Ok(())
     }
     .await;

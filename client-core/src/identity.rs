@@ -722,6 +722,26 @@ impl SafetyNumber {
         if a <= b { a + &b } else { b + &a }
     }
 
+    /// The 60 digits in twelve groups of five separated by spaces, for reading aloud.
+    pub fn grouped(&self) -> String {
+        let digits = self.digits();
+        let groups: Vec<&str> = digits
+            .as_bytes()
+            .chunks(5)
+            .filter_map(|g| core::str::from_utf8(g).ok())
+            .collect();
+        groups.join(" ")
+    }
+
+    /// Whether `compared` (the number as read from the peer's screen; spaces and any other
+    /// characters but the digits are ignored) is this safety number. Constant time in the
+    /// digits.
+    pub fn matches_digits(&self, compared: &str) -> bool {
+        let given: Vec<u8> = compared.bytes().filter(u8::is_ascii_digit).collect();
+        let ours = self.digits();
+        given.len() == ours.len() && bool::from(given.as_slice().ct_eq(ours.as_bytes()))
+    }
+
     /// What our screen shows as a QR code: `0x01 || local_fp[..32] || remote_fp[..32]`.
     pub fn qr_payload(&self) -> [u8; SAFETY_QR_LEN] {
         let mut out = [0u8; SAFETY_QR_LEN];

@@ -99,6 +99,186 @@ fn invitation_then_chat_both_ways() {
     assert_eq!(text(&got[0]), "after restart");
 }
 
+fn verified(device: &Device, contact: DeviceId) -> bool {
+    device
+        .engine
+        .contacts()
+        .unwrap()
+        .iter()
+        .find(|c| c.device_id == contact)
+        .unwrap()
+        .verified
+}
+
+#[test]
+fn a_contact_is_marked_verified_only_with_its_own_safety_number() {
+    let mut relay = SimRelay::default();
+    let (mut alice, mut bob, alice_id, bob_id) = connected_pair(&mut relay);
+    let at_alice = alice.engine.safety_number(bob_id, T0 + 10).unwrap();
+    let at_bob = bob.engine.safety_number(alice_id, T0 + 10).unwrap();
+    assert_eq!(at_alice.digits(), at_bob.digits());
+
+    // A third organisation's device has another safety number with Alice (the same on both
+    // of their sides).
+    let mut carol = Device::new_org(&mut relay, 3, "Carol");
+    alice.engine.trust_organisation(&carol.root()).unwrap();
+    carol.engine.trust_organisation(&alice.root()).unwrap();
+    let link = alice.invite(&mut relay, T0 + 11);
+    carol.accept(&mut relay, &link, T0 + 12);
+    alice.sync(&mut relay, T0 + 13);
+    let carol_id = carol.id();
+    let with_carol = alice.engine.safety_number(carol_id, T0 + 14).unwrap();
+    assert_ne!(with_carol.digits(), at_alice.digits());
+    assert_eq!(
+        carol
+            .engine
+            .safety_number(alice_id, T0 + 14)
+            .unwrap()
+            .digits(),
+        with_carol.digits()
+    );
+
+    // Nobody is verified until a number was compared; a number that is not Bob's marks nothing.
+    assert!(!verified(&alice, bob_id) && !verified(&alice, carol_id));
+    assert!(matches!(
+        alice
+            .engine
+            .mark_contact_verified(bob_id, &with_carol.grouped(), T0 + 15),
+        Err(EngineError::SafetyNumberMismatch)
+    ));
+    assert!(!verified(&alice, bob_id));
+    // Bob's number as he reads it out, in groups.
+    alice
+        .engine
+        .mark_contact_verified(bob_id, &at_bob.grouped(), T0 + 15)
+        .unwrap();
+    assert!(verified(&alice, bob_id));
+    assert!(!verified(&alice, carol_id));
+
+    // An unknown device has no safety number and cannot be marked.
+    let stranger = DeviceId([9; 16]);
+    assert!(matches!(
+        alice.engine.safety_number(stranger, T0 + 15),
+        Err(EngineError::UnknownContact)
+    ));
+    assert!(matches!(
+        alice
+            .engine
+            .mark_contact_verified(stranger, &at_bob.digits(), T0 + 15),
+        Err(EngineError::UnknownContact)
+    ));
+
+    // Bob scans the QR code on Alice's screen; the code on his own screen does not count.
+    assert!(matches!(
+        bob.engine
+            .mark_contact_verified_scanned(alice_id, &at_bob.qr_payload(), T0 + 16),
+        Err(EngineError::SafetyNumberMismatch)
+    ));
+    bob.engine
+        .mark_contact_verified_scanned(alice_id, &at_alice.qr_payload(), T0 + 16)
+        .unwrap();
+    assert!(verified(&bob, alice_id));
+
+    // The mark survives a restart; clearing it forgets it, also across a restart.
+    let mut alice = alice.restart();
+    assert!(verified(&alice, bob_id));
+    alice.engine.clear_contact_verified(bob_id).unwrap();
+    assert!(!verified(&alice, bob_id));
+    let alice = alice.restart();
+    assert!(!verified(&alice, bob_id));
+}
+
+#[test]
+fn a_verified_device_stops_counting_as_verified_once_revoked() {
+    let mut relay = SimRelay::default();
+    let mut b1 = Device::new_org(&mut relay, 41, "Intake admin");
+    let mut b2 = Device::enrol(&mut relay, &mut b1, 42, Role::Caseworker, "Caseworker");
+    let mut alice = Device::new_org(&mut relay, 43, "Referrer");
+    alice.engine.trust_organisation(&b1.root()).unwrap();
+    b1.engine.trust_organisation(&alice.root()).unwrap();
+    b2.engine.trust_organisation(&alice.root()).unwrap();
+    let link = alice.invite(&mut relay, T0);
+    let alice_id = b2.accept(&mut relay, &link, T0 + 1);
+    let link = alice.invite(&mut relay, T0 + 2);
+    b1.accept(&mut relay, &link, T0 + 3);
+    alice.sync(&mut relay, T0 + 4);
+
+    let b2_id = b2.id();
+    let number = b2.engine.safety_number(alice_id, T0 + 5).unwrap();
+    alice
+        .engine
+        .mark_contact_verified(b2_id, &number.digits(), T0 + 5)
+        .unwrap();
+    assert!(verified(&alice, b2_id));
+
+    b1.engine.revoke_device(b2_id, T0 + 6).unwrap();
+    b1.engine
+        .send_device_list(alice_id, T0 + 6, &mut b1.rng)
+        .unwrap();
+    b1.flush(&mut relay);
+    alice.sync(&mut relay, T0 + 7);
+    assert!(!verified(&alice, b2_id));
+    assert!(matches!(
+        alice.engine.safety_number(b2_id, T0 + 7),
+        Err(EngineError::Revoked)
+    ));
+}
+
+#[test]
+fn a_directory_profile_is_trusted_and_imported_only_with_its_fingerprint() {
+    let mut relay = SimRelay::default();
+    let mut shelter = Device::new_org(&mut relay, 51, "Shelter");
+    let mut alice = Device::new_org(&mut relay, 52, "Referrer");
+    let details = ProfileDetails {
+        name: "Shelter B".into(),
+        services: vec!["SHELTER".into()],
+        ..ProfileDetails::default()
+    };
+    let profile = shelter
+        .engine
+        .signed_org_profile(details, T0, &mut shelter.rng)
+        .unwrap();
+    let root = shelter.root();
+    assert!(
+        !alice
+            .engine
+            .verify_org_profile(&profile, T0)
+            .unwrap()
+            .trusted
+    );
+
+    // Alice's own fingerprint, or one digit off, trusts and imports nothing.
+    let theirs = engine::org_fingerprint(&root);
+    let mut off = theirs.clone().into_bytes();
+    off[0] = if off[0] == b'0' { b'1' } else { b'0' };
+    for wrong in [
+        engine::org_fingerprint(&alice.root()),
+        String::from_utf8(off).unwrap(),
+        String::new(),
+    ] {
+        assert!(matches!(
+            alice
+                .engine
+                .trust_and_import_org_profile(&profile, &wrong, T0 + 1),
+            Err(EngineError::FingerprintMismatch)
+        ));
+    }
+    assert!(!alice.engine.trusts_organisation(&root).unwrap());
+    assert!(alice.engine.contacts().unwrap().is_empty());
+
+    // The fingerprint as read out (other separators) trusts the organisation and imports its
+    // intake device.
+    let spoken = theirs.replace(' ', "-");
+    assert!(engine::org_fingerprint_matches(&root, &spoken));
+    let added = alice
+        .engine
+        .trust_and_import_org_profile(&profile, &spoken, T0 + 1)
+        .unwrap();
+    assert_eq!(added, vec![shelter.id()]);
+    assert!(alice.engine.trusts_organisation(&root).unwrap());
+    assert_eq!(alice.engine.contacts().unwrap()[0].device_id, shelter.id());
+}
+
 #[test]
 fn invitation_link_round_trips_and_rejects_garbage() {
     let mut relay = SimRelay::default();

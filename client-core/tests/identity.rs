@@ -168,6 +168,23 @@ fn safety_numbers_agree_and_qr_verifies() {
     let mut bad = at_b.qr_payload();
     bad[40] ^= 1;
     assert!(!at_a.matches_scanned(&bad));
+
+    // Read aloud in twelve groups of five; what was read matches whatever the separators.
+    let grouped = at_a.grouped();
+    let groups: Vec<&str> = grouped.split(' ').collect();
+    assert_eq!(groups.len(), 12);
+    assert!(groups.iter().all(|g| g.len() == 5));
+    assert_eq!(grouped.replace(' ', ""), at_a.digits());
+    assert!(at_b.matches_digits(&grouped));
+    assert!(at_b.matches_digits(&format!("  {}\n", groups.join("-"))));
+    // One digit off, one missing, one extra: no match.
+    let digits = at_a.digits();
+    let last = digits.as_bytes()[59];
+    let flipped = format!("{}{}", &digits[..59], if last == b'0' { '1' } else { '0' });
+    assert!(!at_b.matches_digits(&flipped));
+    assert!(!at_b.matches_digits(&digits[..59]));
+    assert!(!at_b.matches_digits(&format!("{digits}0")));
+    assert!(!at_b.matches_digits(""));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use handover_core::engine::{self, Direction, IdentitySetup, RelayInfo};
 use handover_core::identity::{self, DeviceId, DeviceKeys};
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::content::Body;
+use handover_proto::relay::v1 as relay_wire;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
@@ -116,6 +117,10 @@ pub struct Contact {
     pub has_address: bool,
     /// Whether a session exists.
     pub has_session: bool,
+    /// Whether the safety number with it was compared and marked verified
+    /// ([`Client::mark_contact_verified`]) and still holds (its keys have not changed since,
+    /// its organisation is trusted and has not revoked it).
+    pub verified: bool,
 }
 
 impl From<engine::Contact> for Contact {
@@ -128,8 +133,76 @@ impl From<engine::Contact> for Contact {
             display_name: c.display_name,
             has_address: c.has_address,
             has_session: c.has_session,
+            verified: c.verified,
         }
     }
+}
+
+/// The safety number of this device and a contact (docs/PROTOCOL.md §5.4): both devices show
+/// the same number. Public data, derived from the two devices' public keys.
+#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq)]
+pub struct SafetyNumber {
+    /// The 60 digits, without spaces.
+    pub digits: String,
+    /// The same digits in twelve groups of five separated by spaces, for reading aloud.
+    pub grouped: String,
+    /// What this device shows as a QR code for the contact to scan (65 bytes; the contact
+    /// passes it to [`Client::mark_contact_verified_by_qr`]).
+    pub qr_payload: Vec<u8>,
+}
+
+/// What to search the members-only directory for; empty fields match everything.
+#[derive(uniffi::Record, Debug, Clone, PartialEq, Eq, Default)]
+pub struct DirectoryQuery {
+    /// Part of the organisation's name (case-insensitive).
+    pub name_contains: String,
+    /// Organisations offering any of these services.
+    pub services: Vec<String>,
+    /// Organisations serving any of these languages (BCP 47).
+    pub languages: Vec<String>,
+    /// Organisations serving any of these regions.
+    pub regions: Vec<String>,
+}
+
+/// An organisation's signed directory profile, kept inside Rust: it carries the send
+/// capabilities of the organisation's intake devices. Pass it to [`Client::import_profile`].
+#[derive(uniffi::Object)]
+pub struct DirectoryProfile {
+    signed: wire::SignedOrgProfile,
+}
+
+impl std::fmt::Debug for DirectoryProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The intake addresses carry capabilities: keep them out of logs.
+        f.debug_struct("DirectoryProfile").finish_non_exhaustive()
+    }
+}
+
+/// One organisation found in the directory, its signature checked. Show `org_fingerprint`
+/// and let the user compare it with the organisation (in person or by phone) before
+/// [`Client::import_profile`].
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct DirectoryEntry {
+    /// Display name.
+    pub name: String,
+    /// Services offered.
+    pub services: Vec<String>,
+    /// Languages served (BCP 47).
+    pub languages: Vec<String>,
+    /// Regions served.
+    pub regions: Vec<String>,
+    /// Free-text description.
+    pub description: String,
+    /// The organisation root (hex).
+    pub org_root: String,
+    /// The organisation's fingerprint, to compare with the organisation before importing.
+    pub org_fingerprint: String,
+    /// Whether this device already trusts the organisation.
+    pub trusted: bool,
+    /// How many intake devices the profile lists.
+    pub intake_devices: u32,
+    /// The signed profile, for [`Client::import_profile`].
+    pub profile: Arc<DirectoryProfile>,
 }
 
 /// An invitation to share as a link or QR code. The link carries a send capability for this
@@ -908,6 +981,118 @@ impl Client {
             |c| async move { Ok(c.contacts().await?.into_iter().map(Contact::from).collect()) },
         )
         .await
+    }
+
+    /// The safety number of this device and a contact (device id, hex), to compare in person
+    /// or by phone: read aloud `grouped`, or let the contact scan `qr_payload`.
+    pub async fn safety_number(&self, contact: String) -> Result<SafetyNumber, HandoverError> {
+        let id = device_id(&contact)?;
+        self.call(|c| async move {
+            let number = c.safety_number(id).await?;
+            Ok(SafetyNumber {
+                digits: number.digits(),
+                grouped: number.grouped(),
+                qr_payload: number.qr_payload().to_vec(),
+            })
+        })
+        .await
+    }
+
+    /// Marks a contact verified after the user compared the safety number: `safety_number` is
+    /// the number as the contact read it out (only digits count). Fails with
+    /// `SafetyNumberMismatch`, marking nothing, if it is not this contact's number.
+    pub async fn mark_contact_verified(
+        &self,
+        contact: String,
+        safety_number: String,
+    ) -> Result<(), HandoverError> {
+        let id = device_id(&contact)?;
+        self.call(|c| async move { Ok(c.mark_contact_verified(id, safety_number).await?) })
+            .await
+    }
+
+    /// Marks a contact verified from the QR payload scanned from the contact's screen (their
+    /// `safety_number(...).qr_payload`); `SafetyNumberMismatch` if it does not match.
+    pub async fn mark_contact_verified_by_qr(
+        &self,
+        contact: String,
+        scanned: Vec<u8>,
+    ) -> Result<(), HandoverError> {
+        let id = device_id(&contact)?;
+        self.call(|c| async move { Ok(c.mark_contact_verified_scanned(id, scanned).await?) })
+            .await
+    }
+
+    /// Forgets that a contact was verified.
+    pub async fn clear_contact_verified(&self, contact: String) -> Result<(), HandoverError> {
+        let id = device_id(&contact)?;
+        self.call(|c| async move { Ok(c.clear_contact_verified(id).await?) })
+            .await
+    }
+
+    /// Searches the relay's members-only directory; returns the profiles whose signatures
+    /// verify. The relay answers only devices of organisations its operator admitted
+    /// (`RelayRefused` with code `UNAUTHORISED` otherwise).
+    pub async fn search_directory(
+        &self,
+        query: DirectoryQuery,
+    ) -> Result<Vec<DirectoryEntry>, HandoverError> {
+        let query = relay_wire::DirectoryQuery {
+            services: query.services,
+            languages: query.languages,
+            regions: query.regions,
+            name_contains: query.name_contains,
+            limit: 0,
+        };
+        self.call(|c| async move {
+            Ok(c.search_directory(query)
+                .await?
+                .into_iter()
+                .map(|(signed, verified)| {
+                    let p = verified.profile;
+                    DirectoryEntry {
+                        org_root: hex::encode(&p.org_root_key),
+                        org_fingerprint: verified.fingerprint,
+                        trusted: verified.trusted,
+                        intake_devices: u32::try_from(p.intake.len()).unwrap_or(u32::MAX),
+                        name: p.name,
+                        services: p.services,
+                        languages: p.languages,
+                        regions: p.regions,
+                        description: p.description,
+                        profile: Arc::new(DirectoryProfile { signed }),
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Imports an organisation found with [`search_directory`](Client::search_directory):
+    /// `org_fingerprint` is the fingerprint as the organisation read it out to the user (show
+    /// the entry's `org_fingerprint` and have them compare it in person or by phone). If it
+    /// matches, the organisation is trusted and its intake devices become contacts (returned,
+    /// hex); send each a [`send_contact_card`](Client::send_contact_card) so it can reply. If
+    /// not, nothing is trusted or imported (`FingerprintMismatch`).
+    pub async fn import_profile(
+        &self,
+        profile: Arc<DirectoryProfile>,
+        org_fingerprint: String,
+    ) -> Result<Vec<String>, HandoverError> {
+        let signed = profile.signed.clone();
+        self.call(|c| async move {
+            let added = c.trust_and_import_profile(signed, org_fingerprint).await?;
+            Ok(added.iter().map(|d| hex::encode(d.0)).collect())
+        })
+        .await
+    }
+
+    /// Sends this device's contact card (its reply address) to a contact, for example an
+    /// intake device imported from the directory, so it can answer.
+    pub async fn send_contact_card(&self, contact: String) -> Result<(), HandoverError> {
+        let id = device_id(&contact)?;
+        self.call(|c| async move { Ok(c.send_contact_card(id).await?) })
+            .await
     }
 
     // -----------------------------------------------------------------------------------------

@@ -99,6 +99,18 @@ pub enum HandoverError {
         "the organisation is not trusted on this device; compare its fingerprint in person, then trust it"
     )]
     UntrustedOrganisation,
+    /// The safety number given as compared is not this contact's; nothing was marked
+    /// verified. Compare again; if it still differs, send the device no case details.
+    #[error(
+        "the safety number does not match this contact's; nothing was marked verified. Compare it again in person or by phone"
+    )]
+    SafetyNumberMismatch,
+    /// The organisation fingerprint given as compared is not the organisation's; nothing was
+    /// trusted or imported.
+    #[error(
+        "the fingerprint does not match this organisation's; nothing was trusted or imported. Compare it again with the organisation"
+    )]
+    FingerprintMismatch,
     /// The referral, consent receipt, contact or device named by an id is not known on this
     /// device.
     #[error("not found: {detail}")]
@@ -257,6 +269,8 @@ impl From<EngineError> for HandoverError {
             EngineError::CorruptState => Self::ProfileCorrupt { detail },
             EngineError::CouldNotDecrypt => Self::CouldNotDecrypt { detail },
             EngineError::UntrustedOrganisation => Self::UntrustedOrganisation,
+            EngineError::SafetyNumberMismatch => Self::SafetyNumberMismatch,
+            EngineError::FingerprintMismatch => Self::FingerprintMismatch,
             EngineError::UnknownContact => Self::NotFound { detail },
             EngineError::NoSession | EngineError::NoAddress => Self::ContactNotReady { detail },
             EngineError::Revoked | EngineError::NotOrgKeyHolder | EngineError::NotAdmin => {

@@ -13,8 +13,9 @@
 //! - [`Relay`]: a QUIC connection to a relay authenticated by its SPKI pin; ping and a latency
 //!   check that reports progress through a foreign [`ProgressListener`].
 //! - [`Client`]: the messaging client over a profile and its relay (enrolment, invitations,
-//!   contacts, chat with a foreign [`MessageListener`], referrals and consent, attachments with
-//!   [`ProgressListener`] progress, panic wipe and duress).
+//!   contacts and their [`SafetyNumber`]s, the members-only directory, chat with a foreign
+//!   [`MessageListener`], referrals and consent, attachments with [`ProgressListener`]
+//!   progress, panic wipe and duress).
 //! - [`version`].
 //!
 //! Every slow call (key derivation, disk, network) is `async` on the foreign side and runs on a
@@ -40,9 +41,10 @@ mod relay;
 mod runtime;
 
 pub use client::{
-    Attachment, Client, ClientEvent, Contact, DevicePublicKeys, Enrolment, Identity, Invitation,
-    InvitationInfo, Message, MessageDirection, MessageKind, MessageListener, OrgProfileDetails,
-    PendingDevice, QrCode, Role, invitation_info, org_fingerprint, qr_code,
+    Attachment, Client, ClientEvent, Contact, DevicePublicKeys, DirectoryEntry, DirectoryProfile,
+    DirectoryQuery, Enrolment, Identity, Invitation, InvitationInfo, Message, MessageDirection,
+    MessageKind, MessageListener, OrgProfileDetails, PendingDevice, QrCode, Role, SafetyNumber,
+    invitation_info, org_fingerprint, qr_code,
 };
 pub use error::HandoverError;
 pub use profile::{Credential, KdfSettings, Profile, default_kdf_settings, panic_wipe_profile};

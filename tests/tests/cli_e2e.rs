@@ -198,6 +198,100 @@ fn two_profiles_invite_accept_send_sync_inbox_over_a_relay_process() {
     }
 }
 
+/// The safety number `handover contacts verify` prints: the rows of digit groups.
+fn safety_number(out: &str) -> String {
+    let groups: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && l.split(' ')
+                    .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .flat_map(|l| l.split(' '))
+        .collect();
+    assert_eq!(groups.len(), 12, "{out}");
+    groups.join(" ")
+}
+
+#[test]
+fn both_sides_see_the_same_safety_number_and_only_it_marks_a_contact_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(relay_bin(), &tmp.path().join("relay"), &[]).unwrap();
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    let carol = tmp.path().join("carol");
+    init(&alice, &relay, "Alice");
+    init(&bob, &relay, "Bob");
+    init(&carol, &relay, "Carol");
+    let (fp_alice, fp_bob, fp_carol) =
+        (fingerprint(&alice), fingerprint(&bob), fingerprint(&carol));
+    let invite = |profile: &Path| {
+        must(Some(profile), &["invite", "--no-qr"])
+            .lines()
+            .find(|l| l.starts_with("handover://invite#"))
+            .unwrap()
+            .to_owned()
+    };
+    must(
+        Some(&bob),
+        &["accept", &invite(&alice), "--trust-org", &fp_alice],
+    );
+    must(
+        Some(&carol),
+        &["accept", &invite(&alice), "--trust-org", &fp_alice],
+    );
+    must(Some(&alice), &["sync", "--trust-org", &fp_bob]);
+    must(Some(&alice), &["sync", "--trust-org", &fp_carol]);
+
+    // Alice and Bob see the same number; Alice and Carol another one.
+    let at_alice = safety_number(&must(Some(&alice), &["contacts", "verify", "Bob"]));
+    let at_bob = safety_number(&must(Some(&bob), &["contacts", "verify", "Alice"]));
+    assert_eq!(at_alice, at_bob);
+    let with_carol = safety_number(&must(Some(&alice), &["contacts", "verify", "Carol"]));
+    assert_ne!(with_carol, at_alice);
+
+    // An unknown contact is explained, with what to do.
+    let out = run(Some(&bob), &["contacts", "verify", "Dora"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("no contact called"), "{}", out.stderr);
+    assert!(out.stderr.contains("handover contacts"), "{}", out.stderr);
+
+    // Nobody is verified yet; Carol's number does not verify Bob; Bob's number does.
+    let contacts = must(Some(&alice), &["contacts"]);
+    assert!(!contacts.contains("  verified"), "{contacts}");
+    assert!(contacts.contains("handover contacts verify"), "{contacts}");
+    let out = run(
+        Some(&alice),
+        &["contacts", "verify", "Bob", "--matches", &with_carol],
+    );
+    assert!(!out.ok);
+    assert!(out.stderr.contains("does not match"), "{}", out.stderr);
+    let out = run(
+        Some(&alice),
+        &["contacts", "verify", "Bob", "--matches", "12345"],
+    );
+    assert!(!out.ok);
+    assert!(out.stderr.contains("60 digits"), "{}", out.stderr);
+    must(
+        Some(&alice),
+        &["contacts", "verify", "Bob", "--matches", &at_bob],
+    );
+    let contacts = must(Some(&alice), &["contacts"]);
+    let line = |name: &str| {
+        contacts
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(line("Bob").contains("  verified"), "{contacts}");
+    assert!(line("Carol").contains("not verified"), "{contacts}");
+    must(Some(&alice), &["contacts", "verify", "Bob", "--clear"]);
+    let contacts = must(Some(&alice), &["contacts"]);
+    assert!(!contacts.contains("  verified"), "{contacts}");
+}
+
 #[test]
 fn demo_verifies_every_step_and_the_relay_holds_no_plaintext() {
     let tmp = tempfile::tempdir().unwrap();

@@ -65,7 +65,7 @@ use crate::engine::{
     self, Contact, Engine, EngineError, FanoutSent, IdentitySetup, MailboxKeys, Message,
     ProfileDetails, Received, ReferralEvent, RelayInfo, VerifiedProfile,
 };
-use crate::identity::{DeviceId, DeviceKeys};
+use crate::identity::{DeviceId, DeviceKeys, SafetyNumber};
 use crate::net::{NetError, RelayAddress, RelayClient};
 use crate::store::{Credential, KdfParams, SledStore, StoreError};
 
@@ -807,6 +807,41 @@ impl Client {
         self.engine_op(|e, _, _| e.contacts()).await
     }
 
+    /// The safety number of this device and a contact, to compare in person or by phone
+    /// (docs/PROTOCOL.md §5.4): both sides compute the same number.
+    pub async fn safety_number(&self, contact: DeviceId) -> Result<SafetyNumber, ClientError> {
+        self.engine_op(move |e, _, now| e.safety_number(contact, now))
+            .await
+    }
+
+    /// Marks a contact verified after the safety number was compared: `compared` is the
+    /// number as read from the contact's screen ([`EngineError::SafetyNumberMismatch`] if it
+    /// is not theirs; nothing is recorded then). See [`Engine::mark_contact_verified`].
+    pub async fn mark_contact_verified(
+        &self,
+        contact: DeviceId,
+        compared: String,
+    ) -> Result<(), ClientError> {
+        self.engine_op(move |e, _, now| e.mark_contact_verified(contact, &compared, now))
+            .await
+    }
+
+    /// Marks a contact verified from the safety-number QR payload scanned from its screen.
+    pub async fn mark_contact_verified_scanned(
+        &self,
+        contact: DeviceId,
+        scanned: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.engine_op(move |e, _, now| e.mark_contact_verified_scanned(contact, &scanned, now))
+            .await
+    }
+
+    /// Forgets that a contact was verified.
+    pub async fn clear_contact_verified(&self, contact: DeviceId) -> Result<(), ClientError> {
+        self.engine_op(move |e, _, _| e.clear_contact_verified(contact))
+            .await
+    }
+
     /// Stored messages from sequence number `from_seq` on.
     pub async fn messages(&self, from_seq: u64) -> Result<Vec<Message>, ClientError> {
         self.engine_op(move |e, _, _| e.messages(from_seq)).await
@@ -1036,6 +1071,19 @@ impl Client {
         signed: wire::SignedOrgProfile,
     ) -> Result<Vec<DeviceId>, ClientError> {
         self.engine_op(move |e, _, now| e.import_org_profile(&signed, now))
+            .await
+    }
+
+    /// Trusts a directory profile's organisation after its fingerprint was compared with the
+    /// organisation (`compared`, as read out), then imports the profile
+    /// ([`EngineError::FingerprintMismatch`] if it does not match: nothing is trusted or
+    /// imported). Returns the intake devices added to the contacts; send each a contact card.
+    pub async fn trust_and_import_profile(
+        &self,
+        signed: wire::SignedOrgProfile,
+        compared: String,
+    ) -> Result<Vec<DeviceId>, ClientError> {
+        self.engine_op(move |e, _, now| e.trust_and_import_org_profile(&signed, &compared, now))
             .await
     }
 

@@ -95,6 +95,7 @@ const KEY_CAPS: &[u8] = b"caps";
 const KEY_MSG_SEQ: &[u8] = b"msgseq";
 const PREFIX_ORG: &[u8] = b"org/";
 const PREFIX_DEVICE: &[u8] = b"dev/";
+const PREFIX_VERIFIED: &[u8] = b"ver/";
 const PREFIX_MESSAGE: &[u8] = b"m/";
 const PREFIX_MESSAGE_ID: &[u8] = b"id/";
 const PREFIX_ENVELOPE: &[u8] = b"e/";
@@ -174,6 +175,17 @@ pub enum EngineError {
     /// The organisation profile is invalid.
     #[error("the organisation profile is invalid or not signed by an admin of that organisation")]
     InvalidProfile,
+    /// The safety number given as compared is not this contact's; nothing was marked.
+    #[error(
+        "the safety number does not match the one for this contact; nothing was marked verified. Compare it again group by group, in person or by phone; if it still differs, send no case details to this device and tell its organisation"
+    )]
+    SafetyNumberMismatch,
+    /// The organisation fingerprint given as compared is not the organisation's; nothing was
+    /// trusted or imported.
+    #[error(
+        "the fingerprint does not match this organisation's; nothing was trusted or imported. Compare it again with the organisation in person or by phone"
+    )]
+    FingerprintMismatch,
     /// A fan-out packet failed.
     #[error("organisation packet failed: {0}")]
     Fanout(#[from] FanoutError),
@@ -355,6 +367,10 @@ pub struct Contact {
     pub has_address: bool,
     /// Whether a session exists.
     pub has_session: bool,
+    /// Whether the safety number with this device was compared and marked verified
+    /// ([`Engine::mark_contact_verified`]) and still holds: the device's keys have not changed
+    /// since, its organisation is trusted and has not revoked it.
+    pub verified: bool,
 }
 
 impl fmt::Debug for Contact {
@@ -363,6 +379,7 @@ impl fmt::Debug for Contact {
             .field("role", &self.role)
             .field("has_address", &self.has_address)
             .field("has_session", &self.has_session)
+            .field("verified", &self.verified)
             .finish_non_exhaustive()
     }
 }
@@ -449,6 +466,8 @@ struct State {
     own_cert: DeviceCertificate,
     orgs: BTreeMap<[u8; KEY_LEN], OrgEntry>,
     contacts: BTreeMap<DeviceId, ContactRecord>,
+    /// Contacts whose safety number was compared, with the keys it was compared for.
+    verified: BTreeMap<DeviceId, [u8; records::VERIFIED_LEN]>,
     prekeys: PrekeyStore,
     published: Option<wire::PublishedPrekeys>,
     caps: Vec<IssuedCapability>,
@@ -496,6 +515,24 @@ fn to_id(bytes: &[u8]) -> Option<[u8; ID_LEN]> {
     bytes.try_into().ok()
 }
 
+/// The keys a contact's safety number depends on, besides its device id: signing key, identity
+/// key, organisation root (see [`records::encode_verified`]).
+fn safety_binding(signed: &wire::SignedDeviceCertificate) -> Option<[u8; records::VERIFIED_LEN]> {
+    let cert = decode::device_certificate(&signed.certificate).ok()?;
+    let mut out = [0u8; records::VERIFIED_LEN];
+    for (slot, part) in out.chunks_exact_mut(KEY_LEN).zip([
+        &cert.signing_key,
+        &cert.identity_key,
+        &cert.org_root_key,
+    ]) {
+        if part.len() != KEY_LEN {
+            return None;
+        }
+        slot.copy_from_slice(part);
+    }
+    Some(out)
+}
+
 /// The fingerprint of an organisation root to compare in person (docs/PROTOCOL.md,
 /// "Invitations"): the first 30 bytes of `SHA-256("handover/1 org-fingerprint" || root)` as six
 /// groups of five digits.
@@ -513,6 +550,20 @@ pub fn org_fingerprint(root: &[u8; KEY_LEN]) -> String {
         groups.push(format!("{:05}", v % 100_000));
     }
     groups.join(" ")
+}
+
+/// Whether `compared` (a fingerprint as read out by the organisation; case, spaces and
+/// punctuation are ignored) is the fingerprint of `root`. Constant time in the fingerprint.
+pub fn org_fingerprint_matches(root: &[u8; KEY_LEN], compared: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let norm = |s: &str| -> Vec<u8> {
+        s.bytes()
+            .filter(u8::is_ascii_alphanumeric)
+            .map(|b| b.to_ascii_lowercase())
+            .collect()
+    };
+    let (want, given) = (norm(&org_fingerprint(root)), norm(compared));
+    want.len() == given.len() && bool::from(want.as_slice().ct_eq(given.as_slice()))
 }
 
 /// Encodes an invitation as a link: `handover://invite#` followed by the unpadded base64url of
@@ -626,6 +677,14 @@ impl<S: KvStore> Engine<S> {
             let id = to_id(&k[PREFIX_DEVICE.len()..]).ok_or(EngineError::CorruptState)?;
             contacts.insert(DeviceId(id), ContactRecord::decode(&value)?);
         }
+        let mut verified = BTreeMap::new();
+        for (k, value) in self
+            .store
+            .scan_prefix(Namespace::Contacts, PREFIX_VERIFIED)?
+        {
+            let id = to_id(&k[PREFIX_VERIFIED.len()..]).ok_or(EngineError::CorruptState)?;
+            verified.insert(DeviceId(id), records::decode_verified(&value)?);
+        }
         let prekeys = match self.store.get(Namespace::Prekeys, KEY_PREKEYS)? {
             Some(b) => PrekeyStore::from_secret_bytes(&b).map_err(|_| EngineError::CorruptState)?,
             None => PrekeyStore::new(),
@@ -660,6 +719,7 @@ impl<S: KvStore> Engine<S> {
             own_cert,
             orgs,
             contacts,
+            verified,
             prekeys,
             published,
             caps,
@@ -760,6 +820,7 @@ impl<S: KvStore> Engine<S> {
             own_cert,
             orgs,
             contacts: BTreeMap::new(),
+            verified: BTreeMap::new(),
             prekeys: PrekeyStore::new(),
             published: None,
             caps: Vec::new(),
@@ -1020,6 +1081,76 @@ impl<S: KvStore> Engine<S> {
         let st = self.state()?;
         let cert = self.verified_contact_cert(contact, now)?;
         Ok(SafetyNumber::new(&st.own_cert, &cert))
+    }
+
+    /// Records that the user compared the safety number with `contact` (in person or by phone)
+    /// and it matched. `compared` is the number as read from the contact's screen (only its
+    /// digits count); if it is not the contact's current safety number nothing is recorded
+    /// ([`EngineError::SafetyNumberMismatch`]). The record holds the contact's keys: should they
+    /// change, [`Contact::verified`] turns false again.
+    pub fn mark_contact_verified(
+        &mut self,
+        contact: DeviceId,
+        compared: &str,
+        now: u64,
+    ) -> Result<(), EngineError> {
+        if !self.safety_number(contact, now)?.matches_digits(compared) {
+            return Err(EngineError::SafetyNumberMismatch);
+        }
+        self.store_verified(contact)
+    }
+
+    /// Like [`mark_contact_verified`](Self::mark_contact_verified) with the QR payload scanned
+    /// from the contact's screen ([`SafetyNumber::qr_payload`] on their side).
+    pub fn mark_contact_verified_scanned(
+        &mut self,
+        contact: DeviceId,
+        scanned: &[u8],
+        now: u64,
+    ) -> Result<(), EngineError> {
+        if !self.safety_number(contact, now)?.matches_scanned(scanned) {
+            return Err(EngineError::SafetyNumberMismatch);
+        }
+        self.store_verified(contact)
+    }
+
+    /// Forgets that a contact was verified (for example after marking the wrong one).
+    pub fn clear_contact_verified(&mut self, contact: DeviceId) -> Result<(), EngineError> {
+        if !self.state()?.contacts.contains_key(&contact) {
+            return Err(EngineError::UnknownContact);
+        }
+        self.store
+            .delete(Namespace::Contacts, &key(PREFIX_VERIFIED, &contact.0))?;
+        self.state_mut()?.verified.remove(&contact);
+        Ok(())
+    }
+
+    fn store_verified(&mut self, contact: DeviceId) -> Result<(), EngineError> {
+        let st = self.state()?;
+        let c = st
+            .contacts
+            .get(&contact)
+            .ok_or(EngineError::UnknownContact)?;
+        let binding = safety_binding(&c.certificate).ok_or(EngineError::CorruptState)?;
+        self.store.put(
+            Namespace::Contacts,
+            &key(PREFIX_VERIFIED, &contact.0),
+            &records::encode_verified(&binding),
+        )?;
+        self.state_mut()?.verified.insert(contact, binding);
+        Ok(())
+    }
+
+    /// Whether a contact's safety number was compared for the keys its certificate has now, and
+    /// its organisation is trusted and has not revoked it.
+    fn contact_verified(st: &State, id: &DeviceId, contact: &ContactRecord) -> bool {
+        let Some(stored) = st.verified.get(id) else {
+            return false;
+        };
+        let active = cert_root(&contact.certificate)
+            .and_then(|root| st.orgs.get(&root))
+            .is_some_and(|org| !org.trust.is_revoked(id));
+        active && safety_binding(&contact.certificate).as_ref() == Some(stored)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1365,6 +1496,7 @@ impl<S: KvStore> Engine<S> {
                 display_name: c.display_name.clone(),
                 has_address: c.address.is_some(),
                 has_session: self.store.contains(Namespace::Sessions, &id.0)?,
+                verified: Self::contact_verified(st, id, c),
             });
         }
         Ok(out)
@@ -2233,6 +2365,31 @@ impl<S: KvStore> Engine<S> {
             st.contacts.insert(id, record);
         }
         Ok(added)
+    }
+
+    /// Trusts the organisation of a directory profile after the user compared its fingerprint
+    /// with the organisation in person or by phone (`compared`, as read out; see
+    /// [`org_fingerprint_matches`]), then imports the profile as
+    /// [`import_org_profile`](Self::import_org_profile) does. A fingerprint that does not match
+    /// trusts and imports nothing ([`EngineError::FingerprintMismatch`]).
+    pub fn trust_and_import_org_profile(
+        &mut self,
+        signed: &wire::SignedOrgProfile,
+        compared: &str,
+        now: u64,
+    ) -> Result<Vec<DeviceId>, EngineError> {
+        let verified = self.verify_org_profile(signed, now)?;
+        let root: [u8; KEY_LEN] = verified
+            .profile
+            .org_root_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| EngineError::InvalidProfile)?;
+        if !org_fingerprint_matches(&root, compared) {
+            return Err(EngineError::FingerprintMismatch);
+        }
+        self.trust_organisation(&root)?;
+        self.import_org_profile(signed, now)
     }
 }
 

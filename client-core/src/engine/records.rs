@@ -210,6 +210,27 @@ impl ContactRecord {
     }
 }
 
+/// Length of a verified-contact binding: the contact certificate's signing key, identity key and
+/// organisation root.
+pub(super) const VERIFIED_LEN: usize = 3 * 32;
+
+/// The certificate keys for which the user compared a contact's safety number. With the
+/// device id (the record name) and this device's own certificate (whose keys never change),
+/// they are the whole input of the safety number (docs/PROTOCOL.md §5.4), so the contact
+/// counts as verified exactly while its certificate still has these keys.
+pub(super) fn encode_verified(binding: &[u8; VERIFIED_LEN]) -> Vec<u8> {
+    let mut w = Writer::new(FORMAT);
+    w.bytes(binding);
+    w.finish()
+}
+
+pub(super) fn decode_verified(bytes: &[u8]) -> Result<[u8; VERIFIED_LEN], EngineError> {
+    let mut r = start(bytes)?;
+    let binding = r.array().ok_or_else(corrupt)?;
+    finish(&r)?;
+    Ok(binding)
+}
+
 /// A send capability this device issued (in an invitation, a contact card or its profile).
 pub(super) struct IssuedCapability {
     pub(super) capability: Zeroizing<[u8; 32]>,

@@ -47,12 +47,13 @@ def relay_binary():
 
 
 class RelayProcess:
-    """A real relay process on loopback with a temporary data directory."""
+    """A real relay process on loopback with a temporary data directory. `listen` fixes the
+    address (to restart a relay where its clients expect it); `extra` are more relay flags."""
 
-    def __init__(self, binary, data_dir):
+    def __init__(self, binary, data_dir, listen="127.0.0.1:0", extra=()):
         self.proc = subprocess.Popen(
-            [str(binary), "--listen", "127.0.0.1:0", "--admin", "off",
-             "--data-dir", str(data_dir), "--wal-mib", "2"],
+            [str(binary), "--listen", listen, "--admin", "off",
+             "--data-dir", str(data_dir), "--wal-mib", "2", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=None if os.environ.get("HANDOVER_TEST_LOG") else subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
@@ -95,12 +96,17 @@ class RelayProcess:
         self.proc.wait()
 
 
-@pytest.fixture(scope="session")
-def relay(tmp_path_factory):
+def relay_binary_or_skip():
     binary = relay_binary()
     if binary is None:
         pytest.skip("no relay binary in the target directory: build it with "
                     "`cargo build -p handover-relay` or set HANDOVER_RELAY_BIN")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def relay(tmp_path_factory):
+    binary = relay_binary_or_skip()
     process = RelayProcess(binary, tmp_path_factory.mktemp("relay-data"))
     yield process
     process.stop()

@@ -1,19 +1,20 @@
 """The messaging client through the generated Python bindings, against a real relay process:
 two organisations, invitation, chat both ways through the listener callback, consent, a referral
-with an attachment, accept, body release, consent withdrawal and the purge confirmation, and the
-errors an app must be able to tell apart."""
+with an attachment, accept, body release, consent withdrawal and the purge confirmation, safety
+numbers, the members-only directory, and the errors an app must be able to tell apart."""
 
 import asyncio
 import json
 import os
 import queue
+import socket
 import threading
 import time
 
 import pytest
 
 import handover_ffi as h
-from conftest import FAST_KDF
+from conftest import FAST_KDF, RelayProcess, relay_binary_or_skip
 
 run = asyncio.run
 
@@ -415,3 +416,144 @@ def test_errors_are_exceptions_with_clear_messages(relay, tmp_path, clients):
     invitation = run(other.create_invitation(600))
     with pytest.raises(h.HandoverError.UntrustedOrganisation):
         run(client.accept_invitation(invitation.link))
+
+
+def connect(inviter, invitee):
+    """Both organisations trust each other (fingerprints compared), `invitee` accepts an
+    invitation of `inviter`, and `inviter` receives the contact card."""
+    inviter_id, invitee_id = run(inviter.identity()), run(invitee.identity())
+    run(inviter.trust_organisation(invitee_id.org_root))
+    run(invitee.trust_organisation(inviter_id.org_root))
+    invitation = run(inviter.create_invitation(600))
+    assert run(invitee.accept_invitation(invitation.link)) == inviter_id.device_id
+    got = run(inviter.sync())
+    assert any(m.kind == h.MessageKind.CONTACT_CARD and m.peer == invitee_id.device_id
+               for m in got)
+
+
+def is_verified(client, peer):
+    return next(c for c in run(client.contacts()) if c.device_id == peer).verified
+
+
+def test_safety_numbers_agree_on_both_sides_and_differ_for_a_third_party(
+        relay, tmp_path, clients):
+    a = new_org(clients, relay, tmp_path / "a", "Harbour", passphrase("a"))
+    b = new_org(clients, relay, tmp_path / "b", "Riverside", passphrase("b"))
+    c = new_org(clients, relay, tmp_path / "c", "Lakeside", passphrase("c"))
+    connect(a, b)
+    connect(a, c)
+    a_id, b_id, c_id = (run(x.identity()).device_id for x in (a, b, c))
+
+    at_a, at_b = run(a.safety_number(b_id)), run(b.safety_number(a_id))
+    assert at_a.digits == at_b.digits
+    assert len(at_a.digits) == 60 and at_a.digits.isdigit()
+    groups = at_a.grouped.split(" ")
+    assert len(groups) == 12 and all(len(g) == 5 for g in groups)
+    assert "".join(groups) == at_a.digits
+    # Each screen shows its own QR code: its fingerprint first.
+    assert len(at_a.qr_payload) == 65 and at_a.qr_payload != at_b.qr_payload
+
+    # A third organisation's device has a different number with A, the same on both sides.
+    with_c = run(a.safety_number(c_id))
+    assert with_c.digits != at_a.digits
+    assert run(c.safety_number(a_id)).digits == with_c.digits
+
+    # B and C never met: no safety number; a malformed id is the app's mistake.
+    with pytest.raises(h.HandoverError.NotFound):
+        run(b.safety_number(c_id))
+    with pytest.raises(h.HandoverError.InvalidArgument):
+        run(b.safety_number("not a device id"))
+
+    # Marking verified needs the contact's own number (as read out, in groups) or QR code.
+    assert not is_verified(a, b_id)
+    with pytest.raises(h.HandoverError.SafetyNumberMismatch):
+        run(a.mark_contact_verified(b_id, with_c.grouped))
+    assert not is_verified(a, b_id)
+    run(a.mark_contact_verified(b_id, at_b.grouped))
+    assert is_verified(a, b_id) and not is_verified(a, c_id)
+    with pytest.raises(h.HandoverError.SafetyNumberMismatch):
+        run(b.mark_contact_verified_by_qr(a_id, at_b.qr_payload))
+    run(b.mark_contact_verified_by_qr(a_id, at_a.qr_payload))
+    assert is_verified(b, a_id)
+    run(a.clear_contact_verified(b_id))
+    assert not is_verified(a, b_id)
+
+
+def free_udp_address():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def details(name, services=()):
+    return h.OrgProfileDetails(name=name, services=list(services), languages=["ar"],
+                               regions=["Brussels"], description="Emergency accommodation")
+
+
+def query(name="", services=()):
+    return h.DirectoryQuery(name_contains=name, services=list(services), languages=[],
+                            regions=[])
+
+
+def test_directory_search_and_import_only_with_the_compared_fingerprint(tmp_path, clients):
+    binary = relay_binary_or_skip()
+    listen, data = free_udp_address(), tmp_path / "relay-data"
+    relay = RelayProcess(binary, data, listen=listen)
+    try:
+        paths = {"harbour": tmp_path / "harbour", "riverside": tmp_path / "riverside"}
+        harbour = new_org(clients, relay, paths["harbour"], "Harbour", passphrase("h"))
+        riverside = new_org(clients, relay, paths["riverside"], "Riverside", passphrase("r"))
+        h_id, r_id = run(harbour.identity()), run(riverside.identity())
+
+        # The relay operator has not admitted the organisations: the directory is closed.
+        with pytest.raises(h.HandoverError.RelayRefused) as err:
+            run(harbour.publish_profile(details("Harbour Women's Centre")))
+        assert "UNAUTHORISED" in str(err.value)
+
+        # The operator admits both and restarts the relay (same data, same address).
+        for client in (harbour, riverside):
+            run(client.shutdown())
+        relay.stop()
+        relay = RelayProcess(binary, data, listen=listen,
+                             extra=["--admit-org", h_id.org_root, "--admit-org", r_id.org_root])
+        harbour = run(h.Client.open(str(paths["harbour"]), passphrase("h")))
+        riverside = run(h.Client.open(str(paths["riverside"]), passphrase("r")))
+        clients.extend([harbour, riverside])
+
+        run(harbour.publish_profile(details("Harbour Women's Centre", ["SHELTER"])))
+        found = run(riverside.search_directory(query(name="harbour")))
+        assert [e.name for e in found] == ["Harbour Women's Centre"]
+        entry = found[0]
+        assert entry.org_root == h_id.org_root
+        assert entry.org_fingerprint == h_id.org_fingerprint
+        assert not entry.trusted and entry.intake_devices == 1
+        assert entry.services == ["SHELTER"] and entry.regions == ["Brussels"]
+        assert [e.name for e in run(riverside.search_directory(query(services=["SHELTER"])))] \
+            == ["Harbour Women's Centre"]
+        assert run(riverside.search_directory(query(services=["LEGAL"]))) == []
+
+        # A fingerprint that is not Harbour's (here Riverside's own) trusts and imports nothing.
+        with pytest.raises(h.HandoverError.FingerprintMismatch):
+            run(riverside.import_profile(entry.profile, r_id.org_fingerprint))
+        assert run(riverside.contacts()) == []
+        with pytest.raises(h.HandoverError.UntrustedOrganisation):
+            run(riverside.accept_invitation(run(harbour.create_invitation(600)).link))
+
+        # The fingerprint as Harbour read it out imports its intake device.
+        spoken = entry.org_fingerprint.replace(" ", "-")
+        assert run(riverside.import_profile(entry.profile, spoken)) == [h_id.device_id]
+        contact = next(c for c in run(riverside.contacts()) if c.device_id == h_id.device_id)
+        assert contact.has_address and contact.org_root == h_id.org_root
+        assert not contact.verified
+
+        # Riverside writes without an invitation; Harbour trusts Riverside and receives it once.
+        run(riverside.send_contact_card(h_id.device_id))
+        run(riverside.send_text(h_id.device_id, "found you in the directory", []))
+        run(harbour.trust_organisation(r_id.org_root))
+        got = run(harbour.sync())
+        assert [m.text for m in got if m.kind == h.MessageKind.CHAT] \
+            == ["found you in the directory"]
+        assert run(harbour.safety_number(r_id.device_id)).digits \
+            == run(riverside.safety_number(h_id.device_id)).digits
+    finally:
+        relay.stop()
