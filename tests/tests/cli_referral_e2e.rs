@@ -58,6 +58,34 @@ fn refused(profile: &Path, args: &[&str]) -> String {
     out.stderr
 }
 
+/// The first line of `out` that starts with `prefix`.
+fn line_starting<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
+}
+
+/// `org join-request` for a new device `name` in `profile`: the whole output and the request.
+fn join_request(profile: &Path, relay: &RelayProcess, name: &str) -> (String, String) {
+    let (addr, pin) = relay_args(relay);
+    let out = must(
+        profile,
+        &[
+            "org",
+            "join-request",
+            "--relay",
+            &addr,
+            "--relay-pin",
+            &pin,
+            "--name",
+            name,
+            "--insecure-fast-kdf",
+        ],
+    );
+    let request = line_starting(&out, "handover://enrol-request#").to_owned();
+    (out, request)
+}
+
 fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
@@ -197,26 +225,7 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     init(&b1, &relay, "Riverside intake 1");
 
     // --- B's second device joins: request on b2, enrol on b1 (admin), join on b2.
-    let (addr, pin) = relay_args(&relay);
-    let out = must(
-        &b2,
-        &[
-            "org",
-            "join-request",
-            "--relay",
-            &addr,
-            "--relay-pin",
-            &pin,
-            "--name",
-            "Riverside intake 2",
-            "--insecure-fast-kdf",
-        ],
-    );
-    let request = out
-        .lines()
-        .find(|l| l.starts_with("handover://enrol-request#"))
-        .unwrap()
-        .to_owned();
+    let (out, request) = join_request(&b2, &relay, "Riverside intake 2");
     let check = line_after(&out, "Check code: ").to_owned();
     // A role the core does not have is refused with the list of roles.
     let err = refused(&b1, &["org", "enroll", &request, "--role", "intake"]);
@@ -226,11 +235,7 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
         out.contains(&check),
         "admin shows the same check code: {out}"
     );
-    let code = out
-        .lines()
-        .find(|l| l.starts_with("handover://enrolment#"))
-        .unwrap()
-        .to_owned();
+    let code = line_starting(&out, "handover://enrolment#").to_owned();
     let out = must(&b2, &["org", "join", &code]);
     assert!(out.contains("Joined the organisation"), "{out}");
     must(&b1, &["sync"]);
@@ -244,25 +249,7 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     assert!(devices.contains("Riverside intake 2"), "{devices}");
     assert!(devices.contains("caseworker"), "{devices}");
     // Only the root-key holder enrols.
-    let out = must(
-        &tmp.path().join("spare"),
-        &[
-            "org",
-            "join-request",
-            "--relay",
-            &addr,
-            "--relay-pin",
-            &pin,
-            "--name",
-            "Spare",
-            "--insecure-fast-kdf",
-        ],
-    );
-    let spare = out
-        .lines()
-        .find(|l| l.starts_with("handover://enrol-request#"))
-        .unwrap()
-        .to_owned();
+    let (_, spare) = join_request(&tmp.path().join("spare"), &relay, "Spare");
     let err = refused(&b2, &["org", "enroll", &spare, "--role", "caseworker"]);
     assert!(err.contains("root key"), "{err}");
 
@@ -945,32 +932,9 @@ fn org_revoke_stops_delivery_to_the_revoked_device() {
     let b2 = tmp.path().join("b-intake-2");
     init(&a, &relay, "Harbour caseworker");
     init(&b1, &relay, "Riverside intake 1");
-    let (addr, pin) = relay_args(&relay);
-    let out = must(
-        &b2,
-        &[
-            "org",
-            "join-request",
-            "--relay",
-            &addr,
-            "--relay-pin",
-            &pin,
-            "--name",
-            "Riverside intake 2",
-            "--insecure-fast-kdf",
-        ],
-    );
-    let request = out
-        .lines()
-        .find(|l| l.starts_with("handover://enrol-request#"))
-        .unwrap()
-        .to_owned();
+    let (_, request) = join_request(&b2, &relay, "Riverside intake 2");
     let out = must(&b1, &["org", "enroll", &request, "--role", "caseworker"]);
-    let code = out
-        .lines()
-        .find(|l| l.starts_with("handover://enrolment#"))
-        .unwrap()
-        .to_owned();
+    let code = line_starting(&out, "handover://enrolment#").to_owned();
     must(&b2, &["org", "join", &code]);
     must(&b1, &["sync"]);
     connect(&a, &b1);

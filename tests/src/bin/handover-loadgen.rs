@@ -191,6 +191,21 @@ async fn round_trip(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>> {
         .ok_or_else(|| "no response".into())
 }
 
+/// One request on a fresh stream; whether it was answered (with `SendAccepted`, if
+/// `check_accepted`).
+async fn answered(conn: &quinn::Connection, bytes: &[u8], check_accepted: bool) -> bool {
+    match round_trip(conn, bytes).await {
+        Ok(payload) => {
+            !check_accepted
+                || matches!(
+                    handover_proto::decode::response(&payload).map(|r| r.kind),
+                    Ok(Some(wire::response::Kind::SendAccepted(_)))
+                )
+        }
+        Err(_) => false,
+    }
+}
+
 /// The raw quinn echo server: reads one frame per stream and writes it back.
 async fn echo_server(dir: &std::path::Path) -> Result<(quinn::Endpoint, [u8; 32])> {
     let identity = handover_relay::tls::load_or_generate(dir, None)?;
@@ -265,22 +280,10 @@ async fn closed_loop(
                         break;
                     };
                     n += 1;
-                    match round_trip(&conn, &bytes).await {
-                        Ok(payload) => {
-                            let ok = !check_accepted
-                                || matches!(
-                                    handover_proto::decode::response(&payload).map(|r| r.kind),
-                                    Ok(Some(wire::response::Kind::SendAccepted(_)))
-                                );
-                            if ok {
-                                done.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Err(_) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if answered(&conn, &bytes, check_accepted).await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }));
@@ -334,16 +337,7 @@ async fn paced(
                     };
                     n += 1;
                     let t = Instant::now();
-                    let accepted = match round_trip(&conn, &bytes).await {
-                        Ok(payload) => {
-                            !check_accepted
-                                || matches!(
-                                    handover_proto::decode::response(&payload).map(|r| r.kind),
-                                    Ok(Some(wire::response::Kind::SendAccepted(_)))
-                                )
-                        }
-                        Err(_) => false,
-                    };
+                    let accepted = answered(&conn, &bytes, check_accepted).await;
                     if accepted {
                         lat.push(t.elapsed().as_micros() as u64);
                     } else {
@@ -448,16 +442,7 @@ async fn open_loop(
                             let _ = tx.send(None);
                             return;
                         };
-                        let accepted = match round_trip(&conn, &bytes).await {
-                            Ok(payload) => {
-                                !check_accepted
-                                    || matches!(
-                                        handover_proto::decode::response(&payload).map(|r| r.kind),
-                                        Ok(Some(wire::response::Kind::SendAccepted(_)))
-                                    )
-                            }
-                            Err(_) => false,
-                        };
+                        let accepted = answered(&conn, &bytes, check_accepted).await;
                         let us = due.elapsed().as_micros() as u64;
                         let _ = tx.send(accepted.then_some(us));
                     });
