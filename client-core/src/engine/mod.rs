@@ -431,7 +431,7 @@ pub struct FanoutSent {
 }
 
 /// A directory entry checked by [`Engine::verify_org_profile`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct VerifiedProfile {
     /// The profile (signature and signer checked).
     pub profile: wire::OrgProfile,
@@ -439,6 +439,18 @@ pub struct VerifiedProfile {
     pub trusted: bool,
     /// The organisation root fingerprint to compare in person before trusting it.
     pub fingerprint: String,
+}
+
+impl fmt::Debug for VerifiedProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The intake addresses carry send capabilities: keep them out of logs.
+        f.debug_struct("VerifiedProfile")
+            .field("name", &self.profile.name)
+            .field("intake_devices", &self.profile.intake.len())
+            .field("trusted", &self.trusted)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Descriptive fields of an organisation profile to publish.
