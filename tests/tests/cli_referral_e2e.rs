@@ -86,6 +86,50 @@ fn join_request(profile: &Path, relay: &RelayProcess, name: &str) -> (String, St
     (out, request)
 }
 
+/// `consent record` on `profile` for `principal`: the shelter service and purpose, to
+/// organisation `recipient`, for the identity, safe-contact, reason and risk sections; returns
+/// the receipt id.
+fn record_shelter_consent(profile: &Path, recipient: &str, principal: &str) -> String {
+    let out = must(
+        profile,
+        &[
+            "consent",
+            "record",
+            "--principal-ref",
+            principal,
+            "--recipient",
+            recipient,
+            "--service",
+            "shelter",
+            "--purpose",
+            PURPOSE,
+            "--section",
+            "identity",
+            "--section",
+            "safe_contact",
+            "--section",
+            "reason",
+            "--section",
+            "risk",
+            "--jurisdiction",
+            "BE",
+            "--controller",
+            "Harbour Women's Centre",
+            "--notice-ref",
+            "paper notice v3",
+            "--withdrawal-method",
+            "Tell your caseworker.",
+            "--witness",
+            "CW-12",
+        ],
+    );
+    line_after(&out, "Consent recorded: receipt ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
@@ -519,44 +563,7 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
         ],
     );
     assert!(err.contains("--principal-ref"), "{err}");
-    let out = must(
-        &a,
-        &[
-            "consent",
-            "record",
-            "--principal-ref",
-            "P-8K3M",
-            "--recipient",
-            &fp_b,
-            "--service",
-            "shelter",
-            "--purpose",
-            PURPOSE,
-            "--section",
-            "identity",
-            "--section",
-            "safe_contact",
-            "--section",
-            "reason",
-            "--section",
-            "risk",
-            "--jurisdiction",
-            "BE",
-            "--controller",
-            "Harbour Women's Centre",
-            "--notice-ref",
-            "paper notice v3",
-            "--withdrawal-method",
-            "Tell your caseworker.",
-            "--witness",
-            "CW-12",
-        ],
-    );
-    let receipt2 = line_after(&out, "Consent recorded: receipt ")
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+    let receipt2 = record_shelter_consent(&a, &fp_b, "P-8K3M");
     let file = write(
         &tmp.path().join("second.toml"),
         &referral_toml(&fp_b, &receipt2, PURPOSE, ""),
@@ -999,44 +1006,7 @@ fn org_revoke_stops_delivery_to_the_revoked_device() {
     );
 
     // A new referral from A goes to B's remaining device only.
-    let out = must(
-        &a,
-        &[
-            "consent",
-            "record",
-            "--principal-ref",
-            "P-4R7T",
-            "--recipient",
-            &fp_b,
-            "--service",
-            "shelter",
-            "--purpose",
-            PURPOSE,
-            "--section",
-            "identity",
-            "--section",
-            "safe_contact",
-            "--section",
-            "reason",
-            "--section",
-            "risk",
-            "--jurisdiction",
-            "BE",
-            "--controller",
-            "Harbour Women's Centre",
-            "--notice-ref",
-            "paper notice v3",
-            "--withdrawal-method",
-            "Tell your caseworker.",
-            "--witness",
-            "CW-12",
-        ],
-    );
-    let receipt = line_after(&out, "Consent recorded: receipt ")
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+    let receipt = record_shelter_consent(&a, &fp_b, "P-4R7T");
     let file = write(
         &tmp.path().join("referral.toml"),
         &referral_toml(&fp_b, &receipt, PURPOSE, ""),
