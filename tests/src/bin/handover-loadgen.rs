@@ -398,6 +398,72 @@ impl Commits {
     }
 }
 
+/// The process's CPU time and context switches, from `/proc` (Linux; `None` elsewhere). The
+/// relay and the load generator share the process, so a phase's figures cover both ends, as
+/// do the echo's: their difference is what the relay adds.
+#[derive(Clone, Copy)]
+struct CpuUsage {
+    /// User and system CPU seconds of all threads.
+    user: f64,
+    system: f64,
+    /// Voluntary (blocked or yielded) and involuntary (preempted) switches of the live threads.
+    voluntary: u64,
+    involuntary: u64,
+}
+
+impl CpuUsage {
+    fn read() -> Option<Self> {
+        // Fields after the command name's closing parenthesis: state is field 3, utime 14,
+        // stime 15 (man 5 proc), in clock ticks of 1/100 s on Linux.
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks =
+            |i: usize| -> Option<f64> { Some(fields.get(i - 3)?.parse::<f64>().ok()? / 100.0) };
+        let (mut voluntary, mut involuntary) = (0, 0);
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue; // the thread ended meanwhile
+            };
+            for line in status.lines() {
+                let count = |prefix: &str| -> u64 {
+                    line.strip_prefix(prefix)
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                voluntary += count("voluntary_ctxt_switches:");
+                involuntary += count("nonvoluntary_ctxt_switches:");
+            }
+        }
+        Some(Self {
+            user: ticks(14)?,
+            system: ticks(15)?,
+            voluntary,
+            involuntary,
+        })
+    }
+
+    /// One line on the CPU used per request since `before`.
+    fn since(after: Option<Self>, before: Option<Self>, requests: usize, secs: f64) -> String {
+        let (Some(a), Some(b)) = (after, before) else {
+            return "  cpu: not available on this system".into();
+        };
+        let n = requests.max(1) as f64;
+        let per = |x: f64| x * 1e6 / n;
+        format!(
+            "  cpu: {:.0} us per request (user {:.0}, system {:.0}), {:.0}% of {} cores; \
+             context switches per request: {:.2} voluntary, {:.2} involuntary",
+            per(a.user - b.user + a.system - b.system),
+            per(a.user - b.user),
+            per(a.system - b.system),
+            (a.user - b.user + a.system - b.system) * 100.0
+                / (secs * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64),
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            a.voluntary.saturating_sub(b.voluntary) as f64 / n,
+            a.involuntary.saturating_sub(b.involuntary) as f64 / n,
+        )
+    }
+}
+
 /// Open loop: requests arrive as a Poisson process at `rate` per second (exponential gaps from
 /// a generator seeded with `seed`), each on a task of its own, round-robin over the connections.
 /// A request's latency runs from its *scheduled* arrival, so a client or pacer that falls behind
@@ -579,6 +645,7 @@ async fn run(args: Args) -> Result<()> {
 
     let half = args.rate.unwrap_or(peak / 2.0);
     let before = Commits::read(&relay);
+    let cpu_before = CpuUsage::read();
     let (lat, failed) = latency_phase(
         args.pacing,
         &conns,
@@ -590,6 +657,7 @@ async fn run(args: Args) -> Result<()> {
         true,
     )
     .await?;
+    let cpu_after = CpuUsage::read();
     let achieved = lat.len() as f64 / args.secs as f64;
     println!(
         "relay at {} ({half:.0}/s offered, {achieved:.0}/s done, {:?} pacing): p50 {:.2} ms  p99 {:.2} ms  (target p99 <= 5 ms)  p99.9 {:.2} ms",
@@ -608,8 +676,13 @@ async fn run(args: Args) -> Result<()> {
     }
 
     println!("{}", Commits::read(&relay).since(before, secs));
+    println!(
+        "{}",
+        CpuUsage::since(cpu_after, cpu_before, lat.len() + failed as usize, secs)
+    );
 
-    let (echo_lat, _) = latency_phase(
+    let cpu_before = CpuUsage::read();
+    let (echo_lat, echo_failed) = latency_phase(
         args.pacing,
         &echo_conns,
         &fakes,
@@ -620,11 +693,21 @@ async fn run(args: Args) -> Result<()> {
         false,
     )
     .await?;
+    let echo_cpu = CpuUsage::read();
     println!(
         "raw echo at the same rate and pacing:      p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
         percentile(&echo_lat, 0.50),
         percentile(&echo_lat, 0.99),
         percentile(&echo_lat, 0.999)
+    );
+    println!(
+        "{}",
+        CpuUsage::since(
+            echo_cpu,
+            cpu_before,
+            echo_lat.len() + echo_failed as usize,
+            secs
+        )
     );
     for c in &echo_conns {
         c.close(0u8.into(), b"done");
