@@ -496,6 +496,18 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
     ctx.open_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Whether the peer has already ended `recv` just after what was read, checked without waiting.
+/// Reading the end marks the stream fully read, so dropping or stopping it sends nothing;
+/// otherwise quinn sends a STOP_SENDING frame, which on a request stream costs a datagram and
+/// an acknowledgement per request for nothing. `false` if the end has not arrived yet or more
+/// data follows (of which this consumes up to a byte).
+pub fn recv_ended_now(recv: &mut quinn::RecvStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut byte = [0u8; 1];
+    let read = std::pin::pin!(recv.read(&mut byte));
+    matches!(read.poll(&mut cx), std::task::Poll::Ready(Ok(None)))
+}
+
 struct Stream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -565,13 +577,20 @@ impl Stream {
                 })
                 .inc();
         }
-        let _ = self.recv.stop(0u8.into());
+        self.stop_reading();
         let written = self.write(response).await;
         // Answered: waiting for the peer to acknowledge delivery does not count against the
         // connection's limit of streams being served.
         self.slot = None;
         if written {
             self.finish().await;
+        }
+    }
+
+    /// Stops reading further input (a request stream carries one frame, then ends).
+    fn stop_reading(&mut self) {
+        if !recv_ended_now(&mut self.recv) {
+            let _ = self.recv.stop(0u8.into());
         }
     }
 
@@ -805,7 +824,7 @@ async fn blob_download(ctx: &Ctx, stream: &mut Stream, mut download: crate::hand
                     return;
                 }
                 if last {
-                    let _ = stream.recv.stop(0u8.into());
+                    stream.stop_reading();
                     stream.finish().await;
                     return;
                 }

@@ -181,6 +181,8 @@ impl Client {
             let payload = read_frame(&mut recv, MAX_FRAME_LEN)
                 .await?
                 .ok_or("stream ended without a response")?;
+            // The relay ends the stream after its answer; reading the end spares a STOP_SENDING.
+            handover_relay::server::recv_ended_now(&mut recv);
             Ok(decode::response(&payload)?)
         })
         .await?

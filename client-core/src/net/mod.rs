@@ -217,7 +217,9 @@ impl RelayClient {
             let (mut send, mut recv) = self.connection.open_bi().await.map_err(conn_err)?;
             write_request(&mut send, kind).await?;
             send.finish().map_err(conn_err)?;
-            read_response(&mut recv).await
+            let response = read_response(&mut recv).await;
+            read_end_now(&mut recv);
+            response
         })
         .await
         .map_err(|_| NetError::Timeout)?
@@ -599,6 +601,14 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, Net
         quinn::ReadExactError::ReadError(e) => conn_err(e),
     })?;
     Ok(Some(payload))
+}
+
+/// Reads the end of a stream whose answer was read, if it has arrived (the relay ends the stream
+/// right after a final answer), without waiting. A stream dropped before its end is read makes
+/// quinn send the relay a STOP_SENDING frame: a datagram and an acknowledgement per request.
+fn read_end_now(recv: &mut quinn::RecvStream) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = std::pin::pin!(recv.read(&mut [0u8; 1])).poll(&mut cx);
 }
 
 async fn read_response(recv: &mut quinn::RecvStream) -> Result<Resp, NetError> {

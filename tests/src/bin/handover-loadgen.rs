@@ -186,9 +186,13 @@ async fn round_trip(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(bytes).await?;
     let _ = send.finish();
-    read_frame(&mut recv, MAX_FRAME_LEN)
+    let response = read_frame(&mut recv, MAX_FRAME_LEN)
         .await?
-        .ok_or_else(|| "no response".into())
+        .ok_or("no response")?;
+    // The answer ends the stream: reading the end now spares a STOP_SENDING (as the relay's
+    // client does).
+    handover_relay::server::recv_ended_now(&mut recv);
+    Ok(response)
 }
 
 /// One request on a fresh stream; whether it was answered (with `SendAccepted`, if
@@ -230,6 +234,7 @@ async fn echo_server(dir: &std::path::Path) -> Result<(quinn::Endpoint, [u8; 32]
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     tokio::spawn(async move {
                         if let Ok(Some(payload)) = read_frame(&mut recv, MAX_FRAME_LEN).await {
+                            handover_relay::server::recv_ended_now(&mut recv);
                             let mut out = (payload.len() as u32).to_be_bytes().to_vec();
                             out.extend_from_slice(&payload);
                             if send.write_all(&out).await.is_ok() {
@@ -396,6 +401,26 @@ impl Commits {
             (self.seconds - before.seconds) * 1000.0 / syncs
         )
     }
+}
+
+/// UDP datagrams the client connections sent and received so far (quinn's counters).
+fn datagrams(conns: &[quinn::Connection]) -> (u64, u64) {
+    conns
+        .iter()
+        .map(quinn::Connection::stats)
+        .fold((0, 0), |(tx, rx), s| {
+            (tx + s.udp_tx.datagrams, rx + s.udp_rx.datagrams)
+        })
+}
+
+/// One line on the datagrams per request since `before` (counted at the client connections).
+fn datagrams_since(after: (u64, u64), before: (u64, u64), requests: usize) -> String {
+    let n = requests.max(1) as f64;
+    format!(
+        "  quic: {:.2} datagrams sent and {:.2} received per request (client side)",
+        after.0.saturating_sub(before.0) as f64 / n,
+        after.1.saturating_sub(before.1) as f64 / n
+    )
 }
 
 /// The process's CPU time and context switches, from `/proc` (Linux; `None` elsewhere). The
@@ -646,6 +671,7 @@ async fn run(args: Args) -> Result<()> {
     let half = args.rate.unwrap_or(peak / 2.0);
     let before = Commits::read(&relay);
     let cpu_before = CpuUsage::read();
+    let dgrams_before = datagrams(&conns);
     let (lat, failed) = latency_phase(
         args.pacing,
         &conns,
@@ -658,6 +684,7 @@ async fn run(args: Args) -> Result<()> {
     )
     .await?;
     let cpu_after = CpuUsage::read();
+    let dgrams_after = datagrams(&conns);
     let achieved = lat.len() as f64 / args.secs as f64;
     println!(
         "relay at {} ({half:.0}/s offered, {achieved:.0}/s done, {:?} pacing): p50 {:.2} ms  p99 {:.2} ms  (target p99 <= 5 ms)  p99.9 {:.2} ms",
@@ -680,8 +707,13 @@ async fn run(args: Args) -> Result<()> {
         "{}",
         CpuUsage::since(cpu_after, cpu_before, lat.len() + failed as usize, secs)
     );
+    println!(
+        "{}",
+        datagrams_since(dgrams_after, dgrams_before, lat.len() + failed as usize)
+    );
 
     let cpu_before = CpuUsage::read();
+    let dgrams_before = datagrams(&echo_conns);
     let (echo_lat, echo_failed) = latency_phase(
         args.pacing,
         &echo_conns,
@@ -694,6 +726,7 @@ async fn run(args: Args) -> Result<()> {
     )
     .await?;
     let echo_cpu = CpuUsage::read();
+    let echo_dgrams = datagrams(&echo_conns);
     println!(
         "raw echo at the same rate and pacing:      p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
         percentile(&echo_lat, 0.50),
@@ -707,6 +740,14 @@ async fn run(args: Args) -> Result<()> {
             cpu_before,
             echo_lat.len() + echo_failed as usize,
             secs
+        )
+    );
+    println!(
+        "{}",
+        datagrams_since(
+            echo_dgrams,
+            dgrams_before,
+            echo_lat.len() + echo_failed as usize
         )
     );
     for c in &echo_conns {
