@@ -92,6 +92,11 @@ pub struct Args {
     /// next one and a background checkpoint [default: 64].
     #[arg(long)]
     pub wal_mib: Option<u64>,
+    /// Kernel receive and send buffer asked for the QUIC socket, bytes; Linux grants at most
+    /// net.core.rmem_max / wmem_max (the relay logs a warning if it got less)
+    /// [default: 4194304].
+    #[arg(long)]
+    pub udp_buffer_bytes: Option<usize>,
     /// Log filter (tracing EnvFilter syntax), also from RUST_LOG [default: info].
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -208,6 +213,17 @@ pub fn config_from(args: &Args) -> Result<Config, RelayError> {
         c.idle_timeout_secs,
         args.idle_timeout_secs,
         file.idle_timeout_secs
+    );
+    set!(
+        c.limits.blob_store_max_bytes,
+        args.blob_store_max_bytes,
+        l.blob_store_max_bytes
+    );
+    set!(c.wal_mib, args.wal_mib, file.wal_mib);
+    set!(
+        c.udp_buffer_bytes,
+        args.udp_buffer_bytes,
+        file.udp_buffer_bytes
     );
     c.validate()?;
     Ok(c)
@@ -337,7 +353,8 @@ mod tests {
         let path = dir.path().join("relay.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:5000\"\nadmin = \"off\"\nmax_streams = 9\n[limits]\nmax_ttl_secs = 77\n",
+            "listen = \"127.0.0.1:5000\"\nadmin = \"off\"\nmax_streams = 9\nwal_mib = 8\n\
+             udp_buffer_bytes = 100000\n[limits]\nmax_ttl_secs = 77\nblob_store_max_bytes = 5000\n",
         )
         .unwrap();
         let args = Args::parse_from([
@@ -352,6 +369,27 @@ mod tests {
         assert_eq!(c.admin, None);
         assert_eq!(c.max_streams, 5);
         assert_eq!(c.limits.max_ttl_secs, 77);
+        assert_eq!(c.limits.blob_store_max_bytes, 5000);
+        assert_eq!(c.wal_mib, 8);
+        assert_eq!(c.udp_buffer_bytes, 100_000);
+        let flags = Args::parse_from([
+            "handover-relay",
+            "--config",
+            path.to_str().unwrap(),
+            "--wal-mib",
+            "16",
+            "--blob-store-max-bytes",
+            "6000",
+            "--udp-buffer-bytes",
+            "200000",
+        ]);
+        let c = config_from(&flags).unwrap();
+        assert_eq!(
+            (c.wal_mib, c.limits.blob_store_max_bytes, c.udp_buffer_bytes),
+            (16, 6000, 200_000)
+        );
+        let small = Args::parse_from(["handover-relay", "--udp-buffer-bytes", "1000"]);
+        assert!(config_from(&small).is_err());
         let bad = Args::parse_from(["handover-relay", "--max-envelope-bytes", "999999"]);
         assert!(config_from(&bad).is_err());
     }

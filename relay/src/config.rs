@@ -8,6 +8,17 @@ use serde::Deserialize;
 use crate::RelayError;
 use crate::handler::Limits;
 
+/// Default kernel buffer for the QUIC socket: 4 MiB, about 1 800 datagrams of 1 200 bytes
+/// (the kernel counts each with its overhead). A busy relay whose receive buffer fills up, say
+/// while the machine stalls for a few milliseconds, has the kernel drop datagrams; QUIC then
+/// waits for loss detection and halves its sending rate, which turns a short stall into a long
+/// latency tail (docs/PERFORMANCE.md). The operating system's default is often 208 KiB.
+pub const DEFAULT_UDP_BUFFER: usize = 4 * 1024 * 1024;
+/// Smallest accepted `udp_buffer_bytes`.
+const MIN_UDP_BUFFER: usize = 64 * 1024;
+/// Largest accepted `udp_buffer_bytes`.
+const MAX_UDP_BUFFER: usize = 1024 * 1024 * 1024;
+
 /// Complete, validated relay configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -41,6 +52,9 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// Size of each log segment of the store, MiB.
     pub wal_mib: u64,
+    /// Kernel receive and send buffer asked for the QUIC socket, bytes (Linux caps it at
+    /// `net.core.rmem_max` / `wmem_max`).
+    pub udp_buffer_bytes: usize,
 }
 
 impl Config {
@@ -62,6 +76,7 @@ impl Config {
             shutdown_grace_secs: 10,
             idle_timeout_secs: 60,
             wal_mib: 64,
+            udp_buffer_bytes: DEFAULT_UDP_BUFFER,
         }
     }
 
@@ -84,6 +99,9 @@ impl Config {
         }
         if self.wal_mib == 0 || self.wal_mib > 4096 {
             return bad("wal_mib must be between 1 and 4096");
+        }
+        if !(MIN_UDP_BUFFER..=MAX_UDP_BUFFER).contains(&self.udp_buffer_bytes) {
+            return bad("udp_buffer_bytes must be between 65536 and 1073741824");
         }
         if self.limits.max_ttl_secs == 0 {
             return bad("max_ttl_secs must be at least 1");
@@ -135,6 +153,8 @@ pub struct FileConfig {
     pub idle_timeout_secs: Option<u64>,
     /// Log segment size, MiB.
     pub wal_mib: Option<u64>,
+    /// QUIC socket buffer, bytes.
+    pub udp_buffer_bytes: Option<usize>,
     /// Limits and quotas.
     #[serde(default)]
     pub limits: FileLimits,

@@ -74,6 +74,26 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Binds a UDP socket at `addr` for QUIC, asking the kernel for `buffer` bytes of receive and
+/// of send buffer (see [`crate::config::DEFAULT_UDP_BUFFER`] for why). Returns the socket and
+/// the receive buffer the kernel granted, which Linux caps at `net.core.rmem_max`.
+pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A refused size leaves the system default, which the caller sees in what was granted.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    let reported = socket.recv_buffer_size()?;
+    // Linux reports twice what it grants (it doubles the request for its own bookkeeping).
+    let granted = if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    };
+    Ok((socket.into(), granted))
+}
+
 struct QuinnExporter(quinn::Connection);
 
 impl KeyingMaterial for QuinnExporter {
@@ -256,8 +276,27 @@ impl Relay {
             )
             .keep_alive_interval(None);
         server_config.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        let (socket, granted) = bind_udp(config.listen, config.udp_buffer_bytes)
             .map_err(RelayError::io("bind QUIC listener"))?;
+        if granted < config.udp_buffer_bytes {
+            tracing::warn!(
+                asked = config.udp_buffer_bytes,
+                granted,
+                "the kernel granted a smaller UDP buffer than configured; under load it may drop \
+                 datagrams (raise net.core.rmem_max and wmem_max, see docs/OPERATIONS.md)"
+            );
+        } else {
+            tracing::info!(bytes = granted, "UDP socket buffer");
+        }
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| RelayError::Config("no async runtime for QUIC".into()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(RelayError::io("bind QUIC listener"))?;
         let local_addr = endpoint
             .local_addr()
             .map_err(RelayError::io("read listener address"))?;
@@ -834,6 +873,24 @@ async fn blob_download(ctx: &Ctx, stream: &mut Stream, mut download: crate::hand
                 let _ = stream.send.reset(1u8.into());
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_quic_socket_gets_the_buffer_asked_for() {
+        // Both sizes are below Linux's usual cap (net.core.rmem_max, 212992 by default), so
+        // the kernel grants them exactly.
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        for asked in [100_000, 150_000] {
+            let (socket, granted) = bind_udp(local, asked).unwrap();
+            assert_eq!(granted, asked);
+            assert!(socket.local_addr().unwrap().port() != 0);
         }
     }
 }

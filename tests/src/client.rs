@@ -129,6 +129,22 @@ pub struct Client {
     pub conn: quinn::Connection,
 }
 
+/// A client endpoint on loopback with the relay's default UDP buffer (so that a load test's
+/// clients drop no more datagrams than the relay does).
+pub fn client_endpoint() -> Result<quinn::Endpoint> {
+    let (socket, _) = handover_relay::server::bind_udp(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        handover_relay::config::DEFAULT_UDP_BUFFER,
+    )?;
+    let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        runtime,
+    )?)
+}
+
 /// Builds a request.
 pub fn request(kind: Kind) -> wire::Request {
     wire::Request {
@@ -165,7 +181,7 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Opti
 impl Client {
     /// Connects to `addr` (loopback) pinning `pin`.
     pub async fn connect(addr: SocketAddr, pin: [u8; 32]) -> Result<Self> {
-        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let mut endpoint = client_endpoint()?;
         endpoint.set_default_client_config(client_config(pin)?);
         let conn = tokio::time::timeout(REQUEST_TIMEOUT, endpoint.connect(addr, "handover-relay")?)
             .await??;

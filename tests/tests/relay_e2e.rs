@@ -278,6 +278,8 @@ fn help_documents_every_flag() {
         "--mailbox-max-bytes",
         "--requests-per-sec",
         "--max-streams",
+        "--wal-mib",
+        "--udp-buffer-bytes",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
