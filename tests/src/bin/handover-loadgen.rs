@@ -11,6 +11,11 @@
 //! 4. relay at half the peak rate, paced: p50 / p99 acknowledgement latency;
 //! 5. relay, one sender, one stream at a time: the single-sender durable rate.
 //!
+//! Each latency phase (4, and the echo at the same rate) also prints what explains its tail:
+//! CPU time and context switches per request, datagrams per request, packets QUIC declared
+//! lost, UDP datagrams the kernel dropped for full socket buffers, and the stalls a bystander
+//! thread saw (the machine taking the CPU away).
+//!
 //! `cargo run --release -p handover-tests --bin handover-loadgen -- --help`
 
 use std::net::SocketAddr;
@@ -25,7 +30,9 @@ use handover_proto::limits::MAX_FRAME_LEN;
 use handover_proto::relay::v1 as wire;
 use handover_relay::config::Config;
 use handover_relay::server::Relay;
-use handover_tests::client::{Client, MailboxKeys, client_config, read_frame, unix_now};
+use handover_tests::client::{
+    Client, MailboxKeys, client_config, client_endpoint, read_frame, unix_now,
+};
 use handover_tests::{BoxError, Result};
 
 /// Load generator for the Handover relay.
@@ -225,7 +232,18 @@ async fn echo_server(dir: &std::path::Path) -> Result<(quinn::Endpoint, [u8; 32]
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(1024u32.into());
     config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    // The relay's socket buffer, so that both drop datagrams alike.
+    let (socket, _) = handover_relay::server::bind_udp(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        handover_relay::config::DEFAULT_UDP_BUFFER,
+    )?;
+    let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )?;
     let server = endpoint.clone();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
@@ -251,7 +269,7 @@ async fn echo_server(dir: &std::path::Path) -> Result<(quinn::Endpoint, [u8; 32]
 }
 
 async fn connect_raw(addr: SocketAddr, pin: [u8; 32]) -> Result<quinn::Connection> {
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let mut endpoint = client_endpoint()?;
     endpoint.set_default_client_config(client_config(pin)?);
     Ok(endpoint.connect(addr, "handover-relay")?.await?)
 }
@@ -403,24 +421,111 @@ impl Commits {
     }
 }
 
-/// UDP datagrams the client connections sent and received so far (quinn's counters).
-fn datagrams(conns: &[quinn::Connection]) -> (u64, u64) {
-    conns
-        .iter()
-        .map(quinn::Connection::stats)
-        .fold((0, 0), |(tx, rx), s| {
-            (tx + s.udp_tx.datagrams, rx + s.udp_rx.datagrams)
-        })
+/// Transport counters of the client connections so far (quinn's): datagrams sent and received,
+/// packets declared lost and congestion events.
+#[derive(Clone, Copy, Default)]
+struct Transport {
+    sent: u64,
+    received: u64,
+    lost: u64,
+    congestion: u64,
+    /// Datagrams the kernel dropped for a full socket receive buffer, machine-wide (`None`
+    /// where `/proc/net/snmp` is not available).
+    dropped: Option<u64>,
 }
 
-/// One line on the datagrams per request since `before` (counted at the client connections).
-fn datagrams_since(after: (u64, u64), before: (u64, u64), requests: usize) -> String {
-    let n = requests.max(1) as f64;
-    format!(
-        "  quic: {:.2} datagrams sent and {:.2} received per request (client side)",
-        after.0.saturating_sub(before.0) as f64 / n,
-        after.1.saturating_sub(before.1) as f64 / n
-    )
+/// The kernel's count of UDP datagrams dropped for a full receive buffer (`RcvbufErrors` in
+/// `/proc/net/snmp`, Linux).
+fn udp_receive_drops() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+impl Transport {
+    fn read(conns: &[quinn::Connection]) -> Self {
+        conns.iter().map(quinn::Connection::stats).fold(
+            Self {
+                dropped: udp_receive_drops(),
+                ..Self::default()
+            },
+            |t, s| Self {
+                sent: t.sent + s.udp_tx.datagrams,
+                received: t.received + s.udp_rx.datagrams,
+                lost: t.lost + s.path.lost_packets,
+                congestion: t.congestion + s.path.congestion_events,
+                dropped: t.dropped,
+            },
+        )
+    }
+
+    /// One line on the transport since `before`, per request.
+    fn since(self, before: Self, requests: usize) -> String {
+        let n = requests.max(1) as f64;
+        format!(
+            "  quic (client side): {:.2} datagrams sent and {:.2} received per request; {} packets \
+             declared lost, {} congestion events; {} datagrams dropped by full UDP buffers",
+            self.sent.saturating_sub(before.sent) as f64 / n,
+            self.received.saturating_sub(before.received) as f64 / n,
+            self.lost.saturating_sub(before.lost),
+            self.congestion.saturating_sub(before.congestion),
+            match (self.dropped, before.dropped) {
+                (Some(a), Some(b)) => a.saturating_sub(b).to_string(),
+                _ => "n/a".into(),
+            }
+        )
+    }
+}
+
+/// A bystander thread that sleeps 1 ms at a time and records how much later than asked it woke
+/// up: what the machine (other work, the hypervisor) takes from a thread that wants to run. A
+/// phase's latency tail next to its stalls tells the relay's own delays from the machine's.
+struct StallWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Duration>>,
+}
+
+/// Oversleep that counts as a stall.
+const STALL: Duration = Duration::from_millis(2);
+
+impl StallWatch {
+    fn start() -> Result<Self> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("loadgen-stalls".into())
+            .spawn(move || {
+                let mut stalls = Vec::new();
+                while !flag.load(Ordering::Relaxed) {
+                    let asked = Duration::from_millis(1);
+                    let t = Instant::now();
+                    std::thread::sleep(asked);
+                    let late = t.elapsed().saturating_sub(asked);
+                    if late >= STALL {
+                        stalls.push(late);
+                    }
+                }
+                stalls
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops the thread; one line on the stalls it saw.
+    fn finish(self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        let stalls = self.thread.join().unwrap_or_default();
+        let longest = stalls.iter().max().copied().unwrap_or_default();
+        let total: Duration = stalls.iter().sum();
+        format!(
+            "  stalls: an idle thread woke {} times over {} ms late (longest {:.1} ms, {:.0} ms in all)",
+            stalls.len(),
+            STALL.as_millis(),
+            longest.as_secs_f64() * 1e3,
+            total.as_secs_f64() * 1e3
+        )
+    }
 }
 
 /// The process's CPU time and context switches, from `/proc` (Linux; `None` elsewhere). The
@@ -671,7 +776,8 @@ async fn run(args: Args) -> Result<()> {
     let half = args.rate.unwrap_or(peak / 2.0);
     let before = Commits::read(&relay);
     let cpu_before = CpuUsage::read();
-    let dgrams_before = datagrams(&conns);
+    let dgrams_before = Transport::read(&conns);
+    let stalls = StallWatch::start()?;
     let (lat, failed) = latency_phase(
         args.pacing,
         &conns,
@@ -684,7 +790,8 @@ async fn run(args: Args) -> Result<()> {
     )
     .await?;
     let cpu_after = CpuUsage::read();
-    let dgrams_after = datagrams(&conns);
+    let dgrams_after = Transport::read(&conns);
+    let stalls = stalls.finish();
     let achieved = lat.len() as f64 / args.secs as f64;
     println!(
         "relay at {} ({half:.0}/s offered, {achieved:.0}/s done, {:?} pacing): p50 {:.2} ms  p99 {:.2} ms  (target p99 <= 5 ms)  p99.9 {:.2} ms",
@@ -709,11 +816,13 @@ async fn run(args: Args) -> Result<()> {
     );
     println!(
         "{}",
-        datagrams_since(dgrams_after, dgrams_before, lat.len() + failed as usize)
+        dgrams_after.since(dgrams_before, lat.len() + failed as usize)
     );
+    println!("{stalls}");
 
     let cpu_before = CpuUsage::read();
-    let dgrams_before = datagrams(&echo_conns);
+    let dgrams_before = Transport::read(&echo_conns);
+    let stalls = StallWatch::start()?;
     let (echo_lat, echo_failed) = latency_phase(
         args.pacing,
         &echo_conns,
@@ -726,7 +835,8 @@ async fn run(args: Args) -> Result<()> {
     )
     .await?;
     let echo_cpu = CpuUsage::read();
-    let echo_dgrams = datagrams(&echo_conns);
+    let echo_dgrams = Transport::read(&echo_conns);
+    let echo_stalls = stalls.finish();
     println!(
         "raw echo at the same rate and pacing:      p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
         percentile(&echo_lat, 0.50),
@@ -744,12 +854,9 @@ async fn run(args: Args) -> Result<()> {
     );
     println!(
         "{}",
-        datagrams_since(
-            echo_dgrams,
-            dgrams_before,
-            echo_lat.len() + echo_failed as usize
-        )
+        echo_dgrams.since(dgrams_before, echo_lat.len() + echo_failed as usize)
     );
+    println!("{echo_stalls}");
     for c in &echo_conns {
         c.close(0u8.into(), b"done");
     }
