@@ -8,7 +8,8 @@
 //! 2. raw echo: N connections × M concurrent streams, each stream one request-sized frame out
 //!    and the same frame back (the transport's limit);
 //! 3. relay: N × M concurrent durable `Send`s of 1 KiB envelopes (peak rate);
-//! 4. relay at half the peak rate, paced: p50 / p99 acknowledgement latency;
+//! 4. relay at half the peak rate, paced, after a warm-up second at that rate: p50 / p99
+//!    acknowledgement latency;
 //! 5. relay, one sender, one stream at a time: the single-sender durable rate.
 //!
 //! Each latency phase (4, and the echo at the same rate) also prints what explains its tail:
@@ -72,6 +73,12 @@ struct Args {
     /// come in synchronised bursts each millisecond).
     #[arg(long, value_enum, default_value_t = Pacing::Poisson)]
     pacing: Pacing,
+    /// Seconds of load at the latency phase's rate and pacing just before it is measured, not
+    /// counted (relay and echo alike): the latency phase follows the saturating peak phase,
+    /// whose writes the disk is still absorbing for a few hundred milliseconds (syncs of
+    /// 5-11 ms were seen there), and "latency at half of peak" means the steady state.
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
 }
 
 /// Pacing of the latency phase.
@@ -774,6 +781,19 @@ async fn run(args: Args) -> Result<()> {
     println!("{}", after.since(before, secs));
 
     let half = args.rate.unwrap_or(peak / 2.0);
+    if args.warmup_secs > 0 {
+        latency_phase(
+            args.pacing,
+            &conns,
+            &mailboxes,
+            args.streams,
+            args.envelope_bytes,
+            args.warmup_secs,
+            half,
+            true,
+        )
+        .await?;
+    }
     let before = Commits::read(&relay);
     let cpu_before = CpuUsage::read();
     let dgrams_before = Transport::read(&conns);
@@ -820,6 +840,19 @@ async fn run(args: Args) -> Result<()> {
     );
     println!("{stalls}");
 
+    if args.warmup_secs > 0 {
+        latency_phase(
+            args.pacing,
+            &echo_conns,
+            &fakes,
+            args.streams,
+            args.envelope_bytes,
+            args.warmup_secs,
+            half,
+            false,
+        )
+        .await?;
+    }
     let cpu_before = CpuUsage::read();
     let dgrams_before = Transport::read(&echo_conns);
     let stalls = StallWatch::start()?;
