@@ -79,6 +79,10 @@ struct Args {
     /// 5-11 ms were seen there), and "latency at half of peak" means the steady state.
     #[arg(long, default_value_t = 1)]
     warmup_secs: u64,
+    /// Socket buffer of the relay and of the echo server, bytes (the relay's default; the
+    /// kernel caps it at net.core.rmem_max). The clients keep the default.
+    #[arg(long, default_value_t = handover_relay::config::DEFAULT_UDP_BUFFER)]
+    udp_buffer_bytes: usize,
 }
 
 /// Pacing of the latency phase.
@@ -225,7 +229,10 @@ async fn answered(conn: &quinn::Connection, bytes: &[u8], check_accepted: bool) 
 }
 
 /// The raw quinn echo server: reads one frame per stream and writes it back.
-async fn echo_server(dir: &std::path::Path) -> Result<(quinn::Endpoint, [u8; 32])> {
+async fn echo_server(
+    dir: &std::path::Path,
+    udp_buffer: usize,
+) -> Result<(quinn::Endpoint, [u8; 32])> {
     let identity = handover_relay::tls::load_or_generate(dir, None)?;
     let pin = identity.pin;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -240,10 +247,8 @@ async fn echo_server(dir: &std::path::Path) -> Result<(quinn::Endpoint, [u8; 32]
     transport.max_concurrent_bidi_streams(1024u32.into());
     config.transport_config(Arc::new(transport));
     // The relay's socket buffer, so that both drop datagrams alike.
-    let (socket, _) = handover_relay::server::bind_udp(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        handover_relay::config::DEFAULT_UDP_BUFFER,
-    )?;
+    let (socket, _) =
+        handover_relay::server::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)), udp_buffer)?;
     let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -702,7 +707,7 @@ async fn run(args: Args) -> Result<()> {
     );
 
     // Raw echo of the same shape.
-    let (echo, echo_pin) = echo_server(&base.path().join("echo")).await?;
+    let (echo, echo_pin) = echo_server(&base.path().join("echo"), args.udp_buffer_bytes).await?;
     let echo_addr = echo.local_addr()?;
     let mut echo_conns = Vec::new();
     for _ in 0..args.connections {
@@ -735,6 +740,7 @@ async fn run(args: Args) -> Result<()> {
     config.admin = None;
     config.requests_per_sec = 0;
     config.wal_mib = args.wal_mib;
+    config.udp_buffer_bytes = args.udp_buffer_bytes;
     config.max_streams = (args.streams as u32).max(1) * 2;
     config.limits.mailbox_max_envelopes = u64::MAX;
     config.limits.mailbox_max_bytes = u64::MAX;
