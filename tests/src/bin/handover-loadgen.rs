@@ -110,6 +110,49 @@ async fn latency_phase(
     }
 }
 
+/// A latency phase as reported: `args.warmup_secs` of the same load first (not counted), then
+/// `args.secs` at `rate`. Returns the sorted latencies in µs, the failures, and the lines that
+/// explain the tail: the relay's group commits (if `relay`), CPU, transport and stalls.
+async fn measured_latency(
+    args: &Args,
+    conns: &[quinn::Connection],
+    mailboxes: &[MailboxKeys],
+    rate: f64,
+    relay: Option<&Relay>,
+    check_accepted: bool,
+) -> Result<(Vec<u64>, u64, Vec<String>)> {
+    let phase = |secs| {
+        latency_phase(
+            args.pacing,
+            conns,
+            mailboxes,
+            args.streams,
+            args.envelope_bytes,
+            secs,
+            rate,
+            check_accepted,
+        )
+    };
+    if args.warmup_secs > 0 {
+        phase(args.warmup_secs).await?;
+    }
+    let commits = relay.map(Commits::read);
+    let cpu = CpuUsage::read();
+    let transport = Transport::read(conns);
+    let stalls = StallWatch::start()?;
+    let (lat, failed) = phase(args.secs).await?;
+    let (cpu_after, transport_after) = (CpuUsage::read(), Transport::read(conns));
+    let requests = lat.len() + failed as usize;
+    let mut lines = Vec::new();
+    if let (Some(relay), Some(before)) = (relay, commits) {
+        lines.push(Commits::read(relay).since(before, args.secs as f64));
+    }
+    lines.push(CpuUsage::since(cpu_after, cpu, requests, args.secs as f64));
+    lines.push(transport_after.since(transport, requests));
+    lines.push(stalls.finish());
+    Ok((lat, failed, lines))
+}
+
 /// The open-loop pacer wakes at most once per quantum and then starts every request that is due.
 const PACER_QUANTUM: Duration = Duration::from_micros(250);
 
@@ -787,37 +830,8 @@ async fn run(args: Args) -> Result<()> {
     println!("{}", after.since(before, secs));
 
     let half = args.rate.unwrap_or(peak / 2.0);
-    if args.warmup_secs > 0 {
-        latency_phase(
-            args.pacing,
-            &conns,
-            &mailboxes,
-            args.streams,
-            args.envelope_bytes,
-            args.warmup_secs,
-            half,
-            true,
-        )
-        .await?;
-    }
-    let before = Commits::read(&relay);
-    let cpu_before = CpuUsage::read();
-    let dgrams_before = Transport::read(&conns);
-    let stalls = StallWatch::start()?;
-    let (lat, failed) = latency_phase(
-        args.pacing,
-        &conns,
-        &mailboxes,
-        args.streams,
-        args.envelope_bytes,
-        args.secs,
-        half,
-        true,
-    )
-    .await?;
-    let cpu_after = CpuUsage::read();
-    let dgrams_after = Transport::read(&conns);
-    let stalls = stalls.finish();
+    let (lat, failed, lines) =
+        measured_latency(&args, &conns, &mailboxes, half, Some(&relay), true).await?;
     let achieved = lat.len() as f64 / args.secs as f64;
     println!(
         "relay at {} ({half:.0}/s offered, {achieved:.0}/s done, {:?} pacing): p50 {:.2} ms  p99 {:.2} ms  (target p99 <= 5 ms)  p99.9 {:.2} ms",
@@ -834,68 +848,21 @@ async fn run(args: Args) -> Result<()> {
     if failed > 0 {
         println!("  ({failed} requests failed or were refused)");
     }
-
-    println!("{}", Commits::read(&relay).since(before, secs));
-    println!(
-        "{}",
-        CpuUsage::since(cpu_after, cpu_before, lat.len() + failed as usize, secs)
-    );
-    println!(
-        "{}",
-        dgrams_after.since(dgrams_before, lat.len() + failed as usize)
-    );
-    println!("{stalls}");
-
-    if args.warmup_secs > 0 {
-        latency_phase(
-            args.pacing,
-            &echo_conns,
-            &fakes,
-            args.streams,
-            args.envelope_bytes,
-            args.warmup_secs,
-            half,
-            false,
-        )
-        .await?;
+    for line in lines {
+        println!("{line}");
     }
-    let cpu_before = CpuUsage::read();
-    let dgrams_before = Transport::read(&echo_conns);
-    let stalls = StallWatch::start()?;
-    let (echo_lat, echo_failed) = latency_phase(
-        args.pacing,
-        &echo_conns,
-        &fakes,
-        args.streams,
-        args.envelope_bytes,
-        args.secs,
-        half,
-        false,
-    )
-    .await?;
-    let echo_cpu = CpuUsage::read();
-    let echo_dgrams = Transport::read(&echo_conns);
-    let echo_stalls = stalls.finish();
+
+    let (echo_lat, _, lines) =
+        measured_latency(&args, &echo_conns, &fakes, half, None, false).await?;
     println!(
         "raw echo at the same rate and pacing:      p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
         percentile(&echo_lat, 0.50),
         percentile(&echo_lat, 0.99),
         percentile(&echo_lat, 0.999)
     );
-    println!(
-        "{}",
-        CpuUsage::since(
-            echo_cpu,
-            cpu_before,
-            echo_lat.len() + echo_failed as usize,
-            secs
-        )
-    );
-    println!(
-        "{}",
-        echo_dgrams.since(dgrams_before, echo_lat.len() + echo_failed as usize)
-    );
-    println!("{echo_stalls}");
+    for line in lines {
+        println!("{line}");
+    }
     for c in &echo_conns {
         c.close(0u8.into(), b"done");
     }
