@@ -8,8 +8,8 @@ use serde::Deserialize;
 use crate::RelayError;
 use crate::handler::Limits;
 
-/// Default kernel buffer for the QUIC socket: 4 MiB, about 1 800 datagrams of 1 200 bytes
-/// (the kernel counts each with its overhead). A busy relay whose receive buffer fills up, say
+/// Default kernel buffer for the QUIC socket: 4 MiB (the kernel charges each datagram more
+/// than its size against it). A busy relay whose receive buffer fills up, say
 /// while the machine stalls for a few milliseconds, has the kernel drop datagrams; QUIC then
 /// waits for loss detection and halves its sending rate, which turns a short stall into a long
 /// latency tail (docs/PERFORMANCE.md). The operating system's default is often 208 KiB.
