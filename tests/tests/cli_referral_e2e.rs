@@ -190,6 +190,20 @@ fn timeline_len(profile: &Path, id: &str) -> usize {
     json["entries"].as_array().unwrap().len()
 }
 
+/// A relay process in `dir`, organisation A's caseworker and organisation B's first device
+/// initialised, and the profile path of B's second device (not yet created).
+fn harbour_and_riverside(dir: &Path) -> (RelayProcess, PathBuf, PathBuf, PathBuf) {
+    let relay = RelayProcess::start(relay_bin(), &dir.join("relay"), &[]).unwrap();
+    let (a, b1, b2) = (
+        dir.join("a-caseworker"),
+        dir.join("b-intake-1"),
+        dir.join("b-intake-2"),
+    );
+    init(&a, &relay, "Harbour caseworker");
+    init(&b1, &relay, "Riverside intake 1");
+    (relay, a, b1, b2)
+}
+
 fn write(path: &Path, text: &str) -> PathBuf {
     std::fs::write(path, text).unwrap();
     path.to_owned()
@@ -261,12 +275,7 @@ level = "high"
 #[test]
 fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(relay_bin(), &tmp.path().join("relay"), &[]).unwrap();
-    let a = tmp.path().join("a-caseworker");
-    let b1 = tmp.path().join("b-intake-1");
-    let b2 = tmp.path().join("b-intake-2");
-    init(&a, &relay, "Harbour caseworker");
-    init(&b1, &relay, "Riverside intake 1");
+    let (relay, a, b1, b2) = harbour_and_riverside(tmp.path());
 
     // --- B's second device joins: request on b2, enrol on b1 (admin), join on b2.
     let (out, request) = join_request(&b2, &relay, "Riverside intake 2");
@@ -933,12 +942,7 @@ fn device_id(profile: &Path, label: &str) -> String {
 #[test]
 fn org_revoke_stops_delivery_to_the_revoked_device() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(relay_bin(), &tmp.path().join("relay"), &[]).unwrap();
-    let a = tmp.path().join("a-caseworker");
-    let b1 = tmp.path().join("b-intake-1");
-    let b2 = tmp.path().join("b-intake-2");
-    init(&a, &relay, "Harbour caseworker");
-    init(&b1, &relay, "Riverside intake 1");
+    let (relay, a, b1, b2) = harbour_and_riverside(tmp.path());
     let (_, request) = join_request(&b2, &relay, "Riverside intake 2");
     let out = must(&b1, &["org", "enroll", &request, "--role", "caseworker"]);
     let code = line_starting(&out, "handover://enrolment#").to_owned();
