@@ -125,10 +125,14 @@ impl Committer {
                 }
                 let store = store.clone();
                 let started = Instant::now();
-                let synced = tokio::task::spawn_blocking(move || store.sync())
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let synced = tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    store.sync().map(|()| started.elapsed())
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map(|took| metrics.store_sync_seconds.observe(took.as_secs_f64()));
                 metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());

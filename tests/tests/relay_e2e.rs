@@ -223,6 +223,18 @@ async fn mailbox_send_subscribe_fetch_ack_blob_and_graceful_shutdown_scenario() 
         "{metrics}"
     );
     assert!(!metrics.contains("127.0.0.1"));
+    // Every commit round so far synced successfully, and each is counted twice: as a round
+    // and as the store's sync alone.
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    let rounds = count("handover_relay_commit_seconds_count");
+    assert!(rounds >= 1, "{metrics}");
+    assert_eq!(count("handover_relay_store_sync_seconds_count"), rounds);
 
     // Ping.
     let r = bob.call(Kind::Ping(wire::Ping {})).await.unwrap();
