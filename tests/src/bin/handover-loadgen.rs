@@ -15,7 +15,12 @@
 //! Each latency phase (4, and the echo at the same rate) also prints what explains its tail:
 //! CPU time and context switches per request, datagrams per request, packets QUIC declared
 //! lost, UDP datagrams the kernel dropped for full socket buffers, and the stalls a bystander
-//! thread saw (the machine taking the CPU away).
+//! thread saw (the machine taking the CPU away). Phases 3-5 print the group commits: commit
+//! rounds, and the store's sync alone, with the number over 1.6 and 3.2 ms (a round is the
+//! sync plus the hand-off to and from its thread).
+//!
+//! The servers (the relay and the echo server) run on a tokio runtime of their own unless
+//! `--runtimes shared`.
 //!
 //! `cargo run --release -p handover-tests --bin handover-loadgen -- --help`
 
@@ -83,6 +88,20 @@ struct Args {
     /// kernel caps it at net.core.rmem_max). The clients keep the default.
     #[arg(long, default_value_t = handover_relay::config::DEFAULT_UDP_BUFFER)]
     udp_buffer_bytes: usize,
+    /// Where the servers (the relay and the echo server) run: `separate` (a tokio runtime of
+    /// their own, with as many workers as the clients' runtime, as a relay and its clients are
+    /// separate processes in deployment) or `shared` (one runtime for clients and servers, the
+    /// method of every figure before 2026-11-21 19:30 UTC; it holds the echo back more than
+    /// the relay).
+    #[arg(long, value_enum, default_value_t = Runtimes::Separate)]
+    runtimes: Runtimes,
+}
+
+/// Whether the servers share the clients' tokio runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Runtimes {
+    Separate,
+    Shared,
 }
 
 /// Pacing of the latency phase.
@@ -437,13 +456,22 @@ async fn paced(
     Ok((all, failed))
 }
 
-/// Group-commit totals from the relay's metrics: (syncs, writers released, seconds syncing).
+/// Group-commit totals from the relay's metrics: syncs, writers released, seconds syncing,
+/// and syncs that took longer than [`SLOW_SYNC_SECONDS`] and twice that.
 #[derive(Clone, Copy, Default)]
 struct Commits {
     syncs: f64,
     writers: f64,
     seconds: f64,
+    slow: f64,
+    slower: f64,
+    disk_seconds: f64,
+    disk_slow: f64,
+    disk_slower: f64,
 }
+
+/// A sync slower than this (a bound of the relay's `commit_seconds` histogram) counts as slow.
+const SLOW_SYNC_SECONDS: f64 = 0.0016;
 
 impl Commits {
     fn read(relay: &Relay) -> Self {
@@ -454,10 +482,31 @@ impl Commits {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0)
         };
+        // Syncs above `bound`: the total minus the cumulative count of the bucket whose upper
+        // bound is `bound` (bounds are printed as floats, so compare with a tolerance).
+        let above = |metric: &str, bound: f64| -> f64 {
+            let bucket = format!("handover_relay_{metric}_bucket{{le=\"");
+            let within = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(bucket.as_str()))
+                .filter_map(|l| {
+                    let (le, count) = l.split_once("\"} ")?;
+                    Some((le.parse::<f64>().ok()?, count.trim().parse::<f64>().ok()?))
+                })
+                .find(|(le, _)| (le / bound - 1.0).abs() < 1e-6)
+                .map(|(_, count)| count)
+                .unwrap_or(f64::NAN);
+            value(&format!("handover_relay_{metric}_count")) - within
+        };
         Self {
             syncs: value("handover_relay_commit_batch_size_count"),
             writers: value("handover_relay_commit_batch_size_sum"),
             seconds: value("handover_relay_commit_seconds_sum"),
+            slow: above("commit_seconds", SLOW_SYNC_SECONDS),
+            slower: above("commit_seconds", 2.0 * SLOW_SYNC_SECONDS),
+            disk_seconds: value("handover_relay_store_sync_seconds_sum"),
+            disk_slow: above("store_sync_seconds", SLOW_SYNC_SECONDS),
+            disk_slower: above("store_sync_seconds", 2.0 * SLOW_SYNC_SECONDS),
         }
     }
 
@@ -468,10 +517,22 @@ impl Commits {
             return "  group commit: no syncs".into();
         }
         format!(
-            "  group commit: {:.0} syncs/s, {:.1} sends per sync, {:.3} ms per sync",
+            "  group commit: {:.0} syncs/s, {:.1} sends per sync, {:.3} ms per sync; \
+             {:.0} syncs over {} ms, {:.0} over {} ms",
             syncs / secs,
             (self.writers - before.writers) / syncs,
-            (self.seconds - before.seconds) * 1000.0 / syncs
+            (self.seconds - before.seconds) * 1000.0 / syncs,
+            self.slow - before.slow,
+            SLOW_SYNC_SECONDS * 1000.0,
+            self.slower - before.slower,
+            2.0 * SLOW_SYNC_SECONDS * 1000.0,
+        ) + &format!(
+            "\n  store sync alone: {:.3} ms per sync; {:.0} syncs over {} ms, {:.0} over {} ms",
+            (self.disk_seconds - before.disk_seconds) * 1000.0 / syncs,
+            self.disk_slow - before.disk_slow,
+            SLOW_SYNC_SECONDS * 1000.0,
+            self.disk_slower - before.disk_slower,
+            2.0 * SLOW_SYNC_SECONDS * 1000.0,
         )
     }
 }
@@ -729,18 +790,23 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-async fn run(args: Args) -> Result<()> {
+/// Runs every phase; the relay and the echo server are started on `servers`.
+async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     let base = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir_in(".")?,
     };
     println!(
-        "handover-loadgen: {} connections x {} streams, {} B envelopes, {} s per phase, loopback, {} CPUs",
+        "handover-loadgen: {} connections x {} streams, {} B envelopes, {} s per phase, loopback, {} CPUs, servers in {} runtime",
         args.connections,
         args.streams,
         args.envelope_bytes,
         args.secs,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        match args.runtimes {
+            Runtimes::Separate => "a separate",
+            Runtimes::Shared => "the clients'",
+        }
     );
 
     let (append, fsync, sync_p50, sync_p99) = fdatasync_rates(base.path(), 2)?;
@@ -750,7 +816,11 @@ async fn run(args: Args) -> Result<()> {
     );
 
     // Raw echo of the same shape.
-    let (echo, echo_pin) = echo_server(&base.path().join("echo"), args.udp_buffer_bytes).await?;
+    let echo_dir = base.path().join("echo");
+    let udp_buffer_bytes = args.udp_buffer_bytes;
+    let (echo, echo_pin) = servers
+        .spawn(async move { echo_server(&echo_dir, udp_buffer_bytes).await })
+        .await??;
     let echo_addr = echo.local_addr()?;
     let mut echo_conns = Vec::new();
     for _ in 0..args.connections {
@@ -792,9 +862,11 @@ async fn run(args: Args) -> Result<()> {
             handover_relay::store::MemoryStore::new(handover_relay::store::MemoryBackend::new()),
         );
         println!("(relay over the in-memory store: NOT durable)");
-        Relay::start_with_store(config, store).await?
+        servers
+            .spawn(Relay::start_with_store(config, store))
+            .await??
     } else {
-        Relay::start(config).await?
+        servers.spawn(Relay::start(config)).await??
     };
     let mut clients = Vec::new();
     let mut mailboxes = Vec::new();
@@ -886,7 +958,7 @@ async fn run(args: Args) -> Result<()> {
     for c in &clients {
         c.conn.close(0u8.into(), b"done");
     }
-    relay.shutdown().await;
+    servers.spawn(relay.shutdown()).await?;
     Ok(())
 }
 
@@ -902,7 +974,24 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result: std::result::Result<(), BoxError> = runtime.block_on(run(args));
+    let servers = match args.runtimes {
+        Runtimes::Shared => None,
+        Runtimes::Separate => match tokio::runtime::Builder::new_multi_thread()
+            .thread_name("handover-server")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => Some(rt),
+            Err(err) => {
+                eprintln!("handover-loadgen: {err}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
+    let handle = servers
+        .as_ref()
+        .map_or_else(|| runtime.handle().clone(), |rt| rt.handle().clone());
+    let result: std::result::Result<(), BoxError> = runtime.block_on(run(args, handle));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -1,0 +1,57 @@
+//! The load generator runs every phase, in both runtime arrangements, and prints the figures
+//! docs/PERFORMANCE.md quotes. Short phases and little load: this checks that it works, not
+//! how fast anything is (timings belong to the load generator itself, never to tests).
+
+// Test code: the helper outside the #[test] function may unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+fn run(runtimes: &str) -> String {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_handover-loadgen"))
+        .args(["--dir", dir.path().to_str().unwrap()])
+        .args(["--connections", "1", "--streams", "2", "--secs", "1"])
+        .args(["--warmup-secs", "0", "--wal-mib", "1"])
+        .args(["--runtimes", runtimes])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{runtimes}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
+    for (runtimes, named) in [
+        ("separate", "servers in a separate runtime"),
+        ("shared", "servers in the clients' runtime"),
+    ] {
+        let out = run(runtimes);
+        for expected in [
+            named,
+            "fdatasync, 1 KiB in place",
+            "raw quinn echo (1x2)",
+            "relay durable sends (1x2)",
+            "ratio to echo",
+            "relay at half peak",
+            "raw echo at the same rate and pacing",
+            "relay single sender",
+            "ratio to in-place fdatasync",
+        ] {
+            assert!(
+                out.contains(expected),
+                "{runtimes}: no {expected:?} in\n{out}"
+            );
+        }
+        // Three group-commit phases, each with its rounds and the store's sync alone; every
+        // phase made at least one durable send, so none of them reports "no syncs".
+        assert_eq!(out.matches("  group commit: ").count(), 3, "{out}");
+        assert_eq!(out.matches("  store sync alone: ").count(), 3, "{out}");
+        assert!(!out.contains("no syncs"), "{out}");
+    }
+}
