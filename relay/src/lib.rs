@@ -37,6 +37,8 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod tls;
 
 use thiserror::Error;
