@@ -2,6 +2,7 @@
 
 use handover_core::client::ClientError;
 use handover_core::engine::EngineError;
+use handover_core::identity::CertificateError;
 use handover_core::net::NetError;
 use handover_core::referral::ReferralError;
 use handover_core::store::StoreError;
@@ -286,6 +287,25 @@ impl From<EngineError> for HandoverError {
             | EngineError::TooLarge
             | EngineError::TooManyCapabilities => Self::InvalidArgument { detail },
             EngineError::Referral(r) => r.into(),
+            EngineError::Certificate(c) => c.into(),
+            _ => Self::Protocol { detail },
+        }
+    }
+}
+
+impl From<CertificateError> for HandoverError {
+    /// A device that is revoked or whose certificate is outside its validity may not take
+    /// part; a certificate of another organisation is one not trusted; parameters the caller
+    /// chose are its to fix. The rest (malformed, a bad signature, a device list rolled back
+    /// or forked) is a peer breaking the protocol.
+    fn from(e: CertificateError) -> Self {
+        let detail = e.to_string();
+        match e {
+            CertificateError::Revoked
+            | CertificateError::Expired
+            | CertificateError::NotYetValid => Self::NotPermitted { detail },
+            CertificateError::WrongOrganisation => Self::UntrustedOrganisation,
+            CertificateError::InvalidParameters => Self::InvalidArgument { detail },
             _ => Self::Protocol { detail },
         }
     }
@@ -311,6 +331,40 @@ impl From<ReferralError> for HandoverError {
             | ReferralError::CouldNotDecrypt { .. }
             | ReferralError::CommitmentMismatch { .. } => Self::CouldNotDecrypt { detail },
             _ => Self::ReferralRefused { detail },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapped(e: CertificateError) -> HandoverError {
+        EngineError::Certificate(e).into()
+    }
+
+    #[test]
+    fn certificate_errors_reach_apps_typed() {
+        for e in [
+            CertificateError::Revoked,
+            CertificateError::Expired,
+            CertificateError::NotYetValid,
+        ] {
+            let expected = e.to_string();
+            assert!(
+                matches!(mapped(e), HandoverError::NotPermitted { ref detail } if *detail == expected)
+            );
+        }
+        assert!(matches!(
+            mapped(CertificateError::WrongOrganisation),
+            HandoverError::UntrustedOrganisation
+        ));
+        assert!(matches!(
+            mapped(CertificateError::InvalidParameters),
+            HandoverError::InvalidArgument { .. }
+        ));
+        for e in [CertificateError::Malformed, CertificateError::BadSignature] {
+            assert!(matches!(mapped(e), HandoverError::Protocol { .. }));
         }
     }
 }
