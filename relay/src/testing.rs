@@ -58,8 +58,8 @@ pub struct Reached {
     pub raw: usize,
 }
 
-/// A stand-in for the TLS exporter: distinct per connection.
-struct Exporter(u8);
+/// A stand-in for the TLS exporter: distinct per connection (also used by the handler's tests).
+pub(crate) struct Exporter(pub(crate) u8);
 
 impl KeyingMaterial for Exporter {
     fn export(&self, label: &[u8], context: &[u8]) -> Option<[u8; 32]> {
@@ -93,14 +93,16 @@ struct Driver {
     reached: Reached,
 }
 
-fn request(kind: Kind) -> wire::Request {
+/// A protocol-version-1 request.
+pub(crate) fn request(kind: Kind) -> wire::Request {
     wire::Request {
         protocol_version: 1,
         kind: Some(kind),
     }
 }
 
-fn answer(action: Action) -> wire::Response {
+/// The response of an action that answers at once or after the sync.
+pub(crate) fn answer(action: Action) -> wire::Response {
     match action {
         Action::Reply(r) | Action::ReplyWhenDurable { response: r, .. } => r,
         other => panic!("expected an answer, got {other:?}"),

@@ -10,24 +10,12 @@ use wire::request::Kind;
 
 use super::*;
 use crate::store::{MemoryBackend, MemoryStore};
+use crate::testing::{Exporter, answer as response, request as req};
 
 const NOW: u64 = 1_800_000_000;
 
-/// A fake exporter: distinct per "connection".
-struct FakeExporter(u8);
-
-impl KeyingMaterial for FakeExporter {
-    fn export(&self, label: &[u8], context: &[u8]) -> Option<[u8; 32]> {
-        let mut h = Sha256::new();
-        h.update([self.0]);
-        h.update(label);
-        h.update(context);
-        Some(h.finalize().into())
-    }
-}
-
 fn session(n: u8) -> Session {
-    Session::new(Box::new(FakeExporter(n)))
+    Session::new(Box::new(Exporter(n)))
 }
 
 struct Fixture {
@@ -40,20 +28,6 @@ fn fixture(limits: Limits, orgs: Vec<[u8; 32]>) -> Fixture {
     Fixture {
         handler: Handler::new(store, limits, orgs),
         rng: rand::rng(),
-    }
-}
-
-fn req(kind: Kind) -> wire::Request {
-    wire::Request {
-        protocol_version: 1,
-        kind: Some(kind),
-    }
-}
-
-fn response(action: Action) -> wire::Response {
-    match action {
-        Action::Reply(r) | Action::ReplyWhenDurable { response: r, .. } => r,
-        other => panic!("expected a response, got {other:?}"),
     }
 }
 
