@@ -518,7 +518,7 @@ impl Commits {
         }
         format!(
             "  group commit: {:.0} syncs/s, {:.1} sends per sync, {:.3} ms per sync; \
-             {:.0} syncs over {} ms, {:.0} over {} ms",
+             {:.0} rounds over {} ms, {:.0} over {} ms",
             syncs / secs,
             (self.writers - before.writers) / syncs,
             (self.seconds - before.seconds) * 1000.0 / syncs,
