@@ -233,7 +233,7 @@ impl Driver {
         ));
         let model = &mut self.mailboxes[m];
         if wrong_capability {
-            assert!(error_code(&r).is_some(), "wrong capability accepted: {r:?}");
+            assert_eq!(error_code(&r), Some(ErrorCode::Unauthorised), "{r:?}");
             self.reached.refused += 1;
             return;
         }
