@@ -85,7 +85,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     warmup_secs: u64,
     /// Socket buffer of the relay and of the echo server, bytes (the relay's default; the
-    /// kernel caps it at net.core.rmem_max). The clients keep the default.
+    /// kernel caps it at net.core.rmem_max). The clients always ask for the relay's default
+    /// buffer, whatever this says.
     #[arg(long, default_value_t = handover_relay::config::DEFAULT_UDP_BUFFER)]
     udp_buffer_bytes: usize,
     /// Where the servers (the relay and the echo server) run: `separate` (a tokio runtime of
