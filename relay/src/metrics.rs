@@ -11,14 +11,14 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     /// Operation name, for example `send`.
-    pub op: String,
+    pub op: &'static str,
 }
 
 /// Label of an error code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     /// Error code name, for example `UNAUTHORISED`.
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// The relay's metrics.

@@ -29,8 +29,8 @@ use wire::ErrorCode;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may pause between blob chunks.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a finished stream waits for the peer to receive the last bytes.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long shutdown waits, once every answer is written, for the peers to acknowledge them.
+const DELIVERY_GRACE: Duration = Duration::from_secs(2);
 /// Items deleted per sweep step.
 const SWEEP_BUDGET: usize = 1_000;
 /// QUIC application error code used when closing connections on shutdown.
@@ -58,13 +58,29 @@ enum Admission {
     TooManyStreams,
 }
 
-/// Counts a connection's streams being served; decrements on drop.
-struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+/// Counts a connection's streams being served; decrements on drop. Also holds the stream's
+/// part of [`Drain::answers`] until its answer is written.
+struct StreamSlot {
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    _answer: mpsc::Sender<()>,
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.served.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What graceful shutdown waits for. Each is a channel whose receiver ends once every sender
+/// clone is gone (no message is ever sent).
+#[derive(Clone)]
+struct Drain {
+    /// Held by the accept loop, every connection and every stream until its final answer is
+    /// written: shutdown waits for these for its whole grace period.
+    answers: mpsc::Sender<()>,
+    /// Held by every stream until the peer acknowledged its answer: shutdown waits for these
+    /// at most [`DELIVERY_GRACE`] more, so that a peer that vanished does not hold it up.
+    deliveries: mpsc::Sender<()>,
 }
 
 /// Current Unix time in seconds.
@@ -215,6 +231,7 @@ pub struct Relay {
     shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     drained: mpsc::Receiver<()>,
+    delivered: mpsc::Receiver<()>,
     accept_task: tokio::task::JoinHandle<()>,
     committer_task: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
@@ -351,8 +368,13 @@ impl Relay {
             tokio::spawn(async move { sweeper(ctx).await });
         }
 
-        let (drain_tx, drained) = mpsc::channel::<()>(1);
-        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, drain_tx));
+        let (answers, drained) = mpsc::channel::<()>(1);
+        let (deliveries, delivered) = mpsc::channel::<()>(1);
+        let drain = Drain {
+            answers,
+            deliveries,
+        };
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, drain));
         Ok(Self {
             endpoint,
             local_addr,
@@ -361,6 +383,7 @@ impl Relay {
             shutdown,
             draining,
             drained,
+            delivered,
             accept_task,
             committer_task,
             metrics,
@@ -404,6 +427,8 @@ impl Relay {
         {
             tracing::warn!("shutdown grace period over with requests still in flight");
         }
+        // Answers written but not yet acknowledged would be lost by closing the connections.
+        let _ = tokio::time::timeout(DELIVERY_GRACE, self.delivered.recv()).await;
         let store = self.store.clone();
         if let Ok(Err(err)) = tokio::task::spawn_blocking(move || store.checkpoint()).await {
             tracing::error!(error = %err, "final checkpoint failed");
@@ -451,7 +476,7 @@ async fn sweeper(ctx: Arc<Ctx>) {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: mpsc::Sender<()>) {
+async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: Drain) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let incoming = tokio::select! {
@@ -485,7 +510,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: mpsc::Send
     }
 }
 
-async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::Sender<()>) {
+async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: Drain) {
     ctx.metrics.connections.inc();
     ctx.open_connections.fetch_add(1, Ordering::Relaxed);
     let session = Arc::new(Session::new(Box::new(QuinnExporter(conn.clone()))));
@@ -511,11 +536,14 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: mpsc::S
         let ctx = ctx.clone();
         let session = session.clone();
         let bucket = bucket.clone();
-        let drain = drain.clone();
-        let slot = StreamSlot(in_service.clone());
+        let delivery = drain.deliveries.clone();
+        let slot = StreamSlot {
+            served: in_service.clone(),
+            _answer: drain.answers.clone(),
+        };
         let served = in_service.fetch_add(1, Ordering::Relaxed) + 1;
         tokio::spawn(async move {
-            let _drain = drain;
+            let _delivery = delivery;
             let mut stream = Stream {
                 send,
                 recv,
@@ -588,6 +616,14 @@ impl Stream {
                 Err(quinn::ReadExactError::ReadError(_)) => Err(ReadError::Io),
             }
         };
+        let mut read = std::pin::pin!(read);
+        // A request frame usually arrives whole with its stream: read it without arming a
+        // timer (one per request otherwise, registered and cancelled on the runtime's timer
+        // wheel). Polling here registers this task's waker, as awaiting would.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx)));
+        if let std::task::Poll::Ready(result) = first.await {
+            return result;
+        }
         tokio::time::timeout(timeout, read)
             .await
             .unwrap_or(Err(ReadError::TimedOut))
@@ -616,14 +652,14 @@ impl Stream {
             ctx.metrics
                 .errors
                 .get_or_create(&CodeLabel {
-                    code: code.trim_start_matches("ERROR_CODE_").to_owned(),
+                    code: code.trim_start_matches("ERROR_CODE_"),
                 })
                 .inc();
         }
         self.stop_reading();
         let written = self.write(response).await;
         // Answered: waiting for the peer to acknowledge delivery does not count against the
-        // connection's limit of streams being served.
+        // connection's limit of streams being served, nor against shutdown's grace period.
         self.slot = None;
         if written {
             self.finish().await;
@@ -637,11 +673,17 @@ impl Stream {
         }
     }
 
-    /// Finishes the send side and waits (bounded) until the peer has received everything, so
-    /// that closing the connection on shutdown cannot discard an answer already written.
+    /// Finishes the send side and waits until the peer has acknowledged everything, so that
+    /// closing the connection on shutdown cannot discard an answer already written.
+    ///
+    /// No timer bounds the wait: it ends when the peer acknowledges, stops the stream or
+    /// loses the connection (idle timeout). A peer that never acknowledges cannot pile up
+    /// such waits, because QUIC returns a stream's credit only once its answer is
+    /// acknowledged, so a connection has at most its stream limit of them; and shutdown
+    /// bounds them by its grace period.
     async fn finish(&mut self) {
         if self.send.finish().is_ok() {
-            let _ = tokio::time::timeout(DELIVERY_TIMEOUT, self.send.stopped()).await;
+            let _ = self.send.stopped().await;
         }
     }
 }
@@ -730,7 +772,7 @@ async fn serve_stream(
     ctx.metrics
         .requests
         .get_or_create(&OpLabel {
-            op: op_name(&request).to_owned(),
+            op: op_name(&request),
         })
         .inc();
     let is_send = matches!(request.kind, Some(wire::request::Kind::Send(_)));
