@@ -1,13 +1,14 @@
 //! The in-memory backend: a `BTreeMap` behind a lock. Nothing survives the process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Mutex, RwLock};
 
 use super::StoreError;
 use super::kv::{Batch, BodyRef, Entries, KvBackend, LogOp, Recovered};
 
-/// An in-memory [`KvBackend`] for tests and benches; [`KvBackend::sync`] does nothing.
+/// An in-memory [`KvBackend`] for tests and benches; [`KvBackend::sync`] does nothing. Its
+/// maps are B-trees so that growing them never stalls a caller to rehash a whole table.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
@@ -19,9 +20,9 @@ pub struct MemoryBackend {
 #[derive(Debug, Default)]
 struct Bodies {
     next: u64,
-    by_offset: HashMap<u64, Vec<u8>>,
+    by_offset: BTreeMap<u64, Vec<u8>>,
     /// (recv_id, seq) → offset, to free a body when its envelope is removed.
-    by_envelope: HashMap<([u8; 16], u64), u64>,
+    by_envelope: BTreeMap<([u8; 16], u64), u64>,
 }
 
 impl MemoryBackend {

@@ -4,8 +4,15 @@
 //! queue (sequence number → envelope id, expiry, body location), the envelope-id lookup used for
 //! duplicate detection and acks, a global expiry index for the sweeper, and per-segment live
 //! counts for log reclamation. It is rebuilt from the log when the store opens.
+//!
+//! Every map here is a B-tree, not a hash map, although lookups are by exact key: a hash map
+//! grows by rehashing its whole table at once, and this index is changed under the store's
+//! lock on every send. Under the load generator (quotas lifted, queues of some hundred
+//! thousand envelopes) one such rehash held the lock for 28.6 ms while the other async worker
+//! waited for it, and every request with them (docs/PERFORMANCE.md); a B-tree grows a node at
+//! a time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Id;
 use super::kv::BodyRef;
@@ -22,7 +29,7 @@ pub(super) struct Entry {
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     pub(super) entries: BTreeMap<u64, Entry>,
-    pub(super) by_id: HashMap<Id, u64>,
+    pub(super) by_id: BTreeMap<Id, u64>,
     pub(super) bytes: u64,
 }
 
@@ -36,7 +43,7 @@ pub(super) struct Live {
 /// All queues.
 #[derive(Debug, Default)]
 pub(super) struct Queues {
-    queues: HashMap<Id, Queue>,
+    queues: BTreeMap<Id, Queue>,
     /// (expires_at, recv_id, seq) of every queued envelope.
     expiry: BTreeSet<(u64, Id, u64)>,
     /// (segment, recv_id, seq) of every queued envelope.
