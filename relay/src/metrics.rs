@@ -36,8 +36,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Waiters released per group commit.
     pub commit_batch: Histogram,
-    /// Duration of one group commit round (the store's sync and the hand-off to and from the
-    /// thread that runs it), seconds.
+    /// Duration of one group commit round on the commit thread (the store's sync, then
+    /// releasing the round's waiters), seconds.
     pub commit_seconds: Histogram,
     /// Duration of the store's sync itself (log write and `fdatasync`), seconds.
     pub store_sync_seconds: Histogram,
@@ -78,7 +78,7 @@ impl Metrics {
         );
         registry.register(
             "commit_seconds",
-            "Duration of one group commit: the store's sync and the hand-off to its thread",
+            "Duration of one group commit: the store's sync, then releasing its waiters",
             commit_seconds.clone(),
         );
         registry.register(

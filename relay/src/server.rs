@@ -1,5 +1,5 @@
 //! The QUIC driver: quinn endpoint, one task per connection and per stream, the group
-//! committer, subscriptions, the expiry sweeper and graceful shutdown.
+//! commit thread, subscriptions, the expiry sweeper and graceful shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -122,59 +122,125 @@ impl KeyingMaterial for QuinnExporter {
     }
 }
 
-/// Group commit: writers enqueue a waiter after their store write returned; one task syncs the
-/// store once for every waiter queued so far and then releases them all.
-#[derive(Clone)]
+/// Group commit: writers enqueue a waiter after their store write returned; a thread of its
+/// own syncs the store once for every waiter queued so far, releases them all, and starts the
+/// next sync at once if more are waiting.
+///
+/// The sync loop is an OS thread rather than a tokio task handing each sync to the blocking
+/// pool: a task woken by the blocking pool waits in the runtime's queues behind the other
+/// runnable tasks, and under load that hand-off delayed the next sync by up to 15 ms after the
+/// last one had ended, so every request behind it waited too (docs/PERFORMANCE.md). The
+/// thread starts the next sync as soon as the last one ends, whatever the runtime is doing.
 struct Committer {
-    tx: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+    shared: Arc<CommitShared>,
+}
+
+#[derive(Default)]
+struct CommitShared {
+    state: Mutex<CommitState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct CommitState {
+    waiters: Vec<oneshot::Sender<bool>>,
+    /// The thread is blocked on `wake` (so a new waiter must notify it).
+    idle: bool,
+    closed: bool,
+}
+
+impl CommitShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
+        // Nothing panics while holding the lock; a poisoned one holds a consistent state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the thread after its current sync; waiters not yet synced get `false`.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
 }
 
 impl Committer {
-    fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
-        let task = tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                let store = store.clone();
-                let started = Instant::now();
-                let synced = tokio::task::spawn_blocking(move || {
-                    let started = Instant::now();
-                    store.sync().map(|()| started.elapsed())
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map(|took| metrics.store_sync_seconds.observe(took.as_secs_f64()));
-                metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.commit_batch.observe(batch.len() as f64);
-                let ok = match synced {
-                    Ok(()) => true,
-                    Err(err) => {
-                        tracing::error!(error = %err, "durable sync failed; requests answered UNAVAILABLE");
-                        false
-                    }
-                };
-                for waiter in batch.drain(..) {
-                    let _ = waiter.send(ok);
-                }
-            }
-        });
-        (Self { tx }, task)
+    fn start(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), RelayError> {
+        let shared = Arc::new(CommitShared::default());
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("handover-commit".into())
+                .spawn(move || commit_loop(&shared, store.as_ref(), &metrics))
+                .map_err(RelayError::io("start the commit thread"))?
+        };
+        Ok((Self { shared }, thread))
     }
 
     /// Waits until everything written before this call is durable.
     async fn durable(&self) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(tx).is_err() {
-            return false;
+        {
+            let mut state = self.shared.lock();
+            if state.closed {
+                return false;
+            }
+            state.waiters.push(tx);
+            if state.idle {
+                state.idle = false;
+                self.shared.wake.notify_one();
+            }
         }
         rx.await.unwrap_or(false)
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+fn commit_loop(shared: &CommitShared, store: &dyn Store, metrics: &Metrics) {
+    let mut batch = Vec::new();
+    loop {
+        {
+            let mut state = shared.lock();
+            while state.waiters.is_empty() && !state.closed {
+                state.idle = true;
+                state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            state.idle = false;
+            std::mem::swap(&mut batch, &mut state.waiters);
+            if state.closed {
+                drop(state);
+                for waiter in batch.drain(..) {
+                    let _ = waiter.send(false);
+                }
+                return;
+            }
+        }
+        let started = Instant::now();
+        let ok = match store.sync() {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(error = %err, "durable sync failed; requests answered UNAVAILABLE");
+                false
+            }
+        };
+        if ok {
+            metrics
+                .store_sync_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        metrics.commit_batch.observe(batch.len() as f64);
+        for waiter in batch.drain(..) {
+            let _ = waiter.send(ok);
+        }
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -233,7 +299,8 @@ pub struct Relay {
     drained: mpsc::Receiver<()>,
     delivered: mpsc::Receiver<()>,
     accept_task: tokio::task::JoinHandle<()>,
-    committer_task: tokio::task::JoinHandle<()>,
+    commit_thread: Option<std::thread::JoinHandle<()>>,
+    commit_shared: Arc<CommitShared>,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     grace: Duration,
@@ -323,7 +390,8 @@ impl Relay {
             .map_err(RelayError::io("read listener address"))?;
 
         let metrics = Arc::new(Metrics::new());
-        let (committer, committer_task) = Committer::start(store.clone(), metrics.clone());
+        let (committer, commit_thread) = Committer::start(store.clone(), metrics.clone())?;
+        let commit_shared = committer.shared.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
 
@@ -385,7 +453,8 @@ impl Relay {
             drained,
             delivered,
             accept_task,
-            committer_task,
+            commit_thread: Some(commit_thread),
+            commit_shared,
             metrics,
             store,
             grace,
@@ -436,7 +505,10 @@ impl Relay {
         self.endpoint
             .close(CLOSE_GOING_AWAY.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        self.committer_task.abort();
+        self.commit_shared.close();
+        if let Some(thread) = self.commit_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 }
 

@@ -17,7 +17,7 @@
 //! lost, UDP datagrams the kernel dropped for full socket buffers, and the stalls a bystander
 //! thread saw (the machine taking the CPU away). Phases 3-5 print the group commits: commit
 //! rounds, and the store's sync alone, with the number over 1.6 and 3.2 ms (a round is the
-//! sync plus the hand-off to and from its thread).
+//! sync plus releasing the round's waiters).
 //!
 //! The servers (the relay and the echo server) run on a tokio runtime of their own unless
 //! `--runtimes shared`.
