@@ -53,5 +53,7 @@ fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
         assert_eq!(out.matches("  group commit: ").count(), 3, "{out}");
         assert_eq!(out.matches("  store sync alone: ").count(), 3, "{out}");
         assert!(!out.contains("no syncs"), "{out}");
+        // Both latency phases (the relay's and the echo's) split their tail into windows.
+        assert_eq!(out.matches("  windows of 100 ms: ").count(), 2, "{out}");
     }
 }

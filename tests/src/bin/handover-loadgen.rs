@@ -15,7 +15,8 @@
 //! Each latency phase (4, and the echo at the same rate) also prints what explains its tail:
 //! CPU time and context switches per request, datagrams per request, packets QUIC declared
 //! lost, UDP datagrams the kernel dropped for full socket buffers, and the stalls a bystander
-//! thread saw (the machine taking the CPU away). Phases 3-5 print the group commits: commit
+//! thread saw (the machine taking the CPU away), and how many 100 ms windows of the phase had
+//! a p99 over 5 ms (a few stalls, or a broad tail). Phases 3-5 print the group commits: commit
 //! rounds, and the store's sync alone, with the number over 1.6 and 3.2 ms (a round is the
 //! sync plus releasing the round's waiters).
 //!
@@ -112,7 +113,55 @@ enum Pacing {
     Ticks,
 }
 
-/// Latency phase at `rate` per second in the chosen pacing; sorted latencies in µs and failures.
+/// One answered request of a latency phase: when it was due (µs since the phase started) and
+/// its latency (µs).
+#[derive(Clone, Copy)]
+struct Sample {
+    at: u64,
+    latency: u64,
+}
+
+/// Width of the windows in which [`windows`] looks for stalls.
+const WINDOW_US: u64 = 100_000;
+
+/// The latency phase by windows of [`WINDOW_US`]: how many windows have a p99 over 5 ms, and
+/// the worst window. A tail made of a few stalls shows as a few bad windows; a broad one as
+/// many.
+fn windows(samples: &[Sample]) -> String {
+    let mut by_window: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for s in samples {
+        by_window
+            .entry(s.at / WINDOW_US)
+            .or_default()
+            .push(s.latency);
+    }
+    let mut over = 0;
+    let mut worst: Option<(u64, f64)> = None;
+    for (w, lat) in &mut by_window {
+        lat.sort_unstable();
+        let p99 = percentile(lat, 0.99);
+        if p99 > 5.0 {
+            over += 1;
+        }
+        if worst.is_none_or(|(_, p)| p99 > p) {
+            worst = Some((*w, p99));
+        }
+    }
+    let worst = worst.map_or_else(String::new, |(w, p)| {
+        format!(
+            "; worst p99 {p:.2} ms, in the window from {:.1} s",
+            (w * WINDOW_US) as f64 / 1e6
+        )
+    });
+    format!(
+        "  windows of {} ms: {over} of {} with p99 over 5 ms{worst}",
+        WINDOW_US / 1000,
+        by_window.len()
+    )
+}
+
+/// Latency phase at `rate` per second in the chosen pacing; the answered requests and the
+/// number that failed.
 #[allow(clippy::too_many_arguments)]
 async fn latency_phase(
     pacing: Pacing,
@@ -123,7 +172,7 @@ async fn latency_phase(
     secs: u64,
     rate: f64,
     check_accepted: bool,
-) -> Result<(Vec<u64>, u64)> {
+) -> Result<(Vec<Sample>, u64)> {
     match pacing {
         Pacing::Poisson => open_loop(conns, mailboxes, len, secs, rate, 1, check_accepted).await,
         Pacing::Ticks => paced(conns, mailboxes, streams, len, secs, rate, check_accepted).await,
@@ -132,7 +181,8 @@ async fn latency_phase(
 
 /// A latency phase as reported: `args.warmup_secs` of the same load first (not counted), then
 /// `args.secs` at `rate`. Returns the sorted latencies in µs, the failures, and the lines that
-/// explain the tail: the relay's group commits (if `relay`), CPU, transport and stalls.
+/// explain the tail: the relay's group commits (if `relay`), CPU, transport, stalls and the
+/// tail by windows of time.
 async fn measured_latency(
     args: &Args,
     conns: &[quinn::Connection],
@@ -160,8 +210,10 @@ async fn measured_latency(
     let cpu = CpuUsage::read();
     let transport = Transport::read(conns);
     let stalls = StallWatch::start()?;
-    let (lat, failed) = phase(args.secs).await?;
+    let (samples, failed) = phase(args.secs).await?;
     let (cpu_after, transport_after) = (CpuUsage::read(), Transport::read(conns));
+    let mut lat: Vec<u64> = samples.iter().map(|s| s.latency).collect();
+    lat.sort_unstable();
     let requests = lat.len() + failed as usize;
     let mut lines = Vec::new();
     if let (Some(relay), Some(before)) = (relay, commits) {
@@ -170,6 +222,7 @@ async fn measured_latency(
     lines.push(CpuUsage::since(cpu_after, cpu, requests, args.secs as f64));
     lines.push(transport_after.since(transport, requests));
     lines.push(stalls.finish());
+    lines.push(windows(&samples));
     Ok((lat, failed, lines))
 }
 
@@ -397,8 +450,8 @@ async fn closed_loop(
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Paced open-ish loop at `rate` ops/s over all workers; returns sorted latencies in µs and
-/// the number of requests that failed or were refused.
+/// Paced open-ish loop at `rate` ops/s over all workers; returns the answered requests and
+/// the number that failed or were refused.
 async fn paced(
     conns: &[quinn::Connection],
     mailboxes: &[MailboxKeys],
@@ -407,8 +460,9 @@ async fn paced(
     secs: u64,
     rate: f64,
     check_accepted: bool,
-) -> Result<(Vec<u64>, u64)> {
+) -> Result<(Vec<Sample>, u64)> {
     let workers = conns.len() * streams;
+    let start = Instant::now();
     let per_worker = rate / workers as f64;
     let period = Duration::from_secs_f64(1.0 / per_worker.max(0.001));
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -437,7 +491,10 @@ async fn paced(
                     let t = Instant::now();
                     let accepted = answered(&conn, &bytes, check_accepted).await;
                     if accepted {
-                        lat.push(t.elapsed().as_micros() as u64);
+                        lat.push(Sample {
+                            at: (t - start).as_micros() as u64,
+                            latency: t.elapsed().as_micros() as u64,
+                        });
                     } else {
                         failed += 1;
                     }
@@ -453,7 +510,6 @@ async fn paced(
         all.extend(lat);
         failed += f;
     }
-    all.sort_unstable();
     Ok((all, failed))
 }
 
@@ -717,8 +773,8 @@ impl CpuUsage {
 /// counts against the result (no coordinated omission). The pacer is an OS thread sleeping
 /// until the next arrival (tens of microseconds late at most, counted in the latency), because
 /// tokio's timer has a resolution of 1 ms: timer-driven workers fire in synchronised bursts of
-/// `rate` / 1000 requests (the `--pacing ticks` mode below). Returns sorted latencies in µs
-/// and the number of requests that failed or were refused.
+/// `rate` / 1000 requests (the `--pacing ticks` mode below). Returns the answered requests
+/// and the number that failed or were refused.
 async fn open_loop(
     conns: &[quinn::Connection],
     mailboxes: &[MailboxKeys],
@@ -727,8 +783,8 @@ async fn open_loop(
     rate: f64,
     seed: u64,
     check_accepted: bool,
-) -> Result<(Vec<u64>, u64)> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
+) -> Result<(Vec<Sample>, u64)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Sample>>();
     let runtime = tokio::runtime::Handle::current();
     let conns = conns.to_vec();
     let mailboxes = mailboxes.to_vec();
@@ -756,8 +812,11 @@ async fn open_loop(
                             return;
                         };
                         let accepted = answered(&conn, &bytes, check_accepted).await;
-                        let us = due.elapsed().as_micros() as u64;
-                        let _ = tx.send(accepted.then_some(us));
+                        let sample = Sample {
+                            at: at.as_micros() as u64,
+                            latency: due.elapsed().as_micros() as u64,
+                        };
+                        let _ = tx.send(accepted.then_some(sample));
                     });
                     n += 1;
                     // Exponential gap: -ln(U) / rate with U uniform in (0, 1].
@@ -774,12 +833,11 @@ async fn open_loop(
     // Ends once the pacer and every request task have dropped their senders.
     while let Some(result) = rx.recv().await {
         match result {
-            Some(us) => latencies.push(us),
+            Some(sample) => latencies.push(sample),
             None => failed += 1,
         }
     }
     pacer.join().map_err(|_| "the pacer thread panicked")?;
-    latencies.sort_unstable();
     Ok((latencies, failed))
 }
 
