@@ -37,7 +37,7 @@ pub struct Metrics {
     /// Waiters released per group commit.
     pub commit_batch: Histogram,
     /// Duration of one group commit round on the commit thread (the store's sync, then
-    /// releasing the round's waiters), seconds.
+    /// handing the round's waiters to the task that releases them), seconds.
     pub commit_seconds: Histogram,
     /// Duration of the store's sync itself (log write and `fdatasync`), seconds.
     pub store_sync_seconds: Histogram,
@@ -78,7 +78,7 @@ impl Metrics {
         );
         registry.register(
             "commit_seconds",
-            "Duration of one group commit: the store's sync, then releasing its waiters",
+            "Duration of one group commit: the store's sync, then handing its waiters on for release",
             commit_seconds.clone(),
         );
         registry.register(

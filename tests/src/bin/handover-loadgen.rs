@@ -18,7 +18,7 @@
 //! thread saw (the machine taking the CPU away), and how many 100 ms windows of the phase had
 //! a p99 over 5 ms (a few stalls, or a broad tail). Phases 3-5 print the group commits: commit
 //! rounds, and the store's sync alone, with the number over 1.6 and 3.2 ms (a round is the
-//! sync plus releasing the round's waiters).
+//! sync plus handing the round's waiters on for release).
 //!
 //! The servers (the relay and the echo server) run on a tokio runtime of their own unless
 //! `--runtimes shared`.
