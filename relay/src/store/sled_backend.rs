@@ -21,10 +21,11 @@
 //!   the log at this point ([`BodyRef`]: segment and offset), because records are written in
 //!   order at known offsets; until then reads copy it from the buffer.
 //! - [`KvBackend::sync`] (one call per group commit) freezes the buffer as one *group* record
-//!   (`crc32 | len | segment | payload`), writes it into the active segment file with one
-//!   `pwrite` and calls `fdatasync` once. Only then are the group's keyspace writes applied to
-//!   sled (one atomic sled batch with the group's last LSN), so sled never holds anything the
-//!   log does not; groups with no keyspace writes (sends, acks) skip sled entirely.
+//!   (`crc32 | len | segment | payload`; the buffer is that record, built in place), writes it
+//!   into the active segment file with one `pwrite` and calls `fdatasync` once. Only then are
+//!   the group's keyspace writes applied to sled (one atomic sled batch with the group's last
+//!   LSN), so sled never holds anything the log does not; groups with no keyspace writes
+//!   (sends, acks) skip sled entirely.
 //! - Segments (`seg-<16 hex digits>`) are created at their full size (sparse) in the
 //!   background (under a temporary name, synced, renamed, directory synced), so a `fdatasync`
 //!   never has to commit a size change except when a group spills past the nominal size.
@@ -274,31 +275,50 @@ type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 struct Inflight {
     segment: u64,
     start: u64,
-    payload: Arc<Vec<u8>>,
+    record: Arc<Vec<u8>>,
 }
 
 impl Inflight {
     fn body(&self, body: &BodyRef) -> Option<Vec<u8>> {
-        slice_at(&self.payload, self.segment, self.start, body)
+        slice_at(&self.record, self.segment, self.start, body)
     }
 }
 
-/// The bytes of `body` if it lies in a record payload written at (`segment`, `start`).
-fn slice_at(payload: &[u8], segment: u64, start: u64, body: &BodyRef) -> Option<Vec<u8>> {
+/// The bytes of `body` if it lies in a record (header included) written at (`segment`,
+/// `start`).
+fn slice_at(record: &[u8], segment: u64, start: u64, body: &BodyRef) -> Option<Vec<u8>> {
     if body.segment != segment {
         return None;
     }
-    let from = body.offset.checked_sub(start + RECORD_HEADER_LEN)?;
+    let from = body.offset.checked_sub(start)?;
     let from = usize::try_from(from).ok()?;
-    payload
+    record
         .get(from..from.checked_add(body.len as usize)?)
         .map(<[u8]>::to_vec)
 }
 
+/// A record buffer's capacity kept for the next group after a write, at most: enough for the
+/// groups of a busy relay (tens of envelopes), without holding on to the memory of a rare
+/// large one.
+const SPARE_RECORD_BYTES: usize = 1 << 20;
+
+/// An empty record buffer: room for the header, which [`Pending::freeze`] fills in.
+fn new_record(mut buf: Vec<u8>) -> Vec<u8> {
+    buf.clear();
+    buf.resize(RECORD_HEADER_LEN as usize, 0);
+    buf
+}
+
 /// Everything between `apply_logged` and the disk, under one lock.
 struct Pending {
-    /// Payload of the group being collected.
+    /// The record of the group being collected: a header left blank until the group is
+    /// frozen, then the payload. Built in place, so the log write copies nothing.
     bytes: Vec<u8>,
+    /// CRC-32 of the payload so far (the header's CRC covers `len | segment | payload`).
+    payload_crc: crc32fast::Hasher,
+    /// An emptied record buffer from the last write, reused for the next group so that a
+    /// busy relay does not grow a new buffer (and fault in its pages) for every group.
+    spare: Vec<u8>,
     /// Where that group's record will be written.
     segment: u64,
     start: u64,
@@ -319,7 +339,8 @@ struct Pending {
 struct Group {
     segment: u64,
     start: u64,
-    payload: Arc<Vec<u8>>,
+    /// The whole record, header included.
+    record: Arc<Vec<u8>>,
     last_lsn: u64,
     has_writes: bool,
 }
@@ -348,12 +369,28 @@ impl Pending {
         out
     }
 
-    /// Takes the collected batches as one group and decides where the next group goes.
-    fn freeze(&mut self) -> Option<Group> {
-        if self.bytes.is_empty() {
-            return None;
+    /// Takes the collected batches as one group, with its record header filled in, and
+    /// decides where the next group goes.
+    fn freeze(&mut self) -> Result<Option<Group>, StoreError> {
+        let header = RECORD_HEADER_LEN as usize;
+        if self.bytes.len() <= header {
+            return Ok(None);
         }
-        let payload = Arc::new(std::mem::take(&mut self.bytes));
+        let Ok(len) = u32::try_from(self.bytes.len() - header) else {
+            // Never reached: segments and envelopes are far smaller. Like a failed write, it
+            // stops the store, since the group cannot be written as one record.
+            self.failed = true;
+            return Err(StoreError::Backend("log record too large".into()));
+        };
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&len.to_be_bytes());
+        crc.update(&self.segment.to_be_bytes());
+        crc.combine(&std::mem::take(&mut self.payload_crc));
+        self.bytes[..4].copy_from_slice(&crc.finalize().to_be_bytes());
+        self.bytes[4..8].copy_from_slice(&len.to_be_bytes());
+        self.bytes[8..16].copy_from_slice(&self.segment.to_be_bytes());
+        let next = new_record(std::mem::take(&mut self.spare));
+        let record = Arc::new(std::mem::replace(&mut self.bytes, next));
         let last_lsn = self.next_lsn - 1;
         let has_writes = !self.active.is_empty();
         if has_writes {
@@ -363,23 +400,33 @@ impl Pending {
         let group = Group {
             segment: self.segment,
             start: self.start,
-            payload: payload.clone(),
+            record: record.clone(),
             last_lsn,
             has_writes,
         };
         self.inflight = Some(Inflight {
             segment: self.segment,
             start: self.start,
-            payload,
+            record,
         });
-        let end = self.start + RECORD_HEADER_LEN + group.payload.len() as u64;
+        let end = self.start + group.record.len() as u64;
         if end >= self.segment_size {
             self.segment += 1;
             self.start = SEG_HEADER_LEN;
         } else {
             self.start = end;
         }
-        Some(group)
+        Ok(Some(group))
+    }
+
+    /// Ends the write of the in-flight group, keeping its record buffer for a later group.
+    fn written(&mut self, record: Arc<Vec<u8>>) {
+        self.inflight = None;
+        if let Ok(buf) = Arc::try_unwrap(record)
+            && buf.capacity() <= SPARE_RECORD_BYTES
+        {
+            self.spare = buf;
+        }
     }
 }
 
@@ -722,15 +769,8 @@ impl Wal {
 
     /// Writes one group record at its place and syncs it.
     fn write(&mut self, group: &Group) -> Result<(), StoreError> {
-        let mut record = Vec::with_capacity(RECORD_HEADER_LEN as usize + group.payload.len());
-        record.extend_from_slice(&[0; 4]);
-        put_u32(&mut record, group.payload.len())?;
-        record.extend_from_slice(&group.segment.to_be_bytes());
-        record.extend_from_slice(&group.payload);
-        let crc = crc32(&[&record[4..]]);
-        record[..4].copy_from_slice(&crc.to_be_bytes());
         let file = &self.active.1;
-        file.write_all_at(&record, group.start)
+        file.write_all_at(&group.record, group.start)
             .map_err(backend_err)?;
         file.sync_data().map_err(backend_err)?;
         self.last_written = group.last_lsn;
@@ -892,7 +932,9 @@ impl SledBackend {
         let backend = Self {
             db,
             pending: Mutex::new(Pending {
-                bytes: Vec::new(),
+                bytes: new_record(Vec::new()),
+                payload_crc: crc32fast::Hasher::new(),
+                spare: Vec::new(),
                 segment: active_id,
                 start: SEG_HEADER_LEN,
                 next_lsn: max_lsn + 1,
@@ -1034,7 +1076,7 @@ impl SledBackend {
                     "an earlier log write failed; restart the relay".into(),
                 ));
             }
-            pending.freeze()
+            pending.freeze()?
         };
         let Some(group) = group else {
             return Ok(());
@@ -1049,8 +1091,11 @@ impl SledBackend {
             self.active_segment.store(group.segment, Ordering::SeqCst);
         }
         wal.write(&group).map_err(|e| self.fail(e))?;
-        self.lock_pending().inflight = None;
-        if group.has_writes {
+        let Group {
+            record, has_writes, ..
+        } = group;
+        self.lock_pending().written(record);
+        if has_writes {
             loop {
                 let Some((lsn, writes)) = self.lock_pending().frozen.front().cloned() else {
                     break;
@@ -1173,6 +1218,10 @@ impl KvBackend for SledBackend {
                 return Err(err);
             }
         };
+        let Pending {
+            bytes, payload_crc, ..
+        } = &mut *pending;
+        payload_crc.update(&bytes[base..]);
         pending.next_lsn += 1;
         for (k, v) in batch {
             pending.active.insert(k, v);
@@ -1182,7 +1231,7 @@ impl KvBackend for SledBackend {
             .into_iter()
             .map(|(pos, len)| BodyRef {
                 segment,
-                offset: start + RECORD_HEADER_LEN + pos as u64,
+                offset: start + pos as u64,
                 len,
             })
             .collect())
