@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 
 use crate::store::{
     BLOB_STORE_CHUNK, BlobBegun, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope,
-    Published, Store, StoreError, Swept,
+    Published, SenderEnqueued, Store, StoreError, Swept,
 };
 
 use wire::ErrorCode;
@@ -286,11 +286,20 @@ fn verify(key: &[u8], prefix: &[u8], parts: &[&[u8]], signature: &[u8]) -> bool 
     key.verify_strict(&msg, &sig).is_ok()
 }
 
-/// True if SHA-256(`capability`) is in `hashes`, compared in constant time over the whole set.
-fn capability_ok(mailbox: &Mailbox, capability: &[u8]) -> bool {
+/// The answer to a sender whose capability the mailbox does not accept.
+fn capability_refused() -> Action {
+    fail(
+        ErrorCode::Unauthorised,
+        "capability not accepted by this mailbox",
+    )
+}
+
+/// True if SHA-256(`capability`) is in `capability_hashes`, compared in constant time over the
+/// whole set.
+fn capability_ok(capability_hashes: &[[u8; 32]], capability: &[u8]) -> bool {
     let digest: [u8; 32] = Sha256::digest(capability).into();
     let mut found = subtle::Choice::from(0u8);
-    for h in &mailbox.capability_hashes {
+    for h in capability_hashes {
         found |= h.ct_eq(&digest);
     }
     found.into()
@@ -546,11 +555,12 @@ impl Handler {
             return Err(fail(ErrorCode::BadRequest, "send id must be 16 bytes"));
         };
         match self.store.mailbox_by_send_id(&send_id) {
-            Ok(Some((recv_id, mailbox))) if capability_ok(&mailbox, capability) => Ok(recv_id),
-            Ok(Some(_)) => Err(fail(
-                ErrorCode::Unauthorised,
-                "capability not accepted by this mailbox",
-            )),
+            Ok(Some((recv_id, mailbox)))
+                if capability_ok(&mailbox.capability_hashes, capability) =>
+            {
+                Ok(recv_id)
+            }
+            Ok(Some(_)) => Err(capability_refused()),
             Ok(None) => Err(fail(ErrorCode::NotFound, "no such mailbox")),
             Err(err) => Err(storage_failed(&err)),
         }
@@ -589,9 +599,8 @@ impl Handler {
         if let Err(action) = self.check_expiry(envelope.expires_at, now) {
             return action;
         }
-        let recv_id = match self.sender_mailbox(&m.send_id, &m.capability) {
-            Ok(id) => id,
-            Err(action) => return action,
+        let Some(send_id) = to_id(&m.send_id) else {
+            return fail(ErrorCode::BadRequest, "send id must be 16 bytes");
         };
         let quota = MailboxQuota {
             max_envelopes: self.limits.mailbox_max_envelopes,
@@ -607,18 +616,22 @@ impl Handler {
                 accepted_at: coarse(now),
             })),
         };
-        match self.store.enqueue(&recv_id, &new, quota) {
-            Ok(Enqueued::Queued(_)) => Action::ReplyWhenDurable {
+        let admit = |hashes: &[[u8; 32]]| capability_ok(hashes, &m.capability);
+        match self.store.enqueue_for_sender(&send_id, &admit, &new, quota) {
+            Ok(SenderEnqueued::Mailbox(recv_id, Enqueued::Queued(_))) => Action::ReplyWhenDurable {
                 response: accepted,
                 notify: Some(recv_id),
             },
             // A retried send: the first copy may not be durable yet, so wait for the sync too.
-            Ok(Enqueued::Duplicate) => Action::ReplyWhenDurable {
+            Ok(SenderEnqueued::Mailbox(_, Enqueued::Duplicate)) => Action::ReplyWhenDurable {
                 response: accepted,
                 notify: None,
             },
-            Ok(Enqueued::NoMailbox) => fail(ErrorCode::NotFound, "no such mailbox"),
-            Ok(Enqueued::QuotaExceeded) => fail(
+            Ok(SenderEnqueued::NoMailbox | SenderEnqueued::Mailbox(_, Enqueued::NoMailbox)) => {
+                fail(ErrorCode::NotFound, "no such mailbox")
+            }
+            Ok(SenderEnqueued::Refused) => capability_refused(),
+            Ok(SenderEnqueued::Mailbox(_, Enqueued::QuotaExceeded)) => fail(
                 ErrorCode::QuotaExceeded,
                 "mailbox is full: too many envelopes or bytes queued",
             ),

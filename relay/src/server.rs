@@ -876,8 +876,9 @@ async fn serve_stream(
         .inc();
     let is_send = matches!(request.kind, Some(wire::request::Kind::Send(_)));
     // Store calls may block (locks, disk reads): keep them off the async workers that drive
-    // QUIC. Except `Send` and `Ping`: a send only reads two small keyspace records (cached in
-    // memory) and appends to the in-memory log buffer; the disk sync happens in the committer.
+    // QUIC. Except `Send` and `Ping`: a send looks its mailbox up in the store's sender cache
+    // (on a miss, two small keyspace records, cached in memory by sled) and appends to the
+    // in-memory log buffer; the disk sync happens in the committer.
     // Handing the hottest request to the blocking pool costs two thread hand-offs each.
     let inline = matches!(
         request.kind,

@@ -29,6 +29,7 @@
 //! global (one counter for all mailboxes, never reused: the backend's [`KvBackend::seq_floor`]
 //! survives restarts), so they are strictly increasing per mailbox but not dense.
 
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use prost::Message;
@@ -36,7 +37,7 @@ use prost::Message;
 use super::queue::{Entry, Queues};
 use super::{
     BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published,
-    Queued, Store, StoreError, Swept, TakenPrekeys,
+    Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys,
 };
 
 /// A batch of writes: `Some(value)` puts, `None` deletes.
@@ -291,7 +292,21 @@ pub struct KvStore<B> {
 struct State {
     queues: Queues,
     next_seq: u64,
+    /// Send id → what a send needs of its mailbox, filled by sends. Every change to a
+    /// mailbox's send id or capabilities (creation aside, which cannot meet a cached id) happens
+    /// under the store lock and removes the entry, so a hit is never stale. A B-tree, so that
+    /// growing it never rehashes under the lock.
+    senders: BTreeMap<Id, Sender>,
 }
+
+/// A mailbox as a sender sees it.
+struct Sender {
+    recv_id: Id,
+    capability_hashes: Vec<[u8; 32]>,
+}
+
+/// Most cached senders; a full cache is emptied and fills again from the sends that follow.
+const SENDER_CACHE_MAX: usize = 1 << 16;
 
 /// Most body bytes one compaction step copies forward.
 const COMPACT_STEP_BYTES: u64 = 4 * 1024 * 1024;
@@ -337,7 +352,11 @@ impl<B: KvBackend> KvStore<B> {
         }
         Self {
             backend,
-            lock: Mutex::new(State { queues, next_seq }),
+            lock: Mutex::new(State {
+                queues,
+                next_seq,
+                senders: BTreeMap::new(),
+            }),
         }
     }
 
@@ -358,6 +377,52 @@ impl<B: KvBackend> KvStore<B> {
             .get(&key(T_MAILBOX, &[recv_id]))?
             .map(|v| decode(&v))
             .transpose()
+    }
+
+    /// [`Store::enqueue`] into a mailbox known to exist, under the store lock.
+    fn enqueue_locked(
+        &self,
+        state: &mut State,
+        recv_id: &Id,
+        envelope: &NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Result<Enqueued, StoreError> {
+        if state
+            .queues
+            .queue(recv_id)
+            .is_some_and(|q| q.by_id.contains_key(&envelope.envelope_id))
+        {
+            return Ok(Enqueued::Duplicate);
+        }
+        let (count, bytes) = state.queues.usage(recv_id);
+        let len = envelope.ciphertext.len() as u64;
+        if count >= quota.max_envelopes || bytes.saturating_add(len) > quota.max_bytes {
+            return Ok(Enqueued::QuotaExceeded);
+        }
+        let seq = state.next_seq;
+        let op = LogOp::Enqueue {
+            recv_id: *recv_id,
+            seq,
+            envelope_id: envelope.envelope_id,
+            expires_at: envelope.expires_at,
+            ciphertext: &envelope.ciphertext,
+        };
+        let body = self
+            .backend
+            .apply_logged(Batch::new(), &[op])?
+            .pop()
+            .ok_or(StoreError::Corrupt)?;
+        state.next_seq = seq + 1;
+        state.queues.insert(
+            *recv_id,
+            seq,
+            Entry {
+                envelope_id: envelope.envelope_id,
+                expires_at: envelope.expires_at,
+                body,
+            },
+        );
+        Ok(Enqueued::Queued(seq))
     }
 
     fn with_usage(&self, recv_id: &Id, rec: &MailboxRec) -> Result<Mailbox, StoreError> {
@@ -523,7 +588,7 @@ impl<B: KvBackend> Store for KvStore<B> {
     }
 
     fn set_capabilities(&self, recv_id: &Id, hashes: &[[u8; 32]]) -> Result<bool, StoreError> {
-        let _g = self.guard();
+        let mut state = self.guard();
         let Some(mut rec) = self.mailbox_rec(recv_id)? else {
             return Ok(false);
         };
@@ -532,6 +597,7 @@ impl<B: KvBackend> Store for KvStore<B> {
             key(T_MAILBOX, &[recv_id]),
             Some(rec.encode_to_vec()),
         )])?;
+        state.senders.remove(&id_of(&rec.send_id)?);
         Ok(true)
     }
 
@@ -565,6 +631,7 @@ impl<B: KvBackend> Store for KvStore<B> {
         self.backend
             .apply_logged(batch, &[LogOp::DropMailbox { recv_id: *recv_id }])?;
         state.queues.drop_mailbox(recv_id);
+        state.senders.remove(&id_of(&rec.send_id)?);
         Ok(true)
     }
 
@@ -578,42 +645,44 @@ impl<B: KvBackend> Store for KvStore<B> {
         if self.mailbox_rec(recv_id)?.is_none() {
             return Ok(Enqueued::NoMailbox);
         }
-        if state
-            .queues
-            .queue(recv_id)
-            .is_some_and(|q| q.by_id.contains_key(&envelope.envelope_id))
-        {
-            return Ok(Enqueued::Duplicate);
-        }
-        let (count, bytes) = state.queues.usage(recv_id);
-        let len = envelope.ciphertext.len() as u64;
-        if count >= quota.max_envelopes || bytes.saturating_add(len) > quota.max_bytes {
-            return Ok(Enqueued::QuotaExceeded);
-        }
-        let seq = state.next_seq;
-        let op = LogOp::Enqueue {
-            recv_id: *recv_id,
-            seq,
-            envelope_id: envelope.envelope_id,
-            expires_at: envelope.expires_at,
-            ciphertext: &envelope.ciphertext,
+        self.enqueue_locked(&mut state, recv_id, envelope, quota)
+    }
+
+    fn enqueue_for_sender(
+        &self,
+        send_id: &Id,
+        admit: &dyn Fn(&[[u8; 32]]) -> bool,
+        envelope: &NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Result<SenderEnqueued, StoreError> {
+        let mut state = self.guard();
+        let (recv_id, admitted) = match state.senders.get(send_id) {
+            Some(sender) => (sender.recv_id, admit(&sender.capability_hashes)),
+            None => {
+                let Some(recv) = self.backend.get(&key(T_SEND, &[send_id]))? else {
+                    return Ok(SenderEnqueued::NoMailbox);
+                };
+                let recv_id = id_of(&recv)?;
+                let Some(rec) = self.mailbox_rec(&recv_id)? else {
+                    return Ok(SenderEnqueued::NoMailbox);
+                };
+                let sender = Sender {
+                    recv_id,
+                    capability_hashes: rec.to_mailbox()?.capability_hashes,
+                };
+                let admitted = admit(&sender.capability_hashes);
+                if state.senders.len() >= SENDER_CACHE_MAX {
+                    state.senders.clear();
+                }
+                state.senders.insert(*send_id, sender);
+                (recv_id, admitted)
+            }
         };
-        let body = self
-            .backend
-            .apply_logged(Batch::new(), &[op])?
-            .pop()
-            .ok_or(StoreError::Corrupt)?;
-        state.next_seq = seq + 1;
-        state.queues.insert(
-            *recv_id,
-            seq,
-            Entry {
-                envelope_id: envelope.envelope_id,
-                expires_at: envelope.expires_at,
-                body,
-            },
-        );
-        Ok(Enqueued::Queued(seq))
+        if !admitted {
+            return Ok(SenderEnqueued::Refused);
+        }
+        let outcome = self.enqueue_locked(&mut state, &recv_id, envelope, quota)?;
+        Ok(SenderEnqueued::Mailbox(recv_id, outcome))
     }
 
     fn fetch(

@@ -121,6 +121,17 @@ pub enum Enqueued {
     QuotaExceeded,
 }
 
+/// Outcome of [`Store::enqueue_for_sender`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderEnqueued {
+    /// No mailbox has this send id.
+    NoMailbox,
+    /// The mailbox did not admit the sender; nothing changed.
+    Refused,
+    /// The mailbox with this receive id admitted the sender, and what its queue did.
+    Mailbox(Id, Enqueued),
+}
+
 /// Delivery state of an envelope, from [`Store::envelope_states`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -215,6 +226,18 @@ pub trait Store: Send + Sync + 'static {
         envelope: &NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<Enqueued, StoreError>;
+    /// A send in one step: resolves `send_id` to its mailbox, asks `admit` whether the sender
+    /// may send there (given the mailbox's capability hashes), and if so appends the envelope
+    /// as [`Store::enqueue`] does. Equivalent to [`Store::mailbox_by_send_id`] followed by
+    /// `enqueue`, except that the mailbox cannot be deleted or its capabilities replaced in
+    /// between.
+    fn enqueue_for_sender(
+        &self,
+        send_id: &Id,
+        admit: &dyn Fn(&[[u8; 32]]) -> bool,
+        envelope: &NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Result<SenderEnqueued, StoreError>;
     /// Up to `limit` unexpired envelopes with `seq > after_seq`, oldest first, and whether more
     /// follow.
     fn fetch(

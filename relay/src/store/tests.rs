@@ -33,6 +33,7 @@ fn mailbox(send: u8) -> Mailbox {
 
 fn suite(store: &dyn Store) {
     mailboxes(store);
+    sends_by_send_id(store);
     queue_order_ack_and_quota(store);
     expiry_and_tombstones(store);
     prekeys(store);
@@ -62,6 +63,54 @@ fn mailboxes(store: &dyn Store) {
         store.enqueue(&id(1), &env(1, 100, 10), QUOTA).unwrap(),
         Enqueued::NoMailbox
     );
+}
+
+/// `enqueue_for_sender` resolves the send id on every call: a mailbox whose capabilities were
+/// replaced, or that was deleted and created again under the same send id, is seen as it is now
+/// (the store may cache senders; this checks that the cache follows every change).
+fn sends_by_send_id(store: &dyn Store) {
+    let (recv, send, other) = (id(40), id(41), id(42));
+    let admit_9 = |hashes: &[[u8; 32]]| hashes.contains(&[9; 32]);
+    let send_one = |n: u8| store.enqueue_for_sender(&send, &admit_9, &env(n, 100, 10), QUOTA);
+    assert_eq!(send_one(1).unwrap(), SenderEnqueued::NoMailbox);
+    assert!(store.create_mailbox(&recv, &mailbox(41)).unwrap());
+    let SenderEnqueued::Mailbox(to, Enqueued::Queued(seq)) = send_one(1).unwrap() else {
+        panic!("first send not queued");
+    };
+    assert_eq!(to, recv);
+    assert_eq!(
+        send_one(1).unwrap(),
+        SenderEnqueued::Mailbox(recv, Enqueued::Duplicate)
+    );
+    let (queued, _) = store.fetch(&recv, 0, 10, 0).unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].seq, seq);
+    let refuse_all = |_: &[[u8; 32]]| false;
+    assert_eq!(
+        store
+            .enqueue_for_sender(&send, &refuse_all, &env(2, 100, 10), QUOTA)
+            .unwrap(),
+        SenderEnqueued::Refused
+    );
+    // Capabilities replaced: the old one is refused from the next send on.
+    assert!(store.set_capabilities(&recv, &[[8; 32]]).unwrap());
+    assert_eq!(send_one(2).unwrap(), SenderEnqueued::Refused);
+    assert!(store.set_capabilities(&recv, &[[9; 32]]).unwrap());
+    assert!(matches!(
+        send_one(2).unwrap(),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(_))
+    ));
+    // Deleted, then the send id taken by a new mailbox: sends go to the new one.
+    assert!(store.delete_mailbox(&recv).unwrap());
+    assert_eq!(send_one(3).unwrap(), SenderEnqueued::NoMailbox);
+    assert!(store.create_mailbox(&other, &mailbox(41)).unwrap());
+    let SenderEnqueued::Mailbox(to, Enqueued::Queued(_)) = send_one(3).unwrap() else {
+        panic!("send to the new mailbox not queued");
+    };
+    assert_eq!(to, other);
+    assert_eq!(store.fetch(&other, 0, 10, 0).unwrap().0.len(), 1);
+    assert!(store.fetch(&recv, 0, 10, 0).unwrap().0.is_empty());
+    assert!(store.delete_mailbox(&other).unwrap());
 }
 
 fn queue_order_ack_and_quota(store: &dyn Store) {
