@@ -410,7 +410,7 @@ async fn closed_loop(
     len: usize,
     secs: u64,
     check_accepted: bool,
-) -> Result<f64> {
+) -> Result<(f64, u64)> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -447,7 +447,8 @@ async fn closed_loop(
     if failures > 0 {
         println!("  ({failures} requests failed or were refused)");
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let done = done.load(Ordering::Relaxed);
+    Ok((done as f64 / start.elapsed().as_secs_f64(), done))
 }
 
 /// Paced open-ish loop at `rate` ops/s over all workers; returns the answered requests and
@@ -767,6 +768,68 @@ impl CpuUsage {
     }
 }
 
+/// On-CPU time of the servers' threads (the server runtime's workers and blocking threads,
+/// named `handover-server`, and the relay's own threads, `handover-commit` and the like) and of
+/// everything else (the clients), from each thread's `schedstat` (Linux, nanoseconds). Threads
+/// that exit during a phase take their time with them, so the split can miss some of a
+/// blocking thread's work; the relay's send path does not use the blocking pool.
+#[derive(Clone, Copy)]
+struct SideCpu {
+    servers: f64,
+    clients: f64,
+}
+
+impl SideCpu {
+    fn read() -> Option<Self> {
+        let (mut servers, mut clients) = (0.0, 0.0);
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let (Ok(comm), Ok(sched)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("schedstat")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            let Some(ns) = sched
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+            else {
+                continue;
+            };
+            if comm.starts_with("handover-") {
+                servers += ns / 1e9;
+            } else {
+                clients += ns / 1e9;
+            }
+        }
+        Some(Self { servers, clients })
+    }
+
+    /// One line on the CPU the servers and the clients used per request since `before`.
+    fn since(
+        after: Option<Self>,
+        before: Option<Self>,
+        runtimes: Runtimes,
+        requests: f64,
+    ) -> String {
+        let (Some(a), Some(b)) = (after, before) else {
+            return "  cpu by side: not available on this system".into();
+        };
+        let per = |x: f64| x * 1e6 / requests.max(1.0);
+        match runtimes {
+            Runtimes::Separate => format!(
+                "  cpu by side: servers {:.1} us per request, clients {:.1} us",
+                per(a.servers - b.servers),
+                per(a.clients - b.clients)
+            ),
+            Runtimes::Shared => format!(
+                "  cpu by side: {:.1} us per request (servers and clients share threads)",
+                per(a.servers - b.servers + a.clients - b.clients)
+            ),
+        }
+    }
+}
+
 /// Open loop: requests arrive as a Poisson process at `rate` per second (exponential gaps from
 /// a generator seeded with `seed`), each on a task of its own, round-robin over the connections.
 /// A request's latency runs from its *scheduled* arrival, so a client or pacer that falls behind
@@ -892,7 +955,8 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
         capability: [0; 32],
     };
     let fakes = vec![fake; args.connections];
-    let echo_rate = closed_loop(
+    let cpu = SideCpu::read();
+    let (echo_rate, echoed) = closed_loop(
         &echo_conns,
         &fakes,
         args.streams,
@@ -904,6 +968,10 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     println!(
         "raw quinn echo ({}x{}):                  {echo_rate:>10.0} req/s",
         args.connections, args.streams
+    );
+    println!(
+        "{}",
+        SideCpu::since(SideCpu::read(), cpu, args.runtimes, echoed as f64)
     );
 
     // The relay, in process, over the real sled store.
@@ -937,7 +1005,8 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     let conns: Vec<quinn::Connection> = clients.iter().map(|c| c.conn.clone()).collect();
     let secs = args.secs as f64;
     let before = Commits::read(&relay);
-    let peak = closed_loop(
+    let cpu = SideCpu::read();
+    let (peak, sent) = closed_loop(
         &conns,
         &mailboxes,
         args.streams,
@@ -957,8 +1026,10 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
         args.streams,
         peak / echo_rate
     );
+    let side = SideCpu::read();
     let after = Commits::read(&relay);
     println!("{}", after.since(before, secs));
+    println!("{}", SideCpu::since(side, cpu, args.runtimes, sent as f64));
 
     let half = args.rate.unwrap_or(peak / 2.0);
     let (lat, failed, lines) =
@@ -1000,7 +1071,7 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     echo.close(0u8.into(), b"done");
 
     let before = Commits::read(&relay);
-    let single = closed_loop(
+    let (single, _) = closed_loop(
         &conns[..1],
         &mailboxes[..1],
         1,
