@@ -4,7 +4,10 @@
 //! the backend's log (which keeps the ciphertext), its removal (ack, expiry, mailbox deletion)
 //! one more record, and the queues are an in-memory index ([`Queues`]) rebuilt from those
 //! records when the store opens. A `Send` therefore costs one log append and a share of the
-//! group commit's sync, and no write to the keyspace.
+//! group commit's sync, and no write to the keyspace. It reads the keyspace only the first time
+//! a send id is used: what a send needs of its mailbox (receive id, capability hashes) is then
+//! cached under the same mutex, and every change to those removes the entry
+//! ([`Store::enqueue_for_sender`]).
 //!
 //! Everything else is in one ordered keyspace; the first key byte names the table. Each `Store`
 //! method reads under a mutex, builds one batch of puts and deletes plus its log records and
