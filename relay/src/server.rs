@@ -620,10 +620,14 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: Drain) 
     let started = Instant::now();
     let in_service = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut shutdown = ctx.shutdown.clone();
+    // One shutdown future for the connection's life, not one per stream: creating and dropping
+    // it registers and unregisters a waiter under the watch channel's lock each time.
+    let stopping = shutdown.changed();
+    tokio::pin!(stopping);
     loop {
         let stream = tokio::select! {
             s = conn.accept_bi() => s,
-            _ = shutdown.changed() => break,
+            _ = &mut stopping => break,
         };
         let (send, recv) = match stream {
             Ok(s) => s,
