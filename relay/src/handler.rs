@@ -297,10 +297,14 @@ fn capability_refused() -> Action {
 /// True if SHA-256(`capability`) is in `capability_hashes`, compared in constant time over the
 /// whole set.
 fn capability_ok(capability_hashes: &[[u8; 32]], capability: &[u8]) -> bool {
-    let digest: [u8; 32] = Sha256::digest(capability).into();
+    digest_admitted(capability_hashes, &Sha256::digest(capability).into())
+}
+
+/// True if `digest` is in `capability_hashes`, compared in constant time over the whole set.
+fn digest_admitted(capability_hashes: &[[u8; 32]], digest: &[u8; 32]) -> bool {
     let mut found = subtle::Choice::from(0u8);
     for h in capability_hashes {
-        found |= h.ct_eq(&digest);
+        found |= h.ct_eq(digest);
     }
     found.into()
 }
@@ -616,7 +620,9 @@ impl Handler {
                 accepted_at: coarse(now),
             })),
         };
-        let admit = |hashes: &[[u8; 32]]| capability_ok(hashes, &m.capability);
+        // Hashed here, so that only the comparison runs under the store's lock.
+        let digest: [u8; 32] = Sha256::digest(&m.capability).into();
+        let admit = |hashes: &[[u8; 32]]| digest_admitted(hashes, &digest);
         match self.store.enqueue_for_sender(&send_id, &admit, &new, quota) {
             Ok(SenderEnqueued::Mailbox(recv_id, Enqueued::Queued(_))) => Action::ReplyWhenDurable {
                 response: accepted,

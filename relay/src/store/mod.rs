@@ -230,7 +230,7 @@ pub trait Store: Send + Sync + 'static {
     /// may send there (given the mailbox's capability hashes), and if so appends the envelope
     /// as [`Store::enqueue`] does. Equivalent to [`Store::mailbox_by_send_id`] followed by
     /// `enqueue`, except that the mailbox cannot be deleted or its capabilities replaced in
-    /// between.
+    /// between. `admit` may run under the store's lock: it should only compare.
     fn enqueue_for_sender(
         &self,
         send_id: &Id,
