@@ -62,5 +62,13 @@ fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
             _ => " us per request (servers and clients share threads)",
         };
         assert_eq!(out.matches(split).count(), 2, "{out}");
+        // The relay's peak (not the echo's: the relay starts after it) names its commit
+        // thread's share.
+        let commit = usize::from(runtimes == "separate");
+        assert_eq!(
+            out.matches(" (of which the commit thread ").count(),
+            commit,
+            "{out}"
+        );
     }
 }

@@ -776,12 +776,14 @@ impl CpuUsage {
 #[derive(Clone, Copy)]
 struct SideCpu {
     servers: f64,
+    /// The relay's commit thread, counted in `servers` too.
+    commit: f64,
     clients: f64,
 }
 
 impl SideCpu {
     fn read() -> Option<Self> {
-        let (mut servers, mut clients) = (0.0, 0.0);
+        let (mut servers, mut commit, mut clients) = (0.0, 0.0, 0.0);
         for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
             let (Ok(comm), Ok(sched)) = (
                 std::fs::read_to_string(task.path().join("comm")),
@@ -798,11 +800,18 @@ impl SideCpu {
             };
             if comm.starts_with("handover-") {
                 servers += ns / 1e9;
+                if comm.trim_end() == "handover-commit" {
+                    commit += ns / 1e9;
+                }
             } else {
                 clients += ns / 1e9;
             }
         }
-        Some(Self { servers, clients })
+        Some(Self {
+            servers,
+            commit,
+            clients,
+        })
     }
 
     /// One line on the CPU the servers and the clients used per request since `before`.
@@ -817,11 +826,19 @@ impl SideCpu {
         };
         let per = |x: f64| x * 1e6 / requests.max(1.0);
         match runtimes {
-            Runtimes::Separate => format!(
-                "  cpu by side: servers {:.1} us per request, clients {:.1} us",
-                per(a.servers - b.servers),
-                per(a.clients - b.clients)
-            ),
+            Runtimes::Separate => {
+                let commit = a.commit - b.commit;
+                format!(
+                    "  cpu by side: servers {:.1} us per request{}, clients {:.1} us",
+                    per(a.servers - b.servers),
+                    if commit > 0.0 {
+                        format!(" (of which the commit thread {:.1})", per(commit))
+                    } else {
+                        String::new()
+                    },
+                    per(a.clients - b.clients)
+                )
+            }
             Runtimes::Shared => format!(
                 "  cpu by side: {:.1} us per request (servers and clients share threads)",
                 per(a.servers - b.servers + a.clients - b.clients)
