@@ -286,6 +286,11 @@ fn verify(key: &[u8], prefix: &[u8], parts: &[&[u8]], signature: &[u8]) -> bool 
     key.verify_strict(&msg, &sig).is_ok()
 }
 
+/// A send id from the wire, or the answer to a malformed one.
+fn send_id_of(bytes: &[u8]) -> Result<Id, Action> {
+    to_id(bytes).ok_or_else(|| fail(ErrorCode::BadRequest, "send id must be 16 bytes"))
+}
+
 /// The answer to a sender whose capability the mailbox does not accept.
 fn capability_refused() -> Action {
     fail(
@@ -555,9 +560,7 @@ impl Handler {
 
     /// Resolves a send id and checks the capability.
     fn sender_mailbox(&self, send_id: &[u8], capability: &[u8]) -> Result<Id, Action> {
-        let Some(send_id) = to_id(send_id) else {
-            return Err(fail(ErrorCode::BadRequest, "send id must be 16 bytes"));
-        };
+        let send_id = send_id_of(send_id)?;
         match self.store.mailbox_by_send_id(&send_id) {
             Ok(Some((recv_id, mailbox)))
                 if capability_ok(&mailbox.capability_hashes, capability) =>
@@ -603,8 +606,9 @@ impl Handler {
         if let Err(action) = self.check_expiry(envelope.expires_at, now) {
             return action;
         }
-        let Some(send_id) = to_id(&m.send_id) else {
-            return fail(ErrorCode::BadRequest, "send id must be 16 bytes");
+        let send_id = match send_id_of(&m.send_id) {
+            Ok(id) => id,
+            Err(action) => return action,
         };
         let quota = MailboxQuota {
             max_envelopes: self.limits.mailbox_max_envelopes,
