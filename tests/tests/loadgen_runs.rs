@@ -55,16 +55,15 @@ fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
         assert!(!out.contains("no syncs"), "{out}");
         // Both latency phases (the relay's and the echo's) split their tail into windows.
         assert_eq!(out.matches("  windows of 100 ms: ").count(), 2, "{out}");
-        // Both peak phases split their CPU time between servers and clients, where they run on
-        // threads of their own.
+        // Both peak phases and both latency phases split their CPU time between servers and
+        // clients, where they run on threads of their own.
         let split = match runtimes {
             "separate" => "  cpu by side: servers ",
             _ => " us per request (servers and clients share threads)",
         };
-        assert_eq!(out.matches(split).count(), 2, "{out}");
-        // The relay's peak (not the echo's: the relay starts after it) names its commit
-        // thread's share.
-        let commit = usize::from(runtimes == "separate");
+        assert_eq!(out.matches(split).count(), 4, "{out}");
+        // The relay's peak and latency phases name the commit thread's share; the echo's do not.
+        let commit = if runtimes == "separate" { 2 } else { 0 };
         assert_eq!(
             out.matches(" (of which the commit thread ").count(),
             commit,

@@ -208,10 +208,12 @@ async fn measured_latency(
     }
     let commits = relay.map(Commits::read);
     let cpu = CpuUsage::read();
+    let side = SideCpu::read();
     let transport = Transport::read(conns);
     let stalls = StallWatch::start()?;
     let (samples, failed) = phase(args.secs).await?;
-    let (cpu_after, transport_after) = (CpuUsage::read(), Transport::read(conns));
+    let (cpu_after, side_after, transport_after) =
+        (CpuUsage::read(), SideCpu::read(), Transport::read(conns));
     let mut lat: Vec<u64> = samples.iter().map(|s| s.latency).collect();
     lat.sort_unstable();
     let requests = lat.len() + failed as usize;
@@ -220,6 +222,13 @@ async fn measured_latency(
         lines.push(Commits::read(relay).since(before, args.secs as f64));
     }
     lines.push(CpuUsage::since(cpu_after, cpu, requests, args.secs as f64));
+    lines.push(SideCpu::since(
+        side_after,
+        side,
+        args.runtimes,
+        requests as f64,
+        relay.is_some(),
+    ));
     lines.push(transport_after.since(transport, requests));
     lines.push(stalls.finish());
     lines.push(windows(&samples));
@@ -772,7 +781,8 @@ impl CpuUsage {
 /// named `handover-server`, and the relay's own threads, `handover-commit` and the like) and of
 /// everything else (the clients), from each thread's `schedstat` (Linux, nanoseconds). Threads
 /// that exit during a phase take their time with them, so the split can miss some of a
-/// blocking thread's work; the relay's send path does not use the blocking pool.
+/// blocking thread's work; the relay's send path does not use the blocking pool. In the echo's
+/// latency phase the relay is running too, idle; its threads count as servers there.
 #[derive(Clone, Copy)]
 struct SideCpu {
     servers: f64,
@@ -814,12 +824,14 @@ impl SideCpu {
         })
     }
 
-    /// One line on the CPU the servers and the clients used per request since `before`.
+    /// One line on the CPU the servers and the clients used per request since `before`, with
+    /// the commit thread's share if `relay` (the phase sent to the relay, not the echo).
     fn since(
         after: Option<Self>,
         before: Option<Self>,
         runtimes: Runtimes,
         requests: f64,
+        relay: bool,
     ) -> String {
         let (Some(a), Some(b)) = (after, before) else {
             return "  cpu by side: not available on this system".into();
@@ -831,7 +843,7 @@ impl SideCpu {
                 format!(
                     "  cpu by side: servers {:.1} us per request{}, clients {:.1} us",
                     per(a.servers - b.servers),
-                    if commit > 0.0 {
+                    if relay {
                         format!(" (of which the commit thread {:.1})", per(commit))
                     } else {
                         String::new()
@@ -988,7 +1000,7 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     );
     println!(
         "{}",
-        SideCpu::since(SideCpu::read(), cpu, args.runtimes, echoed as f64)
+        SideCpu::since(SideCpu::read(), cpu, args.runtimes, echoed as f64, false)
     );
 
     // The relay, in process, over the real sled store.
@@ -1046,7 +1058,10 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     let side = SideCpu::read();
     let after = Commits::read(&relay);
     println!("{}", after.since(before, secs));
-    println!("{}", SideCpu::since(side, cpu, args.runtimes, sent as f64));
+    println!(
+        "{}",
+        SideCpu::since(side, cpu, args.runtimes, sent as f64, true)
+    );
 
     let half = args.rate.unwrap_or(peak / 2.0);
     let (lat, failed, lines) =
