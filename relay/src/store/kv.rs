@@ -37,7 +37,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use prost::Message;
 
-use super::queue::{Entry, Queues};
+use super::queue::{Admission, Entry, Queues};
 use super::{
     BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published,
     Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys,
@@ -390,42 +390,38 @@ impl<B: KvBackend> KvStore<B> {
         envelope: &NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<Enqueued, StoreError> {
-        if state
-            .queues
-            .queue(recv_id)
-            .is_some_and(|q| q.by_id.contains_key(&envelope.envelope_id))
-        {
-            return Ok(Enqueued::Duplicate);
-        }
-        let (count, bytes) = state.queues.usage(recv_id);
-        let len = envelope.ciphertext.len() as u64;
-        if count >= quota.max_envelopes || bytes.saturating_add(len) > quota.max_bytes {
-            return Ok(Enqueued::QuotaExceeded);
-        }
         let seq = state.next_seq;
-        let op = LogOp::Enqueue {
-            recv_id: *recv_id,
-            seq,
-            envelope_id: envelope.envelope_id,
-            expires_at: envelope.expires_at,
-            ciphertext: &envelope.ciphertext,
-        };
-        let body = self
-            .backend
-            .apply_logged(Batch::new(), &[op])?
-            .pop()
-            .ok_or(StoreError::Corrupt)?;
-        state.next_seq = seq + 1;
-        state.queues.insert(
+        let len = envelope.ciphertext.len() as u64;
+        let admitted = state.queues.insert_new(
             *recv_id,
             seq,
-            Entry {
-                envelope_id: envelope.envelope_id,
-                expires_at: envelope.expires_at,
-                body,
+            envelope.envelope_id,
+            envelope.expires_at,
+            |count, bytes| {
+                count < quota.max_envelopes && bytes.saturating_add(len) <= quota.max_bytes
             },
-        );
-        Ok(Enqueued::Queued(seq))
+            || {
+                let op = LogOp::Enqueue {
+                    recv_id: *recv_id,
+                    seq,
+                    envelope_id: envelope.envelope_id,
+                    expires_at: envelope.expires_at,
+                    ciphertext: &envelope.ciphertext,
+                };
+                self.backend
+                    .apply_logged(Batch::new(), &[op])?
+                    .pop()
+                    .ok_or(StoreError::Corrupt)
+            },
+        )?;
+        Ok(match admitted {
+            Admission::Queued => {
+                state.next_seq = seq + 1;
+                Enqueued::Queued(seq)
+            }
+            Admission::Duplicate => Enqueued::Duplicate,
+            Admission::OverQuota => Enqueued::QuotaExceeded,
+        })
     }
 
     fn with_usage(&self, recv_id: &Id, rec: &MailboxRec) -> Result<Mailbox, StoreError> {

@@ -12,10 +12,10 @@
 //! waited for it, and every request with them (docs/PERFORMANCE.md); a B-tree grows a node at
 //! a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, btree_map};
 
-use super::Id;
 use super::kv::BodyRef;
+use super::{Id, StoreError};
 
 /// One queued envelope, without its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,16 @@ pub(super) struct Queue {
 pub(super) struct Live {
     pub(super) count: u64,
     pub(super) bytes: u64,
+}
+
+/// What [`Queues::insert_new`] did with an envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Admission {
+    Queued,
+    /// The mailbox already holds an envelope with this id.
+    Duplicate,
+    /// The quota check refused it.
+    OverQuota,
 }
 
 /// All queues.
@@ -71,6 +81,66 @@ impl Queues {
         q.entries.insert(seq, entry);
         q.by_id.insert(entry.envelope_id, seq);
         q.bytes += u64::from(entry.body.len);
+        self.index(recv_id, seq, &entry);
+    }
+
+    /// Queues a new envelope at `seq`, which must be above every queued one, unless the
+    /// mailbox already holds one with the same id or `within_quota(count, bytes)` (what the
+    /// mailbox holds now) refuses it. `place` writes the envelope to the log and says where its
+    /// body went; it runs only for an admitted envelope, and if it fails nothing is queued.
+    /// One descent of the mailbox's envelope-id tree serves both the duplicate check and the
+    /// insert (the send path; [`Self::insert`] is for replays and rewritten copies).
+    pub(super) fn insert_new(
+        &mut self,
+        recv_id: Id,
+        seq: u64,
+        envelope_id: Id,
+        expires_at: u64,
+        within_quota: impl FnOnce(u64, u64) -> bool,
+        place: impl FnOnce() -> Result<BodyRef, StoreError>,
+    ) -> Result<Admission, StoreError> {
+        let entry = |body| Entry {
+            envelope_id,
+            expires_at,
+            body,
+        };
+        let entry = match self.queues.get_mut(&recv_id) {
+            Some(Queue {
+                entries,
+                by_id,
+                bytes,
+            }) => {
+                debug_assert!(entries.last_key_value().is_none_or(|(&last, _)| last < seq));
+                let btree_map::Entry::Vacant(slot) = by_id.entry(envelope_id) else {
+                    return Ok(Admission::Duplicate);
+                };
+                if !within_quota(entries.len() as u64, *bytes) {
+                    return Ok(Admission::OverQuota);
+                }
+                let entry = entry(place()?);
+                slot.insert(seq);
+                entries.insert(seq, entry);
+                *bytes += u64::from(entry.body.len);
+                entry
+            }
+            None => {
+                if !within_quota(0, 0) {
+                    return Ok(Admission::OverQuota);
+                }
+                let entry = entry(place()?);
+                let q = self.queues.entry(recv_id).or_default();
+                q.entries.insert(seq, entry);
+                q.by_id.insert(envelope_id, seq);
+                q.bytes = u64::from(entry.body.len);
+                entry
+            }
+        };
+        self.index(recv_id, seq, &entry);
+        Ok(Admission::Queued)
+    }
+
+    /// Adds a queued entry to the indexes across mailboxes.
+    fn index(&mut self, recv_id: Id, seq: u64, entry: &Entry) {
         self.expiry.insert((entry.expires_at, recv_id, seq));
         self.by_segment.insert((entry.body.segment, recv_id, seq));
         let live = self.live.entry(entry.body.segment).or_default();
@@ -200,5 +270,83 @@ mod tests {
         assert_eq!(q.oldest_live_segment(), None);
         assert!(q.queue(&a).is_none());
         assert!(q.expired(u64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn new_envelopes_are_checked_and_placed_once() {
+        let mut q = Queues::default();
+        let a = [1u8; 16];
+        let placed = |n: u8, segment: u64| {
+            move || {
+                Ok(BodyRef {
+                    segment,
+                    offset: u64::from(n) * 100,
+                    len: 10,
+                })
+            }
+        };
+        let never = || -> Result<BodyRef, StoreError> { panic!("placed a refused envelope") };
+        let failing = || -> Result<BodyRef, StoreError> { Err(StoreError::Corrupt) };
+
+        // A failed log write queues nothing, not even an empty queue for the mailbox.
+        assert!(
+            q.insert_new(a, 1, [1; 16], 50, |_, _| true, failing)
+                .is_err()
+        );
+        assert!(q.queue(&a).is_none());
+        // The quota sees what the mailbox holds now.
+        let mut seen = Vec::new();
+        let mut quota = |count, bytes| {
+            seen.push((count, bytes));
+            true
+        };
+        assert_eq!(
+            q.insert_new(a, 1, [1; 16], 50, &mut quota, placed(1, 3))
+                .unwrap(),
+            Admission::Queued
+        );
+        assert_eq!(
+            q.insert_new(a, 2, [2; 16], 40, &mut quota, placed(2, 4))
+                .unwrap(),
+            Admission::Queued
+        );
+        assert_eq!(seen, vec![(0, 0), (1, 10)]);
+        assert_eq!(q.usage(&a), (2, 20));
+        // A duplicate id or a refusal by the quota is not placed and changes nothing.
+        assert_eq!(
+            q.insert_new(a, 3, [1; 16], 60, |_, _| true, never).unwrap(),
+            Admission::Duplicate
+        );
+        assert_eq!(
+            q.insert_new(a, 3, [3; 16], 60, |_, _| false, never)
+                .unwrap(),
+            Admission::OverQuota
+        );
+        assert_eq!(
+            q.insert_new([2; 16], 3, [3; 16], 60, |_, _| false, never)
+                .unwrap(),
+            Admission::OverQuota
+        );
+        assert!(q.queue(&[2; 16]).is_none());
+        // A failed write into an existing queue leaves the id free for a retry.
+        assert!(
+            q.insert_new(a, 3, [3; 16], 60, |_, _| true, failing)
+                .is_err()
+        );
+        assert_eq!(
+            q.insert_new(a, 3, [3; 16], 60, |_, _| true, placed(3, 4))
+                .unwrap(),
+            Admission::Queued
+        );
+        // The indexes across mailboxes follow, as for `insert`.
+        assert_eq!(q.usage(&a), (3, 30));
+        assert_eq!(q.total_bytes(), 30);
+        assert_eq!(q.oldest_live_segment(), Some(3));
+        assert_eq!(q.live_in(4).count, 2);
+        assert_eq!(q.in_segment(4, 10), vec![(a, 2), (a, 3)]);
+        assert_eq!(q.expired(50, 10), vec![(a, 2), (a, 1)]);
+        assert_eq!(q.queue(&a).unwrap().by_id.get(&[3; 16]), Some(&3));
+        assert_eq!(q.remove(&a, 1).map(|e| e.envelope_id), Some([1; 16]));
+        assert_eq!(q.oldest_live_segment(), Some(4));
     }
 }
