@@ -34,7 +34,9 @@ fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
         let out = run(runtimes);
         for expected in [
             named,
-            "fdatasync, 1 KiB in place",
+            "fdatasync, 1 KiB appends:",
+            "fdatasync, 1 KiB into a sparse file (the log):",
+            "fdatasync, 1 KiB in place:",
             "raw quinn echo (1x2)",
             "relay durable sends (1x2)",
             "ratio to echo",
@@ -42,12 +44,15 @@ fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
             "raw echo at the same rate and pacing",
             "relay single sender",
             "ratio to in-place fdatasync",
+            ", to the sparse file's ",
         ] {
             assert!(
                 out.contains(expected),
                 "{runtimes}: no {expected:?} in\n{out}"
             );
         }
+        // Each fdatasync pattern says what a sync costs the CPU.
+        assert_eq!(out.matches(" us per sync").count(), 3, "{out}");
         // Three group-commit phases, each with its rounds and the store's sync alone; every
         // phase made at least one durable send, so none of them reports "no syncs".
         assert_eq!(out.matches("  group commit: ").count(), 3, "{out}");
