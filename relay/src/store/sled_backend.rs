@@ -25,7 +25,8 @@
 //!   into the active segment file with one `pwrite` and calls `fdatasync` once. Only then are
 //!   the group's keyspace writes applied to sled (one atomic sled batch with the group's last
 //!   LSN), so sled never holds anything the log does not; groups with no keyspace writes
-//!   (sends, acks) skip sled entirely.
+//!   (sends, acks) skip sled entirely. The synced log more than [`LOG_CACHE_WINDOW`] behind
+//!   the group is then dropped from the page cache (`Wal::uncache`).
 //! - Segments (`seg-<16 hex digits>`) are created at their full size (sparse) in the
 //!   background (under a temporary name, synced, renamed, directory synced), so a `fdatasync`
 //!   never has to commit a size change except when a group spills past the nominal size.
@@ -79,6 +80,11 @@ const SEG_MAGIC: &[u8; 8] = b"HOVRSEG1";
 const SEG_HEADER_BYTES: usize = 8 + 8 + 4;
 /// Record header: crc32, payload length, segment number.
 const RECORD_HEADER_LEN: u64 = 4 + 4 + 8;
+/// How much of the log behind the last group written stays in the page cache once synced.
+/// Older pages are handed back to the kernel (see [`Wal::uncache`]).
+const LOG_CACHE_WINDOW: u64 = 4 * 1024 * 1024;
+/// Pages are handed back in steps of at least this much, one system call per step.
+const LOG_UNCACHE_STEP: u64 = 256 * 1024;
 /// sled key holding the LSN of the last batch sled holds (outside every table).
 const LSN_KEY: &[u8] = b"\xff~lsn";
 
@@ -685,6 +691,11 @@ struct Wal {
     sled_files: Arc<Mutex<SledFiles>>,
     /// LSN of the last group written.
     last_written: u64,
+    /// Offset below which the active segment's pages were handed back to the kernel.
+    uncached_below: u64,
+    /// The segment before the active one, and the offset below which its pages were handed
+    /// back, until the active segment has a window's worth of groups.
+    previous: Option<(Arc<File>, u64)>,
 }
 
 impl Wal {
@@ -721,7 +732,11 @@ impl Wal {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, file.clone());
-        self.active = (id, file);
+        let left = std::mem::replace(&mut self.active, (id, file));
+        if let Some((older, from)) = self.previous.replace((left.1, self.uncached_below)) {
+            drop_cached(&older, from, None);
+        }
+        self.uncached_below = 0;
         self.spawn_spare(id + 1);
         Ok(())
     }
@@ -774,9 +789,55 @@ impl Wal {
             .map_err(backend_err)?;
         file.sync_data().map_err(backend_err)?;
         self.last_written = group.last_lsn;
+        self.uncache(group.start + group.record.len() as u64);
         Ok(())
     }
+
+    /// Hands the kernel back the page-cache pages of the synced log more than
+    /// [`LOG_CACHE_WINDOW`] behind `end`, the end of the group just written.
+    ///
+    /// Every group goes to log pages never written before, so without this the page cache
+    /// grows by the whole log and each group takes fresh pages from the kernel. On a virtual
+    /// machine that hands free memory back to its host (a balloon with free page reporting,
+    /// as on the machine in docs/PERFORMANCE.md), a fresh page costs a fault in the host on
+    /// first write; handed back, the same pages serve the next groups. The window keeps
+    /// recent envelopes in memory for the fetch that usually follows their event. Synced
+    /// pages are clean, so this drops nothing that is not on disk; reading an older body
+    /// reads the disk.
+    fn uncache(&mut self, end: u64) {
+        let below = end.saturating_sub(LOG_CACHE_WINDOW);
+        if below >= self.uncached_below + LOG_UNCACHE_STEP {
+            drop_cached(
+                &self.active.1,
+                self.uncached_below,
+                Some(below - self.uncached_below),
+            );
+            self.uncached_below = below;
+        }
+        if end >= LOG_CACHE_WINDOW
+            && let Some((older, from)) = self.previous.take()
+        {
+            drop_cached(&older, from, None);
+        }
+    }
 }
+
+/// Advises the kernel that `len` bytes of `file` from `offset` (to the end if `None`) will
+/// not be read soon, so that it drops their clean pages from the page cache. Advice only:
+/// a failure changes nothing that matters and is ignored.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn drop_cached(file: &File, offset: u64, len: Option<u64>) {
+    // `None` is "to the end" for fadvise too; a length of zero would mean the same.
+    let len = match len {
+        Some(0) => return,
+        Some(n) => std::num::NonZeroU64::new(n),
+        None => None,
+    };
+    let _ = rustix::fs::fadvise(file, offset, len, rustix::fs::Advice::DontNeed);
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn drop_cached(_file: &File, _offset: u64, _len: Option<u64>) {}
 
 /// The on-disk [`KvBackend`]: sled plus the segment log.
 pub struct SledBackend {
@@ -927,6 +988,8 @@ impl SledBackend {
             running: None,
             sled_files: Arc::new(Mutex::new(sled_files)),
             last_written: max_lsn,
+            uncached_below: 0,
+            previous: None,
         };
         wal.spawn_spare(active_id + 1);
         let backend = Self {
@@ -1561,6 +1624,54 @@ mod tests {
         assert_eq!(backend.read_body(&first).unwrap().unwrap(), body);
         assert_eq!(backend.get(b"k").unwrap(), Some(b"v".to_vec()));
         assert!(backend.seq_floor() > 2);
+    }
+
+    /// Whether the page holding `offset` is in the page cache: a read that must not wait
+    /// for the disk (`RWF_NOWAIT`) fails with `EAGAIN` when it is not.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn cached(file: &File, offset: u64) -> bool {
+        let mut byte = [0u8; 1];
+        let mut bufs = [std::io::IoSliceMut::new(&mut byte)];
+        match rustix::io::preadv2(file, &mut bufs, offset, rustix::io::ReadWriteFlags::NOWAIT) {
+            Ok(n) => n == 1,
+            Err(rustix::io::Errno::AGAIN) => false,
+            Err(err) => panic!("preadv2: {err}"),
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn synced_log_behind_the_window_leaves_the_page_cache() {
+        let body = vec![0x5au8; 64 * 1024];
+        let groups = (LOG_CACHE_WINDOW + 2 * LOG_UNCACHE_STEP) / body.len() as u64 + 4;
+        // Segments smaller than the window (the previous segment is handed back whole) and
+        // larger (the active one is handed back behind the window).
+        for segment_size in [MIN_WAL_SIZE, 4 * LOG_CACHE_WINDOW] {
+            // On the disk: tmpfs keeps its pages whatever the advice.
+            let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+            let backend = SledBackend::open_with_log_size(dir.path(), segment_size).unwrap();
+            let mut bodies = Vec::new();
+            for n in 0..groups {
+                let op = enqueue(n as u8, &body);
+                bodies.push(backend.apply_logged(vec![], &[op]).unwrap()[0]);
+                // Every body stays queued, so no segment is deleted.
+                backend.sync(Some(bodies[0].segment)).unwrap();
+            }
+            let file = |b: &BodyRef| backend.files.read().unwrap()[&b.segment].clone();
+            let (first, last) = (bodies[0], bodies[bodies.len() - 1]);
+            assert!(
+                !cached(&file(&first), first.offset),
+                "segments of {segment_size} bytes: the first body is still cached"
+            );
+            assert!(
+                cached(&file(&last), last.offset + u64::from(last.len) - 1),
+                "segments of {segment_size} bytes: the last body is not cached"
+            );
+            // Nothing is lost: the bodies handed back are read from the disk.
+            for b in [first, last] {
+                assert_eq!(backend.read_body(&b).unwrap().unwrap(), body);
+            }
+        }
     }
 
     #[test]
