@@ -770,12 +770,15 @@ struct CpuUsage {
     /// Voluntary (blocked or yielded) and involuntary (preempted) switches of the live threads.
     voluntary: u64,
     involuntary: u64,
+    /// Page faults that needed no disk read: on this kind of virtual machine, mostly memory
+    /// the process touches for the first time (docs/PERFORMANCE.md, "Machine").
+    minor_faults: u64,
 }
 
 impl CpuUsage {
     fn read() -> Option<Self> {
-        // Fields after the command name's closing parenthesis: state is field 3, utime 14,
-        // stime 15 (man 5 proc), in clock ticks of 1/100 s on Linux.
+        // Fields after the command name's closing parenthesis: state is field 3, minflt 10,
+        // utime 14, stime 15 (man 5 proc), times in clock ticks of 1/100 s on Linux.
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let ticks =
@@ -800,6 +803,7 @@ impl CpuUsage {
             system: ticks(15)?,
             voluntary,
             involuntary,
+            minor_faults: fields.get(10 - 3)?.parse().ok()?,
         })
     }
 
@@ -812,7 +816,8 @@ impl CpuUsage {
         let per = |x: f64| x * 1e6 / n;
         format!(
             "  cpu: {:.0} us per request (user {:.0}, system {:.0}), {:.0}% of {} cores; \
-             context switches per request: {:.2} voluntary, {:.2} involuntary",
+             context switches per request: {:.2} voluntary, {:.2} involuntary; \
+             minor page faults per request: {:.3}",
             per(a.user - b.user + a.system - b.system),
             per(a.user - b.user),
             per(a.system - b.system),
@@ -821,6 +826,7 @@ impl CpuUsage {
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             a.voluntary.saturating_sub(b.voluntary) as f64 / n,
             a.involuntary.saturating_sub(b.involuntary) as f64 / n,
+            a.minor_faults.saturating_sub(b.minor_faults) as f64 / n,
         )
     }
 }
