@@ -843,11 +843,31 @@ struct SideCpu {
     /// The relay's commit thread, counted in `servers` too.
     commit: f64,
     clients: f64,
+    /// Time the same threads were runnable but waited for a CPU (`schedstat`'s second field,
+    /// the scheduler's run-queue delay): on two cores shared by both ends, each hand-off
+    /// between threads can wait there.
+    servers_wait: f64,
+    commit_wait: f64,
+    clients_wait: f64,
+    /// How many times those threads were put on a CPU (`schedstat`'s third field).
+    servers_runs: f64,
+    commit_runs: f64,
+    clients_runs: f64,
 }
 
 impl SideCpu {
     fn read() -> Option<Self> {
-        let (mut servers, mut commit, mut clients) = (0.0, 0.0, 0.0);
+        let mut sum = Self {
+            servers: 0.0,
+            commit: 0.0,
+            clients: 0.0,
+            servers_wait: 0.0,
+            commit_wait: 0.0,
+            clients_wait: 0.0,
+            servers_runs: 0.0,
+            commit_runs: 0.0,
+            clients_runs: 0.0,
+        };
         for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
             let (Ok(comm), Ok(sched)) = (
                 std::fs::read_to_string(task.path().join("comm")),
@@ -855,27 +875,29 @@ impl SideCpu {
             ) else {
                 continue; // the thread ended meanwhile
             };
-            let Some(ns) = sched
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
+            let mut fields = sched.split_whitespace().map(|v| v.parse::<f64>().ok());
+            let (Some(Some(run)), Some(Some(wait)), Some(Some(runs))) =
+                (fields.next(), fields.next(), fields.next())
             else {
                 continue;
             };
+            let (run, wait) = (run / 1e9, wait / 1e9);
             if comm.starts_with("handover-") {
-                servers += ns / 1e9;
+                sum.servers += run;
+                sum.servers_wait += wait;
+                sum.servers_runs += runs;
                 if comm.trim_end() == "handover-commit" {
-                    commit += ns / 1e9;
+                    sum.commit += run;
+                    sum.commit_wait += wait;
+                    sum.commit_runs += runs;
                 }
             } else {
-                clients += ns / 1e9;
+                sum.clients += run;
+                sum.clients_wait += wait;
+                sum.clients_runs += runs;
             }
         }
-        Some(Self {
-            servers,
-            commit,
-            clients,
-        })
+        Some(sum)
     }
 
     /// One line on the CPU the servers and the clients used per request since `before`, with
@@ -891,23 +913,54 @@ impl SideCpu {
             return "  cpu by side: not available on this system".into();
         };
         let per = |x: f64| x * 1e6 / requests.max(1.0);
+        // Run-queue waits: per request, and per time a thread was put on a CPU.
+        let waits = |wait: f64, runs: f64| {
+            format!(
+                "{:.1} us per request ({:.2} runs of {:.1} us wait each)",
+                per(wait),
+                runs / requests.max(1.0),
+                wait * 1e6 / runs.max(1.0)
+            )
+        };
         match runtimes {
-            Runtimes::Separate => {
-                let commit = a.commit - b.commit;
-                format!(
-                    "  cpu by side: servers {:.1} us per request{}, clients {:.1} us",
-                    per(a.servers - b.servers),
-                    if relay {
-                        format!(" (of which the commit thread {:.1})", per(commit))
-                    } else {
-                        String::new()
-                    },
-                    per(a.clients - b.clients)
-                )
-            }
+            Runtimes::Separate => format!(
+                "  cpu by side: servers {:.1} us per request{}, clients {:.1} us\n  \
+                 waiting for a CPU: servers {}{}, clients {}",
+                per(a.servers - b.servers),
+                if relay {
+                    format!(
+                        " (of which the commit thread {:.1})",
+                        per(a.commit - b.commit)
+                    )
+                } else {
+                    String::new()
+                },
+                per(a.clients - b.clients),
+                waits(
+                    a.servers_wait - b.servers_wait,
+                    a.servers_runs - b.servers_runs
+                ),
+                if relay {
+                    format!(
+                        " (the commit thread {})",
+                        waits(a.commit_wait - b.commit_wait, a.commit_runs - b.commit_runs)
+                    )
+                } else {
+                    String::new()
+                },
+                waits(
+                    a.clients_wait - b.clients_wait,
+                    a.clients_runs - b.clients_runs
+                ),
+            ),
             Runtimes::Shared => format!(
-                "  cpu by side: {:.1} us per request (servers and clients share threads)",
-                per(a.servers - b.servers + a.clients - b.clients)
+                "  cpu by side: {:.1} us per request (servers and clients share threads)\n  \
+                 waiting for a CPU: {}",
+                per(a.servers - b.servers + a.clients - b.clients),
+                waits(
+                    a.servers_wait - b.servers_wait + a.clients_wait - b.clients_wait,
+                    a.servers_runs - b.servers_runs + a.clients_runs - b.clients_runs
+                ),
             ),
         }
     }
