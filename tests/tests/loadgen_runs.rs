@@ -42,6 +42,7 @@ fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
             "ratio to echo",
             "relay at half peak",
             "raw echo at the same rate and pacing",
+            "echo behind a simulated group commit (250 us rounds, same rate)",
             "relay single sender",
             "ratio to in-place fdatasync",
             ", to the sparse file's ",
@@ -58,15 +59,18 @@ fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
         assert_eq!(out.matches("  group commit: ").count(), 3, "{out}");
         assert_eq!(out.matches("  store sync alone: ").count(), 3, "{out}");
         assert!(!out.contains("no syncs"), "{out}");
-        // Both latency phases (the relay's and the echo's) split their tail into windows.
-        assert_eq!(out.matches("  windows of 100 ms: ").count(), 2, "{out}");
-        // Both peak phases and both latency phases split their CPU time between servers and
-        // clients, where they run on threads of their own.
+        // The three latency phases (the relay's, the echo's, the echo's behind the simulated
+        // commit) split their tail into windows.
+        assert_eq!(out.matches("  windows of 100 ms: ").count(), 3, "{out}");
+        // Both peak phases and the three latency phases split their CPU time between servers
+        // and clients, where they run on threads of their own, and say how long each side
+        // waited for a CPU.
         let split = match runtimes {
             "separate" => "  cpu by side: servers ",
             _ => " us per request (servers and clients share threads)",
         };
-        assert_eq!(out.matches(split).count(), 4, "{out}");
+        assert_eq!(out.matches(split).count(), 5, "{out}");
+        assert_eq!(out.matches("  waiting for a CPU: ").count(), 5, "{out}");
         // The relay's peak and latency phases name the commit thread's share; the echo's do not.
         let commit = if runtimes == "separate" { 2 } else { 0 };
         assert_eq!(

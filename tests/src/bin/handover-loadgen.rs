@@ -99,6 +99,14 @@ struct Args {
     /// the relay).
     #[arg(long, value_enum, default_value_t = Runtimes::Separate)]
     runtimes: Runtimes,
+    /// Length of a round of the simulated group commit, microseconds (0: skip that phase).
+    /// After the raw echo at the relay's rate, the same echo runs once more with each answer
+    /// held until a round of a thread that sleeps this long per round (no disk, no store, no
+    /// CPU) and hands the round to a task that releases it, as the relay's commit thread
+    /// does. It shows what answering after a sync on another thread costs on this machine by
+    /// itself. The default is about the relay's round at half of peak.
+    #[arg(long, default_value_t = 250)]
+    simulated_sync_us: u64,
 }
 
 /// Whether the servers share the clients' tokio runtime.
@@ -401,10 +409,96 @@ async fn answered(conn: &quinn::Connection, bytes: &[u8], check_accepted: bool) 
     }
 }
 
-/// The raw quinn echo server: reads one frame per stream and writes it back.
+/// The relay's group commit without its work: a thread takes every waiter queued so far,
+/// sleeps for the round (where the relay writes and syncs its log), hands the round to a task
+/// that releases the waiters, and starts the next round at once if more are waiting.
+struct SimulatedCommit {
+    state: std::sync::Mutex<SimulatedState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SimulatedState {
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// The thread is blocked on `wake`.
+    idle: bool,
+    closed: bool,
+}
+
+impl SimulatedCommit {
+    /// Starts the thread (named as a server thread, so that the CPU split counts it there) and
+    /// the releasing task, on the current runtime.
+    fn start(round: Duration) -> Result<Arc<Self>> {
+        let commit = Arc::new(Self {
+            state: std::sync::Mutex::new(SimulatedState::default()),
+            wake: std::sync::Condvar::new(),
+        });
+        let (release, mut rounds) =
+            tokio::sync::mpsc::unbounded_channel::<Vec<tokio::sync::oneshot::Sender<()>>>();
+        tokio::spawn(async move {
+            while let Some(waiters) = rounds.recv().await {
+                for waiter in waiters {
+                    let _ = waiter.send(());
+                }
+            }
+        });
+        let shared = commit.clone();
+        std::thread::Builder::new()
+            .name("handover-simcommit".into())
+            .spawn(move || {
+                loop {
+                    let round_waiters = {
+                        let mut state = shared.lock();
+                        while state.waiters.is_empty() && !state.closed {
+                            state.idle = true;
+                            state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                        }
+                        state.idle = false;
+                        if state.closed {
+                            return;
+                        }
+                        std::mem::take(&mut state.waiters)
+                    };
+                    std::thread::sleep(round);
+                    if release.send(round_waiters).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(commit)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimulatedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for the end of the next round.
+    async fn durable(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut state = self.lock();
+            state.waiters.push(tx);
+            if state.idle {
+                state.idle = false;
+                self.wake.notify_one();
+            }
+        }
+        let _ = rx.await;
+    }
+
+    /// Ends the thread after its current round.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// The raw quinn echo server: reads one frame per stream and writes it back, after a round of
+/// `commit` if given.
 async fn echo_server(
     dir: &std::path::Path,
     udp_buffer: usize,
+    commit: Option<Arc<SimulatedCommit>>,
 ) -> Result<(quinn::Endpoint, [u8; 32])> {
     let identity = handover_relay::tls::load_or_generate(dir, None)?;
     let pin = identity.pin;
@@ -432,12 +526,17 @@ async fn echo_server(
     let server = endpoint.clone();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
+            let commit = commit.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let commit = commit.clone();
                     tokio::spawn(async move {
                         if let Ok(Some(payload)) = read_frame(&mut recv, MAX_FRAME_LEN).await {
                             handover_relay::server::recv_ended_now(&mut recv);
+                            if let Some(commit) = &commit {
+                                commit.durable().await;
+                            }
                             let mut out = (payload.len() as u32).to_be_bytes().to_vec();
                             out.extend_from_slice(&payload);
                             if send.write_all(&out).await.is_ok() {
@@ -1076,7 +1175,7 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     let echo_dir = base.path().join("echo");
     let udp_buffer_bytes = args.udp_buffer_bytes;
     let (echo, echo_pin) = servers
-        .spawn(async move { echo_server(&echo_dir, udp_buffer_bytes).await })
+        .spawn(async move { echo_server(&echo_dir, udp_buffer_bytes, None).await })
         .await??;
     let echo_addr = echo.local_addr()?;
     let mut echo_conns = Vec::new();
@@ -1207,6 +1306,40 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
         c.close(0u8.into(), b"done");
     }
     echo.close(0u8.into(), b"done");
+
+    if args.simulated_sync_us > 0 {
+        let round = Duration::from_micros(args.simulated_sync_us);
+        let dir = base.path().join("echo-simulated");
+        let (endpoint, pin, commit) = servers
+            .spawn(async move {
+                let commit = SimulatedCommit::start(round)?;
+                let (endpoint, pin) =
+                    echo_server(&dir, udp_buffer_bytes, Some(commit.clone())).await?;
+                Ok::<_, BoxError>((endpoint, pin, commit))
+            })
+            .await??;
+        let addr = endpoint.local_addr()?;
+        let mut conns = Vec::new();
+        for _ in 0..args.connections {
+            conns.push(connect_raw(addr, pin).await?);
+        }
+        let (lat, _, lines) = measured_latency(&args, &conns, &fakes, half, None, false).await?;
+        println!(
+            "echo behind a simulated group commit ({} us rounds, same rate): p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
+            args.simulated_sync_us,
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999)
+        );
+        for line in lines {
+            println!("{line}");
+        }
+        for c in &conns {
+            c.close(0u8.into(), b"done");
+        }
+        endpoint.close(0u8.into(), b"done");
+        commit.close();
+    }
 
     let before = Commits::read(&relay);
     let (single, _) = closed_loop(
