@@ -1147,6 +1147,28 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
+/// Prints a latency phase of an echo server: its percentiles after `label`, then the lines that
+/// explain its tail.
+fn report_latency(label: &str, sorted: &[u64], lines: Vec<String>) {
+    println!(
+        "{label} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
+        percentile(sorted, 0.50),
+        percentile(sorted, 0.99),
+        percentile(sorted, 0.999)
+    );
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+/// Closes an echo server's client connections and its endpoint.
+fn close_echo(endpoint: &quinn::Endpoint, conns: &[quinn::Connection]) {
+    for c in conns {
+        c.close(0u8.into(), b"done");
+    }
+    endpoint.close(0u8.into(), b"done");
+}
+
 /// Runs every phase; the relay and the echo server are started on `servers`.
 async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     let base = match &args.dir {
@@ -1293,19 +1315,12 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
 
     let (echo_lat, _, lines) =
         measured_latency(&args, &echo_conns, &fakes, half, None, false).await?;
-    println!(
-        "raw echo at the same rate and pacing:      p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
-        percentile(&echo_lat, 0.50),
-        percentile(&echo_lat, 0.99),
-        percentile(&echo_lat, 0.999)
+    report_latency(
+        "raw echo at the same rate and pacing:     ",
+        &echo_lat,
+        lines,
     );
-    for line in lines {
-        println!("{line}");
-    }
-    for c in &echo_conns {
-        c.close(0u8.into(), b"done");
-    }
-    echo.close(0u8.into(), b"done");
+    close_echo(&echo, &echo_conns);
 
     if args.simulated_sync_us > 0 {
         let round = Duration::from_micros(args.simulated_sync_us);
@@ -1324,20 +1339,12 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
             conns.push(connect_raw(addr, pin).await?);
         }
         let (lat, _, lines) = measured_latency(&args, &conns, &fakes, half, None, false).await?;
-        println!(
-            "echo behind a simulated group commit ({} us rounds, same rate): p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
-            args.simulated_sync_us,
-            percentile(&lat, 0.50),
-            percentile(&lat, 0.99),
-            percentile(&lat, 0.999)
+        let label = format!(
+            "echo behind a simulated group commit ({} us rounds, same rate):",
+            args.simulated_sync_us
         );
-        for line in lines {
-            println!("{line}");
-        }
-        for c in &conns {
-            c.close(0u8.into(), b"done");
-        }
-        endpoint.close(0u8.into(), b"done");
+        report_latency(&label, &lat, lines);
+        close_echo(&endpoint, &conns);
         commit.close();
     }
 
