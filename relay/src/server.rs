@@ -20,7 +20,7 @@ use crate::handler::{
 };
 use crate::metrics::{CodeLabel, Metrics, OpLabel};
 use crate::ratelimit::TokenBucket;
-use crate::store::{Id, SledBackend, SledStore, Store};
+use crate::store::{DiskStore, Id, LogBackend, Store};
 use crate::tls;
 
 use wire::ErrorCode;
@@ -349,8 +349,8 @@ impl Relay {
         let store_dir = data_dir.join("store");
         let wal_size = config.wal_mib * 1024 * 1024;
         let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            SledBackend::open_with_log_size(&store_dir, wal_size)
-                .map(|b| Arc::new(SledStore::new(b)) as Arc<dyn Store>)
+            LogBackend::open_with_log_size(&store_dir, wal_size)
+                .map(|b| Arc::new(DiskStore::new(b)) as Arc<dyn Store>)
         })
         .await
         .map_err(|e| RelayError::Config(e.to_string()))??;

@@ -1,7 +1,7 @@
 //! Storage behind the request handler.
 //!
 //! [`Store`] is the contract between the sans-IO [`Handler`](crate::handler::Handler) and a
-//! storage backend. Two implementations ship: [`SledStore`] (embedded, durable, the default) and
+//! storage backend. Two implementations ship: [`DiskStore`] (embedded, durable, the default) and
 //! [`MemoryStore`] (an in-memory twin for tests and benches). Both are a [`KvStore`] over an
 //! ordered key-value [`KvBackend`]; a shared SQL backend (PostgreSQL) would implement [`Store`]
 //! directly with one transaction per method.
@@ -29,15 +29,15 @@
 //!   tokio's blocking pool, so a networked backend may block on round trips too.
 
 mod kv;
+mod log;
 mod memory;
 mod queue;
-mod sled_backend;
 
+pub use self::log::{DEFAULT_WAL_SIZE, LogBackend, MIN_WAL_SIZE};
 pub use kv::{
     BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp, Recovered,
 };
 pub use memory::MemoryBackend;
-pub use sled_backend::{DEFAULT_WAL_SIZE, MIN_WAL_SIZE, SledBackend};
 
 use thiserror::Error;
 
@@ -45,9 +45,9 @@ use thiserror::Error;
 pub type Id = [u8; handover_proto::limits::ID_LEN];
 
 /// The embedded, durable store (envelope log segments plus sled; see docs/OPERATIONS.md).
-pub type SledStore = KvStore<SledBackend>;
+pub type DiskStore = KvStore<LogBackend>;
 
-/// The in-memory twin of [`SledStore`] for tests and benches. `sync` is a no-op.
+/// The in-memory twin of [`DiskStore`] for tests and benches. `sync` is a no-op.
 pub type MemoryStore = KvStore<MemoryBackend>;
 
 /// A storage failure.

@@ -1,4 +1,4 @@
-//! One store test suite, run against both [`MemoryStore`] and [`SledStore`].
+//! One store test suite, run against both [`MemoryStore`] and [`DiskStore`].
 
 use std::sync::Arc;
 
@@ -339,14 +339,14 @@ fn memory_store_suite() {
 #[test]
 fn sled_store_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::new(
-        SledBackend::open_with_log_size(&dir.path().join("db"), MIN_WAL_SIZE).unwrap(),
+    let store = DiskStore::new(
+        LogBackend::open_with_log_size(&dir.path().join("db"), MIN_WAL_SIZE).unwrap(),
     );
     suite(&store);
     store.sync().unwrap();
     let dir2 = tempfile::tempdir().unwrap();
-    concurrent_prekey_take(Arc::new(SledStore::new(
-        SledBackend::open_with_log_size(dir2.path(), MIN_WAL_SIZE).unwrap(),
+    concurrent_prekey_take(Arc::new(DiskStore::new(
+        LogBackend::open_with_log_size(dir2.path(), MIN_WAL_SIZE).unwrap(),
     )));
 }
 
@@ -355,7 +355,7 @@ fn sled_store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store =
-            SledStore::new(SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
+            DiskStore::new(LogBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
         store.create_mailbox(&id(1), &mailbox(2)).unwrap();
         store
             .enqueue(
@@ -372,7 +372,7 @@ fn sled_store_survives_reopen() {
     // sled's worker threads may hold the file lock a moment after the first store is dropped.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let backend = loop {
-        match SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE) {
+        match LogBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE) {
             Ok(b) => break b,
             Err(_) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -380,18 +380,18 @@ fn sled_store_survives_reopen() {
             Err(e) => panic!("{e}"),
         }
     };
-    let store = SledStore::new(backend);
+    let store = DiskStore::new(backend);
     let (page, _) = store.fetch(&id(1), 0, 10, 0).unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].envelope.ciphertext.len(), 300_000);
 }
 
-fn reopen_sled(dir: &std::path::Path, segment_size: u64) -> SledStore {
+fn reopen_sled(dir: &std::path::Path, segment_size: u64) -> DiskStore {
     // sled's worker threads may hold the file lock a moment after the first store is dropped.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match SledBackend::open_with_log_size(dir, segment_size) {
-            Ok(b) => return SledStore::new(b),
+        match LogBackend::open_with_log_size(dir, segment_size) {
+            Ok(b) => return DiskStore::new(b),
             Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
