@@ -27,12 +27,19 @@
 //! | `B` blob meta | blob_id | [`BlobRec`] |
 //! | `C` blob chunk | blob_id, chunk index | bytes |
 //! | `G` global counters | name | u64 (total declared blob bytes) |
+//! | `Z` mailbox being deleted | recv_id | empty |
 //!
-//! Integers in keys are big-endian so that key order is numeric order. Sequence numbers are
-//! global (one counter for all mailboxes, never reused: the backend's [`KvBackend::seq_floor`]
-//! survives restarts), so they are strictly increasing per mailbox but not dense.
+//! Integers in keys are big-endian so that key order is numeric order.
+//!
+//! Sequence numbers are counted per mailbox (1, 2, 3, ...), so that they say nothing about
+//! other mailboxes. They are never reused: a mailbox's next number is above its newest queued
+//! envelope and at least the floor kept in its [`MailboxRec`] (`next_seq`), which is raised in
+//! the same batch that removes the newest queued envelope (ack, expiry), the only moment the
+//! log alone could forget the highest number handed out. Mailboxes created before numbering
+//! was per mailbox (`own_seq` unset) start above the backend's [`KvBackend::seq_floor`], which
+//! is above every number the old relay-wide counter handed out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use prost::Message;
@@ -178,6 +185,8 @@ const T_ONETIME: u8 = b'O';
 const T_DIR: u8 = b'D';
 const T_BLOB: u8 = b'B';
 const T_CHUNK: u8 = b'C';
+/// A deleted mailbox whose tombstones and one-time prekeys are still being deleted.
+const T_PURGE: u8 = b'Z';
 /// Key (table `G`, global counters) of the total declared size of all stored blobs, for the
 /// blob-store quota.
 const G_BLOB_BYTES: &[u8] = b"Gblob-bytes";
@@ -208,6 +217,12 @@ struct MailboxRec {
     one_time_count: u64,
     #[prost(uint64, tag = "9")]
     one_time_kem_count: u64,
+    /// Set once `next_seq` is this mailbox's own floor (see the module docs).
+    #[prost(bool, tag = "10")]
+    own_seq: bool,
+    /// Tombstones the mailbox holds (at most [`MAX_TOMBSTONES_PER_MAILBOX`]).
+    #[prost(uint64, tag = "11")]
+    tombstones: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -228,6 +243,17 @@ struct BlobRec {
     written: u64,
     #[prost(bool, tag = "4")]
     complete: bool,
+}
+
+/// The newest queued sequence number of the mailbox, if `removed` includes it.
+fn removes_newest(state: &State, recv_id: &Id, removed: &[u64]) -> Option<u64> {
+    let newest = state
+        .queues
+        .queue(recv_id)?
+        .entries
+        .last_key_value()
+        .map(|(&seq, _)| seq)?;
+    removed.contains(&newest).then_some(newest)
 }
 
 fn key(table: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -294,7 +320,6 @@ pub struct KvStore<B> {
 /// What the store lock guards besides the backend's atomic batches.
 struct State {
     queues: Queues,
-    next_seq: u64,
     /// Send id → what a send needs of its mailbox, filled by sends. Every change to a
     /// mailbox's send id or capabilities (creation aside, which cannot meet a cached id) happens
     /// under the store lock and removes the entry, so a hit is never stale. A B-tree, so that
@@ -306,10 +331,22 @@ struct State {
 struct Sender {
     recv_id: Id,
     capability_hashes: Vec<[u8; 32]>,
+    /// The mailbox's sequence floor ([`KvStore::seq_floor_of`]).
+    seq_floor: u64,
 }
 
 /// Most cached senders; a full cache is emptied and fills again from the sends that follow.
 const SENDER_CACHE_MAX: usize = 1 << 16;
+
+/// Most tombstones one mailbox holds: an envelope that expires while its mailbox holds this
+/// many leaves none (its state then reads as unknown, as after an ack). Equal to the default
+/// queue limit, so that a full queue that expires at once leaves a tombstone for each.
+pub const MAX_TOMBSTONES_PER_MAILBOX: u64 = 10_000;
+
+/// Most keys one step of a mailbox deletion deletes (tombstones with their expiry index
+/// entries count one each, one-time prekeys one each), so that the store lock is held for a
+/// bounded time.
+pub const PURGE_STEP: usize = 1024;
 
 /// Most body bytes one compaction step copies forward.
 const COMPACT_STEP_BYTES: u64 = 4 * 1024 * 1024;
@@ -324,7 +361,6 @@ impl<B: KvBackend> KvStore<B> {
     /// A store over `backend`; rebuilds the envelope queues from the backend's log.
     pub fn new(backend: B) -> Self {
         let mut queues = Queues::default();
-        let mut next_seq = backend.seq_floor().max(1);
         for record in backend.take_recovered() {
             match record {
                 Recovered::Enqueue {
@@ -334,7 +370,6 @@ impl<B: KvBackend> KvStore<B> {
                     expires_at,
                     body,
                 } => {
-                    next_seq = next_seq.max(seq.saturating_add(1));
                     queues.insert(
                         recv_id,
                         seq,
@@ -357,7 +392,6 @@ impl<B: KvBackend> KvStore<B> {
             backend,
             lock: Mutex::new(State {
                 queues,
-                next_seq,
                 senders: BTreeMap::new(),
             }),
         }
@@ -382,25 +416,115 @@ impl<B: KvBackend> KvStore<B> {
             .transpose()
     }
 
-    /// [`Store::enqueue`] into a mailbox known to exist, under the store lock.
+    /// The lowest sequence number the mailbox may hand out next (see the module docs).
+    fn seq_floor_of(&self, rec: &MailboxRec) -> u64 {
+        if rec.own_seq {
+            rec.next_seq.max(1)
+        } else {
+            rec.next_seq.max(self.backend.seq_floor()).max(1)
+        }
+    }
+
+    /// Raises `rec`'s sequence floor above `newest`, the newest queued envelope of its
+    /// mailbox, which is being removed (see the module docs). Returns whether `rec` changed.
+    fn raise_seq_floor(&self, rec: &mut MailboxRec, newest: u64) -> bool {
+        let floor = self.seq_floor_of(rec).max(newest.saturating_add(1));
+        if rec.own_seq && rec.next_seq == floor {
+            return false;
+        }
+        rec.next_seq = floor;
+        rec.own_seq = true;
+        true
+    }
+
+    /// A mailbox record read once per sweep, from `recs` or the backend.
+    fn cached_rec<'a>(
+        &self,
+        recs: &'a mut BTreeMap<Id, Option<MailboxRec>>,
+        recv_id: &Id,
+    ) -> Result<Option<&'a mut MailboxRec>, StoreError> {
+        let rec = match recs.entry(*recv_id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(self.mailbox_rec(recv_id)?),
+        };
+        Ok(rec.as_mut())
+    }
+
+    /// One bounded step of a mailbox deletion: deletes up to [`PURGE_STEP`] of the deleted
+    /// mailbox's tombstones and one-time prekeys, and its deletion marker once none are left.
+    /// Returns how many tombstones went, and whether the deletion is finished.
+    fn purge_step(&self, recv_id: &Id) -> Result<(u64, bool), StoreError> {
+        let _g = self.guard();
+        let mut batch = Batch::new();
+        let mut tombstones = 0;
+        let mut room = PURGE_STEP;
+        for table in [T_TOMB, T_ONETIME] {
+            let p = key(table, &[recv_id]);
+            let found = self.backend.scan(&p, &prefix_end(&p), room)?;
+            room -= found.len();
+            for (k, v) in found {
+                if table == T_TOMB {
+                    let until = u64_of(&v)?;
+                    let env = k.get(1 + 16..).ok_or(StoreError::Corrupt)?;
+                    batch.push((
+                        key(
+                            T_EXPIRY,
+                            &[&until.to_be_bytes(), &[X_TOMBSTONE], recv_id, env],
+                        ),
+                        None,
+                    ));
+                    tombstones += 1;
+                }
+                batch.push((k, None));
+            }
+        }
+        // A full step may have left more; the next step (which finds none) ends it.
+        let done = room > 0;
+        if done {
+            batch.push((key(T_PURGE, &[recv_id]), None));
+        }
+        self.backend.apply(batch)?;
+        Ok((tombstones, done))
+    }
+
+    /// Finishes the deletions of mailboxes marked in table `Z` (left by a crash during
+    /// [`Store::delete_mailbox`]), a bounded step at a time. Returns the tombstones deleted.
+    fn resume_purges(&self) -> Result<u64, StoreError> {
+        let p = [T_PURGE];
+        let mut tombstones = 0;
+        for (k, _) in self.backend.scan(&p, &prefix_end(&p), 16)? {
+            let recv_id = id_of(k.get(1..).ok_or(StoreError::Corrupt)?)?;
+            loop {
+                let (n, done) = self.purge_step(&recv_id)?;
+                tombstones += n;
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(tombstones)
+    }
+
+    /// [`Store::enqueue`] into a mailbox known to exist, whose sequence floor is `floor`,
+    /// under the store lock.
     fn enqueue_locked(
         &self,
         state: &mut State,
         recv_id: &Id,
+        floor: u64,
         envelope: &NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<Enqueued, StoreError> {
-        let seq = state.next_seq;
         let len = envelope.ciphertext.len() as u64;
         let admitted = state.queues.insert_new(
             *recv_id,
-            seq,
+            floor,
             envelope.envelope_id,
             envelope.expires_at,
             |count, bytes| {
                 count < quota.max_envelopes && bytes.saturating_add(len) <= quota.max_bytes
             },
-            || {
+            |seq| {
                 let op = LogOp::Enqueue {
                     recv_id: *recv_id,
                     seq,
@@ -415,10 +539,7 @@ impl<B: KvBackend> KvStore<B> {
             },
         )?;
         Ok(match admitted {
-            Admission::Queued => {
-                state.next_seq = seq + 1;
-                Enqueued::Queued(seq)
-            }
+            Admission::Queued(seq) => Enqueued::Queued(seq),
             Admission::Duplicate => Enqueued::Duplicate,
             Admission::OverQuota => Enqueued::QuotaExceeded,
         })
@@ -551,7 +672,10 @@ impl<B: KvBackend> Store for KvStore<B> {
         let _g = self.guard();
         let send_key = key(T_SEND, &[&mailbox.send_id]);
         let mailbox_key = key(T_MAILBOX, &[recv_id]);
-        if self.backend.get(&mailbox_key)?.is_some() || self.backend.get(&send_key)?.is_some() {
+        if self.backend.get(&mailbox_key)?.is_some()
+            || self.backend.get(&send_key)?.is_some()
+            || self.backend.get(&key(T_PURGE, &[recv_id]))?.is_some()
+        {
             return Ok(false);
         }
         let rec = MailboxRec {
@@ -563,6 +687,7 @@ impl<B: KvBackend> Store for KvStore<B> {
                 .map(|h| h.to_vec())
                 .collect(),
             next_seq: 1,
+            own_seq: true,
             ..MailboxRec::default()
         };
         self.backend.apply(vec![
@@ -601,36 +726,27 @@ impl<B: KvBackend> Store for KvStore<B> {
     }
 
     fn delete_mailbox(&self, recv_id: &Id) -> Result<bool, StoreError> {
-        let mut state = self.guard();
-        let Some(rec) = self.mailbox_rec(recv_id)? else {
-            return Ok(false);
-        };
-        let mut batch: Batch = vec![
-            (key(T_MAILBOX, &[recv_id]), None),
-            (key(T_SEND, &[&rec.send_id]), None),
-            (key(T_BUNDLE, &[recv_id]), None),
-        ];
-        for table in [T_TOMB, T_ONETIME] {
-            let p = key(table, &[recv_id]);
-            for (k, v) in self.backend.scan(&p, &prefix_end(&p), usize::MAX)? {
-                if table == T_TOMB {
-                    let until = u64_of(&v)?;
-                    let env = k.get(1 + 16..).ok_or(StoreError::Corrupt)?;
-                    batch.push((
-                        key(
-                            T_EXPIRY,
-                            &[&until.to_be_bytes(), &[X_TOMBSTONE], recv_id, env],
-                        ),
-                        None,
-                    ));
-                }
-                batch.push((k, None));
-            }
+        // First the mailbox, its send id, bundle and queue, with a marker, in one atomic step;
+        // then its tombstones and one-time prekeys in bounded steps (finished by the sweeper
+        // if the relay stops meanwhile). A re-created mailbox cannot take the id before the
+        // marker is gone.
+        {
+            let mut state = self.guard();
+            let Some(rec) = self.mailbox_rec(recv_id)? else {
+                return Ok(false);
+            };
+            let batch: Batch = vec![
+                (key(T_MAILBOX, &[recv_id]), None),
+                (key(T_SEND, &[&rec.send_id]), None),
+                (key(T_BUNDLE, &[recv_id]), None),
+                (key(T_PURGE, &[recv_id]), Some(Vec::new())),
+            ];
+            self.backend
+                .apply_logged(batch, &[LogOp::DropMailbox { recv_id: *recv_id }])?;
+            state.queues.drop_mailbox(recv_id);
+            state.senders.remove(&id_of(&rec.send_id)?);
         }
-        self.backend
-            .apply_logged(batch, &[LogOp::DropMailbox { recv_id: *recv_id }])?;
-        state.queues.drop_mailbox(recv_id);
-        state.senders.remove(&id_of(&rec.send_id)?);
+        while !self.purge_step(recv_id)?.1 {}
         Ok(true)
     }
 
@@ -641,10 +757,11 @@ impl<B: KvBackend> Store for KvStore<B> {
         quota: MailboxQuota,
     ) -> Result<Enqueued, StoreError> {
         let mut state = self.guard();
-        if self.mailbox_rec(recv_id)?.is_none() {
+        let Some(rec) = self.mailbox_rec(recv_id)? else {
             return Ok(Enqueued::NoMailbox);
-        }
-        self.enqueue_locked(&mut state, recv_id, envelope, quota)
+        };
+        let floor = self.seq_floor_of(&rec);
+        self.enqueue_locked(&mut state, recv_id, floor, envelope, quota)
     }
 
     fn enqueue_for_sender(
@@ -655,8 +772,12 @@ impl<B: KvBackend> Store for KvStore<B> {
         quota: MailboxQuota,
     ) -> Result<SenderEnqueued, StoreError> {
         let mut state = self.guard();
-        let (recv_id, admitted) = match state.senders.get(send_id) {
-            Some(sender) => (sender.recv_id, admit(&sender.capability_hashes)),
+        let (recv_id, floor, admitted) = match state.senders.get(send_id) {
+            Some(sender) => (
+                sender.recv_id,
+                sender.seq_floor,
+                admit(&sender.capability_hashes),
+            ),
             None => {
                 let Some(recv) = self.backend.get(&key(T_SEND, &[send_id]))? else {
                     return Ok(SenderEnqueued::NoMailbox);
@@ -668,19 +789,21 @@ impl<B: KvBackend> Store for KvStore<B> {
                 let sender = Sender {
                     recv_id,
                     capability_hashes: rec.to_mailbox()?.capability_hashes,
+                    seq_floor: self.seq_floor_of(&rec),
                 };
+                let floor = sender.seq_floor;
                 let admitted = admit(&sender.capability_hashes);
                 if state.senders.len() >= SENDER_CACHE_MAX {
                     state.senders.clear();
                 }
                 state.senders.insert(*send_id, sender);
-                (recv_id, admitted)
+                (recv_id, floor, admitted)
             }
         };
         if !admitted {
             return Ok(SenderEnqueued::Refused);
         }
-        let outcome = self.enqueue_locked(&mut state, &recv_id, envelope, quota)?;
+        let outcome = self.enqueue_locked(&mut state, &recv_id, floor, envelope, quota)?;
         Ok(SenderEnqueued::Mailbox(recv_id, outcome))
     }
 
@@ -707,10 +830,27 @@ impl<B: KvBackend> Store for KvStore<B> {
         };
         let more = found.len() > limit;
         let mut out = Vec::with_capacity(found.len().min(limit));
-        for (seq, entry) in found.into_iter().take(limit) {
-            // Bodies are read outside the lock; one whose segment was reclaimed meanwhile was
-            // acked or expired since, and is skipped.
-            let Some(ciphertext) = self.backend.read_body(&entry.body)? else {
+        for (seq, mut entry) in found.into_iter().take(limit) {
+            // Bodies are read outside the lock. A body whose segment was reclaimed meanwhile
+            // was either removed (acked, expired, mailbox deleted: skipped) or copied forward
+            // by compaction before its old segment went: then the index holds its new place,
+            // and the body is read from there.
+            let ciphertext = loop {
+                if let Some(body) = self.backend.read_body(&entry.body)? {
+                    break Some(body);
+                }
+                let moved = self
+                    .guard()
+                    .queues
+                    .queue(recv_id)
+                    .and_then(|q| q.entries.get(&seq))
+                    .copied();
+                match moved {
+                    Some(now_at) if now_at.body != entry.body => entry = now_at,
+                    _ => break None,
+                }
+            };
+            let Some(ciphertext) = ciphertext else {
                 continue;
             };
             out.push(Queued {
@@ -739,6 +879,15 @@ impl<B: KvBackend> Store for KvStore<B> {
         if seqs.is_empty() {
             return Ok(0);
         }
+        let mut batch = Batch::new();
+        if let Some(newest) = removes_newest(&state, recv_id, &seqs)
+            && let Some(mut rec) = self.mailbox_rec(recv_id)?
+            && self.raise_seq_floor(&mut rec, newest)
+        {
+            batch.push((key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())));
+            // The cached sender holds the old floor.
+            state.senders.remove(&id_of(&rec.send_id)?);
+        }
         let ops: Vec<LogOp<'_>> = seqs
             .iter()
             .map(|seq| LogOp::Remove {
@@ -746,7 +895,7 @@ impl<B: KvBackend> Store for KvStore<B> {
                 seq: *seq,
             })
             .collect();
-        self.backend.apply_logged(Batch::new(), &ops)?;
+        self.backend.apply_logged(batch, &ops)?;
         for seq in &seqs {
             state.queues.remove(recv_id, *seq);
         }
@@ -1012,12 +1161,32 @@ impl<B: KvBackend> Store for KvStore<B> {
     }
 
     fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError> {
-        let mut state = self.guard();
         let mut swept = Swept::default();
+        // A mailbox deletion interrupted by a crash is finished here, a step at a time.
+        swept.tombstones += self.resume_purges()?;
+        let mut state = self.guard();
         let mut batch = Batch::new();
         let mut ops = Vec::new();
+        // Mailbox records this sweep changes (sequence floor, tombstone count), written once
+        // each at the end; `None`: deleted.
+        let mut recs: BTreeMap<Id, Option<MailboxRec>> = BTreeMap::new();
+        let mut changed: BTreeSet<Id> = BTreeSet::new();
         let until = now.saturating_add(tombstone_secs);
         let expired = state.queues.expired(now, budget);
+        let mut by_mailbox: BTreeMap<Id, Vec<u64>> = BTreeMap::new();
+        for (recv_id, seq) in &expired {
+            by_mailbox.entry(*recv_id).or_default().push(*seq);
+        }
+        for (recv_id, seqs) in &by_mailbox {
+            if let Some(newest) = removes_newest(&state, recv_id, seqs) {
+                let rec = self.cached_rec(&mut recs, recv_id)?;
+                if let Some(rec) = rec
+                    && self.raise_seq_floor(rec, newest)
+                {
+                    changed.insert(*recv_id);
+                }
+            }
+        }
         for (recv_id, seq) in &expired {
             let Some(entry) = state.queues.queue(recv_id).and_then(|q| q.entries.get(seq)) else {
                 continue;
@@ -1026,10 +1195,26 @@ impl<B: KvBackend> Store for KvStore<B> {
                 recv_id: *recv_id,
                 seq: *seq,
             });
-            batch.push((
-                key(T_TOMB, &[recv_id, &entry.envelope_id]),
-                Some(until.to_be_bytes().to_vec()),
-            ));
+            swept.envelopes += 1;
+            // A tombstone, unless the mailbox holds its most already (then the envelope's
+            // state reads as unknown, as after an ack). A tombstone rewritten for a reused
+            // envelope id counts once.
+            let tomb = key(T_TOMB, &[recv_id, &entry.envelope_id]);
+            let Some(rec) = self.cached_rec(&mut recs, recv_id)? else {
+                continue;
+            };
+            let rewritten = match batch.iter().rev().find(|(k, _)| *k == tomb) {
+                Some((_, v)) => v.is_some(),
+                None => self.backend.get(&tomb)?.is_some(),
+            };
+            if !rewritten {
+                if rec.tombstones >= MAX_TOMBSTONES_PER_MAILBOX {
+                    continue;
+                }
+                rec.tombstones += 1;
+                changed.insert(*recv_id);
+            }
+            batch.push((tomb, Some(until.to_be_bytes().to_vec())));
             batch.push((
                 key(
                     T_EXPIRY,
@@ -1042,7 +1227,6 @@ impl<B: KvBackend> Store for KvStore<B> {
                 ),
                 Some(Vec::new()),
             ));
-            swept.envelopes += 1;
         }
         let start = [T_EXPIRY];
         let end = key(T_EXPIRY, &[&now.saturating_add(1).to_be_bytes()]);
@@ -1061,6 +1245,11 @@ impl<B: KvBackend> Store for KvStore<B> {
                     {
                         batch.push((tomb, None));
                         swept.tombstones += 1;
+                        let recv_id = id_of(rest.get(..16).ok_or(StoreError::Corrupt)?)?;
+                        if let Some(rec) = self.cached_rec(&mut recs, &recv_id)? {
+                            rec.tombstones = rec.tombstones.saturating_sub(1);
+                            changed.insert(recv_id);
+                        }
                     }
                 }
                 X_BLOB => {
@@ -1077,6 +1266,13 @@ impl<B: KvBackend> Store for KvStore<B> {
         if blob_bytes_freed > 0 {
             let total = self.blob_total()?.saturating_sub(blob_bytes_freed);
             batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
+        }
+        for recv_id in &changed {
+            if let Some(Some(rec)) = recs.get(recv_id) {
+                batch.push((key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())));
+                // The cached sender holds the old sequence floor.
+                state.senders.remove(&id_of(&rec.send_id)?);
+            }
         }
         if !batch.is_empty() || !ops.is_empty() {
             self.backend.apply_logged(batch, &ops)?;

@@ -35,7 +35,8 @@ mod queue;
 
 pub use self::log::{DEFAULT_WAL_SIZE, LogBackend, MIN_WAL_SIZE};
 pub use kv::{
-    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp, Recovered,
+    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp,
+    MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
 };
 pub use memory::MemoryBackend;
 

@@ -35,6 +35,7 @@ fn suite(store: &dyn Store) {
     mailboxes(store);
     sends_by_send_id(store);
     queue_order_ack_and_quota(store);
+    sequence_numbers_are_per_mailbox(store);
     expiry_and_tombstones(store);
     prekeys(store);
     directory(store);
@@ -166,6 +167,51 @@ fn queue_order_ack_and_quota(store: &dyn Store) {
         store.envelope_states(&r, &[id(1), id(3)], 50).unwrap(),
         vec![Delivery::Unknown, Delivery::Pending]
     );
+}
+
+fn sequence_numbers_are_per_mailbox(store: &dyn Store) {
+    let (a, b) = (id(60), id(62));
+    assert!(store.create_mailbox(&a, &mailbox(61)).unwrap());
+    assert!(store.create_mailbox(&b, &mailbox(63)).unwrap());
+    let seq = |r: &Id, n: u8, expires_at: u64| match store
+        .enqueue(r, &env(n, expires_at, 10), QUOTA)
+        .unwrap()
+    {
+        Enqueued::Queued(s) => s,
+        other => panic!("{other:?}"),
+    };
+    // Each mailbox counts its own envelopes from 1: a number says nothing about the others.
+    let interleaved = [
+        seq(&a, 1, 100),
+        seq(&b, 1, 100),
+        seq(&a, 2, 100),
+        seq(&b, 2, 100),
+        seq(&a, 3, 100),
+    ];
+    assert_eq!(interleaved, [1, 1, 2, 2, 3]);
+    // Never reused: not after the newest envelope is acked, nor after all of them are.
+    assert_eq!(store.ack(&a, &[id(3)]).unwrap(), 1);
+    assert_eq!(seq(&a, 4, 100), 4);
+    assert_eq!(store.ack(&a, &[id(1), id(2), id(4)]).unwrap(), 3);
+    assert_eq!(seq(&a, 5, 100), 5);
+    // Nor through the sender cache, which holds the mailbox's floor.
+    let admit = |_: &[[u8; 32]]| true;
+    let by_sender = |n: u8| match store
+        .enqueue_for_sender(&id(61), &admit, &env(n, 100, 10), QUOTA)
+        .unwrap()
+    {
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(s)) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(by_sender(6), 6);
+    assert_eq!(store.ack(&a, &[id(5), id(6)]).unwrap(), 2);
+    assert_eq!(by_sender(7), 7);
+    // Nor after the newest one expired and was swept.
+    assert_eq!(seq(&b, 3, 30), 3);
+    assert!(store.sweep(30, 1000, 50).unwrap().envelopes >= 1);
+    assert_eq!(seq(&b, 4, 100), 4);
+    assert!(store.delete_mailbox(&a).unwrap());
+    assert!(store.delete_mailbox(&b).unwrap());
 }
 
 fn expiry_and_tombstones(store: &dyn Store) {
@@ -386,6 +432,29 @@ fn sled_store_survives_reopen() {
     assert_eq!(page[0].envelope.ciphertext.len(), 300_000);
 }
 
+#[test]
+fn sequence_numbers_are_not_reused_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = reopen_sled(dir.path(), MIN_WAL_SIZE);
+        assert!(store.create_mailbox(&id(1), &mailbox(2)).unwrap());
+        for n in 1..=3 {
+            assert_eq!(
+                store.enqueue(&id(1), &env(n, 100, 10), QUOTA).unwrap(),
+                Enqueued::Queued(u64::from(n))
+            );
+        }
+        // Every envelope acked: nothing in the log's queue remembers the numbers.
+        assert_eq!(store.ack(&id(1), &[id(1), id(2), id(3)]).unwrap(), 3);
+        store.checkpoint().unwrap();
+    }
+    let store = reopen_sled(dir.path(), MIN_WAL_SIZE);
+    assert_eq!(
+        store.enqueue(&id(1), &env(4, 100, 10), QUOTA).unwrap(),
+        Enqueued::Queued(4)
+    );
+}
+
 fn reopen_sled(dir: &std::path::Path, segment_size: u64) -> DiskStore {
     // sled's worker threads may hold the file lock a moment after the first store is dropped.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -516,4 +585,146 @@ fn compaction_moves_live_envelopes_out_of_dead_segments() {
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].seq, kept_seq);
     assert_eq!(page[0].envelope, keep);
+}
+
+/// A [`MemoryBackend`] that offers its log for compaction, runs a hook (once) on the next body
+/// read (to run a store call between a fetch's index read and its body read), records the
+/// largest atomic write and can be told to fail writes.
+#[derive(Default)]
+struct Probe {
+    inner: MemoryBackend,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    largest_write: std::sync::atomic::AtomicUsize,
+    /// `Some(n)`: n more writes succeed, then every write fails.
+    writes_left: std::sync::Mutex<Option<usize>>,
+}
+
+impl KvBackend for Probe {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        self.inner.scan(start, end, limit)
+    }
+    fn apply_logged(&self, batch: Batch, ops: &[LogOp<'_>]) -> Result<Vec<BodyRef>, StoreError> {
+        if let Some(left) = self.writes_left.lock().unwrap().as_mut() {
+            if *left == 0 {
+                return Err(StoreError::Backend("injected".into()));
+            }
+            *left -= 1;
+        }
+        self.largest_write
+            .fetch_max(batch.len() + ops.len(), std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply_logged(batch, ops)
+    }
+    fn read_body(&self, body: &BodyRef) -> Result<Option<Vec<u8>>, StoreError> {
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.inner.read_body(body)
+    }
+    fn take_recovered(&self) -> Vec<Recovered> {
+        self.inner.take_recovered()
+    }
+    fn seq_floor(&self) -> u64 {
+        self.inner.seq_floor()
+    }
+    fn sync(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
+        self.inner.sync(oldest_live)
+    }
+    fn compaction_candidate(&self) -> Option<Candidate> {
+        // The memory backend keeps every body in "segment 0": always worth compacting.
+        Some(Candidate {
+            segment: 0,
+            segments: 1,
+            segment_size: 1 << 30,
+        })
+    }
+}
+
+fn keys_with_prefix(store: &KvStore<Probe>, prefix: &[u8]) -> usize {
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    end.push(0xff);
+    store
+        .backend()
+        .scan(prefix, &end, usize::MAX)
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn tombstones_are_bounded_and_a_mailbox_is_deleted_in_bounded_steps() {
+    use std::sync::atomic::Ordering;
+    let store = KvStore::new(Probe::default());
+    let r = id(1);
+    assert!(store.create_mailbox(&r, &mailbox(2)).unwrap());
+    let quota = MailboxQuota {
+        max_envelopes: 1_000,
+        max_bytes: u64::MAX,
+    };
+    // More envelopes expire undelivered than a mailbox may keep tombstones for.
+    let rounds = MAX_TOMBSTONES_PER_MAILBOX / 1_000 + 2;
+    for round in 0..rounds {
+        for n in 0..1_000u32 {
+            let mut e = env(0, 10 + round, 10);
+            e.envelope_id[..4].copy_from_slice(&(round as u32 * 1_000 + n).to_be_bytes());
+            assert!(matches!(
+                store.enqueue(&r, &e, quota).unwrap(),
+                Enqueued::Queued(_)
+            ));
+        }
+        store.sweep(10 + round, 100_000, 1_000_000).unwrap();
+    }
+    let tombs = [&[b'T'][..], &r].concat();
+    assert_eq!(
+        keys_with_prefix(&store, &tombs) as u64,
+        MAX_TOMBSTONES_PER_MAILBOX
+    );
+    // Many one-time prekeys too.
+    let prekeys: Vec<Vec<u8>> = (0..3_000u32).map(|n| n.to_be_bytes().to_vec()).collect();
+    assert_eq!(
+        store
+            .prekey_publish(&r, b"bundle", &prekeys, &prekeys, 5_000)
+            .unwrap(),
+        Published::Stored
+    );
+    // The relay stops after the first step of the deletion (the mailbox, its queue and the
+    // deletion marker): the mailbox is gone, its id stays taken until the rest is deleted,
+    // and the sweeper finishes the job, in bounded steps too.
+    store.backend().largest_write.store(0, Ordering::SeqCst);
+    *store.backend().writes_left.lock().unwrap() = Some(1);
+    assert!(store.delete_mailbox(&r).is_err());
+    *store.backend().writes_left.lock().unwrap() = None;
+    assert!(store.mailbox(&r).unwrap().is_none());
+    assert!(keys_with_prefix(&store, &tombs) > 0);
+    assert!(!store.create_mailbox(&r, &mailbox(3)).unwrap(), "id taken");
+    store.sweep(0, 10, 0).unwrap();
+    let largest = store.backend().largest_write.load(Ordering::SeqCst);
+    assert!(largest <= 2 * PURGE_STEP + 1, "a write of {largest} keys");
+    for table in [b'T', b'O', b'Z'] {
+        assert_eq!(keys_with_prefix(&store, &[&[table][..], &r].concat()), 0);
+    }
+    assert_eq!(keys_with_prefix(&store, b"X"), 0);
+    assert!(store.create_mailbox(&r, &mailbox(3)).unwrap());
+}
+
+#[test]
+fn fetch_finds_an_envelope_that_compaction_moved_meanwhile() {
+    let store = Arc::new(KvStore::new(Probe::default()));
+    assert!(store.create_mailbox(&id(1), &mailbox(2)).unwrap());
+    store.enqueue(&id(1), &env(1, 100, 10), QUOTA).unwrap();
+    // Between the fetch's index read and its body read, compaction copies the envelope
+    // forward and its old place is reclaimed.
+    let weak = Arc::downgrade(&store);
+    *store.backend().hook.lock().unwrap() = Some(Box::new(move || {
+        let swept = weak.upgrade().unwrap().sweep(0, 0, 0).unwrap();
+        assert_eq!(swept.compacted, 1);
+    }));
+    let (page, more) = store.fetch(&id(1), 0, 10, 50).unwrap();
+    assert!(store.backend().hook.lock().unwrap().is_none(), "hook ran");
+    assert!(!more);
+    assert_eq!(page.len(), 1, "a live envelope was skipped");
+    assert_eq!(page[0].envelope, env(1, 100, 10));
 }
