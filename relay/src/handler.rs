@@ -380,6 +380,42 @@ impl Handler {
         &self.limits
     }
 
+    /// Handles `request` at once if that needs no storage I/O that may block (a `Ping`; a
+    /// `Send` whose send id is in the store's sender cache, or that fails validation);
+    /// otherwise gives it back, unchanged, for [`Handler::handle`] on a thread that may block.
+    /// The driver calls this on its async workers, so that the hottest request skips the hand-
+    /// off to the blocking pool without ever waiting for the disk there.
+    pub fn handle_nonblocking(
+        &self,
+        request: wire::Request,
+        now: u64,
+    ) -> Result<Action, wire::Request> {
+        use wire::request::Kind;
+        let wire::Request {
+            protocol_version,
+            kind,
+        } = request;
+        if protocol_version != PROTOCOL_VERSION {
+            return Err(wire::Request {
+                protocol_version,
+                kind,
+            });
+        }
+        match kind {
+            Some(Kind::Ping(_)) => Ok(reply(wire::response::Kind::Pong(wire::Pong {
+                now: coarse(now),
+            }))),
+            Some(Kind::Send(m)) => self.send(m, now, true).map_err(|m| wire::Request {
+                protocol_version,
+                kind: Some(Kind::Send(m)),
+            }),
+            kind => Err(wire::Request {
+                protocol_version,
+                kind,
+            }),
+        }
+    }
+
     /// Handles one request at time `now` (Unix seconds).
     pub fn handle<R: CryptoRng + ?Sized>(
         &self,
@@ -403,7 +439,10 @@ impl Handler {
             Kind::DeleteMailbox(m) => self.delete_mailbox(session, &m.recv_id),
             Kind::Authenticate(m) => self.authenticate(session, &m),
             Kind::SetCapabilities(m) => self.set_capabilities(session, &m),
-            Kind::Send(m) => self.send(m, now),
+            // Only a nonblocking send gives its request back.
+            Kind::Send(m) => self
+                .send(m, now, false)
+                .unwrap_or_else(|_| fail(ErrorCode::Unavailable, "send not handled")),
             Kind::Fetch(m) => self.fetch(session, &m, now),
             Kind::Ack(m) => self.ack(session, &m),
             Kind::Subscribe(m) => self.subscribe(session, &m),
@@ -587,28 +626,30 @@ impl Handler {
         Ok(())
     }
 
-    fn send(&self, m: wire::Send, now: u64) -> Action {
+    /// A `Send`. With `nonblocking`, a send id missing from the store's sender cache is not
+    /// looked up: the request comes back unchanged as the error.
+    fn send(&self, m: wire::Send, now: u64, nonblocking: bool) -> Result<Action, wire::Send> {
         let Some(envelope) = m.envelope else {
-            return fail(ErrorCode::BadRequest, "send has no envelope");
+            return Ok(fail(ErrorCode::BadRequest, "send has no envelope"));
         };
         let Some(envelope_id) = to_id(&envelope.envelope_id) else {
-            return fail(ErrorCode::BadRequest, "envelope id must be 16 bytes");
+            return Ok(fail(ErrorCode::BadRequest, "envelope id must be 16 bytes"));
         };
         if envelope.ciphertext.is_empty() {
-            return fail(ErrorCode::BadRequest, "envelope is empty");
+            return Ok(fail(ErrorCode::BadRequest, "envelope is empty"));
         }
         if envelope.ciphertext.len() > self.limits.max_envelope_bytes {
-            return fail(
+            return Ok(fail(
                 ErrorCode::TooLarge,
                 "envelope is larger than this relay accepts",
-            );
+            ));
         }
         if let Err(action) = self.check_expiry(envelope.expires_at, now) {
-            return action;
+            return Ok(action);
         }
         let send_id = match send_id_of(&m.send_id) {
             Ok(id) => id,
-            Err(action) => return action,
+            Err(action) => return Ok(action),
         };
         let quota = MailboxQuota {
             max_envelopes: self.limits.mailbox_max_envelopes,
@@ -627,7 +668,29 @@ impl Handler {
         // Hashed here, so that only the comparison runs under the store's lock.
         let digest: [u8; 32] = Sha256::digest(&m.capability).into();
         let admit = |hashes: &[[u8; 32]]| digest_admitted(hashes, &digest);
-        match self.store.enqueue_for_sender(&send_id, &admit, &new, quota) {
+        let outcome = if nonblocking {
+            match self
+                .store
+                .try_enqueue_for_sender(&send_id, &admit, &new, quota)
+            {
+                Some(outcome) => outcome,
+                None => {
+                    let back = wire::Send {
+                        send_id: m.send_id,
+                        capability: m.capability,
+                        envelope: Some(wire::Envelope {
+                            envelope_id: envelope.envelope_id,
+                            expires_at: new.expires_at,
+                            ciphertext: new.ciphertext,
+                        }),
+                    };
+                    return Err(back);
+                }
+            }
+        } else {
+            self.store.enqueue_for_sender(&send_id, &admit, &new, quota)
+        };
+        Ok(match outcome {
             Ok(SenderEnqueued::Mailbox(recv_id, Enqueued::Queued(_))) => Action::ReplyWhenDurable {
                 response: accepted,
                 notify: Some(recv_id),
@@ -646,7 +709,7 @@ impl Handler {
                 "mailbox is full: too many envelopes or bytes queued",
             ),
             Err(err) => storage_failed(&err),
-        }
+        })
     }
 
     fn fetch(&self, session: &Session, m: &wire::Fetch, now: u64) -> Action {

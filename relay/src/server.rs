@@ -880,24 +880,20 @@ async fn serve_stream(
         .inc();
     let is_send = matches!(request.kind, Some(wire::request::Kind::Send(_)));
     // Store calls may block (locks, disk reads): keep them off the async workers that drive
-    // QUIC. Except `Send` and `Ping`: a send looks its mailbox up in the store's sender cache
-    // (on a miss, two small keyspace records, cached in memory by sled) and appends to the
-    // in-memory log buffer; the disk sync happens in the committer.
-    // Handing the hottest request to the blocking pool costs two thread hand-offs each.
-    let inline = matches!(
-        request.kind,
-        Some(wire::request::Kind::Send(_)) | Some(wire::request::Kind::Ping(_))
-    );
-    let action = if inline {
-        let mut rng = rand::rng();
-        Ok(ctx.handler.handle(&session, request, unix_now(), &mut rng))
-    } else {
-        let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut rng = rand::rng();
-            ctx.handler.handle(&session, request, unix_now(), &mut rng)
-        })
-        .await
+    // QUIC. Except a `Ping`, and a `Send` whose send id is in the store's sender cache: it
+    // appends to the in-memory log buffer, and the disk sync happens in the committer.
+    // Handing the hottest request to the blocking pool costs two thread hand-offs each; a send
+    // id the cache misses (a keyspace read) goes there.
+    let action = match ctx.handler.handle_nonblocking(request, unix_now()) {
+        Ok(action) => Ok(action),
+        Err(request) => {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut rng = rand::rng();
+                ctx.handler.handle(&session, request, unix_now(), &mut rng)
+            })
+            .await
+        }
     };
     let Ok(action) = action else {
         let r = error_retry(ErrorCode::Unavailable, "request failed", 1);
@@ -961,22 +957,48 @@ async fn subscription(ctx: &Ctx, stream: &mut Stream, ids: &[Id]) {
     }
 }
 
-async fn blob_upload(ctx: &Ctx, stream: &mut Stream, mut upload: crate::handler::BlobUpload) {
+/// Runs a handler call that may block (storage I/O) on the blocking pool, off the async
+/// workers that drive QUIC. `None` if the call panicked.
+async fn blocking<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&crate::handler::Handler) -> T + Send + 'static,
+) -> Option<T> {
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || f(&ctx.handler))
+        .await
+        .ok()
+}
+
+async fn blob_upload(ctx: &Arc<Ctx>, stream: &mut Stream, mut upload: crate::handler::BlobUpload) {
     // A chunk frame carries at most MAX_BLOB_CHUNK_LEN data bytes plus a few bytes of protobuf.
     let max = MAX_BLOB_CHUNK_LEN + 16;
     loop {
         let failure = match stream.read_frame(max, CHUNK_TIMEOUT).await {
             Ok(payload) => match decode::blob_chunk(&payload) {
-                Ok(chunk) => match ctx.handler.blob_chunk(&mut upload, chunk) {
-                    Ok(ChunkOutcome::More) => continue,
-                    Ok(ChunkOutcome::Complete(response)) => {
-                        if ctx.committer.durable().await {
-                            return stream.reply(ctx, &response).await;
+                Ok(chunk) => {
+                    let fed = blocking(ctx, move |h| {
+                        let outcome = h.blob_chunk(&mut upload, chunk);
+                        (upload, outcome)
+                    })
+                    .await;
+                    let Some((back, outcome)) = fed else {
+                        // The upload went with the failed call; the sweeper removes the
+                        // incomplete blob.
+                        let r = error_retry(ErrorCode::Unavailable, "storage unavailable", 5);
+                        return stream.reply(ctx, &r).await;
+                    };
+                    upload = back;
+                    match outcome {
+                        Ok(ChunkOutcome::More) => continue,
+                        Ok(ChunkOutcome::Complete(response)) => {
+                            if ctx.committer.durable().await {
+                                return stream.reply(ctx, &response).await;
+                            }
+                            error_retry(ErrorCode::Unavailable, "storage unavailable", 5)
                         }
-                        error_retry(ErrorCode::Unavailable, "storage unavailable", 5)
+                        Err(response) => response,
                     }
-                    Err(response) => response,
-                },
+                }
                 Err(err) => error(ErrorCode::BadRequest, &err.to_string()),
             },
             Err(ReadError::TooLarge) => error(ErrorCode::TooLarge, "blob chunk frame is too large"),
@@ -986,16 +1008,20 @@ async fn blob_upload(ctx: &Ctx, stream: &mut Stream, mut upload: crate::handler:
             ),
             Err(ReadError::TimedOut) => error(ErrorCode::BadRequest, "blob upload stalled"),
             Err(ReadError::Io) => {
-                ctx.handler.blob_abort(upload);
+                blocking(ctx, move |h| h.blob_abort(upload)).await;
                 return;
             }
         };
-        ctx.handler.blob_abort(upload);
+        blocking(ctx, move |h| h.blob_abort(upload)).await;
         return stream.reply(ctx, &failure).await;
     }
 }
 
-async fn blob_download(ctx: &Ctx, stream: &mut Stream, mut download: crate::handler::BlobDownload) {
+async fn blob_download(
+    ctx: &Arc<Ctx>,
+    stream: &mut Stream,
+    mut download: crate::handler::BlobDownload,
+) {
     let header = wire::Response {
         kind: Some(wire::response::Kind::BlobHeader(wire::BlobHeader {
             size: download.size,
@@ -1006,7 +1032,17 @@ async fn blob_download(ctx: &Ctx, stream: &mut Stream, mut download: crate::hand
         return;
     }
     loop {
-        match ctx.handler.blob_read(&mut download) {
+        let read = blocking(ctx, move |h| {
+            let chunk = h.blob_read(&mut download);
+            (download, chunk)
+        })
+        .await;
+        let Some((back, chunk)) = read else {
+            let _ = stream.send.reset(1u8.into());
+            return;
+        };
+        download = back;
+        match chunk {
             Ok(chunk) => {
                 let last = chunk.last;
                 if !stream.write(&chunk).await {

@@ -45,6 +45,7 @@ use std::sync::{Mutex, MutexGuard};
 use prost::Message;
 
 use super::queue::{Admission, Entry, Queues};
+use super::senders::SenderCache;
 use super::{
     BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published,
     Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys,
@@ -321,10 +322,9 @@ pub struct KvStore<B> {
 struct State {
     queues: Queues,
     /// Send id → what a send needs of its mailbox, filled by sends. Every change to a
-    /// mailbox's send id or capabilities (creation aside, which cannot meet a cached id) happens
-    /// under the store lock and removes the entry, so a hit is never stale. A B-tree, so that
-    /// growing it never rehashes under the lock.
-    senders: BTreeMap<Id, Sender>,
+    /// mailbox's send id, capabilities or sequence floor (creation aside, which cannot meet a
+    /// cached id) happens under the store lock and removes the entry, so a hit is never stale.
+    senders: SenderCache<Sender>,
 }
 
 /// A mailbox as a sender sees it.
@@ -335,8 +335,9 @@ struct Sender {
     seq_floor: u64,
 }
 
-/// Most cached senders; a full cache is emptied and fills again from the sends that follow.
-const SENDER_CACHE_MAX: usize = 1 << 16;
+/// Most cached senders; a full cache evicts one rarely used entry per new sender (CLOCK, see
+/// [`SenderCache`]).
+pub(super) const SENDER_CACHE_MAX: usize = 1 << 16;
 
 /// Most tombstones one mailbox holds: an envelope that expires while its mailbox holds this
 /// many leaves none (its state then reads as unknown, as after an ack). Equal to the default
@@ -392,7 +393,7 @@ impl<B: KvBackend> KvStore<B> {
             backend,
             lock: Mutex::new(State {
                 queues,
-                senders: BTreeMap::new(),
+                senders: SenderCache::new(SENDER_CACHE_MAX),
             }),
         }
     }
@@ -793,9 +794,6 @@ impl<B: KvBackend> Store for KvStore<B> {
                 };
                 let floor = sender.seq_floor;
                 let admitted = admit(&sender.capability_hashes);
-                if state.senders.len() >= SENDER_CACHE_MAX {
-                    state.senders.clear();
-                }
                 state.senders.insert(*send_id, sender);
                 (recv_id, floor, admitted)
             }
@@ -805,6 +803,26 @@ impl<B: KvBackend> Store for KvStore<B> {
         }
         let outcome = self.enqueue_locked(&mut state, &recv_id, floor, envelope, quota)?;
         Ok(SenderEnqueued::Mailbox(recv_id, outcome))
+    }
+
+    fn try_enqueue_for_sender(
+        &self,
+        send_id: &Id,
+        admit: &dyn Fn(&[[u8; 32]]) -> bool,
+        envelope: &NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Option<Result<SenderEnqueued, StoreError>> {
+        let mut state = self.guard();
+        let sender = state.senders.get(send_id)?;
+        let (recv_id, floor) = (sender.recv_id, sender.seq_floor);
+        if !admit(&sender.capability_hashes) {
+            return Some(Ok(SenderEnqueued::Refused));
+        }
+        // Appends to the backend's in-memory log buffer; the disk write is the commit's.
+        Some(
+            self.enqueue_locked(&mut state, &recv_id, floor, envelope, quota)
+                .map(|outcome| SenderEnqueued::Mailbox(recv_id, outcome)),
+        )
     }
 
     fn fetch(

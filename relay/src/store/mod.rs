@@ -32,6 +32,7 @@ mod kv;
 mod log;
 mod memory;
 mod queue;
+mod senders;
 
 pub use self::log::{DEFAULT_WAL_SIZE, LogBackend, MIN_WAL_SIZE};
 pub use kv::{
@@ -239,6 +240,19 @@ pub trait Store: Send + Sync + 'static {
         envelope: &NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<SenderEnqueued, StoreError>;
+    /// [`Store::enqueue_for_sender`] if it can be done without storage I/O that may block
+    /// (for [`KvStore`]: the send id is in its sender cache); otherwise `None`, and nothing
+    /// changed. The relay calls it on the async workers that drive QUIC and, on `None`, calls
+    /// `enqueue_for_sender` on the blocking pool. The default always says `None`.
+    fn try_enqueue_for_sender(
+        &self,
+        _send_id: &Id,
+        _admit: &dyn Fn(&[[u8; 32]]) -> bool,
+        _envelope: &NewEnvelope,
+        _quota: MailboxQuota,
+    ) -> Option<Result<SenderEnqueued, StoreError>> {
+        None
+    }
     /// Up to `limit` unexpired envelopes with `seq > after_seq`, oldest first, and whether more
     /// follow.
     fn fetch(

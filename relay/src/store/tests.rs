@@ -597,10 +597,13 @@ struct Probe {
     largest_write: std::sync::atomic::AtomicUsize,
     /// `Some(n)`: n more writes succeed, then every write fails.
     writes_left: std::sync::Mutex<Option<usize>>,
+    /// Keyspace reads.
+    gets: std::sync::atomic::AtomicUsize,
 }
 
 impl KvBackend for Probe {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.get(key)
     }
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
@@ -727,4 +730,84 @@ fn fetch_finds_an_envelope_that_compaction_moved_meanwhile() {
     assert!(!more);
     assert_eq!(page.len(), 1, "a live envelope was skipped");
     assert_eq!(page[0].envelope, env(1, 100, 10));
+}
+
+#[test]
+fn a_full_sender_cache_evicts_one_sender_and_misses_are_left_to_the_blocking_path() {
+    use std::sync::atomic::Ordering;
+    let cap = super::kv::SENDER_CACHE_MAX;
+    let store = KvStore::new(Probe::default());
+    let quota = MailboxQuota {
+        max_envelopes: 10,
+        max_bytes: u64::MAX,
+    };
+    let admit = |_: &[[u8; 32]]| true;
+    let ids = |i: usize| {
+        let mut send = [1u8; 16];
+        send[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let mut recv = send;
+        recv[15] = 2;
+        (recv, send)
+    };
+    for i in 0..=cap {
+        let (recv, send) = ids(i);
+        let m = Mailbox {
+            send_id: send,
+            ..mailbox(0)
+        };
+        assert!(store.create_mailbox(&recv, &m).unwrap());
+    }
+    let send = |i: usize, n: u8| {
+        store
+            .enqueue_for_sender(&ids(i).1, &admit, &env(n, 100, 10), quota)
+            .unwrap()
+    };
+    // Fill the cache; one sender keeps sending.
+    for i in 0..cap {
+        assert!(matches!(
+            send(i, 1),
+            SenderEnqueued::Mailbox(_, Enqueued::Queued(1))
+        ));
+    }
+    assert!(matches!(
+        send(0, 2),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(2))
+    ));
+    // A new sender when the cache is full evicts one rarely used sender, not all of them.
+    assert!(matches!(
+        send(cap, 1),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(1))
+    ));
+    let gets = store.backend().gets.load(Ordering::SeqCst);
+    assert!(matches!(
+        send(0, 3),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(3))
+    ));
+    assert!(matches!(
+        send(cap, 2),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(2))
+    ));
+    assert_eq!(
+        store.backend().gets.load(Ordering::SeqCst),
+        gets,
+        "a cached sender was read from the keyspace"
+    );
+    // The nonblocking path serves cached senders and leaves a miss, untouched, to the
+    // blocking one: exactly one of the first senders was evicted.
+    let mut misses = 0;
+    for i in 1..cap {
+        let before = store.backend().gets.load(Ordering::SeqCst);
+        match store.try_enqueue_for_sender(&ids(i).1, &admit, &env(2, 100, 10), quota) {
+            Some(outcome) => assert!(matches!(
+                outcome.unwrap(),
+                SenderEnqueued::Mailbox(_, Enqueued::Queued(2))
+            )),
+            None => {
+                misses += 1;
+                assert_eq!(store.backend().gets.load(Ordering::SeqCst), before);
+                assert_eq!(store.mailbox(&ids(i).0).unwrap().unwrap().queued_count, 1);
+            }
+        }
+    }
+    assert_eq!(misses, 1);
 }
