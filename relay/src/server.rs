@@ -349,8 +349,13 @@ impl Relay {
         let store_dir = data_dir.join("store");
         let wal_size = config.wal_mib * 1024 * 1024;
         let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            LogBackend::open_with_log_size(&store_dir, wal_size)
-                .map(|b| Arc::new(DiskStore::new(b)) as Arc<dyn Store>)
+            let store = DiskStore::new(LogBackend::open_with_log_size(&store_dir, wal_size)?);
+            // No upload survives a restart: what an interrupted one wrote is deleted.
+            let discarded = store.discard_incomplete_blobs()?;
+            if discarded > 0 {
+                tracing::info!(blobs = discarded, "deleted incomplete blob uploads");
+            }
+            Ok::<_, crate::store::StoreError>(Arc::new(store) as Arc<dyn Store>)
         })
         .await
         .map_err(|e| RelayError::Config(e.to_string()))??;
@@ -977,7 +982,7 @@ async fn blob_upload(ctx: &Arc<Ctx>, stream: &mut Stream, mut upload: crate::han
             Ok(payload) => match decode::blob_chunk(&payload) {
                 Ok(chunk) => {
                     let fed = blocking(ctx, move |h| {
-                        let outcome = h.blob_chunk(&mut upload, chunk);
+                        let outcome = h.blob_chunk(&mut upload, chunk, unix_now());
                         (upload, outcome)
                     })
                     .await;

@@ -26,7 +26,7 @@
 //! | `D` directory | org root key | [`DirRec`] |
 //! | `B` blob meta | blob_id | [`BlobRec`] |
 //! | `C` blob chunk | blob_id, chunk index | bytes |
-//! | `G` global counters | name | u64 (total declared blob bytes) |
+//! | `G` global counters | name | u64 (bytes written to all blobs) |
 //! | `Z` mailbox being deleted | recv_id | empty |
 //!
 //! Integers in keys are big-endian so that key order is numeric order.
@@ -47,8 +47,8 @@ use prost::Message;
 use super::queue::{Admission, Entry, Queues};
 use super::senders::SenderCache;
 use super::{
-    BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published,
-    Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys,
+    BlobAppended, BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope,
+    Published, Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys,
 };
 
 /// A batch of writes: `Some(value)` puts, `None` deletes.
@@ -188,8 +188,8 @@ const T_BLOB: u8 = b'B';
 const T_CHUNK: u8 = b'C';
 /// A deleted mailbox whose tombstones and one-time prekeys are still being deleted.
 const T_PURGE: u8 = b'Z';
-/// Key (table `G`, global counters) of the total declared size of all stored blobs, for the
-/// blob-store quota.
+/// Key (table `G`, global counters) of the bytes written to all stored blobs, for the
+/// blob-store quota (counted as bytes arrive, not when an upload is declared).
 const G_BLOB_BYTES: &[u8] = b"Gblob-bytes";
 
 const X_TOMBSTONE: u8 = 2;
@@ -348,6 +348,9 @@ pub const MAX_TOMBSTONES_PER_MAILBOX: u64 = 10_000;
 /// entries count one each, one-time prekeys one each), so that the store lock is held for a
 /// bounded time.
 pub const PURGE_STEP: usize = 1024;
+
+/// Blob records looked at per step of [`Store::discard_incomplete_blobs`].
+const BLOB_SCAN_PAGE: usize = 1024;
 
 /// Most body bytes one compaction step copies forward.
 const COMPACT_STEP_BYTES: u64 = 4 * 1024 * 1024;
@@ -1060,6 +1063,7 @@ impl<B: KvBackend> Store for KvStore<B> {
         if self.backend.get(&k)?.is_some() {
             return Ok(BlobBegun::IdTaken);
         }
+        // Refused early if it could not fit now; nothing is reserved until bytes arrive.
         let total = self.blob_total()?;
         if total.saturating_add(size) > max_total {
             return Ok(BlobBegun::QuotaExceeded);
@@ -1076,21 +1080,26 @@ impl<B: KvBackend> Store for KvStore<B> {
                 key(T_EXPIRY, &[&expires_at.to_be_bytes(), &[X_BLOB], blob_id]),
                 Some(Vec::new()),
             ),
-            (
-                G_BLOB_BYTES.to_vec(),
-                Some((total + size).to_be_bytes().to_vec()),
-            ),
         ])?;
         Ok(BlobBegun::Started)
     }
 
-    fn blob_append(&self, blob_id: &Id, data: &[u8]) -> Result<bool, StoreError> {
+    fn blob_append(
+        &self,
+        blob_id: &Id,
+        data: &[u8],
+        max_total: u64,
+    ) -> Result<BlobAppended, StoreError> {
         let _g = self.guard();
         let Some(mut rec) = self.blob_rec(blob_id)? else {
-            return Ok(false);
+            return Ok(BlobAppended::Refused);
         };
         if rec.complete || rec.written.saturating_add(data.len() as u64) > rec.size {
-            return Ok(false);
+            return Ok(BlobAppended::Refused);
+        }
+        let total = self.blob_total()?.saturating_add(data.len() as u64);
+        if total > max_total {
+            return Ok(BlobAppended::QuotaExceeded);
         }
         let chunk_len = BLOB_STORE_CHUNK as u64;
         let mut batch = Batch::new();
@@ -1114,8 +1123,9 @@ impl<B: KvBackend> Store for KvStore<B> {
             rest = &rest[take..];
         }
         batch.push((key(T_BLOB, &[blob_id]), Some(rec.encode_to_vec())));
+        batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
         self.backend.apply(batch)?;
-        Ok(true)
+        Ok(BlobAppended::Appended)
     }
 
     fn blob_complete(&self, blob_id: &Id) -> Result<bool, StoreError> {
@@ -1171,11 +1181,50 @@ impl<B: KvBackend> Store for KvStore<B> {
         if let Some(rec) = self.blob_rec(blob_id)? {
             let mut batch = Batch::new();
             self.delete_blob_batch(&mut batch, blob_id, &rec);
-            let total = self.blob_total()?.saturating_sub(rec.size);
+            let total = self.blob_total()?.saturating_sub(rec.written);
             batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
             self.backend.apply(batch)?;
         }
         Ok(())
+    }
+
+    fn discard_incomplete_blobs(&self) -> Result<u64, StoreError> {
+        // In pages, each under the lock for a bounded time. The total is recounted from the
+        // blobs that stay, which also corrects a total kept by an older version (which
+        // counted declared sizes from the start of each upload).
+        let mut discarded = 0;
+        let mut total = 0u64;
+        let end = [T_BLOB + 1];
+        let mut from = vec![T_BLOB];
+        loop {
+            let _g = self.guard();
+            let page = self.backend.scan(&from, &end, BLOB_SCAN_PAGE)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            from = last.clone();
+            from.push(0);
+            let mut batch = Batch::new();
+            for (k, v) in &page {
+                let rec: BlobRec = decode(v)?;
+                if rec.complete {
+                    total = total.saturating_add(rec.written);
+                } else {
+                    let blob_id = id_of(k.get(1..).ok_or(StoreError::Corrupt)?)?;
+                    self.delete_blob_batch(&mut batch, &blob_id, &rec);
+                    discarded += 1;
+                }
+            }
+            if !batch.is_empty() {
+                self.backend.apply(batch)?;
+            }
+        }
+        let _g = self.guard();
+        self.backend.apply(vec![(
+            G_BLOB_BYTES.to_vec(),
+            Some(total.to_be_bytes().to_vec()),
+        )])?;
+        Ok(discarded)
     }
 
     fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError> {
@@ -1274,7 +1323,7 @@ impl<B: KvBackend> Store for KvStore<B> {
                     let blob_id = id_of(rest)?;
                     if let Some(rec) = self.blob_rec(&blob_id)? {
                         self.delete_blob_batch(&mut batch, &blob_id, &rec);
-                        blob_bytes_freed += rec.size;
+                        blob_bytes_freed += rec.written;
                         swept.blobs += 1;
                     }
                 }

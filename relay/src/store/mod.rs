@@ -182,6 +182,17 @@ pub struct BlobMeta {
     pub complete: bool,
 }
 
+/// Outcome of [`Store::blob_append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobAppended {
+    /// Written.
+    Appended,
+    /// The blob is unknown or complete, or would grow past its declared size; nothing changed.
+    Refused,
+    /// The bytes written to all blobs would exceed the blob store's limit; nothing changed.
+    QuotaExceeded,
+}
+
 /// Outcome of [`Store::blob_begin`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobBegun {
@@ -297,8 +308,9 @@ pub trait Store: Send + Sync + 'static {
     /// All directory profiles (the directory of one network is small).
     fn directory_all(&self) -> Result<Vec<Vec<u8>>, StoreError>;
 
-    /// Starts a blob upload, reserving `size` bytes of the blob store, whose total declared size
-    /// must stay within `max_total`.
+    /// Starts a blob upload of `size` bytes. Refused if the bytes written to all blobs plus
+    /// `size` exceed `max_total`; nothing is reserved: [`Store::blob_append`] counts bytes as
+    /// they arrive, so a slow or abandoned upload holds only what it wrote.
     fn blob_begin(
         &self,
         blob_id: &Id,
@@ -306,9 +318,14 @@ pub trait Store: Send + Sync + 'static {
         expires_at: u64,
         max_total: u64,
     ) -> Result<BlobBegun, StoreError>;
-    /// Appends bytes to an incomplete blob. Returns `false` if the blob is unknown, complete,
-    /// or would grow past its declared size.
-    fn blob_append(&self, blob_id: &Id, data: &[u8]) -> Result<bool, StoreError>;
+    /// Appends bytes to an incomplete blob, keeping the bytes written to all blobs within
+    /// `max_total`.
+    fn blob_append(
+        &self,
+        blob_id: &Id,
+        data: &[u8],
+        max_total: u64,
+    ) -> Result<BlobAppended, StoreError>;
     /// Marks a blob complete. Returns `false` unless exactly the declared size was written.
     fn blob_complete(&self, blob_id: &Id) -> Result<bool, StoreError>;
     /// A blob's metadata.
@@ -317,6 +334,9 @@ pub trait Store: Send + Sync + 'static {
     fn blob_read(&self, blob_id: &Id, offset: u64, max: usize) -> Result<Vec<u8>, StoreError>;
     /// Deletes a blob (for example an abandoned upload).
     fn blob_delete(&self, blob_id: &Id) -> Result<(), StoreError>;
+    /// Deletes every incomplete blob: called once when the relay starts, before it serves, since
+    /// no upload survives a restart. Returns how many were deleted.
+    fn discard_incomplete_blobs(&self) -> Result<u64, StoreError>;
 
     /// Deletes up to `budget` expired items through the expiry index. Expired envelopes leave a
     /// tombstone until `now + tombstone_secs`.

@@ -304,14 +304,37 @@ fn blobs(store: &dyn Store) {
         store.blob_begin(&b, 1, 500, max).unwrap(),
         BlobBegun::IdTaken
     );
+    // Nothing is reserved before bytes arrive.
+    let racing = id(42);
     assert_eq!(
-        store.blob_begin(&id(42), 400_001, 500, max).unwrap(),
-        BlobBegun::QuotaExceeded
+        store.blob_begin(&racing, 400_001, 500, max).unwrap(),
+        BlobBegun::Started
     );
     for piece in data.chunks(100_000) {
-        assert!(store.blob_append(&b, piece).unwrap());
+        assert_eq!(
+            store.blob_append(&b, piece, max).unwrap(),
+            BlobAppended::Appended
+        );
     }
-    assert!(!store.blob_append(&b, &[0]).unwrap(), "past declared size");
+    assert_eq!(
+        store.blob_append(&b, &[0], max).unwrap(),
+        BlobAppended::Refused,
+        "past declared size"
+    );
+    // The limit is on bytes written to all blobs together.
+    assert_eq!(
+        store.blob_append(&racing, &[3; 300_000], max).unwrap(),
+        BlobAppended::Appended
+    );
+    assert_eq!(
+        store.blob_append(&racing, &[3; 100_001], max).unwrap(),
+        BlobAppended::QuotaExceeded
+    );
+    assert_eq!(
+        store.blob_begin(&id(45), 100_001, 500, max).unwrap(),
+        BlobBegun::QuotaExceeded
+    );
+    store.blob_delete(&racing).unwrap();
     assert!(store.blob_complete(&b).unwrap());
     let meta = store.blob_meta(&b).unwrap().unwrap();
     assert!(meta.complete);
@@ -327,14 +350,34 @@ fn blobs(store: &dyn Store) {
         store.blob_begin(&short, 10, 500, max).unwrap(),
         BlobBegun::Started
     );
-    assert!(store.blob_append(&short, &[1; 5]).unwrap());
+    assert_eq!(
+        store.blob_append(&short, &[1; 5], max).unwrap(),
+        BlobAppended::Appended
+    );
     assert!(!store.blob_complete(&short).unwrap());
     store.blob_delete(&short).unwrap();
     assert!(store.blob_meta(&short).unwrap().is_none());
-    // Deleting released its reservation.
+    // Deleting released what they wrote.
     assert_eq!(
         store.blob_begin(&id(43), 400_000, 500, max).unwrap(),
         BlobBegun::Started
+    );
+    // An upload in progress does not survive a restart: the relay discards incomplete
+    // blobs when it starts, and recounts the total from the blobs that stay.
+    assert_eq!(
+        store.blob_append(&id(43), &[4; 1000], max).unwrap(),
+        BlobAppended::Appended
+    );
+    assert_eq!(store.discard_incomplete_blobs().unwrap(), 1);
+    assert!(store.blob_meta(&id(43)).unwrap().is_none());
+    assert!(store.blob_meta(&b).unwrap().is_some());
+    assert_eq!(
+        store.blob_begin(&id(43), 400_000, 500, max).unwrap(),
+        BlobBegun::Started
+    );
+    assert_eq!(
+        store.blob_begin(&id(46), 400_001, 500, max).unwrap(),
+        BlobBegun::QuotaExceeded
     );
     // Expiry removes blobs.
     let swept = store.sweep(500, 1000, 50).unwrap();
