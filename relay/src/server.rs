@@ -562,11 +562,14 @@ async fn sweeper(ctx: Arc<Ctx>) {
                 Ok(Ok(swept)) => {
                     let n = swept.envelopes + swept.tombstones + swept.blobs;
                     ctx.metrics.swept.inc_by(n);
-                    if n > 0 {
-                        // Make tombstones durable; sweeping is otherwise idempotent.
+                    if n > 0 || swept.compacted > 0 {
+                        // Make tombstones durable (sweeping is otherwise idempotent), and
+                        // compaction copies, so that the sync deletes the segments they left.
                         ctx.committer.durable().await;
                     }
-                    if n < SWEEP_BUDGET as u64 {
+                    // Go on while there is more to expire, or compaction still copies: each
+                    // step is bounded, the sweeper keeps pace with the writes.
+                    if n < SWEEP_BUDGET as u64 && swept.compacted == 0 {
                         break;
                     }
                 }

@@ -138,6 +138,10 @@ pub struct Candidate {
     pub segments: u64,
     /// Nominal size of a segment in bytes.
     pub segment_size: u64,
+    /// Every segment below this one is sealed (no longer written to) and checkpointed: its
+    /// live envelopes may be copied forward, and once none is left in it and every older
+    /// segment, it is deleted.
+    pub sealed_below: u64,
 }
 
 /// An ordered byte-key store that applies batches atomically, with a log for envelope bodies.
@@ -352,8 +356,24 @@ pub const PURGE_STEP: usize = 1024;
 /// Blob records looked at per step of [`Store::discard_incomplete_blobs`].
 const BLOB_SCAN_PAGE: usize = 1024;
 
-/// Most body bytes one compaction step copies forward.
+/// Most body bytes one compaction step copies forward (one hold of the store lock to plan,
+/// one to record the copies).
 const COMPACT_STEP_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Most body bytes one sweep copies forward; the sweeper calls again while copies are made.
+const COMPACT_SWEEP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What one [`KvStore::compact_step`] did.
+struct CompactStep {
+    /// Envelopes planned (0: the segment holds none).
+    planned: u64,
+    /// Their bytes (at least 1 if any were planned), counted against the sweep's budget.
+    planned_bytes: u64,
+    /// Envelopes copied.
+    copied: u64,
+    /// Some copy landed in the segment it was copied out of.
+    stayed: bool,
+}
 
 impl<B: KvBackend> std::fmt::Debug for KvStore<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -555,31 +575,85 @@ impl<B: KvBackend> KvStore<B> {
         Ok(m)
     }
 
-    /// Copies up to [`COMPACT_STEP_BYTES`] of live envelopes out of the oldest log segment if
-    /// that segment is mostly dead, or if the log holds much more than the live envelopes.
-    /// Returns how many were copied. Bodies are read without holding the store lock.
-    fn compact_step(&self) -> Result<u64, StoreError> {
+    /// The sealed segments whose live envelopes one sweep copies forward, oldest first (see
+    /// [`Self::compact`]).
+    fn compaction_plan(&self, c: &Candidate) -> Vec<u64> {
+        let state = self.guard();
+        let size = c.segment_size.max(1);
+        let log_bytes = c.segments.saturating_mul(size);
+        // Beyond this the log is bloated: twice the live bytes plus two segments.
+        let bound = state
+            .queues
+            .total_bytes()
+            .saturating_mul(2)
+            .saturating_add(size.saturating_mul(2));
+        let mut excess = log_bytes.saturating_sub(bound);
+        let mut freed_up_to = c.segment;
+        let mut plan = Vec::new();
+        let mut planned_bytes = 0u64;
+        for (segment, live) in state.queues.live_segments() {
+            if segment >= c.sealed_below || planned_bytes >= COMPACT_SWEEP_BYTES {
+                break;
+            }
+            let mostly_dead = live.bytes.saturating_mul(2) <= size;
+            if !mostly_dead && excess == 0 {
+                // Segments are deleted from the oldest end: copying out of younger ones
+                // behind this one would free nothing.
+                break;
+            }
+            // Copying this one out frees it and the dead segments before it.
+            let frees = segment.saturating_add(1).saturating_sub(freed_up_to);
+            excess = excess.saturating_sub(frees.saturating_mul(size));
+            freed_up_to = segment.saturating_add(1);
+            planned_bytes = planned_bytes.saturating_add(live.bytes);
+            plan.push(segment);
+        }
+        plan
+    }
+
+    /// Copies the live envelopes of the oldest sealed segments forward, so that the next sync
+    /// can delete those segments: every segment of the oldest-end run that is at most half
+    /// live, and, while the log is larger than twice the live bytes plus two segments, the
+    /// oldest segments whatever their live share. At most [`COMPACT_SWEEP_BYTES`] per call,
+    /// in steps of at most [`COMPACT_STEP_BYTES`], each holding the store lock only to plan
+    /// and to record; bodies are read without it. Returns how many envelopes were copied.
+    ///
+    /// So the log stays within about twice the live bytes plus a few segments, plus what is
+    /// written between two sweeps, whatever the pattern: a long-lived envelope costs one copy
+    /// when its segment is mostly dead, not the whole log behind it.
+    fn compact(&self) -> Result<u64, StoreError> {
         let Some(c) = self.backend.compaction_candidate() else {
             return Ok(0);
         };
+        let plan = self.compaction_plan(&c);
+        let mut copied = 0u64;
+        let mut budget = COMPACT_SWEEP_BYTES;
+        for segment in plan {
+            loop {
+                let step = self.compact_step(segment, budget.min(COMPACT_STEP_BYTES))?;
+                copied += step.copied;
+                budget = budget.saturating_sub(step.planned_bytes);
+                // A backend that writes copies into the segment they came from (none of ours
+                // does: copies go to the active segment) would make no progress.
+                if step.planned == 0 || budget == 0 || step.stayed {
+                    break;
+                }
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Copies up to `max_bytes` of the live envelopes of `segment` forward.
+    fn compact_step(&self, segment: u64, max_bytes: u64) -> Result<CompactStep, StoreError> {
         let planned: Vec<(Id, u64, Entry)> = {
             let state = self.guard();
-            let live = state.queues.live_in(c.segment);
-            let mostly_dead = live.bytes.saturating_mul(2) <= c.segment_size;
-            let log_bytes = c.segments.saturating_mul(c.segment_size);
-            let bloated = log_bytes
-                > state
-                    .queues
-                    .total_bytes()
-                    .saturating_mul(2)
-                    .saturating_add(c.segment_size.saturating_mul(2));
-            if live.count == 0 || (!mostly_dead && !bloated) {
-                return Ok(0);
-            }
             let mut bytes = 0u64;
             let mut planned = Vec::new();
-            for (recv_id, seq) in state.queues.in_segment(c.segment, 65_536) {
-                if bytes >= COMPACT_STEP_BYTES {
+            for (recv_id, seq) in state.queues.in_segment(segment, 65_536) {
+                if bytes >= max_bytes {
                     break;
                 }
                 if let Some(entry) = state
@@ -593,6 +667,19 @@ impl<B: KvBackend> KvStore<B> {
             }
             planned
         };
+        let mut step = CompactStep {
+            planned: planned.len() as u64,
+            planned_bytes: planned
+                .iter()
+                .map(|(_, _, e)| u64::from(e.body.len))
+                .sum::<u64>()
+                .max(1),
+            copied: 0,
+            stayed: false,
+        };
+        if planned.is_empty() {
+            return Ok(step);
+        }
         let mut read = Vec::with_capacity(planned.len());
         for (recv_id, seq, entry) in planned {
             // `None`: removed meanwhile and its segment already reclaimed.
@@ -606,7 +693,7 @@ impl<B: KvBackend> KvStore<B> {
             state.queues.queue(recv_id).and_then(|q| q.entries.get(seq)) == Some(entry)
         });
         if read.is_empty() {
-            return Ok(0);
+            return Ok(step);
         }
         let ops: Vec<LogOp<'_>> = read
             .iter()
@@ -620,11 +707,13 @@ impl<B: KvBackend> KvStore<B> {
             .collect();
         let refs = self.backend.apply_logged(Batch::new(), &ops)?;
         for ((recv_id, seq, entry, _), body) in read.iter().zip(refs) {
+            step.stayed |= body.segment == segment;
             state
                 .queues
                 .insert(*recv_id, *seq, Entry { body, ..*entry });
         }
-        Ok(read.len() as u64)
+        step.copied = read.len() as u64;
+        Ok(step)
     }
 
     fn blob_rec(&self, blob_id: &Id) -> Result<Option<BlobRec>, StoreError> {
@@ -1348,7 +1437,7 @@ impl<B: KvBackend> Store for KvStore<B> {
             }
         }
         drop(state);
-        swept.compacted = self.compact_step()?;
+        swept.compacted = self.compact()?;
         Ok(swept)
     }
 

@@ -206,7 +206,13 @@ impl Queues {
         self.live.keys().next().copied()
     }
 
+    /// Segments holding queued envelopes, oldest first, with what each holds.
+    pub(super) fn live_segments(&self) -> impl Iterator<Item = (u64, Live)> + '_ {
+        self.live.iter().map(|(s, l)| (*s, *l))
+    }
+
     /// Live envelopes in `segment`.
+    #[cfg(test)]
     pub(super) fn live_in(&self, segment: u64) -> Live {
         self.live.get(&segment).copied().unwrap_or_default()
     }

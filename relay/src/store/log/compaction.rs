@@ -58,6 +58,7 @@ impl LogBackend {
             segment,
             segments: files.len() as u64,
             segment_size: self.segment_size,
+            sealed_below,
         })
     }
 }
