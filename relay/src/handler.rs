@@ -1276,6 +1276,11 @@ impl Handler {
         })
     }
 
+    /// Copies live envelopes out of mostly dead log segments ([`Store::compact`]).
+    pub fn compact(&self) -> Result<u64, StoreError> {
+        self.store.compact()
+    }
+
     /// Deletes up to `budget` expired items at `now`.
     pub fn sweep(&self, now: u64, budget: usize) -> Result<Swept, StoreError> {
         self.store.sweep(now, budget, self.limits.tombstone_secs)

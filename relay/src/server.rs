@@ -544,14 +544,25 @@ impl Relay {
     }
 }
 
+/// How often the sweeper checks whether the log needs compacting, between sweeps: so that a
+/// fast writer cannot grow the log by more than a few seconds of writes before compaction
+/// catches up. A check with nothing to copy looks only at the in-memory index.
+const COMPACT_CHECK: Duration = Duration::from_secs(2);
+
 async fn sweeper(ctx: Arc<Ctx>) {
     let mut shutdown = ctx.shutdown.clone();
     let period = Duration::from_secs(ctx.config.sweep_interval_secs.max(1));
+    let mut next_sweep = Instant::now() + period;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {},
+            _ = tokio::time::sleep(COMPACT_CHECK.min(period)) => {},
             _ = shutdown.changed() => return,
         }
+        if Instant::now() < next_sweep {
+            compact(&ctx).await;
+            continue;
+        }
+        next_sweep = Instant::now() + period;
         loop {
             let step = {
                 let ctx = ctx.clone();
@@ -578,6 +589,24 @@ async fn sweeper(ctx: Arc<Ctx>) {
                     break;
                 }
                 Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Compacts the log until nothing is left to copy, syncing after each call so that the
+/// segments the copies left are deleted.
+async fn compact(ctx: &Arc<Ctx>) {
+    loop {
+        let ctx2 = ctx.clone();
+        match tokio::task::spawn_blocking(move || ctx2.handler.compact()).await {
+            Ok(Ok(0)) | Err(_) => return,
+            Ok(Ok(_)) => {
+                ctx.committer.durable().await;
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "log compaction failed");
+                return;
             }
         }
     }

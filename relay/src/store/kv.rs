@@ -576,7 +576,7 @@ impl<B: KvBackend> KvStore<B> {
     }
 
     /// The sealed segments whose live envelopes one sweep copies forward, oldest first (see
-    /// [`Self::compact`]).
+    /// [`Self::compact_log`]).
     fn compaction_plan(&self, c: &Candidate) -> Vec<u64> {
         let state = self.guard();
         let size = c.segment_size.max(1);
@@ -621,7 +621,7 @@ impl<B: KvBackend> KvStore<B> {
     /// So the log stays within about twice the live bytes plus a few segments, plus what is
     /// written between two sweeps, whatever the pattern: a long-lived envelope costs one copy
     /// when its segment is mostly dead, not the whole log behind it.
-    fn compact(&self) -> Result<u64, StoreError> {
+    fn compact_log(&self) -> Result<u64, StoreError> {
         let Some(c) = self.backend.compaction_candidate() else {
             return Ok(0);
         };
@@ -1437,7 +1437,7 @@ impl<B: KvBackend> Store for KvStore<B> {
             }
         }
         drop(state);
-        swept.compacted = self.compact()?;
+        swept.compacted = self.compact_log()?;
         Ok(swept)
     }
 
@@ -1446,6 +1446,10 @@ impl<B: KvBackend> Store for KvStore<B> {
         // what this sync makes durable, so segments older than this are safe to reclaim.
         let oldest_live = self.guard().queues.oldest_live_segment();
         self.backend.sync(oldest_live)
+    }
+
+    fn compact(&self) -> Result<u64, StoreError> {
+        self.compact_log()
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {

@@ -341,6 +341,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `budget` expired items through the expiry index. Expired envelopes leave a
     /// tombstone until `now + tombstone_secs`.
     fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError>;
+    /// Copies live envelopes out of mostly dead log segments so that they can be reclaimed,
+    /// as [`Store::sweep`] also does, without expiring anything; the copies become durable
+    /// with the next sync. Returns how many were copied. The default copies nothing.
+    fn compact(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     /// Makes every mutation that returned before this call durable (see the module docs).
     fn sync(&self) -> Result<(), StoreError>;
     /// Like [`Store::sync`], and also compacts whatever the backend keeps for recovery (for
