@@ -716,6 +716,59 @@ fn tiny_blob_chunks_are_buffered_into_store_chunks() {
 }
 
 #[test]
+fn only_sends_to_cached_send_ids_are_handled_without_blocking() {
+    let mut f = fixture(Limits::default(), vec![]);
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_, recv, send) = f.mailbox(&s, &cap);
+    let send_request = |n: u8| {
+        req(Kind::Send(wire::Send {
+            send_id: send.to_vec(),
+            capability: cap.to_vec(),
+            envelope: Some(wire::Envelope {
+                envelope_id: vec![n; 16],
+                expires_at: NOW + 60,
+                ciphertext: vec![n; 100],
+            }),
+        }))
+    };
+    // A send id the store has not cached would need a keyspace read: given back unchanged.
+    let back = f
+        .handler
+        .handle_nonblocking(send_request(1), NOW)
+        .unwrap_err();
+    assert_eq!(back, send_request(1));
+    assert!(f.fetch(&s, &recv, NOW).is_empty());
+    // Handled on the blocking path, which caches it; then the next send needs no I/O.
+    assert!(matches!(
+        f.handler.handle(&s, back, NOW, &mut f.rng),
+        Action::ReplyWhenDurable { .. }
+    ));
+    assert!(matches!(
+        f.handler.handle_nonblocking(send_request(2), NOW),
+        Ok(Action::ReplyWhenDurable { .. })
+    ));
+    assert_eq!(f.fetch(&s, &recv, NOW), vec![1, 2]);
+    // Pings need nothing; everything else goes to the blocking path.
+    assert!(
+        f.handler
+            .handle_nonblocking(req(Kind::Ping(wire::Ping {})), NOW)
+            .is_ok()
+    );
+    let fetch = req(Kind::Fetch(wire::Fetch {
+        recv_id: recv.to_vec(),
+        after_seq: 0,
+        limit: 0,
+    }));
+    assert_eq!(
+        f.handler
+            .handle_nonblocking(fetch.clone(), NOW)
+            .unwrap_err(),
+        fetch
+    );
+}
+
+#[test]
 fn blob_uploads_are_bounded_per_connection_in_time_and_reserve_only_what_arrived() {
     let limits = Limits {
         max_blob_bytes: 1000,
