@@ -1327,6 +1327,8 @@ impl<B: KvBackend> Store for KvStore<B> {
         // each at the end; `None`: deleted.
         let mut recs: BTreeMap<Id, Option<MailboxRec>> = BTreeMap::new();
         let mut changed: BTreeSet<Id> = BTreeSet::new();
+        // Tombstone keys this sweep writes.
+        let mut tombs_written: BTreeSet<Vec<u8>> = BTreeSet::new();
         let until = now.saturating_add(tombstone_secs);
         let expired = state.queues.expired(now, budget);
         let mut by_mailbox: BTreeMap<Id, Vec<u64>> = BTreeMap::new();
@@ -1359,10 +1361,7 @@ impl<B: KvBackend> Store for KvStore<B> {
             let Some(rec) = self.cached_rec(&mut recs, recv_id)? else {
                 continue;
             };
-            let rewritten = match batch.iter().rev().find(|(k, _)| *k == tomb) {
-                Some((_, v)) => v.is_some(),
-                None => self.backend.get(&tomb)?.is_some(),
-            };
+            let rewritten = tombs_written.contains(&tomb) || self.backend.get(&tomb)?.is_some();
             if !rewritten {
                 if rec.tombstones >= MAX_TOMBSTONES_PER_MAILBOX {
                     continue;
@@ -1370,6 +1369,7 @@ impl<B: KvBackend> Store for KvStore<B> {
                 rec.tombstones += 1;
                 changed.insert(*recv_id);
             }
+            tombs_written.insert(tomb.clone());
             batch.push((tomb, Some(until.to_be_bytes().to_vec())));
             batch.push((
                 key(
