@@ -207,14 +207,16 @@ pub enum BlobBegun {
 /// What one [`Store::sweep`] call removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
-    /// Expired envelopes deleted (each leaves a tombstone).
+    /// Expired envelopes deleted (each leaves a tombstone while its mailbox holds fewer than
+    /// [`MAX_TOMBSTONES_PER_MAILBOX`]).
     pub envelopes: u64,
-    /// Expired tombstones deleted.
+    /// Tombstones deleted: expired ones, and those of a deleted mailbox whose deletion was
+    /// interrupted.
     pub tombstones: u64,
     /// Expired (or abandoned) blobs deleted.
     pub blobs: u64,
-    /// Queued envelopes copied out of a mostly dead log segment so it can be reclaimed (the
-    /// copies become durable with the next sync).
+    /// Queued envelopes copied out of old log segments so that they can be reclaimed (the
+    /// copies become durable with the next sync; see [`Store::compact`]).
     pub compacted: u64,
 }
 
