@@ -326,8 +326,9 @@ pub struct KvStore<B> {
 struct State {
     queues: Queues,
     /// Send id → what a send needs of its mailbox, filled by sends. Every change to a
-    /// mailbox's send id, capabilities or sequence floor (creation aside, which cannot meet a
-    /// cached id) happens under the store lock and removes the entry, so a hit is never stale.
+    /// mailbox's send id or capabilities (creation aside, which cannot meet a cached id)
+    /// happens under the store lock and removes the entry, and every change to its sequence
+    /// floor updates the entry, so a hit is never stale.
     senders: SenderCache<Sender>,
 }
 
@@ -995,8 +996,11 @@ impl<B: KvBackend> Store for KvStore<B> {
             && self.raise_seq_floor(&mut rec, newest)
         {
             batch.push((key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())));
-            // The cached sender holds the old floor.
-            state.senders.remove(&id_of(&rec.send_id)?);
+            // The cached sender, if any, gets the new floor.
+            let floor = rec.next_seq;
+            state
+                .senders
+                .update(&id_of(&rec.send_id)?, |s| s.seq_floor = floor);
         }
         let ops: Vec<LogOp<'_>> = seqs
             .iter()
@@ -1426,8 +1430,11 @@ impl<B: KvBackend> Store for KvStore<B> {
         for recv_id in &changed {
             if let Some(Some(rec)) = recs.get(recv_id) {
                 batch.push((key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())));
-                // The cached sender holds the old sequence floor.
-                state.senders.remove(&id_of(&rec.send_id)?);
+                // The cached sender, if any, gets the new sequence floor.
+                let floor = self.seq_floor_of(rec);
+                state
+                    .senders
+                    .update(&id_of(&rec.send_id)?, |s| s.seq_floor = floor);
             }
         }
         if !batch.is_empty() || !ops.is_empty() {

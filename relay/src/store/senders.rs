@@ -66,6 +66,13 @@ impl<V> SenderCache<V> {
         );
     }
 
+    /// Changes the entry for `key`, if there is one, without marking it as used.
+    pub(super) fn update(&mut self, key: &Id, change: impl FnOnce(&mut V)) {
+        if let Some(slot) = self.map.get_mut(key) {
+            change(&mut slot.value);
+        }
+    }
+
     /// Removes an entry.
     pub(super) fn remove(&mut self, key: &Id) {
         self.map.remove(key);
@@ -142,6 +149,10 @@ mod tests {
         cache.insert(id(10), 11);
         assert_eq!(cache.len(), 4);
         assert_eq!(cache.get(&id(10)), Some(&11));
+        cache.update(&id(10), |v| *v = 12);
+        cache.update(&id(77), |v| *v = 12);
+        assert_eq!(cache.get(&id(10)), Some(&12));
+        assert!(cache.get(&id(77)).is_none());
         cache.remove(&id(10));
         assert_eq!(cache.len(), 3);
     }
