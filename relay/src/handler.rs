@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::store::{
-    BLOB_STORE_CHUNK, BlobBegun, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope,
-    Published, SenderEnqueued, Store, StoreError, Swept,
+    BLOB_STORE_CHUNK, BlobAppended, BlobBegun, Delivery, Enqueued, Id, Mailbox, MailboxQuota,
+    NewEnvelope, Published, SenderEnqueued, Store, StoreError, Swept,
 };
 
 use wire::ErrorCode;
@@ -53,6 +53,13 @@ const PER_ITEM_OVERHEAD: usize = 64;
 
 /// Most mailboxes one connection may authenticate (bounds per-connection memory).
 pub const MAX_AUTHENTICATED_PER_CONNECTION: usize = 1024;
+/// Blob uploads one connection may have in progress at once (`RATE_LIMITED` beyond).
+pub const MAX_UPLOADS_PER_CONNECTION: usize = 2;
+/// Every blob upload must finish within this many seconds plus one second per
+/// [`BLOB_UPLOAD_MIN_RATE`] bytes of its declared size (`BAD_REQUEST` after that).
+pub const BLOB_UPLOAD_BASE_SECS: u64 = 60;
+/// The slowest average upload rate, in bytes per second, an upload's deadline allows.
+pub const BLOB_UPLOAD_MIN_RATE: u64 = 32 * 1024;
 
 /// Operational limits of a relay. Each may be lowered from the protocol maximum by
 /// configuration (docs/OPERATIONS.md).
@@ -116,6 +123,8 @@ pub struct Member {
 pub struct Session {
     exporter: Box<dyn KeyingMaterial>,
     state: Mutex<SessionState>,
+    /// Blob uploads in progress on the connection.
+    uploads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -136,6 +145,7 @@ impl Session {
         Self {
             exporter,
             state: Mutex::new(SessionState::default()),
+            uploads: Arc::default(),
         }
     }
 
@@ -182,10 +192,38 @@ pub struct BlobUpload {
     pub blob_id: Id,
     /// Declared size.
     pub size: u64,
+    /// The upload must be complete before this time (Unix seconds; see
+    /// [`BLOB_UPLOAD_BASE_SECS`]).
+    pub deadline: u64,
+    /// Holds one of the connection's [`MAX_UPLOADS_PER_CONNECTION`] places until dropped.
+    _slot: UploadSlot,
     received: u64,
     /// Received bytes not yet written: the store is written in whole
     /// [`BLOB_STORE_CHUNK`]-sized pieces, so tiny chunks cannot force a rewrite per byte.
     buffered: Vec<u8>,
+}
+
+/// One of a connection's upload places, given back on drop.
+#[derive(Debug)]
+struct UploadSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl UploadSlot {
+    /// Takes a place if fewer than [`MAX_UPLOADS_PER_CONNECTION`] are taken.
+    fn take(uploads: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        uploads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_UPLOADS_PER_CONNECTION).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(uploads.clone()))
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What a `BlobChunk` did to an upload.
@@ -380,6 +418,42 @@ impl Handler {
         &self.limits
     }
 
+    /// Handles `request` at once if that needs no storage I/O that may block (a `Ping`; a
+    /// `Send` whose send id is in the store's sender cache, or that fails validation);
+    /// otherwise gives it back, unchanged, for [`Handler::handle`] on a thread that may block.
+    /// The driver calls this on its async workers, so that the hottest request skips the hand-
+    /// off to the blocking pool without ever waiting for the disk there.
+    pub fn handle_nonblocking(
+        &self,
+        request: wire::Request,
+        now: u64,
+    ) -> Result<Action, wire::Request> {
+        use wire::request::Kind;
+        let wire::Request {
+            protocol_version,
+            kind,
+        } = request;
+        if protocol_version != PROTOCOL_VERSION {
+            return Err(wire::Request {
+                protocol_version,
+                kind,
+            });
+        }
+        match kind {
+            Some(Kind::Ping(_)) => Ok(reply(wire::response::Kind::Pong(wire::Pong {
+                now: coarse(now),
+            }))),
+            Some(Kind::Send(m)) => self.send(m, now, true).map_err(|m| wire::Request {
+                protocol_version,
+                kind: Some(Kind::Send(m)),
+            }),
+            kind => Err(wire::Request {
+                protocol_version,
+                kind,
+            }),
+        }
+    }
+
     /// Handles one request at time `now` (Unix seconds).
     pub fn handle<R: CryptoRng + ?Sized>(
         &self,
@@ -403,7 +477,10 @@ impl Handler {
             Kind::DeleteMailbox(m) => self.delete_mailbox(session, &m.recv_id),
             Kind::Authenticate(m) => self.authenticate(session, &m),
             Kind::SetCapabilities(m) => self.set_capabilities(session, &m),
-            Kind::Send(m) => self.send(m, now),
+            // Only a nonblocking send gives its request back.
+            Kind::Send(m) => self
+                .send(m, now, false)
+                .unwrap_or_else(|_| fail(ErrorCode::Unavailable, "send not handled")),
             Kind::Fetch(m) => self.fetch(session, &m, now),
             Kind::Ack(m) => self.ack(session, &m),
             Kind::Subscribe(m) => self.subscribe(session, &m),
@@ -413,7 +490,7 @@ impl Handler {
             Kind::MemberAuth(m) => self.member_auth(session, &m, now),
             Kind::DirectoryPublish(m) => self.directory_publish(session, &m, now),
             Kind::DirectoryQuery(m) => self.directory_query(session, &m),
-            Kind::BlobPut(m) => self.blob_put(&m, now, rng),
+            Kind::BlobPut(m) => self.blob_put(session, &m, now, rng),
             Kind::BlobGet(m) => self.blob_get(&m, now),
             Kind::Ping(_) => reply(wire::response::Kind::Pong(wire::Pong { now: coarse(now) })),
         }
@@ -587,28 +664,30 @@ impl Handler {
         Ok(())
     }
 
-    fn send(&self, m: wire::Send, now: u64) -> Action {
+    /// A `Send`. With `nonblocking`, a send id missing from the store's sender cache is not
+    /// looked up: the request comes back unchanged as the error.
+    fn send(&self, m: wire::Send, now: u64, nonblocking: bool) -> Result<Action, wire::Send> {
         let Some(envelope) = m.envelope else {
-            return fail(ErrorCode::BadRequest, "send has no envelope");
+            return Ok(fail(ErrorCode::BadRequest, "send has no envelope"));
         };
         let Some(envelope_id) = to_id(&envelope.envelope_id) else {
-            return fail(ErrorCode::BadRequest, "envelope id must be 16 bytes");
+            return Ok(fail(ErrorCode::BadRequest, "envelope id must be 16 bytes"));
         };
         if envelope.ciphertext.is_empty() {
-            return fail(ErrorCode::BadRequest, "envelope is empty");
+            return Ok(fail(ErrorCode::BadRequest, "envelope is empty"));
         }
         if envelope.ciphertext.len() > self.limits.max_envelope_bytes {
-            return fail(
+            return Ok(fail(
                 ErrorCode::TooLarge,
                 "envelope is larger than this relay accepts",
-            );
+            ));
         }
         if let Err(action) = self.check_expiry(envelope.expires_at, now) {
-            return action;
+            return Ok(action);
         }
         let send_id = match send_id_of(&m.send_id) {
             Ok(id) => id,
-            Err(action) => return action,
+            Err(action) => return Ok(action),
         };
         let quota = MailboxQuota {
             max_envelopes: self.limits.mailbox_max_envelopes,
@@ -627,7 +706,29 @@ impl Handler {
         // Hashed here, so that only the comparison runs under the store's lock.
         let digest: [u8; 32] = Sha256::digest(&m.capability).into();
         let admit = |hashes: &[[u8; 32]]| digest_admitted(hashes, &digest);
-        match self.store.enqueue_for_sender(&send_id, &admit, &new, quota) {
+        let outcome = if nonblocking {
+            match self
+                .store
+                .try_enqueue_for_sender(&send_id, &admit, &new, quota)
+            {
+                Some(outcome) => outcome,
+                None => {
+                    let back = wire::Send {
+                        send_id: m.send_id,
+                        capability: m.capability,
+                        envelope: Some(wire::Envelope {
+                            envelope_id: envelope.envelope_id,
+                            expires_at: new.expires_at,
+                            ciphertext: new.ciphertext,
+                        }),
+                    };
+                    return Err(back);
+                }
+            }
+        } else {
+            self.store.enqueue_for_sender(&send_id, &admit, &new, quota)
+        };
+        Ok(match outcome {
             Ok(SenderEnqueued::Mailbox(recv_id, Enqueued::Queued(_))) => Action::ReplyWhenDurable {
                 response: accepted,
                 notify: Some(recv_id),
@@ -646,7 +747,7 @@ impl Handler {
                 "mailbox is full: too many envelopes or bytes queued",
             ),
             Err(err) => storage_failed(&err),
-        }
+        })
     }
 
     fn fetch(&self, session: &Session, m: &wire::Fetch, now: u64) -> Action {
@@ -991,7 +1092,13 @@ impl Handler {
         ))
     }
 
-    fn blob_put<R: CryptoRng + ?Sized>(&self, m: &wire::BlobPut, now: u64, rng: &mut R) -> Action {
+    fn blob_put<R: CryptoRng + ?Sized>(
+        &self,
+        session: &Session,
+        m: &wire::BlobPut,
+        now: u64,
+        rng: &mut R,
+    ) -> Action {
         if m.size == 0 {
             return fail(ErrorCode::BadRequest, "blob is empty");
         }
@@ -1004,6 +1111,16 @@ impl Handler {
         if let Err(action) = self.check_expiry(m.expires_at, now) {
             return action;
         }
+        let Some(slot) = UploadSlot::take(&session.uploads) else {
+            return Action::Reply(error_retry(
+                ErrorCode::RateLimited,
+                "too many blob uploads in progress on this connection",
+                1,
+            ));
+        };
+        let deadline = now
+            .saturating_add(BLOB_UPLOAD_BASE_SECS)
+            .saturating_add(m.size / BLOB_UPLOAD_MIN_RATE);
         for _ in 0..3 {
             let mut blob_id = [0u8; ID_LEN];
             rng.fill_bytes(&mut blob_id);
@@ -1017,6 +1134,8 @@ impl Handler {
                     return Action::BlobUpload(BlobUpload {
                         blob_id,
                         size: m.size,
+                        deadline,
+                        _slot: slot,
                         received: 0,
                         buffered: Vec::new(),
                     });
@@ -1037,7 +1156,14 @@ impl Handler {
         &self,
         upload: &mut BlobUpload,
         chunk: wire::BlobChunk,
+        now: u64,
     ) -> Result<ChunkOutcome, wire::Response> {
+        if now >= upload.deadline {
+            return Err(error(
+                ErrorCode::BadRequest,
+                "blob upload took longer than this relay allows",
+            ));
+        }
         if chunk.data.len() > MAX_BLOB_CHUNK_LEN {
             return Err(error(ErrorCode::TooLarge, "blob chunk is too large"));
         }
@@ -1055,9 +1181,20 @@ impl Handler {
         {
             let take = upload.buffered.len().min(BLOB_STORE_CHUNK);
             let piece: Vec<u8> = upload.buffered.drain(..take).collect();
-            match self.store.blob_append(&upload.blob_id, &piece) {
-                Ok(true) => {}
-                Ok(false) => return Err(error(ErrorCode::BadRequest, "blob upload rejected")),
+            match self
+                .store
+                .blob_append(&upload.blob_id, &piece, self.limits.blob_store_max_bytes)
+            {
+                Ok(BlobAppended::Appended) => {}
+                Ok(BlobAppended::Refused) => {
+                    return Err(error(ErrorCode::BadRequest, "blob upload rejected"));
+                }
+                Ok(BlobAppended::QuotaExceeded) => {
+                    return Err(error(
+                        ErrorCode::QuotaExceeded,
+                        "the relay's blob store is full",
+                    ));
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "storage failure");
                     return Err(error_retry(
@@ -1137,6 +1274,11 @@ impl Handler {
             data,
             last: download.offset >= download.size,
         })
+    }
+
+    /// Copies live envelopes out of mostly dead log segments ([`Store::compact`]).
+    pub fn compact(&self) -> Result<u64, StoreError> {
+        self.store.compact()
     }
 
     /// Deletes up to `budget` expired items at `now`.

@@ -20,7 +20,7 @@ use crate::handler::{
 };
 use crate::metrics::{CodeLabel, Metrics, OpLabel};
 use crate::ratelimit::TokenBucket;
-use crate::store::{Id, SledBackend, SledStore, Store};
+use crate::store::{DiskStore, Id, LogBackend, Store};
 use crate::tls;
 
 use wire::ErrorCode;
@@ -349,8 +349,13 @@ impl Relay {
         let store_dir = data_dir.join("store");
         let wal_size = config.wal_mib * 1024 * 1024;
         let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            SledBackend::open_with_log_size(&store_dir, wal_size)
-                .map(|b| Arc::new(SledStore::new(b)) as Arc<dyn Store>)
+            let store = DiskStore::new(LogBackend::open_with_log_size(&store_dir, wal_size)?);
+            // No upload survives a restart: what an interrupted one wrote is deleted.
+            let discarded = store.discard_incomplete_blobs()?;
+            if discarded > 0 {
+                tracing::info!(blobs = discarded, "deleted incomplete blob uploads");
+            }
+            Ok::<_, crate::store::StoreError>(Arc::new(store) as Arc<dyn Store>)
         })
         .await
         .map_err(|e| RelayError::Config(e.to_string()))??;
@@ -539,14 +544,25 @@ impl Relay {
     }
 }
 
+/// How often the sweeper checks whether the log needs compacting, between sweeps: so that a
+/// fast writer cannot grow the log by more than a few seconds of writes before compaction
+/// catches up. A check with nothing to copy looks only at the in-memory index.
+const COMPACT_CHECK: Duration = Duration::from_secs(2);
+
 async fn sweeper(ctx: Arc<Ctx>) {
     let mut shutdown = ctx.shutdown.clone();
     let period = Duration::from_secs(ctx.config.sweep_interval_secs.max(1));
+    let mut next_sweep = Instant::now() + period;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {},
+            _ = tokio::time::sleep(COMPACT_CHECK.min(period)) => {},
             _ = shutdown.changed() => return,
         }
+        if Instant::now() < next_sweep {
+            compact(&ctx).await;
+            continue;
+        }
+        next_sweep = Instant::now() + period;
         loop {
             let step = {
                 let ctx = ctx.clone();
@@ -557,11 +573,14 @@ async fn sweeper(ctx: Arc<Ctx>) {
                 Ok(Ok(swept)) => {
                     let n = swept.envelopes + swept.tombstones + swept.blobs;
                     ctx.metrics.swept.inc_by(n);
-                    if n > 0 {
-                        // Make tombstones durable; sweeping is otherwise idempotent.
+                    if n > 0 || swept.compacted > 0 {
+                        // Make tombstones durable (sweeping is otherwise idempotent), and
+                        // compaction copies, so that the sync deletes the segments they left.
                         ctx.committer.durable().await;
                     }
-                    if n < SWEEP_BUDGET as u64 {
+                    // Go on while there is more to expire, or compaction still copies: each
+                    // step is bounded, the sweeper keeps pace with the writes.
+                    if n < SWEEP_BUDGET as u64 && swept.compacted == 0 {
                         break;
                     }
                 }
@@ -570,6 +589,24 @@ async fn sweeper(ctx: Arc<Ctx>) {
                     break;
                 }
                 Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Compacts the log until nothing is left to copy, syncing after each call so that the
+/// segments the copies left are deleted.
+async fn compact(ctx: &Arc<Ctx>) {
+    loop {
+        let ctx2 = ctx.clone();
+        match tokio::task::spawn_blocking(move || ctx2.handler.compact()).await {
+            Ok(Ok(0)) | Err(_) => return,
+            Ok(Ok(_)) => {
+                ctx.committer.durable().await;
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "log compaction failed");
+                return;
             }
         }
     }
@@ -880,24 +917,20 @@ async fn serve_stream(
         .inc();
     let is_send = matches!(request.kind, Some(wire::request::Kind::Send(_)));
     // Store calls may block (locks, disk reads): keep them off the async workers that drive
-    // QUIC. Except `Send` and `Ping`: a send looks its mailbox up in the store's sender cache
-    // (on a miss, two small keyspace records, cached in memory by sled) and appends to the
-    // in-memory log buffer; the disk sync happens in the committer.
-    // Handing the hottest request to the blocking pool costs two thread hand-offs each.
-    let inline = matches!(
-        request.kind,
-        Some(wire::request::Kind::Send(_)) | Some(wire::request::Kind::Ping(_))
-    );
-    let action = if inline {
-        let mut rng = rand::rng();
-        Ok(ctx.handler.handle(&session, request, unix_now(), &mut rng))
-    } else {
-        let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut rng = rand::rng();
-            ctx.handler.handle(&session, request, unix_now(), &mut rng)
-        })
-        .await
+    // QUIC. Except a `Ping`, and a `Send` whose send id is in the store's sender cache: it
+    // appends to the in-memory log buffer, and the disk sync happens in the committer.
+    // Handing the hottest request to the blocking pool costs two thread hand-offs each; a send
+    // id the cache misses (a keyspace read) goes there.
+    let action = match ctx.handler.handle_nonblocking(request, unix_now()) {
+        Ok(action) => Ok(action),
+        Err(request) => {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut rng = rand::rng();
+                ctx.handler.handle(&session, request, unix_now(), &mut rng)
+            })
+            .await
+        }
     };
     let Ok(action) = action else {
         let r = error_retry(ErrorCode::Unavailable, "request failed", 1);
@@ -961,22 +994,48 @@ async fn subscription(ctx: &Ctx, stream: &mut Stream, ids: &[Id]) {
     }
 }
 
-async fn blob_upload(ctx: &Ctx, stream: &mut Stream, mut upload: crate::handler::BlobUpload) {
+/// Runs a handler call that may block (storage I/O) on the blocking pool, off the async
+/// workers that drive QUIC. `None` if the call panicked.
+async fn blocking<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&crate::handler::Handler) -> T + Send + 'static,
+) -> Option<T> {
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || f(&ctx.handler))
+        .await
+        .ok()
+}
+
+async fn blob_upload(ctx: &Arc<Ctx>, stream: &mut Stream, mut upload: crate::handler::BlobUpload) {
     // A chunk frame carries at most MAX_BLOB_CHUNK_LEN data bytes plus a few bytes of protobuf.
     let max = MAX_BLOB_CHUNK_LEN + 16;
     loop {
         let failure = match stream.read_frame(max, CHUNK_TIMEOUT).await {
             Ok(payload) => match decode::blob_chunk(&payload) {
-                Ok(chunk) => match ctx.handler.blob_chunk(&mut upload, chunk) {
-                    Ok(ChunkOutcome::More) => continue,
-                    Ok(ChunkOutcome::Complete(response)) => {
-                        if ctx.committer.durable().await {
-                            return stream.reply(ctx, &response).await;
+                Ok(chunk) => {
+                    let fed = blocking(ctx, move |h| {
+                        let outcome = h.blob_chunk(&mut upload, chunk, unix_now());
+                        (upload, outcome)
+                    })
+                    .await;
+                    let Some((back, outcome)) = fed else {
+                        // The upload went with the failed call; the sweeper removes the
+                        // incomplete blob.
+                        let r = error_retry(ErrorCode::Unavailable, "storage unavailable", 5);
+                        return stream.reply(ctx, &r).await;
+                    };
+                    upload = back;
+                    match outcome {
+                        Ok(ChunkOutcome::More) => continue,
+                        Ok(ChunkOutcome::Complete(response)) => {
+                            if ctx.committer.durable().await {
+                                return stream.reply(ctx, &response).await;
+                            }
+                            error_retry(ErrorCode::Unavailable, "storage unavailable", 5)
                         }
-                        error_retry(ErrorCode::Unavailable, "storage unavailable", 5)
+                        Err(response) => response,
                     }
-                    Err(response) => response,
-                },
+                }
                 Err(err) => error(ErrorCode::BadRequest, &err.to_string()),
             },
             Err(ReadError::TooLarge) => error(ErrorCode::TooLarge, "blob chunk frame is too large"),
@@ -986,16 +1045,20 @@ async fn blob_upload(ctx: &Ctx, stream: &mut Stream, mut upload: crate::handler:
             ),
             Err(ReadError::TimedOut) => error(ErrorCode::BadRequest, "blob upload stalled"),
             Err(ReadError::Io) => {
-                ctx.handler.blob_abort(upload);
+                blocking(ctx, move |h| h.blob_abort(upload)).await;
                 return;
             }
         };
-        ctx.handler.blob_abort(upload);
+        blocking(ctx, move |h| h.blob_abort(upload)).await;
         return stream.reply(ctx, &failure).await;
     }
 }
 
-async fn blob_download(ctx: &Ctx, stream: &mut Stream, mut download: crate::handler::BlobDownload) {
+async fn blob_download(
+    ctx: &Arc<Ctx>,
+    stream: &mut Stream,
+    mut download: crate::handler::BlobDownload,
+) {
     let header = wire::Response {
         kind: Some(wire::response::Kind::BlobHeader(wire::BlobHeader {
             size: download.size,
@@ -1006,7 +1069,17 @@ async fn blob_download(ctx: &Ctx, stream: &mut Stream, mut download: crate::hand
         return;
     }
     loop {
-        match ctx.handler.blob_read(&mut download) {
+        let read = blocking(ctx, move |h| {
+            let chunk = h.blob_read(&mut download);
+            (download, chunk)
+        })
+        .await;
+        let Some((back, chunk)) = read else {
+            let _ = stream.send.reset(1u8.into());
+            return;
+        };
+        download = back;
+        match chunk {
             Ok(chunk) => {
                 let last = chunk.last;
                 if !stream.write(&chunk).await {

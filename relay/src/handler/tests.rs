@@ -588,10 +588,11 @@ fn blobs_upload_download_limits_and_expiry() {
         last,
     };
     assert!(matches!(
-        f.handler.blob_chunk(&mut up, chunk(1, 400, false)),
+        f.handler.blob_chunk(&mut up, chunk(1, 400, false), NOW),
         Ok(ChunkOutcome::More)
     ));
-    let Ok(ChunkOutcome::Complete(r)) = f.handler.blob_chunk(&mut up, chunk(2, 300, true)) else {
+    let Ok(ChunkOutcome::Complete(r)) = f.handler.blob_chunk(&mut up, chunk(2, 300, true), NOW)
+    else {
         panic!()
     };
     let Some(wire::response::Kind::BlobStored(stored)) = r.kind else {
@@ -617,7 +618,11 @@ fn blobs_upload_download_limits_and_expiry() {
     let Action::BlobUpload(mut up) = f.call(&s, put(10, NOW + 60), NOW) else {
         panic!()
     };
-    assert!(f.handler.blob_chunk(&mut up, chunk(1, 11, true)).is_err());
+    assert!(
+        f.handler
+            .blob_chunk(&mut up, chunk(1, 11, true), NOW)
+            .is_err()
+    );
     f.handler.blob_abort(up);
     // Expired blobs are gone.
     assert_eq!(code(f.call(&s, get.clone(), NOW + 60)), ErrorCode::NotFound);
@@ -694,6 +699,7 @@ fn tiny_blob_chunks_are_buffered_into_store_chunks() {
                     data: piece.to_vec(),
                     last,
                 },
+                NOW,
             )
             .unwrap();
         assert_eq!(matches!(out, ChunkOutcome::Complete(_)), last);
@@ -707,6 +713,126 @@ fn tiny_blob_chunks_are_buffered_into_store_chunks() {
             .unwrap(),
         data
     );
+}
+
+#[test]
+fn only_sends_to_cached_send_ids_are_handled_without_blocking() {
+    let mut f = fixture(Limits::default(), vec![]);
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_, recv, send) = f.mailbox(&s, &cap);
+    let send_request = |n: u8| {
+        req(Kind::Send(wire::Send {
+            send_id: send.to_vec(),
+            capability: cap.to_vec(),
+            envelope: Some(wire::Envelope {
+                envelope_id: vec![n; 16],
+                expires_at: NOW + 60,
+                ciphertext: vec![n; 100],
+            }),
+        }))
+    };
+    // A send id the store has not cached would need a keyspace read: given back unchanged.
+    let back = f
+        .handler
+        .handle_nonblocking(send_request(1), NOW)
+        .unwrap_err();
+    assert_eq!(back, send_request(1));
+    assert!(f.fetch(&s, &recv, NOW).is_empty());
+    // Handled on the blocking path, which caches it; then the next send needs no I/O.
+    assert!(matches!(
+        f.handler.handle(&s, back, NOW, &mut f.rng),
+        Action::ReplyWhenDurable { .. }
+    ));
+    assert!(matches!(
+        f.handler.handle_nonblocking(send_request(2), NOW),
+        Ok(Action::ReplyWhenDurable { .. })
+    ));
+    assert_eq!(f.fetch(&s, &recv, NOW), vec![1, 2]);
+    // Pings need nothing; everything else goes to the blocking path.
+    assert!(
+        f.handler
+            .handle_nonblocking(req(Kind::Ping(wire::Ping {})), NOW)
+            .is_ok()
+    );
+    let fetch = req(Kind::Fetch(wire::Fetch {
+        recv_id: recv.to_vec(),
+        after_seq: 0,
+        limit: 0,
+    }));
+    assert_eq!(
+        f.handler
+            .handle_nonblocking(fetch.clone(), NOW)
+            .unwrap_err(),
+        fetch
+    );
+}
+
+#[test]
+fn blob_uploads_are_bounded_per_connection_in_time_and_reserve_only_what_arrived() {
+    let limits = Limits {
+        max_blob_bytes: 1000,
+        blob_store_max_bytes: 1500,
+        ..Limits::default()
+    };
+    let mut f = fixture(limits, vec![]);
+    let (s, other) = (session(1), session(2));
+    let put = |size| {
+        Kind::BlobPut(wire::BlobPut {
+            size,
+            expires_at: NOW + 600,
+        })
+    };
+    let chunk = |len: usize, last| wire::BlobChunk {
+        data: vec![7; len],
+        last,
+    };
+    // Declared sizes are not reserved: two uploads of 1000 bytes start against 1500 bytes.
+    let Action::BlobUpload(mut a) = f.call(&s, put(1000), NOW) else {
+        panic!("first upload refused")
+    };
+    let Action::BlobUpload(mut b) = f.call(&s, put(1000), NOW) else {
+        panic!("second upload refused: its declared size was reserved")
+    };
+    // One connection has at most MAX_UPLOADS_PER_CONNECTION uploads at once.
+    assert_eq!(MAX_UPLOADS_PER_CONNECTION, 2);
+    assert_eq!(code(f.call(&s, put(10), NOW)), ErrorCode::RateLimited);
+    // Bytes count as they arrive: the store fills at 1500 written bytes.
+    assert!(matches!(
+        f.handler.blob_chunk(&mut a, chunk(1000, true), NOW),
+        Ok(ChunkOutcome::Complete(_))
+    ));
+    let Err(full) = f.handler.blob_chunk(&mut b, chunk(600, true), NOW) else {
+        panic!("over the blob store's limit")
+    };
+    let Some(wire::response::Kind::Error(e)) = full.kind else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::QuotaExceeded as i32);
+    f.handler.blob_abort(b);
+    // A finished or aborted upload gives its place back.
+    drop(a);
+    let Action::BlobUpload(mut c) = f.call(&s, put(400), NOW) else {
+        panic!("places not given back")
+    };
+    // Every upload has an overall deadline, however steadily its chunks arrive.
+    let deadline = NOW + BLOB_UPLOAD_BASE_SECS + 400 / BLOB_UPLOAD_MIN_RATE;
+    assert_eq!(c.deadline, deadline);
+    assert!(matches!(
+        f.handler.blob_chunk(&mut c, chunk(10, false), deadline - 1),
+        Ok(ChunkOutcome::More)
+    ));
+    assert!(
+        f.handler
+            .blob_chunk(&mut c, chunk(10, false), deadline)
+            .is_err()
+    );
+    f.handler.blob_abort(c);
+    // The limit is per connection.
+    assert!(matches!(
+        f.call(&other, put(10), NOW),
+        Action::BlobUpload(_)
+    ));
 }
 
 proptest::proptest! {

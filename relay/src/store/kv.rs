@@ -26,21 +26,29 @@
 //! | `D` directory | org root key | [`DirRec`] |
 //! | `B` blob meta | blob_id | [`BlobRec`] |
 //! | `C` blob chunk | blob_id, chunk index | bytes |
-//! | `G` global counters | name | u64 (total declared blob bytes) |
+//! | `G` global counters | name | u64 (bytes written to all blobs) |
+//! | `Z` mailbox being deleted | recv_id | empty |
 //!
-//! Integers in keys are big-endian so that key order is numeric order. Sequence numbers are
-//! global (one counter for all mailboxes, never reused: the backend's [`KvBackend::seq_floor`]
-//! survives restarts), so they are strictly increasing per mailbox but not dense.
+//! Integers in keys are big-endian so that key order is numeric order.
+//!
+//! Sequence numbers are counted per mailbox (1, 2, 3, ...), so that they say nothing about
+//! other mailboxes. They are never reused: a mailbox's next number is above its newest queued
+//! envelope and at least the floor kept in its [`MailboxRec`] (`next_seq`), which is raised in
+//! the same batch that removes the newest queued envelope (ack, expiry), the only moment the
+//! log alone could forget the highest number handed out. Mailboxes created before numbering
+//! was per mailbox (`own_seq` unset) start above the backend's [`KvBackend::seq_floor`], which
+//! is above every number the old relay-wide counter handed out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use prost::Message;
 
 use super::queue::{Admission, Entry, Queues};
+use super::senders::SenderCache;
 use super::{
-    BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Published,
-    Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys,
+    BlobAppended, BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope,
+    Published, Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys,
 };
 
 /// A batch of writes: `Some(value)` puts, `None` deletes.
@@ -130,6 +138,10 @@ pub struct Candidate {
     pub segments: u64,
     /// Nominal size of a segment in bytes.
     pub segment_size: u64,
+    /// Every segment below this one is sealed (no longer written to) and checkpointed: its
+    /// live envelopes may be copied forward, and once none is left in it and every older
+    /// segment, it is deleted.
+    pub sealed_below: u64,
 }
 
 /// An ordered byte-key store that applies batches atomically, with a log for envelope bodies.
@@ -178,8 +190,10 @@ const T_ONETIME: u8 = b'O';
 const T_DIR: u8 = b'D';
 const T_BLOB: u8 = b'B';
 const T_CHUNK: u8 = b'C';
-/// Key (table `G`, global counters) of the total declared size of all stored blobs, for the
-/// blob-store quota.
+/// A deleted mailbox whose tombstones and one-time prekeys are still being deleted.
+const T_PURGE: u8 = b'Z';
+/// Key (table `G`, global counters) of the bytes written to all stored blobs, for the
+/// blob-store quota (counted as bytes arrive, not when an upload is declared).
 const G_BLOB_BYTES: &[u8] = b"Gblob-bytes";
 
 const X_TOMBSTONE: u8 = 2;
@@ -208,6 +222,12 @@ struct MailboxRec {
     one_time_count: u64,
     #[prost(uint64, tag = "9")]
     one_time_kem_count: u64,
+    /// Set once `next_seq` is this mailbox's own floor (see the module docs).
+    #[prost(bool, tag = "10")]
+    own_seq: bool,
+    /// Tombstones the mailbox holds (at most [`MAX_TOMBSTONES_PER_MAILBOX`]).
+    #[prost(uint64, tag = "11")]
+    tombstones: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -228,6 +248,17 @@ struct BlobRec {
     written: u64,
     #[prost(bool, tag = "4")]
     complete: bool,
+}
+
+/// The newest queued sequence number of the mailbox, if `removed` includes it.
+fn removes_newest(state: &State, recv_id: &Id, removed: &[u64]) -> Option<u64> {
+    let newest = state
+        .queues
+        .queue(recv_id)?
+        .entries
+        .last_key_value()
+        .map(|(&seq, _)| seq)?;
+    removed.contains(&newest).then_some(newest)
 }
 
 fn key(table: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -294,25 +325,56 @@ pub struct KvStore<B> {
 /// What the store lock guards besides the backend's atomic batches.
 struct State {
     queues: Queues,
-    next_seq: u64,
     /// Send id → what a send needs of its mailbox, filled by sends. Every change to a
-    /// mailbox's send id or capabilities (creation aside, which cannot meet a cached id) happens
-    /// under the store lock and removes the entry, so a hit is never stale. A B-tree, so that
-    /// growing it never rehashes under the lock.
-    senders: BTreeMap<Id, Sender>,
+    /// mailbox's send id or capabilities (creation aside, which cannot meet a cached id)
+    /// happens under the store lock and removes the entry, and every change to its sequence
+    /// floor updates the entry, so a hit is never stale.
+    senders: SenderCache<Sender>,
 }
 
 /// A mailbox as a sender sees it.
 struct Sender {
     recv_id: Id,
     capability_hashes: Vec<[u8; 32]>,
+    /// The mailbox's sequence floor ([`KvStore::seq_floor_of`]).
+    seq_floor: u64,
 }
 
-/// Most cached senders; a full cache is emptied and fills again from the sends that follow.
-const SENDER_CACHE_MAX: usize = 1 << 16;
+/// Most cached senders; a full cache evicts one rarely used entry per new sender (CLOCK, see
+/// [`SenderCache`]).
+pub(super) const SENDER_CACHE_MAX: usize = 1 << 16;
 
-/// Most body bytes one compaction step copies forward.
+/// Most tombstones one mailbox holds: an envelope that expires while its mailbox holds this
+/// many leaves none (its state then reads as unknown, as after an ack). Equal to the default
+/// queue limit, so that a full queue that expires at once leaves a tombstone for each.
+pub const MAX_TOMBSTONES_PER_MAILBOX: u64 = 10_000;
+
+/// Most keys one step of a mailbox deletion deletes (tombstones with their expiry index
+/// entries count one each, one-time prekeys one each), so that the store lock is held for a
+/// bounded time.
+pub const PURGE_STEP: usize = 1024;
+
+/// Blob records looked at per step of [`Store::discard_incomplete_blobs`].
+const BLOB_SCAN_PAGE: usize = 1024;
+
+/// Most body bytes one compaction step copies forward (one hold of the store lock to plan,
+/// one to record the copies).
 const COMPACT_STEP_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Most body bytes one sweep copies forward; the sweeper calls again while copies are made.
+const COMPACT_SWEEP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What one [`KvStore::compact_step`] did.
+struct CompactStep {
+    /// Envelopes planned (0: the segment holds none).
+    planned: u64,
+    /// Their bytes (at least 1 if any were planned), counted against the sweep's budget.
+    planned_bytes: u64,
+    /// Envelopes copied.
+    copied: u64,
+    /// Some copy landed in the segment it was copied out of.
+    stayed: bool,
+}
 
 impl<B: KvBackend> std::fmt::Debug for KvStore<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -324,7 +386,6 @@ impl<B: KvBackend> KvStore<B> {
     /// A store over `backend`; rebuilds the envelope queues from the backend's log.
     pub fn new(backend: B) -> Self {
         let mut queues = Queues::default();
-        let mut next_seq = backend.seq_floor().max(1);
         for record in backend.take_recovered() {
             match record {
                 Recovered::Enqueue {
@@ -334,7 +395,6 @@ impl<B: KvBackend> KvStore<B> {
                     expires_at,
                     body,
                 } => {
-                    next_seq = next_seq.max(seq.saturating_add(1));
                     queues.insert(
                         recv_id,
                         seq,
@@ -357,8 +417,7 @@ impl<B: KvBackend> KvStore<B> {
             backend,
             lock: Mutex::new(State {
                 queues,
-                next_seq,
-                senders: BTreeMap::new(),
+                senders: SenderCache::new(SENDER_CACHE_MAX),
             }),
         }
     }
@@ -382,25 +441,115 @@ impl<B: KvBackend> KvStore<B> {
             .transpose()
     }
 
-    /// [`Store::enqueue`] into a mailbox known to exist, under the store lock.
+    /// The lowest sequence number the mailbox may hand out next (see the module docs).
+    fn seq_floor_of(&self, rec: &MailboxRec) -> u64 {
+        if rec.own_seq {
+            rec.next_seq.max(1)
+        } else {
+            rec.next_seq.max(self.backend.seq_floor()).max(1)
+        }
+    }
+
+    /// Raises `rec`'s sequence floor above `newest`, the newest queued envelope of its
+    /// mailbox, which is being removed (see the module docs). Returns whether `rec` changed.
+    fn raise_seq_floor(&self, rec: &mut MailboxRec, newest: u64) -> bool {
+        let floor = self.seq_floor_of(rec).max(newest.saturating_add(1));
+        if rec.own_seq && rec.next_seq == floor {
+            return false;
+        }
+        rec.next_seq = floor;
+        rec.own_seq = true;
+        true
+    }
+
+    /// A mailbox record read once per sweep, from `recs` or the backend.
+    fn cached_rec<'a>(
+        &self,
+        recs: &'a mut BTreeMap<Id, Option<MailboxRec>>,
+        recv_id: &Id,
+    ) -> Result<Option<&'a mut MailboxRec>, StoreError> {
+        let rec = match recs.entry(*recv_id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(self.mailbox_rec(recv_id)?),
+        };
+        Ok(rec.as_mut())
+    }
+
+    /// One bounded step of a mailbox deletion: deletes up to [`PURGE_STEP`] of the deleted
+    /// mailbox's tombstones and one-time prekeys, and its deletion marker once none are left.
+    /// Returns how many tombstones went, and whether the deletion is finished.
+    fn purge_step(&self, recv_id: &Id) -> Result<(u64, bool), StoreError> {
+        let _g = self.guard();
+        let mut batch = Batch::new();
+        let mut tombstones = 0;
+        let mut room = PURGE_STEP;
+        for table in [T_TOMB, T_ONETIME] {
+            let p = key(table, &[recv_id]);
+            let found = self.backend.scan(&p, &prefix_end(&p), room)?;
+            room -= found.len();
+            for (k, v) in found {
+                if table == T_TOMB {
+                    let until = u64_of(&v)?;
+                    let env = k.get(1 + 16..).ok_or(StoreError::Corrupt)?;
+                    batch.push((
+                        key(
+                            T_EXPIRY,
+                            &[&until.to_be_bytes(), &[X_TOMBSTONE], recv_id, env],
+                        ),
+                        None,
+                    ));
+                    tombstones += 1;
+                }
+                batch.push((k, None));
+            }
+        }
+        // A full step may have left more; the next step (which finds none) ends it.
+        let done = room > 0;
+        if done {
+            batch.push((key(T_PURGE, &[recv_id]), None));
+        }
+        self.backend.apply(batch)?;
+        Ok((tombstones, done))
+    }
+
+    /// Finishes the deletions of mailboxes marked in table `Z` (left by a crash during
+    /// [`Store::delete_mailbox`]), a bounded step at a time. Returns the tombstones deleted.
+    fn resume_purges(&self) -> Result<u64, StoreError> {
+        let p = [T_PURGE];
+        let mut tombstones = 0;
+        for (k, _) in self.backend.scan(&p, &prefix_end(&p), 16)? {
+            let recv_id = id_of(k.get(1..).ok_or(StoreError::Corrupt)?)?;
+            loop {
+                let (n, done) = self.purge_step(&recv_id)?;
+                tombstones += n;
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(tombstones)
+    }
+
+    /// [`Store::enqueue`] into a mailbox known to exist, whose sequence floor is `floor`,
+    /// under the store lock.
     fn enqueue_locked(
         &self,
         state: &mut State,
         recv_id: &Id,
+        floor: u64,
         envelope: &NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<Enqueued, StoreError> {
-        let seq = state.next_seq;
         let len = envelope.ciphertext.len() as u64;
         let admitted = state.queues.insert_new(
             *recv_id,
-            seq,
+            floor,
             envelope.envelope_id,
             envelope.expires_at,
             |count, bytes| {
                 count < quota.max_envelopes && bytes.saturating_add(len) <= quota.max_bytes
             },
-            || {
+            |seq| {
                 let op = LogOp::Enqueue {
                     recv_id: *recv_id,
                     seq,
@@ -415,10 +564,7 @@ impl<B: KvBackend> KvStore<B> {
             },
         )?;
         Ok(match admitted {
-            Admission::Queued => {
-                state.next_seq = seq + 1;
-                Enqueued::Queued(seq)
-            }
+            Admission::Queued(seq) => Enqueued::Queued(seq),
             Admission::Duplicate => Enqueued::Duplicate,
             Admission::OverQuota => Enqueued::QuotaExceeded,
         })
@@ -430,31 +576,85 @@ impl<B: KvBackend> KvStore<B> {
         Ok(m)
     }
 
-    /// Copies up to [`COMPACT_STEP_BYTES`] of live envelopes out of the oldest log segment if
-    /// that segment is mostly dead, or if the log holds much more than the live envelopes.
-    /// Returns how many were copied. Bodies are read without holding the store lock.
-    fn compact_step(&self) -> Result<u64, StoreError> {
+    /// The sealed segments whose live envelopes one sweep copies forward, oldest first (see
+    /// [`Self::compact_log`]).
+    fn compaction_plan(&self, c: &Candidate) -> Vec<u64> {
+        let state = self.guard();
+        let size = c.segment_size.max(1);
+        let log_bytes = c.segments.saturating_mul(size);
+        // Beyond this the log is bloated: twice the live bytes plus two segments.
+        let bound = state
+            .queues
+            .total_bytes()
+            .saturating_mul(2)
+            .saturating_add(size.saturating_mul(2));
+        let mut excess = log_bytes.saturating_sub(bound);
+        let mut freed_up_to = c.segment;
+        let mut plan = Vec::new();
+        let mut planned_bytes = 0u64;
+        for (segment, live) in state.queues.live_segments() {
+            if segment >= c.sealed_below || planned_bytes >= COMPACT_SWEEP_BYTES {
+                break;
+            }
+            let mostly_dead = live.bytes.saturating_mul(2) <= size;
+            if !mostly_dead && excess == 0 {
+                // Segments are deleted from the oldest end: copying out of younger ones
+                // behind this one would free nothing.
+                break;
+            }
+            // Copying this one out frees it and the dead segments before it.
+            let frees = segment.saturating_add(1).saturating_sub(freed_up_to);
+            excess = excess.saturating_sub(frees.saturating_mul(size));
+            freed_up_to = segment.saturating_add(1);
+            planned_bytes = planned_bytes.saturating_add(live.bytes);
+            plan.push(segment);
+        }
+        plan
+    }
+
+    /// Copies the live envelopes of the oldest sealed segments forward, so that the next sync
+    /// can delete those segments: every segment of the oldest-end run that is at most half
+    /// live, and, while the log is larger than twice the live bytes plus two segments, the
+    /// oldest segments whatever their live share. At most [`COMPACT_SWEEP_BYTES`] per call,
+    /// in steps of at most [`COMPACT_STEP_BYTES`], each holding the store lock only to plan
+    /// and to record; bodies are read without it. Returns how many envelopes were copied.
+    ///
+    /// So the log stays within about twice the live bytes plus a few segments, plus what is
+    /// written between two sweeps, whatever the pattern: a long-lived envelope costs one copy
+    /// when its segment is mostly dead, not the whole log behind it.
+    fn compact_log(&self) -> Result<u64, StoreError> {
         let Some(c) = self.backend.compaction_candidate() else {
             return Ok(0);
         };
+        let plan = self.compaction_plan(&c);
+        let mut copied = 0u64;
+        let mut budget = COMPACT_SWEEP_BYTES;
+        for segment in plan {
+            loop {
+                let step = self.compact_step(segment, budget.min(COMPACT_STEP_BYTES))?;
+                copied += step.copied;
+                budget = budget.saturating_sub(step.planned_bytes);
+                // A backend that writes copies into the segment they came from (none of ours
+                // does: copies go to the active segment) would make no progress.
+                if step.planned == 0 || budget == 0 || step.stayed {
+                    break;
+                }
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Copies up to `max_bytes` of the live envelopes of `segment` forward.
+    fn compact_step(&self, segment: u64, max_bytes: u64) -> Result<CompactStep, StoreError> {
         let planned: Vec<(Id, u64, Entry)> = {
             let state = self.guard();
-            let live = state.queues.live_in(c.segment);
-            let mostly_dead = live.bytes.saturating_mul(2) <= c.segment_size;
-            let log_bytes = c.segments.saturating_mul(c.segment_size);
-            let bloated = log_bytes
-                > state
-                    .queues
-                    .total_bytes()
-                    .saturating_mul(2)
-                    .saturating_add(c.segment_size.saturating_mul(2));
-            if live.count == 0 || (!mostly_dead && !bloated) {
-                return Ok(0);
-            }
             let mut bytes = 0u64;
             let mut planned = Vec::new();
-            for (recv_id, seq) in state.queues.in_segment(c.segment, 65_536) {
-                if bytes >= COMPACT_STEP_BYTES {
+            for (recv_id, seq) in state.queues.in_segment(segment, 65_536) {
+                if bytes >= max_bytes {
                     break;
                 }
                 if let Some(entry) = state
@@ -468,6 +668,19 @@ impl<B: KvBackend> KvStore<B> {
             }
             planned
         };
+        let mut step = CompactStep {
+            planned: planned.len() as u64,
+            planned_bytes: planned
+                .iter()
+                .map(|(_, _, e)| u64::from(e.body.len))
+                .sum::<u64>()
+                .max(1),
+            copied: 0,
+            stayed: false,
+        };
+        if planned.is_empty() {
+            return Ok(step);
+        }
         let mut read = Vec::with_capacity(planned.len());
         for (recv_id, seq, entry) in planned {
             // `None`: removed meanwhile and its segment already reclaimed.
@@ -481,7 +694,7 @@ impl<B: KvBackend> KvStore<B> {
             state.queues.queue(recv_id).and_then(|q| q.entries.get(seq)) == Some(entry)
         });
         if read.is_empty() {
-            return Ok(0);
+            return Ok(step);
         }
         let ops: Vec<LogOp<'_>> = read
             .iter()
@@ -495,11 +708,13 @@ impl<B: KvBackend> KvStore<B> {
             .collect();
         let refs = self.backend.apply_logged(Batch::new(), &ops)?;
         for ((recv_id, seq, entry, _), body) in read.iter().zip(refs) {
+            step.stayed |= body.segment == segment;
             state
                 .queues
                 .insert(*recv_id, *seq, Entry { body, ..*entry });
         }
-        Ok(read.len() as u64)
+        step.copied = read.len() as u64;
+        Ok(step)
     }
 
     fn blob_rec(&self, blob_id: &Id) -> Result<Option<BlobRec>, StoreError> {
@@ -551,7 +766,10 @@ impl<B: KvBackend> Store for KvStore<B> {
         let _g = self.guard();
         let send_key = key(T_SEND, &[&mailbox.send_id]);
         let mailbox_key = key(T_MAILBOX, &[recv_id]);
-        if self.backend.get(&mailbox_key)?.is_some() || self.backend.get(&send_key)?.is_some() {
+        if self.backend.get(&mailbox_key)?.is_some()
+            || self.backend.get(&send_key)?.is_some()
+            || self.backend.get(&key(T_PURGE, &[recv_id]))?.is_some()
+        {
             return Ok(false);
         }
         let rec = MailboxRec {
@@ -563,6 +781,7 @@ impl<B: KvBackend> Store for KvStore<B> {
                 .map(|h| h.to_vec())
                 .collect(),
             next_seq: 1,
+            own_seq: true,
             ..MailboxRec::default()
         };
         self.backend.apply(vec![
@@ -601,36 +820,27 @@ impl<B: KvBackend> Store for KvStore<B> {
     }
 
     fn delete_mailbox(&self, recv_id: &Id) -> Result<bool, StoreError> {
-        let mut state = self.guard();
-        let Some(rec) = self.mailbox_rec(recv_id)? else {
-            return Ok(false);
-        };
-        let mut batch: Batch = vec![
-            (key(T_MAILBOX, &[recv_id]), None),
-            (key(T_SEND, &[&rec.send_id]), None),
-            (key(T_BUNDLE, &[recv_id]), None),
-        ];
-        for table in [T_TOMB, T_ONETIME] {
-            let p = key(table, &[recv_id]);
-            for (k, v) in self.backend.scan(&p, &prefix_end(&p), usize::MAX)? {
-                if table == T_TOMB {
-                    let until = u64_of(&v)?;
-                    let env = k.get(1 + 16..).ok_or(StoreError::Corrupt)?;
-                    batch.push((
-                        key(
-                            T_EXPIRY,
-                            &[&until.to_be_bytes(), &[X_TOMBSTONE], recv_id, env],
-                        ),
-                        None,
-                    ));
-                }
-                batch.push((k, None));
-            }
+        // First the mailbox, its send id, bundle and queue, with a marker, in one atomic step;
+        // then its tombstones and one-time prekeys in bounded steps (finished by the sweeper
+        // if the relay stops meanwhile). A re-created mailbox cannot take the id before the
+        // marker is gone.
+        {
+            let mut state = self.guard();
+            let Some(rec) = self.mailbox_rec(recv_id)? else {
+                return Ok(false);
+            };
+            let batch: Batch = vec![
+                (key(T_MAILBOX, &[recv_id]), None),
+                (key(T_SEND, &[&rec.send_id]), None),
+                (key(T_BUNDLE, &[recv_id]), None),
+                (key(T_PURGE, &[recv_id]), Some(Vec::new())),
+            ];
+            self.backend
+                .apply_logged(batch, &[LogOp::DropMailbox { recv_id: *recv_id }])?;
+            state.queues.drop_mailbox(recv_id);
+            state.senders.remove(&id_of(&rec.send_id)?);
         }
-        self.backend
-            .apply_logged(batch, &[LogOp::DropMailbox { recv_id: *recv_id }])?;
-        state.queues.drop_mailbox(recv_id);
-        state.senders.remove(&id_of(&rec.send_id)?);
+        while !self.purge_step(recv_id)?.1 {}
         Ok(true)
     }
 
@@ -641,10 +851,11 @@ impl<B: KvBackend> Store for KvStore<B> {
         quota: MailboxQuota,
     ) -> Result<Enqueued, StoreError> {
         let mut state = self.guard();
-        if self.mailbox_rec(recv_id)?.is_none() {
+        let Some(rec) = self.mailbox_rec(recv_id)? else {
             return Ok(Enqueued::NoMailbox);
-        }
-        self.enqueue_locked(&mut state, recv_id, envelope, quota)
+        };
+        let floor = self.seq_floor_of(&rec);
+        self.enqueue_locked(&mut state, recv_id, floor, envelope, quota)
     }
 
     fn enqueue_for_sender(
@@ -655,8 +866,12 @@ impl<B: KvBackend> Store for KvStore<B> {
         quota: MailboxQuota,
     ) -> Result<SenderEnqueued, StoreError> {
         let mut state = self.guard();
-        let (recv_id, admitted) = match state.senders.get(send_id) {
-            Some(sender) => (sender.recv_id, admit(&sender.capability_hashes)),
+        let (recv_id, floor, admitted) = match state.senders.get(send_id) {
+            Some(sender) => (
+                sender.recv_id,
+                sender.seq_floor,
+                admit(&sender.capability_hashes),
+            ),
             None => {
                 let Some(recv) = self.backend.get(&key(T_SEND, &[send_id]))? else {
                     return Ok(SenderEnqueued::NoMailbox);
@@ -668,20 +883,39 @@ impl<B: KvBackend> Store for KvStore<B> {
                 let sender = Sender {
                     recv_id,
                     capability_hashes: rec.to_mailbox()?.capability_hashes,
+                    seq_floor: self.seq_floor_of(&rec),
                 };
+                let floor = sender.seq_floor;
                 let admitted = admit(&sender.capability_hashes);
-                if state.senders.len() >= SENDER_CACHE_MAX {
-                    state.senders.clear();
-                }
                 state.senders.insert(*send_id, sender);
-                (recv_id, admitted)
+                (recv_id, floor, admitted)
             }
         };
         if !admitted {
             return Ok(SenderEnqueued::Refused);
         }
-        let outcome = self.enqueue_locked(&mut state, &recv_id, envelope, quota)?;
+        let outcome = self.enqueue_locked(&mut state, &recv_id, floor, envelope, quota)?;
         Ok(SenderEnqueued::Mailbox(recv_id, outcome))
+    }
+
+    fn try_enqueue_for_sender(
+        &self,
+        send_id: &Id,
+        admit: &dyn Fn(&[[u8; 32]]) -> bool,
+        envelope: &NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Option<Result<SenderEnqueued, StoreError>> {
+        let mut state = self.guard();
+        let sender = state.senders.get(send_id)?;
+        let (recv_id, floor) = (sender.recv_id, sender.seq_floor);
+        if !admit(&sender.capability_hashes) {
+            return Some(Ok(SenderEnqueued::Refused));
+        }
+        // Appends to the backend's in-memory log buffer; the disk write is the commit's.
+        Some(
+            self.enqueue_locked(&mut state, &recv_id, floor, envelope, quota)
+                .map(|outcome| SenderEnqueued::Mailbox(recv_id, outcome)),
+        )
     }
 
     fn fetch(
@@ -707,10 +941,27 @@ impl<B: KvBackend> Store for KvStore<B> {
         };
         let more = found.len() > limit;
         let mut out = Vec::with_capacity(found.len().min(limit));
-        for (seq, entry) in found.into_iter().take(limit) {
-            // Bodies are read outside the lock; one whose segment was reclaimed meanwhile was
-            // acked or expired since, and is skipped.
-            let Some(ciphertext) = self.backend.read_body(&entry.body)? else {
+        for (seq, mut entry) in found.into_iter().take(limit) {
+            // Bodies are read outside the lock. A body whose segment was reclaimed meanwhile
+            // was either removed (acked, expired, mailbox deleted: skipped) or copied forward
+            // by compaction before its old segment went: then the index holds its new place,
+            // and the body is read from there.
+            let ciphertext = loop {
+                if let Some(body) = self.backend.read_body(&entry.body)? {
+                    break Some(body);
+                }
+                let moved = self
+                    .guard()
+                    .queues
+                    .queue(recv_id)
+                    .and_then(|q| q.entries.get(&seq))
+                    .copied();
+                match moved {
+                    Some(now_at) if now_at.body != entry.body => entry = now_at,
+                    _ => break None,
+                }
+            };
+            let Some(ciphertext) = ciphertext else {
                 continue;
             };
             out.push(Queued {
@@ -739,6 +990,18 @@ impl<B: KvBackend> Store for KvStore<B> {
         if seqs.is_empty() {
             return Ok(0);
         }
+        let mut batch = Batch::new();
+        if let Some(newest) = removes_newest(&state, recv_id, &seqs)
+            && let Some(mut rec) = self.mailbox_rec(recv_id)?
+            && self.raise_seq_floor(&mut rec, newest)
+        {
+            batch.push((key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())));
+            // The cached sender, if any, gets the new floor.
+            let floor = rec.next_seq;
+            state
+                .senders
+                .update(&id_of(&rec.send_id)?, |s| s.seq_floor = floor);
+        }
         let ops: Vec<LogOp<'_>> = seqs
             .iter()
             .map(|seq| LogOp::Remove {
@@ -746,7 +1009,7 @@ impl<B: KvBackend> Store for KvStore<B> {
                 seq: *seq,
             })
             .collect();
-        self.backend.apply_logged(Batch::new(), &ops)?;
+        self.backend.apply_logged(batch, &ops)?;
         for seq in &seqs {
             state.queues.remove(recv_id, *seq);
         }
@@ -893,6 +1156,7 @@ impl<B: KvBackend> Store for KvStore<B> {
         if self.backend.get(&k)?.is_some() {
             return Ok(BlobBegun::IdTaken);
         }
+        // Refused early if it could not fit now; nothing is reserved until bytes arrive.
         let total = self.blob_total()?;
         if total.saturating_add(size) > max_total {
             return Ok(BlobBegun::QuotaExceeded);
@@ -909,21 +1173,26 @@ impl<B: KvBackend> Store for KvStore<B> {
                 key(T_EXPIRY, &[&expires_at.to_be_bytes(), &[X_BLOB], blob_id]),
                 Some(Vec::new()),
             ),
-            (
-                G_BLOB_BYTES.to_vec(),
-                Some((total + size).to_be_bytes().to_vec()),
-            ),
         ])?;
         Ok(BlobBegun::Started)
     }
 
-    fn blob_append(&self, blob_id: &Id, data: &[u8]) -> Result<bool, StoreError> {
+    fn blob_append(
+        &self,
+        blob_id: &Id,
+        data: &[u8],
+        max_total: u64,
+    ) -> Result<BlobAppended, StoreError> {
         let _g = self.guard();
         let Some(mut rec) = self.blob_rec(blob_id)? else {
-            return Ok(false);
+            return Ok(BlobAppended::Refused);
         };
         if rec.complete || rec.written.saturating_add(data.len() as u64) > rec.size {
-            return Ok(false);
+            return Ok(BlobAppended::Refused);
+        }
+        let total = self.blob_total()?.saturating_add(data.len() as u64);
+        if total > max_total {
+            return Ok(BlobAppended::QuotaExceeded);
         }
         let chunk_len = BLOB_STORE_CHUNK as u64;
         let mut batch = Batch::new();
@@ -947,8 +1216,9 @@ impl<B: KvBackend> Store for KvStore<B> {
             rest = &rest[take..];
         }
         batch.push((key(T_BLOB, &[blob_id]), Some(rec.encode_to_vec())));
+        batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
         self.backend.apply(batch)?;
-        Ok(true)
+        Ok(BlobAppended::Appended)
     }
 
     fn blob_complete(&self, blob_id: &Id) -> Result<bool, StoreError> {
@@ -1004,20 +1274,81 @@ impl<B: KvBackend> Store for KvStore<B> {
         if let Some(rec) = self.blob_rec(blob_id)? {
             let mut batch = Batch::new();
             self.delete_blob_batch(&mut batch, blob_id, &rec);
-            let total = self.blob_total()?.saturating_sub(rec.size);
+            let total = self.blob_total()?.saturating_sub(rec.written);
             batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
             self.backend.apply(batch)?;
         }
         Ok(())
     }
 
+    fn discard_incomplete_blobs(&self) -> Result<u64, StoreError> {
+        // In pages, each under the lock for a bounded time. The total is recounted from the
+        // blobs that stay, which also corrects a total kept by an older version (which
+        // counted declared sizes from the start of each upload).
+        let mut discarded = 0;
+        let mut total = 0u64;
+        let end = [T_BLOB + 1];
+        let mut from = vec![T_BLOB];
+        loop {
+            let _g = self.guard();
+            let page = self.backend.scan(&from, &end, BLOB_SCAN_PAGE)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            from = last.clone();
+            from.push(0);
+            let mut batch = Batch::new();
+            for (k, v) in &page {
+                let rec: BlobRec = decode(v)?;
+                if rec.complete {
+                    total = total.saturating_add(rec.written);
+                } else {
+                    let blob_id = id_of(k.get(1..).ok_or(StoreError::Corrupt)?)?;
+                    self.delete_blob_batch(&mut batch, &blob_id, &rec);
+                    discarded += 1;
+                }
+            }
+            if !batch.is_empty() {
+                self.backend.apply(batch)?;
+            }
+        }
+        let _g = self.guard();
+        self.backend.apply(vec![(
+            G_BLOB_BYTES.to_vec(),
+            Some(total.to_be_bytes().to_vec()),
+        )])?;
+        Ok(discarded)
+    }
+
     fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError> {
-        let mut state = self.guard();
         let mut swept = Swept::default();
+        // A mailbox deletion interrupted by a crash is finished here, a step at a time.
+        swept.tombstones += self.resume_purges()?;
+        let mut state = self.guard();
         let mut batch = Batch::new();
         let mut ops = Vec::new();
+        // Mailbox records this sweep changes (sequence floor, tombstone count), written once
+        // each at the end; `None`: deleted.
+        let mut recs: BTreeMap<Id, Option<MailboxRec>> = BTreeMap::new();
+        let mut changed: BTreeSet<Id> = BTreeSet::new();
+        // Tombstone keys this sweep writes.
+        let mut tombs_written: BTreeSet<Vec<u8>> = BTreeSet::new();
         let until = now.saturating_add(tombstone_secs);
         let expired = state.queues.expired(now, budget);
+        let mut by_mailbox: BTreeMap<Id, Vec<u64>> = BTreeMap::new();
+        for (recv_id, seq) in &expired {
+            by_mailbox.entry(*recv_id).or_default().push(*seq);
+        }
+        for (recv_id, seqs) in &by_mailbox {
+            if let Some(newest) = removes_newest(&state, recv_id, seqs) {
+                let rec = self.cached_rec(&mut recs, recv_id)?;
+                if let Some(rec) = rec
+                    && self.raise_seq_floor(rec, newest)
+                {
+                    changed.insert(*recv_id);
+                }
+            }
+        }
         for (recv_id, seq) in &expired {
             let Some(entry) = state.queues.queue(recv_id).and_then(|q| q.entries.get(seq)) else {
                 continue;
@@ -1026,10 +1357,24 @@ impl<B: KvBackend> Store for KvStore<B> {
                 recv_id: *recv_id,
                 seq: *seq,
             });
-            batch.push((
-                key(T_TOMB, &[recv_id, &entry.envelope_id]),
-                Some(until.to_be_bytes().to_vec()),
-            ));
+            swept.envelopes += 1;
+            // A tombstone, unless the mailbox holds its most already (then the envelope's
+            // state reads as unknown, as after an ack). A tombstone rewritten for a reused
+            // envelope id counts once.
+            let tomb = key(T_TOMB, &[recv_id, &entry.envelope_id]);
+            let Some(rec) = self.cached_rec(&mut recs, recv_id)? else {
+                continue;
+            };
+            let rewritten = tombs_written.contains(&tomb) || self.backend.get(&tomb)?.is_some();
+            if !rewritten {
+                if rec.tombstones >= MAX_TOMBSTONES_PER_MAILBOX {
+                    continue;
+                }
+                rec.tombstones += 1;
+                changed.insert(*recv_id);
+            }
+            tombs_written.insert(tomb.clone());
+            batch.push((tomb, Some(until.to_be_bytes().to_vec())));
             batch.push((
                 key(
                     T_EXPIRY,
@@ -1042,7 +1387,6 @@ impl<B: KvBackend> Store for KvStore<B> {
                 ),
                 Some(Vec::new()),
             ));
-            swept.envelopes += 1;
         }
         let start = [T_EXPIRY];
         let end = key(T_EXPIRY, &[&now.saturating_add(1).to_be_bytes()]);
@@ -1061,13 +1405,18 @@ impl<B: KvBackend> Store for KvStore<B> {
                     {
                         batch.push((tomb, None));
                         swept.tombstones += 1;
+                        let recv_id = id_of(rest.get(..16).ok_or(StoreError::Corrupt)?)?;
+                        if let Some(rec) = self.cached_rec(&mut recs, &recv_id)? {
+                            rec.tombstones = rec.tombstones.saturating_sub(1);
+                            changed.insert(recv_id);
+                        }
                     }
                 }
                 X_BLOB => {
                     let blob_id = id_of(rest)?;
                     if let Some(rec) = self.blob_rec(&blob_id)? {
                         self.delete_blob_batch(&mut batch, &blob_id, &rec);
-                        blob_bytes_freed += rec.size;
+                        blob_bytes_freed += rec.written;
                         swept.blobs += 1;
                     }
                 }
@@ -1078,6 +1427,16 @@ impl<B: KvBackend> Store for KvStore<B> {
             let total = self.blob_total()?.saturating_sub(blob_bytes_freed);
             batch.push((G_BLOB_BYTES.to_vec(), Some(total.to_be_bytes().to_vec())));
         }
+        for recv_id in &changed {
+            if let Some(Some(rec)) = recs.get(recv_id) {
+                batch.push((key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())));
+                // The cached sender, if any, gets the new sequence floor.
+                let floor = self.seq_floor_of(rec);
+                state
+                    .senders
+                    .update(&id_of(&rec.send_id)?, |s| s.seq_floor = floor);
+            }
+        }
         if !batch.is_empty() || !ops.is_empty() {
             self.backend.apply_logged(batch, &ops)?;
             for (recv_id, seq) in &expired {
@@ -1085,7 +1444,7 @@ impl<B: KvBackend> Store for KvStore<B> {
             }
         }
         drop(state);
-        swept.compacted = self.compact_step()?;
+        swept.compacted = self.compact_log()?;
         Ok(swept)
     }
 
@@ -1094,6 +1453,10 @@ impl<B: KvBackend> Store for KvStore<B> {
         // what this sync makes durable, so segments older than this are safe to reclaim.
         let oldest_live = self.guard().queues.oldest_live_segment();
         self.backend.sync(oldest_live)
+    }
+
+    fn compact(&self) -> Result<u64, StoreError> {
+        self.compact_log()
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {

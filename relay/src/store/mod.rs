@@ -1,7 +1,7 @@
 //! Storage behind the request handler.
 //!
 //! [`Store`] is the contract between the sans-IO [`Handler`](crate::handler::Handler) and a
-//! storage backend. Two implementations ship: [`SledStore`] (embedded, durable, the default) and
+//! storage backend. Two implementations ship: [`DiskStore`] (embedded, durable, the default) and
 //! [`MemoryStore`] (an in-memory twin for tests and benches). Both are a [`KvStore`] over an
 //! ordered key-value [`KvBackend`]; a shared SQL backend (PostgreSQL) would implement [`Store`]
 //! directly with one transaction per method.
@@ -29,15 +29,17 @@
 //!   tokio's blocking pool, so a networked backend may block on round trips too.
 
 mod kv;
+mod log;
 mod memory;
 mod queue;
-mod sled_backend;
+mod senders;
 
+pub use self::log::{DEFAULT_WAL_SIZE, LogBackend, MIN_WAL_SIZE};
 pub use kv::{
-    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp, Recovered,
+    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp,
+    MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
 };
 pub use memory::MemoryBackend;
-pub use sled_backend::{DEFAULT_WAL_SIZE, MIN_WAL_SIZE, SledBackend};
 
 use thiserror::Error;
 
@@ -45,9 +47,9 @@ use thiserror::Error;
 pub type Id = [u8; handover_proto::limits::ID_LEN];
 
 /// The embedded, durable store (envelope log segments plus sled; see docs/OPERATIONS.md).
-pub type SledStore = KvStore<SledBackend>;
+pub type DiskStore = KvStore<LogBackend>;
 
-/// The in-memory twin of [`SledStore`] for tests and benches. `sync` is a no-op.
+/// The in-memory twin of [`DiskStore`] for tests and benches. `sync` is a no-op.
 pub type MemoryStore = KvStore<MemoryBackend>;
 
 /// A storage failure.
@@ -180,6 +182,17 @@ pub struct BlobMeta {
     pub complete: bool,
 }
 
+/// Outcome of [`Store::blob_append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobAppended {
+    /// Written.
+    Appended,
+    /// The blob is unknown or complete, or would grow past its declared size; nothing changed.
+    Refused,
+    /// The bytes written to all blobs would exceed the blob store's limit; nothing changed.
+    QuotaExceeded,
+}
+
 /// Outcome of [`Store::blob_begin`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobBegun {
@@ -194,14 +207,16 @@ pub enum BlobBegun {
 /// What one [`Store::sweep`] call removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
-    /// Expired envelopes deleted (each leaves a tombstone).
+    /// Expired envelopes deleted (each leaves a tombstone while its mailbox holds fewer than
+    /// [`MAX_TOMBSTONES_PER_MAILBOX`]).
     pub envelopes: u64,
-    /// Expired tombstones deleted.
+    /// Tombstones deleted: expired ones, and those of a deleted mailbox whose deletion was
+    /// interrupted.
     pub tombstones: u64,
     /// Expired (or abandoned) blobs deleted.
     pub blobs: u64,
-    /// Queued envelopes copied out of a mostly dead log segment so it can be reclaimed (the
-    /// copies become durable with the next sync).
+    /// Queued envelopes copied out of old log segments so that they can be reclaimed (the
+    /// copies become durable with the next sync; see [`Store::compact`]).
     pub compacted: u64,
 }
 
@@ -238,6 +253,19 @@ pub trait Store: Send + Sync + 'static {
         envelope: &NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<SenderEnqueued, StoreError>;
+    /// [`Store::enqueue_for_sender`] if it can be done without storage I/O that may block
+    /// (for [`KvStore`]: the send id is in its sender cache); otherwise `None`, and nothing
+    /// changed. The relay calls it on the async workers that drive QUIC and, on `None`, calls
+    /// `enqueue_for_sender` on the blocking pool. The default always says `None`.
+    fn try_enqueue_for_sender(
+        &self,
+        _send_id: &Id,
+        _admit: &dyn Fn(&[[u8; 32]]) -> bool,
+        _envelope: &NewEnvelope,
+        _quota: MailboxQuota,
+    ) -> Option<Result<SenderEnqueued, StoreError>> {
+        None
+    }
     /// Up to `limit` unexpired envelopes with `seq > after_seq`, oldest first, and whether more
     /// follow.
     fn fetch(
@@ -282,8 +310,9 @@ pub trait Store: Send + Sync + 'static {
     /// All directory profiles (the directory of one network is small).
     fn directory_all(&self) -> Result<Vec<Vec<u8>>, StoreError>;
 
-    /// Starts a blob upload, reserving `size` bytes of the blob store, whose total declared size
-    /// must stay within `max_total`.
+    /// Starts a blob upload of `size` bytes. Refused if the bytes written to all blobs plus
+    /// `size` exceed `max_total`; nothing is reserved: [`Store::blob_append`] counts bytes as
+    /// they arrive, so a slow or abandoned upload holds only what it wrote.
     fn blob_begin(
         &self,
         blob_id: &Id,
@@ -291,9 +320,14 @@ pub trait Store: Send + Sync + 'static {
         expires_at: u64,
         max_total: u64,
     ) -> Result<BlobBegun, StoreError>;
-    /// Appends bytes to an incomplete blob. Returns `false` if the blob is unknown, complete,
-    /// or would grow past its declared size.
-    fn blob_append(&self, blob_id: &Id, data: &[u8]) -> Result<bool, StoreError>;
+    /// Appends bytes to an incomplete blob, keeping the bytes written to all blobs within
+    /// `max_total`.
+    fn blob_append(
+        &self,
+        blob_id: &Id,
+        data: &[u8],
+        max_total: u64,
+    ) -> Result<BlobAppended, StoreError>;
     /// Marks a blob complete. Returns `false` unless exactly the declared size was written.
     fn blob_complete(&self, blob_id: &Id) -> Result<bool, StoreError>;
     /// A blob's metadata.
@@ -302,10 +336,19 @@ pub trait Store: Send + Sync + 'static {
     fn blob_read(&self, blob_id: &Id, offset: u64, max: usize) -> Result<Vec<u8>, StoreError>;
     /// Deletes a blob (for example an abandoned upload).
     fn blob_delete(&self, blob_id: &Id) -> Result<(), StoreError>;
+    /// Deletes every incomplete blob: called once when the relay starts, before it serves, since
+    /// no upload survives a restart. Returns how many were deleted.
+    fn discard_incomplete_blobs(&self) -> Result<u64, StoreError>;
 
     /// Deletes up to `budget` expired items through the expiry index. Expired envelopes leave a
     /// tombstone until `now + tombstone_secs`.
     fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError>;
+    /// Copies live envelopes out of mostly dead log segments so that they can be reclaimed,
+    /// as [`Store::sweep`] also does, without expiring anything; the copies become durable
+    /// with the next sync. Returns how many were copied. The default copies nothing.
+    fn compact(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     /// Makes every mutation that returned before this call durable (see the module docs).
     fn sync(&self) -> Result<(), StoreError>;
     /// Like [`Store::sync`], and also compacts whatever the backend keeps for recovery (for

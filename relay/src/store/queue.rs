@@ -43,7 +43,8 @@ pub(super) struct Live {
 /// What [`Queues::insert_new`] did with an envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Admission {
-    Queued,
+    /// Queued at this sequence number.
+    Queued(u64),
     /// The mailbox already holds an envelope with this id.
     Duplicate,
     /// The quota check refused it.
@@ -84,59 +85,63 @@ impl Queues {
         self.index(recv_id, seq, &entry);
     }
 
-    /// Queues a new envelope at `seq`, which must be above every queued one, unless the
-    /// mailbox already holds one with the same id or `within_quota(count, bytes)` (what the
-    /// mailbox holds now) refuses it. `place` writes the envelope to the log and says where its
-    /// body went; it runs only for an admitted envelope, and if it fails nothing is queued.
+    /// Queues a new envelope at the mailbox's next sequence number (above every queued one
+    /// and at least `floor`), unless the mailbox already holds one with the same id or
+    /// `within_quota(count, bytes)` (what the mailbox holds now) refuses it. `place` writes the envelope to the log and says where its
+    /// body went, given the sequence number; it runs only for an admitted envelope, and if it
+    /// fails nothing is queued.
     /// One descent of the mailbox's envelope-id tree serves both the duplicate check and the
     /// insert (the send path; [`Self::insert`] is for replays and rewritten copies).
     pub(super) fn insert_new(
         &mut self,
         recv_id: Id,
-        seq: u64,
+        floor: u64,
         envelope_id: Id,
         expires_at: u64,
         within_quota: impl FnOnce(u64, u64) -> bool,
-        place: impl FnOnce() -> Result<BodyRef, StoreError>,
+        place: impl FnOnce(u64) -> Result<BodyRef, StoreError>,
     ) -> Result<Admission, StoreError> {
         let entry = |body| Entry {
             envelope_id,
             expires_at,
             body,
         };
-        let entry = match self.queues.get_mut(&recv_id) {
+        let (seq, entry) = match self.queues.get_mut(&recv_id) {
             Some(Queue {
                 entries,
                 by_id,
                 bytes,
             }) => {
-                debug_assert!(entries.last_key_value().is_none_or(|(&last, _)| last < seq));
                 let btree_map::Entry::Vacant(slot) = by_id.entry(envelope_id) else {
                     return Ok(Admission::Duplicate);
                 };
                 if !within_quota(entries.len() as u64, *bytes) {
                     return Ok(Admission::OverQuota);
                 }
-                let entry = entry(place()?);
+                let seq = entries
+                    .last_key_value()
+                    .map_or(floor, |(&last, _)| floor.max(last.saturating_add(1)));
+                let entry = entry(place(seq)?);
                 slot.insert(seq);
                 entries.insert(seq, entry);
                 *bytes += u64::from(entry.body.len);
-                entry
+                (seq, entry)
             }
             None => {
                 if !within_quota(0, 0) {
                     return Ok(Admission::OverQuota);
                 }
-                let entry = entry(place()?);
+                let seq = floor;
+                let entry = entry(place(seq)?);
                 let q = self.queues.entry(recv_id).or_default();
                 q.entries.insert(seq, entry);
                 q.by_id.insert(envelope_id, seq);
                 q.bytes = u64::from(entry.body.len);
-                entry
+                (seq, entry)
             }
         };
         self.index(recv_id, seq, &entry);
-        Ok(Admission::Queued)
+        Ok(Admission::Queued(seq))
     }
 
     /// Adds a queued entry to the indexes across mailboxes.
@@ -201,7 +206,13 @@ impl Queues {
         self.live.keys().next().copied()
     }
 
+    /// Segments holding queued envelopes, oldest first, with what each holds.
+    pub(super) fn live_segments(&self) -> impl Iterator<Item = (u64, Live)> + '_ {
+        self.live.iter().map(|(s, l)| (*s, *l))
+    }
+
     /// Live envelopes in `segment`.
+    #[cfg(test)]
     pub(super) fn live_in(&self, segment: u64) -> Live {
         self.live.get(&segment).copied().unwrap_or_default()
     }
@@ -277,7 +288,7 @@ mod tests {
         let mut q = Queues::default();
         let a = [1u8; 16];
         let placed = |n: u8, segment: u64| {
-            move || {
+            move |_seq: u64| {
                 Ok(BodyRef {
                     segment,
                     offset: u64::from(n) * 100,
@@ -285,8 +296,8 @@ mod tests {
                 })
             }
         };
-        let never = || -> Result<BodyRef, StoreError> { panic!("placed a refused envelope") };
-        let failing = || -> Result<BodyRef, StoreError> { Err(StoreError::Corrupt) };
+        let never = |_: u64| -> Result<BodyRef, StoreError> { panic!("placed a refused envelope") };
+        let failing = |_: u64| -> Result<BodyRef, StoreError> { Err(StoreError::Corrupt) };
 
         // A failed log write queues nothing, not even an empty queue for the mailbox.
         assert!(
@@ -303,12 +314,13 @@ mod tests {
         assert_eq!(
             q.insert_new(a, 1, [1; 16], 50, &mut quota, placed(1, 3))
                 .unwrap(),
-            Admission::Queued
+            Admission::Queued(1)
         );
+        // The next sequence number is above the last queued one, whatever the floor says.
         assert_eq!(
-            q.insert_new(a, 2, [2; 16], 40, &mut quota, placed(2, 4))
+            q.insert_new(a, 0, [2; 16], 40, &mut quota, placed(2, 4))
                 .unwrap(),
-            Admission::Queued
+            Admission::Queued(2)
         );
         assert_eq!(seen, vec![(0, 0), (1, 10)]);
         assert_eq!(q.usage(&a), (2, 20));
@@ -336,8 +348,21 @@ mod tests {
         assert_eq!(
             q.insert_new(a, 3, [3; 16], 60, |_, _| true, placed(3, 4))
                 .unwrap(),
-            Admission::Queued
+            Admission::Queued(3)
         );
+        // A floor above the queue wins; a new queue starts at its floor.
+        assert_eq!(
+            q.insert_new(a, 9, [4; 16], 60, |_, _| true, placed(4, 4))
+                .unwrap(),
+            Admission::Queued(9)
+        );
+        assert_eq!(q.remove(&a, 9).map(|e| e.envelope_id), Some([4; 16]));
+        assert_eq!(
+            q.insert_new([5; 16], 7, [4; 16], 60, |_, _| true, placed(5, 4))
+                .unwrap(),
+            Admission::Queued(7)
+        );
+        assert_eq!(q.remove(&[5; 16], 7).map(|e| e.envelope_id), Some([4; 16]));
         // The indexes across mailboxes follow, as for `insert`.
         assert_eq!(q.usage(&a), (3, 30));
         assert_eq!(q.total_bytes(), 30);

@@ -1,4 +1,4 @@
-//! One store test suite, run against both [`MemoryStore`] and [`SledStore`].
+//! One store test suite, run against both [`MemoryStore`] and [`DiskStore`].
 
 use std::sync::Arc;
 
@@ -35,6 +35,7 @@ fn suite(store: &dyn Store) {
     mailboxes(store);
     sends_by_send_id(store);
     queue_order_ack_and_quota(store);
+    sequence_numbers_are_per_mailbox(store);
     expiry_and_tombstones(store);
     prekeys(store);
     directory(store);
@@ -168,6 +169,51 @@ fn queue_order_ack_and_quota(store: &dyn Store) {
     );
 }
 
+fn sequence_numbers_are_per_mailbox(store: &dyn Store) {
+    let (a, b) = (id(60), id(62));
+    assert!(store.create_mailbox(&a, &mailbox(61)).unwrap());
+    assert!(store.create_mailbox(&b, &mailbox(63)).unwrap());
+    let seq = |r: &Id, n: u8, expires_at: u64| match store
+        .enqueue(r, &env(n, expires_at, 10), QUOTA)
+        .unwrap()
+    {
+        Enqueued::Queued(s) => s,
+        other => panic!("{other:?}"),
+    };
+    // Each mailbox counts its own envelopes from 1: a number says nothing about the others.
+    let interleaved = [
+        seq(&a, 1, 100),
+        seq(&b, 1, 100),
+        seq(&a, 2, 100),
+        seq(&b, 2, 100),
+        seq(&a, 3, 100),
+    ];
+    assert_eq!(interleaved, [1, 1, 2, 2, 3]);
+    // Never reused: not after the newest envelope is acked, nor after all of them are.
+    assert_eq!(store.ack(&a, &[id(3)]).unwrap(), 1);
+    assert_eq!(seq(&a, 4, 100), 4);
+    assert_eq!(store.ack(&a, &[id(1), id(2), id(4)]).unwrap(), 3);
+    assert_eq!(seq(&a, 5, 100), 5);
+    // Nor through the sender cache, which holds the mailbox's floor.
+    let admit = |_: &[[u8; 32]]| true;
+    let by_sender = |n: u8| match store
+        .enqueue_for_sender(&id(61), &admit, &env(n, 100, 10), QUOTA)
+        .unwrap()
+    {
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(s)) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(by_sender(6), 6);
+    assert_eq!(store.ack(&a, &[id(5), id(6)]).unwrap(), 2);
+    assert_eq!(by_sender(7), 7);
+    // Nor after the newest one expired and was swept.
+    assert_eq!(seq(&b, 3, 30), 3);
+    assert!(store.sweep(30, 1000, 50).unwrap().envelopes >= 1);
+    assert_eq!(seq(&b, 4, 100), 4);
+    assert!(store.delete_mailbox(&a).unwrap());
+    assert!(store.delete_mailbox(&b).unwrap());
+}
+
 fn expiry_and_tombstones(store: &dyn Store) {
     let r = id(20);
     assert!(store.create_mailbox(&r, &mailbox(21)).unwrap());
@@ -258,14 +304,37 @@ fn blobs(store: &dyn Store) {
         store.blob_begin(&b, 1, 500, max).unwrap(),
         BlobBegun::IdTaken
     );
+    // Nothing is reserved before bytes arrive.
+    let racing = id(42);
     assert_eq!(
-        store.blob_begin(&id(42), 400_001, 500, max).unwrap(),
-        BlobBegun::QuotaExceeded
+        store.blob_begin(&racing, 400_001, 500, max).unwrap(),
+        BlobBegun::Started
     );
     for piece in data.chunks(100_000) {
-        assert!(store.blob_append(&b, piece).unwrap());
+        assert_eq!(
+            store.blob_append(&b, piece, max).unwrap(),
+            BlobAppended::Appended
+        );
     }
-    assert!(!store.blob_append(&b, &[0]).unwrap(), "past declared size");
+    assert_eq!(
+        store.blob_append(&b, &[0], max).unwrap(),
+        BlobAppended::Refused,
+        "past declared size"
+    );
+    // The limit is on bytes written to all blobs together.
+    assert_eq!(
+        store.blob_append(&racing, &[3; 300_000], max).unwrap(),
+        BlobAppended::Appended
+    );
+    assert_eq!(
+        store.blob_append(&racing, &[3; 100_001], max).unwrap(),
+        BlobAppended::QuotaExceeded
+    );
+    assert_eq!(
+        store.blob_begin(&id(45), 100_001, 500, max).unwrap(),
+        BlobBegun::QuotaExceeded
+    );
+    store.blob_delete(&racing).unwrap();
     assert!(store.blob_complete(&b).unwrap());
     let meta = store.blob_meta(&b).unwrap().unwrap();
     assert!(meta.complete);
@@ -281,14 +350,34 @@ fn blobs(store: &dyn Store) {
         store.blob_begin(&short, 10, 500, max).unwrap(),
         BlobBegun::Started
     );
-    assert!(store.blob_append(&short, &[1; 5]).unwrap());
+    assert_eq!(
+        store.blob_append(&short, &[1; 5], max).unwrap(),
+        BlobAppended::Appended
+    );
     assert!(!store.blob_complete(&short).unwrap());
     store.blob_delete(&short).unwrap();
     assert!(store.blob_meta(&short).unwrap().is_none());
-    // Deleting released its reservation.
+    // Deleting released what they wrote.
     assert_eq!(
         store.blob_begin(&id(43), 400_000, 500, max).unwrap(),
         BlobBegun::Started
+    );
+    // An upload in progress does not survive a restart: the relay discards incomplete
+    // blobs when it starts, and recounts the total from the blobs that stay.
+    assert_eq!(
+        store.blob_append(&id(43), &[4; 1000], max).unwrap(),
+        BlobAppended::Appended
+    );
+    assert_eq!(store.discard_incomplete_blobs().unwrap(), 1);
+    assert!(store.blob_meta(&id(43)).unwrap().is_none());
+    assert!(store.blob_meta(&b).unwrap().is_some());
+    assert_eq!(
+        store.blob_begin(&id(43), 400_000, 500, max).unwrap(),
+        BlobBegun::Started
+    );
+    assert_eq!(
+        store.blob_begin(&id(46), 400_001, 500, max).unwrap(),
+        BlobBegun::QuotaExceeded
     );
     // Expiry removes blobs.
     let swept = store.sweep(500, 1000, 50).unwrap();
@@ -339,14 +428,14 @@ fn memory_store_suite() {
 #[test]
 fn sled_store_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::new(
-        SledBackend::open_with_log_size(&dir.path().join("db"), MIN_WAL_SIZE).unwrap(),
+    let store = DiskStore::new(
+        LogBackend::open_with_log_size(&dir.path().join("db"), MIN_WAL_SIZE).unwrap(),
     );
     suite(&store);
     store.sync().unwrap();
     let dir2 = tempfile::tempdir().unwrap();
-    concurrent_prekey_take(Arc::new(SledStore::new(
-        SledBackend::open_with_log_size(dir2.path(), MIN_WAL_SIZE).unwrap(),
+    concurrent_prekey_take(Arc::new(DiskStore::new(
+        LogBackend::open_with_log_size(dir2.path(), MIN_WAL_SIZE).unwrap(),
     )));
 }
 
@@ -355,7 +444,7 @@ fn sled_store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store =
-            SledStore::new(SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
+            DiskStore::new(LogBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
         store.create_mailbox(&id(1), &mailbox(2)).unwrap();
         store
             .enqueue(
@@ -372,7 +461,7 @@ fn sled_store_survives_reopen() {
     // sled's worker threads may hold the file lock a moment after the first store is dropped.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let backend = loop {
-        match SledBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE) {
+        match LogBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE) {
             Ok(b) => break b,
             Err(_) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -380,18 +469,41 @@ fn sled_store_survives_reopen() {
             Err(e) => panic!("{e}"),
         }
     };
-    let store = SledStore::new(backend);
+    let store = DiskStore::new(backend);
     let (page, _) = store.fetch(&id(1), 0, 10, 0).unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].envelope.ciphertext.len(), 300_000);
 }
 
-fn reopen_sled(dir: &std::path::Path, segment_size: u64) -> SledStore {
+#[test]
+fn sequence_numbers_are_not_reused_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = reopen_sled(dir.path(), MIN_WAL_SIZE);
+        assert!(store.create_mailbox(&id(1), &mailbox(2)).unwrap());
+        for n in 1..=3 {
+            assert_eq!(
+                store.enqueue(&id(1), &env(n, 100, 10), QUOTA).unwrap(),
+                Enqueued::Queued(u64::from(n))
+            );
+        }
+        // Every envelope acked: nothing in the log's queue remembers the numbers.
+        assert_eq!(store.ack(&id(1), &[id(1), id(2), id(3)]).unwrap(), 3);
+        store.checkpoint().unwrap();
+    }
+    let store = reopen_sled(dir.path(), MIN_WAL_SIZE);
+    assert_eq!(
+        store.enqueue(&id(1), &env(4, 100, 10), QUOTA).unwrap(),
+        Enqueued::Queued(4)
+    );
+}
+
+fn reopen_sled(dir: &std::path::Path, segment_size: u64) -> DiskStore {
     // sled's worker threads may hold the file lock a moment after the first store is dropped.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match SledBackend::open_with_log_size(dir, segment_size) {
-            Ok(b) => return SledStore::new(b),
+        match LogBackend::open_with_log_size(dir, segment_size) {
+            Ok(b) => return DiskStore::new(b),
             Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -516,4 +628,293 @@ fn compaction_moves_live_envelopes_out_of_dead_segments() {
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].seq, kept_seq);
     assert_eq!(page[0].envelope, keep);
+}
+
+/// A [`MemoryBackend`] that offers its log for compaction, runs a hook (once) on the next body
+/// read (to run a store call between a fetch's index read and its body read), records the
+/// largest atomic write and can be told to fail writes.
+#[derive(Default)]
+struct Probe {
+    inner: MemoryBackend,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    largest_write: std::sync::atomic::AtomicUsize,
+    /// `Some(n)`: n more writes succeed, then every write fails.
+    writes_left: std::sync::Mutex<Option<usize>>,
+    /// Keyspace reads.
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+impl KvBackend for Probe {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        self.inner.scan(start, end, limit)
+    }
+    fn apply_logged(&self, batch: Batch, ops: &[LogOp<'_>]) -> Result<Vec<BodyRef>, StoreError> {
+        if let Some(left) = self.writes_left.lock().unwrap().as_mut() {
+            if *left == 0 {
+                return Err(StoreError::Backend("injected".into()));
+            }
+            *left -= 1;
+        }
+        self.largest_write
+            .fetch_max(batch.len() + ops.len(), std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply_logged(batch, ops)
+    }
+    fn read_body(&self, body: &BodyRef) -> Result<Option<Vec<u8>>, StoreError> {
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.inner.read_body(body)
+    }
+    fn take_recovered(&self) -> Vec<Recovered> {
+        self.inner.take_recovered()
+    }
+    fn seq_floor(&self) -> u64 {
+        self.inner.seq_floor()
+    }
+    fn sync(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
+        self.inner.sync(oldest_live)
+    }
+    fn compaction_candidate(&self) -> Option<Candidate> {
+        // The memory backend keeps every body in "segment 0": always worth compacting.
+        Some(Candidate {
+            segment: 0,
+            segments: 1,
+            segment_size: 1 << 30,
+            sealed_below: 1,
+        })
+    }
+}
+
+fn keys_with_prefix(store: &KvStore<Probe>, prefix: &[u8]) -> usize {
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    end.push(0xff);
+    store
+        .backend()
+        .scan(prefix, &end, usize::MAX)
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn tombstones_are_bounded_and_a_mailbox_is_deleted_in_bounded_steps() {
+    use std::sync::atomic::Ordering;
+    let store = KvStore::new(Probe::default());
+    let r = id(1);
+    assert!(store.create_mailbox(&r, &mailbox(2)).unwrap());
+    let quota = MailboxQuota {
+        max_envelopes: 1_000,
+        max_bytes: u64::MAX,
+    };
+    // More envelopes expire undelivered than a mailbox may keep tombstones for.
+    let rounds = MAX_TOMBSTONES_PER_MAILBOX / 1_000 + 2;
+    for round in 0..rounds {
+        for n in 0..1_000u32 {
+            let mut e = env(0, 10 + round, 10);
+            e.envelope_id[..4].copy_from_slice(&(round as u32 * 1_000 + n).to_be_bytes());
+            assert!(matches!(
+                store.enqueue(&r, &e, quota).unwrap(),
+                Enqueued::Queued(_)
+            ));
+        }
+        store.sweep(10 + round, 100_000, 1_000_000).unwrap();
+    }
+    let tombs = [&[b'T'][..], &r].concat();
+    assert_eq!(
+        keys_with_prefix(&store, &tombs) as u64,
+        MAX_TOMBSTONES_PER_MAILBOX
+    );
+    // Many one-time prekeys too.
+    let prekeys: Vec<Vec<u8>> = (0..3_000u32).map(|n| n.to_be_bytes().to_vec()).collect();
+    assert_eq!(
+        store
+            .prekey_publish(&r, b"bundle", &prekeys, &prekeys, 5_000)
+            .unwrap(),
+        Published::Stored
+    );
+    // The relay stops after the first step of the deletion (the mailbox, its queue and the
+    // deletion marker): the mailbox is gone, its id stays taken until the rest is deleted,
+    // and the sweeper finishes the job, in bounded steps too.
+    store.backend().largest_write.store(0, Ordering::SeqCst);
+    *store.backend().writes_left.lock().unwrap() = Some(1);
+    assert!(store.delete_mailbox(&r).is_err());
+    *store.backend().writes_left.lock().unwrap() = None;
+    assert!(store.mailbox(&r).unwrap().is_none());
+    assert!(keys_with_prefix(&store, &tombs) > 0);
+    assert!(!store.create_mailbox(&r, &mailbox(3)).unwrap(), "id taken");
+    store.sweep(0, 10, 0).unwrap();
+    let largest = store.backend().largest_write.load(Ordering::SeqCst);
+    assert!(largest <= 2 * PURGE_STEP + 1, "a write of {largest} keys");
+    for table in [b'T', b'O', b'Z'] {
+        assert_eq!(keys_with_prefix(&store, &[&[table][..], &r].concat()), 0);
+    }
+    assert_eq!(keys_with_prefix(&store, b"X"), 0);
+    assert!(store.create_mailbox(&r, &mailbox(3)).unwrap());
+}
+
+#[test]
+fn fetch_finds_an_envelope_that_compaction_moved_meanwhile() {
+    let store = Arc::new(KvStore::new(Probe::default()));
+    assert!(store.create_mailbox(&id(1), &mailbox(2)).unwrap());
+    store.enqueue(&id(1), &env(1, 100, 10), QUOTA).unwrap();
+    // Between the fetch's index read and its body read, compaction copies the envelope
+    // forward and its old place is reclaimed.
+    let weak = Arc::downgrade(&store);
+    *store.backend().hook.lock().unwrap() = Some(Box::new(move || {
+        let swept = weak.upgrade().unwrap().sweep(0, 0, 0).unwrap();
+        assert_eq!(swept.compacted, 1);
+    }));
+    let (page, more) = store.fetch(&id(1), 0, 10, 50).unwrap();
+    assert!(store.backend().hook.lock().unwrap().is_none(), "hook ran");
+    assert!(!more);
+    assert_eq!(page.len(), 1, "a live envelope was skipped");
+    assert_eq!(page[0].envelope, env(1, 100, 10));
+}
+
+#[test]
+fn a_full_sender_cache_evicts_one_sender_and_misses_are_left_to_the_blocking_path() {
+    use std::sync::atomic::Ordering;
+    let cap = super::kv::SENDER_CACHE_MAX;
+    let store = KvStore::new(Probe::default());
+    let quota = MailboxQuota {
+        max_envelopes: 10,
+        max_bytes: u64::MAX,
+    };
+    let admit = |_: &[[u8; 32]]| true;
+    let ids = |i: usize| {
+        let mut send = [1u8; 16];
+        send[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let mut recv = send;
+        recv[15] = 2;
+        (recv, send)
+    };
+    for i in 0..=cap {
+        let (recv, send) = ids(i);
+        let m = Mailbox {
+            send_id: send,
+            ..mailbox(0)
+        };
+        assert!(store.create_mailbox(&recv, &m).unwrap());
+    }
+    let send = |i: usize, n: u8| {
+        store
+            .enqueue_for_sender(&ids(i).1, &admit, &env(n, 100, 10), quota)
+            .unwrap()
+    };
+    // Fill the cache; one sender keeps sending.
+    for i in 0..cap {
+        assert!(matches!(
+            send(i, 1),
+            SenderEnqueued::Mailbox(_, Enqueued::Queued(1))
+        ));
+    }
+    assert!(matches!(
+        send(0, 2),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(2))
+    ));
+    // A new sender when the cache is full evicts one rarely used sender, not all of them.
+    assert!(matches!(
+        send(cap, 1),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(1))
+    ));
+    let gets = store.backend().gets.load(Ordering::SeqCst);
+    assert!(matches!(
+        send(0, 3),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(3))
+    ));
+    assert!(matches!(
+        send(cap, 2),
+        SenderEnqueued::Mailbox(_, Enqueued::Queued(2))
+    ));
+    assert_eq!(
+        store.backend().gets.load(Ordering::SeqCst),
+        gets,
+        "a cached sender was read from the keyspace"
+    );
+    // The nonblocking path serves cached senders and leaves a miss, untouched, to the
+    // blocking one: exactly one of the first senders was evicted.
+    let mut misses = 0;
+    for i in 1..cap {
+        let before = store.backend().gets.load(Ordering::SeqCst);
+        match store.try_enqueue_for_sender(&ids(i).1, &admit, &env(2, 100, 10), quota) {
+            Some(outcome) => assert!(matches!(
+                outcome.unwrap(),
+                SenderEnqueued::Mailbox(_, Enqueued::Queued(2))
+            )),
+            None => {
+                misses += 1;
+                assert_eq!(store.backend().gets.load(Ordering::SeqCst), before);
+                assert_eq!(store.mailbox(&ids(i).0).unwrap().unwrap().queued_count, 1);
+            }
+        }
+    }
+    assert_eq!(misses, 1);
+}
+
+#[test]
+fn one_long_lived_envelope_per_segment_does_not_grow_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen_sled(dir.path(), MIN_WAL_SIZE);
+    let quota = MailboxQuota {
+        max_envelopes: 1_000_000,
+        max_bytes: u64::MAX,
+    };
+    let (keep, churn) = (id(1), id(3));
+    assert!(store.create_mailbox(&keep, &mailbox(2)).unwrap());
+    assert!(store.create_mailbox(&churn, &mailbox(4)).unwrap());
+    let mut n = 0u32;
+    let mut kept = Vec::new();
+    // Each round writes about three segments of envelopes that are acked at once and leaves
+    // one long-lived envelope in each (an offline recipient), then runs one sweep: the
+    // sweeper's pace, slower than the writes.
+    for round in 0..12 {
+        for _segment in 0..3 {
+            let mut long = env(0, 1_000_000, 1_000);
+            long.envelope_id[..4].copy_from_slice(&n.to_be_bytes());
+            n += 1;
+            assert!(matches!(
+                store.enqueue(&keep, &long, quota).unwrap(),
+                Enqueued::Queued(_)
+            ));
+            kept.push(long);
+            for _ in 0..10 {
+                let mut e = env(0, 1_000_000, 100 * 1024);
+                e.envelope_id[..4].copy_from_slice(&n.to_be_bytes());
+                n += 1;
+                store.enqueue(&churn, &e, quota).unwrap();
+                store.sync().unwrap();
+                store.ack(&churn, &[e.envelope_id]).unwrap();
+                store.sync().unwrap();
+            }
+        }
+        // The sweeper's sweep, or its compaction check between sweeps.
+        if round % 2 == 0 {
+            store.sweep(0, 100, 50).unwrap();
+        } else {
+            store.compact().unwrap();
+        }
+        store.sync().unwrap();
+    }
+    // Live data is 36 kB; the log may hold it twice plus a few segments (the active one,
+    // the one being checkpointed, the spare) and what one round wrote since the last sweep.
+    let files = segment_files(dir.path());
+    assert!(
+        files <= 8,
+        "{files} segments of 1 MiB for {} kB live",
+        kept.len()
+    );
+    drop(store);
+    // Nothing live was lost on the way.
+    let store = reopen_sled(dir.path(), MIN_WAL_SIZE);
+    let (page, _) = store.fetch(&keep, 0, 100, 50).unwrap();
+    assert_eq!(
+        page.into_iter().map(|q| q.envelope).collect::<Vec<_>>(),
+        kept
+    );
+    assert!(store.fetch(&churn, 0, 100, 50).unwrap().0.is_empty());
 }

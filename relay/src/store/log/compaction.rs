@@ -1,0 +1,64 @@
+//! Reclaiming space: deleting segments that no queued envelope and no un-checkpointed keyspace
+//! write needs, and offering the oldest segment to the store's compaction, which copies its
+//! live envelopes forward ([`KvStore`](super::super::KvStore)).
+
+use std::sync::atomic::Ordering;
+
+use super::super::StoreError;
+use super::super::kv::Candidate;
+use super::commit::Wal;
+use super::segment::segment_name;
+use super::{LogBackend, backend_err};
+
+impl LogBackend {
+    /// Deletes segments older than every queued envelope, the checkpoint and the active one.
+    pub(super) fn reclaim(
+        &self,
+        wal: &mut Wal,
+        oldest_live: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if let Some((_, handle)) = &wal.running
+            && handle.is_finished()
+        {
+            wal.join_checkpoint(&self.checkpointed_below)?;
+        }
+        let below = oldest_live
+            .unwrap_or(u64::MAX)
+            .min(self.checkpointed_below.load(Ordering::SeqCst))
+            .min(wal.active.0);
+        let doomed: Vec<u64> = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(..below)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in doomed {
+            // Not synced: a segment whose deletion is lost in a crash is read again on open,
+            // and everything in it is either superseded or already in sled.
+            std::fs::remove_file(wal.dir.join(segment_name(id))).map_err(backend_err)?;
+            self.files
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+        Ok(())
+    }
+
+    /// The oldest segment if it is sealed and checkpointed (see
+    /// [`KvBackend::compaction_candidate`](super::super::KvBackend::compaction_candidate)).
+    pub(super) fn oldest_sealed(&self) -> Option<Candidate> {
+        let files = self.files.read().unwrap_or_else(|e| e.into_inner());
+        let (&segment, _) = files.iter().next()?;
+        let sealed_below = self
+            .checkpointed_below
+            .load(Ordering::SeqCst)
+            .min(self.active_segment.load(Ordering::SeqCst));
+        (segment < sealed_below).then(|| Candidate {
+            segment,
+            segments: files.len() as u64,
+            segment_size: self.segment_size,
+            sealed_below,
+        })
+    }
+}

@@ -1,0 +1,393 @@
+//! The on-disk backend: an append-only log of segments that the relay `fdatasync`s itself and
+//! that keeps the envelope bodies, plus sled for the small keyspace (mailboxes, prekeys,
+//! directory, blobs, tombstones).
+//!
+//! # Why not sled's own flush
+//!
+//! sled 0.34's `Db::flush` writes its log buffers with `pwrite` and then, on Linux, calls
+//! `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` on the written range
+//! (`pagecache/iobuf.rs`). `sync_file_range` starts and waits for write-back of those pages but
+//! does not flush the drive's volatile write cache and does not persist file metadata such as a
+//! grown file size, so data it "flushed" can be lost on power failure. Large pages (over
+//! `segment_size / 4`) go to separate files under `blobs/` that sled writes without any sync
+//! (`pagecache/blob_io.rs`), and snapshot renames are not followed by a directory sync.
+//!
+//! # What this backend does
+//!
+//! - Every [`KvBackend::apply_logged`] call gets a sequence number (LSN) and, under one lock, is
+//!   encoded into the in-memory buffer of the next log record (its keyspace writes, and its
+//!   envelope records with their ciphertexts) and its keyspace writes go into an in-memory
+//!   overlay that reads consult before sled. The body of an envelope gets its final place in
+//!   the log at this point ([`BodyRef`]: segment and offset), because records are written in
+//!   order at known offsets; until then reads copy it from the buffer.
+//! - [`KvBackend::sync`] (one call per group commit) freezes the buffer as one *group* record
+//!   (`crc32 | len | segment | payload`; the buffer is that record, built in place), writes it
+//!   into the active segment file with one `pwrite` and calls `fdatasync` once. Only then are
+//!   the group's keyspace writes applied to sled (one atomic sled batch with the group's last
+//!   LSN), so sled never holds anything the log does not; groups with no keyspace writes
+//!   (sends, acks) skip sled entirely. The synced log more than [`LOG_CACHE_WINDOW`] behind
+//!   the group is then dropped from the page cache (`Wal::uncache`).
+//! - Segments (`seg-<16 hex digits>`) are created at their full size (sparse) in the
+//!   background (under a temporary name, synced, renamed, directory synced), so a `fdatasync`
+//!   never has to commit a size change except when a group spills past the nominal size.
+//!   When a group would start past the end of the active segment, the next one becomes active
+//!   and a background thread *checkpoints* sled (records the last LSN, `flush`, `fdatasync` of
+//!   its files, `fsync` of directories whose entries changed); after that, the keyspace writes
+//!   in the sealed segment are no longer needed for recovery.
+//! - A sealed, checkpointed segment is deleted as soon as it and every older segment hold no
+//!   queued envelope; deleting only from the oldest end keeps every removal record that an
+//!   older enqueue record needs. The store copies the live envelopes of a mostly dead oldest
+//!   segment forward ([`KvBackend::compaction_candidate`]).
+//! - On open, sled recovers a prefix of its batches; every segment is read in order up to its
+//!   first torn or damaged record (only the very last record written can be torn: it was never
+//!   acknowledged), keyspace batches newer than sled's LSN are replayed into sled, the envelope
+//!   records are handed to the store ([`KvBackend::take_recovered`]), sled is checkpointed and a
+//!   fresh segment becomes active. A damaged record followed by valid ones in a later segment
+//!   means acknowledged data was damaged: the relay refuses to start.
+//!
+//! A failed `pwrite`, `fdatasync` or sled apply poisons the backend: every later call fails
+//! until the relay is restarted and recovers from what is on disk (after a failed `fdatasync`
+//! the page cache cannot be trusted to say what is durable).
+//!
+//! When `sync` returns, every batch applied before it is on stable storage, given a drive that
+//! honours cache flushes (see docs/OPERATIONS.md, "Durability").
+
+//!
+//! # Files
+//!
+//! - `segment.rs`: segment files (names, headers, creation, reading records back);
+//! - `format.rs`: the payload of a record (batches, keyspace writes, envelope records);
+//! - `commit.rs`: group commit (the pending buffer, the writer, rotation, page cache);
+//! - `keyspace.rs`: sled (applying groups, checkpoints);
+//! - `recovery.rs`: reading the log back on open;
+//! - `compaction.rs`: deleting dead segments and offering the oldest to compaction;
+//! - `migrate.rs`: migration from the previous store format.
+
+mod commit;
+mod compaction;
+mod format;
+mod keyspace;
+mod migrate;
+mod recovery;
+mod segment;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use super::StoreError;
+use super::kv::{Batch, BodyRef, Candidate, Entries, KvBackend, LogOp, Recovered};
+use commit::{Overlay, Pending, Wal, new_record, slice_at};
+use format::encode_batch;
+use keyspace::{SLED_SEGMENT_SIZE, SledFiles, SyncedFiles, read_lsn};
+use migrate::{OLD_WAL_FILES, old_format_is_clean};
+use recovery::{RecoveredLog, recover_log};
+use segment::{SEG_HEADER_LEN, create_segment, sync_dir_entries};
+
+/// Default nominal size of a log segment.
+pub const DEFAULT_WAL_SIZE: u64 = 64 * 1024 * 1024;
+/// Smallest segment size accepted.
+pub const MIN_WAL_SIZE: u64 = 1024 * 1024;
+
+fn backend_err(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+/// One key-value pair read from sled.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The on-disk [`KvBackend`]: sled plus the segment log.
+pub struct LogBackend {
+    db: sled::Db,
+    pending: Mutex<Pending>,
+    wal: Mutex<Wal>,
+    /// Open segments, for reading bodies.
+    files: RwLock<BTreeMap<u64, Arc<File>>>,
+    /// Segments below this number have their keyspace writes checkpointed into sled.
+    checkpointed_below: Arc<AtomicU64>,
+    /// The segment being written.
+    active_segment: AtomicU64,
+    recovered: Mutex<Vec<Recovered>>,
+    seq_floor: u64,
+    segment_size: u64,
+}
+
+impl std::fmt::Debug for LogBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogBackend").finish_non_exhaustive()
+    }
+}
+
+impl LogBackend {
+    /// Opens (or creates) the store in `dir` with the default segment size.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_log_size(dir, DEFAULT_WAL_SIZE)
+    }
+
+    /// Opens (or creates) the store in `dir`: recovers sled and the log (see the module docs)
+    /// and starts a fresh segment of `segment_size` bytes.
+    pub fn open_with_log_size(dir: &Path, segment_size: u64) -> Result<Self, StoreError> {
+        let segment_size = segment_size.max(MIN_WAL_SIZE);
+        std::fs::create_dir_all(dir).map_err(backend_err)?;
+        let old_format = dir.join(OLD_WAL_FILES[0]).exists();
+        if old_format {
+            old_format_is_clean(dir)?;
+        }
+        let db = sled::Config::new()
+            .path(dir)
+            .segment_size(SLED_SEGMENT_SIZE)
+            // Durability comes from the log; sled's own periodic flush would only add
+            // write-back work.
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(backend_err)?;
+        let sled_lsn = read_lsn(&db)?;
+        let RecoveredLog {
+            ids,
+            mut files,
+            recovered,
+            max_lsn,
+            empty_last,
+        } = recover_log(dir, &db, sled_lsn)?;
+
+        let log = File::open(dir.join("db")).map_err(backend_err)?;
+        let mut sled_files = SledFiles {
+            dir: dir.to_path_buf(),
+            log,
+            synced: SyncedFiles::default(),
+        };
+        sled_files.checkpoint(&db, max_lsn)?;
+        let (active_id, active) = match empty_last.and_then(|id| files.get(&id).map(|f| (id, f))) {
+            Some((id, f)) => (id, f.clone()),
+            None => {
+                let id = ids.last().map_or(1, |id| id + 1);
+                let f = Arc::new(create_segment(dir, id, segment_size)?);
+                files.insert(id, f.clone());
+                (id, f)
+            }
+        };
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir_entries(parent)?;
+        }
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            segment_size,
+            active: (active_id, active),
+            spare: None,
+            running: None,
+            sled_files: Arc::new(Mutex::new(sled_files)),
+            last_written: max_lsn,
+            uncached_below: 0,
+            previous: None,
+        };
+        wal.spawn_spare(active_id + 1);
+        let backend = Self {
+            db,
+            pending: Mutex::new(Pending {
+                bytes: new_record(Vec::new()),
+                payload_crc: crc32fast::Hasher::new(),
+                spare: Vec::new(),
+                segment: active_id,
+                start: SEG_HEADER_LEN,
+                next_lsn: max_lsn + 1,
+                active: Overlay::new(),
+                inflight: None,
+                frozen: VecDeque::new(),
+                failed: false,
+                segment_size,
+            }),
+            wal: Mutex::new(wal),
+            files: RwLock::new(files),
+            checkpointed_below: Arc::new(AtomicU64::new(active_id)),
+            active_segment: AtomicU64::new(active_id),
+            recovered: Mutex::new(recovered),
+            seq_floor: max_lsn + 1,
+            segment_size,
+        };
+        if old_format {
+            backend.migrate_old_format(dir)?;
+        }
+        Ok(backend)
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        // Every change under this lock is completed before it is released (no fallible step
+        // leaves it half-done), so a poisoned lock is safe to reuse.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_wal(&self) -> MutexGuard<'_, Wal> {
+        // A failure while the lock was held poisons the backend (`Pending::failed`) instead.
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, err: StoreError) -> StoreError {
+        tracing::error!(error = %err, "log write failed; the store refuses further writes until restarted");
+        self.lock_pending().failed = true;
+        err
+    }
+}
+
+impl Drop for LogBackend {
+    fn drop(&mut self) {
+        // Do not leave background threads holding the database open behind us. Batches not
+        // yet synced were never acknowledged and are dropped.
+        let mut wal = self.lock_wal();
+        if let Err(err) = wal.join_checkpoint(&self.checkpointed_below) {
+            tracing::error!(error = %err, "background checkpoint failed");
+        }
+        if let Some(handle) = wal.spare.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl KvBackend for LogBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        // If the overlay misses, the key's newest write is in sled: a group leaves the overlay
+        // only after sled holds it.
+        if let Some(v) = self.lock_pending().lookup(key) {
+            return Ok(v);
+        }
+        Ok(self.db.get(key).map_err(backend_err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        // Snapshot of the unapplied writes first: a group applied to sled after this point is
+        // also in the snapshot (with the same values), and the snapshot takes precedence.
+        let overlay = self.lock_pending().range(start, end);
+        let mut disk = self.db.range(start..end);
+        let mut next_disk = || -> Result<Option<KeyValue>, StoreError> {
+            disk.next()
+                .transpose()
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .map_err(backend_err)
+        };
+        let mut out = Vec::new();
+        let mut over = overlay.into_iter().peekable();
+        let mut on_disk = next_disk()?;
+        while out.len() < limit {
+            let take_overlay = match (&on_disk, over.peek()) {
+                (None, None) => break,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some((dk, _)), Some((ok, _))) => ok <= dk,
+            };
+            if take_overlay {
+                let Some((k, v)) = over.next() else { break };
+                if on_disk.as_ref().is_some_and(|(dk, _)| *dk == k) {
+                    on_disk = next_disk()?;
+                }
+                if let Some(v) = v {
+                    out.push((k, v));
+                }
+            } else if let Some(entry) = on_disk.take() {
+                out.push(entry);
+                on_disk = next_disk()?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply_logged(&self, batch: Batch, ops: &[LogOp<'_>]) -> Result<Vec<BodyRef>, StoreError> {
+        let mut pending = self.lock_pending();
+        if pending.failed {
+            return Err(StoreError::Backend(
+                "an earlier log write failed; restart the relay".into(),
+            ));
+        }
+        let lsn = pending.next_lsn;
+        let base = pending.bytes.len();
+        let bodies = match encode_batch(lsn, &batch, ops, &mut pending.bytes) {
+            Ok(b) => b,
+            Err(err) => {
+                pending.bytes.truncate(base);
+                return Err(err);
+            }
+        };
+        let Pending {
+            bytes, payload_crc, ..
+        } = &mut *pending;
+        payload_crc.update(&bytes[base..]);
+        pending.next_lsn += 1;
+        for (k, v) in batch {
+            pending.active.insert(k, v);
+        }
+        let (segment, start) = (pending.segment, pending.start);
+        Ok(bodies
+            .into_iter()
+            .map(|(pos, len)| BodyRef {
+                segment,
+                offset: start + pos as u64,
+                len,
+            })
+            .collect())
+    }
+
+    fn read_body(&self, body: &BodyRef) -> Result<Option<Vec<u8>>, StoreError> {
+        {
+            let pending = self.lock_pending();
+            if let Some(b) = slice_at(&pending.bytes, pending.segment, pending.start, body) {
+                return Ok(Some(b));
+            }
+            if let Some(b) = pending.inflight.as_ref().and_then(|i| i.body(body)) {
+                return Ok(Some(b));
+            }
+        }
+        let file = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&body.segment)
+            .cloned();
+        let Some(file) = file else {
+            return Ok(None);
+        };
+        let mut out = vec![0u8; body.len as usize];
+        file.read_exact_at(&mut out, body.offset)
+            .map_err(backend_err)?;
+        Ok(Some(out))
+    }
+
+    fn take_recovered(&self) -> Vec<Recovered> {
+        std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn seq_floor(&self) -> u64 {
+        self.seq_floor
+    }
+
+    fn sync(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
+        // The log lock orders writers: groups reach the file, and sled, in apply order.
+        let mut wal = self.lock_wal();
+        self.commit(&mut wal)?;
+        self.reclaim(&mut wal, oldest_live)
+    }
+
+    fn checkpoint(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
+        let mut wal = self.lock_wal();
+        self.commit(&mut wal)?;
+        wal.join_checkpoint(&self.checkpointed_below)?;
+        let lsn = wal.last_written;
+        wal.sled_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint(&self.db, lsn)?;
+        self.checkpointed_below
+            .fetch_max(wal.active.0, Ordering::SeqCst);
+        self.reclaim(&mut wal, oldest_live)
+    }
+
+    fn compaction_candidate(&self) -> Option<Candidate> {
+        self.oldest_sealed()
+    }
+}
