@@ -233,7 +233,7 @@ pub(crate) fn parse_pin(hex_pin: &str) -> Outcome<[u8; 32]> {
 }
 
 /// The bytes of a creation-token file without a final line break (`\n` or `\r\n`).
-fn read_creation_token(path: &Path) -> Outcome<Vec<u8>> {
+pub(crate) fn read_creation_token(path: &Path) -> Outcome<Vec<u8>> {
     let mut bytes = std::fs::read(path).map_err(|e| {
         fail(format!(
             "could not read the creation token file {}: {e}. Check the path given with \
