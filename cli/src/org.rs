@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use handover_core::client::{Client, ClientError};
+use handover_core::client::{Client, ClientError, RelayAccess};
 use handover_core::engine::{Engine, EngineError, IdentitySetup, ProfileDetails, RelayInfo};
 use handover_core::identity::{DeviceId, DeviceKeys, DevicePublicKeys, Role};
 use handover_core::net::NetError;
@@ -113,6 +113,10 @@ pub(crate) struct EnrollArgs {
 pub(crate) struct JoinArgs {
     /// The enrolment code printed by `handover org enroll` on the admin device.
     code: String,
+    /// A file holding the relay's mailbox-creation token, if its operator requires one (the
+    /// file's bytes without a final line break).
+    #[arg(long, value_name = "FILE")]
+    creation_token_file: Option<PathBuf>,
 }
 
 /// Options of `handover org revoke`.
@@ -557,14 +561,18 @@ async fn join(profile: Option<PathBuf>, args: JoinArgs) -> Outcome {
     let credential = profile::passphrase(false)?;
     let pending = read_pending(&dir, &credential)?;
     let name = pending.name.clone();
-    let relay = pending.relay.clone();
+    let creation_token = match &args.creation_token_file {
+        Some(path) => Some(profile::read_creation_token(path)?),
+        None => None,
+    };
+    let access = RelayAccess::new(pending.relay.clone(), creation_token);
     let created = tokio::time::timeout(
         NETWORK_WAIT,
-        Client::create(
+        Client::create_with_access(
             &dir,
             &credential,
             KdfParams::default(),
-            relay,
+            access,
             pending.keys,
             IdentitySetup::Enrolled {
                 certificate,

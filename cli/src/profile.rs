@@ -3,10 +3,10 @@
 //! the [`Client`], and closes it cleanly.
 
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use handover_core::client::{Client, ClientError, ClientEvent};
+use handover_core::client::{Client, ClientError, ClientEvent, RelayAccess};
 use handover_core::engine::{
     self, Direction, EngineError, IdentitySetup, Message, ReferralEvent, RelayInfo, org_fingerprint,
 };
@@ -32,6 +32,10 @@ pub(crate) struct InitArgs {
     /// Your name as your contacts will see it, for example "Intake desk, Riverside".
     #[arg(long, value_name = "NAME")]
     name: String,
+    /// A file holding the relay's mailbox-creation token, if its operator requires one (the
+    /// file's bytes without a final line break).
+    #[arg(long, value_name = "FILE")]
+    creation_token_file: Option<PathBuf>,
     /// Use very cheap passphrase hashing. Only for automated tests: a stolen profile made with
     /// this can be opened by guessing the passphrase quickly.
     #[arg(long, hide = true)]
@@ -228,6 +232,24 @@ pub(crate) fn parse_pin(hex_pin: &str) -> Outcome<[u8; 32]> {
         })
 }
 
+/// The bytes of a creation-token file without a final line break (`\n` or `\r\n`).
+pub(crate) fn read_creation_token(path: &Path) -> Outcome<Vec<u8>> {
+    let mut bytes = std::fs::read(path).map_err(|e| {
+        fail(format!(
+            "could not read the creation token file {}: {e}. Check the path given with \
+             --creation-token-file.",
+            path.display()
+        ))
+    })?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
+}
+
 /// `handover init`.
 pub(crate) async fn init(profile: Option<PathBuf>, args: InitArgs) -> Outcome {
     let dir = profile_dir(profile)?;
@@ -247,27 +269,41 @@ pub(crate) async fn init(profile: Option<PathBuf>, args: InitArgs) -> Outcome {
         host_port: args.relay.clone(),
         pin,
     };
+    let creation_token = match &args.creation_token_file {
+        Some(path) => Some(read_creation_token(path)?),
+        None => None,
+    };
+    let access = RelayAccess::new(relay, creation_token);
     let device = DeviceKeys::generate(&mut rand::rng());
     let identity = IdentitySetup::NewOrganisation {
         device_label: args.name.clone(),
     };
-    let client =
-        match Client::create(&dir, &credential, kdf, relay, device, identity, &args.name).await {
-            Ok(c) => c,
-            Err(ClientError::Engine(EngineError::ProfileExists)) => {
-                return Err(fail(format!(
-                    "{} already holds a profile. Use it as it is, or choose another --profile \
+    let client = match Client::create_with_access(
+        &dir,
+        &credential,
+        kdf,
+        access,
+        device,
+        identity,
+        &args.name,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(ClientError::Engine(EngineError::ProfileExists)) => {
+            return Err(fail(format!(
+                "{} already holds a profile. Use it as it is, or choose another --profile \
                  directory.",
-                    dir.display()
-                )));
-            }
-            Err(e) => {
-                return Err(fail(format!(
-                    "creating the profile failed: {e}. {}.",
-                    relay_hint()
-                )));
-            }
-        };
+                dir.display()
+            )));
+        }
+        Err(e) => {
+            return Err(fail(format!(
+                "creating the profile failed: {e}. {}.",
+                relay_hint()
+            )));
+        }
+    };
     let result = whoami_of(&client).await;
     if result.is_ok() {
         println!("Profile created in {}.", dir.display());

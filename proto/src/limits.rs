@@ -42,6 +42,9 @@ pub const ML_KEM_768_CIPHERTEXT_LEN: usize = 1088;
 /// Most capability hashes one mailbox accepts.
 pub const MAX_CAPABILITIES: usize = 256;
 
+/// Longest `CreateMailbox.creation_token`, bytes.
+pub const MAX_CREATION_TOKEN_LEN: usize = 256;
+
 /// Most envelope ids in one `Ack` or `EnvelopeStatus`.
 pub const MAX_IDS_PER_REQUEST: usize = 1024;
 

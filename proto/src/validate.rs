@@ -10,9 +10,10 @@
 use crate::DecodeError;
 use crate::e2e::v1 as e2e;
 use crate::limits::{
-    ID_LEN, KEY_LEN, MAX_BLOB_CHUNK_LEN, MAX_CAPABILITIES, MAX_ENVELOPE_LEN, MAX_IDS_PER_REQUEST,
-    MAX_PREKEYS_PER_PUBLISH, MAX_REPEATED, MAX_SHORT_STRING_LEN, MAX_SUBSCRIPTIONS, MAX_TEXT_LEN,
-    ML_KEM_768_CIPHERTEXT_LEN, ML_KEM_768_PUBLIC_KEY_LEN, SIGNATURE_LEN,
+    ID_LEN, KEY_LEN, MAX_BLOB_CHUNK_LEN, MAX_CAPABILITIES, MAX_CREATION_TOKEN_LEN,
+    MAX_ENVELOPE_LEN, MAX_IDS_PER_REQUEST, MAX_PREKEYS_PER_PUBLISH, MAX_REPEATED,
+    MAX_SHORT_STRING_LEN, MAX_SUBSCRIPTIONS, MAX_TEXT_LEN, ML_KEM_768_CIPHERTEXT_LEN,
+    ML_KEM_768_PUBLIC_KEY_LEN, SIGNATURE_LEN,
 };
 use crate::relay::v1 as relay;
 
@@ -106,6 +107,11 @@ impl Validate for relay::Request {
         match required("Request.kind", &self.kind)? {
             Kind::CreateMailbox(m) => {
                 exact("CreateMailbox.auth_key", &m.auth_key, KEY_LEN)?;
+                at_most(
+                    "CreateMailbox.creation_token",
+                    m.creation_token.len(),
+                    MAX_CREATION_TOKEN_LEN,
+                )?;
                 ids(
                     "CreateMailbox.capability_hashes",
                     &m.capability_hashes,

@@ -24,6 +24,8 @@ pub(crate) struct AdminState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) draining: Arc<AtomicBool>,
+    /// Set once a durable sync failed (see `server::CommitShared`).
+    pub(crate) sync_failed: Arc<AtomicBool>,
 }
 
 pub(crate) async fn serve(
@@ -97,6 +99,10 @@ async fn answer(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
             let readable = tokio::task::spawn_blocking(move || store.mailbox(&[0; 16]).is_ok())
                 .await
                 .unwrap_or(false);
+            // A store that answers reads but refuses writes is not healthy: sends would all
+            // fail with UNAVAILABLE.
+            let writable =
+                !state.sync_failed.load(Ordering::Relaxed) && !state.store.writes_blocked();
             if state.draining.load(Ordering::Relaxed) {
                 respond(
                     &mut stream,
@@ -105,7 +111,7 @@ async fn answer(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
                     "draining\n",
                 )
                 .await
-            } else if readable {
+            } else if readable && writable {
                 respond(&mut stream, "200 OK", "text/plain", "ok\n").await
             } else {
                 respond(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::config::{Config, FileConfig, parse_org_key};
+use crate::config::{Config, FileConfig, parse_org_key, read_creation_token};
 use crate::{RelayError, server};
 
 /// Handover relay: stores and forwards sealed envelopes over QUIC (ALPN handover/1).
@@ -64,18 +64,50 @@ pub struct Args {
     /// How long "expired undelivered" tombstones are kept, seconds [default: 604800].
     #[arg(long)]
     pub tombstone_secs: Option<u64>,
+    /// Most mailboxes the relay stores [default: 1000000].
+    #[arg(long)]
+    pub relay_max_mailboxes: Option<u64>,
+    /// Most envelopes queued in all mailboxes together [default: 2000000].
+    #[arg(long)]
+    pub relay_max_envelopes: Option<u64>,
+    /// Most ciphertext bytes queued in all mailboxes together [default: 68719476736 = 64 GiB].
+    #[arg(long)]
+    pub relay_max_bytes: Option<u64>,
     /// Requests per second per connection, 0 = unlimited [default: 200].
     #[arg(long)]
     pub requests_per_sec: Option<u32>,
     /// Request burst per connection [default: 400].
     #[arg(long)]
     pub request_burst: Option<u32>,
+    /// Requests per second shared by all connections from one client address (IPv4 address or
+    /// IPv6 /64), 0 = unlimited [default: 1000].
+    #[arg(long)]
+    pub address_requests_per_sec: Option<u32>,
+    /// Request burst per client address [default: 2000].
+    #[arg(long)]
+    pub address_request_burst: Option<u32>,
+    /// Mailbox creations per minute per connection, 0 = unlimited [default: 10].
+    #[arg(long)]
+    pub connection_creations_per_min: Option<u32>,
+    /// Mailbox creation burst per connection [default: 20].
+    #[arg(long)]
+    pub connection_creation_burst: Option<u32>,
+    /// Mailbox creations per minute per client address, 0 = unlimited [default: 30].
+    #[arg(long)]
+    pub address_creations_per_min: Option<u32>,
+    /// Mailbox creation burst per client address [default: 100].
+    #[arg(long)]
+    pub address_creation_burst: Option<u32>,
     /// Concurrent bidirectional streams per connection [default: 128].
     #[arg(long)]
     pub max_streams: Option<u32>,
     /// Open QUIC connections; further ones are refused [default: 10000].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// QUIC handshakes in progress from which a client must first prove its address with a
+    /// QUIC Retry (one more round trip); 0 = always [default: 64].
+    #[arg(long)]
+    pub retry_above_handshakes: Option<usize>,
     /// Largest request frame in bytes [default: 524288].
     #[arg(long)]
     pub max_request_frame: Option<usize>,
@@ -97,7 +129,19 @@ pub struct Args {
     /// [default: 4194304].
     #[arg(long)]
     pub udp_buffer_bytes: Option<usize>,
-    /// Log filter (tracing EnvFilter syntax), also from RUST_LOG [default: info].
+    /// File holding the relay's mailbox-creation token: if given, CreateMailbox must carry
+    /// it (UNAUTHORISED otherwise). Hand it to your network's users like a password
+    /// [default: anyone may create mailboxes].
+    #[arg(long, value_name = "FILE")]
+    pub creation_token_file: Option<PathBuf>,
+    /// Free space the data directory's file system must keep, bytes: below it, requests that
+    /// add data (sends, mailbox creation, prekeys, blobs) are refused with UNAVAILABLE while
+    /// acks, deletions and expiry sweeps go on [default: 268435456 = 256 MiB].
+    #[arg(long)]
+    pub min_free_bytes: Option<u64>,
+    /// Log filter (tracing EnvFilter syntax), also from RUST_LOG [default: info]. A bare level
+    /// (`debug`, `trace`) applies to the relay's own crates; dependencies stay at `info` unless
+    /// named (`quinn_proto=debug`), because their debug logs can print peer addresses.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
 }
@@ -183,16 +227,66 @@ pub fn config_from(args: &Args) -> Result<Config, RelayError> {
         l.tombstone_secs
     );
     set!(
+        c.limits.relay_max_mailboxes,
+        args.relay_max_mailboxes,
+        l.relay_max_mailboxes
+    );
+    set!(
+        c.limits.relay_max_envelopes,
+        args.relay_max_envelopes,
+        l.relay_max_envelopes
+    );
+    set!(
+        c.limits.relay_max_bytes,
+        args.relay_max_bytes,
+        l.relay_max_bytes
+    );
+    set!(
         c.requests_per_sec,
         args.requests_per_sec,
         file.requests_per_sec
     );
     set!(c.request_burst, args.request_burst, file.request_burst);
+    set!(
+        c.address_requests_per_sec,
+        args.address_requests_per_sec,
+        file.address_requests_per_sec
+    );
+    set!(
+        c.address_request_burst,
+        args.address_request_burst,
+        file.address_request_burst
+    );
+    set!(
+        c.connection_creations_per_min,
+        args.connection_creations_per_min,
+        file.connection_creations_per_min
+    );
+    set!(
+        c.connection_creation_burst,
+        args.connection_creation_burst,
+        file.connection_creation_burst
+    );
+    set!(
+        c.address_creations_per_min,
+        args.address_creations_per_min,
+        file.address_creations_per_min
+    );
+    set!(
+        c.address_creation_burst,
+        args.address_creation_burst,
+        file.address_creation_burst
+    );
     set!(c.max_streams, args.max_streams, file.max_streams);
     set!(
         c.max_connections,
         args.max_connections,
         file.max_connections
+    );
+    set!(
+        c.retry_above_handshakes,
+        args.retry_above_handshakes,
+        file.retry_above_handshakes
     );
     set!(
         c.max_request_frame,
@@ -225,8 +319,46 @@ pub fn config_from(args: &Args) -> Result<Config, RelayError> {
         args.udp_buffer_bytes,
         file.udp_buffer_bytes
     );
+    set!(c.min_free_bytes, args.min_free_bytes, file.min_free_bytes);
+    if let Some(path) = args
+        .creation_token_file
+        .as_ref()
+        .or(file.creation_token_file.as_ref())
+    {
+        c.creation_token = Some(read_creation_token(path)?);
+    }
     c.validate()?;
     Ok(c)
+}
+
+/// The relay's own crates, whose logs never carry addresses or ids at any level.
+const OWN_LOG_TARGETS: [&str; 2] = ["handover_relay", "handover_proto"];
+
+/// Turns the `--log` filter into the one installed: a directive without a target (a bare level
+/// such as `debug`) sets that level for [`OWN_LOG_TARGETS`] only, and every other target at
+/// most `info`. Dependencies log peer addresses at `debug` (quinn-proto's connection events, for
+/// one), so they get a more verbose level only when a directive names them. Directives with a
+/// target or a span filter are kept as written.
+pub fn log_filter(spec: &str) -> String {
+    use std::str::FromStr;
+    use tracing_subscriber::filter::LevelFilter;
+    let mut bare = None;
+    let mut named = Vec::new();
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match LevelFilter::from_str(directive) {
+            Ok(level) => bare = Some(level),
+            Err(_) => named.push(directive),
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(level) = bare {
+        out.push(level.min(LevelFilter::INFO).to_string());
+        for target in OWN_LOG_TARGETS {
+            out.push(format!("{target}={level}"));
+        }
+    }
+    out.extend(named.into_iter().map(str::to_owned));
+    out.join(",")
 }
 
 /// Log timestamps rounded down to the minute (metadata hygiene).
@@ -264,7 +396,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Entry point of the `handover-relay` binary: parses flags, runs until SIGTERM/SIGINT.
 pub fn run() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&args.log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -345,6 +477,53 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_833), (2027, 1, 15));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    /// Whether `filter` (a `--log` value) lets an event of `level` from `target` through.
+    fn logs(filter: &str, target: &str, level: tracing::Level) -> bool {
+        let filter = tracing_subscriber::EnvFilter::try_new(log_filter(filter)).unwrap();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || match (target, level) {
+            ("quinn_proto", tracing::Level::DEBUG) => {
+                tracing::enabled!(target: "quinn_proto", tracing::Level::DEBUG)
+            }
+            ("quinn_proto", tracing::Level::INFO) => {
+                tracing::enabled!(target: "quinn_proto", tracing::Level::INFO)
+            }
+            ("rustls", tracing::Level::TRACE) => {
+                tracing::enabled!(target: "rustls", tracing::Level::TRACE)
+            }
+            ("handover_relay::server", tracing::Level::DEBUG) => {
+                tracing::enabled!(target: "handover_relay::server", tracing::Level::DEBUG)
+            }
+            ("handover_relay::server", tracing::Level::INFO) => {
+                tracing::enabled!(target: "handover_relay::server", tracing::Level::INFO)
+            }
+            other => panic!("no callsite for {other:?}"),
+        })
+    }
+
+    #[test]
+    fn a_bare_debug_level_keeps_dependencies_at_info() {
+        use tracing::Level;
+        // quinn-proto prints peer addresses at debug: only naming it turns that on.
+        assert!(logs("debug", "handover_relay::server", Level::DEBUG));
+        assert!(!logs("debug", "quinn_proto", Level::DEBUG));
+        assert!(logs("debug", "quinn_proto", Level::INFO));
+        assert!(!logs("trace", "rustls", Level::TRACE));
+        assert!(logs("info,quinn_proto=debug", "quinn_proto", Level::DEBUG));
+        assert!(logs("debug,quinn_proto=debug", "quinn_proto", Level::DEBUG));
+        assert!(!logs("info", "handover_relay::server", Level::DEBUG));
+        // A quieter bare level applies to everything.
+        assert!(!logs("warn", "quinn_proto", Level::INFO));
+        assert!(!logs("warn", "handover_relay::server", Level::INFO));
+        assert_eq!(
+            log_filter("debug"),
+            "info,handover_relay=debug,handover_proto=debug"
+        );
     }
 
     #[test]

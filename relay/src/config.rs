@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::RelayError;
-use crate::handler::Limits;
+use crate::handler::{CreationToken, Limits};
 
 /// Default kernel buffer for the QUIC socket: 4 MiB (the kernel charges each datagram more
 /// than its size against it). A busy relay whose receive buffer fills up, say
@@ -14,6 +14,13 @@ use crate::handler::Limits;
 /// waits for loss detection and halves its sending rate, which turns a short stall into a long
 /// latency tail (docs/PERFORMANCE.md). The operating system's default is often 208 KiB.
 pub const DEFAULT_UDP_BUFFER: usize = 4 * 1024 * 1024;
+/// Default `retry_above_handshakes`: handshakes in progress (each a TLS handshake's state, a
+/// few KiB) from which clients must first prove their address with a QUIC Retry. A relay serving
+/// its network sees a few at a time; a flood of spoofed Initial packets sees thousands.
+pub const DEFAULT_RETRY_ABOVE_HANDSHAKES: usize = 64;
+/// Default `min_free_bytes`: 256 MiB, room for the log segments and sled checkpoints that
+/// acks, deletions and sweeps still write once new data is refused.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
 /// Smallest accepted `udp_buffer_bytes`.
 const MIN_UDP_BUFFER: usize = 64 * 1024;
 /// Largest accepted `udp_buffer_bytes`.
@@ -38,10 +45,26 @@ pub struct Config {
     pub requests_per_sec: u32,
     /// Request burst per connection.
     pub request_burst: u32,
+    /// Requests per second shared by all connections from one client address (an IPv4 address
+    /// or an IPv6 /64), 0 = unlimited.
+    pub address_requests_per_sec: u32,
+    /// Request burst per client address.
+    pub address_request_burst: u32,
+    /// `CreateMailbox` requests per minute per connection, 0 = unlimited.
+    pub connection_creations_per_min: u32,
+    /// `CreateMailbox` burst per connection.
+    pub connection_creation_burst: u32,
+    /// `CreateMailbox` requests per minute per client address, 0 = unlimited.
+    pub address_creations_per_min: u32,
+    /// `CreateMailbox` burst per client address.
+    pub address_creation_burst: u32,
     /// Concurrent bidirectional streams per connection.
     pub max_streams: u32,
-    /// Open QUIC connections; more are refused.
+    /// Open QUIC connections, handshakes in progress included; more are refused.
     pub max_connections: usize,
+    /// Handshakes in progress from which a client that has not proved its address gets a QUIC
+    /// Retry first (0 = always).
+    pub retry_above_handshakes: usize,
     /// Largest request frame accepted, bytes.
     pub max_request_frame: usize,
     /// Seconds between expiry sweeps.
@@ -55,6 +78,12 @@ pub struct Config {
     /// Kernel receive and send buffer asked for the QUIC socket, bytes (Linux caps it at
     /// `net.core.rmem_max` / `wmem_max`).
     pub udp_buffer_bytes: usize,
+    /// Free-space watermark of the data directory's file system, bytes: below it, requests
+    /// that add data are refused (`UNAVAILABLE`) while acks, deletions and sweeps go on.
+    pub min_free_bytes: u64,
+    /// If set, `CreateMailbox` must carry this token (a password shared with the relay's
+    /// users); `None` lets anyone create mailboxes.
+    pub creation_token: Option<CreationToken>,
 }
 
 impl Config {
@@ -69,14 +98,23 @@ impl Config {
             limits: Limits::default(),
             requests_per_sec: 200,
             request_burst: 400,
+            address_requests_per_sec: 1_000,
+            address_request_burst: 2_000,
+            connection_creations_per_min: 10,
+            connection_creation_burst: 20,
+            address_creations_per_min: 30,
+            address_creation_burst: 100,
             max_streams: 128,
             max_connections: 10_000,
+            retry_above_handshakes: DEFAULT_RETRY_ABOVE_HANDSHAKES,
             max_request_frame: 512 * 1024,
             sweep_interval_secs: 60,
             shutdown_grace_secs: 10,
             idle_timeout_secs: 60,
             wal_mib: 64,
             udp_buffer_bytes: DEFAULT_UDP_BUFFER,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            creation_token: None,
         }
     }
 
@@ -119,6 +157,31 @@ pub fn parse_org_key(hex_key: &str) -> Result<[u8; 32], RelayError> {
         .map_err(|_| RelayError::Config("admitted org key must be 32 bytes".into()))
 }
 
+/// Reads a mailbox-creation token from `path`: the file's bytes without a final line break
+/// (`\n` or `\r\n`). An empty token is refused.
+pub fn read_creation_token(path: &Path) -> Result<CreationToken, RelayError> {
+    let mut bytes = std::fs::read(path).map_err(RelayError::io("read creation token file"))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(RelayError::Config(
+            "the creation token file is empty".into(),
+        ));
+    }
+    if bytes.len() > handover_proto::limits::MAX_CREATION_TOKEN_LEN {
+        return Err(RelayError::Config(
+            "the creation token is longer than 256 bytes".into(),
+        ));
+    }
+    let token = CreationToken::new(&bytes);
+    bytes.fill(0);
+    Ok(token)
+}
+
 /// The TOML configuration file. Every key is optional; flags override it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,10 +202,24 @@ pub struct FileConfig {
     pub requests_per_sec: Option<u32>,
     /// Request burst per connection.
     pub request_burst: Option<u32>,
+    /// Requests per second per client address.
+    pub address_requests_per_sec: Option<u32>,
+    /// Request burst per client address.
+    pub address_request_burst: Option<u32>,
+    /// Mailbox creations per minute per connection.
+    pub connection_creations_per_min: Option<u32>,
+    /// Mailbox creation burst per connection.
+    pub connection_creation_burst: Option<u32>,
+    /// Mailbox creations per minute per client address.
+    pub address_creations_per_min: Option<u32>,
+    /// Mailbox creation burst per client address.
+    pub address_creation_burst: Option<u32>,
     /// Concurrent streams per connection.
     pub max_streams: Option<u32>,
     /// Open connections.
     pub max_connections: Option<usize>,
+    /// Handshakes in progress above which clients get a QUIC Retry.
+    pub retry_above_handshakes: Option<usize>,
     /// Largest request frame.
     pub max_request_frame: Option<usize>,
     /// Seconds between sweeps.
@@ -155,6 +232,10 @@ pub struct FileConfig {
     pub wal_mib: Option<u64>,
     /// QUIC socket buffer, bytes.
     pub udp_buffer_bytes: Option<usize>,
+    /// Free-space watermark, bytes.
+    pub min_free_bytes: Option<u64>,
+    /// File holding the mailbox-creation token.
+    pub creation_token_file: Option<PathBuf>,
     /// Limits and quotas.
     #[serde(default)]
     pub limits: FileLimits,
@@ -180,6 +261,12 @@ pub struct FileLimits {
     pub max_one_time_prekeys: Option<u64>,
     /// Tombstone lifetime.
     pub tombstone_secs: Option<u64>,
+    /// Mailboxes in the whole relay.
+    pub relay_max_mailboxes: Option<u64>,
+    /// Envelopes queued in the whole relay.
+    pub relay_max_envelopes: Option<u64>,
+    /// Ciphertext bytes queued in the whole relay.
+    pub relay_max_bytes: Option<u64>,
 }
 
 impl FileConfig {

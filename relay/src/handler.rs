@@ -8,6 +8,7 @@
 //! testable with a fake clock and the in-memory store.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -51,6 +52,9 @@ const RESPONSE_BUDGET: usize = MAX_FRAME_LEN - 64 * 1024;
 /// Upper bound of the protobuf overhead of one repeated item (tags, lengths, small fields).
 const PER_ITEM_OVERHEAD: usize = 64;
 
+/// `retry_after_secs` of the refusal while the store's disk is below the free-space watermark.
+pub const STORAGE_LOW_RETRY_SECS: u32 = 60;
+
 /// Most mailboxes one connection may authenticate (bounds per-connection memory).
 pub const MAX_AUTHENTICATED_PER_CONNECTION: usize = 1024;
 /// Blob uploads one connection may have in progress at once (`RATE_LIMITED` beyond).
@@ -85,6 +89,13 @@ pub struct Limits {
     pub directory_max: usize,
     /// How long an "expired undelivered" tombstone is kept, seconds.
     pub tombstone_secs: u64,
+    /// Most mailboxes the relay stores.
+    pub relay_max_mailboxes: u64,
+    /// Most envelopes queued in all mailboxes together (each costs a few hundred bytes of the
+    /// relay's memory while queued).
+    pub relay_max_envelopes: u64,
+    /// Most ciphertext bytes queued in all mailboxes together.
+    pub relay_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -100,6 +111,9 @@ impl Default for Limits {
             fetch_max: 100,
             directory_max: 100,
             tombstone_secs: 7 * 24 * 3600,
+            relay_max_mailboxes: 1_000_000,
+            relay_max_envelopes: 2_000_000,
+            relay_max_bytes: 64 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -387,6 +401,36 @@ pub struct Handler {
     store: Arc<dyn Store>,
     limits: Limits,
     admitted_orgs: Vec<[u8; 32]>,
+    /// The store's file system has less free space than the relay's watermark (set by the
+    /// driver, [`Handler::set_storage_low`]).
+    storage_low: AtomicBool,
+    /// If set, `CreateMailbox` must carry the token whose SHA-256 this is.
+    creation_token: Option<CreationToken>,
+}
+
+/// The SHA-256 of a relay's mailbox-creation token (docs/PROTOCOL.md §4.2). The relay keeps
+/// only this digest and compares digests in constant time, so neither the comparison's timing
+/// nor the token's length leaks. Its `Debug` shows nothing.
+#[derive(Clone)]
+pub struct CreationToken([u8; 32]);
+
+impl CreationToken {
+    /// The digest of `token`.
+    pub fn new(token: &[u8]) -> Self {
+        Self(Sha256::digest(token).into())
+    }
+
+    /// True if `presented` is the token, compared in constant time.
+    fn matches(&self, presented: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        self.0.ct_eq(&digest).into()
+    }
+}
+
+impl std::fmt::Debug for CreationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CreationToken(..)")
+    }
 }
 
 impl std::fmt::Debug for Handler {
@@ -405,7 +449,40 @@ impl Handler {
             store,
             limits,
             admitted_orgs,
+            storage_low: AtomicBool::new(false),
+            creation_token: None,
         }
+    }
+
+    /// Requires `CreateMailbox` to carry `token` (`None`: anyone may create mailboxes).
+    pub fn with_creation_token(mut self, token: Option<CreationToken>) -> Self {
+        self.creation_token = token;
+        self
+    }
+
+    /// Tells the handler whether the store's file system is below the free-space watermark.
+    /// While it is, requests that add data (`Send`, `CreateMailbox`, `PrekeyPublish`,
+    /// `BlobPut`) are refused with `UNAVAILABLE`; everything that frees space (acks, mailbox
+    /// deletion, the sweeper) and reads go on.
+    pub fn set_storage_low(&self, low: bool) {
+        self.storage_low.store(low, Ordering::Relaxed);
+    }
+
+    /// Whether requests that add data are refused for lack of free space.
+    pub fn storage_low(&self) -> bool {
+        self.storage_low.load(Ordering::Relaxed)
+    }
+
+    /// The refusal of a request that would add data while free space is below the watermark.
+    fn refuse_if_storage_low(&self) -> Result<(), Action> {
+        if self.storage_low() {
+            return Err(Action::Reply(error_retry(
+                ErrorCode::Unavailable,
+                "the relay's disk is nearly full: new data is refused until space is freed",
+                STORAGE_LOW_RETRY_SECS,
+            )));
+        }
+        Ok(())
     }
 
     /// The store.
@@ -497,6 +574,23 @@ impl Handler {
     }
 
     fn create_mailbox<R: CryptoRng + ?Sized>(&self, m: wire::CreateMailbox, rng: &mut R) -> Action {
+        if let Some(token) = &self.creation_token
+            && !token.matches(&m.creation_token)
+        {
+            return fail(
+                ErrorCode::Unauthorised,
+                "this relay creates mailboxes only with its creation token",
+            );
+        }
+        if let Err(action) = self.refuse_if_storage_low() {
+            return action;
+        }
+        if self.store.usage().mailboxes >= self.limits.relay_max_mailboxes {
+            return fail(
+                ErrorCode::QuotaExceeded,
+                "this relay holds as many mailboxes as it allows",
+            );
+        }
         let Some(auth_key) = to_key(&m.auth_key) else {
             return fail(ErrorCode::BadRequest, "auth key must be 32 bytes");
         };
@@ -667,6 +761,9 @@ impl Handler {
     /// A `Send`. With `nonblocking`, a send id missing from the store's sender cache is not
     /// looked up: the request comes back unchanged as the error.
     fn send(&self, m: wire::Send, now: u64, nonblocking: bool) -> Result<Action, wire::Send> {
+        if let Err(action) = self.refuse_if_storage_low() {
+            return Ok(action);
+        }
         let Some(envelope) = m.envelope else {
             return Ok(fail(ErrorCode::BadRequest, "send has no envelope"));
         };
@@ -689,6 +786,18 @@ impl Handler {
             Ok(id) => id,
             Err(action) => return Ok(action),
         };
+        let usage = self.store.usage();
+        if usage.queued_envelopes >= self.limits.relay_max_envelopes
+            || usage
+                .queued_bytes
+                .saturating_add(envelope.ciphertext.len() as u64)
+                > self.limits.relay_max_bytes
+        {
+            return Ok(fail(
+                ErrorCode::QuotaExceeded,
+                "this relay is full: too many envelopes or bytes queued relay-wide",
+            ));
+        }
         let quota = MailboxQuota {
             max_envelopes: self.limits.mailbox_max_envelopes,
             max_bytes: self.limits.mailbox_max_bytes,
@@ -870,6 +979,9 @@ impl Handler {
         };
         if m.bundle.is_empty() {
             return fail(ErrorCode::BadRequest, "prekey bundle is empty");
+        }
+        if let Err(action) = self.refuse_if_storage_low() {
+            return action;
         }
         match self.store.prekey_publish(
             &recv_id,
@@ -1099,6 +1211,9 @@ impl Handler {
         now: u64,
         rng: &mut R,
     ) -> Action {
+        if let Err(action) = self.refuse_if_storage_low() {
+            return action;
+        }
         if m.size == 0 {
             return fail(ErrorCode::BadRequest, "blob is empty");
         }

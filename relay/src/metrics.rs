@@ -34,6 +34,10 @@ pub struct Metrics {
     pub envelopes_accepted: Counter,
     /// Open QUIC connections.
     pub connections: Gauge,
+    /// QUIC handshakes in progress.
+    pub handshakes: Gauge,
+    /// Connection attempts answered with a QUIC Retry.
+    pub quic_retries: Counter,
     /// Waiters released per group commit.
     pub commit_batch: Histogram,
     /// Duration of one group commit round on the commit thread (the store's sync, then
@@ -43,6 +47,8 @@ pub struct Metrics {
     pub store_sync_seconds: Histogram,
     /// Items removed by the expiry sweeper.
     pub swept: Counter,
+    /// 1 while the data directory's free space is below `min_free_bytes` (new data refused).
+    pub storage_low: Gauge,
 }
 
 impl Default for Metrics {
@@ -59,10 +65,13 @@ impl Metrics {
         let errors = Family::<CodeLabel, Counter>::default();
         let envelopes_accepted = Counter::default();
         let connections = Gauge::default();
+        let handshakes = Gauge::default();
+        let quic_retries = Counter::default();
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let commit_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let store_sync_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let swept = Counter::default();
+        let storage_low = Gauge::default();
         registry.register("requests", "Requests by operation", requests.clone());
         registry.register("errors", "Error responses by code", errors.clone());
         registry.register(
@@ -71,6 +80,16 @@ impl Metrics {
             envelopes_accepted.clone(),
         );
         registry.register("connections", "Open QUIC connections", connections.clone());
+        registry.register(
+            "handshakes",
+            "QUIC handshakes in progress",
+            handshakes.clone(),
+        );
+        registry.register(
+            "quic_retries",
+            "Connection attempts answered with a QUIC Retry",
+            quic_retries.clone(),
+        );
         registry.register(
             "commit_batch_size",
             "Requests made durable by one group commit",
@@ -87,16 +106,24 @@ impl Metrics {
             store_sync_seconds.clone(),
         );
         registry.register("swept", "Expired items removed", swept.clone());
+        registry.register(
+            "storage_low",
+            "1 while free disk space is below min_free_bytes and new data is refused",
+            storage_low.clone(),
+        );
         Self {
             registry,
             requests,
             errors,
             envelopes_accepted,
             connections,
+            handshakes,
+            quic_retries,
             commit_batch,
             commit_seconds,
             store_sync_seconds,
             swept,
+            storage_low,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::handler::{
     Action, ChunkOutcome, EXPORTER_LEN, Handler, KeyingMaterial, Session, error, error_retry,
 };
 use crate::metrics::{CodeLabel, Metrics, OpLabel};
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{AddressLimits, TokenBucket};
 use crate::store::{DiskStore, Id, LogBackend, Store};
 use crate::tls;
 
@@ -31,6 +31,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long shutdown waits, once every answer is written, for the peers to acknowledge them.
 const DELIVERY_GRACE: Duration = Duration::from_secs(2);
+/// How often the free space of the data directory's file system is checked against
+/// `min_free_bytes`.
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Items deleted per sweep step.
 const SWEEP_BUDGET: usize = 1_000;
 /// QUIC application error code used when closing connections on shutdown.
@@ -43,6 +46,41 @@ const STREAM_SLACK_DIVISOR: u32 = 4;
 /// Smallest number of extra streams granted for typed refusals.
 const MIN_STREAM_SLACK: u32 = 8;
 
+/// Bytes a peer may have in flight on one stream before it must wait for the relay to read
+/// (QUIC stream flow control). A request frame larger than this still arrives, as the relay
+/// reads it. quinn's default (1.25 MB) was sized for bulk transfer.
+pub const QUIC_STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+/// Bytes a peer may have in flight across all streams of one connection before it must wait
+/// (QUIC connection flow control): with the stream window, it bounds what quinn buffers per
+/// connection for data the relay has not read yet. quinn's default is unlimited, leaving only
+/// the per-stream windows (`max_streams` of them) as a bound.
+pub const QUIC_RECEIVE_WINDOW: u32 = 1024 * 1024;
+/// Bytes of answers quinn buffers per connection until the peer acknowledges them; a writer
+/// past it waits. quinn's default is 10 MB.
+pub const QUIC_SEND_WINDOW: u64 = 1024 * 1024;
+
+/// The QUIC transport parameters of every connection: bounded flow-control windows, no
+/// unidirectional streams, no datagrams (the protocol uses none; quinn's default would buffer up
+/// to 1.25 MB of them per connection, never read).
+fn transport_config(config: &Config) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(quic_stream_limit(config.max_streams).into())
+        .max_concurrent_uni_streams(0u8.into())
+        .stream_receive_window(QUIC_STREAM_RECEIVE_WINDOW.into())
+        .receive_window(QUIC_RECEIVE_WINDOW.into())
+        .send_window(QUIC_SEND_WINDOW)
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0)
+        .max_idle_timeout(
+            Duration::from_secs(config.idle_timeout_secs.max(1))
+                .try_into()
+                .ok(),
+        )
+        .keep_alive_interval(None);
+    transport
+}
+
 /// Streams QUIC grants per connection for a configured limit of `max_streams` served at once.
 fn quic_stream_limit(max_streams: u32) -> u32 {
     max_streams.saturating_add((max_streams / STREAM_SLACK_DIVISOR).max(MIN_STREAM_SLACK))
@@ -54,6 +92,8 @@ enum Admission {
     Allowed,
     /// The connection's request rate is over its token bucket.
     RateLimited,
+    /// The request rate of the connection's client address is over its token bucket.
+    AddressRateLimited,
     /// The connection already has `max_streams` streams being served.
     TooManyStreams,
 }
@@ -144,6 +184,10 @@ struct Committer {
 struct CommitShared {
     state: Mutex<CommitState>,
     wake: std::sync::Condvar,
+    /// Set once a durable sync failed: the store's writes can no longer be trusted to reach
+    /// the disk (a failed `fdatasync` is fatal), so `/healthz` reports the relay unhealthy
+    /// until it is restarted.
+    failed: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -255,6 +299,7 @@ fn commit_loop(
             Ok(()) => true,
             Err(err) => {
                 tracing::error!(error = %err, "durable sync failed; requests answered UNAVAILABLE");
+                shared.failed.store(true, Ordering::Relaxed);
                 false
             }
         };
@@ -307,7 +352,16 @@ impl Hub {
 
 struct Ctx {
     handler: Handler,
+    /// Established connections being served.
     open_connections: std::sync::atomic::AtomicUsize,
+    /// Connections accepted whose handshake has not ended yet.
+    handshakes: std::sync::atomic::AtomicUsize,
+    /// Request buckets per client address (in memory only, never logged).
+    address_requests: Mutex<AddressLimits>,
+    /// `CreateMailbox` buckets per client address (in memory only, never logged).
+    address_creations: Mutex<AddressLimits>,
+    /// The time base of the rate limits.
+    started: Instant,
     config: Config,
     committer: Committer,
     hub: Hub,
@@ -385,17 +439,7 @@ impl Relay {
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls_config)
             .map_err(|e| RelayError::Tls(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .max_concurrent_bidi_streams(quic_stream_limit(config.max_streams).into())
-            .max_concurrent_uni_streams(0u8.into())
-            .max_idle_timeout(
-                Duration::from_secs(config.idle_timeout_secs.max(1))
-                    .try_into()
-                    .ok(),
-            )
-            .keep_alive_interval(None);
-        server_config.transport_config(Arc::new(transport));
+        server_config.transport_config(Arc::new(transport_config(&config)));
         let (socket, granted) = bind_udp(config.listen, config.udp_buffer_bytes)
             .map_err(RelayError::io("bind QUIC listener"))?;
         if granted < config.udp_buffer_bytes {
@@ -439,6 +483,7 @@ impl Relay {
                     metrics: metrics.clone(),
                     store: store.clone(),
                     draining: draining.clone(),
+                    sync_failed: commit_shared.failed.clone(),
                 });
                 tokio::spawn(admin::serve(listener, state, shutdown_rx.clone()));
                 Some(bound)
@@ -450,17 +495,35 @@ impl Relay {
             store.clone(),
             config.limits.clone(),
             config.admitted_orgs.clone(),
-        );
+        )
+        .with_creation_token(config.creation_token.clone());
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let ctx = Arc::new(Ctx {
             handler,
             open_connections: std::sync::atomic::AtomicUsize::new(0),
+            handshakes: std::sync::atomic::AtomicUsize::new(0),
+            address_requests: Mutex::new(AddressLimits::new(TokenBucket::new(
+                config.address_requests_per_sec,
+                config.address_request_burst,
+            ))),
+            address_creations: Mutex::new(AddressLimits::new(TokenBucket::per_minute(
+                config.address_creations_per_min,
+                config.address_creation_burst,
+            ))),
+            started: Instant::now(),
             config,
             committer,
             hub: Hub::default(),
             metrics: metrics.clone(),
             shutdown: shutdown_rx,
         });
+
+        // Free-space watermark: checked once before serving, then periodically.
+        check_free_space(&ctx).await;
+        {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { space_watch(ctx).await });
+        }
 
         // Sweeper.
         {
@@ -549,6 +612,57 @@ impl Relay {
 /// catches up. A check with nothing to copy looks only at the in-memory index.
 const COMPACT_CHECK: Duration = Duration::from_secs(2);
 
+/// Bytes available to the relay on the file system holding `path`; `None` if unknown (the
+/// call failed, or a platform without `statvfs`).
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let stat = rustix::fs::statvfs(path).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Compares the data directory's free space with `min_free_bytes` and tells the handler.
+async fn check_free_space(ctx: &Ctx) {
+    let dir = ctx.config.data_dir.clone();
+    let free = tokio::task::spawn_blocking(move || free_bytes(&dir))
+        .await
+        .ok()
+        .flatten();
+    // Unknown free space refuses nothing: the store's own write errors still protect the log.
+    let low = free.is_some_and(|free| free < ctx.config.min_free_bytes);
+    if low != ctx.handler.storage_low() {
+        if low {
+            tracing::warn!(
+                free_bytes = free,
+                min_free_bytes = ctx.config.min_free_bytes,
+                "free disk space is below min_free_bytes: new data is refused, acks and \
+                 deletions go on"
+            );
+        } else {
+            tracing::info!("free disk space is above min_free_bytes again: new data accepted");
+        }
+        ctx.handler.set_storage_low(low);
+    }
+    ctx.metrics.storage_low.set(i64::from(low));
+}
+
+async fn space_watch(ctx: Arc<Ctx>) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SPACE_CHECK_INTERVAL) => {},
+            _ = shutdown.changed() => return,
+        }
+        check_free_space(&ctx).await;
+    }
+}
+
 async fn sweeper(ctx: Arc<Ctx>) {
     let mut shutdown = ctx.shutdown.clone();
     let period = Duration::from_secs(ctx.config.sweep_interval_secs.max(1));
@@ -612,6 +726,47 @@ async fn compact(ctx: &Arc<Ctx>) {
     }
 }
 
+/// Counts a handshake in progress (in [`Ctx::handshakes`] and the `handshakes` gauge) until
+/// dropped.
+struct HandshakeSlot(Arc<Ctx>);
+
+impl HandshakeSlot {
+    fn new(ctx: Arc<Ctx>) -> Self {
+        ctx.handshakes.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.handshakes.inc();
+        Self(ctx)
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.handshakes.dec();
+    }
+}
+
+/// What to do with a connection attempt, given the load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    Accept,
+    /// Over `max_connections`, counting handshakes in progress.
+    Refuse,
+    /// Handshakes in progress reached `retry_above_handshakes` and the client has not proved
+    /// its address yet: answer with a QUIC Retry (a token it must echo, costing the relay no
+    /// connection state), so a flood of spoofed Initial packets creates no handshakes.
+    Retry,
+}
+
+fn arrival(open: usize, handshakes: usize, address_validated: bool, config: &Config) -> Arrival {
+    if open.saturating_add(handshakes) >= config.max_connections {
+        Arrival::Refuse
+    } else if handshakes >= config.retry_above_handshakes && !address_validated {
+        Arrival::Retry
+    } else {
+        Arrival::Accept
+    }
+}
+
 async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: Drain) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
@@ -622,11 +777,29 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: Drain) {
         let Some(incoming) = incoming else {
             return;
         };
-        if ctx.open_connections.load(Ordering::Relaxed) >= ctx.config.max_connections {
-            tracing::warn!("connection refused: max_connections reached");
-            incoming.refuse();
-            continue;
+        match arrival(
+            ctx.open_connections.load(Ordering::Relaxed),
+            ctx.handshakes.load(Ordering::Relaxed),
+            incoming.remote_address_validated(),
+            &ctx.config,
+        ) {
+            Arrival::Accept => {}
+            Arrival::Refuse => {
+                tracing::warn!("connection refused: max_connections reached");
+                incoming.refuse();
+                continue;
+            }
+            Arrival::Retry => {
+                if let Err(err) = incoming.retry() {
+                    // Not retryable (it already echoed a token): treat it as a refusal.
+                    err.into_incoming().refuse();
+                } else {
+                    ctx.metrics.quic_retries.inc();
+                }
+                continue;
+            }
         }
+        let handshake = HandshakeSlot::new(ctx.clone());
         let ctx = ctx.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
@@ -638,7 +811,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: Drain) {
                 }
             };
             match tokio::time::timeout(Duration::from_secs(10), connecting).await {
-                Ok(Ok(conn)) => serve_connection(ctx, conn, drain).await,
+                Ok(Ok(conn)) => {
+                    // Counted as open before it stops counting as a handshake.
+                    ctx.metrics.connections.inc();
+                    ctx.open_connections.fetch_add(1, Ordering::Relaxed);
+                    drop(handshake);
+                    serve_connection(ctx, conn, drain).await;
+                }
                 Ok(Err(err)) => tracing::debug!(error = %err, "handshake failed"),
                 Err(_) => tracing::debug!("handshake timed out"),
             }
@@ -646,15 +825,23 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, drain: Drain) {
     }
 }
 
+/// Serves an established connection, already counted in [`Ctx::open_connections`], until it
+/// ends; then uncounts it.
 async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: Drain) {
-    ctx.metrics.connections.inc();
-    ctx.open_connections.fetch_add(1, Ordering::Relaxed);
     let session = Arc::new(Session::new(Box::new(QuinnExporter(conn.clone()))));
     let bucket = Arc::new(Mutex::new(TokenBucket::new(
         ctx.config.requests_per_sec,
         ctx.config.request_burst,
     )));
-    let started = Instant::now();
+    // The client's address, for the limits shared per address; kept in memory only, never
+    // logged.
+    let peer = Arc::new(Peer {
+        address: conn.remote_address().ip(),
+        creations: Mutex::new(TokenBucket::per_minute(
+            ctx.config.connection_creations_per_min,
+            ctx.config.connection_creation_burst,
+        )),
+    });
     let in_service = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut shutdown = ctx.shutdown.clone();
     // One shutdown future for the connection's life, not one per stream: creating and dropping
@@ -676,6 +863,7 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: Drain) 
         let ctx = ctx.clone();
         let session = session.clone();
         let bucket = bucket.clone();
+        let peer = peer.clone();
         let delivery = drain.deliveries.clone();
         let slot = StreamSlot {
             served: in_service.clone(),
@@ -689,18 +877,26 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, drain: Drain) 
                 recv,
                 slot: Some(slot),
             };
+            let now_ms = ctx.now_ms();
             let admission = if served > ctx.config.max_streams as usize {
                 Admission::TooManyStreams
-            } else if bucket
+            } else if !bucket
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .take(started.elapsed().as_millis() as u64)
+                .take(now_ms)
             {
-                Admission::Allowed
-            } else {
                 Admission::RateLimited
+            } else if !ctx
+                .address_requests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(peer.address, now_ms)
+            {
+                Admission::AddressRateLimited
+            } else {
+                Admission::Allowed
             };
-            serve_stream(&ctx, session, &mut stream, admission).await;
+            serve_stream(&ctx, session, &peer, &mut stream, admission).await;
         });
     }
     ctx.metrics.connections.dec();
@@ -717,6 +913,54 @@ pub fn recv_ended_now(recv: &mut quinn::RecvStream) -> bool {
     let mut byte = [0u8; 1];
     let read = std::pin::pin!(recv.read(&mut byte));
     matches!(read.poll(&mut cx), std::task::Poll::Ready(Ok(None)))
+}
+
+/// What the limits shared per connection or per client address need to know of a connection.
+struct Peer {
+    /// The client's IP address: in memory only, never logged.
+    address: std::net::IpAddr,
+    /// The connection's `CreateMailbox` bucket.
+    creations: Mutex<TokenBucket>,
+}
+
+impl Ctx {
+    /// Milliseconds since the relay started (the rate limits' clock).
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes a `CreateMailbox` token from the connection's bucket and its address's bucket;
+    /// the refusal if either is empty.
+    fn admit_creation(&self, peer: &Peer) -> Result<(), wire::Response> {
+        let now_ms = self.now_ms();
+        // Seconds until a bucket refilling at `per_min` a minute has a token again.
+        let retry = |per_min: u32| 60u32.div_ceil(per_min.max(1));
+        if !peer
+            .creations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(now_ms)
+        {
+            return Err(error_retry(
+                ErrorCode::RateLimited,
+                "too many mailboxes created on this connection",
+                retry(self.config.connection_creations_per_min),
+            ));
+        }
+        if !self
+            .address_creations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(peer.address, now_ms)
+        {
+            return Err(error_retry(
+                ErrorCode::RateLimited,
+                "too many mailboxes created from this network address",
+                retry(self.config.address_creations_per_min),
+            ));
+        }
+        Ok(())
+    }
 }
 
 struct Stream {
@@ -749,12 +993,17 @@ impl Stream {
             if len > max {
                 return Err(ReadError::TooLarge);
             }
-            let mut payload = vec![0u8; len];
-            match self.recv.read_exact(&mut payload).await {
-                Ok(()) => Ok(payload),
-                Err(quinn::ReadExactError::FinishedEarly(_)) => Err(ReadError::Truncated),
-                Err(quinn::ReadExactError::ReadError(_)) => Err(ReadError::Io),
+            // Memory grows with the bytes that arrived, not with the length a header claims:
+            // a peer cannot make the relay allocate `max` bytes per stream by sending headers.
+            let mut payload = Vec::new();
+            while payload.len() < len {
+                match self.recv.read_chunk(len - payload.len(), true).await {
+                    Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+                    Ok(None) => return Err(ReadError::Truncated),
+                    Err(_) => return Err(ReadError::Io),
+                }
             }
+            Ok(payload)
         };
         let mut read = std::pin::pin!(read);
         // A request frame usually arrives whole with its stream: read it without arming a
@@ -855,6 +1104,7 @@ fn op_name(request: &wire::Request) -> &'static str {
 async fn serve_stream(
     ctx: &Arc<Ctx>,
     session: Arc<Session>,
+    peer: &Peer,
     stream: &mut Stream,
     admission: Admission,
 ) {
@@ -890,6 +1140,14 @@ async fn serve_stream(
             );
             return stream.reply(ctx, &r).await;
         }
+        Admission::AddressRateLimited => {
+            let r = error_retry(
+                ErrorCode::RateLimited,
+                "too many requests from this network address",
+                1,
+            );
+            return stream.reply(ctx, &r).await;
+        }
         Admission::TooManyStreams => {
             let message = format!(
                 "too many concurrent streams on this connection (this relay serves at most {} \
@@ -915,6 +1173,11 @@ async fn serve_stream(
             op: op_name(&request),
         })
         .inc();
+    if matches!(request.kind, Some(wire::request::Kind::CreateMailbox(_)))
+        && let Err(r) = ctx.admit_creation(peer)
+    {
+        return stream.reply(ctx, &r).await;
+    }
     let is_send = matches!(request.kind, Some(wire::request::Kind::Send(_)));
     // Store calls may block (locks, disk reads): keep them off the async workers that drive
     // QUIC. Except a `Ping`, and a `Send` whose send id is in the store's sender cache: it
@@ -943,10 +1206,13 @@ async fn serve_stream(
                 if is_send && matches!(response.kind, Some(wire::response::Kind::SendAccepted(_))) {
                     ctx.metrics.envelopes_accepted.inc();
                 }
-                stream.reply(ctx, &response).await;
+                // Wake the recipient as soon as the envelope is durable: the sender's answer
+                // may take long to write and be acknowledged (a slow or vanished sender), and
+                // the recipient must not wait for that.
                 if let Some(id) = notify {
                     ctx.hub.notify(&id);
                 }
+                stream.reply(ctx, &response).await;
             } else {
                 let r = error_retry(ErrorCode::Unavailable, "storage unavailable", 5);
                 stream.reply(ctx, &r).await;
@@ -1103,6 +1369,51 @@ async fn blob_download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A field of quinn's `Debug` output of a transport config, e.g. `receive_window: 5` gives
+    /// `5`.
+    fn field<'a>(debug: &'a str, name: &str) -> &'a str {
+        let start = debug.find(&format!(" {name}: ")).unwrap() + name.len() + 3;
+        let rest = &debug[start..];
+        let end = rest.find(", ").unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    #[test]
+    fn connections_have_bounded_windows_and_no_datagrams() {
+        let config = Config::new(std::path::PathBuf::from("unused"));
+        let debug = format!("{:?}", transport_config(&config));
+        // quinn's defaults: an unlimited connection window, a 1.25 MB datagram buffer.
+        assert_eq!(
+            field(&debug, "receive_window"),
+            QUIC_RECEIVE_WINDOW.to_string()
+        );
+        assert_eq!(
+            field(&debug, "stream_receive_window"),
+            QUIC_STREAM_RECEIVE_WINDOW.to_string()
+        );
+        assert_eq!(field(&debug, "send_window"), QUIC_SEND_WINDOW.to_string());
+        assert_eq!(field(&debug, "datagram_receive_buffer_size"), "None");
+        assert_eq!(field(&debug, "datagram_send_buffer_size"), "0");
+        // What quinn may buffer per connection stays within a few MiB.
+        let windows = u64::from(QUIC_RECEIVE_WINDOW) + QUIC_SEND_WINDOW;
+        assert!(windows <= 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn handshakes_count_against_the_connection_limit_and_trigger_retry() {
+        let mut config = Config::new(std::path::PathBuf::from("unused"));
+        config.max_connections = 10;
+        config.retry_above_handshakes = 3;
+        assert_eq!(arrival(0, 0, false, &config), Arrival::Accept);
+        assert_eq!(arrival(5, 2, false, &config), Arrival::Accept);
+        // Handshakes in progress count as connections.
+        assert_eq!(arrival(5, 5, true, &config), Arrival::Refuse);
+        assert_eq!(arrival(9, 1, true, &config), Arrival::Refuse);
+        // Above the threshold, an address not yet proved gets a Retry; a proved one is served.
+        assert_eq!(arrival(0, 3, false, &config), Arrival::Retry);
+        assert_eq!(arrival(0, 3, true, &config), Arrival::Accept);
+    }
 
     #[test]
     #[cfg(target_os = "linux")]

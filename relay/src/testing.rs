@@ -159,6 +159,7 @@ impl Driver {
             Kind::CreateMailbox(wire::CreateMailbox {
                 auth_key: key.verifying_key().to_bytes().to_vec(),
                 capability_hashes: vec![Sha256::digest(capability).to_vec()],
+                creation_token: Vec::new(),
             }),
         ));
         let Some(R::MailboxCreated(c)) = created.kind else {

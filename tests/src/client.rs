@@ -228,6 +228,7 @@ impl Client {
             .call(Kind::CreateMailbox(wire::CreateMailbox {
                 auth_key: key.verifying_key().to_bytes().to_vec(),
                 capability_hashes: vec![Sha256::digest(capability).to_vec()],
+                creation_token: Vec::new(),
             }))
             .await?;
         match response.kind {

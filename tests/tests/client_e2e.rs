@@ -411,3 +411,64 @@ async fn alice_device(client: &Client) -> DeviceId {
         .await
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_is_created_on_a_relay_that_requires_a_creation_token() {
+    use handover_core::client::RelayAccess;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("creation-token");
+    std::fs::write(&token_file, "network password").unwrap();
+    let process = RelayProcess::start(
+        bin(),
+        &tmp.path().join("relay"),
+        &["--creation-token-file", token_file.to_str().unwrap()],
+    )
+    .unwrap();
+    let relay = RelayInfo {
+        host_port: process.addr.to_string(),
+        pin: process.pin,
+    };
+    let setup = |who: &str| {
+        (
+            DeviceKeys::generate(&mut rand::rng()),
+            IdentitySetup::NewOrganisation {
+                device_label: format!("{who} laptop"),
+            },
+        )
+    };
+    // Without the token the relay refuses to create the mailbox.
+    let dir = tmp.path().join("without");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (device, identity) = setup("Carol");
+    let refused = Client::create(
+        &dir,
+        &cred("Carol"),
+        KdfParams::new(8, 1, 1).unwrap(),
+        relay.clone(),
+        device,
+        identity,
+        "Carol",
+    )
+    .await;
+    assert!(refused.is_err());
+    // With it, the profile is created.
+    let dir = tmp.path().join("with");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (device, identity) = setup("Dan");
+    let access = RelayAccess::new(relay, Some(b"network password".to_vec()));
+    assert!(!format!("{access:?}").contains("password"));
+    let client = Client::create_with_access(
+        &dir,
+        &cred("Dan"),
+        KdfParams::new(8, 1, 1).unwrap(),
+        access,
+        device,
+        identity,
+        "Dan",
+    )
+    .await
+    .unwrap();
+    assert!(client.has_profile().await);
+    client.shutdown().await.unwrap();
+}

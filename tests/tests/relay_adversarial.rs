@@ -4,6 +4,7 @@
 // it only inside test functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,6 +16,15 @@ use wire::response::Kind as R;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_relay-under-test"))
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// An honest client on its own connection: it must be served after every attack.
@@ -363,4 +373,187 @@ async fn request_rate_is_limited_per_connection_scenario() {
     let other = Client::connect(relay.addr, relay.pin).await.unwrap();
     let r = other.call(Kind::Ping(wire::Ping {})).await.unwrap();
     assert!(matches!(r.kind, Some(R::Pong(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_get_no_datagrams_and_a_retry_under_handshake_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // Threshold 0: every client must prove its address with a QUIC Retry first.
+    let relay = RelayProcess::start(bin(), dir.path(), &["--retry-above-handshakes", "0"]).unwrap();
+    let client = Client::connect(relay.addr, relay.pin).await.unwrap();
+    // The relay offers no QUIC datagrams (nothing could fill a buffer it never reads).
+    assert_eq!(client.conn.max_datagram_size(), None);
+    let r = client.call(Kind::Ping(wire::Ping {})).await.unwrap();
+    assert!(matches!(r.kind, Some(R::Pong(_))), "{r:?}");
+    let admin = relay.admin.unwrap();
+    let metrics = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("handover_relay_quic_retries_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("handover_relay_handshakes 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_watermark_sends_are_refused_and_acks_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::start(bin(), dir.path(), &[]).unwrap();
+    let owner = Client::connect(relay.addr, relay.pin).await.unwrap();
+    let mailbox = owner.create_mailbox().await.unwrap();
+    let expires = unix_now() + 600;
+    let r = owner
+        .send(
+            &mailbox.send_id,
+            &mailbox.capability,
+            [1; 16],
+            expires,
+            vec![1; 100],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r.kind, Some(R::SendAccepted(_))), "{r:?}");
+    drop(owner);
+    relay.terminate().unwrap();
+    assert!(relay.wait_exit(Duration::from_secs(30)).unwrap().success());
+    drop(relay);
+
+    // No file system has this much free space: the relay is below its watermark at once.
+    let relay = RelayProcess::start(
+        bin(),
+        dir.path(),
+        &["--min-free-bytes", "18446744073709551615"],
+    )
+    .unwrap();
+    let owner = Client::connect(relay.addr, relay.pin).await.unwrap();
+    assert!(error_code(&owner.authenticate(&mailbox).await.unwrap()).is_none());
+    // New data is refused with a typed, retryable error...
+    let r = owner
+        .send(
+            &mailbox.send_id,
+            &mailbox.capability,
+            [2; 16],
+            expires,
+            vec![2; 100],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code(&r), ErrorCode::Unavailable);
+    let Some(R::Error(e)) = &r.kind else { panic!() };
+    assert!(e.retry_after_secs > 0);
+    let create = Kind::CreateMailbox(wire::CreateMailbox {
+        auth_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+            .verifying_key()
+            .to_bytes()
+            .to_vec(),
+        capability_hashes: Vec::new(),
+        creation_token: Vec::new(),
+    });
+    assert_eq!(
+        code(&owner.call(create).await.unwrap()),
+        ErrorCode::Unavailable
+    );
+    // ...while what frees space goes on: fetch, ack, delete.
+    let queued = owner.fetch_all(&mailbox.recv_id).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    let r = owner
+        .ack(&mailbox.recv_id, vec![[1u8; 16].to_vec()])
+        .await
+        .unwrap();
+    assert!(matches!(r.kind, Some(R::Ok(_))), "{r:?}");
+    assert!(owner.fetch_all(&mailbox.recv_id).await.unwrap().is_empty());
+    let r = owner
+        .call(Kind::DeleteMailbox(wire::DeleteMailbox {
+            recv_id: mailbox.recv_id.clone(),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(r.kind, Some(R::Ok(_))), "{r:?}");
+    let admin = relay.admin.unwrap();
+    let metrics = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("handover_relay_storage_low 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_a_creation_token_creates_mailboxes_only_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("creation-token");
+    std::fs::write(&token_file, "network password\n").unwrap();
+    let relay = RelayProcess::start(
+        bin(),
+        &dir.path().join("relay"),
+        &["--creation-token-file", token_file.to_str().unwrap()],
+    )
+    .unwrap();
+    let client = Client::connect(relay.addr, relay.pin).await.unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let create = |token: &[u8]| {
+        Kind::CreateMailbox(wire::CreateMailbox {
+            auth_key: key.verifying_key().to_bytes().to_vec(),
+            capability_hashes: Vec::new(),
+            creation_token: token.to_vec(),
+        })
+    };
+    for wrong in [&b""[..], b"network passwor", b"network password\n"] {
+        let r = client.call(create(wrong)).await.unwrap();
+        assert_eq!(code(&r), ErrorCode::Unauthorised);
+    }
+    let r = client.call(create(b"network password")).await.unwrap();
+    assert!(matches!(r.kind, Some(R::MailboxCreated(_))), "{r:?}");
+    // A token longer than the protocol allows is malformed.
+    let r = client.call(create(&[1; 257])).await.unwrap();
+    assert_eq!(code(&r), ErrorCode::BadRequest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_address_share_its_request_and_creation_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(
+        bin(),
+        dir.path(),
+        &[
+            "--address-requests-per-sec",
+            "1",
+            "--address-request-burst",
+            "6",
+            "--address-creations-per-min",
+            "1",
+            "--address-creation-burst",
+            "2",
+        ],
+    )
+    .unwrap();
+    // Two connections from one address: each alone is within its own budget (200/s).
+    let first = Client::connect(relay.addr, relay.pin).await.unwrap();
+    let second = Client::connect(relay.addr, relay.pin).await.unwrap();
+    assert!(first.create_mailbox().await.is_ok());
+    assert!(second.create_mailbox().await.is_ok());
+    // The address's third creation within the minute is refused, on either connection.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let create = Kind::CreateMailbox(wire::CreateMailbox {
+        auth_key: key.verifying_key().to_bytes().to_vec(),
+        capability_hashes: Vec::new(),
+        creation_token: Vec::new(),
+    });
+    let r = second.call(create).await.unwrap();
+    assert_eq!(code(&r), ErrorCode::RateLimited);
+    let Some(R::Error(e)) = &r.kind else { panic!() };
+    assert!(e.retry_after_secs >= 1);
+    // Requests: the two connections drew from one bucket of 6.
+    let mut limited = 0;
+    for n in 0..20 {
+        let client = if n % 2 == 0 { &first } else { &second };
+        let r = client.call(Kind::Ping(wire::Ping {})).await.unwrap();
+        if let Some(R::Error(e)) = &r.kind {
+            assert_eq!(e.code, ErrorCode::RateLimited as i32);
+            limited += 1;
+        }
+    }
+    assert!(limited >= 1, "the address's request budget was not shared");
 }

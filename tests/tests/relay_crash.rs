@@ -95,6 +95,8 @@ async fn acknowledged_envelopes_survive_repeated_sigkill_scenario() {
                 "1000000",
                 "--requests-per-sec",
                 "0",
+                "--address-requests-per-sec",
+                "0",
                 // A fast sweeper (expiry and log compaction) runs during the load and the
                 // kills; RelayProcess uses 2 MiB log segments, so segments rotate, and are
                 // reclaimed once acked, between the kills.

@@ -292,7 +292,110 @@ fn help_documents_every_flag() {
         "--max-streams",
         "--wal-mib",
         "--udp-buffer-bytes",
+        "--retry-above-handshakes",
+        "--address-requests-per-sec",
+        "--address-request-burst",
+        "--connection-creations-per-min",
+        "--connection-creation-burst",
+        "--address-creations-per-min",
+        "--address-creation-burst",
+        "--relay-max-mailboxes",
+        "--relay-max-envelopes",
+        "--relay-max-bytes",
+        "--creation-token-file",
+        "--min-free-bytes",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
+}
+
+/// An in-memory store backend whose syncs fail once `fail` is set, like a disk that returned
+/// EIO from `fdatasync`.
+struct FailingDisk {
+    inner: handover_relay::store::MemoryBackend,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+mod failing_disk {
+    use handover_relay::store::{Batch, BodyRef, Entries, KvBackend, LogOp, Recovered, StoreError};
+    use std::sync::atomic::Ordering;
+
+    impl KvBackend for super::FailingDisk {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
+            self.inner.scan(start, end, limit)
+        }
+        fn apply_logged(
+            &self,
+            batch: Batch,
+            ops: &[LogOp<'_>],
+        ) -> Result<Vec<BodyRef>, StoreError> {
+            self.inner.apply_logged(batch, ops)
+        }
+        fn read_body(&self, body: &BodyRef) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.read_body(body)
+        }
+        fn take_recovered(&self) -> Vec<Recovered> {
+            self.inner.take_recovered()
+        }
+        fn seq_floor(&self) -> u64 {
+            self.inner.seq_floor()
+        }
+        fn sync(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend("fdatasync: input/output error".into()));
+            }
+            self.inner.sync(oldest_live)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_store_that_refuses_writes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let store: Arc<dyn handover_relay::store::Store> =
+        Arc::new(handover_relay::store::KvStore::new(FailingDisk {
+            inner: handover_relay::store::MemoryBackend::new(),
+            fail: fail.clone(),
+        }));
+    let mut config = handover_relay::config::Config::new(dir.path().join("relay"));
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.admin = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let relay = handover_relay::server::Relay::start_with_store(config, store)
+        .await
+        .unwrap();
+    let admin = relay.admin_addr().unwrap();
+    let health = || tokio::task::spawn_blocking(move || http_get(admin, "/healthz"));
+    let ok = health().await.unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+
+    let client = Client::connect(relay.local_addr(), relay.pin())
+        .await
+        .unwrap();
+    let mailbox = client.create_mailbox().await.unwrap();
+    fail.store(true, Ordering::SeqCst);
+    let r = client
+        .send(
+            &mailbox.send_id,
+            &mailbox.capability,
+            [1; 16],
+            unix_now() + 600,
+            vec![1; 10],
+        )
+        .await
+        .unwrap();
+    assert_eq!(error_code(&r), Some(wire::ErrorCode::Unavailable));
+    // Reads still work, but the store refuses writes: not healthy.
+    let unhealthy = health().await.unwrap();
+    assert!(
+        unhealthy.starts_with("HTTP/1.1 503") && unhealthy.ends_with("storage\n"),
+        "{unhealthy}"
+    );
+    relay.shutdown().await;
 }

@@ -1,6 +1,7 @@
-//! Graceful shutdown next to a client that stopped acknowledging: the relay waits for its
-//! answers to be written (the grace period) and then only briefly for their delivery, so a
-//! vanished client cannot hold shutdown for the whole grace period.
+//! A client that stopped acknowledging: graceful shutdown waits for its answers to be written
+//! (the grace period) and then only briefly for their delivery, so a vanished client cannot
+//! hold shutdown for the whole grace period; and a sender that never acknowledges its answer
+//! does not hold up the recipient's wake-up.
 
 // Test code: helpers outside #[test] functions may unwrap and panic too (clippy.toml allows
 // it only inside test functions).
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use handover_proto::relay::v1 as wire;
 use handover_relay::config::Config;
 use handover_relay::server::Relay;
-use handover_tests::client::{Client, Kind};
+use handover_tests::client::{Client, Kind, unix_now};
 use tokio::net::UdpSocket;
 
 /// A loopback UDP forwarder between one client and `relay`. Once `cut` is set it drops every
@@ -109,4 +110,59 @@ async fn shutdown_waits_only_briefly_for_a_client_that_stopped_acknowledging() {
         "shutdown took {took:?}: an answer that can never be acknowledged held it"
     );
     lost.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recipient_is_woken_without_waiting_for_the_senders_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path().join("relay"));
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.admin = None;
+    let relay = Relay::start(config).await.unwrap();
+    let recipient = Client::connect(relay.local_addr(), relay.pin())
+        .await
+        .unwrap();
+    let mailbox = recipient.create_mailbox().await.unwrap();
+    let auth = recipient.authenticate(&mailbox).await.unwrap();
+    assert!(matches!(auth.kind, Some(wire::response::Kind::Ok(_))));
+    let mut subscription = recipient
+        .subscribe(vec![mailbox.recv_id.clone()])
+        .await
+        .unwrap();
+
+    // The sender's connection loses everything the relay sends from now on: its answer to the
+    // send is written but never acknowledged.
+    let cut = Arc::new(AtomicBool::new(false));
+    let front = forwarder(relay.local_addr(), cut.clone()).await;
+    let sender = Client::connect(front, relay.pin()).await.unwrap();
+    cut.store(true, Ordering::SeqCst);
+    let (send_id, capability) = (mailbox.send_id.clone(), mailbox.capability);
+    let send = tokio::spawn(async move {
+        sender
+            .send(
+                &send_id,
+                &capability,
+                [7; 16],
+                unix_now() + 3600,
+                vec![7; 100],
+            )
+            .await
+    });
+
+    // The envelope is durable, so the recipient hears of it, whatever the sender's connection
+    // does. (Woken only after the sender's answer was delivered, it heard nothing until the
+    // sender's connection timed out.)
+    let event = subscription
+        .next(Duration::from_secs(20))
+        .await
+        .expect("no wake-up while the sender's answer is undelivered")
+        .expect("subscription ended");
+    let Some(wire::event::Kind::NewEnvelopes(new)) = event.kind else {
+        panic!("{event:?}")
+    };
+    assert_eq!(new.recv_id, mailbox.recv_id);
+    let fetched = recipient.fetch_all(&mailbox.recv_id).await.unwrap();
+    assert_eq!(fetched.len(), 1);
+    send.abort();
+    relay.shutdown().await;
 }

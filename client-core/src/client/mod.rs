@@ -170,6 +170,38 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A relay to create a profile's mailbox on and, if the relay requires one, its
+/// mailbox-creation token (docs/PROTOCOL.md §4.2), which the relay's operator hands out like a
+/// password. The token is only sent with `CreateMailbox`, never stored; it is zeroized on drop
+/// and `Debug` does not show it.
+pub struct RelayAccess {
+    /// The relay.
+    pub relay: RelayInfo,
+    creation_token: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl RelayAccess {
+    /// `relay`, with its creation token if it requires one.
+    pub fn new(relay: RelayInfo, creation_token: Option<Vec<u8>>) -> Self {
+        Self {
+            relay,
+            creation_token: zeroize::Zeroizing::new(creation_token.unwrap_or_default()),
+        }
+    }
+}
+
+impl fmt::Debug for RelayAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            relay,
+            creation_token: _,
+        } = self;
+        f.debug_struct("RelayAccess")
+            .field("relay", relay)
+            .finish_non_exhaustive()
+    }
+}
+
 fn fresh_rng() -> StdRng {
     StdRng::from_rng(&mut rand::rng())
 }
@@ -252,6 +284,24 @@ impl Client {
         identity: IdentitySetup,
         display_name: &str,
     ) -> Result<Self, ClientError> {
+        let access = RelayAccess::new(relay, None);
+        Self::create_with_access(dir, credential, kdf, access, device, identity, display_name).await
+    }
+
+    /// [`Client::create`] on a relay that may require a mailbox-creation token.
+    pub async fn create_with_access(
+        dir: &Path,
+        credential: &Credential,
+        kdf: KdfParams,
+        access: RelayAccess,
+        device: DeviceKeys,
+        identity: IdentitySetup,
+        display_name: &str,
+    ) -> Result<Self, ClientError> {
+        let RelayAccess {
+            relay,
+            creation_token,
+        } = access;
         let store = match SledStore::open(dir, credential, fresh_rng()) {
             Ok(store) => store,
             Err(StoreError::NotFound) => SledStore::create(dir, credential, kdf, fresh_rng())?,
@@ -265,8 +315,9 @@ impl Client {
         let mailbox = MailboxKeys::generate(&mut rng);
         let connection = RelayClient::connect(&address_of(&relay)).await?;
         let ids = connection
-            .create_mailbox(mailbox.auth_key(), Vec::new())
+            .create_mailbox(mailbox.auth_key(), Vec::new(), &creation_token)
             .await?;
+        drop(creation_token);
         engine.create_profile(
             device,
             mailbox,

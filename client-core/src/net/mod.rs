@@ -234,14 +234,18 @@ impl RelayClient {
     }
 
     /// Creates a mailbox owned by `auth_key`, accepting the capabilities with these hashes.
+    /// `creation_token` is the relay's mailbox-creation token if it requires one, else empty
+    /// (docs/PROTOCOL.md §4.2).
     pub async fn create_mailbox(
         &self,
         auth_key: &SigningKey,
         capability_hashes: Vec<[u8; KEY_LEN]>,
+        creation_token: &[u8],
     ) -> Result<MailboxIds, NetError> {
         let request = Req::CreateMailbox(relay::CreateMailbox {
             auth_key: auth_key.verifying_key().to_bytes().to_vec(),
             capability_hashes: capability_hashes.iter().map(|h| h.to_vec()).collect(),
+            creation_token: creation_token.to_vec(),
         });
         match self.call(request).await? {
             Resp::MailboxCreated(m) => Ok(MailboxIds {

@@ -38,6 +38,7 @@ pub fn requests() -> Vec<relay::Request> {
         request(Kind::CreateMailbox(relay::CreateMailbox {
             auth_key: key(1),
             capability_hashes: vec![key(2), key(3)],
+            creation_token: Vec::new(),
         })),
         request(Kind::DeleteMailbox(relay::DeleteMailbox { recv_id: id(1) })),
         request(Kind::Authenticate(relay::Authenticate {

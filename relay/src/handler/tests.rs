@@ -51,6 +51,7 @@ impl Fixture {
             Kind::CreateMailbox(wire::CreateMailbox {
                 auth_key: key.verifying_key().to_bytes().to_vec(),
                 capability_hashes: vec![Sha256::digest(cap).to_vec()],
+                creation_token: Vec::new(),
             }),
             NOW,
         ));
@@ -835,6 +836,167 @@ fn blob_uploads_are_bounded_per_connection_in_time_and_reserve_only_what_arrived
     ));
 }
 
+#[test]
+fn mailbox_creation_needs_the_relays_token_when_it_has_one() {
+    let mut f = fixture(Limits::default(), Vec::new());
+    f.handler = Handler::new(f.handler.store().clone(), Limits::default(), Vec::new())
+        .with_creation_token(Some(CreationToken::new(b"network password")));
+    let s = session(1);
+    let key = SigningKey::generate(&mut f.rng);
+    let create = |token: &[u8]| {
+        Kind::CreateMailbox(wire::CreateMailbox {
+            auth_key: key.verifying_key().to_bytes().to_vec(),
+            capability_hashes: Vec::new(),
+            creation_token: token.to_vec(),
+        })
+    };
+    for wrong in [&b""[..], b"network passwore", b"network password\n"] {
+        assert_eq!(
+            code(f.call(&s, create(wrong), NOW)),
+            ErrorCode::Unauthorised
+        );
+    }
+    let created = response(f.call(&s, create(b"network password"), NOW));
+    assert!(
+        matches!(created.kind, Some(wire::response::Kind::MailboxCreated(_))),
+        "{created:?}"
+    );
+    // Without a token configured, any token (or none) is accepted.
+    let mut open = fixture(Limits::default(), Vec::new());
+    let created = response(open.call(&s, create(b"anything"), NOW));
+    assert!(matches!(
+        created.kind,
+        Some(wire::response::Kind::MailboxCreated(_))
+    ));
+    assert_eq!(
+        format!("{:?}", CreationToken::new(b"network password")),
+        "CreationToken(..)"
+    );
+}
+
+#[test]
+fn below_the_free_space_watermark_only_new_data_is_refused() {
+    let mut f = fixture(Limits::default(), Vec::new());
+    let s = session(1);
+    let cap = [5u8; 32];
+    let (_key, recv, send) = f.mailbox(&s, &cap);
+    assert!(matches!(
+        response(f.send(&send, &cap, 1, NOW + 60, NOW)).kind,
+        Some(wire::response::Kind::SendAccepted(_))
+    ));
+    f.handler.set_storage_low(true);
+    let refused = response(f.send(&send, &cap, 2, NOW + 60, NOW));
+    let Some(wire::response::Kind::Error(e)) = &refused.kind else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(e.code, ErrorCode::Unavailable as i32);
+    assert_eq!(e.retry_after_secs, STORAGE_LOW_RETRY_SECS);
+    let key = SigningKey::generate(&mut f.rng);
+    let create = Kind::CreateMailbox(wire::CreateMailbox {
+        auth_key: key.verifying_key().to_bytes().to_vec(),
+        capability_hashes: Vec::new(),
+        creation_token: Vec::new(),
+    });
+    assert_eq!(code(f.call(&s, create, NOW)), ErrorCode::Unavailable);
+    let publish = Kind::PrekeyPublish(wire::PrekeyPublish {
+        recv_id: recv.to_vec(),
+        bundle: vec![1; 10],
+        ..Default::default()
+    });
+    assert_eq!(code(f.call(&s, publish, NOW)), ErrorCode::Unavailable);
+    let blob = Kind::BlobPut(wire::BlobPut {
+        size: 10,
+        expires_at: NOW + 60,
+    });
+    assert_eq!(code(f.call(&s, blob, NOW)), ErrorCode::Unavailable);
+    // What frees space goes on.
+    assert_eq!(f.fetch(&s, &recv, NOW), vec![1]);
+    let ack = Kind::Ack(wire::Ack {
+        recv_id: recv.to_vec(),
+        envelope_ids: vec![vec![1; 16]],
+    });
+    assert!(matches!(
+        response(f.call(&s, ack, NOW)).kind,
+        Some(wire::response::Kind::Ok(_))
+    ));
+    assert!(f.fetch(&s, &recv, NOW).is_empty());
+    f.handler.set_storage_low(false);
+    assert!(matches!(
+        response(f.send(&send, &cap, 3, NOW + 60, NOW)).kind,
+        Some(wire::response::Kind::SendAccepted(_))
+    ));
+}
+
+#[test]
+fn relay_wide_caps_bound_mailboxes_and_queued_envelopes() {
+    let limits = Limits {
+        relay_max_mailboxes: 2,
+        relay_max_envelopes: 3,
+        relay_max_bytes: 250,
+        ..Limits::default()
+    };
+    let mut f = fixture(limits, Vec::new());
+    let s = session(1);
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    let (_, recv_a, send_a) = f.mailbox(&s, &a);
+    let (_, recv_b, send_b) = f.mailbox(&s, &b);
+    let key = SigningKey::generate(&mut f.rng);
+    let create = Kind::CreateMailbox(wire::CreateMailbox {
+        auth_key: key.verifying_key().to_bytes().to_vec(),
+        capability_hashes: Vec::new(),
+        creation_token: Vec::new(),
+    });
+    assert_eq!(
+        code(f.call(&s, create.clone(), NOW)),
+        ErrorCode::QuotaExceeded
+    );
+    // Envelopes of 100 bytes: two fit in 250 relay-wide bytes, whichever mailbox they are in.
+    let accepted = |action: Action| {
+        matches!(
+            response(action).kind,
+            Some(wire::response::Kind::SendAccepted(_))
+        )
+    };
+    assert!(accepted(f.send(&send_a, &a, 1, NOW + 60, NOW)));
+    assert!(accepted(f.send(&send_b, &b, 2, NOW + 60, NOW)));
+    assert_eq!(
+        code(f.send(&send_a, &a, 3, NOW + 60, NOW)),
+        ErrorCode::QuotaExceeded
+    );
+    // An ack frees room.
+    let ack = Kind::Ack(wire::Ack {
+        recv_id: recv_b.to_vec(),
+        envelope_ids: vec![vec![2; 16]],
+    });
+    response(f.call(&s, ack, NOW));
+    assert!(accepted(f.send(&send_a, &a, 3, NOW + 60, NOW)));
+    // Deleting a mailbox makes room for another.
+    let delete = Kind::DeleteMailbox(wire::DeleteMailbox {
+        recv_id: recv_b.to_vec(),
+    });
+    response(f.call(&s, delete, NOW));
+    assert!(matches!(
+        response(f.call(&s, create, NOW)).kind,
+        Some(wire::response::Kind::MailboxCreated(_))
+    ));
+    // The envelope count is capped too.
+    let mut f = fixture(
+        Limits {
+            relay_max_envelopes: 2,
+            ..Limits::default()
+        },
+        Vec::new(),
+    );
+    let (_, _, send_a) = f.mailbox(&s, &a);
+    assert!(accepted(f.send(&send_a, &a, 1, NOW + 60, NOW)));
+    assert!(accepted(f.send(&send_a, &a, 2, NOW + 60, NOW)));
+    assert_eq!(
+        code(f.send(&send_a, &a, 3, NOW + 60, NOW)),
+        ErrorCode::QuotaExceeded
+    );
+    let _ = recv_a;
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
@@ -862,7 +1024,7 @@ proptest::proptest! {
         let mut f = fixture(Limits::default(), vec![[1; 32]]);
         let s = session(1);
         let kind = match which {
-            0 => Kind::CreateMailbox(wire::CreateMailbox { auth_key: key.clone(), capability_hashes: vec![key.clone()] }),
+            0 => Kind::CreateMailbox(wire::CreateMailbox { auth_key: key.clone(), capability_hashes: vec![key.clone()], creation_token: Vec::new() }),
             1 => Kind::Authenticate(wire::Authenticate { recv_id: id.clone(), signature: sig.clone() }),
             2 => Kind::Send(wire::Send { send_id: id.clone(), capability: key.clone(), envelope: Some(wire::Envelope { envelope_id: id.clone(), expires_at: n, ciphertext: blob.clone() }) }),
             3 => Kind::Fetch(wire::Fetch { recv_id: id.clone(), after_seq: n, limit: n as u32 }),

@@ -40,6 +40,7 @@
 //! is above every number the old relay-wide counter handed out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use prost::Message;
@@ -48,7 +49,7 @@ use super::queue::{Admission, Entry, Queues};
 use super::senders::SenderCache;
 use super::{
     BlobAppended, BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope,
-    Published, Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys,
+    Published, Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys, Usage,
 };
 
 /// A batch of writes: `Some(value)` puts, `None` deletes.
@@ -176,6 +177,11 @@ pub trait KvBackend: Send + Sync + 'static {
     fn compaction_candidate(&self) -> Option<Candidate> {
         None
     }
+    /// True once a failure made the backend refuse every further write until it is reopened
+    /// (see [`Store::writes_blocked`]).
+    fn writes_blocked(&self) -> bool {
+        false
+    }
 }
 
 /// Size of stored blob chunks; uploads are re-chunked to it so reads can seek by index.
@@ -271,6 +277,25 @@ fn key(table: u8, parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
+/// Keys in `table`, counted in pages.
+fn count_keys<B: KvBackend>(backend: &B, table: u8) -> Result<u64, StoreError> {
+    const PAGE: usize = 4096;
+    let end = prefix_end(&[table]);
+    let mut from = vec![table];
+    let mut count = 0u64;
+    loop {
+        let page = backend.scan(&from, &end, PAGE)?;
+        count += page.len() as u64;
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => {
+                from = last.clone();
+                from.push(0);
+            }
+            _ => return Ok(count),
+        }
+    }
+}
+
 /// The exclusive upper bound of all keys starting with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -320,11 +345,53 @@ impl MailboxRec {
 pub struct KvStore<B> {
     backend: B,
     lock: Mutex<State>,
+    totals: Totals,
+}
+
+/// The relay-wide totals of [`Store::usage`], published whenever the store lock is released
+/// ([`Guard`]), so that reading them never waits for the lock.
+#[derive(Debug, Default)]
+struct Totals {
+    mailboxes: AtomicU64,
+    envelopes: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// The store lock held: the [`State`], and on release the totals published to [`Totals`].
+struct Guard<'a> {
+    state: MutexGuard<'a, State>,
+    totals: &'a Totals,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let t = self.totals;
+        t.mailboxes.store(self.state.mailboxes, Ordering::Relaxed);
+        t.envelopes
+            .store(self.state.queues.total_entries(), Ordering::Relaxed);
+        t.bytes
+            .store(self.state.queues.total_bytes(), Ordering::Relaxed);
+    }
 }
 
 /// What the store lock guards besides the backend's atomic batches.
 struct State {
     queues: Queues,
+    /// Mailboxes stored (counted when the store opens, then kept up to date).
+    mailboxes: u64,
     /// Send id → what a send needs of its mailbox, filled by sends. Every change to a
     /// mailbox's send id or capabilities (creation aside, which cannot meet a cached id)
     /// happens under the store lock and removes the entry, and every change to its sequence
@@ -413,13 +480,26 @@ impl<B: KvBackend> KvStore<B> {
                 }
             }
         }
-        Self {
+        let mailboxes = match count_keys(&backend, T_MAILBOX) {
+            Ok(n) => n,
+            Err(err) => {
+                // The relay-wide mailbox cap then counts from zero; every other method reports
+                // the backend's failure itself.
+                tracing::error!(error = %err, "could not count the stored mailboxes");
+                0
+            }
+        };
+        let store = Self {
             backend,
             lock: Mutex::new(State {
                 queues,
+                mailboxes,
                 senders: SenderCache::new(SENDER_CACHE_MAX),
             }),
-        }
+            totals: Totals::default(),
+        };
+        drop(store.guard());
+        store
     }
 
     /// The backend.
@@ -427,11 +507,14 @@ impl<B: KvBackend> KvStore<B> {
         &self.backend
     }
 
-    fn guard(&self) -> MutexGuard<'_, State> {
+    fn guard(&self) -> Guard<'_> {
         // The backend's batches are atomic and the in-memory index is updated only after the
         // backend accepted a change, with no fallible step in between: a panic while the lock
         // was held cannot have left them half-written, so a poisoned lock is safe to reuse.
-        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+        Guard {
+            state: self.lock.lock().unwrap_or_else(|e| e.into_inner()),
+            totals: &self.totals,
+        }
     }
 
     fn mailbox_rec(&self, recv_id: &Id) -> Result<Option<MailboxRec>, StoreError> {
@@ -763,7 +846,7 @@ impl<B: KvBackend> KvStore<B> {
 
 impl<B: KvBackend> Store for KvStore<B> {
     fn create_mailbox(&self, recv_id: &Id, mailbox: &Mailbox) -> Result<bool, StoreError> {
-        let _g = self.guard();
+        let mut state = self.guard();
         let send_key = key(T_SEND, &[&mailbox.send_id]);
         let mailbox_key = key(T_MAILBOX, &[recv_id]);
         if self.backend.get(&mailbox_key)?.is_some()
@@ -788,6 +871,7 @@ impl<B: KvBackend> Store for KvStore<B> {
             (mailbox_key, Some(rec.encode_to_vec())),
             (send_key, Some(recv_id.to_vec())),
         ])?;
+        state.mailboxes += 1;
         Ok(true)
     }
 
@@ -838,6 +922,7 @@ impl<B: KvBackend> Store for KvStore<B> {
             self.backend
                 .apply_logged(batch, &[LogOp::DropMailbox { recv_id: *recv_id }])?;
             state.queues.drop_mailbox(recv_id);
+            state.mailboxes = state.mailboxes.saturating_sub(1);
             state.senders.remove(&id_of(&rec.send_id)?);
         }
         while !self.purge_step(recv_id)?.1 {}
@@ -1462,5 +1547,17 @@ impl<B: KvBackend> Store for KvStore<B> {
     fn checkpoint(&self) -> Result<(), StoreError> {
         let oldest_live = self.guard().queues.oldest_live_segment();
         self.backend.checkpoint(oldest_live)
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            mailboxes: self.totals.mailboxes.load(Ordering::Relaxed),
+            queued_envelopes: self.totals.envelopes.load(Ordering::Relaxed),
+            queued_bytes: self.totals.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn writes_blocked(&self) -> bool {
+        self.backend.writes_blocked()
     }
 }

@@ -204,6 +204,17 @@ pub enum BlobBegun {
     QuotaExceeded,
 }
 
+/// Relay-wide totals, from [`Store::usage`], for the relay-wide caps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Mailboxes stored.
+    pub mailboxes: u64,
+    /// Envelopes queued in all mailboxes (including expired ones not yet swept).
+    pub queued_envelopes: u64,
+    /// Ciphertext bytes queued in all mailboxes.
+    pub queued_bytes: u64,
+}
+
 /// What one [`Store::sweep`] call removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -355,6 +366,15 @@ pub trait Store: Send + Sync + 'static {
     /// the sled store: a checkpoint that empties the write-ahead log). Called on shutdown.
     fn checkpoint(&self) -> Result<(), StoreError> {
         self.sync()
+    }
+    /// Relay-wide totals as of the last mutating call that returned. Cheap (no lock, no I/O):
+    /// the handler reads it on every send for the relay-wide caps, so a cap may be overshot by
+    /// the requests in flight at once, never more.
+    fn usage(&self) -> Usage;
+    /// True once a failure (a log write or sync, a checkpoint) made the store refuse every
+    /// further write until the relay is restarted; `/healthz` then reports the relay unhealthy.
+    fn writes_blocked(&self) -> bool {
+        false
     }
 }
 

@@ -217,6 +217,11 @@ impl Queues {
         self.live.get(&segment).copied().unwrap_or_default()
     }
 
+    /// Envelopes queued in all mailboxes.
+    pub(super) fn total_entries(&self) -> u64 {
+        self.expiry.len() as u64
+    }
+
     /// Total bytes of all queued bodies.
     pub(super) fn total_bytes(&self) -> u64 {
         self.total_bytes

@@ -918,3 +918,50 @@ fn one_long_lived_envelope_per_segment_does_not_grow_the_log() {
     );
     assert!(store.fetch(&churn, 0, 100, 50).unwrap().0.is_empty());
 }
+
+/// The relay-wide totals follow creations, deletions, sends, acks and expiry, in both stores.
+fn usage_totals(store: &dyn Store) {
+    assert_eq!(store.usage(), Usage::default());
+    for n in 1..=3 {
+        assert!(store.create_mailbox(&id(n), &mailbox(n + 100)).unwrap());
+    }
+    for (n, len) in [(1u8, 10usize), (2, 20), (3, 30)] {
+        let queued = store.enqueue(&id(n), &env(n, 100, len), QUOTA).unwrap();
+        assert!(matches!(queued, Enqueued::Queued(_)));
+    }
+    let usage = |mailboxes, queued_envelopes, queued_bytes| Usage {
+        mailboxes,
+        queued_envelopes,
+        queued_bytes,
+    };
+    assert_eq!(store.usage(), usage(3, 3, 60));
+    assert_eq!(store.ack(&id(2), &[id(2)]).unwrap(), 1);
+    assert_eq!(store.usage(), usage(3, 2, 40));
+    assert!(store.delete_mailbox(&id(3)).unwrap());
+    assert_eq!(store.usage(), usage(2, 1, 10));
+    store.sweep(200, 100, 10).unwrap();
+    assert_eq!(store.usage(), usage(2, 0, 0));
+}
+
+#[test]
+fn usage_counts_mailboxes_and_queued_envelopes_and_survives_reopen() {
+    usage_totals(&MemoryStore::new(MemoryBackend::new()));
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store =
+            DiskStore::new(LogBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap());
+        usage_totals(&store);
+        assert!(store.enqueue(&id(1), &env(9, 500, 7), QUOTA).is_ok());
+        store.sync().unwrap();
+    }
+    // Counted again when the store opens: mailboxes from the keyspace, envelopes from the log.
+    let store = reopen_sled(dir.path(), MIN_WAL_SIZE);
+    assert_eq!(
+        store.usage(),
+        Usage {
+            mailboxes: 2,
+            queued_envelopes: 1,
+            queued_bytes: 7,
+        }
+    );
+}

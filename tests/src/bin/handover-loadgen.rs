@@ -1235,11 +1235,16 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.admin = None;
     config.requests_per_sec = 0;
+    config.address_requests_per_sec = 0;
+    config.connection_creations_per_min = 0;
+    config.address_creations_per_min = 0;
     config.wal_mib = args.wal_mib;
     config.udp_buffer_bytes = args.udp_buffer_bytes;
     config.max_streams = (args.streams as u32).max(1) * 2;
     config.limits.mailbox_max_envelopes = u64::MAX;
     config.limits.mailbox_max_bytes = u64::MAX;
+    config.limits.relay_max_envelopes = u64::MAX;
+    config.limits.relay_max_bytes = u64::MAX;
     let relay = if args.memory_store {
         let store: Arc<dyn handover_relay::store::Store> = Arc::new(
             handover_relay::store::MemoryStore::new(handover_relay::store::MemoryBackend::new()),

@@ -390,4 +390,8 @@ impl KvBackend for LogBackend {
     fn compaction_candidate(&self) -> Option<Candidate> {
         self.oldest_sealed()
     }
+
+    fn writes_blocked(&self) -> bool {
+        self.lock_pending().failed
+    }
 }
