@@ -572,4 +572,80 @@ mod tests {
         let bad = Args::parse_from(["handover-relay", "--max-envelope-bytes", "999999"]);
         assert!(config_from(&bad).is_err());
     }
+
+    #[test]
+    fn abuse_limits_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "secret\r\n").unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "address_requests_per_sec = 7\naddress_creation_burst = 3\n\
+                 retry_above_handshakes = 5\nmin_free_bytes = 1000\n\
+                 creation_token_file = {:?}\n[limits]\nrelay_max_mailboxes = 9\n\
+                 relay_max_envelopes = 10\nrelay_max_bytes = 11\n",
+                token.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "handover-relay",
+            "--config",
+            path.to_str().unwrap(),
+            "--relay-max-bytes",
+            "12",
+        ]);
+        let c = config_from(&args).unwrap();
+        assert_eq!(
+            (
+                c.address_requests_per_sec,
+                c.address_creation_burst,
+                c.retry_above_handshakes,
+                c.min_free_bytes
+            ),
+            (7, 3, 5, 1000)
+        );
+        assert_eq!(
+            (
+                c.limits.relay_max_mailboxes,
+                c.limits.relay_max_envelopes,
+                c.limits.relay_max_bytes
+            ),
+            (9, 10, 12)
+        );
+        let handler = crate::handler::Handler::new(
+            std::sync::Arc::new(crate::store::MemoryStore::new(
+                crate::store::MemoryBackend::new(),
+            )),
+            c.limits.clone(),
+            Vec::new(),
+        )
+        .with_creation_token(c.creation_token.clone());
+        // The file's final line break is not part of the token.
+        let session = crate::handler::Session::new(Box::new(crate::testing::Exporter(1)));
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let create = |token: &[u8]| {
+            crate::testing::request(handover_proto::relay::v1::request::Kind::CreateMailbox(
+                handover_proto::relay::v1::CreateMailbox {
+                    auth_key: key.verifying_key().to_bytes().to_vec(),
+                    capability_hashes: Vec::new(),
+                    creation_token: token.to_vec(),
+                },
+            ))
+        };
+        let mut rng = rand::rng();
+        let created =
+            crate::testing::answer(handler.handle(&session, create(b"secret"), 1, &mut rng));
+        assert!(
+            matches!(
+                created.kind,
+                Some(handover_proto::relay::v1::response::Kind::MailboxCreated(_))
+            ),
+            "{created:?}"
+        );
+        std::fs::write(&token, "\n").unwrap();
+        assert!(config_from(&args).is_err(), "an empty token is refused");
+    }
 }
