@@ -4,17 +4,24 @@ use handover_proto::validate::Validate as _;
 
 use super::{
     Body, Contact, ContactRecord, CryptoRng, DeviceCertificate, DeviceId, Engine, EngineError,
-    IssuedCapability, KEY_CAPS, KEY_LEN, KvStore, Namespace, OutboxItem, PREFIX_DEVICE,
-    PREFIX_VERIFIED, PrekeyBundle, Role, SafetyNumber, Session, State, WriteBatch, cert_root,
-    decode, key, records, safety_binding, wire,
+    IssuedCapability, KEY_CAPS, KvStore, Namespace, OrgTrust, OutboxItem, PREFIX_DEVICE,
+    PREFIX_IDENTITY_CHANGED, PREFIX_VERIFIED, PeerId, PrekeyBundle, Role, SafetyNumber, Session,
+    State, WriteBatch, cert_root, decode, key, records, safety_binding, wire,
 };
+
+/// The identity key a signed certificate names (`None` if it does not decode).
+fn identity_of(signed: &wire::SignedDeviceCertificate) -> Option<Vec<u8>> {
+    decode::device_certificate(&signed.certificate)
+        .ok()
+        .map(|c| c.identity_key)
+}
 
 impl<S: KvStore> Engine<S> {
     // -----------------------------------------------------------------------------------------
     // Verification.
 
     /// The safety number of this device and a contact, to compare in person.
-    pub fn safety_number(&self, contact: DeviceId, now: u64) -> Result<SafetyNumber, EngineError> {
+    pub fn safety_number(&self, contact: PeerId, now: u64) -> Result<SafetyNumber, EngineError> {
         let st = self.state()?;
         let cert = self.verified_contact_cert(contact, now)?;
         Ok(SafetyNumber::new(&st.own_cert, &cert))
@@ -27,7 +34,7 @@ impl<S: KvStore> Engine<S> {
     /// change, [`Contact::verified`] turns false again.
     pub fn mark_contact_verified(
         &mut self,
-        contact: DeviceId,
+        contact: PeerId,
         compared: &str,
         now: u64,
     ) -> Result<(), EngineError> {
@@ -41,7 +48,7 @@ impl<S: KvStore> Engine<S> {
     /// from the contact's screen ([`SafetyNumber::qr_payload`] on their side).
     pub fn mark_contact_verified_scanned(
         &mut self,
-        contact: DeviceId,
+        contact: PeerId,
         scanned: &[u8],
         now: u64,
     ) -> Result<(), EngineError> {
@@ -52,42 +59,119 @@ impl<S: KvStore> Engine<S> {
     }
 
     /// Forgets that a contact was verified (for example after marking the wrong one).
-    pub fn clear_contact_verified(&mut self, contact: DeviceId) -> Result<(), EngineError> {
+    pub fn clear_contact_verified(&mut self, contact: PeerId) -> Result<(), EngineError> {
         if !self.state()?.contacts.contains_key(&contact) {
             return Err(EngineError::UnknownContact);
         }
-        self.store
-            .delete(Namespace::Contacts, &key(PREFIX_VERIFIED, &contact.0))?;
+        self.store.delete(
+            Namespace::Contacts,
+            &key(PREFIX_VERIFIED, &contact.storage_key()),
+        )?;
         self.state_mut()?.verified.remove(&contact);
         Ok(())
     }
 
-    fn store_verified(&mut self, contact: DeviceId) -> Result<(), EngineError> {
+    /// Acknowledges that a contact's identity key changed ([`Contact::identity_changed`])
+    /// without verifying the new safety number: the warning is cleared, the contact stays
+    /// unverified. Marking it verified clears the warning too.
+    pub fn acknowledge_identity_change(&mut self, contact: PeerId) -> Result<(), EngineError> {
+        if !self.state()?.contacts.contains_key(&contact) {
+            return Err(EngineError::UnknownContact);
+        }
+        self.store.delete(
+            Namespace::Contacts,
+            &key(PREFIX_IDENTITY_CHANGED, &contact.storage_key()),
+        )?;
+        self.state_mut()?.identity_changed.remove(&contact);
+        Ok(())
+    }
+
+    fn store_verified(&mut self, contact: PeerId) -> Result<(), EngineError> {
         let st = self.state()?;
         let c = st
             .contacts
             .get(&contact)
             .ok_or(EngineError::UnknownContact)?;
         let binding = safety_binding(&c.certificate).ok_or(EngineError::CorruptState)?;
-        self.store.put(
+        let mut batch = WriteBatch::new();
+        batch.put(
             Namespace::Contacts,
-            &key(PREFIX_VERIFIED, &contact.0),
+            &key(PREFIX_VERIFIED, &contact.storage_key()),
             &records::encode_verified(&binding),
-        )?;
-        self.state_mut()?.verified.insert(contact, binding);
+        );
+        batch.delete(
+            Namespace::Contacts,
+            &key(PREFIX_IDENTITY_CHANGED, &contact.storage_key()),
+        );
+        self.store.apply_batch(batch)?;
+        let st = self.state_mut()?;
+        st.verified.insert(contact, binding);
+        st.identity_changed.remove(&contact);
         Ok(())
     }
 
     /// Whether a contact's safety number was compared for the keys its certificate has now, and
     /// its organisation is trusted and has not revoked it.
-    fn contact_verified(st: &State, id: &DeviceId, contact: &ContactRecord) -> bool {
-        let Some(stored) = st.verified.get(id) else {
+    fn contact_verified(st: &State, peer: &PeerId, contact: &ContactRecord) -> bool {
+        let Some(stored) = st.verified.get(peer) else {
             return false;
         };
-        let active = cert_root(&contact.certificate)
-            .and_then(|root| st.orgs.get(&root))
-            .is_some_and(|org| !org.trust.is_revoked(id));
+        let active = st
+            .orgs
+            .get(&peer.org_root)
+            .is_some_and(|org| !org.trust.is_revoked(&peer.device_id));
         active && safety_binding(&contact.certificate).as_ref() == Some(stored)
+    }
+
+    /// Stages `record` as the contact record of `peer` (whose organisation root and device id
+    /// the caller took from the record's verified certificate). If the peer is known with
+    /// another identity key, the change is recorded ([`Contact::identity_changed`]) and its
+    /// verified mark deleted. Returns whether the identity key changed; install the record
+    /// with [`install_contact`](Self::install_contact) after the batch is applied.
+    pub(super) fn stage_contact(
+        &self,
+        batch: &mut WriteBatch,
+        peer: PeerId,
+        record: &ContactRecord,
+    ) -> Result<bool, EngineError> {
+        let st = self.state()?;
+        let changed = st
+            .contacts
+            .get(&peer)
+            .is_some_and(|old| identity_of(&old.certificate) != identity_of(&record.certificate));
+        batch.put(
+            Namespace::Contacts,
+            &key(PREFIX_DEVICE, &peer.storage_key()),
+            &record.encode(),
+        );
+        if changed {
+            batch.put(
+                Namespace::Contacts,
+                &key(PREFIX_IDENTITY_CHANGED, &peer.storage_key()),
+                b"",
+            );
+            batch.delete(
+                Namespace::Contacts,
+                &key(PREFIX_VERIFIED, &peer.storage_key()),
+            );
+        }
+        Ok(changed)
+    }
+
+    /// Installs a contact record staged with [`stage_contact`](Self::stage_contact).
+    pub(super) fn install_contact(
+        &mut self,
+        peer: PeerId,
+        record: ContactRecord,
+        identity_changed: bool,
+    ) -> Result<(), EngineError> {
+        let st = self.state_mut()?;
+        st.contacts.insert(peer, record);
+        if identity_changed {
+            st.identity_changed.insert(peer);
+            st.verified.remove(&peer);
+        }
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -154,7 +238,7 @@ impl<S: KvStore> Engine<S> {
         &self,
         invitation: &wire::Invitation,
         now: u64,
-    ) -> Result<DeviceId, EngineError> {
+    ) -> Result<PeerId, EngineError> {
         invitation
             .validate()
             .map_err(|_| EngineError::InvalidInvitation)?;
@@ -181,10 +265,11 @@ impl<S: KvStore> Engine<S> {
             .address
             .as_ref()
             .ok_or(EngineError::InvalidInvitation)?;
-        if address.device_id != cert.device_id().0 || cert.device_id() == st.own_cert.device_id() {
+        if address.device_id != cert.device_id().0 || PeerId::of(&cert) == PeerId::of(&st.own_cert)
+        {
             return Err(EngineError::InvalidInvitation);
         }
-        Ok(cert.device_id())
+        Ok(PeerId::of(&cert))
     }
 
     /// Accepts an invitation: stores the inviter as a contact, starts a session from the
@@ -198,20 +283,20 @@ impl<S: KvStore> Engine<S> {
         bundle: &PrekeyBundle,
         now: u64,
         rng: &mut impl CryptoRng,
-    ) -> Result<(DeviceId, OutboxItem), EngineError> {
+    ) -> Result<(PeerId, OutboxItem), EngineError> {
         let inviter = self.check_invitation(invitation, now)?;
         let signed = invitation
             .certificate
             .clone()
             .ok_or(EngineError::InvalidInvitation)?;
-        let root = cert_root(&signed).ok_or(EngineError::InvalidInvitation)?;
+        let root = inviter.org_root;
         let mut batch = WriteBatch::new();
         let staged_org =
             self.stage_carried_list(&root, invitation.device_list.as_ref(), &mut batch);
         let trust = self.trust_after(&root, staged_org.as_ref())?;
         let st = self.state()?;
         let (session, peer) = Session::initiate(&st.profile.device, trust, bundle, now, rng)?;
-        if peer.device_id() != inviter {
+        if PeerId::of(&peer) != inviter || peer.signed() != &signed {
             return Err(EngineError::InvalidBundle);
         }
         let contact = ContactRecord {
@@ -219,17 +304,14 @@ impl<S: KvStore> Engine<S> {
             address: invitation.address.clone(),
             display_name: invitation.display_name.clone(),
         };
+        self.stage_session_replacement(&mut batch, inviter, &session)?;
         let (item, caps) =
-            self.stage_contact_card(&mut batch, inviter, &contact, session, now, rng)?;
-        batch.put(
-            Namespace::Contacts,
-            &key(PREFIX_DEVICE, &inviter.0),
-            &contact.encode(),
-        );
+            self.stage_contact_card(&mut batch, inviter, &contact, trust, session, now, rng)?;
+        let changed = self.stage_contact(&mut batch, inviter, &contact)?;
         self.store.apply_batch(batch)?;
+        self.install_contact(inviter, contact, changed)?;
         let st = self.state_mut()?;
         st.caps = caps;
-        st.contacts.insert(inviter, contact);
         if let Some(entry) = staged_org {
             st.orgs.insert(root, entry);
         }
@@ -242,33 +324,37 @@ impl<S: KvStore> Engine<S> {
     /// Register the new capability hashes with the relay before sending the entry.
     pub fn send_contact_card(
         &mut self,
-        to: DeviceId,
+        to: PeerId,
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<OutboxItem, EngineError> {
-        self.verified_contact_cert(to, now)?;
         let st = self.state()?;
         let contact = st.contacts.get(&to).ok_or(EngineError::UnknownContact)?;
         let session = self.load_session(to)?.ok_or(EngineError::NoSession)?;
         let mut batch = WriteBatch::new();
-        let (item, caps) = self.stage_contact_card(&mut batch, to, contact, session, now, rng)?;
+        let trust = self.org_trust(&to.org_root)?;
+        let (item, caps) =
+            self.stage_contact_card(&mut batch, to, contact, trust, session, now, rng)?;
         self.store.apply_batch(batch)?;
         self.state_mut()?.caps = caps;
         Ok(item)
     }
 
     /// Stages (session, outbox entry, capability set) for a contact card to `to`.
+    #[allow(clippy::too_many_arguments)]
     fn stage_contact_card(
         &self,
         batch: &mut WriteBatch,
-        to: DeviceId,
+        to: PeerId,
         contact: &ContactRecord,
+        trust: &OrgTrust,
         mut session: Session,
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<(OutboxItem, Vec<IssuedCapability>), EngineError> {
+        Self::release_check_with(trust, to, contact, &session, now)?;
         let mut caps = self.clone_caps()?;
-        let cap = self.issue_capability(&mut caps, u64::MAX, Some(to), now, rng)?;
+        let cap = self.issue_capability(&mut caps, u64::MAX, Some(to.device_id), now, rng)?;
         let st = self.state()?;
         let card = wire::ContactCard {
             address: Some(self.own_address(cap)?),
@@ -279,7 +365,7 @@ impl<S: KvStore> Engine<S> {
         let content = self.new_content(Body::ContactCard(card), now, rng);
         let address = contact.address.as_ref().ok_or(EngineError::NoAddress)?;
         let item = self.seal_to(&mut session, address, to, &content, now, rng)?;
-        batch.put(Namespace::Sessions, &to.0, &session.to_secret_bytes());
+        self.stage_session(batch, to, &session);
         batch.put(Namespace::Outbox, &self.outbox_key(&item)?, &item.encode());
         batch.put(Namespace::Settings, KEY_CAPS, &records::encode_caps(&caps));
         Ok((item, caps))
@@ -292,11 +378,11 @@ impl<S: KvStore> Engine<S> {
     pub fn contacts(&self) -> Result<Vec<Contact>, EngineError> {
         let st = self.state()?;
         let mut out = Vec::new();
-        for (id, c) in &st.contacts {
+        for (peer, c) in &st.contacts {
             let cert = decode::device_certificate(&c.certificate.certificate).ok();
             out.push(Contact {
-                device_id: *id,
-                org_root: cert_root(&c.certificate).unwrap_or([0; KEY_LEN]),
+                device_id: peer.device_id,
+                org_root: peer.org_root,
                 role: cert.and_then(|c| match c.role {
                     1 => Some(Role::Admin),
                     2 => Some(Role::Caseworker),
@@ -305,15 +391,34 @@ impl<S: KvStore> Engine<S> {
                 }),
                 display_name: c.display_name.clone(),
                 has_address: c.address.is_some(),
-                has_session: self.store.contains(Namespace::Sessions, &id.0)?,
-                verified: Self::contact_verified(st, id, c),
+                has_session: self.has_session(*peer)?,
+                verified: Self::contact_verified(st, peer, c),
+                identity_changed: st.identity_changed.contains(peer),
             });
         }
         Ok(out)
     }
 
+    /// The one contact with device id `device` (for user interfaces that name a contact by its
+    /// device id). [`EngineError::UnknownContact`] if there is none; if several organisations'
+    /// devices share the id, an [`EngineError::InvalidInput`] asking for the peer id.
+    pub fn peer_by_device_id(&self, device: DeviceId) -> Result<PeerId, EngineError> {
+        let mut found = self
+            .state()?
+            .contacts
+            .keys()
+            .filter(|p| p.device_id == device);
+        let first = *found.next().ok_or(EngineError::UnknownContact)?;
+        if found.next().is_some() {
+            return Err(EngineError::InvalidInput(
+                "several contacts of different organisations share this device id; name the contact by its organisation root and device id",
+            ));
+        }
+        Ok(first)
+    }
+
     /// The address of a contact (to take its prekey bundle with `PrekeyTake`).
-    pub fn contact_address(&self, contact: DeviceId) -> Result<wire::DeviceAddress, EngineError> {
+    pub fn contact_address(&self, contact: PeerId) -> Result<wire::DeviceAddress, EngineError> {
         let st = self.state()?;
         st.contacts
             .get(&contact)
@@ -325,7 +430,7 @@ impl<S: KvStore> Engine<S> {
 
     pub(super) fn verified_contact_cert(
         &self,
-        contact: DeviceId,
+        contact: PeerId,
         now: u64,
     ) -> Result<DeviceCertificate, EngineError> {
         let st = self.state()?;
@@ -333,14 +438,96 @@ impl<S: KvStore> Engine<S> {
             .contacts
             .get(&contact)
             .ok_or(EngineError::UnknownContact)?;
-        let root = cert_root(&c.certificate).ok_or(EngineError::CorruptState)?;
+        self.checked_cert(contact, c, now)
+    }
+
+    /// The contact's certificate, verified by its organisation (not revoked) and issued to
+    /// `contact`.
+    fn checked_cert(
+        &self,
+        contact: PeerId,
+        record: &ContactRecord,
+        now: u64,
+    ) -> Result<DeviceCertificate, EngineError> {
+        let st = self.state()?;
         let org = st
             .orgs
-            .get(&root)
+            .get(&contact.org_root)
             .ok_or(EngineError::UntrustedOrganisation)?;
-        if org.trust.is_revoked(&contact) {
+        if org.trust.is_revoked(&contact.device_id) {
             return Err(EngineError::Revoked);
         }
-        Ok(org.trust.verify_certificate(&c.certificate, now)?)
+        let cert = org.trust.verify_certificate(&record.certificate, now)?;
+        if PeerId::of(&cert) != contact {
+            return Err(EngineError::CorruptState);
+        }
+        Ok(cert)
+    }
+
+    /// The contact's certificate, checked as by
+    /// [`verified_contact_cert`](Self::verified_contact_cert) and also the certificate its
+    /// organisation's current device list holds for it ([`EngineError::NotListed`] otherwise,
+    /// or when no list of that organisation is known).
+    pub(super) fn listed_contact_cert(
+        &self,
+        contact: PeerId,
+        now: u64,
+    ) -> Result<DeviceCertificate, EngineError> {
+        let st = self.state()?;
+        let c = st
+            .contacts
+            .get(&contact)
+            .ok_or(EngineError::UnknownContact)?;
+        self.listed_cert(contact, c, now)
+    }
+
+    fn listed_cert(
+        &self,
+        contact: PeerId,
+        record: &ContactRecord,
+        now: u64,
+    ) -> Result<DeviceCertificate, EngineError> {
+        let trust = self.org_trust(&contact.org_root)?;
+        Self::listed_cert_in(trust, contact, record, now)
+    }
+
+    /// [`listed_cert`](Self::listed_cert) against `trust` (possibly staged, not installed).
+    fn listed_cert_in(
+        trust: &OrgTrust,
+        contact: PeerId,
+        record: &ContactRecord,
+        now: u64,
+    ) -> Result<DeviceCertificate, EngineError> {
+        if trust.root().to_bytes() != contact.org_root {
+            return Err(EngineError::NotListed);
+        }
+        if trust.is_revoked(&contact.device_id) {
+            return Err(EngineError::Revoked);
+        }
+        let cert = trust.verify_certificate(&record.certificate, now)?;
+        if PeerId::of(&cert) != contact
+            || trust.listed_certificate(&contact.device_id) != Some(&record.certificate)
+        {
+            return Err(EngineError::NotListed);
+        }
+        Ok(cert)
+    }
+
+    /// The release check of [`release_check`](Self::release_check) for a contact record that
+    /// may not be installed yet (a contact card staged with a new session).
+    pub(super) fn release_check_with(
+        trust: &OrgTrust,
+        peer: PeerId,
+        record: &ContactRecord,
+        session: &Session,
+        now: u64,
+    ) -> Result<DeviceCertificate, EngineError> {
+        let cert = Self::listed_cert_in(trust, peer, record, now)?;
+        if session.remote_identity_key() != cert.identity_key()
+            || session.remote_device_id() != peer.device_id
+        {
+            return Err(EngineError::NotListed);
+        }
+        Ok(cert)
     }
 }

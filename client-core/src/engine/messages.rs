@@ -4,10 +4,28 @@ use handover_proto::validate::Validate as _;
 
 use super::{
     Body, ContactRecord, CryptoRng, DeviceId, Direction, Engine, EngineError, ID_LEN, KEY_CAPS,
-    KEY_LEN, KEY_MSG_SEQ, KEY_PREKEYS, KvStore, Message, Namespace, OutboxItem, PREFIX_DEVICE,
-    PREFIX_ENVELOPE, PREFIX_MESSAGE, PREFIX_MESSAGE_ID, Received, RelayInfo, Session, WriteBatch,
-    Zeroizing, cert_root, decode, key, random_id, records, referrals, relay, sealed, to_id, wire,
+    KEY_LEN, KEY_MSG_SEQ, KEY_PREKEYS, KvStore, Message, Namespace, OutboxItem, PREFIX_ENVELOPE,
+    PREFIX_MESSAGE, PREFIX_MESSAGE_ID, PeerId, Received, RelayInfo, Session, WriteBatch, Zeroizing,
+    cert_root, decode, key, random_id, records, referrals, relay, sealed, to_id, wire,
 };
+
+/// Which session decrypted an incoming message.
+#[derive(Clone, Copy)]
+enum SessionSlot {
+    /// The current session.
+    Current,
+    /// A previous session (index, newest first), which becomes current.
+    Previous(usize),
+    /// A previous session that decrypted a repeated initial message: it stays previous.
+    PreviousKept(usize),
+    /// A new session from an initial message, which becomes current.
+    New,
+}
+
+/// A copy of a session to decrypt on (the original stays as it was if decryption fails).
+fn copy_session(session: &Session) -> Result<Session, EngineError> {
+    Session::from_secret_bytes(&session.to_secret_bytes()).map_err(|_| EngineError::CorruptState)
+}
 
 impl<S: KvStore> Engine<S> {
     // -----------------------------------------------------------------------------------------
@@ -31,7 +49,7 @@ impl<S: KvStore> Engine<S> {
         &self,
         session: &mut Session,
         address: &wire::DeviceAddress,
-        to: DeviceId,
+        to: PeerId,
         content: &wire::Content,
         now: u64,
         rng: &mut impl CryptoRng,
@@ -71,7 +89,7 @@ impl<S: KvStore> Engine<S> {
             send_id,
             capability: Zeroizing::new(capability),
             message_id: to_id(&content.message_id).ok_or(EngineError::CorruptState)?,
-            recipient: to,
+            recipient: to.device_id,
             envelope: relay::Envelope {
                 envelope_id: envelope_id.to_vec(),
                 expires_at,
@@ -85,7 +103,7 @@ impl<S: KvStore> Engine<S> {
     /// message and the outbox entry for the driver to send.
     pub fn send(
         &mut self,
-        to: DeviceId,
+        to: PeerId,
         body: Body,
         now: u64,
         rng: &mut impl CryptoRng,
@@ -97,7 +115,7 @@ impl<S: KvStore> Engine<S> {
     /// Sends a chat message (text and attachments) to a contact.
     pub fn send_chat(
         &mut self,
-        to: DeviceId,
+        to: PeerId,
         text: &str,
         attachments: Vec<wire::Attachment>,
         now: u64,
@@ -112,7 +130,7 @@ impl<S: KvStore> Engine<S> {
 
     pub(super) fn send_inner(
         &mut self,
-        to: DeviceId,
+        to: PeerId,
         body: Body,
         keep_copy: bool,
         now: u64,
@@ -125,7 +143,7 @@ impl<S: KvStore> Engine<S> {
         let mut batch = WriteBatch::new();
         let item = self.stage_send(&mut batch, to, &content, now, rng)?;
         let message = if keep_copy {
-            Some(self.stage_message(&mut batch, Direction::Outgoing, to, content, now)?)
+            Some(self.stage_message(&mut batch, Direction::Outgoing, to.device_id, content, now)?)
         } else {
             None
         };
@@ -139,16 +157,16 @@ impl<S: KvStore> Engine<S> {
     pub(super) fn stage_send(
         &self,
         batch: &mut WriteBatch,
-        to: DeviceId,
+        to: PeerId,
         content: &wire::Content,
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<OutboxItem, EngineError> {
-        self.verified_contact_cert(to, now)?;
         let address = self.contact_address(to)?;
         let mut session = self.load_session(to)?.ok_or(EngineError::NoSession)?;
+        self.release_check(to, &session, now)?;
         let item = self.seal_to(&mut session, &address, to, content, now, rng)?;
-        batch.put(Namespace::Sessions, &to.0, &session.to_secret_bytes());
+        self.stage_session(batch, to, &session);
         batch.put(Namespace::Outbox, &self.outbox_key(&item)?, &item.encode());
         Ok(item)
     }
@@ -259,55 +277,122 @@ impl<S: KvStore> Engine<S> {
             .verify_certificate(sender_signed, now)
             .map_err(|_| EngineError::CouldNotDecrypt)?;
         let sender_id = sender.device_id();
-        if sender_id == st.own_cert.device_id() {
+        // The sender is the pair (organisation root, device id): a device id alone is chosen
+        // by whoever signed the certificate (docs/PROTOCOL.md §5.5).
+        let peer = PeerId::of(&sender);
+        if peer == PeerId::of(&st.own_cert) {
             return Err(EngineError::CouldNotDecrypt);
         }
-        let existing = self.load_session(sender_id)?;
+        let current = self.load_session(peer)?;
+        let previous = self.load_previous_sessions(peer)?;
         let mut new_prekeys = None;
-        let (session, content) = match opened.message.as_ref() {
+        // Which session decrypted: the current one, a previous one (by index), or a new one.
+        let (session, content, slot) = match opened.message.as_ref() {
             Some(wire::sealed::Message::Ratchet(m)) => {
-                let mut session = existing.ok_or(EngineError::CouldNotDecrypt)?;
-                session
-                    .check_sender(&org.trust, sender_signed, now)
-                    .map_err(|_| EngineError::CouldNotDecrypt)?;
-                let content = session
-                    .decrypt_content(m, now, rng)
-                    .map_err(|_| EngineError::CouldNotDecrypt)?;
-                (session, content)
-            }
-            Some(wire::sealed::Message::Prekey(m)) => match existing {
-                Some(mut session) if session.matches_prekey_message(m) => {
-                    session
+                // Current session first, then the previous ones, newest first (§6.3).
+                let mut found = None;
+                for (slot, candidate) in current.iter().map(|s| (SessionSlot::Current, s)).chain(
+                    previous
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| (SessionSlot::Previous(i), s)),
+                ) {
+                    let mut session = copy_session(candidate)?;
+                    if session
                         .check_sender(&org.trust, sender_signed, now)
-                        .map_err(|_| EngineError::CouldNotDecrypt)?;
-                    let inner = m.message.as_ref().ok_or(EngineError::CouldNotDecrypt)?;
-                    let content = session
-                        .decrypt_content(inner, now, rng)
-                        .map_err(|_| EngineError::CouldNotDecrypt)?;
-                    (session, content)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    if let Ok(content) = session.decrypt_content(m, now, rng) {
+                        found = Some((session, content, slot));
+                        break;
+                    }
                 }
-                _ => {
-                    let mut prekeys = st.prekeys.clone();
-                    let (session, plaintext) =
-                        Session::respond(&st.profile.device, &mut prekeys, &sender, m, now, rng)
+                found.ok_or(EngineError::CouldNotDecrypt)?
+            }
+            Some(wire::sealed::Message::Prekey(m)) => {
+                let matching = current
+                    .iter()
+                    .map(|s| (SessionSlot::Current, s))
+                    .chain(
+                        previous
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| (SessionSlot::Previous(i), s)),
+                    )
+                    .find(|(_, s)| s.matches_prekey_message(m));
+                match matching {
+                    Some((slot, candidate)) => {
+                        let mut session = copy_session(candidate)?;
+                        session
+                            .check_sender(&org.trust, sender_signed, now)
                             .map_err(|_| EngineError::CouldNotDecrypt)?;
-                    let plaintext = Zeroizing::new(plaintext);
-                    let content =
-                        decode::content(&plaintext).map_err(|_| EngineError::CouldNotDecrypt)?;
-                    new_prekeys = Some(prekeys);
-                    (session, content)
+                        let inner = m.message.as_ref().ok_or(EngineError::CouldNotDecrypt)?;
+                        let content = session
+                            .decrypt_content(inner, now, rng)
+                            .map_err(|_| EngineError::CouldNotDecrypt)?;
+                        // A repeated initial message of a previous session decrypts there but
+                        // does not make it current: the peer may have moved on.
+                        let slot = match slot {
+                            SessionSlot::Previous(i) => SessionSlot::PreviousKept(i),
+                            other => other,
+                        };
+                        (session, content, slot)
+                    }
+                    None => {
+                        let mut prekeys = st.prekeys.clone();
+                        let (session, plaintext) = Session::respond(
+                            &st.profile.device,
+                            &mut prekeys,
+                            &sender,
+                            m,
+                            now,
+                            rng,
+                        )
+                        .map_err(|_| EngineError::CouldNotDecrypt)?;
+                        let plaintext = Zeroizing::new(plaintext);
+                        let content = decode::content(&plaintext)
+                            .map_err(|_| EngineError::CouldNotDecrypt)?;
+                        new_prekeys = Some(prekeys);
+                        (session, content, SessionSlot::New)
+                    }
                 }
-            },
+            }
             None => return Err(EngineError::CouldNotDecrypt),
         };
         let message_id = to_id(&content.message_id).ok_or(EngineError::CouldNotDecrypt)?;
 
         let mut batch = WriteBatch::new();
-        batch.put(
-            Namespace::Sessions,
-            &sender_id.0,
-            &session.to_secret_bytes(),
-        );
+        match slot {
+            SessionSlot::Current => self.stage_session(&mut batch, peer, &session),
+            SessionSlot::PreviousKept(i) => {
+                let mut kept = previous;
+                if let Some(s) = kept.get_mut(i) {
+                    *s = copy_session(&session)?;
+                }
+                self.stage_previous_sessions(&mut batch, peer, &kept);
+            }
+            SessionSlot::Previous(i) => {
+                // The peer uses this session: it becomes current, the current one previous.
+                let mut kept: Vec<Session> = current.into_iter().collect();
+                kept.extend(
+                    previous
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, s)| s),
+                );
+                self.stage_previous_sessions(&mut batch, peer, &kept);
+                self.stage_session(&mut batch, peer, &session);
+            }
+            SessionSlot::New => {
+                let mut kept: Vec<Session> = current.into_iter().collect();
+                kept.extend(previous);
+                self.stage_previous_sessions(&mut batch, peer, &kept);
+                self.stage_session(&mut batch, peer, &session);
+            }
+        }
         if let Some(p) = &new_prekeys {
             batch.put(Namespace::Prekeys, KEY_PREKEYS, &p.to_secret_bytes());
         }
@@ -323,7 +408,7 @@ impl<S: KvStore> Engine<S> {
         // Side effects of control content, staged in the same batch.
         let mut staged_org = None;
         let mut referral_events = Vec::new();
-        let mut contact = st.contacts.get(&sender_id).map(|c| ContactRecord {
+        let mut contact = st.contacts.get(&peer).map(|c| ContactRecord {
             certificate: sender_signed.clone(),
             address: c.address.clone(),
             display_name: c.display_name.clone(),
@@ -373,11 +458,7 @@ impl<S: KvStore> Engine<S> {
             address: None,
             display_name: String::new(),
         });
-        batch.put(
-            Namespace::Contacts,
-            &key(PREFIX_DEVICE, &sender_id.0),
-            &contact.encode(),
-        );
+        let identity_changed = self.stage_contact(&mut batch, peer, &contact)?;
         let message = if duplicate {
             None
         } else {
@@ -397,7 +478,8 @@ impl<S: KvStore> Engine<S> {
         if let Some(entry) = staged_org {
             st.orgs.insert(root, entry);
         }
-        st.contacts.insert(sender_id, contact);
+        self.install_contact(peer, contact, identity_changed)?;
+        let st = self.state_mut()?;
         match message {
             Some(m) => {
                 st.next_seq += 1;

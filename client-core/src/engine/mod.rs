@@ -104,6 +104,66 @@ const PREFIX_VERIFIED: &[u8] = b"ver/";
 const PREFIX_MESSAGE: &[u8] = b"m/";
 const PREFIX_MESSAGE_ID: &[u8] = b"id/";
 const PREFIX_ENVELOPE: &[u8] = b"e/";
+/// Contacts: marker (empty value) of a peer whose identity key changed since it was first seen,
+/// until its safety number is verified again (or the change is acknowledged).
+const PREFIX_IDENTITY_CHANGED: &[u8] = b"chg/";
+/// Sessions: the previous sessions of a peer, newest first (see [`MAX_PREVIOUS_SESSIONS`]).
+const PREFIX_PREVIOUS_SESSIONS: &[u8] = b"prev/";
+
+/// Previous sessions kept per peer after a `PrekeyMessage` replaced its session (as Signal
+/// keeps archived session states): a message that fails on the current session is tried on
+/// these, newest first, so messages in flight during simultaneous initiation are not lost.
+/// The oldest is deleted first (docs/PROTOCOL.md §6.3).
+pub const MAX_PREVIOUS_SESSIONS: usize = 5;
+
+/// A remote peer: the organisation root that certified it and the device id in that
+/// certificate.
+///
+/// A device id is chosen by whoever signs the certificate, so it names a device only within
+/// its organisation: every session, contact, verified mark and recipient record is keyed by
+/// the pair (docs/PROTOCOL.md §5.5).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId {
+    /// The organisation root key that certified the device.
+    pub org_root: [u8; KEY_LEN],
+    /// The device id in its certificate.
+    pub device_id: DeviceId,
+}
+
+impl PeerId {
+    /// The peer of a verified certificate.
+    pub fn of(cert: &DeviceCertificate) -> Self {
+        Self {
+            org_root: cert.org_root_key().to_bytes(),
+            device_id: cert.device_id(),
+        }
+    }
+
+    /// The store key of the peer: `org_root (32) || device_id (16)`.
+    fn storage_key(&self) -> [u8; KEY_LEN + ID_LEN] {
+        let mut out = [0u8; KEY_LEN + ID_LEN];
+        out[..KEY_LEN].copy_from_slice(&self.org_root);
+        out[KEY_LEN..].copy_from_slice(&self.device_id.0);
+        out
+    }
+
+    fn from_storage_key(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != KEY_LEN + ID_LEN {
+            return None;
+        }
+        Some(Self {
+            org_root: bytes[..KEY_LEN].try_into().ok()?,
+            device_id: DeviceId(bytes[KEY_LEN..].try_into().ok()?),
+        })
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Ids stay out of debug output, which may reach logs.
+        f.write_str("PeerId(..)")
+    }
+}
 
 /// Everything that can go wrong in the engine.
 ///
@@ -139,6 +199,13 @@ pub enum EngineError {
     /// A certificate or device list was refused.
     #[error("certificate or device list refused: {0}")]
     Certificate(#[from] CertificateError),
+    /// The peer's certificate or session is not the certificate its organisation's current
+    /// device list holds for it (or no device list of its organisation is known): nothing is
+    /// released to it. Fetch the organisation's newest device list, then start a new session.
+    #[error(
+        "this device's certificate or session does not match its organisation's current device list; nothing was sent"
+    )]
+    NotListed,
     /// No contact is known for that device.
     #[error("unknown contact; accept an invitation or import the organisation's profile first")]
     UnknownContact,
@@ -376,6 +443,21 @@ pub struct Contact {
     /// ([`Engine::mark_contact_verified`]) and still holds: the device's keys have not changed
     /// since, its organisation is trusted and has not revoked it.
     pub verified: bool,
+    /// Whether the device's identity key changed since this device first saw it (Signal's
+    /// "safety number changed"): its verified mark was dropped; compare the safety number
+    /// again ([`Engine::mark_contact_verified`]) or acknowledge the change
+    /// ([`Engine::acknowledge_identity_change`]).
+    pub identity_changed: bool,
+}
+
+impl Contact {
+    /// The contact's peer id (organisation root and device id).
+    pub fn peer(&self) -> PeerId {
+        PeerId {
+            org_root: self.org_root,
+            device_id: self.device_id,
+        }
+    }
 }
 
 impl fmt::Debug for Contact {
@@ -385,6 +467,7 @@ impl fmt::Debug for Contact {
             .field("has_address", &self.has_address)
             .field("has_session", &self.has_session)
             .field("verified", &self.verified)
+            .field("identity_changed", &self.identity_changed)
             .finish_non_exhaustive()
     }
 }
@@ -482,9 +565,11 @@ struct State {
     profile: ProfileRecord,
     own_cert: DeviceCertificate,
     orgs: BTreeMap<[u8; KEY_LEN], OrgEntry>,
-    contacts: BTreeMap<DeviceId, ContactRecord>,
+    contacts: BTreeMap<PeerId, ContactRecord>,
     /// Contacts whose safety number was compared, with the keys it was compared for.
-    verified: BTreeMap<DeviceId, [u8; records::VERIFIED_LEN]>,
+    verified: BTreeMap<PeerId, [u8; records::VERIFIED_LEN]>,
+    /// Contacts whose identity key changed since they were first seen, until re-verified.
+    identity_changed: std::collections::BTreeSet<PeerId>,
     prekeys: PrekeyStore,
     published: Option<wire::PublishedPrekeys>,
     caps: Vec<IssuedCapability>,
@@ -630,7 +715,16 @@ impl<S: KvStore> Engine<S> {
             envelope_ttl: DEFAULT_ENVELOPE_TTL,
             referral_events: Vec::new(),
         };
-        engine.state = engine.load()?.map(Box::new);
+        engine.state = match engine.load()? {
+            Some((state, migration)) => {
+                if !migration.is_empty() {
+                    engine.store.apply_batch(migration)?;
+                    engine.store.flush()?;
+                }
+                Some(Box::new(state))
+            }
+            None => None,
+        };
         Ok(engine)
     }
 
@@ -659,7 +753,9 @@ impl<S: KvStore> Engine<S> {
         self.store
     }
 
-    fn load(&self) -> Result<Option<State>, EngineError> {
+    /// Loads the state; the returned batch migrates records written before peers were keyed by
+    /// (organisation root, device id) (docs/STORAGE.md, "Peer keys").
+    fn load(&self) -> Result<Option<(State, WriteBatch)>, EngineError> {
         let Some(bytes) = self.store.get(Namespace::Identity, KEY_PROFILE)? else {
             return Ok(None);
         };
@@ -689,18 +785,89 @@ impl<S: KvStore> Engine<S> {
             }
             orgs.insert(root, OrgEntry { trust, lists });
         }
+        let mut migration = WriteBatch::new();
         let mut contacts = BTreeMap::new();
+        // Legacy contacts were keyed by device id alone: the id is unique among them, and the
+        // organisation is the root in the stored certificate.
+        let mut legacy_roots: BTreeMap<DeviceId, [u8; KEY_LEN]> = BTreeMap::new();
         for (k, value) in self.store.scan_prefix(Namespace::Contacts, PREFIX_DEVICE)? {
-            let id = to_id(&k[PREFIX_DEVICE.len()..]).ok_or(EngineError::CorruptState)?;
-            contacts.insert(DeviceId(id), ContactRecord::decode(&value)?);
+            let suffix = &k[PREFIX_DEVICE.len()..];
+            let record = ContactRecord::decode(&value)?;
+            let peer = match PeerId::from_storage_key(suffix) {
+                Some(peer) => peer,
+                None => {
+                    let id = DeviceId(to_id(suffix).ok_or(EngineError::CorruptState)?);
+                    let root = cert_root(&record.certificate).ok_or(EngineError::CorruptState)?;
+                    legacy_roots.insert(id, root);
+                    let peer = PeerId {
+                        org_root: root,
+                        device_id: id,
+                    };
+                    migration.delete(Namespace::Contacts, &k);
+                    migration.put(
+                        Namespace::Contacts,
+                        &key(PREFIX_DEVICE, &peer.storage_key()),
+                        &value,
+                    );
+                    peer
+                }
+            };
+            contacts.insert(peer, record);
         }
         let mut verified = BTreeMap::new();
         for (k, value) in self
             .store
             .scan_prefix(Namespace::Contacts, PREFIX_VERIFIED)?
         {
-            let id = to_id(&k[PREFIX_VERIFIED.len()..]).ok_or(EngineError::CorruptState)?;
-            verified.insert(DeviceId(id), records::decode_verified(&value)?);
+            let suffix = &k[PREFIX_VERIFIED.len()..];
+            let binding = records::decode_verified(&value)?;
+            let peer = match PeerId::from_storage_key(suffix) {
+                Some(peer) => peer,
+                None => {
+                    // The binding ends with the organisation root it was verified for.
+                    let id = DeviceId(to_id(suffix).ok_or(EngineError::CorruptState)?);
+                    let root: [u8; KEY_LEN] = binding[2 * KEY_LEN..]
+                        .try_into()
+                        .map_err(|_| EngineError::CorruptState)?;
+                    let peer = PeerId {
+                        org_root: root,
+                        device_id: id,
+                    };
+                    migration.delete(Namespace::Contacts, &k);
+                    migration.put(
+                        Namespace::Contacts,
+                        &key(PREFIX_VERIFIED, &peer.storage_key()),
+                        &value,
+                    );
+                    peer
+                }
+            };
+            verified.insert(peer, binding);
+        }
+        let mut identity_changed = std::collections::BTreeSet::new();
+        for k in self
+            .store
+            .keys_with_prefix(Namespace::Contacts, PREFIX_IDENTITY_CHANGED)?
+        {
+            let peer = PeerId::from_storage_key(&k[PREFIX_IDENTITY_CHANGED.len()..])
+                .ok_or(EngineError::CorruptState)?;
+            identity_changed.insert(peer);
+        }
+        // Legacy sessions (keyed by the 16-byte device id) belong to the contact with that id;
+        // one without a contact could never be used and is deleted.
+        for (k, value) in self.store.scan_prefix(Namespace::Sessions, b"")? {
+            if k.len() != ID_LEN {
+                continue;
+            }
+            migration.delete(Namespace::Sessions, &k);
+            let id = DeviceId(to_id(&k).ok_or(EngineError::CorruptState)?);
+            if let Some(root) = legacy_roots.get(&id) {
+                let peer = PeerId {
+                    org_root: *root,
+                    device_id: id,
+                };
+                migration.put(Namespace::Sessions, &peer.storage_key(), &value);
+            }
         }
         let prekeys = match self.store.get(Namespace::Prekeys, KEY_PREKEYS)? {
             Some(b) => PrekeyStore::from_secret_bytes(&b).map_err(|_| EngineError::CorruptState)?,
@@ -731,18 +898,22 @@ impl<S: KvStore> Engine<S> {
             .max()
             .unwrap_or(0)
             + 1;
-        Ok(Some(State {
-            profile,
-            own_cert,
-            orgs,
-            contacts,
-            verified,
-            prekeys,
-            published,
-            caps,
-            next_seq,
-            next_outbox: std::cell::Cell::new(next_outbox),
-        }))
+        Ok(Some((
+            State {
+                profile,
+                own_cert,
+                orgs,
+                contacts,
+                verified,
+                identity_changed,
+                prekeys,
+                published,
+                caps,
+                next_seq,
+                next_outbox: std::cell::Cell::new(next_outbox),
+            },
+            migration,
+        )))
     }
 
     fn state(&self) -> Result<&State, EngineError> {

@@ -9,7 +9,7 @@ use super::{
     Body, CertificateError, ContactRecord, CryptoRng, DEFAULT_CERTIFICATE_VALIDITY, DeviceId,
     DevicePublicKeys, Direction, Engine, EngineError, FanoutSent, ID_LEN, KEY_CAPS, KEY_LEN,
     KvStore, LABEL_ORG_PROFILE, Message, Namespace, OrgEntry, OrgRootPublicKey, OrgTrust,
-    OutboxItem, PREFIX_DEVICE, PREFIX_MESSAGE, PREFIX_MESSAGE_ID, PREFIX_ORG, PreparedPacket,
+    OutboxItem, PREFIX_MESSAGE, PREFIX_MESSAGE_ID, PREFIX_ORG, PeerId, PreparedPacket,
     ProfileDetails, Role, VerifiedProfile, WriteBatch, decode, fanout, key, org_fingerprint,
     org_fingerprint_matches, records, to_id, wire,
 };
@@ -193,6 +193,12 @@ impl<S: KvStore> Engine<S> {
             .active_devices(now)
             .into_iter()
             .filter(|c| Some(c.device_id()) != revoke)
+            // Re-certifying a device (new keys or role) replaces its listed certificate.
+            .filter(|c| {
+                add.as_ref()
+                    .and_then(|a| decode::device_certificate(&a.certificate).ok())
+                    .is_none_or(|a| a.device_id != c.device_id().0)
+            })
             .map(|c| c.signed().clone())
             .collect();
         devices.extend(add);
@@ -203,7 +209,7 @@ impl<S: KvStore> Engine<S> {
     /// Sends this organisation's newest device list to a contact (a `Content.device_list`).
     pub fn send_device_list(
         &mut self,
-        to: DeviceId,
+        to: PeerId,
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<OutboxItem, EngineError> {
@@ -290,18 +296,22 @@ impl<S: KvStore> Engine<S> {
         let mut items = Vec::new();
         let mut unreached = Vec::new();
         for device in devices {
+            let peer = PeerId {
+                org_root: packet.org_root,
+                device_id: device,
+            };
             let reachable = self
                 .state()?
                 .contacts
-                .get(&device)
+                .get(&peer)
                 .is_some_and(|c| c.address.is_some())
-                && self.has_session(device)?;
+                && self.has_session(peer)?;
             if !reachable {
                 unreached.push(device);
                 continue;
             }
             let content = self.new_content(key_body.clone(), now, rng);
-            items.push(self.stage_send(&mut batch, device, &content, now, rng)?);
+            items.push(self.stage_send(&mut batch, peer, &content, now, rng)?);
         }
         let first = items
             .first()
@@ -383,7 +393,7 @@ impl<S: KvStore> Engine<S> {
                 }
                 if let Some(address) = st
                     .contacts
-                    .get(&cert.device_id())
+                    .get(&PeerId::of(&cert))
                     .and_then(|c| c.address.clone())
                 {
                     intake.push(address);
@@ -475,7 +485,7 @@ impl<S: KvStore> Engine<S> {
         &mut self,
         signed: &wire::SignedOrgProfile,
         now: u64,
-    ) -> Result<Vec<DeviceId>, EngineError> {
+    ) -> Result<Vec<PeerId>, EngineError> {
         let verified = self.verify_org_profile(signed, now)?;
         if !verified.trusted {
             return Err(EngineError::UntrustedOrganisation);
@@ -504,21 +514,20 @@ impl<S: KvStore> Engine<S> {
                 address: Some(address.clone()),
                 display_name: profile.name.clone(),
             };
-            batch.put(
-                Namespace::Contacts,
-                &key(PREFIX_DEVICE, &cert.device_id().0),
-                &record.encode(),
-            );
-            added.push(cert.device_id());
-            new_contacts.push((cert.device_id(), record));
+            // Keyed by this organisation's root: a profile never touches another
+            // organisation's contact that happens to have the same device id.
+            let peer = PeerId::of(cert);
+            let changed = self.stage_contact(&mut batch, peer, &record)?;
+            added.push(peer);
+            new_contacts.push((peer, record, changed));
         }
         self.store.apply_batch(batch)?;
         let st = self.state_mut()?;
         if let Some(entry) = staged {
             st.orgs.insert(root, entry);
         }
-        for (id, record) in new_contacts {
-            st.contacts.insert(id, record);
+        for (peer, record, changed) in new_contacts {
+            self.install_contact(peer, record, changed)?;
         }
         Ok(added)
     }
@@ -533,7 +542,7 @@ impl<S: KvStore> Engine<S> {
         signed: &wire::SignedOrgProfile,
         compared: &str,
         now: u64,
-    ) -> Result<Vec<DeviceId>, EngineError> {
+    ) -> Result<Vec<PeerId>, EngineError> {
         let verified = self.verify_org_profile(signed, now)?;
         let root: [u8; KEY_LEN] = verified
             .profile

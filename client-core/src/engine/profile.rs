@@ -4,7 +4,7 @@ use super::{
     BTreeMap, CertificateError, CryptoRng, DEFAULT_CERTIFICATE_VALIDITY, DeviceCertificate,
     DeviceId, DeviceKeys, DevicePublicKeys, Engine, EngineError, ID_LEN, IdentitySetup, KEY_LEN,
     KEY_PROFILE, KvStore, MailboxKeys, Namespace, OrgEntry, OrgRootKey, OrgRootPublicKey, OrgTrust,
-    PREFIX_ORG, PrekeyStore, ProfileRecord, RelayInfo, Role, SigningKey, State, WriteBatch,
+    PREFIX_ORG, PeerId, PrekeyStore, ProfileRecord, RelayInfo, Role, SigningKey, State, WriteBatch,
     cert_root, key, records, wire,
 };
 
@@ -91,6 +91,7 @@ impl<S: KvStore> Engine<S> {
             orgs,
             contacts: BTreeMap::new(),
             verified: BTreeMap::new(),
+            identity_changed: std::collections::BTreeSet::new(),
             prekeys: PrekeyStore::new(),
             published: None,
             caps: Vec::new(),
@@ -103,6 +104,11 @@ impl<S: KvStore> Engine<S> {
     /// This device's id.
     pub fn device_id(&self) -> Result<DeviceId, EngineError> {
         Ok(self.state()?.own_cert.device_id())
+    }
+
+    /// This device's peer id (organisation root and device id), as other devices know it.
+    pub fn peer_id(&self) -> Result<PeerId, EngineError> {
+        Ok(PeerId::of(&self.state()?.own_cert))
     }
 
     /// This device's verified certificate.
