@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use handover_core::client::{Client, ClientError, ClientEvent};
 use handover_core::engine::{
-    self, Direction, EngineError, IdentitySetup, Message, ReferralEvent, RelayInfo, org_fingerprint,
+    self, Direction, EngineError, IdentitySetup, Message, PeerId, ReferralEvent, RelayInfo,
+    org_fingerprint,
 };
 use handover_core::identity::{DeviceId, DeviceKeys};
 use handover_core::store::{Credential, KdfParams, Passphrase, StoreError};
@@ -399,7 +400,7 @@ pub(crate) async fn accept(profile: Option<PathBuf>, args: AcceptArgs) -> Outcom
                 "Invitation from {:?} accepted. You can now send messages: handover send --to {} \
              \"...\"",
                 invitation.display_name,
-                short(&peer)
+                short(&peer.device_id)
             );
             Ok(())
         }
@@ -411,7 +412,7 @@ pub(crate) fn short(id: &DeviceId) -> String {
     hex::encode(&id.0[..4])
 }
 
-pub(crate) async fn find_contact(client: &Client, who: &str) -> Outcome<DeviceId> {
+pub(crate) async fn find_contact(client: &Client, who: &str) -> Outcome<PeerId> {
     let contacts = client
         .contacts()
         .await
@@ -425,7 +426,7 @@ pub(crate) async fn find_contact(client: &Client, who: &str) -> Outcome<DeviceId
         })
         .collect();
     match matches.as_slice() {
-        [one] => Ok(one.device_id),
+        [one] => Ok(one.peer()),
         [] => Err(fail(format!(
             "no contact called {who:?}. Run `handover contacts` to see their names and ids; \
              if they are missing, exchange an invitation first (`handover invite`)."
@@ -525,7 +526,15 @@ pub(crate) async fn names(client: &Client) -> Outcome<Vec<(DeviceId, String)>> {
         .await
         .ctx("reading contacts", "Report this.")?
         .into_iter()
-        .map(|c| (c.device_id, c.display_name))
+        .map(|c| {
+            // Wherever a message from a peer whose identity key changed is shown, say so.
+            let name = if c.identity_changed {
+                format!("{} [safety number changed]", c.display_name)
+            } else {
+                c.display_name
+            };
+            (c.device_id, name)
+        })
         .collect())
 }
 
@@ -682,7 +691,7 @@ pub(crate) async fn inbox(profile: Option<PathBuf>, args: InboxArgs) -> Outcome 
 
 /// The contacts whose organisation has revoked them (in the newest device list this device
 /// accepted from that organisation).
-pub(crate) async fn revoked_contacts(client: &Client) -> Outcome<Vec<DeviceId>> {
+pub(crate) async fn revoked_contacts(client: &Client) -> Outcome<Vec<PeerId>> {
     client
         .with_engine(|e, _, _| {
             let mut out = Vec::new();
@@ -691,7 +700,7 @@ pub(crate) async fn revoked_contacts(client: &Client) -> Outcome<Vec<DeviceId>> 
                 if e.org_trust(&c.org_root)
                     .is_ok_and(|t| t.is_revoked(&c.device_id))
                 {
-                    out.push(c.device_id);
+                    out.push(c.peer());
                 }
             }
             Ok::<_, EngineError>(out)
@@ -709,7 +718,7 @@ pub(crate) async fn contacts_active_first(client: &Client) -> Outcome<Vec<engine
         .await
         .ctx("reading contacts", "Report this.")?;
     let revoked = revoked_contacts(client).await?;
-    contacts.sort_by_key(|c| revoked.contains(&c.device_id));
+    contacts.sort_by_key(|c| revoked.contains(&c.peer()));
     Ok(contacts)
 }
 
@@ -736,6 +745,7 @@ async fn list_contacts(profile: Option<PathBuf>) -> Outcome {
         }
         let revoked = revoked_contacts(&client).await?;
         let unverified = contacts.iter().filter(|c| !c.verified).count();
+        let changed = contacts.iter().filter(|c| c.identity_changed).count();
         for c in contacts {
             println!(
                 "{}  {:<30} {:<13} org {}{}",
@@ -747,13 +757,23 @@ async fn list_contacts(profile: Option<PathBuf>) -> Outcome {
                     "not verified"
                 },
                 org_fingerprint(&c.org_root),
-                if revoked.contains(&c.device_id) {
+                if c.identity_changed {
+                    "  (SAFETY NUMBER CHANGED: this device has a new identity key; verify it \
+                     again before sending case details)"
+                } else if revoked.contains(&c.peer()) {
                     "  (revoked by its organisation: nothing is sent to it)"
                 } else if c.has_address {
                     ""
                 } else {
                     "  (no reply address yet: run `handover sync`)"
                 }
+            );
+        }
+        if changed > 0 {
+            println!(
+                "A contact's safety number changed: the device was re-installed or someone else \
+                 holds its name. Compare the new safety number in person or by phone: \
+                 `handover contacts verify CONTACT`."
             );
         }
         if unverified > 0 {
@@ -815,10 +835,10 @@ async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
             .await
             .ctx("reading contacts", "Report this.")?
             .into_iter()
-            .find(|c| c.device_id == who)
+            .find(|c| c.peer() == who)
             .map(|c| c.display_name)
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| short(&who));
+            .unwrap_or_else(|| short(&who.device_id));
         if args.clear {
             client
                 .clear_contact_verified(who)
@@ -827,7 +847,7 @@ async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
             println!(
                 "{name} is no longer marked verified. Compare the safety number again with \
                  `handover contacts verify {}`.",
-                short(&who)
+                short(&who.device_id)
             );
             return Ok(());
         }
@@ -848,7 +868,10 @@ async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
             .map_err(|e| safety_failure(&name, e))?;
         let grouped = number.grouped();
         let groups: Vec<&str> = grouped.split(' ').collect();
-        println!("Safety number with {name} (device {}):", short(&who));
+        println!(
+            "Safety number with {name} (device {}):",
+            short(&who.device_id)
+        );
         println!();
         for row in groups.chunks(4) {
             println!("    {}", row.join(" "));
@@ -860,7 +883,7 @@ async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
              group matches, type the number as they read it out: `handover contacts verify {} \
              --matches \"THEIR NUMBER\"`. If they differ, send no case details to this \
              contact and tell their organisation.",
-            short(&who)
+            short(&who.device_id)
         );
         Ok(())
     }

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use handover_core::engine::{
-    self, Direction, Engine, EngineError, Message, ProfileDetails, Received,
+    self, Direction, Engine, EngineError, Message, PeerId, ProfileDetails, Received,
 };
 use handover_core::identity::{DeviceId, DeviceKeys, Role};
 use handover_core::testing::TestRng;
@@ -22,7 +22,7 @@ fn text(m: &Message) -> &str {
 }
 
 /// Alice (organisation A) invites Bob (organisation B); both organisations trust each other.
-fn connected_pair(relay: &mut SimRelay) -> (Device, Device, DeviceId, DeviceId) {
+fn connected_pair(relay: &mut SimRelay) -> (Device, Device, PeerId, PeerId) {
     let mut alice = Device::new_org(relay, 1, "Alice");
     let mut bob = Device::new_org(relay, 2, "Bob");
     alice.engine.trust_organisation(&bob.root()).unwrap();
@@ -33,9 +33,9 @@ fn connected_pair(relay: &mut SimRelay) -> (Device, Device, DeviceId, DeviceId) 
     let (got, _) = alice.sync(relay, T0 + 2);
     assert_eq!(got.len(), 1);
     assert!(matches!(got[0].content.body, Some(Body::ContactCard(_))));
-    let bob_id = got[0].peer;
-    assert_eq!(bob_id, bob.id());
-    assert_eq!(alice_id, alice.id());
+    assert_eq!(got[0].peer, bob.id());
+    let bob_id = bob.peer();
+    assert_eq!(alice_id, alice.peer());
     (alice, bob, alice_id, bob_id)
 }
 
@@ -54,7 +54,7 @@ fn invitation_then_chat_both_ways() {
     assert_eq!(texts, ["hello Bob", "are you there?"]);
     assert!(
         got.iter()
-            .all(|m| m.peer == alice_id && m.direction == Direction::Incoming)
+            .all(|m| m.peer == alice_id.device_id && m.direction == Direction::Incoming)
     );
 
     bob.chat(alice_id, "hi Alice", T0 + 20);
@@ -99,13 +99,13 @@ fn invitation_then_chat_both_ways() {
     assert_eq!(text(&got[0]), "after restart");
 }
 
-fn verified(device: &Device, contact: DeviceId) -> bool {
+fn verified(device: &Device, contact: PeerId) -> bool {
     device
         .engine
         .contacts()
         .unwrap()
         .iter()
-        .find(|c| c.device_id == contact)
+        .find(|c| c.peer() == contact)
         .unwrap()
         .verified
 }
@@ -126,7 +126,7 @@ fn a_contact_is_marked_verified_only_with_its_own_safety_number() {
     let link = alice.invite(&mut relay, T0 + 11);
     carol.accept(&mut relay, &link, T0 + 12);
     alice.sync(&mut relay, T0 + 13);
-    let carol_id = carol.id();
+    let carol_id = carol.peer();
     let with_carol = alice.engine.safety_number(carol_id, T0 + 14).unwrap();
     assert_ne!(with_carol.digits(), at_alice.digits());
     assert_eq!(
@@ -156,7 +156,10 @@ fn a_contact_is_marked_verified_only_with_its_own_safety_number() {
     assert!(!verified(&alice, carol_id));
 
     // An unknown device has no safety number and cannot be marked.
-    let stranger = DeviceId([9; 16]);
+    let stranger = PeerId {
+        org_root: [9; 32],
+        device_id: DeviceId([9; 16]),
+    };
     assert!(matches!(
         alice.engine.safety_number(stranger, T0 + 15),
         Err(EngineError::UnknownContact)
@@ -203,7 +206,7 @@ fn a_verified_device_stops_counting_as_verified_once_revoked() {
     b1.accept(&mut relay, &link, T0 + 3);
     alice.sync(&mut relay, T0 + 4);
 
-    let b2_id = b2.id();
+    let b2_id = b2.peer();
     let number = b2.engine.safety_number(alice_id, T0 + 5).unwrap();
     alice
         .engine
@@ -211,7 +214,7 @@ fn a_verified_device_stops_counting_as_verified_once_revoked() {
         .unwrap();
     assert!(verified(&alice, b2_id));
 
-    b1.engine.revoke_device(b2_id, T0 + 6).unwrap();
+    b1.engine.revoke_device(b2_id.device_id, T0 + 6).unwrap();
     b1.engine
         .send_device_list(alice_id, T0 + 6, &mut b1.rng)
         .unwrap();
@@ -274,9 +277,9 @@ fn a_directory_profile_is_trusted_and_imported_only_with_its_fingerprint() {
         .engine
         .trust_and_import_org_profile(&profile, &spoken, T0 + 1)
         .unwrap();
-    assert_eq!(added, vec![shelter.id()]);
+    assert_eq!(added, vec![shelter.peer()]);
     assert!(alice.engine.trusts_organisation(&root).unwrap());
-    assert_eq!(alice.engine.contacts().unwrap()[0].device_id, shelter.id());
+    assert_eq!(alice.engine.contacts().unwrap()[0].peer(), shelter.peer());
 }
 
 #[test]
@@ -308,7 +311,7 @@ fn invitation_link_round_trips_and_rejects_garbage() {
     bob.engine.trust_organisation(&alice.root()).unwrap();
     assert_eq!(
         bob.engine.check_invitation(&inv, T0 + 1).unwrap(),
-        alice.id()
+        alice.peer()
     );
     assert!(matches!(
         bob.engine.check_invitation(&inv, T0 + 3600),
@@ -512,7 +515,7 @@ fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
     assert_eq!(verified.profile.name, "Shelter B");
     let mut intake = alice.engine.import_org_profile(&profile, T0 + 4).unwrap();
     intake.sort();
-    let mut team = vec![b1.id(), b2.id()];
+    let mut team = vec![b1.peer(), b2.peer()];
     team.sort();
     assert_eq!(intake, team);
 
@@ -584,10 +587,10 @@ fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
     b2.sync(&mut relay, T0 + 9);
 
     // B's admin revokes B2 and distributes the new device list to Alice.
-    let b2_id = b2.id();
-    b1.engine.revoke_device(b2_id, T0 + 10).unwrap();
+    let b2_id = b2.peer();
+    b1.engine.revoke_device(b2_id.device_id, T0 + 10).unwrap();
     b1.engine
-        .send_device_list(alice.engine.device_id().unwrap(), T0 + 10, &mut b1.rng)
+        .send_device_list(alice.peer(), T0 + 10, &mut b1.rng)
         .unwrap();
     b1.flush(&mut relay);
     let (got, _) = alice.sync(&mut relay, T0 + 11);
@@ -625,7 +628,7 @@ fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
     ));
 
     // And Alice refuses anything the revoked device still sends, without state change.
-    b2.chat(alice.engine.device_id().unwrap(), "still here", T0 + 15);
+    b2.chat(alice.peer(), "still here", T0 + 15);
     b2.flush(&mut relay);
     let before = alice.snapshot();
     let recv = alice.engine.recv_id().unwrap();
@@ -692,8 +695,8 @@ fn sled_profiles_survive_restart_mid_sync_exactly_once() {
     bob.engine.trust_organisation(&alice.root()).unwrap();
     let link = alice.invite(&mut relay, T0);
     let alice_id = bob.accept(&mut relay, &link, T0 + 1);
-    let (got, _) = alice.sync(&mut relay, T0 + 2);
-    let bob_id = got[0].peer;
+    alice.sync(&mut relay, T0 + 2);
+    let bob_id = bob.peer();
 
     for i in 0..5 {
         alice.chat(bob_id, &format!("m{i}"), T0 + 10 + i);

@@ -626,7 +626,7 @@ fn a_body_sent_to_an_ambassador_and_a_forged_control_are_refused_without_state_c
             T0 + 40,
         )
         .unwrap();
-    let ambassador = net.b[2].id();
+    let ambassador = net.b[2].peer();
     let Device { engine, rng } = &mut net.cw;
     engine
         .send(ambassador, Body::ReferralBody(body), T0 + 40, rng)
@@ -678,7 +678,7 @@ fn a_body_sent_to_an_ambassador_and_a_forged_control_are_refused_without_state_c
         signer: Some(net.cw.engine.certificate().unwrap().signed().clone()),
         signature: vec![0; 64],
     };
-    let b2 = net.b[1].id();
+    let b2 = net.b[1].peer();
     let Device { engine, rng } = &mut net.cw;
     engine
         .send(b2, Body::ReferralControl(forged), T0 + 50, rng)
@@ -697,4 +697,172 @@ fn a_body_sent_to_an_ambassador_and_a_forged_control_are_refused_without_state_c
     );
     assert!(before == referral_records(&net.b[1]));
     assert_eq!(state_of(&net.b[1], &id), ReferralState::Accepted);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer identity (docs/PROTOCOL.md §5.5): a peer is (organisation root, device id).
+
+/// Organisation C (trusted by the caseworker) certifies a device that carries `victim`'s
+/// device id. Returns C's admin and the impostor device.
+fn impostor(relay: &mut SimRelay, victim: &Device, seed: u64) -> (Device, Device) {
+    use handover_core::engine::IdentitySetup;
+    use handover_core::identity::DeviceKeys;
+    use handover_core::testing::TestRng;
+    let mut c_admin = Device::new_org(relay, seed, "Org C admin");
+    let mut rng = TestRng::seeded(seed + 1);
+    let mut secret = DeviceKeys::generate(&mut rng).to_secret_bytes().to_vec();
+    // Layout: format byte, then the 16-byte device id.
+    secret[1..17].copy_from_slice(&victim.id().0);
+    let keys = DeviceKeys::from_secret_bytes(&secret).unwrap();
+    assert_eq!(keys.device_id(), victim.id());
+    let (certificate, device_list) = c_admin
+        .engine
+        .enrol_device(&keys.public_keys(), Role::Caseworker, "Impostor", T0)
+        .unwrap();
+    let identity = IdentitySetup::Enrolled {
+        certificate,
+        device_list,
+    };
+    let m = Device::create(relay, keys, identity, "Impostor", rng);
+    (c_admin, m)
+}
+
+/// Sends an offer from the caseworker to B, has B's intake admin accept it and releases the
+/// body; asserts that B's intake caseworker `b[1]` gets offer and body and the impostor gets
+/// nothing.
+fn offer_and_body_reach_b_only(
+    relay: &mut SimRelay,
+    cw: &mut Device,
+    b: &mut [Device],
+    impostor: &mut Device,
+    now: u64,
+) {
+    let b_root = b[0].root();
+    let a_root = cw.root();
+    let receipt = record_consent(cw, &b_root, &COVERED);
+    let (id, _) = cw
+        .engine
+        .send_referral_offer(
+            &offer_draft(&a_root, &b_root),
+            &body_sections(false),
+            &OfferConsent::Receipt(receipt),
+            now,
+            &mut cw.rng,
+        )
+        .unwrap();
+    cw.flush(relay);
+    for dev in b[..2].iter_mut() {
+        dev.sync(relay, now + 1);
+        assert!(
+            dev.engine
+                .take_referral_events()
+                .contains(&ReferralEvent::OfferReceived { referral: id })
+        );
+    }
+    act(&mut b[0], &id, Action::Acknowledge, now + 2).unwrap();
+    act(&mut b[0], &id, Action::Accept, now + 3).unwrap();
+    b[0].flush(relay);
+    cw.sync(relay, now + 4);
+    cw.engine
+        .release_referral_body(&id, now + 5, &mut cw.rng)
+        .unwrap();
+    cw.flush(relay);
+    b[1].sync(relay, now + 6);
+    assert!(
+        b[1].engine
+            .take_referral_events()
+            .contains(&ReferralEvent::BodyReceived { referral: id })
+    );
+    assert!(
+        b[1].engine
+            .received_section(&id, wire::Section::Identity)
+            .unwrap()
+            .is_some()
+    );
+    // The impostor's mailbox received nothing of it.
+    let (got, _) = impostor.sync(relay, now + 6);
+    assert!(got.is_empty());
+    assert!(impostor.engine.take_referral_events().is_empty());
+    assert!(impostor.engine.referral(&id).unwrap().is_none());
+}
+
+#[test]
+fn a_prekey_message_from_another_organisation_never_takes_over_a_device() {
+    let Net {
+        mut relay,
+        mut cw,
+        mut b,
+    } = setup();
+    let (c_admin, mut m) = impostor(&mut relay, &b[1], 91);
+    cw.engine.trust_organisation(&c_admin.root()).unwrap();
+    m.engine.trust_organisation(&cw.root()).unwrap();
+    // The impostor sends a PrekeyMessage carrying a contact card with B's device id.
+    connect(&mut relay, &mut m, &mut cw, T0 + 6);
+
+    // Two contacts share the device id; each keeps its own organisation and session.
+    let contacts = cw.engine.contacts().unwrap();
+    let same_id: Vec<_> = contacts
+        .iter()
+        .filter(|c| c.device_id == b[1].id())
+        .collect();
+    assert_eq!(same_id.len(), 2);
+    assert!(same_id.iter().all(|c| c.has_session));
+    assert!(same_id.iter().any(|c| c.peer() == b[1].peer()));
+    assert!(same_id.iter().any(|c| c.peer() == m.peer()));
+
+    // B's real device still reaches the caseworker on its session, and back.
+    b[1].chat(cw.peer(), "still the real intake device", T0 + 7);
+    b[1].flush(&mut relay);
+    let (got, _) = cw.sync(&mut relay, T0 + 8);
+    assert_eq!(got.len(), 1);
+    cw.chat(b[1].peer(), "hello B", T0 + 9);
+    cw.flush(&mut relay);
+    assert_eq!(b[1].sync(&mut relay, T0 + 10).0.len(), 1);
+    assert!(m.sync(&mut relay, T0 + 10).0.is_empty());
+
+    offer_and_body_reach_b_only(&mut relay, &mut cw, &mut b, &mut m, T0 + 20);
+}
+
+#[test]
+fn an_organisation_profile_never_replaces_another_organisations_contact() {
+    let Net {
+        mut relay,
+        mut cw,
+        mut b,
+    } = setup();
+    let (mut c_admin, mut m) = impostor(&mut relay, &b[1], 93);
+    // C's admin holds the impostor's address and lists it as an intake device.
+    connect(&mut relay, &mut m, &mut c_admin, T0 + 6);
+    let details = ProfileDetails {
+        name: "Org C".into(),
+        ..Default::default()
+    };
+    let profile = c_admin
+        .engine
+        .signed_org_profile(details, T0 + 7, &mut c_admin.rng)
+        .unwrap();
+    c_admin.sync_caps(&mut relay, T0 + 7);
+    cw.engine.trust_organisation(&c_admin.root()).unwrap();
+    let added = cw.engine.import_org_profile(&profile, T0 + 8).unwrap();
+    assert!(added.contains(&m.peer()));
+    assert!(!added.contains(&b[1].peer()));
+
+    // B's contact record is untouched: its address and session still lead to B.
+    let contact = cw
+        .engine
+        .contacts()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.peer() == b[1].peer())
+        .unwrap();
+    assert!(contact.has_session && contact.has_address);
+    assert_ne!(
+        cw.engine.contact_address(b[1].peer()).unwrap(),
+        cw.engine.contact_address(m.peer()).unwrap()
+    );
+    b[1].chat(cw.peer(), "still me", T0 + 9);
+    b[1].flush(&mut relay);
+    assert_eq!(cw.sync(&mut relay, T0 + 10).0.len(), 1);
+
+    offer_and_body_reach_b_only(&mut relay, &mut cw, &mut b, &mut m, T0 + 20);
 }

@@ -274,9 +274,10 @@ impl From<EngineError> for HandoverError {
             EngineError::FingerprintMismatch => Self::FingerprintMismatch,
             EngineError::UnknownContact => Self::NotFound { detail },
             EngineError::NoSession | EngineError::NoAddress => Self::ContactNotReady { detail },
-            EngineError::Revoked | EngineError::NotOrgKeyHolder | EngineError::NotAdmin => {
-                Self::NotPermitted { detail }
-            }
+            EngineError::Revoked
+            | EngineError::NotListed
+            | EngineError::NotOrgKeyHolder
+            | EngineError::NotAdmin => Self::NotPermitted { detail },
             EngineError::InvalidInvitation | EngineError::InvitationExpired => {
                 Self::InvalidInvitation { detail }
             }
@@ -303,7 +304,8 @@ impl From<CertificateError> for HandoverError {
         match e {
             CertificateError::Revoked
             | CertificateError::Expired
-            | CertificateError::NotYetValid => Self::NotPermitted { detail },
+            | CertificateError::NotYetValid
+            | CertificateError::NotListed => Self::NotPermitted { detail },
             CertificateError::WrongOrganisation => Self::UntrustedOrganisation,
             CertificateError::InvalidParameters => Self::InvalidArgument { detail },
             _ => Self::Protocol { detail },
@@ -349,6 +351,7 @@ mod tests {
             CertificateError::Revoked,
             CertificateError::Expired,
             CertificateError::NotYetValid,
+            CertificateError::NotListed,
         ] {
             let expected = e.to_string();
             assert!(

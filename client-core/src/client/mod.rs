@@ -62,7 +62,7 @@ use handover_proto::relay::v1 as relay;
 
 use crate::attachment::{self, AttachmentError};
 use crate::engine::{
-    self, Contact, Engine, EngineError, FanoutSent, IdentitySetup, MailboxKeys, Message,
+    self, Contact, Engine, EngineError, FanoutSent, IdentitySetup, MailboxKeys, Message, PeerId,
     ProfileDetails, Received, ReferralEvent, RelayInfo, VerifiedProfile,
 };
 use crate::identity::{DeviceId, DeviceKeys, SafetyNumber};
@@ -516,7 +516,7 @@ impl Client {
             .engine_op(|e, _, _| {
                 let mut found = None;
                 for c in e.contacts()? {
-                    if let Ok(a) = e.contact_address(c.device_id)
+                    if let Ok(a) = e.contact_address(c.peer())
                         && a.relay == host_port
                     {
                         found = Some(a);
@@ -747,7 +747,7 @@ impl Client {
     /// ([`EngineError::UntrustedOrganisation`] otherwise; show
     /// [`engine::org_fingerprint`] of [`engine::invitation_org_root`] and trust it after an
     /// in-person check). Sends the first message with this device's reply address.
-    pub async fn accept_invitation(&self, link: &str) -> Result<DeviceId, ClientError> {
+    pub async fn accept_invitation(&self, link: &str) -> Result<PeerId, ClientError> {
         let invitation = engine::parse_invitation_link(link)?;
         self.engine_op({
             let invitation = invitation.clone();
@@ -787,7 +787,7 @@ impl Client {
     }
 
     /// Starts a session with a contact if none exists (taking its prekey bundle).
-    pub async fn ensure_session(&self, contact: DeviceId) -> Result<(), ClientError> {
+    pub async fn ensure_session(&self, contact: PeerId) -> Result<(), ClientError> {
         if self
             .engine_op(move |e, _, _| e.has_session(contact))
             .await?
@@ -809,7 +809,7 @@ impl Client {
 
     /// The safety number of this device and a contact, to compare in person or by phone
     /// (docs/PROTOCOL.md §5.4): both sides compute the same number.
-    pub async fn safety_number(&self, contact: DeviceId) -> Result<SafetyNumber, ClientError> {
+    pub async fn safety_number(&self, contact: PeerId) -> Result<SafetyNumber, ClientError> {
         self.engine_op(move |e, _, now| e.safety_number(contact, now))
             .await
     }
@@ -819,7 +819,7 @@ impl Client {
     /// is not theirs; nothing is recorded then). See [`Engine::mark_contact_verified`].
     pub async fn mark_contact_verified(
         &self,
-        contact: DeviceId,
+        contact: PeerId,
         compared: String,
     ) -> Result<(), ClientError> {
         self.engine_op(move |e, _, now| e.mark_contact_verified(contact, &compared, now))
@@ -829,7 +829,7 @@ impl Client {
     /// Marks a contact verified from the safety-number QR payload scanned from its screen.
     pub async fn mark_contact_verified_scanned(
         &self,
-        contact: DeviceId,
+        contact: PeerId,
         scanned: Vec<u8>,
     ) -> Result<(), ClientError> {
         self.engine_op(move |e, _, now| e.mark_contact_verified_scanned(contact, &scanned, now))
@@ -837,8 +837,15 @@ impl Client {
     }
 
     /// Forgets that a contact was verified.
-    pub async fn clear_contact_verified(&self, contact: DeviceId) -> Result<(), ClientError> {
+    pub async fn clear_contact_verified(&self, contact: PeerId) -> Result<(), ClientError> {
         self.engine_op(move |e, _, _| e.clear_contact_verified(contact))
+            .await
+    }
+
+    /// Acknowledges a contact's identity key change without verifying it
+    /// ([`Engine::acknowledge_identity_change`]).
+    pub async fn acknowledge_identity_change(&self, contact: PeerId) -> Result<(), ClientError> {
+        self.engine_op(move |e, _, _| e.acknowledge_identity_change(contact))
             .await
     }
 
@@ -883,7 +890,7 @@ impl Client {
                 for c in e.contacts()? {
                     if c.has_session
                         && c.has_address
-                        && e.send_device_list(c.device_id, now, rng).is_ok()
+                        && e.send_device_list(c.peer(), now, rng).is_ok()
                     {
                         n += 1;
                     }
@@ -903,7 +910,7 @@ impl Client {
     /// it is sent by the background task later.
     pub async fn send_text(
         &self,
-        to: DeviceId,
+        to: PeerId,
         text: &str,
         attachments: Vec<wire::Attachment>,
     ) -> Result<Message, ClientError> {
@@ -917,7 +924,7 @@ impl Client {
     }
 
     /// Sends any `Content` body to a contact (the seam for referral and consent messages).
-    pub async fn send_body(&self, to: DeviceId, body: Body) -> Result<Message, ClientError> {
+    pub async fn send_body(&self, to: PeerId, body: Body) -> Result<Message, ClientError> {
         self.ensure_session(to).await?;
         let (message, _) = self
             .engine_op(move |e, rng, now| e.send(to, body, now, rng))
@@ -947,7 +954,11 @@ impl Client {
             .await?;
         for device in devices {
             // Devices without an address or bundle are reported as unreached below.
-            let _ = self.ensure_session(device).await;
+            let peer = crate::engine::PeerId {
+                org_root,
+                device_id: device,
+            };
+            let _ = self.ensure_session(peer).await;
         }
         let packet = self
             .engine_op(move |e, rng, now| e.prepare_org_packet(&org_root, body, now, rng))
@@ -1069,7 +1080,7 @@ impl Client {
     pub async fn import_profile(
         &self,
         signed: wire::SignedOrgProfile,
-    ) -> Result<Vec<DeviceId>, ClientError> {
+    ) -> Result<Vec<PeerId>, ClientError> {
         self.engine_op(move |e, _, now| e.import_org_profile(&signed, now))
             .await
     }
@@ -1082,14 +1093,14 @@ impl Client {
         &self,
         signed: wire::SignedOrgProfile,
         compared: String,
-    ) -> Result<Vec<DeviceId>, ClientError> {
+    ) -> Result<Vec<PeerId>, ClientError> {
         self.engine_op(move |e, _, now| e.trust_and_import_org_profile(&signed, &compared, now))
             .await
     }
 
     /// Sends this device's contact card to a contact (for example an intake device found in the
     /// directory), so it can reply.
-    pub async fn send_contact_card(&self, to: DeviceId) -> Result<(), ClientError> {
+    pub async fn send_contact_card(&self, to: PeerId) -> Result<(), ClientError> {
         self.ensure_session(to).await?;
         self.engine_op(move |e, rng, now| e.send_contact_card(to, now, rng))
             .await?;

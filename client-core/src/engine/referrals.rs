@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::{
     Body, CryptoRng, DeviceId, Engine, EngineError, ID_LEN, KEY_LEN, KvStore, Namespace,
-    OutboxItem, Role, Session, WriteBatch, key, wire,
+    OutboxItem, PeerId, Role, Session, WriteBatch, key, wire,
 };
 use crate::consent::{
     Consent, ConsentError, ConsentEvent, DisclosureLedger, Language, OverrideNotice, PreferredTerm,
@@ -187,6 +187,17 @@ struct Peers {
 }
 
 impl Peers {
+    /// The devices as peers of the counterpart organisation.
+    fn peer_ids(&self) -> Vec<PeerId> {
+        self.devices
+            .iter()
+            .map(|d| PeerId {
+                org_root: self.root,
+                device_id: *d,
+            })
+            .collect()
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(KEY_LEN + ID_LEN * self.devices.len());
         out.extend_from_slice(&self.root);
@@ -241,7 +252,7 @@ enum Record {
 /// batch each use the state the previous one left (the store still holds the old state until
 /// the batch is applied).
 #[derive(Default)]
-struct Sessions(BTreeMap<DeviceId, Session>);
+struct Sessions(BTreeMap<PeerId, Session>);
 
 fn copy_session(session: &Session) -> Result<Session, EngineError> {
     Session::from_secret_bytes(&session.to_secret_bytes()).map_err(|_| EngineError::CorruptState)
@@ -329,7 +340,7 @@ impl<S: KvStore> Engine<S> {
     }
 
     /// Whether this device can send to `device` now (address and session known).
-    fn reachable(&self, device: DeviceId) -> Result<bool, EngineError> {
+    fn reachable(&self, device: PeerId) -> Result<bool, EngineError> {
         Ok(self
             .state()?
             .contacts
@@ -344,20 +355,22 @@ impl<S: KvStore> Engine<S> {
         &self,
         batch: &mut WriteBatch,
         sessions: &mut Sessions,
-        to: DeviceId,
+        to: PeerId,
         body: Body,
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<OutboxItem, EngineError> {
-        self.verified_contact_cert(to, now)?;
         let address = self.contact_address(to)?;
         let mut session = match sessions.0.remove(&to) {
             Some(s) => s,
             None => self.load_session(to)?.ok_or(EngineError::NoSession)?,
         };
+        // Nothing is released unless the session and contact are the device its organisation
+        // lists (docs/PROTOCOL.md §5.5).
+        self.release_check(to, &session, now)?;
         let content = self.new_content(body, now, rng);
         let item = self.seal_to(&mut session, &address, to, &content, now, rng)?;
-        batch.put(Namespace::Sessions, &to.0, &session.to_secret_bytes());
+        self.stage_session(batch, to, &session);
         batch.put(Namespace::Outbox, &self.outbox_key(&item)?, &item.encode());
         sessions.0.insert(to, session);
         Ok(item)
@@ -368,7 +381,7 @@ impl<S: KvStore> Engine<S> {
         &self,
         batch: &mut WriteBatch,
         sessions: &mut Sessions,
-        to: &[DeviceId],
+        to: &[PeerId],
         body: &Body,
         now: u64,
         rng: &mut impl CryptoRng,
@@ -384,9 +397,14 @@ impl<S: KvStore> Engine<S> {
 
     /// Active devices of this device's own organisation other than itself that it can reach
     /// (colleagues who keep a copy of each received referral's timeline).
-    fn colleagues(&self, now: u64) -> Result<Vec<DeviceId>, EngineError> {
+    fn colleagues(&self, now: u64) -> Result<Vec<PeerId>, EngineError> {
         let mut out = Vec::new();
-        for d in self.org_devices(&self.org_root()?, now)? {
+        let root = self.org_root()?;
+        for d in self.org_devices(&root, now)? {
+            let d = PeerId {
+                org_root: root,
+                device_id: d,
+            };
             if self.reachable(d)? {
                 out.push(d);
             }
@@ -523,7 +541,7 @@ impl<S: KvStore> Engine<S> {
             items.extend(self.stage_to_all(
                 &mut batch,
                 &mut sessions,
-                &peers.devices,
+                &peers.peer_ids(),
                 &body,
                 now,
                 rng,
@@ -602,7 +620,20 @@ impl<S: KvStore> Engine<S> {
         let devices: Vec<DeviceId> = self
             .org_devices(&to_root, now)?
             .into_iter()
-            .filter(|d| self.reachable(*d).unwrap_or(false))
+            .filter(|d| {
+                self.reachable(PeerId {
+                    org_root: to_root,
+                    device_id: *d,
+                })
+                .unwrap_or(false)
+            })
+            .collect();
+        let targets: Vec<PeerId> = devices
+            .iter()
+            .map(|d| PeerId {
+                org_root: to_root,
+                device_id: *d,
+            })
             .collect();
         if devices.is_empty() {
             return Err(EngineError::NoSession);
@@ -633,14 +664,14 @@ impl<S: KvStore> Engine<S> {
             items.extend(self.stage_to_all(
                 &mut batch,
                 &mut sessions,
-                &devices,
+                &targets,
                 &body,
                 now,
                 rng,
             )?);
         }
         let body = Body::SignedReferralOffer(offer);
-        items.extend(self.stage_to_all(&mut batch, &mut sessions, &devices, &body, now, rng)?);
+        items.extend(self.stage_to_all(&mut batch, &mut sessions, &targets, &body, now, rng)?);
         self.stage_record(&mut batch, &Record::Sent(Box::new(referral)));
         let peers = Peers {
             root: to_root,
@@ -681,7 +712,7 @@ impl<S: KvStore> Engine<S> {
         let mut sessions = Sessions::default();
         let mut items = Vec::new();
         for cert in certs {
-            let device = cert.device_id();
+            let device = PeerId::of(&cert);
             if !self.reachable(device)? {
                 continue;
             }
@@ -763,14 +794,14 @@ impl<S: KvStore> Engine<S> {
                     l.mark_pending(id, now);
                     ledger = Some(l);
                 }
-                (r.state().clone(), peers.devices.clone())
+                (r.state().clone(), peers.peer_ids())
             }
             Record::Received(r) => {
                 if matches!(action, Action::Acknowledge) && r.state() == &ReferralState::Sent {
                     controls.push(r.act(Action::Delivered, &actor, now)?);
                 }
                 controls.push(r.act(action, &actor, now)?);
-                let mut targets = peers.devices.clone();
+                let mut targets = peers.peer_ids();
                 targets.extend(self.colleagues(now)?);
                 (r.state().clone(), targets)
             }
@@ -860,7 +891,7 @@ impl<S: KvStore> Engine<S> {
                 items.extend(self.stage_to_all(
                     &mut batch,
                     &mut sessions,
-                    &peers.devices,
+                    &peers.peer_ids(),
                     &body,
                     now,
                     rng,
@@ -976,7 +1007,13 @@ impl<S: KvStore> Engine<S> {
         rng: &mut impl CryptoRng,
     ) -> Result<Vec<ReferralEvent>, EngineError> {
         let mut sessions = Sessions::default();
-        sessions.0.insert(from, copy_session(session_with_sender)?);
+        sessions.0.insert(
+            PeerId {
+                org_root: *from_root,
+                device_id: from,
+            },
+            copy_session(session_with_sender)?,
+        );
         let refused = |referral, error| Ok(vec![ReferralEvent::Refused { referral, error }]);
         match body {
             Body::ConsentReceipt(signed) => {
@@ -1234,7 +1271,7 @@ impl<S: KvStore> Engine<S> {
         // Each device confirms its own erasure to the sending device.
         if let Some(signed) = confirmation {
             let body = Body::ReferralControl(signed);
-            self.stage_to_all(batch, sessions, &peers.devices, &body, now, rng)?;
+            self.stage_to_all(batch, sessions, &peers.peer_ids(), &body, now, rng)?;
         }
         events.push(ReferralEvent::StateChanged {
             referral: id,

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use handover_core::engine::{
-    self, Engine, IdentitySetup, MailboxKeys, Message, OutboxItem, Received, RelayInfo,
+    self, Engine, IdentitySetup, MailboxKeys, Message, OutboxItem, PeerId, Received, RelayInfo,
 };
 use handover_core::identity::{DeviceId, DeviceKeys, Role};
 use handover_core::store::{InMemoryStore, KvStore, Namespace};
@@ -229,6 +229,10 @@ impl<S: KvStore> Device<S> {
         self.engine.device_id().unwrap()
     }
 
+    pub fn peer(&self) -> PeerId {
+        self.engine.peer_id().unwrap()
+    }
+
     pub fn root(&self) -> [u8; 32] {
         self.engine.org_root().unwrap()
     }
@@ -280,7 +284,7 @@ impl<S: KvStore> Device<S> {
         engine::invitation_link(&inv)
     }
 
-    pub fn accept(&mut self, relay: &mut SimRelay, link: &str, now: u64) -> DeviceId {
+    pub fn accept(&mut self, relay: &mut SimRelay, link: &str, now: u64) -> PeerId {
         let inv = engine::parse_invitation_link(link).unwrap();
         let bundle = relay.take(inv.address.as_ref().unwrap());
         let bundle = engine::bundle_from_result(&bundle).unwrap();
@@ -293,7 +297,7 @@ impl<S: KvStore> Device<S> {
         peer
     }
 
-    pub fn chat(&mut self, to: DeviceId, text: &str, now: u64) -> Message {
+    pub fn chat(&mut self, to: PeerId, text: &str, now: u64) -> Message {
         let (m, _) = self
             .engine
             .send_chat(to, text, vec![], now, &mut self.rng)
