@@ -515,6 +515,10 @@ fn describe(message: &Message, names: &dyn Fn(&DeviceId) -> String) -> String {
         Some(Body::ReferralBody(_)) => "(a referral body)".to_owned(),
         Some(Body::ConsentReceipt(_)) => "(a consent receipt)".to_owned(),
         Some(Body::FanoutKey(_)) => "(an organisation packet that could not be opened)".to_owned(),
+        Some(Body::DeliveryReceipt(r)) => match r.message_ids.len() {
+            1 => "(delivery receipt: 1 message arrived)".to_owned(),
+            n => format!("(delivery receipt: {n} messages arrived)"),
+        },
         _ => "(a message this version cannot show)".to_owned(),
     };
     format!("#{:<4} {arrow}: {what}", message.seq)
@@ -914,4 +918,44 @@ pub(crate) fn wipe(profile: Option<PathBuf>, args: WipeArgs) -> Outcome {
         dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use handover_proto::e2e::v1 as wire;
+
+    use super::*;
+
+    fn message(body: Body) -> Message {
+        Message {
+            seq: 7,
+            direction: Direction::Incoming,
+            peer: DeviceId([1; 16]),
+            message_id: [2; 16],
+            sent_at: 0,
+            stored_at: 0,
+            content: wire::Content {
+                body: Some(body),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Independent-implementation finding: delivery receipts showed as "a message this version
+    /// cannot show".
+    #[test]
+    fn a_delivery_receipt_is_shown_as_one() {
+        let names = |_: &DeviceId| "Shelter B intake".to_owned();
+        let one = message(Body::DeliveryReceipt(wire::DeliveryReceipt {
+            message_ids: vec![vec![3; 16]],
+        }));
+        assert_eq!(
+            describe(&one, &names),
+            "#7    from Shelter B intake: (delivery receipt: 1 message arrived)"
+        );
+        let two = message(Body::DeliveryReceipt(wire::DeliveryReceipt {
+            message_ids: vec![vec![3; 16], vec![4; 16]],
+        }));
+        assert!(describe(&two, &names).ends_with("(delivery receipt: 2 messages arrived)"));
+    }
 }

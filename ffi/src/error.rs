@@ -319,7 +319,8 @@ impl From<ReferralError> for HandoverError {
         match e {
             ReferralError::Consent(handover_core::consent::GateError::OverrideNotPermitted)
             | ReferralError::Receipt(handover_core::consent::ConsentError::SignerNotPermitted)
-            | ReferralError::AmbassadorCannotReceiveBody => Self::NotPermitted { detail },
+            | ReferralError::AmbassadorCannotReceiveBody
+            | ReferralError::AmbassadorCannotReceiveCase => Self::NotPermitted { detail },
             ReferralError::Receipt(handover_core::consent::ConsentError::MissingField {
                 ..
             }) => Self::InvalidArgument { detail },

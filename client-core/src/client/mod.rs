@@ -123,7 +123,9 @@ pub enum ClientEvent {
     /// A new message was stored (for an organisation packet, after it was downloaded and
     /// opened).
     Message(Box<Message>),
-    /// An envelope was refused (tampered, from an untrusted or revoked sender) and dropped.
+    /// An envelope was refused (tampered, from an untrusted or revoked sender) and dropped, or
+    /// an organisation packet could not be opened or carried a referral or consent step
+    /// (docs/PROTOCOL.md §10; its key message is kept unopened).
     Refused,
     /// A message from a device of an organisation this device does not trust yet is waiting
     /// at the relay. Show the root's [`engine::org_fingerprint`], verify it in person, then
@@ -471,6 +473,13 @@ impl Client {
                 Some(Body::FanoutKey(_)) => match self.open_packet(&message).await {
                     Ok(opened) => opened,
                     Err(ClientError::Net(e)) if !e.is_transient() => message,
+                    // A packet that does not decrypt, or carries what packets may not (a
+                    // referral or consent step, docs/PROTOCOL.md §10): the key message stays
+                    // as it was, the application is told, and the other messages still arrive.
+                    Err(ClientError::Engine(EngineError::Fanout(_))) => {
+                        let _ = self.inner.events.send(ClientEvent::Refused);
+                        message
+                    }
                     Err(e) => return Err(e),
                 },
                 _ => message,

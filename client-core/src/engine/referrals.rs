@@ -160,10 +160,13 @@ pub struct PurgeReport {
     pub pending: Vec<DeviceId>,
 }
 
-/// Strips case content from a received referral offer or body before the message is logged:
-/// the referral record holds them, and erasure (decline, withdrawal, consent revoked, expiry,
-/// retention) must not leave a copy in the message log. The body keeps its referral id, the
-/// offer its signer and signature.
+/// Strips case content from a received referral or consent message before it is logged: the
+/// referral record, its timeline and the receipt registry hold what was applied, erasure
+/// (decline, withdrawal, consent revoked, expiry, retention) must not leave a copy in the
+/// message log, and an ambassador device keeps none of it (docs/PROTOCOL.md §10.3). The body
+/// keeps its referral id, the offer its signer and signature, a control only its referral id,
+/// sequence and time (no action, so no question, answer, note or reason), a receipt its signer;
+/// signatures stay (they reveal nothing of the removed bytes and keep the stored form valid).
 pub(super) fn redact(content: &mut wire::Content) {
     match &mut content.body {
         Some(Body::ReferralBody(body)) => {
@@ -173,6 +176,20 @@ pub(super) fn redact(content: &mut wire::Content) {
         }
         Some(Body::SignedReferralOffer(offer)) => {
             offer.offer.clear();
+        }
+        Some(Body::ReferralControl(signed)) => {
+            let kept = decode::referral_control(&signed.control)
+                .map(|c| wire::ReferralControl {
+                    referral_id: c.referral_id,
+                    sequence: c.sequence,
+                    at: c.at,
+                    ..Default::default()
+                })
+                .unwrap_or_default();
+            signed.control = prost::Message::encode_to_vec(&kept);
+        }
+        Some(Body::ConsentReceipt(receipt)) => {
+            receipt.receipt.clear();
         }
         _ => {}
     }
@@ -187,17 +204,6 @@ struct Peers {
 }
 
 impl Peers {
-    /// The devices as peers of the counterpart organisation.
-    fn peer_ids(&self) -> Vec<PeerId> {
-        self.devices
-            .iter()
-            .map(|d| PeerId {
-                org_root: self.root,
-                device_id: *d,
-            })
-            .collect()
-    }
-
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(KEY_LEN + ID_LEN * self.devices.len());
         out.extend_from_slice(&self.root);
@@ -398,9 +404,9 @@ impl<S: KvStore> Engine<S> {
     /// Active devices of this device's own organisation other than itself that it can reach
     /// (colleagues who keep a copy of each received referral's timeline).
     fn colleagues(&self, now: u64) -> Result<Vec<PeerId>, EngineError> {
-        let mut out = Vec::new();
         let root = self.org_root()?;
-        for d in self.org_devices(&root, now)? {
+        let mut out = Vec::new();
+        for d in self.case_devices(&root, &self.org_devices(&root, now)?, now)? {
             let d = PeerId {
                 org_root: root,
                 device_id: d,
@@ -410,6 +416,41 @@ impl<S: KvStore> Engine<S> {
             }
         }
         Ok(out)
+    }
+
+    /// The devices among `devices` that may receive case content (docs/PROTOCOL.md §10.3):
+    /// active on organisation `root`'s current device list with a role other than AMBASSADOR.
+    /// A device whose role cannot be established that way receives nothing.
+    fn case_devices(
+        &self,
+        root: &[u8; KEY_LEN],
+        devices: &[DeviceId],
+        now: u64,
+    ) -> Result<Vec<DeviceId>, EngineError> {
+        let allowed: BTreeSet<DeviceId> = self
+            .org_trust(root)?
+            .active_devices(now)
+            .into_iter()
+            .filter(|c| c.role() != Role::Ambassador)
+            .map(|c| c.device_id())
+            .collect();
+        Ok(devices
+            .iter()
+            .copied()
+            .filter(|d| allowed.contains(d))
+            .collect())
+    }
+
+    /// [`case_devices`](Self::case_devices) of a counterpart's recorded devices, as peers.
+    fn case_peers(&self, peers: &Peers, now: u64) -> Result<Vec<PeerId>, EngineError> {
+        Ok(self
+            .case_devices(&peers.root, &peers.devices, now)?
+            .into_iter()
+            .map(|device_id| PeerId {
+                org_root: peers.root,
+                device_id,
+            })
+            .collect())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -434,15 +475,17 @@ impl<S: KvStore> Engine<S> {
             .map_err(|(_, e)| e)?;
         let receipt = given.current().cloned().ok_or(EngineError::CorruptState)?;
         let mut registry = self.load_registry()?;
-        registry.insert(receipt.clone());
+        registry.insert(receipt.clone())?;
         self.store
             .put(Namespace::Consent, KEY_REGISTRY, &registry.to_bytes())?;
         Ok(receipt)
     }
 
-    /// A stored consent receipt (own or received).
+    /// A consent receipt this organisation recorded (receipts are known by organisation and
+    /// id, docs/PROTOCOL.md §12.2).
     pub fn consent_receipt(&self, id: &ReceiptId) -> Result<Option<SignedReceipt>, EngineError> {
-        Ok(self.load_registry()?.get(id).cloned())
+        let own = self.certificate()?.org_root_key();
+        Ok(self.load_registry()?.get(&own, id).cloned())
     }
 
     /// The newest receipt in the chain that starts at `id` (after renewals or a withdrawal).
@@ -450,14 +493,16 @@ impl<S: KvStore> Engine<S> {
         &self,
         id: &ReceiptId,
     ) -> Result<Option<SignedReceipt>, EngineError> {
-        Ok(self.load_registry()?.latest(id).cloned())
+        let own = self.certificate()?.org_root_key();
+        Ok(self.load_registry()?.latest(&own, id).cloned())
     }
 
     /// The Kantara Consent Receipt v1.1 JSON export of a stored receipt.
     pub fn kantara_export(&self, id: &ReceiptId) -> Result<Value, EngineError> {
+        let own = self.certificate()?.org_root_key();
         let registry = self.load_registry()?;
         let receipt = registry
-            .get(id)
+            .get(&own, id)
             .ok_or(EngineError::InvalidInput("no such consent receipt"))?;
         Ok(kantara_json(receipt))
     }
@@ -474,9 +519,10 @@ impl<S: KvStore> Engine<S> {
         preferred_term: PreferredTerm,
         case_ref: Option<&str>,
     ) -> Result<String, EngineError> {
+        let own = self.certificate()?.org_root_key();
         let registry = self.load_registry()?;
         let receipt = registry
-            .get(id)
+            .get(&own, id)
             .ok_or(EngineError::InvalidInput("no such consent receipt"))?;
         let mut overrides = Vec::new();
         if let Some(case_ref) = case_ref {
@@ -516,9 +562,10 @@ impl<S: KvStore> Engine<S> {
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<(SignedReceipt, Vec<OutboxItem>), EngineError> {
+        let own = self.certificate()?.org_root_key();
         let mut registry = self.load_registry()?;
         let old = registry
-            .latest(id)
+            .latest(&own, id)
             .cloned()
             .ok_or(EngineError::InvalidInput("no such consent receipt"))?;
         let actor = self.actor()?;
@@ -531,17 +578,18 @@ impl<S: KvStore> Engine<S> {
             }
         }
         let controls = fan_out_consent_change(&new, &mut ledger, &mut referrals, &actor, now)?;
-        registry.insert(new.clone());
+        registry.insert(new.clone())?;
         let mut batch = WriteBatch::new();
         let mut sessions = Sessions::default();
         let mut items = Vec::new();
         for (rid, signed) in controls {
             let peers = self.load_peers(&rid)?;
+            let targets = self.case_peers(&peers, now)?;
             let body = Body::ReferralControl(signed);
             items.extend(self.stage_to_all(
                 &mut batch,
                 &mut sessions,
-                &peers.peer_ids(),
+                &targets,
                 &body,
                 now,
                 rng,
@@ -559,18 +607,21 @@ impl<S: KvStore> Engine<S> {
     /// Erasure status of every recipient of data under receipt `id` (or any receipt it
     /// superseded): per referral, the devices that confirmed and those still pending.
     pub fn purge_status(&self, id: &ReceiptId) -> Result<Vec<PurgeReport>, EngineError> {
+        let own = self.certificate()?.org_root_key();
         let registry = self.load_registry()?;
         let ledger = self.load_ledger()?;
         // Walk back to the first receipt of the chain: disclosures are recorded under the
         // receipt the offer relied on.
         let mut ids = vec![*id];
-        let mut current = registry.get(id).and_then(SignedReceipt::supersedes);
+        let mut current = registry.get(&own, id).and_then(SignedReceipt::supersedes);
         while let Some(prev) = current {
             if ids.contains(&prev) {
                 break;
             }
             ids.push(prev);
-            current = registry.get(&prev).and_then(SignedReceipt::supersedes);
+            current = registry
+                .get(&own, &prev)
+                .and_then(SignedReceipt::supersedes);
         }
         let mut out = Vec::new();
         for rid in ids {
@@ -617,8 +668,10 @@ impl<S: KvStore> Engine<S> {
         let to_root = root_of(&draft.to.org_root_key)?;
         let registry = self.load_registry()?;
         let mut ledger = self.load_ledger()?;
+        // Never to an ambassador device: the receipt, the offer and every later step are case
+        // content (docs/PROTOCOL.md §10.3).
         let devices: Vec<DeviceId> = self
-            .org_devices(&to_root, now)?
+            .case_devices(&to_root, &self.org_devices(&to_root, now)?, now)?
             .into_iter()
             .filter(|d| {
                 self.reachable(PeerId {
@@ -644,7 +697,7 @@ impl<S: KvStore> Engine<S> {
         let input = match consent {
             OfferConsent::Receipt(id) => {
                 signed_receipt = registry
-                    .latest(id)
+                    .latest(&actor.certificate().org_root_key(), id)
                     .ok_or(EngineError::InvalidInput("no such consent receipt"))?
                     .signed()
                     .clone();
@@ -794,14 +847,14 @@ impl<S: KvStore> Engine<S> {
                     l.mark_pending(id, now);
                     ledger = Some(l);
                 }
-                (r.state().clone(), peers.peer_ids())
+                (r.state().clone(), self.case_peers(&peers, now)?)
             }
             Record::Received(r) => {
                 if matches!(action, Action::Acknowledge) && r.state() == &ReferralState::Sent {
                     controls.push(r.act(Action::Delivered, &actor, now)?);
                 }
                 controls.push(r.act(action, &actor, now)?);
-                let mut targets = peers.peer_ids();
+                let mut targets = self.case_peers(&peers, now)?;
                 targets.extend(self.colleagues(now)?);
                 (r.state().clone(), targets)
             }
@@ -887,11 +940,12 @@ impl<S: KvStore> Engine<S> {
                 continue;
             }
             if let Some(signed) = send {
+                let targets = self.case_peers(&peers, now)?;
                 let body = Body::ReferralControl(signed);
                 items.extend(self.stage_to_all(
                     &mut batch,
                     &mut sessions,
-                    &peers.peer_ids(),
+                    &targets,
                     &body,
                     now,
                     rng,
@@ -1015,15 +1069,35 @@ impl<S: KvStore> Engine<S> {
             copy_session(session_with_sender)?,
         );
         let refused = |referral, error| Ok(vec![ReferralEvent::Refused { referral, error }]);
+        // An ambassador device takes no part in referrals: it applies none of their content
+        // (the message log keeps only a redacted copy, see `redact`).
+        if self.certificate()?.role() == Role::Ambassador {
+            return match body {
+                Body::ReferralBody(b) => refused(
+                    ReferralId::from_slice(&b.referral_id),
+                    ReferralError::AmbassadorCannotReceiveBody,
+                ),
+                Body::ConsentReceipt(_)
+                | Body::SignedReferralOffer(_)
+                | Body::ReferralControl(_) => {
+                    refused(None, ReferralError::AmbassadorCannotReceiveCase)
+                }
+                _ => Ok(Vec::new()),
+            };
+        }
         match body {
             Body::ConsentReceipt(signed) => {
-                let receipt = match SignedReceipt::verify(signed, self.org_trust(from_root)?) {
+                let receipt = match SignedReceipt::verify(signed, self.org_trust(from_root)?, now) {
                     Ok(r) => r,
                     Err(e) => return refused(None, ReferralError::Receipt(e)),
                 };
                 let mut registry = self.load_registry()?;
                 let id = receipt.id();
-                registry.insert(receipt);
+                // Keyed by (organisation, id): another organisation's receipt can neither
+                // replace nor supersede this one; a conflicting receipt is refused.
+                if let Err(e) = registry.insert(receipt) {
+                    return refused(None, ReferralError::Receipt(e));
+                }
                 batch.put(Namespace::Consent, KEY_REGISTRY, &registry.to_bytes());
                 Ok(vec![ReferralEvent::ConsentReceiptReceived { receipt: id }])
             }
@@ -1038,7 +1112,7 @@ impl<S: KvStore> Engine<S> {
                         }
                         _ => None,
                     })
-                    .and_then(|id| registry.get(&id))
+                    .and_then(|id| registry.get(&self.org_trust(from_root).ok()?.root(), &id))
                     .map(|r| r.signed().clone());
                 let referral = match ReceiverReferral::receive_offer(
                     signed,
@@ -1270,8 +1344,9 @@ impl<S: KvStore> Engine<S> {
         };
         // Each device confirms its own erasure to the sending device.
         if let Some(signed) = confirmation {
+            let targets = self.case_peers(&peers, now)?;
             let body = Body::ReferralControl(signed);
-            self.stage_to_all(batch, sessions, &peers.peer_ids(), &body, now, rng)?;
+            self.stage_to_all(batch, sessions, &targets, &body, now, rng)?;
         }
         events.push(ReferralEvent::StateChanged {
             referral: id,
