@@ -915,6 +915,7 @@ fn an_organisation_profile_never_replaces_another_organisations_contact() {
     assert_eq!(cw.sync(&mut relay, T0 + 10).0.len(), 1);
 
     offer_and_body_reach_b_only(&mut relay, &mut cw, &mut b, &mut m, T0 + 20);
+}
 
 /// Independent-implementation finding: a valid signed offer inside an organisation packet
 /// (docs/PROTOCOL.md §10) was decrypted, shown as "(a referral offer)" and dropped without a
@@ -997,7 +998,7 @@ fn a_referral_offer_in_an_organisation_packet_is_refused_at_both_ends() {
     let key = wire::FanoutKey {
         packet: Some(file.blob_ref(blob_id, "relay.test:4433".into())),
     };
-    let intake = b[0].id();
+    let intake = b[0].peer();
     let Device { engine, rng } = &mut cw;
     engine
         .send(intake, Body::FanoutKey(key), T0 + 22, rng)
