@@ -494,11 +494,12 @@ impl Client {
             .as_ref()
             .ok_or(EngineError::InvalidInput("missing packet reference"))?;
         let blob_id = id16(&blob.blob_id)?;
+        let size = attachment::download_len(blob, crate::fanout::MAX_PACKET_LEN)?;
         let relay = self.blob_relay(&blob.relay).await?;
         let mut ciphertext = Vec::new();
         self.relay_for(&relay)
             .await?
-            .blob_get(&blob_id, 0, &mut ciphertext, |_| {})
+            .blob_get(&blob_id, 0, size, &mut ciphertext, |_| {})
             .await?;
         let seq = message.seq;
         self.engine_op(move |e, _, _| e.open_org_packet(seq, &ciphertext))
@@ -1007,12 +1008,15 @@ impl Client {
             .as_ref()
             .ok_or(EngineError::InvalidInput("missing blob reference"))?;
         let blob_id = id16(&blob.blob_id)?;
+        // Checked before anything is fetched or allocated: `size` is the peer's claim.
+        let size = attachment::download_len(blob, attachment::MAX_ATTACHMENT_LEN)?;
         let relay = self.blob_relay(&blob.relay).await?;
         let mut ciphertext = Vec::new();
         self.relay_for(&relay)
             .await?
-            .blob_get(&blob_id, 0, &mut ciphertext, |_| {})
+            .blob_get(&blob_id, 0, size, &mut ciphertext, |_| {})
             .await?;
+        // At most MAX_ATTACHMENT_LEN, and its ciphertext has arrived in full.
         let mut plaintext = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
         attachment::decrypt(blob, &mut &ciphertext[..], &mut plaintext, progress)?;
         Ok(plaintext)
