@@ -845,7 +845,8 @@ impl Client {
 
     /// Stored messages from sequence number `from_seq` on.
     pub async fn messages(&self, from_seq: u64) -> Result<Vec<Message>, ClientError> {
-        self.engine_op(move |e, _, _| e.messages(from_seq)).await
+        self.engine_op(move |e, _, now| e.messages(from_seq, now))
+            .await
     }
 
     /// Enrols a device of this organisation (this device holds the root key); returns its

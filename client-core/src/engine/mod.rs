@@ -104,6 +104,8 @@ const PREFIX_VERIFIED: &[u8] = b"ver/";
 const PREFIX_MESSAGE: &[u8] = b"m/";
 const PREFIX_MESSAGE_ID: &[u8] = b"id/";
 const PREFIX_ENVELOPE: &[u8] = b"e/";
+/// Disappearing-timer index: `x/` || u64be(Content.expires_at) || u64be(seq), empty value.
+const PREFIX_MESSAGE_EXPIRY: &[u8] = b"x/";
 
 /// Everything that can go wrong in the engine.
 ///
@@ -131,6 +133,10 @@ pub enum EngineError {
     /// it did not decrypt. Nothing changed; ack it to drop it.
     #[error("could not decrypt")]
     CouldNotDecrypt,
+    /// An inbound envelope's `expires_at` (authenticated by the sealed-sender layer) is not
+    /// after the receiver's clock: it is refused unread. Nothing changed; ack it to drop it.
+    #[error("the envelope expired before it was read; it was dropped")]
+    EnvelopeExpired,
     /// The organisation is not trusted on this device.
     #[error(
         "the organisation is not trusted on this device; verify its root key fingerprint in person, then trust it"
@@ -322,6 +328,9 @@ pub enum Received {
     Delivered(Box<Message>),
     /// The envelope or message was delivered before (a redelivery or a resend).
     Duplicate,
+    /// The content's disappearing timer (`Content.expires_at`) had fired when it arrived: it
+    /// was not stored, not shown and had no effect (the session still advanced).
+    Expired,
 }
 
 /// A sealed envelope waiting in the outbox for the relay's `SendAccepted`.
