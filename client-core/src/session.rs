@@ -296,7 +296,7 @@ impl Session {
             return Err(fail);
         }
         let ephemeral_key = to_array(&message.ephemeral_key).ok_or(fail.clone())?;
-        if prekeys.was_seen(&ephemeral_key) {
+        if prekeys.base_key_refused(message.signed_prekey_id, &ephemeral_key) {
             return Err(fail);
         }
         let spk = prekeys

@@ -281,8 +281,9 @@ impl Client {
         connection
             .authenticate(&ids.recv_id, engine.mailbox_auth_key()?)
             .await?;
-        let publish = engine.prekey_publish(&mut rng)?;
-        connection.prekey_publish(publish).await?;
+        let publish = engine.prekey_publish(now(), &mut rng)?;
+        connection.prekey_publish(publish.clone()).await?;
+        engine.prekey_bundle_published(&publish)?;
         let client = Self::from_engine(engine, dir);
         client
             .inner
@@ -376,8 +377,32 @@ impl Client {
 
     /// Publishes a new batch of one-time prekeys.
     pub async fn replenish_prekeys(&self) -> Result<(), ClientError> {
-        let publish = self.engine_op(|e, rng, _| e.prekey_publish(rng)).await?;
-        self.own_relay().await?.prekey_publish(publish).await?;
+        let publish = self
+            .engine_op(|e, rng, now| e.prekey_publish(now, rng))
+            .await?;
+        self.own_relay()
+            .await?
+            .prekey_publish(publish.clone())
+            .await?;
+        self.engine_op(move |e, _, _| e.prekey_bundle_published(&publish))
+            .await?;
+        Ok(())
+    }
+
+    /// Rotates the signed and last-resort prekeys when due, deletes expired retired ones, and
+    /// publishes the current bundle if the relay does not hold it yet (run after every sync).
+    pub async fn rotate_prekeys(&self) -> Result<(), ClientError> {
+        let publish = self
+            .engine_op(|e, rng, now| e.rotate_prekeys(now, rng))
+            .await?;
+        if let Some(publish) = publish {
+            self.own_relay()
+                .await?
+                .prekey_publish(publish.clone())
+                .await?;
+            self.engine_op(move |e, _, _| e.prekey_bundle_published(&publish))
+                .await?;
+        }
         Ok(())
     }
 
@@ -460,6 +485,9 @@ impl Client {
         if referral_steps > 0 {
             self.flush_after_send().await?;
         }
+        // The signed and last-resort prekeys are replaced weekly and old ones deleted after
+        // the longest envelope lifetime (docs/PROTOCOL.md §6.3).
+        self.rotate_prekeys().await?;
         // Sessions started by others consume one-time prekeys: top them up.
         let left = self.engine_op(|e, _, _| e.one_time_prekeys_left()).await?;
         if left < (engine::ONE_TIME_PREKEY_BATCH as usize) / 2 {

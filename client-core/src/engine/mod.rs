@@ -96,6 +96,8 @@ pub const DEFAULT_CERTIFICATE_VALIDITY: u64 = 365 * 24 * 3600;
 const KEY_PROFILE: &[u8] = b"profile";
 const KEY_PREKEYS: &[u8] = b"store";
 const KEY_PUBLISHED: &[u8] = b"published";
+/// SHA-256 of the last bundle the relay accepted (`Namespace::Prekeys`).
+const KEY_PUBLISHED_ACK: &[u8] = b"published-ack";
 const KEY_CAPS: &[u8] = b"caps";
 const KEY_MSG_SEQ: &[u8] = b"msgseq";
 const PREFIX_ORG: &[u8] = b"org/";
