@@ -153,7 +153,7 @@ impl OutgoingMessage {
     }
 }
 
-fn session_ad(
+pub(crate) fn session_ad(
     initiator_identity: &[u8; 32],
     responder_identity: &[u8; 32],
 ) -> [u8; SESSION_AD_LEN] {
