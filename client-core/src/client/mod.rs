@@ -946,6 +946,28 @@ impl Client {
         Ok(message)
     }
 
+    /// Sends a chat message that both devices delete `after_secs` seconds from now (a
+    /// disappearing timer, `Content.expires_at`; docs/PROTOCOL.md §11.7).
+    pub async fn send_text_disappearing(
+        &self,
+        to: DeviceId,
+        text: &str,
+        after_secs: u64,
+    ) -> Result<Message, ClientError> {
+        self.ensure_session(to).await?;
+        let body = Body::Chat(wire::ChatMessage {
+            text: text.to_owned(),
+            attachments: Vec::new(),
+        });
+        let (message, _) = self
+            .engine_op(move |e, rng, now| {
+                e.send_disappearing(to, body, now.saturating_add(after_secs), now, rng)
+            })
+            .await?;
+        self.flush_after_send().await?;
+        Ok(message)
+    }
+
     /// Sends any `Content` body to a contact (the seam for referral and consent messages).
     pub async fn send_body(&self, to: DeviceId, body: Body) -> Result<Message, ClientError> {
         self.ensure_session(to).await?;
