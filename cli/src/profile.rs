@@ -68,6 +68,10 @@ pub(crate) struct SendArgs {
     to: String,
     /// The message text.
     text: String,
+    /// Disappearing message: both devices delete it this many seconds after sending (it is
+    /// never shown once the time has passed, and not at all if it arrives later).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    disappear_after: Option<u64>,
 }
 
 /// Options of `handover inbox`.
@@ -449,8 +453,13 @@ pub(crate) async fn send(profile: Option<PathBuf>, args: SendArgs) -> Outcome {
     let result = async {
         let to = find_contact(&client, &args.to).await?;
         let before = outbox_len(&client).await?;
-        let finished =
-            tokio::time::timeout(NETWORK_WAIT, client.send_text(to, &args.text, Vec::new())).await;
+        let sending = async {
+            match args.disappear_after {
+                Some(secs) => client.send_text_disappearing(to, &args.text, secs).await,
+                None => client.send_text(to, &args.text, Vec::new()).await,
+            }
+        };
+        let finished = tokio::time::timeout(NETWORK_WAIT, sending).await;
         match finished {
             Ok(Err(ClientError::Engine(EngineError::Revoked))) => {
                 return Err(fail(format!(

@@ -470,7 +470,7 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
             assert!(!contains(&value, b"Amina Haddad"));
             assert!(!contains(&value, b"violent partner"));
         }
-        for m in dev.engine.messages(0).unwrap() {
+        for m in dev.engine.messages(0, T0).unwrap() {
             match &m.content.body {
                 Some(Body::ReferralBody(b)) => assert!(b.keys.is_empty() && b.sections.is_empty()),
                 Some(Body::SignedReferralOffer(o)) => assert!(o.offer.is_empty()),

@@ -242,7 +242,8 @@ impl From<ClientError> for HandoverError {
                 handover_core::attachment::AttachmentError::Io(_) => Self::Storage {
                     detail: format!("attachment: {a}"),
                 },
-                handover_core::attachment::AttachmentError::TooLarge => {
+                handover_core::attachment::AttachmentError::TooLarge
+                | handover_core::attachment::AttachmentError::ExceedsLimit { .. } => {
                     Self::invalid(format!("attachment: {a}"))
                 }
                 other => Self::CouldNotDecrypt {

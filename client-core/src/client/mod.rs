@@ -283,8 +283,9 @@ impl Client {
         connection
             .authenticate(&ids.recv_id, engine.mailbox_auth_key()?)
             .await?;
-        let publish = engine.prekey_publish(&mut rng)?;
-        connection.prekey_publish(publish).await?;
+        let publish = engine.prekey_publish(now(), &mut rng)?;
+        connection.prekey_publish(publish.clone()).await?;
+        engine.prekey_bundle_published(&publish)?;
         let client = Self::from_engine(engine, dir);
         client
             .inner
@@ -378,8 +379,32 @@ impl Client {
 
     /// Publishes a new batch of one-time prekeys.
     pub async fn replenish_prekeys(&self) -> Result<(), ClientError> {
-        let publish = self.engine_op(|e, rng, _| e.prekey_publish(rng)).await?;
-        self.own_relay().await?.prekey_publish(publish).await?;
+        let publish = self
+            .engine_op(|e, rng, now| e.prekey_publish(now, rng))
+            .await?;
+        self.own_relay()
+            .await?
+            .prekey_publish(publish.clone())
+            .await?;
+        self.engine_op(move |e, _, _| e.prekey_bundle_published(&publish))
+            .await?;
+        Ok(())
+    }
+
+    /// Rotates the signed and last-resort prekeys when due, deletes expired retired ones, and
+    /// publishes the current bundle if the relay does not hold it yet (run after every sync).
+    pub async fn rotate_prekeys(&self) -> Result<(), ClientError> {
+        let publish = self
+            .engine_op(|e, rng, now| e.rotate_prekeys(now, rng))
+            .await?;
+        if let Some(publish) = publish {
+            self.own_relay()
+                .await?
+                .prekey_publish(publish.clone())
+                .await?;
+            self.engine_op(move |e, _, _| e.prekey_bundle_published(&publish))
+                .await?;
+        }
         Ok(())
     }
 
@@ -462,6 +487,9 @@ impl Client {
         if referral_steps > 0 {
             self.flush_after_send().await?;
         }
+        // The signed and last-resort prekeys are replaced weekly and old ones deleted after
+        // the longest envelope lifetime (docs/PROTOCOL.md §6.3).
+        self.rotate_prekeys().await?;
         // Sessions started by others consume one-time prekeys: top them up.
         let left = self.engine_op(|e, _, _| e.one_time_prekeys_left()).await?;
         if left < (engine::ONE_TIME_PREKEY_BATCH as usize) / 2 {
@@ -503,11 +531,12 @@ impl Client {
             .as_ref()
             .ok_or(EngineError::InvalidInput("missing packet reference"))?;
         let blob_id = id16(&blob.blob_id)?;
+        let size = attachment::download_len(blob, crate::fanout::MAX_PACKET_LEN)?;
         let relay = self.blob_relay(&blob.relay).await?;
         let mut ciphertext = Vec::new();
         self.relay_for(&relay)
             .await?
-            .blob_get(&blob_id, 0, &mut ciphertext, |_| {})
+            .blob_get(&blob_id, 0, size, &mut ciphertext, |_| {})
             .await?;
         let seq = message.seq;
         self.engine_op(move |e, _, _| e.open_org_packet(seq, &ciphertext))
@@ -860,7 +889,8 @@ impl Client {
 
     /// Stored messages from sequence number `from_seq` on.
     pub async fn messages(&self, from_seq: u64) -> Result<Vec<Message>, ClientError> {
-        self.engine_op(move |e, _, _| e.messages(from_seq)).await
+        self.engine_op(move |e, _, now| e.messages(from_seq, now))
+            .await
     }
 
     /// Enrols a device of this organisation (this device holds the root key); returns its
@@ -927,6 +957,28 @@ impl Client {
         let text = text.to_owned();
         let (message, _) = self
             .engine_op(move |e, rng, now| e.send_chat(to, &text, attachments, now, rng))
+            .await?;
+        self.flush_after_send().await?;
+        Ok(message)
+    }
+
+    /// Sends a chat message that both devices delete `after_secs` seconds from now (a
+    /// disappearing timer, `Content.expires_at`; docs/PROTOCOL.md §11.7).
+    pub async fn send_text_disappearing(
+        &self,
+        to: PeerId,
+        text: &str,
+        after_secs: u64,
+    ) -> Result<Message, ClientError> {
+        self.ensure_session(to).await?;
+        let body = Body::Chat(wire::ChatMessage {
+            text: text.to_owned(),
+            attachments: Vec::new(),
+        });
+        let (message, _) = self
+            .engine_op(move |e, rng, now| {
+                e.send_disappearing(to, body, now.saturating_add(after_secs), now, rng)
+            })
             .await?;
         self.flush_after_send().await?;
         Ok(message)
@@ -1027,12 +1079,15 @@ impl Client {
             .as_ref()
             .ok_or(EngineError::InvalidInput("missing blob reference"))?;
         let blob_id = id16(&blob.blob_id)?;
+        // Checked before anything is fetched or allocated: `size` is the peer's claim.
+        let size = attachment::download_len(blob, attachment::MAX_ATTACHMENT_LEN)?;
         let relay = self.blob_relay(&blob.relay).await?;
         let mut ciphertext = Vec::new();
         self.relay_for(&relay)
             .await?
-            .blob_get(&blob_id, 0, &mut ciphertext, |_| {})
+            .blob_get(&blob_id, 0, size, &mut ciphertext, |_| {})
             .await?;
+        // At most MAX_ATTACHMENT_LEN, and its ciphertext has arrived in full.
         let mut plaintext = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
         attachment::decrypt(blob, &mut &ciphertext[..], &mut plaintext, progress)?;
         Ok(plaintext)

@@ -5,8 +5,9 @@ use handover_proto::validate::Validate as _;
 use super::{
     Body, ContactRecord, CryptoRng, DeviceId, Direction, Engine, EngineError, ID_LEN, KEY_CAPS,
     KEY_LEN, KEY_MSG_SEQ, KEY_PREKEYS, KvStore, Message, Namespace, OutboxItem, PREFIX_ENVELOPE,
-    PREFIX_MESSAGE, PREFIX_MESSAGE_ID, PeerId, Received, RelayInfo, Session, WriteBatch, Zeroizing,
-    cert_root, decode, key, random_id, records, referrals, relay, sealed, to_id, wire,
+    PREFIX_MESSAGE, PREFIX_MESSAGE_EXPIRY, PREFIX_MESSAGE_ID, PeerId, Received, RelayInfo, Session,
+    WriteBatch, Zeroizing, cert_root, decode, key, random_id, records, referrals, relay, sealed,
+    to_id, wire,
 };
 
 /// Which session decrypted an incoming message.
@@ -112,6 +113,27 @@ impl<S: KvStore> Engine<S> {
         message.map(|m| (m, item)).ok_or(EngineError::CorruptState)
     }
 
+    /// Sends a body with a disappearing timer: both devices delete the message at
+    /// `expires_at` (Unix seconds, after `now`; `Content.expires_at`, docs/PROTOCOL.md §11.7).
+    pub fn send_disappearing(
+        &mut self,
+        to: PeerId,
+        body: Body,
+        expires_at: u64,
+        now: u64,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(Message, OutboxItem), EngineError> {
+        if expires_at <= now {
+            return Err(EngineError::InvalidInput(
+                "a disappearing timer must lie in the future",
+            ));
+        }
+        let mut content = self.new_content(body, now, rng);
+        content.expires_at = expires_at;
+        let (message, item) = self.send_content(to, content, true, now, rng)?;
+        message.map(|m| (m, item)).ok_or(EngineError::CorruptState)
+    }
+
     /// Sends a chat message (text and attachments) to a contact.
     pub fn send_chat(
         &mut self,
@@ -137,6 +159,17 @@ impl<S: KvStore> Engine<S> {
         rng: &mut impl CryptoRng,
     ) -> Result<(Option<Message>, OutboxItem), EngineError> {
         let content = self.new_content(body, now, rng);
+        self.send_content(to, content, keep_copy, now, rng)
+    }
+
+    fn send_content(
+        &mut self,
+        to: PeerId,
+        content: wire::Content,
+        keep_copy: bool,
+        now: u64,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(Option<Message>, OutboxItem), EngineError> {
         content
             .validate()
             .map_err(|_| EngineError::InvalidInput("the message is malformed or too long"))?;
@@ -203,6 +236,7 @@ impl<S: KvStore> Engine<S> {
             &key(PREFIX_MESSAGE_ID, &message_id),
             &seq.to_be_bytes(),
         );
+        stage_expiry(batch, &message);
         batch.put(Namespace::Settings, KEY_MSG_SEQ, &(seq + 1).to_be_bytes());
         Ok(message)
     }
@@ -254,6 +288,12 @@ impl<S: KvStore> Engine<S> {
             .as_ref()
             .ok_or(EngineError::CouldNotDecrypt)?;
         let envelope_id = to_id(&envelope.envelope_id).ok_or(EngineError::CouldNotDecrypt)?;
+        // The relay never returns an expired envelope, and `expires_at` is bound into the
+        // sealed-sender AAD; one that is expired here is refused unread. (Its dedupe marker
+        // may already have been swept, so this also stops a replay after the sweep.)
+        if envelope.expires_at <= now {
+            return Err(EngineError::EnvelopeExpired);
+        }
         let env_key = key(PREFIX_ENVELOPE, &envelope_id);
         if self.store.contains(Namespace::Messages, &env_key)? {
             return Ok(Received::Duplicate);
@@ -404,6 +444,8 @@ impl<S: KvStore> Engine<S> {
         let duplicate = self
             .store
             .contains(Namespace::Messages, &key(PREFIX_MESSAGE_ID, &message_id))?;
+        // Content whose disappearing timer has already fired is never stored or acted on.
+        let expired = content_expired(&content, now);
 
         // Side effects of control content, staged in the same batch.
         let mut staged_org = None;
@@ -413,7 +455,7 @@ impl<S: KvStore> Engine<S> {
             address: c.address.clone(),
             display_name: c.display_name.clone(),
         });
-        if !duplicate {
+        if !duplicate && !expired {
             match &content.body {
                 Some(Body::ContactCard(card)) => {
                     let same_cert = card.certificate.as_ref() == Some(sender_signed);
@@ -459,7 +501,7 @@ impl<S: KvStore> Engine<S> {
             display_name: String::new(),
         });
         let identity_changed = self.stage_contact(&mut batch, peer, &contact)?;
-        let message = if duplicate {
+        let message = if duplicate || expired {
             None
         } else {
             // The referral record holds the offer and body (and erases them); the message log
@@ -485,6 +527,7 @@ impl<S: KvStore> Engine<S> {
                 st.next_seq += 1;
                 Ok(Received::Delivered(Box::new(m)))
             }
+            None if expired && !duplicate => Ok(Received::Expired),
             None => Ok(Received::Duplicate),
         }
     }
@@ -521,7 +564,9 @@ impl<S: KvStore> Engine<S> {
     // The message log.
 
     /// Messages stored on this device with a sequence number of at least `from_seq`, in order.
-    pub fn messages(&self, from_seq: u64) -> Result<Vec<Message>, EngineError> {
+    /// A message whose disappearing timer (`Content.expires_at`) has fired at `now` is never
+    /// returned, even before [`sweep`](Self::sweep) deletes it.
+    pub fn messages(&self, from_seq: u64, now: u64) -> Result<Vec<Message>, EngineError> {
         let mut out = Vec::new();
         for (k, v) in self
             .store
@@ -531,7 +576,10 @@ impl<S: KvStore> Engine<S> {
                 .try_into()
                 .map_err(|_| EngineError::CorruptState)?;
             if u64::from_be_bytes(seq_bytes) >= from_seq {
-                out.push(Message::decode(&v)?);
+                let message = Message::decode(&v)?;
+                if !content_expired(&message.content, now) {
+                    out.push(message);
+                }
             }
         }
         out.sort_by_key(|m| m.seq);
@@ -549,10 +597,31 @@ impl<S: KvStore> Engine<S> {
         }
     }
 
-    /// Deletes envelope dedupe markers whose envelopes expired (the relay never returns an
-    /// expired envelope) and capabilities past their expiry. Returns the markers deleted.
+    /// Deletes messages whose disappearing timer (`Content.expires_at`) has fired, envelope
+    /// dedupe markers whose envelopes expired (the relay never returns an expired envelope,
+    /// and [`receive`](Self::receive) refuses one) and capabilities past their expiry. Returns
+    /// the envelope markers deleted.
     pub fn sweep(&mut self, now: u64) -> Result<usize, EngineError> {
         let mut batch = WriteBatch::new();
+        // Disappearing messages: the record goes (its message-id marker stays, so a
+        // redelivery is a duplicate and never shows the message again).
+        for k in self
+            .store
+            .keys_with_prefix(Namespace::Messages, PREFIX_MESSAGE_EXPIRY)?
+        {
+            let rest = &k[PREFIX_MESSAGE_EXPIRY.len()..];
+            let (Some(exp), Some(seq)) = (
+                rest.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                rest.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+            ) else {
+                return Err(EngineError::CorruptState);
+            };
+            if u64::from_be_bytes(exp) <= now {
+                batch.delete(Namespace::Messages, &key(PREFIX_MESSAGE, &seq));
+                batch.delete(Namespace::Messages, &k);
+            }
+        }
+        let deleted_messages = batch.len();
         for (k, v) in self
             .store
             .scan_prefix(Namespace::Messages, PREFIX_ENVELOPE)?
@@ -562,7 +631,7 @@ impl<S: KvStore> Engine<S> {
                 batch.delete(Namespace::Messages, &k);
             }
         }
-        let swept = batch.len();
+        let swept = batch.len() - deleted_messages;
         let mut caps = self.clone_caps()?;
         let before = caps.len();
         caps.retain(|c| c.expires_at > now);
@@ -572,5 +641,20 @@ impl<S: KvStore> Engine<S> {
         self.store.apply_batch(batch)?;
         self.state_mut()?.caps = caps;
         Ok(swept)
+    }
+}
+
+/// Whether `content` carries a disappearing timer that has fired at `now`.
+fn content_expired(content: &wire::Content, now: u64) -> bool {
+    content.expires_at != 0 && content.expires_at <= now
+}
+
+/// Indexes a message with a disappearing timer for [`Engine::sweep`].
+pub(super) fn stage_expiry(batch: &mut WriteBatch, message: &Message) {
+    if message.content.expires_at != 0 {
+        let mut k = PREFIX_MESSAGE_EXPIRY.to_vec();
+        k.extend_from_slice(&message.content.expires_at.to_be_bytes());
+        k.extend_from_slice(&message.seq.to_be_bytes());
+        batch.put(Namespace::Messages, &k, &[]);
     }
 }

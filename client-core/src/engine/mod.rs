@@ -96,6 +96,8 @@ pub const DEFAULT_CERTIFICATE_VALIDITY: u64 = 365 * 24 * 3600;
 const KEY_PROFILE: &[u8] = b"profile";
 const KEY_PREKEYS: &[u8] = b"store";
 const KEY_PUBLISHED: &[u8] = b"published";
+/// SHA-256 of the last bundle the relay accepted (`Namespace::Prekeys`).
+const KEY_PUBLISHED_ACK: &[u8] = b"published-ack";
 const KEY_CAPS: &[u8] = b"caps";
 const KEY_MSG_SEQ: &[u8] = b"msgseq";
 const PREFIX_ORG: &[u8] = b"org/";
@@ -164,6 +166,8 @@ impl fmt::Debug for PeerId {
         f.write_str("PeerId(..)")
     }
 }
+/// Disappearing-timer index: `x/` || u64be(Content.expires_at) || u64be(seq), empty value.
+const PREFIX_MESSAGE_EXPIRY: &[u8] = b"x/";
 
 /// Everything that can go wrong in the engine.
 ///
@@ -191,6 +195,10 @@ pub enum EngineError {
     /// it did not decrypt. Nothing changed; ack it to drop it.
     #[error("could not decrypt")]
     CouldNotDecrypt,
+    /// An inbound envelope's `expires_at` (authenticated by the sealed-sender layer) is not
+    /// after the receiver's clock: it is refused unread. Nothing changed; ack it to drop it.
+    #[error("the envelope expired before it was read; it was dropped")]
+    EnvelopeExpired,
     /// The organisation is not trusted on this device.
     #[error(
         "the organisation is not trusted on this device; verify its root key fingerprint in person, then trust it"
@@ -389,6 +397,9 @@ pub enum Received {
     Delivered(Box<Message>),
     /// The envelope or message was delivered before (a redelivery or a resend).
     Duplicate,
+    /// The content's disappearing timer (`Content.expires_at`) had fired when it arrived: it
+    /// was not stored, not shown and had no effect (the session still advanced).
+    Expired,
 }
 
 /// A sealed envelope waiting in the outbox for the relay's `SendAccepted`.

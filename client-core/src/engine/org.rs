@@ -360,6 +360,7 @@ impl<S: KvStore> Engine<S> {
             &key(PREFIX_MESSAGE_ID, &message.message_id),
             &seq.to_be_bytes(),
         );
+        super::messages::stage_expiry(&mut batch, &message);
         self.store.apply_batch(batch)?;
         Ok(message)
     }

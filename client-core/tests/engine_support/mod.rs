@@ -211,7 +211,8 @@ impl<S: KvStore> Device<S> {
             )
             .unwrap();
         let mut dev = Self { engine, rng };
-        let publish = dev.engine.prekey_publish(&mut dev.rng).unwrap();
+        let publish = dev.engine.prekey_publish(T0, &mut dev.rng).unwrap();
+        dev.engine.prekey_bundle_published(&publish).unwrap();
         relay.publish(publish);
         dev
     }
