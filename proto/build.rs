@@ -10,6 +10,17 @@ const PROTOS: &[&str] = &[
     "handover/v1/message.proto",
 ];
 
+/// Wire types that carry a secret key or a send capability. prost does not derive `Debug` for
+/// them; `src/redact.rs` implements it by hand with the secret fields redacted.
+const REDACTED_DEBUG: &[&str] = &[
+    ".handover.e2e.v1.BlobRef",
+    ".handover.e2e.v1.DeviceAddress",
+    ".handover.e2e.v1.SectionKey",
+    ".handover.relay.v1.Send",
+    ".handover.relay.v1.EnvelopeStatus",
+    ".handover.relay.v1.PrekeyTake",
+];
+
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
     let mut compiler = protox::Compiler::new(["proto"])?;
@@ -18,6 +29,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let descriptors = compiler.file_descriptor_set();
     let mut config = prost_build::Config::new();
     config.enable_type_names();
+    config.skip_debug(REDACTED_DEBUG);
     config.compile_fds(descriptors)?;
     Ok(())
 }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use handover_core::client::Client;
 use handover_core::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
-use handover_core::engine::{EngineError, org_fingerprint};
+use handover_core::engine::{EngineError, PurgeReport, org_fingerprint};
+use handover_core::referral::{Closed, ReferralState};
 use handover_core::store::{KvStore, Namespace};
 use handover_proto::e2e::v1 as wire;
 
@@ -383,13 +384,8 @@ async fn show(client: &Client, args: &ShowArgs) -> Outcome {
         let who = org_name(client, &p.recipient).await?;
         let confirmed: Vec<String> = p.confirmed.iter().map(|d| hex::encode(&d.0[..4])).collect();
         let pending: Vec<String> = p.pending.iter().map(|d| hex::encode(&d.0[..4])).collect();
-        let status = if p.pending.is_empty() && !p.confirmed.is_empty() {
-            "erasure confirmed by every device"
-        } else if !p.pending.is_empty() {
-            "erasure requested, waiting for confirmations"
-        } else {
-            "erasure not requested (consent still in force)"
-        };
+        let state = referral_state(client, p).await?;
+        let status = erasure_status(p, state.as_ref());
         println!(
             "Erasure at {who}, referral {}: {status}; confirmed by {} device(s){}{}",
             hex::encode(p.referral.as_bytes()),
@@ -524,20 +520,103 @@ async fn revoke(client: &Client, args: &RevokeArgs) -> Outcome {
         .purge_status(id)
         .await
         .ctx("reading the erasure status", "Report this.")?;
-    let pending: usize = report.iter().map(|p| p.pending.len()).sum();
+    let mut states = Vec::with_capacity(report.len());
+    for p in &report {
+        states.push(referral_state(client, p).await?);
+    }
     println!(
         "Consent {}: new receipt {} (supersedes {}).",
         state_name(new.state()),
         new.id().to_uuid_string(),
         id.to_uuid_string()
     );
-    println!(
-        "Erasure requested from {} referral(s); {pending} device(s) still to confirm. Run \
-         `handover sync`, then `handover consent show {}` to see who has confirmed.",
-        report.len(),
-        id.short()
-    );
+    println!("{}", revoke_summary(&report, &states, id));
     Ok(())
+}
+
+/// The sending side's state of the referral a report is about (`None` if its record is gone).
+async fn referral_state(client: &Client, p: &PurgeReport) -> Outcome<Option<ReferralState>> {
+    Ok(client
+        .referral(p.referral)
+        .await
+        .ctx("reading the referral", "Report this.")?
+        .map(|r| r.state))
+}
+
+/// Whether consent revocation moved this referral (it was open or completed, so the receiver
+/// holds data and was asked to erase it).
+fn revoked_here(state: Option<&ReferralState>) -> bool {
+    matches!(
+        state,
+        Some(
+            ReferralState::ConsentRevoked
+                | ReferralState::PurgeConfirmed(Closed::ConsentRevoked)
+                | ReferralState::RetainedUnderException {
+                    after: Closed::ConsentRevoked,
+                    ..
+                }
+        )
+    )
+}
+
+/// What `consent revoke` reports: erasure is requested only where the referral still held
+/// data; a referral declined, expired or withdrawn before holds nothing to erase (its offer was
+/// already erased, or erasure was requested with the withdrawal).
+fn revoke_summary(
+    report: &[PurgeReport],
+    states: &[Option<ReferralState>],
+    id: ReceiptId,
+) -> String {
+    let mut requested = 0;
+    let mut pending = 0;
+    for (p, state) in report.iter().zip(states) {
+        if revoked_here(state.as_ref()) {
+            requested += 1;
+            pending += p.pending.len();
+        }
+    }
+    let others = report.len() - requested;
+    let mut out = format!(
+        "Erasure requested from {requested} referral(s); {pending} device(s) still to confirm."
+    );
+    if others > 0 {
+        out.push_str(&format!(
+            " {others} other referral(s) under this consent were declined, expired or withdrawn \
+             before and hold nothing more to erase."
+        ));
+    }
+    out.push_str(&format!(
+        " Run `handover sync`, then `handover consent show {}` to see who has confirmed.",
+        id.short()
+    ));
+    out
+}
+
+/// The erasure line of `consent show` for one referral under the receipt.
+fn erasure_status(p: &PurgeReport, state: Option<&ReferralState>) -> &'static str {
+    if !p.pending.is_empty() {
+        return "erasure requested, waiting for confirmations";
+    }
+    if !p.confirmed.is_empty() {
+        return "erasure confirmed by every device";
+    }
+    match state {
+        Some(ReferralState::Declined(_) | ReferralState::PurgeConfirmed(Closed::Declined)) => {
+            "nothing to erase: the referral was declined and the receiver erased the offer"
+        }
+        Some(ReferralState::Expired | ReferralState::PurgeConfirmed(Closed::Expired)) => {
+            "nothing to erase: the offer expired and the receiver erased it"
+        }
+        Some(ReferralState::PurgeConfirmed(Closed::RetentionEnded)) => {
+            "erased by the receiver when the retention period ended"
+        }
+        Some(ReferralState::Withdrawn | ReferralState::PurgeConfirmed(Closed::Withdrawn)) => {
+            "the referral was withdrawn; erasure was requested then"
+        }
+        Some(s) if revoked_here(Some(s)) => "erasure requested, waiting for confirmations",
+        None => "the referral's record is no longer on this device",
+        Some(_) => "erasure not requested (consent still in force)",
+    }
 }
 
 async fn list(client: &Client) -> Outcome {
@@ -563,4 +642,77 @@ async fn list(client: &Client) -> Outcome {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use handover_core::consent::PurgeStatus;
+    use handover_core::identity::DeviceId;
+    use handover_core::referral::ReferralId;
+
+    use super::*;
+
+    fn report(n: u8, status: PurgeStatus, confirmed: usize, pending: usize) -> PurgeReport {
+        PurgeReport {
+            referral: ReferralId::from_slice(&[n; 16]).unwrap(),
+            recipient: [9; 32],
+            status,
+            confirmed: (0..confirmed).map(|i| DeviceId([i as u8; 16])).collect(),
+            pending: (0..pending)
+                .map(|i| DeviceId([100 + i as u8; 16]))
+                .collect(),
+        }
+    }
+
+    /// Independent-implementation finding: after `consent revoke` with one open and one
+    /// declined referral under the receipt, the CLI said "erasure requested from 2
+    /// referral(s)" though the change went to one, and `consent show` called the declined
+    /// referral's consent "still in force".
+    #[test]
+    fn revoke_counts_only_referrals_that_held_data() {
+        let id = ReceiptId::from_slice(&[7; 16]).unwrap();
+        let reports = [
+            report(1, PurgeStatus::Pending { since: 5 }, 0, 2),
+            report(2, PurgeStatus::NotRequested, 0, 0),
+        ];
+        let states = [
+            Some(ReferralState::ConsentRevoked),
+            Some(ReferralState::Declined(wire::DeclineReason::NoCapacity)),
+        ];
+        let text = revoke_summary(&reports, &states, id);
+        assert!(
+            text.starts_with("Erasure requested from 1 referral(s); 2 device(s) still to confirm."),
+            "{text}"
+        );
+        assert!(text.contains("1 other referral(s)"), "{text}");
+        assert_eq!(
+            erasure_status(&reports[1], states[1].as_ref()),
+            "nothing to erase: the referral was declined and the receiver erased the offer"
+        );
+        assert_eq!(
+            erasure_status(&reports[0], states[0].as_ref()),
+            "erasure requested, waiting for confirmations"
+        );
+        // An open referral under consent that is still given.
+        assert_eq!(
+            erasure_status(&reports[1], Some(&ReferralState::Acknowledged)),
+            "erasure not requested (consent still in force)"
+        );
+        let done = report(
+            3,
+            PurgeStatus::Confirmed {
+                at: 9,
+                retained_under: None,
+            },
+            2,
+            0,
+        );
+        assert_eq!(
+            erasure_status(
+                &done,
+                Some(&ReferralState::PurgeConfirmed(Closed::ConsentRevoked))
+            ),
+            "erasure confirmed by every device"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use clap::Args;
 use handover_core::client::Client;
-use handover_core::engine::{Direction, IdentitySetup, Message, OfferConsent, RelayInfo};
+use handover_core::engine::{Direction, IdentitySetup, Message, OfferConsent, PeerId, RelayInfo};
 use handover_core::identity::{DeviceId, DeviceKeys, Role};
 use handover_core::referral::{Action, OfferDraft, Outcome as ServiceOutcome, ReferralId};
 use handover_core::store::{Credential, KdfParams, Passphrase};
@@ -42,6 +42,16 @@ struct Device {
     client: Client,
     id: DeviceId,
     org: [u8; 32],
+}
+
+impl Device {
+    /// The device as its peers know it (organisation root and device id).
+    fn peer(&self) -> PeerId {
+        PeerId {
+            org_root: self.org,
+            device_id: self.id,
+        }
+    }
 }
 
 /// Prints one step line.
@@ -374,7 +384,7 @@ impl Story {
             .await
             .ctx("accepting the invitation", "Report this.")?;
         check(
-            peer == self.devices[inviter].id,
+            peer == self.devices[inviter].peer(),
             "the invitation leads to the inviting device",
         )?;
         // The inviter learns the acceptor's reply address from the first message.
@@ -385,7 +395,7 @@ impl Story {
             .await
             .ctx("listing contacts", "Report this.")?
             .iter()
-            .any(|c| c.device_id == self.devices[acceptor].id && c.has_address);
+            .any(|c| c.peer() == self.devices[acceptor].peer() && c.has_address);
         check(known, "the inviter knows the acceptor's reply address")?;
         self.step(&format!(
             "{} invited {} (link {} chars, also shown as a QR code by `handover invite`); \
@@ -398,7 +408,7 @@ impl Story {
     }
 
     async fn send_text(&mut self, from: usize, to: usize, text: &str) -> Outcome {
-        let to_id = self.devices[to].id;
+        let to_id = self.devices[to].peer();
         self.devices[from]
             .client
             .send_text(to_id, text, Vec::new())

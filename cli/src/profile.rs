@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use handover_core::client::{Client, ClientError, ClientEvent, RelayAccess};
 use handover_core::engine::{
-    self, Direction, EngineError, IdentitySetup, Message, ReferralEvent, RelayInfo, org_fingerprint,
+    self, Direction, EngineError, IdentitySetup, Message, PeerId, ReferralEvent, RelayInfo,
+    org_fingerprint,
 };
 use handover_core::identity::{DeviceId, DeviceKeys};
 use handover_core::store::{Credential, KdfParams, Passphrase, StoreError};
@@ -71,6 +72,10 @@ pub(crate) struct SendArgs {
     to: String,
     /// The message text.
     text: String,
+    /// Disappearing message: both devices delete it this many seconds after sending (it is
+    /// never shown once the time has passed, and not at all if it arrives later).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    disappear_after: Option<u64>,
 }
 
 /// Options of `handover inbox`.
@@ -435,7 +440,7 @@ pub(crate) async fn accept(profile: Option<PathBuf>, args: AcceptArgs) -> Outcom
                 "Invitation from {:?} accepted. You can now send messages: handover send --to {} \
              \"...\"",
                 invitation.display_name,
-                short(&peer)
+                short(&peer.device_id)
             );
             Ok(())
         }
@@ -447,7 +452,7 @@ pub(crate) fn short(id: &DeviceId) -> String {
     hex::encode(&id.0[..4])
 }
 
-pub(crate) async fn find_contact(client: &Client, who: &str) -> Outcome<DeviceId> {
+pub(crate) async fn find_contact(client: &Client, who: &str) -> Outcome<PeerId> {
     let contacts = client
         .contacts()
         .await
@@ -461,7 +466,7 @@ pub(crate) async fn find_contact(client: &Client, who: &str) -> Outcome<DeviceId
         })
         .collect();
     match matches.as_slice() {
-        [one] => Ok(one.device_id),
+        [one] => Ok(one.peer()),
         [] => Err(fail(format!(
             "no contact called {who:?}. Run `handover contacts` to see their names and ids; \
              if they are missing, exchange an invitation first (`handover invite`)."
@@ -484,8 +489,13 @@ pub(crate) async fn send(profile: Option<PathBuf>, args: SendArgs) -> Outcome {
     let result = async {
         let to = find_contact(&client, &args.to).await?;
         let before = outbox_len(&client).await?;
-        let finished =
-            tokio::time::timeout(NETWORK_WAIT, client.send_text(to, &args.text, Vec::new())).await;
+        let sending = async {
+            match args.disappear_after {
+                Some(secs) => client.send_text_disappearing(to, &args.text, secs).await,
+                None => client.send_text(to, &args.text, Vec::new()).await,
+            }
+        };
+        let finished = tokio::time::timeout(NETWORK_WAIT, sending).await;
         match finished {
             Ok(Err(ClientError::Engine(EngineError::Revoked))) => {
                 return Err(fail(format!(
@@ -550,6 +560,10 @@ fn describe(message: &Message, names: &dyn Fn(&DeviceId) -> String) -> String {
         Some(Body::ReferralBody(_)) => "(a referral body)".to_owned(),
         Some(Body::ConsentReceipt(_)) => "(a consent receipt)".to_owned(),
         Some(Body::FanoutKey(_)) => "(an organisation packet that could not be opened)".to_owned(),
+        Some(Body::DeliveryReceipt(r)) => match r.message_ids.len() {
+            1 => "(delivery receipt: 1 message arrived)".to_owned(),
+            n => format!("(delivery receipt: {n} messages arrived)"),
+        },
         _ => "(a message this version cannot show)".to_owned(),
     };
     format!("#{:<4} {arrow}: {what}", message.seq)
@@ -561,7 +575,15 @@ pub(crate) async fn names(client: &Client) -> Outcome<Vec<(DeviceId, String)>> {
         .await
         .ctx("reading contacts", "Report this.")?
         .into_iter()
-        .map(|c| (c.device_id, c.display_name))
+        .map(|c| {
+            // Wherever a message from a peer whose identity key changed is shown, say so.
+            let name = if c.identity_changed {
+                format!("{} [safety number changed]", c.display_name)
+            } else {
+                c.display_name
+            };
+            (c.device_id, name)
+        })
         .collect())
 }
 
@@ -718,7 +740,7 @@ pub(crate) async fn inbox(profile: Option<PathBuf>, args: InboxArgs) -> Outcome 
 
 /// The contacts whose organisation has revoked them (in the newest device list this device
 /// accepted from that organisation).
-pub(crate) async fn revoked_contacts(client: &Client) -> Outcome<Vec<DeviceId>> {
+pub(crate) async fn revoked_contacts(client: &Client) -> Outcome<Vec<PeerId>> {
     client
         .with_engine(|e, _, _| {
             let mut out = Vec::new();
@@ -727,7 +749,7 @@ pub(crate) async fn revoked_contacts(client: &Client) -> Outcome<Vec<DeviceId>> 
                 if e.org_trust(&c.org_root)
                     .is_ok_and(|t| t.is_revoked(&c.device_id))
                 {
-                    out.push(c.device_id);
+                    out.push(c.peer());
                 }
             }
             Ok::<_, EngineError>(out)
@@ -745,7 +767,7 @@ pub(crate) async fn contacts_active_first(client: &Client) -> Outcome<Vec<engine
         .await
         .ctx("reading contacts", "Report this.")?;
     let revoked = revoked_contacts(client).await?;
-    contacts.sort_by_key(|c| revoked.contains(&c.device_id));
+    contacts.sort_by_key(|c| revoked.contains(&c.peer()));
     Ok(contacts)
 }
 
@@ -772,6 +794,7 @@ async fn list_contacts(profile: Option<PathBuf>) -> Outcome {
         }
         let revoked = revoked_contacts(&client).await?;
         let unverified = contacts.iter().filter(|c| !c.verified).count();
+        let changed = contacts.iter().filter(|c| c.identity_changed).count();
         for c in contacts {
             println!(
                 "{}  {:<30} {:<13} org {}{}",
@@ -783,13 +806,23 @@ async fn list_contacts(profile: Option<PathBuf>) -> Outcome {
                     "not verified"
                 },
                 org_fingerprint(&c.org_root),
-                if revoked.contains(&c.device_id) {
+                if c.identity_changed {
+                    "  (SAFETY NUMBER CHANGED: this device has a new identity key; verify it \
+                     again before sending case details)"
+                } else if revoked.contains(&c.peer()) {
                     "  (revoked by its organisation: nothing is sent to it)"
                 } else if c.has_address {
                     ""
                 } else {
                     "  (no reply address yet: run `handover sync`)"
                 }
+            );
+        }
+        if changed > 0 {
+            println!(
+                "A contact's safety number changed: the device was re-installed or someone else \
+                 holds its name. Compare the new safety number in person or by phone: \
+                 `handover contacts verify CONTACT`."
             );
         }
         if unverified > 0 {
@@ -851,10 +884,10 @@ async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
             .await
             .ctx("reading contacts", "Report this.")?
             .into_iter()
-            .find(|c| c.device_id == who)
+            .find(|c| c.peer() == who)
             .map(|c| c.display_name)
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| short(&who));
+            .unwrap_or_else(|| short(&who.device_id));
         if args.clear {
             client
                 .clear_contact_verified(who)
@@ -863,7 +896,7 @@ async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
             println!(
                 "{name} is no longer marked verified. Compare the safety number again with \
                  `handover contacts verify {}`.",
-                short(&who)
+                short(&who.device_id)
             );
             return Ok(());
         }
@@ -884,7 +917,10 @@ async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
             .map_err(|e| safety_failure(&name, e))?;
         let grouped = number.grouped();
         let groups: Vec<&str> = grouped.split(' ').collect();
-        println!("Safety number with {name} (device {}):", short(&who));
+        println!(
+            "Safety number with {name} (device {}):",
+            short(&who.device_id)
+        );
         println!();
         for row in groups.chunks(4) {
             println!("    {}", row.join(" "));
@@ -896,7 +932,7 @@ async fn verify(profile: Option<PathBuf>, args: VerifyArgs) -> Outcome {
              group matches, type the number as they read it out: `handover contacts verify {} \
              --matches \"THEIR NUMBER\"`. If they differ, send no case details to this \
              contact and tell their organisation.",
-            short(&who)
+            short(&who.device_id)
         );
         Ok(())
     }
@@ -927,4 +963,44 @@ pub(crate) fn wipe(profile: Option<PathBuf>, args: WipeArgs) -> Outcome {
         dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use handover_proto::e2e::v1 as wire;
+
+    use super::*;
+
+    fn message(body: Body) -> Message {
+        Message {
+            seq: 7,
+            direction: Direction::Incoming,
+            peer: DeviceId([1; 16]),
+            message_id: [2; 16],
+            sent_at: 0,
+            stored_at: 0,
+            content: wire::Content {
+                body: Some(body),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Independent-implementation finding: delivery receipts showed as "a message this version
+    /// cannot show".
+    #[test]
+    fn a_delivery_receipt_is_shown_as_one() {
+        let names = |_: &DeviceId| "Shelter B intake".to_owned();
+        let one = message(Body::DeliveryReceipt(wire::DeliveryReceipt {
+            message_ids: vec![vec![3; 16]],
+        }));
+        assert_eq!(
+            describe(&one, &names),
+            "#7    from Shelter B intake: (delivery receipt: 1 message arrived)"
+        );
+        let two = message(Body::DeliveryReceipt(wire::DeliveryReceipt {
+            message_ids: vec![vec![3; 16], vec![4; 16]],
+        }));
+        assert!(describe(&two, &names).ends_with("(delivery receipt: 2 messages arrived)"));
+    }
 }

@@ -61,6 +61,15 @@ pub enum AttachmentError {
     /// The blob reference is malformed.
     #[error("malformed blob reference")]
     MalformedReference,
+    /// The reference announces a file larger than this client downloads
+    /// ([`MAX_ATTACHMENT_LEN`]); nothing was fetched.
+    #[error("the attachment is {size} bytes, more than the {limit} bytes this client accepts")]
+    ExceedsLimit {
+        /// Plaintext size the reference announces.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
 }
 
 /// A 32-byte file key.
@@ -120,6 +129,25 @@ impl EncryptedFile {
             size: self.size,
         }
     }
+}
+
+/// The largest attachment, in plaintext bytes, a client uploads or downloads: 100 MiB, the
+/// relay's default `max_blob_bytes` (docs/PROTOCOL.md §9). A received `BlobRef` that announces
+/// more is refused before anything is fetched, and no buffer is ever sized from a peer's
+/// `size` above it.
+pub const MAX_ATTACHMENT_LEN: u64 = 100 * 1024 * 1024;
+
+/// Checks a received blob reference before its download: its plaintext `size` must be at most
+/// `limit`. Returns the ciphertext length the relay must announce (`BlobHeader.size`) and
+/// deliver, exactly.
+pub fn download_len(blob: &wire::BlobRef, limit: u64) -> Result<u64, AttachmentError> {
+    if blob.size > limit {
+        return Err(AttachmentError::ExceedsLimit {
+            size: blob.size,
+            limit,
+        });
+    }
+    Ok(ciphertext_len(blob.size))
 }
 
 /// Ciphertext length of a `size`-byte plaintext.

@@ -30,6 +30,33 @@ pub enum FanoutError {
     /// The `FanoutKey` is malformed.
     #[error("malformed fan-out key")]
     MalformedKey,
+    /// The packet carries a referral or consent step (an offer, body, control message or
+    /// consent receipt) or another fan-out key. Those travel pairwise, never in an organisation
+    /// packet (docs/PROTOCOL.md §10).
+    #[error(
+        "referral and consent steps are sent to each device pairwise, never in an organisation \
+         packet"
+    )]
+    NotAllowedInPacket,
+}
+
+/// Whether `content` may travel in an organisation packet (docs/PROTOCOL.md §10): not a
+/// referral or consent step (those are applied exactly once with the pairwise message that
+/// carries them, only on non-ambassador devices where required, and recorded per device for
+/// erasure), and not another fan-out key.
+fn allowed_in_packet(content: &wire::Content) -> bool {
+    use wire::content::Body;
+    !matches!(
+        content.body,
+        Some(
+            Body::ReferralOffer(_)
+                | Body::SignedReferralOffer(_)
+                | Body::ReferralBody(_)
+                | Body::ReferralControl(_)
+                | Body::ConsentReceipt(_)
+                | Body::FanoutKey(_)
+        )
+    )
 }
 
 /// A packet encrypted once for an organisation.
@@ -50,11 +77,15 @@ impl FanoutPacket {
     }
 }
 
-/// Encrypts `content` once under a fresh content key.
+/// Encrypts `content` once under a fresh content key. Refuses referral and consent steps
+/// ([`FanoutError::NotAllowedInPacket`]).
 pub fn encrypt_packet(
     content: &wire::Content,
     rng: &mut impl CryptoRng,
 ) -> Result<FanoutPacket, FanoutError> {
+    if !allowed_in_packet(content) {
+        return Err(FanoutError::NotAllowedInPacket);
+    }
     let encoded = Zeroizing::new(content.encode_to_vec());
     if encoded.len() as u64 > MAX_PACKET_LEN {
         return Err(FanoutError::TooLarge);
@@ -66,7 +97,9 @@ pub fn encrypt_packet(
     Ok(FanoutPacket { ciphertext, file })
 }
 
-/// Decrypts a packet fetched for `key` and decodes its `Content`.
+/// Decrypts a packet fetched for `key` and decodes its `Content`. A packet carrying a referral
+/// or consent step is refused ([`FanoutError::NotAllowedInPacket`]) and nothing of it is
+/// returned.
 pub fn decrypt_packet(
     key: &wire::FanoutKey,
     ciphertext: &[u8],
@@ -85,5 +118,9 @@ pub fn decrypt_packet(
             _ => FanoutError::CouldNotDecrypt,
         }
     })?;
-    decode::content(&plaintext).map_err(|_| FanoutError::CouldNotDecrypt)
+    let content = decode::content(&plaintext).map_err(|_| FanoutError::CouldNotDecrypt)?;
+    if !allowed_in_packet(&content) {
+        return Err(FanoutError::NotAllowedInPacket);
+    }
+    Ok(content)
 }

@@ -40,6 +40,11 @@ pub const LABEL_SIGNED_PREKEY: &[u8] = b"handover/1 signed-prekey";
 /// Signature label of a signed ML-KEM prekey (`SignedKemPrekey.signature`).
 pub const LABEL_KEM_PREKEY: &[u8] = b"handover/1 kem-prekey";
 
+/// Clock skew allowed when checking a certificate's `not_before`: a certificate is accepted
+/// from `not_before - CERTIFICATE_CLOCK_SKEW` on, so a device whose clock is a few minutes
+/// behind the issuer's can use a certificate issued just now (docs/PROTOCOL.md §5.2).
+pub const CERTIFICATE_CLOCK_SKEW: u64 = 5 * 60;
+
 /// Errors from issuing or checking certificates and device lists.
 ///
 /// These are about public, signed data, so the variants say what was wrong; they never contain
@@ -77,6 +82,11 @@ pub enum CertificateError {
     /// A device list lists a revoked device as active.
     #[error("device list lists a revoked device")]
     RevokedDeviceListed,
+    /// The organisation's current device list holds a different certificate for this device
+    /// (for example the device was re-certified with another role): only the listed one is
+    /// accepted.
+    #[error("certificate is not the one the organisation's current device list holds")]
+    NotListed,
 }
 
 /// A 16-byte random device id.
@@ -428,7 +438,7 @@ impl DeviceCertificate {
         now: u64,
     ) -> Result<Self, CertificateError> {
         let cert = Self::check_signature_and_org(signed, trusted_root)?;
-        if now < cert.not_before {
+        if now.saturating_add(CERTIFICATE_CLOCK_SKEW) < cert.not_before {
             return Err(CertificateError::NotYetValid);
         }
         if now >= cert.not_after {
@@ -593,7 +603,8 @@ impl OrgTrust {
     }
 
     /// Checks a device certificate: signature by this organisation's root, validity at `now`,
-    /// and not revoked.
+    /// not revoked, and, if the newest accepted device list lists the device, the listed
+    /// certificate byte for byte (docs/PROTOCOL.md §5.2 step 6).
     pub fn verify_certificate(
         &self,
         signed: &wire::SignedDeviceCertificate,
@@ -603,7 +614,20 @@ impl OrgTrust {
         if self.revoked.contains(&cert.device_id) {
             return Err(CertificateError::Revoked);
         }
+        if let Some(listed) = self.active.get(&cert.device_id)
+            && listed != signed
+        {
+            return Err(CertificateError::NotListed);
+        }
         Ok(cert)
+    }
+
+    /// The certificate the newest accepted device list holds for `device_id`, if any.
+    pub fn listed_certificate(
+        &self,
+        device_id: &DeviceId,
+    ) -> Option<&wire::SignedDeviceCertificate> {
+        self.active.get(device_id)
     }
 
     /// Whether `device_id` was ever revoked.

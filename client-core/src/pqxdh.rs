@@ -18,7 +18,7 @@
 //! This module holds the receiving side's prekey secrets ([`PrekeyStore`]) and the key
 //! derivation; [`crate::session::Session`] runs the protocol.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use handover_proto::e2e::v1 as wire;
@@ -40,8 +40,19 @@ use crate::ratchet::Secret32;
 pub const INFO_PQXDH: &[u8] = b"Handover_X25519_SHA-256_ML-KEM-768";
 /// `F`: 32 0xFF bytes prefixed to the key material (X3DH §2.2 for X25519).
 pub const KDF_PREFIX: [u8; 32] = [0xFF; 32];
-/// Most PrekeyMessage ephemeral keys remembered to refuse replays of an initial message.
-pub const MAX_SEEN_EPHEMERAL_KEYS: usize = 4096;
+/// Age at which the signed prekey and the last-resort ML-KEM prekey are replaced: one week, the
+/// interval Signal uses. A session set up without a one-time prekey depends on these two keys
+/// for its forward secrecy, so they must not live for ever.
+pub const PREKEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
+/// How long a replaced signed or last-resort prekey's private key is kept: 30 days, the relay's
+/// default maximum envelope lifetime. An initial message was sealed while its prekey was
+/// current, and receivers refuse an envelope past its `expires_at`, so none can use the key
+/// after this; then the key (and its seen base keys) is deleted and zeroized.
+pub const RETIRED_PREKEY_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+/// Most initial-message base keys (`PrekeyMessage.ephemeral_key`) remembered per signed
+/// prekey. They are kept as long as the prekey itself, never evicted: once a prekey has this
+/// many, further initial messages on it are refused.
+pub const MAX_SEEN_BASE_KEYS_PER_PREKEY: usize = 65_536;
 
 type Dk = DecapsulationKey<MlKem768>;
 type Ek = EncapsulationKey<MlKem768>;
@@ -102,22 +113,87 @@ pub(crate) fn kem_encapsulate(
     Some((ct.to_vec(), out))
 }
 
+/// When a long-lived prekey was made and, once replaced, when it was retired (Unix seconds;
+/// `created_at` 0 = unknown, from a store written before rotation existed).
+#[derive(Clone, Copy, Default)]
+struct Lifetime {
+    created_at: u64,
+    retired_at: Option<u64>,
+}
+
+impl Lifetime {
+    fn new(created_at: u64) -> Self {
+        Self {
+            created_at,
+            retired_at: None,
+        }
+    }
+
+    fn is_current(&self) -> bool {
+        self.retired_at.is_none()
+    }
+
+    fn rotation_due(&self, now: u64) -> bool {
+        self.is_current() && self.created_at.saturating_add(PREKEY_ROTATION_SECS) <= now
+    }
+
+    fn expired(&self, now: u64) -> bool {
+        self.retired_at
+            .is_some_and(|r| r.saturating_add(RETIRED_PREKEY_LIFETIME_SECS) <= now)
+    }
+
+    fn write(&self, w: &mut Writer) {
+        w.u64(self.created_at);
+        match self.retired_at {
+            Some(r) => {
+                w.u8(1);
+                w.u64(r);
+            }
+            None => w.u8(0),
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Option<Self> {
+        let created_at = r.u64()?;
+        let retired_at = match r.u8()? {
+            0 => None,
+            1 => Some(r.u64()?),
+            _ => return None,
+        };
+        Some(Self {
+            created_at,
+            retired_at,
+        })
+    }
+}
+
+/// A signed X25519 prekey's secret, its lifetime and the base keys of the initial messages
+/// accepted with it.
+#[derive(Clone)]
+struct SignedEntry {
+    secret: StaticSecret,
+    life: Lifetime,
+    seen: BTreeSet<[u8; 32]>,
+}
+
 /// A stored ML-KEM prekey: its 64-byte seed (FIPS 203 `d || z`) and decapsulation key.
 #[derive(Clone)]
 struct KemPrekey {
     seed: Zeroizing<[u8; 64]>,
     key: Box<Dk>,
     last_resort: bool,
+    life: Lifetime,
 }
 
 impl KemPrekey {
-    fn from_seed(seed: [u8; 64], last_resort: bool) -> Self {
+    fn from_seed(seed: [u8; 64], last_resort: bool, life: Lifetime) -> Self {
         let seed = Zeroizing::new(seed);
         let key = Box::new(Dk::from_seed(Seed::from(*seed)));
         Self {
             seed,
             key,
             last_resort,
+            life,
         }
     }
 
@@ -138,14 +214,19 @@ impl KemPrekey {
 }
 
 /// A device's prekey secrets: signed prekeys, ML-KEM prekeys (one-time and last-resort) and
-/// one-time prekeys, by id; plus the ephemeral keys of initial messages already accepted, so a
-/// replayed initial message is refused.
+/// one-time prekeys, by id. Each signed prekey remembers the base keys of the initial messages
+/// accepted with it for as long as it lives, so a replayed initial message is refused.
+///
+/// Rotation (docs/PROTOCOL.md §6.3): the current signed prekey and last-resort ML-KEM prekey
+/// are replaced once [`PREKEY_ROTATION_SECS`] old ([`rotation_due`](Self::rotation_due),
+/// [`retire_current`](Self::retire_current)); a replaced one is deleted
+/// [`RETIRED_PREKEY_LIFETIME_SECS`] after its retirement
+/// ([`delete_expired`](Self::delete_expired)).
 #[derive(Clone, Default)]
 pub struct PrekeyStore {
-    signed: BTreeMap<u32, StaticSecret>,
+    signed: BTreeMap<u32, SignedEntry>,
     kem: BTreeMap<u32, KemPrekey>,
     one_time: BTreeMap<u32, StaticSecret>,
-    seen: VecDeque<[u8; 32]>,
 }
 
 impl fmt::Debug for PrekeyStore {
@@ -154,19 +235,25 @@ impl fmt::Debug for PrekeyStore {
             signed,
             kem,
             one_time,
-            seen,
         } = self;
         f.debug_struct("PrekeyStore")
             .field("signed", &signed.len())
             .field("kem", &kem.len())
             .field("one_time", &one_time.len())
-            .field("seen", &seen.len())
+            .field(
+                "seen",
+                &signed.values().map(|e| e.seen.len()).sum::<usize>(),
+            )
             .finish()
     }
 }
 
-/// Version byte of [`PrekeyStore::to_secret_bytes`].
-const PREKEY_STORE_FORMAT: u8 = 1;
+/// Version byte of [`PrekeyStore::to_secret_bytes`]. Version 1 (no lifetimes, one ring of seen
+/// base keys) is still read.
+const PREKEY_STORE_FORMAT: u8 = 2;
+const PREKEY_STORE_FORMAT_V1: u8 = 1;
+/// Version 1's ring size, the most seen keys a version-1 store holds.
+const V1_MAX_SEEN: usize = 4096;
 
 impl PrekeyStore {
     /// An empty store.
@@ -175,11 +262,23 @@ impl PrekeyStore {
     }
 
     /// Generates a signed X25519 prekey; the signature is by the device signing key over
-    /// `"handover/1 signed-prekey" || u32be(id) || public_key`.
+    /// `"handover/1 signed-prekey" || u32be(id) || public_key`. Its age is unknown (it is due
+    /// for rotation at once); engines use [`generate_signed_prekey_at`](Self::generate_signed_prekey_at).
     pub fn generate_signed_prekey(
         &mut self,
         device: &DeviceKeys,
         id: u32,
+        rng: &mut impl CryptoRng,
+    ) -> Result<wire::SignedPrekey, PrekeyError> {
+        self.generate_signed_prekey_at(device, id, 0, rng)
+    }
+
+    /// [`generate_signed_prekey`](Self::generate_signed_prekey) made at `now`.
+    pub fn generate_signed_prekey_at(
+        &mut self,
+        device: &DeviceKeys,
+        id: u32,
+        now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<wire::SignedPrekey, PrekeyError> {
         if self.signed.contains_key(&id) {
@@ -191,7 +290,14 @@ impl PrekeyStore {
         msg.extend_from_slice(&id.to_be_bytes());
         msg.extend_from_slice(&public_key);
         let signature = sign_labelled(device.signing_key(), LABEL_SIGNED_PREKEY, &msg);
-        self.signed.insert(id, secret);
+        self.signed.insert(
+            id,
+            SignedEntry {
+                secret,
+                life: Lifetime::new(now),
+                seen: BTreeSet::new(),
+            },
+        );
         Ok(wire::SignedPrekey {
             id,
             public_key: public_key.to_vec(),
@@ -201,6 +307,7 @@ impl PrekeyStore {
 
     /// Generates a signed ML-KEM-768 prekey (one-time, or the last-resort key kept until
     /// replaced); the signature is over `"handover/1 kem-prekey" || u32be(id) || public_key`.
+    /// Its age is unknown; engines use [`generate_kem_prekey_at`](Self::generate_kem_prekey_at).
     pub fn generate_kem_prekey(
         &mut self,
         device: &DeviceKeys,
@@ -208,12 +315,24 @@ impl PrekeyStore {
         last_resort: bool,
         rng: &mut impl CryptoRng,
     ) -> Result<wire::SignedKemPrekey, PrekeyError> {
+        self.generate_kem_prekey_at(device, id, last_resort, 0, rng)
+    }
+
+    /// [`generate_kem_prekey`](Self::generate_kem_prekey) made at `now`.
+    pub fn generate_kem_prekey_at(
+        &mut self,
+        device: &DeviceKeys,
+        id: u32,
+        last_resort: bool,
+        now: u64,
+        rng: &mut impl CryptoRng,
+    ) -> Result<wire::SignedKemPrekey, PrekeyError> {
         if self.kem.contains_key(&id) {
             return Err(PrekeyError::DuplicateId);
         }
         let mut seed = Zeroizing::new([0u8; 64]);
         rng.fill_bytes(&mut seed[..]);
-        let prekey = KemPrekey::from_seed(*seed, last_resort);
+        let prekey = KemPrekey::from_seed(*seed, last_resort, Lifetime::new(now));
         let public_key = prekey.public_key();
         debug_assert_eq!(public_key.len(), ML_KEM_768_PUBLIC_KEY_LEN);
         let mut msg = Vec::with_capacity(4 + public_key.len());
@@ -243,10 +362,68 @@ impl PrekeyStore {
         Ok(wire::OneTimePrekey { id, public_key })
     }
 
-    /// Deletes a signed prekey (after rotation, once in-flight initial messages had time to
-    /// arrive).
+    /// Deletes a signed prekey and its seen base keys at once (the secret zeroizes on drop).
     pub fn remove_signed_prekey(&mut self, id: u32) {
         self.signed.remove(&id);
+    }
+
+    /// Whether the current signed prekey or last-resort ML-KEM prekey is
+    /// [`PREKEY_ROTATION_SECS`] old at `now` (or of unknown age), or either is missing.
+    pub fn rotation_due(&self, now: u64) -> bool {
+        let current_signed: Vec<_> = self
+            .signed
+            .values()
+            .filter(|e| e.life.is_current())
+            .collect();
+        let current_kem: Vec<_> = self
+            .kem
+            .values()
+            .filter(|k| k.last_resort && k.life.is_current())
+            .collect();
+        current_signed.is_empty()
+            || current_kem.is_empty()
+            || current_signed.iter().any(|e| e.life.rotation_due(now))
+            || current_kem.iter().any(|k| k.life.rotation_due(now))
+    }
+
+    /// Marks the current signed prekey and last-resort ML-KEM prekey retired at `now`: they
+    /// still answer initial messages sealed before (until
+    /// [`delete_expired`](Self::delete_expired) removes them) but are no longer published.
+    pub fn retire_current(&mut self, now: u64) {
+        for e in self.signed.values_mut() {
+            if e.life.is_current() {
+                e.life.retired_at = Some(now);
+            }
+        }
+        for k in self.kem.values_mut() {
+            if k.last_resort && k.life.is_current() {
+                k.life.retired_at = Some(now);
+            }
+        }
+    }
+
+    /// Deletes (and zeroizes) every retired prekey whose [`RETIRED_PREKEY_LIFETIME_SECS`] have
+    /// passed at `now`, with its seen base keys. Returns how many were deleted.
+    pub fn delete_expired(&mut self, now: u64) -> usize {
+        let before = self.signed.len() + self.kem.len();
+        self.signed.retain(|_, e| !e.life.expired(now));
+        self.kem.retain(|_, k| !k.life.expired(now));
+        before - self.signed.len() - self.kem.len()
+    }
+
+    /// Ids of the retired signed and ML-KEM prekeys still kept (for tests and diagnostics).
+    pub fn retired_ids(&self) -> Vec<u32> {
+        let signed = self
+            .signed
+            .iter()
+            .filter(|(_, e)| !e.life.is_current())
+            .map(|(id, _)| *id);
+        let kem = self
+            .kem
+            .iter()
+            .filter(|(_, k)| !k.life.is_current())
+            .map(|(id, _)| *id);
+        signed.chain(kem).collect()
     }
 
     /// Number of one-time X25519 prekeys left.
@@ -255,7 +432,7 @@ impl PrekeyStore {
     }
 
     pub(crate) fn signed_prekey(&self, id: u32) -> Option<&StaticSecret> {
-        self.signed.get(&id)
+        self.signed.get(&id).map(|e| &e.secret)
     }
 
     pub(crate) fn one_time_prekey(&self, id: u32) -> Option<&StaticSecret> {
@@ -266,8 +443,14 @@ impl PrekeyStore {
         self.kem.get(&id)?.decapsulate(ct)
     }
 
-    pub(crate) fn was_seen(&self, ephemeral: &[u8; 32]) -> bool {
-        self.seen.contains(ephemeral)
+    /// Whether an initial message with base key `ephemeral` on signed prekey `signed_id` must
+    /// be refused: the key was already used with that prekey, or the prekey has remembered
+    /// [`MAX_SEEN_BASE_KEYS_PER_PREKEY`] keys (it never forgets one while it lives), or the
+    /// prekey is unknown.
+    pub(crate) fn base_key_refused(&self, signed_id: u32, ephemeral: &[u8; 32]) -> bool {
+        self.signed.get(&signed_id).is_none_or(|e| {
+            e.seen.contains(ephemeral) || e.seen.len() >= MAX_SEEN_BASE_KEYS_PER_PREKEY
+        })
     }
 
     /// Called after an initial message was accepted: deletes the one-time prekeys it used
@@ -284,9 +467,8 @@ impl PrekeyStore {
         {
             self.kem.remove(&msg.kem_prekey_id);
         }
-        self.seen.push_back(ephemeral);
-        while self.seen.len() > MAX_SEEN_EPHEMERAL_KEYS {
-            self.seen.pop_front();
+        if let Some(e) = self.signed.get_mut(&msg.signed_prekey_id) {
+            e.seen.insert(ephemeral);
         }
     }
 
@@ -295,40 +477,61 @@ impl PrekeyStore {
         let mut w = Writer::new(PREKEY_STORE_FORMAT);
         let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         w.u32(len(self.signed.len()));
-        for (id, s) in &self.signed {
+        for (id, e) in &self.signed {
             w.u32(*id);
-            w.bytes(s.as_bytes());
+            w.bytes(e.secret.as_bytes());
+            e.life.write(&mut w);
+            w.u32(len(e.seen.len()));
+            for k in &e.seen {
+                w.bytes(k);
+            }
         }
         w.u32(len(self.kem.len()));
         for (id, k) in &self.kem {
             w.u32(*id);
             w.u8(u8::from(k.last_resort));
             w.bytes(&k.seed[..]);
+            k.life.write(&mut w);
         }
         w.u32(len(self.one_time.len()));
         for (id, s) in &self.one_time {
             w.u32(*id);
             w.bytes(s.as_bytes());
         }
-        w.u32(len(self.seen.len()));
-        for e in &self.seen {
-            w.bytes(e);
-        }
         Zeroizing::new(w.finish())
     }
 
-    /// Restores a store written by [`to_secret_bytes`](Self::to_secret_bytes).
+    /// Restores a store written by [`to_secret_bytes`](Self::to_secret_bytes) (this version or
+    /// version 1, whose keys get an unknown age and whose seen base keys go to its signed
+    /// prekeys).
     pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, PrekeyError> {
         let e = PrekeyError::MalformedState;
         let mut r = Reader::new(bytes);
-        if r.u8() != Some(PREKEY_STORE_FORMAT) {
-            return Err(e);
-        }
+        let v1 = match r.u8() {
+            Some(PREKEY_STORE_FORMAT) => false,
+            Some(PREKEY_STORE_FORMAT_V1) => true,
+            _ => return Err(e),
+        };
         let mut store = Self::new();
         for _ in 0..r.u32().ok_or(e.clone())? {
             let id = r.u32().ok_or(e.clone())?;
             let s = Zeroizing::new(r.array::<32>().ok_or(e.clone())?);
-            store.signed.insert(id, StaticSecret::from(*s));
+            let mut entry = SignedEntry {
+                secret: StaticSecret::from(*s),
+                life: Lifetime::default(),
+                seen: BTreeSet::new(),
+            };
+            if !v1 {
+                entry.life = Lifetime::read(&mut r).ok_or(e.clone())?;
+                let n = r.u32().ok_or(e.clone())? as usize;
+                if n > MAX_SEEN_BASE_KEYS_PER_PREKEY {
+                    return Err(e);
+                }
+                for _ in 0..n {
+                    entry.seen.insert(r.array().ok_or(e.clone())?);
+                }
+            }
+            store.signed.insert(id, entry);
         }
         for _ in 0..r.u32().ok_or(e.clone())? {
             let id = r.u32().ok_or(e.clone())?;
@@ -338,21 +541,31 @@ impl PrekeyStore {
                 _ => return Err(e),
             };
             let seed = Zeroizing::new(r.array::<64>().ok_or(e.clone())?);
+            let life = if v1 {
+                Lifetime::default()
+            } else {
+                Lifetime::read(&mut r).ok_or(e.clone())?
+            };
             store
                 .kem
-                .insert(id, KemPrekey::from_seed(*seed, last_resort));
+                .insert(id, KemPrekey::from_seed(*seed, last_resort, life));
         }
         for _ in 0..r.u32().ok_or(e.clone())? {
             let id = r.u32().ok_or(e.clone())?;
             let s = Zeroizing::new(r.array::<32>().ok_or(e.clone())?);
             store.one_time.insert(id, StaticSecret::from(*s));
         }
-        let seen = r.u32().ok_or(e.clone())? as usize;
-        if seen > MAX_SEEN_EPHEMERAL_KEYS {
-            return Err(e);
-        }
-        for _ in 0..seen {
-            store.seen.push_back(r.array().ok_or(e.clone())?);
+        if v1 {
+            let seen = r.u32().ok_or(e.clone())? as usize;
+            if seen > V1_MAX_SEEN {
+                return Err(e);
+            }
+            for _ in 0..seen {
+                let k: [u8; 32] = r.array().ok_or(e.clone())?;
+                for entry in store.signed.values_mut() {
+                    entry.seen.insert(k);
+                }
+            }
         }
         if !r.is_empty() {
             return Err(e);

@@ -153,7 +153,7 @@ impl OutgoingMessage {
     }
 }
 
-fn session_ad(
+pub(crate) fn session_ad(
     initiator_identity: &[u8; 32],
     responder_identity: &[u8; 32],
 ) -> [u8; SESSION_AD_LEN] {
@@ -296,7 +296,7 @@ impl Session {
             return Err(fail);
         }
         let ephemeral_key = to_array(&message.ephemeral_key).ok_or(fail.clone())?;
-        if prekeys.was_seen(&ephemeral_key) {
+        if prekeys.base_key_refused(message.signed_prekey_id, &ephemeral_key) {
             return Err(fail);
         }
         let spk = prekeys

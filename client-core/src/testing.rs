@@ -8,7 +8,9 @@ use handover_proto::e2e::v1 as wire;
 use rand_core::{TryCryptoRng, TryRng};
 use sha2::{Digest, Sha256};
 
-use crate::identity::{DeviceKeys, OrgRootKey, OrgTrust, Role};
+use crate::identity::{
+    DeviceKeys, LABEL_KEM_PREKEY, LABEL_SIGNED_PREKEY, OrgRootKey, OrgTrust, Role,
+};
 use crate::pqxdh::{PrekeyBundle, PrekeyStore};
 use crate::sealed::{self, MailboxSealingKey};
 use crate::session::{Session, SessionError};
@@ -394,9 +396,8 @@ pub fn known_answer_vectors() -> Vec<(&'static str, String)> {
     let dh4 = dh(&ek_a, &public(&opk_b)).unwrap_or(zero.clone());
     let sk = kdf(&dh1, &dh2, &dh3, Some(&dh4), &ss[..]);
     let sk_no_opk = kdf(&dh1, &dh2, &dh3, None, &ss[..]);
-    let mut ad = Vec::new();
-    ad.extend_from_slice(&public(&ik_a));
-    ad.extend_from_slice(&public(&ik_b));
+    // The session's own associated data (Alice initiated), so the vectors follow the code.
+    let ad = crate::session::session_ad(&public(&ik_a), &public(&ik_b)).to_vec();
     v.push(("pqxdh.ik_a_secret", hex(ik_a.as_bytes())));
     v.push(("pqxdh.ik_a", hex(&public(&ik_a))));
     v.push(("pqxdh.ek_a_secret", hex(ek_a.as_bytes())));
@@ -554,6 +555,96 @@ pub fn known_answer_vectors() -> Vec<(&'static str, String)> {
         "stream.segment_2",
         hex(ct.get(2 * seg..).unwrap_or_default()),
     ));
+
+    // Double Ratchet, Bob's reply: a DH ratchet step on receiving Alice's ratchet key
+    // (previous sending chain length 0: Bob had sent nothing).
+    let ratchet_b = secret(&mut rng);
+    let dh_b = dh(&ratchet_b, &public(&ratchet_a)).unwrap_or(zero.clone());
+    let (rk2, ck_b0) = kdf_rk(&rk1.0, &dh_b);
+    let (ck_b1, mk_b0) = kdf_ck(&ck_b0.0);
+    let header_b0 = Header {
+        ratchet_key: public(&ratchet_b),
+        previous_chain_length: 0,
+        message_number: 0,
+    };
+    let pt_b0 = b"Received, thank you.";
+    let ct_b0 = seal_with_message_key(&mk_b0.0, pt_b0, &ad, &header_b0);
+    v.push(("ratchet.bob_ratchet_secret", hex(ratchet_b.as_bytes())));
+    v.push(("ratchet.bob_ratchet_key", hex(&public(&ratchet_b))));
+    v.push(("ratchet.bob_dh_out", hex(&dh_b[..])));
+    v.push(("ratchet.root_key_2", hex(&rk2.0)));
+    v.push(("ratchet.bob_chain_key_0", hex(&ck_b0.0)));
+    v.push(("ratchet.bob_message_key_0", hex(&mk_b0.0)));
+    v.push(("ratchet.bob_chain_key_1", hex(&ck_b1.0)));
+    v.push(("ratchet.bob_header_0", hex(&header_b0.to_bytes())));
+    v.push(("ratchet.bob_plaintext_0", hex(pt_b0)));
+    v.push(("ratchet.bob_ciphertext_0", hex(&ct_b0)));
+
+    // Certificates, prekey signatures (§5.1) and the safety number (§5.4) of two devices of
+    // two organisations.
+    let org_a = OrgRootKey::generate(&mut rng);
+    let keys_a = DeviceKeys::generate(&mut rng);
+    let org_b = OrgRootKey::generate(&mut rng);
+    let keys_b = DeviceKeys::generate(&mut rng);
+    let issue = |org: &OrgRootKey, keys: &DeviceKeys, label: &str| {
+        org.issue_certificate(
+            &keys.public_keys(),
+            Role::Caseworker,
+            START_TIME,
+            START_TIME + CERT_LIFETIME,
+            label,
+        )
+        .unwrap_or_default()
+    };
+    let signed_a = issue(&org_a, &keys_a, "device a");
+    let signed_b = issue(&org_b, &keys_b, "device b");
+    let mut spk_msg = 7u32.to_be_bytes().to_vec();
+    spk_msg.extend_from_slice(&public(&spk_b));
+    let spk_sig =
+        crate::identity::sign_labelled(keys_b.signing_key(), LABEL_SIGNED_PREKEY, &spk_msg);
+    let mut kem_msg = 8u32.to_be_bytes().to_vec();
+    kem_msg.extend_from_slice(&kem_public);
+    let kem_sig = crate::identity::sign_labelled(keys_b.signing_key(), LABEL_KEM_PREKEY, &kem_msg);
+    for (prefix, org, keys, signed) in [
+        ("cert.a", &org_a, &keys_a, &signed_a),
+        ("cert.b", &org_b, &keys_b, &signed_b),
+    ] {
+        let field = |f: &str| -> &'static str {
+            match (prefix, f) {
+                ("cert.a", "root") => "cert.a.org_root_key",
+                ("cert.a", "id") => "cert.a.device_id",
+                ("cert.a", "sk") => "cert.a.signing_key",
+                ("cert.a", "ik") => "cert.a.identity_key",
+                ("cert.a", "bytes") => "cert.a.certificate",
+                ("cert.a", _) => "cert.a.signature",
+                (_, "root") => "cert.b.org_root_key",
+                (_, "id") => "cert.b.device_id",
+                (_, "sk") => "cert.b.signing_key",
+                (_, "ik") => "cert.b.identity_key",
+                (_, "bytes") => "cert.b.certificate",
+                _ => "cert.b.signature",
+            }
+        };
+        let pk = keys.public_keys();
+        v.push((field("root"), hex(&org.public_key().to_bytes())));
+        v.push((field("id"), hex(&pk.device_id.0)));
+        v.push((field("sk"), hex(&pk.signing_key)));
+        v.push((field("ik"), hex(&pk.identity_key)));
+        v.push((field("bytes"), hex(&signed.certificate)));
+        v.push((field("sig"), hex(&signed.signature)));
+    }
+    v.push(("prekey_sig.signed_prekey_id", hex(&7u32.to_be_bytes())));
+    v.push(("prekey_sig.signed_prekey_signature", hex(&spk_sig)));
+    v.push(("prekey_sig.kem_prekey_id", hex(&8u32.to_be_bytes())));
+    v.push(("prekey_sig.kem_prekey_signature", hex(&kem_sig)));
+    let verified = |org: &OrgRootKey, signed: &wire::SignedDeviceCertificate| {
+        crate::identity::DeviceCertificate::verify(signed, &org.public_key(), START_TIME).ok()
+    };
+    if let (Some(a), Some(b)) = (verified(&org_a, &signed_a), verified(&org_b, &signed_b)) {
+        let number = crate::identity::SafetyNumber::new(&a, &b);
+        v.push(("safety.digits", hex(number.digits().as_bytes())));
+        v.push(("safety.qr_payload_a", hex(&number.qr_payload())));
+    }
     v
 }
 

@@ -124,3 +124,55 @@ async fn panic_wipe_removes_the_profile() {
         Err(ClientError::Store(StoreError::NotFound))
     ));
 }
+
+/// A peer's reference announcing a huge attachment is refused with a typed error before
+/// anything is fetched or allocated (it used to size a buffer from it and abort the client).
+#[tokio::test]
+async fn oversized_attachment_references_are_refused_before_download() {
+    use handover_core::attachment::{AttachmentError, MAX_ATTACHMENT_LEN};
+    use handover_proto::e2e::v1 as wire;
+    let dir = tempfile::tempdir().unwrap();
+    make_profile(dir.path(), None);
+    let client = Client::open(dir.path(), &cred("real passphrase"))
+        .await
+        .unwrap();
+    for size in [MAX_ATTACHMENT_LEN + 1, 1 << 62, u64::MAX] {
+        let attachment = wire::Attachment {
+            blob: Some(wire::BlobRef {
+                blob_id: vec![1; 16],
+                relay: String::new(),
+                key: vec![2; 32],
+                plaintext_sha256: vec![3; 32],
+                size,
+            }),
+            media_type: "application/pdf".into(),
+            file_name: "huge.pdf".into(),
+        };
+        let err = client
+            .download_attachment(&attachment, |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Attachment(AttachmentError::ExceedsLimit { size: s, limit })
+                    if s == size && limit == MAX_ATTACHMENT_LEN
+            ),
+            "{err:?}"
+        );
+        let target = dir.path().join("huge.pdf");
+        let err = client
+            .download_attachment_to_file(&attachment, &target, |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Attachment(AttachmentError::ExceedsLimit { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(!target.exists());
+    }
+    client.shutdown().await.unwrap();
+}

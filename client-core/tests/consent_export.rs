@@ -102,8 +102,8 @@ fn receipts_are_superseded_never_edited() {
     assert_eq!(second.state(), wire::ConsentState::Expired);
     assert_eq!(second.receipt().event_time, T0 + 5);
     // The first receipt is untouched and still verifies.
-    SignedReceipt::verify(first.signed(), &w.sender.trust).unwrap();
-    SignedReceipt::verify(second.signed(), &w.sender.trust).unwrap();
+    SignedReceipt::verify(first.signed(), &w.sender.trust, T0 + 60).unwrap();
+    SignedReceipt::verify(second.signed(), &w.sender.trust, T0 + 60).unwrap();
     // Nothing follows an expiry.
     assert!(
         expired

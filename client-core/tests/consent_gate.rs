@@ -4,7 +4,9 @@
 
 mod referral_support;
 
-use handover_core::consent::{ConsentEvent, GateError, ReceiptRegistry};
+use handover_core::consent::{
+    ConsentError, ConsentEvent, GateError, ReceiptId, ReceiptRegistry, SignedReceipt,
+};
 use handover_core::identity::Role;
 use handover_core::referral::{ConsentInput, ReceiverReferral, ReferralError, SenderReferral};
 use handover_proto::e2e::v1 as wire;
@@ -250,7 +252,7 @@ fn withdrawn_superseded_and_refused_receipts() {
         .unwrap();
     let new = withdrawn.current().unwrap().clone();
     assert_eq!(new.supersedes(), Some(old.id()));
-    w.registry.insert(new.clone());
+    w.registry.insert(new.clone()).unwrap();
     let draft = offer_draft(&w.sender, &w.receivers[0]);
     // The old receipt is known to be withdrawn.
     let err = gate(prepare(&mut w, &draft, old.signed(), T0 + 20).unwrap_err());
@@ -283,7 +285,7 @@ fn withdrawn_superseded_and_refused_receipts() {
         )
         .unwrap();
     let new = renewed.current().unwrap().clone();
-    w.registry.insert(new.clone());
+    w.registry.insert(new.clone()).unwrap();
     let draft = offer_draft(&w.sender, &w.receivers[0]);
     let err = gate(prepare(&mut w, &draft, old.signed(), T0 + 20).unwrap_err());
     assert_eq!(
@@ -368,10 +370,13 @@ fn forged_or_tampered_receipt_signatures() {
             &mut w.rng,
         )
         .unwrap();
-    known.insert(withdrawn.current().unwrap().clone());
+    known.insert(withdrawn.current().unwrap().clone()).unwrap();
     let receipt = w
         .registry
-        .get(&withdrawn.current().unwrap().supersedes().unwrap())
+        .get(
+            &w.sender.trust.root(),
+            &withdrawn.current().unwrap().supersedes().unwrap(),
+        )
         .unwrap()
         .signed()
         .clone();
@@ -521,7 +526,9 @@ fn release_is_refused_after_consent_is_withdrawn() {
             &mut w.rng,
         )
         .unwrap();
-    w.registry.insert(withdrawn.current().unwrap().clone());
+    w.registry
+        .insert(withdrawn.current().unwrap().clone())
+        .unwrap();
     let err = s
         .release_body(&w.intake[0].cert, &w.registry, &mut w.ledger, T0 + 130)
         .unwrap_err();
@@ -709,5 +716,174 @@ fn the_receiver_refuses_a_childs_referral_under_an_adults_receipt() {
         ReferralError::Consent(GateError::MinorMismatch {
             receipt: w.receipt().id().short()
         })
+    );
+}
+
+/// Review finding: receipts were indexed by id alone, so any trusted organisation could send a
+/// receipt with the victim organisation's receipt id (replacing it) or one that "supersedes"
+/// it as withdrawn, and the gate then refused the victim's referrals. Receipts are keyed by
+/// (organisation, id) now; only the same organisation, for the same person, supersedes.
+#[test]
+fn another_organisations_receipt_neither_replaces_nor_supersedes_ours() {
+    let mut w = World::new(2);
+    let victim = w.receipt().clone();
+    let (offer, receipt) = good_offer(&mut w);
+    // Organisation 1 is trusted by the receiver (it is a network member) but hostile.
+    let attacker_org = &w.receivers[1];
+    let attacker = &w.intake[1];
+    let mut same_id = receipt_draft(attacker_org, &[&w.receivers[0]], &SECTIONS, T0);
+    same_id.schema_version = "handover-consent/1".to_owned();
+    same_id.state = wire::ConsentState::Given as i32;
+    same_id.receipt_id = victim.id().as_bytes().to_vec();
+    let same_id = SignedReceipt::verify(
+        &forge_receipt(attacker, &same_id),
+        &attacker_org.trust,
+        T0 + 30,
+    )
+    .unwrap();
+    let mut withdrawal = receipt_draft(attacker_org, &[&w.receivers[0]], &SECTIONS, T0);
+    withdrawal.schema_version = "handover-consent/1".to_owned();
+    withdrawal.state = wire::ConsentState::Withdrawn as i32;
+    withdrawal.receipt_id = ReceiptId::random(&mut w.rng).as_bytes().to_vec();
+    withdrawal.supersedes = victim.id().as_bytes().to_vec();
+    let withdrawal = SignedReceipt::verify(
+        &forge_receipt(attacker, &withdrawal),
+        &attacker_org.trust,
+        T0 + 30,
+    )
+    .unwrap();
+
+    // The receiving client knows the victim's receipt, then gets the attacker's two.
+    let mut known = ReceiptRegistry::new();
+    known.insert(victim.clone()).unwrap();
+    known.insert(same_id.clone()).unwrap();
+    known.insert(withdrawal.clone()).unwrap();
+    let victim_root = w.sender.trust.root();
+    assert_eq!(
+        known.get(&victim_root, &victim.id()).unwrap().hash(),
+        victim.hash()
+    );
+    assert!(known.superseded_by(&victim).is_none());
+    assert_eq!(
+        known.latest(&victim_root, &victim.id()).unwrap().hash(),
+        victim.hash()
+    );
+    // The victim's referral still passes the gate on the receiving side.
+    receiver_check(&w, &offer, Some(&receipt), &w.caseworker, &known).unwrap();
+
+    // Within one organisation a different receipt under a known id is refused, and the first
+    // is kept.
+    let mut twin = receipt_draft(&w.sender, &[&w.receivers[0]], &SECTIONS, T0);
+    twin.schema_version = "handover-consent/1".to_owned();
+    twin.state = wire::ConsentState::Given as i32;
+    twin.receipt_id = victim.id().as_bytes().to_vec();
+    twin.purposes[0].purpose = "Something else entirely".to_owned();
+    let twin = SignedReceipt::verify(
+        &forge_receipt(&w.caseworker, &twin),
+        &w.sender.trust,
+        T0 + 30,
+    )
+    .unwrap();
+    assert_eq!(
+        known.insert(twin),
+        Err(ConsentError::Conflict {
+            receipt: victim.id().short()
+        })
+    );
+    assert_eq!(
+        known.get(&victim_root, &victim.id()).unwrap().hash(),
+        victim.hash()
+    );
+    // The same receipt again is a no-op.
+    known.insert(victim.clone()).unwrap();
+
+    // Nor may the same organisation supersede it with a receipt for another person.
+    let mut other_person = receipt_draft(&w.sender, &[&w.receivers[0]], &SECTIONS, T0);
+    other_person.schema_version = "handover-consent/1".to_owned();
+    other_person.state = wire::ConsentState::Withdrawn as i32;
+    other_person.principal_ref = "P-OTHER".to_owned();
+    other_person.receipt_id = ReceiptId::random(&mut w.rng).as_bytes().to_vec();
+    other_person.supersedes = victim.id().as_bytes().to_vec();
+    let other_person = SignedReceipt::verify(
+        &forge_receipt(&w.caseworker, &other_person),
+        &w.sender.trust,
+        T0 + 30,
+    )
+    .unwrap();
+    let short = other_person.id().short();
+    assert_eq!(
+        known.insert(other_person),
+        Err(ConsentError::SupersedesAnotherPrincipal { receipt: short })
+    );
+    assert!(known.superseded_by(&victim).is_none());
+    receiver_check(&w, &offer, Some(&receipt), &w.caseworker, &known).unwrap();
+}
+
+/// Review finding: a receipt was checked against its signer's certificate at the receipt's own,
+/// signer-chosen `event_time`, so a device whose certificate had expired could backdate a
+/// receipt into its validity window. Receipts are checked at arrival.
+#[test]
+fn a_receipt_backdated_past_its_signers_certificate_expiry_is_refused() {
+    use handover_core::identity::{DeviceCertificate, DeviceKeys};
+    let mut w = World::new(1);
+    let keys = DeviceKeys::generate(&mut w.rng);
+    let signed_cert = w
+        .sender
+        .root
+        .issue_certificate(
+            &keys.public_keys(),
+            Role::Caseworker,
+            T0 - 30 * DAY,
+            T0,
+            "old",
+        )
+        .unwrap();
+    let expired = Device {
+        cert: DeviceCertificate::verify(&signed_cert, &w.sender.root.public_key(), T0 - DAY)
+            .unwrap(),
+        keys,
+    };
+    let mut draft = receipt_draft(&w.sender, &[&w.receivers[0]], &SECTIONS, T0 - DAY);
+    draft.schema_version = "handover-consent/1".to_owned();
+    draft.state = wire::ConsentState::Given as i32;
+    draft.receipt_id = ReceiptId::random(&mut w.rng).as_bytes().to_vec();
+    let backdated = forge_receipt(&expired, &draft);
+    let short = ReceiptId::from_slice(&draft.receipt_id).unwrap().short();
+    // At arrival (T0 + 60) the certificate has expired.
+    assert_eq!(
+        SignedReceipt::verify(&backdated, &w.sender.trust, T0 + 60).unwrap_err(),
+        ConsentError::BadSignature { receipt: short }
+    );
+    // While the certificate was valid it verified.
+    SignedReceipt::verify(&backdated, &w.sender.trust, T0 - 60).unwrap();
+    // An offer relying on it is refused by the receiver at arrival.
+    let (mut offer, _) = good_offer(&mut w);
+    let reference = SignedReceipt::verify(&backdated, &w.sender.trust, T0 - 60)
+        .unwrap()
+        .reference();
+    offer.consent = Some(wire::ConsentRef {
+        basis: Some(wire::consent_ref::Basis::Receipt(reference)),
+    });
+    let err = receiver_check(
+        &w,
+        &offer,
+        Some(&backdated),
+        &w.caseworker,
+        &ReceiptRegistry::new(),
+    );
+    assert_eq!(
+        gate(err.unwrap_err()),
+        GateError::BadReceiptSignature { receipt: short }
+    );
+    // A receipt dated after its arrival (beyond the clock-skew allowance) is refused too.
+    let mut future = receipt_draft(&w.sender, &[&w.receivers[0]], &SECTIONS, T0 + DAY);
+    future.schema_version = "handover-consent/1".to_owned();
+    future.state = wire::ConsentState::Given as i32;
+    future.receipt_id = ReceiptId::random(&mut w.rng).as_bytes().to_vec();
+    let short = ReceiptId::from_slice(&future.receipt_id).unwrap().short();
+    assert_eq!(
+        SignedReceipt::verify(&forge_receipt(&w.caseworker, &future), &w.sender.trust, T0)
+            .unwrap_err(),
+        ConsentError::FromTheFuture { receipt: short }
     );
 }

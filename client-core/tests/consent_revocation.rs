@@ -63,7 +63,7 @@ fn withdraw(
         )
         .unwrap();
     let new = withdrawn.current().unwrap().clone();
-    n.w.registry.insert(new.clone());
+    n.w.registry.insert(new.clone()).unwrap();
     n.w.consent = withdrawn;
     fan_out_consent_change(
         &new,
@@ -147,7 +147,8 @@ fn withdrawal_fans_out_and_every_recipient_confirms() {
     n.ledger = DisclosureLedger::from_bytes(&n.ledger.to_bytes()).unwrap();
     let registry =
         handover_core::consent::ReceiptRegistry::from_bytes(&n.w.registry.to_bytes()).unwrap();
-    assert!(registry.superseded_by(&old).is_some());
+    let old_receipt = registry.get(&n.w.sender.trust.root(), &old).unwrap();
+    assert!(registry.superseded_by(old_receipt).is_some());
     let pending = n.ledger.pending(&old);
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].referral_id, n.receivers[2].id());

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use handover_core::engine::{
-    self, Direction, Engine, EngineError, Message, ProfileDetails, Received,
+    self, Direction, Engine, EngineError, Message, PeerId, ProfileDetails, Received,
 };
 use handover_core::identity::{DeviceId, DeviceKeys, Role};
 use handover_core::testing::TestRng;
@@ -22,7 +22,7 @@ fn text(m: &Message) -> &str {
 }
 
 /// Alice (organisation A) invites Bob (organisation B); both organisations trust each other.
-fn connected_pair(relay: &mut SimRelay) -> (Device, Device, DeviceId, DeviceId) {
+fn connected_pair(relay: &mut SimRelay) -> (Device, Device, PeerId, PeerId) {
     let mut alice = Device::new_org(relay, 1, "Alice");
     let mut bob = Device::new_org(relay, 2, "Bob");
     alice.engine.trust_organisation(&bob.root()).unwrap();
@@ -33,9 +33,9 @@ fn connected_pair(relay: &mut SimRelay) -> (Device, Device, DeviceId, DeviceId) 
     let (got, _) = alice.sync(relay, T0 + 2);
     assert_eq!(got.len(), 1);
     assert!(matches!(got[0].content.body, Some(Body::ContactCard(_))));
-    let bob_id = got[0].peer;
-    assert_eq!(bob_id, bob.id());
-    assert_eq!(alice_id, alice.id());
+    assert_eq!(got[0].peer, bob.id());
+    let bob_id = bob.peer();
+    assert_eq!(alice_id, alice.peer());
     (alice, bob, alice_id, bob_id)
 }
 
@@ -54,7 +54,7 @@ fn invitation_then_chat_both_ways() {
     assert_eq!(texts, ["hello Bob", "are you there?"]);
     assert!(
         got.iter()
-            .all(|m| m.peer == alice_id && m.direction == Direction::Incoming)
+            .all(|m| m.peer == alice_id.device_id && m.direction == Direction::Incoming)
     );
 
     bob.chat(alice_id, "hi Alice", T0 + 20);
@@ -74,7 +74,7 @@ fn invitation_then_chat_both_ways() {
     }
     let alice_log: Vec<_> = alice
         .engine
-        .messages(0)
+        .messages(0, T0)
         .unwrap()
         .into_iter()
         .filter(|m| matches!(m.content.body, Some(Body::Chat(_))))
@@ -99,13 +99,13 @@ fn invitation_then_chat_both_ways() {
     assert_eq!(text(&got[0]), "after restart");
 }
 
-fn verified(device: &Device, contact: DeviceId) -> bool {
+fn verified(device: &Device, contact: PeerId) -> bool {
     device
         .engine
         .contacts()
         .unwrap()
         .iter()
-        .find(|c| c.device_id == contact)
+        .find(|c| c.peer() == contact)
         .unwrap()
         .verified
 }
@@ -126,7 +126,7 @@ fn a_contact_is_marked_verified_only_with_its_own_safety_number() {
     let link = alice.invite(&mut relay, T0 + 11);
     carol.accept(&mut relay, &link, T0 + 12);
     alice.sync(&mut relay, T0 + 13);
-    let carol_id = carol.id();
+    let carol_id = carol.peer();
     let with_carol = alice.engine.safety_number(carol_id, T0 + 14).unwrap();
     assert_ne!(with_carol.digits(), at_alice.digits());
     assert_eq!(
@@ -156,7 +156,10 @@ fn a_contact_is_marked_verified_only_with_its_own_safety_number() {
     assert!(!verified(&alice, carol_id));
 
     // An unknown device has no safety number and cannot be marked.
-    let stranger = DeviceId([9; 16]);
+    let stranger = PeerId {
+        org_root: [9; 32],
+        device_id: DeviceId([9; 16]),
+    };
     assert!(matches!(
         alice.engine.safety_number(stranger, T0 + 15),
         Err(EngineError::UnknownContact)
@@ -203,7 +206,7 @@ fn a_verified_device_stops_counting_as_verified_once_revoked() {
     b1.accept(&mut relay, &link, T0 + 3);
     alice.sync(&mut relay, T0 + 4);
 
-    let b2_id = b2.id();
+    let b2_id = b2.peer();
     let number = b2.engine.safety_number(alice_id, T0 + 5).unwrap();
     alice
         .engine
@@ -211,7 +214,7 @@ fn a_verified_device_stops_counting_as_verified_once_revoked() {
         .unwrap();
     assert!(verified(&alice, b2_id));
 
-    b1.engine.revoke_device(b2_id, T0 + 6).unwrap();
+    b1.engine.revoke_device(b2_id.device_id, T0 + 6).unwrap();
     b1.engine
         .send_device_list(alice_id, T0 + 6, &mut b1.rng)
         .unwrap();
@@ -274,9 +277,9 @@ fn a_directory_profile_is_trusted_and_imported_only_with_its_fingerprint() {
         .engine
         .trust_and_import_org_profile(&profile, &spoken, T0 + 1)
         .unwrap();
-    assert_eq!(added, vec![shelter.id()]);
+    assert_eq!(added, vec![shelter.peer()]);
     assert!(alice.engine.trusts_organisation(&root).unwrap());
-    assert_eq!(alice.engine.contacts().unwrap()[0].device_id, shelter.id());
+    assert_eq!(alice.engine.contacts().unwrap()[0].peer(), shelter.peer());
 }
 
 #[test]
@@ -308,7 +311,7 @@ fn invitation_link_round_trips_and_rejects_garbage() {
     bob.engine.trust_organisation(&alice.root()).unwrap();
     assert_eq!(
         bob.engine.check_invitation(&inv, T0 + 1).unwrap(),
-        alice.id()
+        alice.peer()
     );
     assert!(matches!(
         bob.engine.check_invitation(&inv, T0 + 3600),
@@ -340,7 +343,7 @@ fn redelivery_after_crash_before_ack_is_deduplicated() {
     assert_eq!(dups, 1);
     let chats: Vec<_> = bob
         .engine
-        .messages(0)
+        .messages(0, T0)
         .unwrap()
         .into_iter()
         .filter(|m| matches!(m.content.body, Some(Body::Chat(_))))
@@ -480,6 +483,148 @@ fn tampered_misaddressed_and_unknown_sender_envelopes_change_nothing() {
 }
 
 #[test]
+fn expired_envelopes_are_refused_unread() {
+    let mut relay = SimRelay::default();
+    let (mut alice, mut bob, _alice_id, bob_id) = connected_pair(&mut relay);
+    alice.engine.set_envelope_ttl(100);
+    alice.chat(bob_id, "too late", T0 + 10);
+    alice.flush(&mut relay);
+    let recv = bob.engine.recv_id().unwrap();
+    let queued = relay.fetch(recv).remove(0);
+    let expires_at = queued.envelope.as_ref().unwrap().expires_at;
+    assert_eq!(expires_at, T0 + 110);
+    let before = bob.snapshot();
+    // At its expiry and after (a relay that kept it, or a replay after the dedupe marker was
+    // swept): refused with a typed error, nothing changed.
+    for now in [expires_at, expires_at + 1, expires_at + 86_400] {
+        assert!(matches!(
+            bob.engine.receive(&queued, now, &mut bob.rng),
+            Err(EngineError::EnvelopeExpired)
+        ));
+        assert!(
+            before == bob.snapshot(),
+            "an expired envelope changed state"
+        );
+    }
+    // One second earlier it is read.
+    let r = bob
+        .engine
+        .receive(&queued, expires_at - 1, &mut bob.rng)
+        .unwrap();
+    let Received::Delivered(m) = r else {
+        panic!("expected delivery")
+    };
+    assert_eq!(text(&m), "too late");
+}
+
+fn chat_body(text: &str) -> Body {
+    Body::Chat(wire::ChatMessage {
+        text: text.into(),
+        attachments: vec![],
+    })
+}
+
+fn chat_texts(device: &Device, now: u64) -> Vec<String> {
+    device
+        .engine
+        .messages(0, now)
+        .unwrap()
+        .iter()
+        .filter(|m| matches!(m.content.body, Some(Body::Chat(_))))
+        .map(|m| text(m).to_owned())
+        .collect()
+}
+
+#[test]
+fn disappearing_messages_are_deleted_at_their_timer_on_both_sides() {
+    let mut relay = SimRelay::default();
+    let (mut alice, mut bob, _alice_id, bob_id) = connected_pair(&mut relay);
+    let send_at = T0 + 10;
+    let timer = send_at + 10;
+    alice
+        .engine
+        .send_disappearing(
+            bob_id,
+            chat_body("gone soon"),
+            timer,
+            send_at,
+            &mut alice.rng,
+        )
+        .unwrap();
+    alice.chat(bob_id, "stays", send_at);
+    alice.flush(&mut relay);
+    let (got, _) = bob.sync(&mut relay, send_at + 1);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].content.expires_at, timer);
+    assert_eq!(chat_texts(&bob, timer - 1), ["gone soon", "stays"]);
+    assert_eq!(chat_texts(&alice, timer - 1), ["gone soon", "stays"]);
+
+    // Once the timer fires the listing never shows it, even before a sweep ...
+    assert_eq!(chat_texts(&bob, timer), ["stays"]);
+    assert_eq!(chat_texts(&alice, timer), ["stays"]);
+    // ... and the sweep deletes it from the store: no copy of the text is left.
+    for device in [&mut alice, &mut bob] {
+        device.engine.sweep(timer).unwrap();
+        assert_eq!(chat_texts(device, 0), ["stays"]);
+        for (_, _, value) in device.snapshot() {
+            assert!(
+                !value.windows(9).any(|w| w == b"gone soon"),
+                "the expired message is still stored"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_message_that_arrives_already_expired_is_never_stored_or_shown() {
+    let mut relay = SimRelay::default();
+    let (mut alice, mut bob, _alice_id, bob_id) = connected_pair(&mut relay);
+    let send_at = T0 + 10;
+    alice
+        .engine
+        .send_disappearing(
+            bob_id,
+            chat_body("stale"),
+            send_at + 5,
+            send_at,
+            &mut alice.rng,
+        )
+        .unwrap();
+    alice.flush(&mut relay);
+    // Bob syncs after the timer fired (the envelope itself is still valid).
+    let recv = bob.engine.recv_id().unwrap();
+    let queued = relay.fetch(recv).remove(0);
+    let r = bob
+        .engine
+        .receive(&queued, send_at + 5, &mut bob.rng)
+        .unwrap();
+    assert!(matches!(r, Received::Expired), "{r:?}");
+    assert!(chat_texts(&bob, 0).is_empty());
+    for (_, _, value) in bob.snapshot() {
+        assert!(!value.windows(5).any(|w| w == b"stale"));
+    }
+    // A redelivery changes nothing either; the session still works afterwards.
+    assert!(matches!(
+        bob.engine
+            .receive(&queued, send_at + 6, &mut bob.rng)
+            .unwrap(),
+        Received::Duplicate
+    ));
+    alice.chat(bob_id, "fresh", send_at + 7);
+    alice.flush(&mut relay);
+    let (got, _) = bob.sync(&mut relay, send_at + 8);
+    assert_eq!(got.len(), 1);
+    assert_eq!(chat_texts(&bob, send_at + 8), ["fresh"]);
+    // A timer in the past is refused at the sender.
+    assert!(matches!(
+        alice
+            .engine
+            .send_disappearing(bob_id, chat_body("x"), send_at, send_at, &mut alice.rng),
+        Err(EngineError::InvalidInput(_))
+    ));
+}
+
+#[test]
 fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
     let mut relay = SimRelay::default();
     // Organisation B: an admin device holding the root key and an enrolled caseworker device.
@@ -512,7 +657,7 @@ fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
     assert_eq!(verified.profile.name, "Shelter B");
     let mut intake = alice.engine.import_org_profile(&profile, T0 + 4).unwrap();
     intake.sort();
-    let mut team = vec![b1.id(), b2.id()];
+    let mut team = vec![b1.peer(), b2.peer()];
     team.sort();
     assert_eq!(intake, team);
 
@@ -584,10 +729,10 @@ fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
     b2.sync(&mut relay, T0 + 9);
 
     // B's admin revokes B2 and distributes the new device list to Alice.
-    let b2_id = b2.id();
-    b1.engine.revoke_device(b2_id, T0 + 10).unwrap();
+    let b2_id = b2.peer();
+    b1.engine.revoke_device(b2_id.device_id, T0 + 10).unwrap();
     b1.engine
-        .send_device_list(alice.engine.device_id().unwrap(), T0 + 10, &mut b1.rng)
+        .send_device_list(alice.peer(), T0 + 10, &mut b1.rng)
         .unwrap();
     b1.flush(&mut relay);
     let (got, _) = alice.sync(&mut relay, T0 + 11);
@@ -625,7 +770,7 @@ fn organisation_fanout_reaches_active_devices_and_not_revoked_ones() {
     ));
 
     // And Alice refuses anything the revoked device still sends, without state change.
-    b2.chat(alice.engine.device_id().unwrap(), "still here", T0 + 15);
+    b2.chat(alice.peer(), "still here", T0 + 15);
     b2.flush(&mut relay);
     let before = alice.snapshot();
     let recv = alice.engine.recv_id().unwrap();
@@ -692,8 +837,8 @@ fn sled_profiles_survive_restart_mid_sync_exactly_once() {
     bob.engine.trust_organisation(&alice.root()).unwrap();
     let link = alice.invite(&mut relay, T0);
     let alice_id = bob.accept(&mut relay, &link, T0 + 1);
-    let (got, _) = alice.sync(&mut relay, T0 + 2);
-    let bob_id = got[0].peer;
+    alice.sync(&mut relay, T0 + 2);
+    let bob_id = bob.peer();
 
     for i in 0..5 {
         alice.chat(bob_id, &format!("m{i}"), T0 + 10 + i);
@@ -721,7 +866,7 @@ fn sled_profiles_survive_restart_mid_sync_exactly_once() {
     assert_eq!(got.len(), 2);
     let texts: Vec<String> = bob
         .engine
-        .messages(0)
+        .messages(0, T0)
         .unwrap()
         .iter()
         .filter(|m| matches!(m.content.body, Some(Body::Chat(_))))

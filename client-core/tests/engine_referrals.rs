@@ -13,7 +13,7 @@ use handover_core::consent::{
 use handover_core::engine::{EngineError, OfferConsent, ProfileDetails, Received, ReferralEvent};
 use handover_core::identity::{DeviceId, Role};
 use handover_core::referral::{
-    Action, LifecycleError, OfferDraft, Outcome, ReceiverReferral, ReferralError, ReferralId,
+    Action, ConsentInput, OfferDraft, Outcome, ReceiverReferral, ReferralError, ReferralId,
     ReferralState, SenderReferral, Side,
 };
 use handover_core::store::{KvStore, Namespace};
@@ -291,7 +291,8 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     let a_root = cw.root();
     let receipt = record_consent(&mut cw, &b_root, &COVERED);
 
-    // The offer (and the receipt it relies on) goes to every active device of B.
+    // The offer (and the receipt it relies on) goes to every active device of B except the
+    // ambassador: no case content is ever addressed to an ambassador device.
     let (id, items) = cw
         .engine
         .send_referral_offer(
@@ -302,10 +303,18 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
             &mut cw.rng,
         )
         .unwrap();
-    assert_eq!(items.len(), 6, "receipt + offer to each of three devices");
+    assert_eq!(
+        items.len(),
+        4,
+        "receipt + offer to each of the two intake devices"
+    );
+    let ambassador = b[2].id();
+    assert!(items.iter().all(|i| i.recipient != ambassador));
     assert_eq!(state_of(&cw, &id), ReferralState::Sent);
     cw.flush(&mut relay);
-    for dev in b.iter_mut() {
+    assert!(b[2].sync(&mut relay, T0 + 21).0.is_empty());
+    assert!(b[2].engine.referral(&id).unwrap().is_none());
+    for dev in b[..2].iter_mut() {
         let (got, _) = dev.sync(&mut relay, T0 + 21);
         assert_eq!(got.len(), 2);
         let events = dev.engine.take_referral_events();
@@ -321,22 +330,16 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     let state = act(&mut b[0], &id, Action::Acknowledge, T0 + 30).unwrap();
     assert_eq!(state, ReferralState::Acknowledged);
     b[0].flush(&mut relay);
-    for dev in b[1..].iter_mut() {
-        dev.sync(&mut relay, T0 + 31);
-        assert_eq!(
-            states(&dev.engine.take_referral_events()),
-            ["DELIVERED", "ACKNOWLEDGED"]
-        );
-    }
-    // An ambassador may not accept: refused, nothing stored changes.
+    b[1].sync(&mut relay, T0 + 31);
+    assert_eq!(
+        states(&b[1].engine.take_referral_events()),
+        ["DELIVERED", "ACKNOWLEDGED"]
+    );
+    // The ambassador gets none of the team's steps either, and has nothing to act on.
+    assert!(b[2].sync(&mut relay, T0 + 31).0.is_empty());
     let before = b[2].snapshot();
     let err = act(&mut b[2], &id, Action::Accept, T0 + 32).unwrap_err();
-    assert!(matches!(
-        err,
-        EngineError::Referral(ReferralError::Lifecycle(
-            LifecycleError::RoleNotPermitted { .. }
-        ))
-    ));
+    assert!(matches!(err, EngineError::InvalidInput(_)), "{err:?}");
     assert!(before == b[2].snapshot());
 
     act(&mut b[0], &id, Action::Accept, T0 + 33).unwrap();
@@ -372,10 +375,8 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
         .collect();
     relay.ack(recv, &ids);
     assert_eq!(state_of(&cw, &id), ReferralState::Accepted);
-    for dev in b[1..].iter_mut() {
-        dev.sync(&mut relay, T0 + 35);
-        assert_eq!(states(&dev.engine.take_referral_events()), ["ACCEPTED"]);
-    }
+    b[1].sync(&mut relay, T0 + 35);
+    assert_eq!(states(&b[1].engine.take_referral_events()), ["ACCEPTED"]);
 
     // A releases the body: to the two intake devices, never to the ambassador.
     let items = cw
@@ -422,7 +423,7 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     b[0].flush(&mut relay);
     cw.sync(&mut relay, T0 + 51);
     assert_eq!(states(&cw.engine.take_referral_events()), ["COMPLETED"]);
-    for dev in b[1..].iter_mut() {
+    for dev in b[1..2].iter_mut() {
         dev.sync(&mut relay, T0 + 51);
         dev.engine.take_referral_events();
         assert_eq!(
@@ -433,7 +434,7 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     let timeline = cw.engine.referral(&id).unwrap().unwrap().timeline;
     assert!(!timeline.to_string().contains("Amina"));
 
-    // The survivor withdraws consent: CONSENT_CHANGED to every B device; all pending.
+    // The survivor withdraws consent: CONSENT_CHANGED to both B intake devices; all pending.
     let (withdrawn, items) = cw
         .engine
         .change_consent(
@@ -444,16 +445,16 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
         )
         .unwrap();
     assert_eq!(withdrawn.supersedes(), Some(receipt));
-    assert_eq!(items.len(), 3);
+    assert_eq!(items.len(), 2);
     assert_eq!(state_of(&cw, &id), ReferralState::ConsentRevoked);
     let report = cw.engine.purge_status(&receipt).unwrap();
     assert_eq!(report.len(), 1);
     assert!(matches!(report[0].status, PurgeStatus::Pending { .. }));
-    assert_eq!(report[0].pending.len(), 3);
+    assert_eq!(report[0].pending.len(), 2);
     cw.flush(&mut relay);
 
-    // Every B device erases and confirms.
-    for dev in b.iter_mut() {
+    // Every B device that received it erases and confirms.
+    for dev in b[..2].iter_mut() {
         dev.sync(&mut relay, T0 + 61);
         let events = dev.engine.take_referral_events();
         assert!(events.contains(&ReferralEvent::ConsentChanged { referral: id }));
@@ -469,7 +470,7 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
             assert!(!contains(&value, b"Amina Haddad"));
             assert!(!contains(&value, b"violent partner"));
         }
-        for m in dev.engine.messages(0).unwrap() {
+        for m in dev.engine.messages(0, T0).unwrap() {
             match &m.content.body {
                 Some(Body::ReferralBody(b)) => assert!(b.keys.is_empty() && b.sections.is_empty()),
                 Some(Body::SignedReferralOffer(o)) => assert!(o.offer.is_empty()),
@@ -485,7 +486,7 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
         dev.flush(&mut relay);
     }
 
-    // A sees all three confirmations; nothing is pending.
+    // A sees both confirmations; nothing is pending.
     cw.sync(&mut relay, T0 + 62);
     let confirmations: Vec<DeviceId> = cw
         .engine
@@ -501,14 +502,14 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
             _ => None,
         })
         .collect();
-    assert_eq!(confirmations.len(), 3);
+    assert_eq!(confirmations.len(), 2);
     assert!(matches!(
         state_of(&cw, &id),
         ReferralState::PurgeConfirmed(_)
     ));
     let report = cw.engine.purge_status(&withdrawn.id()).unwrap();
     assert!(matches!(report[0].status, PurgeStatus::Confirmed { .. }));
-    assert_eq!(report[0].confirmed.len(), 3);
+    assert_eq!(report[0].confirmed.len(), 2);
     assert!(report[0].pending.is_empty());
 }
 
@@ -626,7 +627,7 @@ fn a_body_sent_to_an_ambassador_and_a_forged_control_are_refused_without_state_c
             T0 + 40,
         )
         .unwrap();
-    let ambassador = net.b[2].id();
+    let ambassador = net.b[2].peer();
     let Device { engine, rng } = &mut net.cw;
     engine
         .send(ambassador, Body::ReferralBody(body), T0 + 40, rng)
@@ -650,6 +651,55 @@ fn a_body_sent_to_an_ambassador_and_a_forged_control_are_refused_without_state_c
             .unwrap()
             .is_none()
     );
+
+    // Review finding: free text in controls and receipts reached ambassador devices. A control
+    // carrying answers and the consent receipt, pushed to the ambassador by hand (the engine
+    // never addresses them there), are refused; the message log keeps no text of them.
+    let answers = wire::ReferralControl {
+        referral_id: id.as_bytes().to_vec(),
+        sequence: 9,
+        prev_hash: vec![0; 32],
+        at: T0 + 42,
+        action: Some(wire::referral_control::Action::ProvideInfo(
+            wire::ProvideInfo {
+                answers: vec!["She has two children at the Lindenstrasse school".into()],
+            },
+        )),
+    };
+    let signed_answers = wire::SignedControl {
+        control: answers.encode_to_vec(),
+        signer: Some(net.cw.engine.certificate().unwrap().signed().clone()),
+        signature: vec![0; 64],
+    };
+    let receipt = registry.iter().next().unwrap().signed().clone();
+    let Device { engine, rng } = &mut net.cw;
+    engine
+        .send(
+            ambassador,
+            Body::ReferralControl(signed_answers),
+            T0 + 42,
+            rng,
+        )
+        .unwrap();
+    engine
+        .send(ambassador, Body::ConsentReceipt(receipt), T0 + 42, rng)
+        .unwrap();
+    net.cw.flush(&mut net.relay);
+    let (got, _) = net.b[2].sync(&mut net.relay, T0 + 43);
+    assert_eq!(got.len(), 2);
+    let refusal = ReferralEvent::Refused {
+        referral: None,
+        error: ReferralError::AmbassadorCannotReceiveCase,
+    };
+    assert_eq!(
+        net.b[2].engine.take_referral_events(),
+        [refusal.clone(), refusal]
+    );
+    assert!(before == referral_records(&net.b[2]));
+    for (_, _, value) in net.b[2].snapshot() {
+        assert!(!contains(&value, b"Lindenstrasse"));
+        assert!(!contains(&value, PURPOSE.as_bytes()));
+    }
 
     // A WITHDRAW on top of B2's timeline head with a signature that does not verify.
     let mut record_key = b"r/".to_vec();
@@ -678,7 +728,7 @@ fn a_body_sent_to_an_ambassador_and_a_forged_control_are_refused_without_state_c
         signer: Some(net.cw.engine.certificate().unwrap().signed().clone()),
         signature: vec![0; 64],
     };
-    let b2 = net.b[1].id();
+    let b2 = net.b[1].peer();
     let Device { engine, rng } = &mut net.cw;
     engine
         .send(b2, Body::ReferralControl(forged), T0 + 50, rng)
@@ -697,4 +747,285 @@ fn a_body_sent_to_an_ambassador_and_a_forged_control_are_refused_without_state_c
     );
     assert!(before == referral_records(&net.b[1]));
     assert_eq!(state_of(&net.b[1], &id), ReferralState::Accepted);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer identity (docs/PROTOCOL.md §5.5): a peer is (organisation root, device id).
+
+/// Organisation C (trusted by the caseworker) certifies a device that carries `victim`'s
+/// device id. Returns C's admin and the impostor device.
+fn impostor(relay: &mut SimRelay, victim: &Device, seed: u64) -> (Device, Device) {
+    use handover_core::engine::IdentitySetup;
+    use handover_core::identity::DeviceKeys;
+    use handover_core::testing::TestRng;
+    let mut c_admin = Device::new_org(relay, seed, "Org C admin");
+    let mut rng = TestRng::seeded(seed + 1);
+    let mut secret = DeviceKeys::generate(&mut rng).to_secret_bytes().to_vec();
+    // Layout: format byte, then the 16-byte device id.
+    secret[1..17].copy_from_slice(&victim.id().0);
+    let keys = DeviceKeys::from_secret_bytes(&secret).unwrap();
+    assert_eq!(keys.device_id(), victim.id());
+    let (certificate, device_list) = c_admin
+        .engine
+        .enrol_device(&keys.public_keys(), Role::Caseworker, "Impostor", T0)
+        .unwrap();
+    let identity = IdentitySetup::Enrolled {
+        certificate,
+        device_list,
+    };
+    let m = Device::create(relay, keys, identity, "Impostor", rng);
+    (c_admin, m)
+}
+
+/// Sends an offer from the caseworker to B, has B's intake admin accept it and releases the
+/// body; asserts that B's intake caseworker `b[1]` gets offer and body and the impostor gets
+/// nothing.
+fn offer_and_body_reach_b_only(
+    relay: &mut SimRelay,
+    cw: &mut Device,
+    b: &mut [Device],
+    impostor: &mut Device,
+    now: u64,
+) {
+    let b_root = b[0].root();
+    let a_root = cw.root();
+    let receipt = record_consent(cw, &b_root, &COVERED);
+    let (id, _) = cw
+        .engine
+        .send_referral_offer(
+            &offer_draft(&a_root, &b_root),
+            &body_sections(false),
+            &OfferConsent::Receipt(receipt),
+            now,
+            &mut cw.rng,
+        )
+        .unwrap();
+    cw.flush(relay);
+    for dev in b[..2].iter_mut() {
+        dev.sync(relay, now + 1);
+        assert!(
+            dev.engine
+                .take_referral_events()
+                .contains(&ReferralEvent::OfferReceived { referral: id })
+        );
+    }
+    act(&mut b[0], &id, Action::Acknowledge, now + 2).unwrap();
+    act(&mut b[0], &id, Action::Accept, now + 3).unwrap();
+    b[0].flush(relay);
+    cw.sync(relay, now + 4);
+    cw.engine
+        .release_referral_body(&id, now + 5, &mut cw.rng)
+        .unwrap();
+    cw.flush(relay);
+    b[1].sync(relay, now + 6);
+    assert!(
+        b[1].engine
+            .take_referral_events()
+            .contains(&ReferralEvent::BodyReceived { referral: id })
+    );
+    assert!(
+        b[1].engine
+            .received_section(&id, wire::Section::Identity)
+            .unwrap()
+            .is_some()
+    );
+    // The impostor's mailbox received nothing of it.
+    let (got, _) = impostor.sync(relay, now + 6);
+    assert!(got.is_empty());
+    assert!(impostor.engine.take_referral_events().is_empty());
+    assert!(impostor.engine.referral(&id).unwrap().is_none());
+}
+
+#[test]
+fn a_prekey_message_from_another_organisation_never_takes_over_a_device() {
+    let Net {
+        mut relay,
+        mut cw,
+        mut b,
+    } = setup();
+    let (c_admin, mut m) = impostor(&mut relay, &b[1], 91);
+    cw.engine.trust_organisation(&c_admin.root()).unwrap();
+    m.engine.trust_organisation(&cw.root()).unwrap();
+    // The impostor sends a PrekeyMessage carrying a contact card with B's device id.
+    connect(&mut relay, &mut m, &mut cw, T0 + 6);
+
+    // Two contacts share the device id; each keeps its own organisation and session.
+    let contacts = cw.engine.contacts().unwrap();
+    let same_id: Vec<_> = contacts
+        .iter()
+        .filter(|c| c.device_id == b[1].id())
+        .collect();
+    assert_eq!(same_id.len(), 2);
+    assert!(same_id.iter().all(|c| c.has_session));
+    assert!(same_id.iter().any(|c| c.peer() == b[1].peer()));
+    assert!(same_id.iter().any(|c| c.peer() == m.peer()));
+
+    // B's real device still reaches the caseworker on its session, and back.
+    b[1].chat(cw.peer(), "still the real intake device", T0 + 7);
+    b[1].flush(&mut relay);
+    let (got, _) = cw.sync(&mut relay, T0 + 8);
+    assert_eq!(got.len(), 1);
+    cw.chat(b[1].peer(), "hello B", T0 + 9);
+    cw.flush(&mut relay);
+    assert_eq!(b[1].sync(&mut relay, T0 + 10).0.len(), 1);
+    assert!(m.sync(&mut relay, T0 + 10).0.is_empty());
+
+    offer_and_body_reach_b_only(&mut relay, &mut cw, &mut b, &mut m, T0 + 20);
+}
+
+#[test]
+fn an_organisation_profile_never_replaces_another_organisations_contact() {
+    let Net {
+        mut relay,
+        mut cw,
+        mut b,
+    } = setup();
+    let (mut c_admin, mut m) = impostor(&mut relay, &b[1], 93);
+    // C's admin holds the impostor's address and lists it as an intake device.
+    connect(&mut relay, &mut m, &mut c_admin, T0 + 6);
+    let details = ProfileDetails {
+        name: "Org C".into(),
+        ..Default::default()
+    };
+    let profile = c_admin
+        .engine
+        .signed_org_profile(details, T0 + 7, &mut c_admin.rng)
+        .unwrap();
+    c_admin.sync_caps(&mut relay, T0 + 7);
+    cw.engine.trust_organisation(&c_admin.root()).unwrap();
+    let added = cw.engine.import_org_profile(&profile, T0 + 8).unwrap();
+    assert!(added.contains(&m.peer()));
+    assert!(!added.contains(&b[1].peer()));
+
+    // B's contact record is untouched: its address and session still lead to B.
+    let contact = cw
+        .engine
+        .contacts()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.peer() == b[1].peer())
+        .unwrap();
+    assert!(contact.has_session && contact.has_address);
+    assert_ne!(
+        cw.engine.contact_address(b[1].peer()).unwrap(),
+        cw.engine.contact_address(m.peer()).unwrap()
+    );
+    b[1].chat(cw.peer(), "still me", T0 + 9);
+    b[1].flush(&mut relay);
+    assert_eq!(cw.sync(&mut relay, T0 + 10).0.len(), 1);
+
+    offer_and_body_reach_b_only(&mut relay, &mut cw, &mut b, &mut m, T0 + 20);
+}
+
+/// Independent-implementation finding: a valid signed offer inside an organisation packet
+/// (docs/PROTOCOL.md §10) was decrypted, shown as "(a referral offer)" and dropped without a
+/// word. Referral and consent steps travel pairwise only: the sender refuses to build such a
+/// packet, and a receiving device refuses to open one, applying nothing.
+#[test]
+fn a_referral_offer_in_an_organisation_packet_is_refused_at_both_ends() {
+    use handover_core::fanout::FanoutError;
+    let Net {
+        mut relay,
+        mut cw,
+        mut b,
+    } = setup();
+    let b_root = b[0].root();
+    let a_root = cw.root();
+    record_consent(&mut cw, &b_root, &COVERED);
+    // A genuine signed offer, as the engine would send it pairwise.
+    let registry = ReceiptRegistry::from_bytes(
+        &cw.engine
+            .store()
+            .get(Namespace::Consent, b"registry")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let signed_receipt = registry.iter().next().unwrap().signed().clone();
+    let offer = {
+        let Device { engine, rng } = &mut cw;
+        let actor = engine.actor().unwrap();
+        let mut referral = SenderReferral::prepare(
+            &offer_draft(&a_root, &b_root),
+            &body_sections(false),
+            ConsentInput::Receipt(&signed_receipt),
+            engine.org_trust(&a_root).unwrap(),
+            &registry,
+            &actor,
+            T0 + 20,
+            rng,
+        )
+        .unwrap();
+        referral
+            .mark_sent(&actor, &mut DisclosureLedger::new())
+            .unwrap()
+            .0
+    };
+
+    // Sending end: refused, nothing stored or sent.
+    let before = cw.snapshot();
+    let err = cw
+        .engine
+        .prepare_org_packet(
+            &b_root,
+            Body::SignedReferralOffer(offer.clone()),
+            T0 + 22,
+            &mut cw.rng,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        EngineError::Fanout(FanoutError::NotAllowedInPacket)
+    ));
+    assert!(before == cw.snapshot());
+
+    // Receiving end: a packet built by hand around the offer.
+    let content = wire::Content {
+        message_id: vec![5; 16],
+        sent_at: T0 + 22,
+        body: Some(Body::SignedReferralOffer(offer)),
+        ..Default::default()
+    };
+    let mut ciphertext = Vec::new();
+    let file = handover_core::attachment::encrypt(
+        &mut cw.rng,
+        &mut content.encode_to_vec().as_slice(),
+        &mut ciphertext,
+        |_| {},
+    )
+    .unwrap();
+    let blob_id = relay.blob_put(&ciphertext);
+    let key = wire::FanoutKey {
+        packet: Some(file.blob_ref(blob_id, "relay.test:4433".into())),
+    };
+    let intake = b[0].peer();
+    let Device { engine, rng } = &mut cw;
+    engine
+        .send(intake, Body::FanoutKey(key), T0 + 22, rng)
+        .unwrap();
+    cw.flush(&mut relay);
+    // B's intake admin receives the key message, then opens the packet.
+    let (got, _) = b[0].sync(&mut relay, T0 + 23);
+    let key_message = got
+        .iter()
+        .find(|m| matches!(m.content.body, Some(Body::FanoutKey(_))))
+        .unwrap()
+        .clone();
+    let records = referral_records(&b[0]);
+    let err = b[0]
+        .engine
+        .open_org_packet(key_message.seq, &ciphertext)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        EngineError::Fanout(FanoutError::NotAllowedInPacket)
+    ));
+    assert_eq!(
+        err.to_string(),
+        "organisation packet failed: referral and consent steps are sent to each device \
+         pairwise, never in an organisation packet"
+    );
+    assert!(b[0].engine.message(key_message.seq).unwrap().unwrap() == key_message);
+    assert!(records == referral_records(&b[0]));
+    assert!(b[0].engine.referrals().unwrap().is_empty());
 }

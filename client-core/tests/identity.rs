@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use handover_core::identity::{
-    CertificateError, DeviceCertificate, DeviceKeys, OrgRootKey, OrgTrust, Role, SafetyNumber,
+    CERTIFICATE_CLOCK_SKEW, CertificateError, DeviceCertificate, DeviceKeys, OrgRootKey, OrgTrust,
+    Role, SafetyNumber,
 };
 use handover_core::testing::TestRng;
 
@@ -44,8 +45,12 @@ fn certificate_validity_is_checked() {
         .issue_certificate(&dev.public_keys(), Role::Caseworker, NOW, NOW + 10, "")
         .unwrap();
     let root = org.public_key();
+    // A clock up to CERTIFICATE_CLOCK_SKEW behind the issuer's accepts the certificate;
+    // further behind, it is not yet valid.
+    assert!(DeviceCertificate::verify(&signed, &root, NOW - 5).is_ok());
+    assert!(DeviceCertificate::verify(&signed, &root, NOW - CERTIFICATE_CLOCK_SKEW).is_ok());
     assert_eq!(
-        DeviceCertificate::verify(&signed, &root, NOW - 1),
+        DeviceCertificate::verify(&signed, &root, NOW - CERTIFICATE_CLOCK_SKEW - 1),
         Err(CertificateError::NotYetValid)
     );
     assert!(DeviceCertificate::verify(&signed, &root, NOW + 9).is_ok());
@@ -142,6 +147,51 @@ fn device_list_revocation_and_rollback() {
         Err(CertificateError::BadSignature)
     );
     assert_eq!(trust.device_list_version(), Some(4));
+}
+
+#[test]
+fn once_a_list_is_known_only_the_listed_certificate_is_accepted() {
+    let mut rng = TestRng::seeded(5);
+    let org = OrgRootKey::generate(&mut rng);
+    let dev = DeviceKeys::generate(&mut rng);
+    let other = DeviceKeys::generate(&mut rng);
+    let as_admin = org
+        .issue_certificate(&dev.public_keys(), Role::Admin, NOW - 1, NOW + 100, "d")
+        .unwrap();
+    let demoted = org
+        .issue_certificate(
+            &dev.public_keys(),
+            Role::Caseworker,
+            NOW - 1,
+            NOW + 100,
+            "d",
+        )
+        .unwrap();
+    let unlisted = org
+        .issue_certificate(
+            &other.public_keys(),
+            Role::Caseworker,
+            NOW - 1,
+            NOW + 100,
+            "o",
+        )
+        .unwrap();
+    let mut trust = OrgTrust::new(org.public_key());
+    // No list known yet: any certificate of the root is accepted.
+    assert!(trust.verify_certificate(&as_admin, NOW).is_ok());
+    // The organisation demotes the admin: the list now holds the caseworker certificate.
+    let list = org.sign_device_list(1, NOW, vec![demoted.clone()], &[]);
+    trust.apply_device_list(&list).unwrap();
+    assert_eq!(
+        trust.verify_certificate(&as_admin, NOW),
+        Err(CertificateError::NotListed)
+    );
+    assert_eq!(
+        trust.verify_certificate(&demoted, NOW).unwrap().role(),
+        Role::Caseworker
+    );
+    // A device the list does not name (enrolled after it) is checked as before.
+    assert!(trust.verify_certificate(&unlisted, NOW).is_ok());
 }
 
 #[test]

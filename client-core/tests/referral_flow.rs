@@ -156,7 +156,8 @@ fn tampered_or_swapped_sections_are_refused() {
         .is_err()
     );
 
-    // A wrong key does not decrypt.
+    // A wrong key fails the offer's commitment, which covers the key (docs/PROTOCOL.md
+    // §11.2), before anything is decrypted.
     let mut wrong_key = body.clone();
     wrong_key.keys[0].key = vec![7; 32];
     let err = r
@@ -168,8 +169,11 @@ fn tampered_or_swapped_sections_are_refused() {
             T0 + 150,
         )
         .unwrap_err();
-    assert!(matches!(err, ReferralError::CouldNotDecrypt { .. }));
-    assert_eq!(err.to_string(), "could not decrypt section IDENTITY");
+    assert!(matches!(err, ReferralError::CommitmentMismatch { .. }));
+    assert_eq!(
+        err.to_string(),
+        "section IDENTITY does not match the offer's commitment"
+    );
 
     // Nothing was kept from the failed attempts; the genuine body is accepted.
     assert_eq!(r.held_sections(), 0);

@@ -1,12 +1,14 @@
 //! Known-answer tests: RFC 9180 (HPKE) through the `hpke` crate, RFC 5869 (HKDF), and
 //! Handover's own constructions against `tests/data/handover_vectors.json`.
 //!
-//! The JSON file was produced by `known_answer_vectors()` and cross-checked by
+//! The JSON file was produced by `known_answer_vectors()` and is cross-checked by
 //! `tests/data/check_vectors.py`, an independent implementation written from the specs and
-//! docs/PROTOCOL.md with Python's `cryptography` package (everything but ML-KEM, whose shared
-//! secret it takes from the file). Regenerate only for an intended construction change:
-//! `HANDOVER_WRITE_VECTORS=1 cargo test -p handover-core --test vectors`, then re-run the
-//! Python check.
+//! docs/PROTOCOL.md with Python's `cryptography` and `kyber-py` packages, every step included
+//! (ML-KEM-768 key generation, encapsulation and decapsulation too).
+//! [`python_checker_recomputes_every_vector`] runs it through `scripts/check-vectors.sh`
+//! (which installs the pinned packages) and fails, never skips, when Python or the packages are
+//! missing. Regenerate only for an intended construction change:
+//! `HANDOVER_WRITE_VECTORS=1 cargo test -p handover-core --test vectors`.
 
 // Test helpers outside #[test] functions may unwrap too (clippy.toml only covers the tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -136,5 +138,39 @@ fn handover_constructions_match_vectors() {
     assert_eq!(
         expected["stream.plaintext_sha256"],
         expected["stream.blobref_sha256"]
+    );
+}
+
+/// The independent Python check of every vector, as CI runs it. No skip: a machine without
+/// python3, venv or the pinned packages fails here, so the check cannot silently stop running.
+#[test]
+fn python_checker_recomputes_every_vector() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let output = std::process::Command::new("bash")
+        .arg(root.join("scripts/check-vectors.sh"))
+        .output()
+        .expect("run scripts/check-vectors.sh (bash is needed)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "scripts/check-vectors.sh failed ({}): python3 and the pinned Python packages are \
+         required\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected: BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(root.join("client-core/tests/data/handover_vectors.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "all {} vectors verified independently",
+            expected.len()
+        )),
+        "the checker did not cover every vector:\n{stdout}"
     );
 }

@@ -49,6 +49,47 @@ fn device_id(hex_id: &str) -> Result<DeviceId, HandoverError> {
     Ok(DeviceId(parse_id("a device id", hex_id)?))
 }
 
+/// A contact named across the boundary: its peer id (96 hex digits: organisation root, then
+/// device id) or, when no other organisation's device shares it, its device id (32 hex digits).
+enum ContactRef {
+    Peer(engine::PeerId),
+    Device(DeviceId),
+}
+
+fn contact_ref(hex_id: &str) -> Result<ContactRef, HandoverError> {
+    let bytes = hex::decode(hex_id.trim()).unwrap_or_default();
+    if bytes.len() == 48 {
+        let root = parse_key("an organisation root", &hex::encode(&bytes[..32]))?;
+        let id = parse_id("a device id", &hex::encode(&bytes[32..]))?;
+        return Ok(ContactRef::Peer(engine::PeerId {
+            org_root: root,
+            device_id: DeviceId(id),
+        }));
+    }
+    device_id(hex_id).map(ContactRef::Device).map_err(|_| {
+        HandoverError::invalid(
+            "a contact must be its device id (32 hex digits) or peer id (96 hex digits)",
+        )
+    })
+}
+
+/// The peer a [`ContactRef`] names.
+async fn resolve(c: &core::Client, contact: ContactRef) -> Result<engine::PeerId, HandoverError> {
+    match contact {
+        ContactRef::Peer(p) => Ok(p),
+        ContactRef::Device(d) => Ok(c
+            .with_engine(move |e, _, _| e.peer_by_device_id(d))
+            .await??),
+    }
+}
+
+/// The peer id of a contact as 96 hex digits (organisation root, then device id).
+fn peer_hex(peer: &engine::PeerId) -> String {
+    let mut bytes = peer.org_root.to_vec();
+    bytes.extend_from_slice(&peer.device_id.0);
+    hex::encode(bytes)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Records.
 
@@ -105,6 +146,9 @@ pub struct Identity {
 pub struct Contact {
     /// Its device id (hex).
     pub device_id: String,
+    /// Its peer id (hex: organisation root, then device id): names it even when a device of
+    /// another organisation has the same device id.
+    pub peer_id: String,
     /// Its organisation root (hex).
     pub org_root: String,
     /// Its organisation's fingerprint.
@@ -121,11 +165,18 @@ pub struct Contact {
     /// ([`Client::mark_contact_verified`]) and still holds (its keys have not changed since,
     /// its organisation is trusted and has not revoked it).
     pub verified: bool,
+    /// Whether its identity key changed since this device first saw it ("safety number
+    /// changed"): show a warning, have the user verify it again
+    /// ([`Client::mark_contact_verified`]) or acknowledge it
+    /// ([`Client::acknowledge_identity_change`]).
+    pub identity_changed: bool,
 }
 
 impl From<engine::Contact> for Contact {
     fn from(c: engine::Contact) -> Self {
         Self {
+            peer_id: peer_hex(&c.peer()),
+            identity_changed: c.identity_changed,
             device_id: hex::encode(c.device_id.0),
             org_root: hex::encode(c.org_root),
             org_fingerprint: engine::org_fingerprint(&c.org_root),
@@ -970,7 +1021,7 @@ impl Client {
     pub async fn accept_invitation(&self, link: String) -> Result<String, HandoverError> {
         self.call(|c| async move {
             let peer = c.accept_invitation(&link).await?;
-            Ok(hex::encode(peer.0))
+            Ok(hex::encode(peer.device_id.0))
         })
         .await
     }
@@ -986,9 +1037,9 @@ impl Client {
     /// The safety number of this device and a contact (device id, hex), to compare in person
     /// or by phone: read aloud `grouped`, or let the contact scan `qr_payload`.
     pub async fn safety_number(&self, contact: String) -> Result<SafetyNumber, HandoverError> {
-        let id = device_id(&contact)?;
+        let id = contact_ref(&contact)?;
         self.call(|c| async move {
-            let number = c.safety_number(id).await?;
+            let number = c.safety_number(resolve(&c, id).await?).await?;
             Ok(SafetyNumber {
                 digits: number.digits(),
                 grouped: number.grouped(),
@@ -1006,9 +1057,12 @@ impl Client {
         contact: String,
         safety_number: String,
     ) -> Result<(), HandoverError> {
-        let id = device_id(&contact)?;
-        self.call(|c| async move { Ok(c.mark_contact_verified(id, safety_number).await?) })
-            .await
+        let id = contact_ref(&contact)?;
+        self.call(|c| async move {
+            let peer = resolve(&c, id).await?;
+            Ok(c.mark_contact_verified(peer, safety_number).await?)
+        })
+        .await
     }
 
     /// Marks a contact verified from the QR payload scanned from the contact's screen (their
@@ -1018,16 +1072,30 @@ impl Client {
         contact: String,
         scanned: Vec<u8>,
     ) -> Result<(), HandoverError> {
-        let id = device_id(&contact)?;
-        self.call(|c| async move { Ok(c.mark_contact_verified_scanned(id, scanned).await?) })
-            .await
+        let id = contact_ref(&contact)?;
+        self.call(|c| async move {
+            let peer = resolve(&c, id).await?;
+            Ok(c.mark_contact_verified_scanned(peer, scanned).await?)
+        })
+        .await
     }
 
     /// Forgets that a contact was verified.
     pub async fn clear_contact_verified(&self, contact: String) -> Result<(), HandoverError> {
-        let id = device_id(&contact)?;
-        self.call(|c| async move { Ok(c.clear_contact_verified(id).await?) })
+        let id = contact_ref(&contact)?;
+        self.call(|c| async move { Ok(c.clear_contact_verified(resolve(&c, id).await?).await?) })
             .await
+    }
+
+    /// Acknowledges that a contact's identity key changed (`Contact.identity_changed`) without
+    /// verifying it: the warning is cleared, the contact stays unverified.
+    pub async fn acknowledge_identity_change(&self, contact: String) -> Result<(), HandoverError> {
+        let id = contact_ref(&contact)?;
+        self.call(|c| async move {
+            Ok(c.acknowledge_identity_change(resolve(&c, id).await?)
+                .await?)
+        })
+        .await
     }
 
     /// Searches the relay's members-only directory; returns the profiles whose signatures
@@ -1082,7 +1150,7 @@ impl Client {
         let signed = profile.signed.clone();
         self.call(|c| async move {
             let added = c.trust_and_import_profile(signed, org_fingerprint).await?;
-            Ok(added.iter().map(|d| hex::encode(d.0)).collect())
+            Ok(added.iter().map(|d| hex::encode(d.device_id.0)).collect())
         })
         .await
     }
@@ -1090,8 +1158,8 @@ impl Client {
     /// Sends this device's contact card (its reply address) to a contact, for example an
     /// intake device imported from the directory, so it can answer.
     pub async fn send_contact_card(&self, contact: String) -> Result<(), HandoverError> {
-        let id = device_id(&contact)?;
-        self.call(|c| async move { Ok(c.send_contact_card(id).await?) })
+        let id = contact_ref(&contact)?;
+        self.call(|c| async move { Ok(c.send_contact_card(resolve(&c, id).await?).await?) })
             .await
     }
 
@@ -1106,10 +1174,13 @@ impl Client {
         text: String,
         attachments: Vec<Arc<Attachment>>,
     ) -> Result<Message, HandoverError> {
-        let to = device_id(&to)?;
+        let to = contact_ref(&to)?;
         let files = attachments.iter().map(|a| a.inner.clone()).collect();
-        self.call(|c| async move { Ok(message(&c.send_text(to, &text, files).await?)) })
-            .await
+        self.call(|c| async move {
+            let to = resolve(&c, to).await?;
+            Ok(message(&c.send_text(to, &text, files).await?))
+        })
+        .await
     }
 
     /// Fetches and processes every queued message now; returns the new ones (they also go to

@@ -242,7 +242,8 @@ impl From<ClientError> for HandoverError {
                 handover_core::attachment::AttachmentError::Io(_) => Self::Storage {
                     detail: format!("attachment: {a}"),
                 },
-                handover_core::attachment::AttachmentError::TooLarge => {
+                handover_core::attachment::AttachmentError::TooLarge
+                | handover_core::attachment::AttachmentError::ExceedsLimit { .. } => {
                     Self::invalid(format!("attachment: {a}"))
                 }
                 other => Self::CouldNotDecrypt {
@@ -274,9 +275,10 @@ impl From<EngineError> for HandoverError {
             EngineError::FingerprintMismatch => Self::FingerprintMismatch,
             EngineError::UnknownContact => Self::NotFound { detail },
             EngineError::NoSession | EngineError::NoAddress => Self::ContactNotReady { detail },
-            EngineError::Revoked | EngineError::NotOrgKeyHolder | EngineError::NotAdmin => {
-                Self::NotPermitted { detail }
-            }
+            EngineError::Revoked
+            | EngineError::NotListed
+            | EngineError::NotOrgKeyHolder
+            | EngineError::NotAdmin => Self::NotPermitted { detail },
             EngineError::InvalidInvitation | EngineError::InvitationExpired => {
                 Self::InvalidInvitation { detail }
             }
@@ -303,7 +305,8 @@ impl From<CertificateError> for HandoverError {
         match e {
             CertificateError::Revoked
             | CertificateError::Expired
-            | CertificateError::NotYetValid => Self::NotPermitted { detail },
+            | CertificateError::NotYetValid
+            | CertificateError::NotListed => Self::NotPermitted { detail },
             CertificateError::WrongOrganisation => Self::UntrustedOrganisation,
             CertificateError::InvalidParameters => Self::InvalidArgument { detail },
             _ => Self::Protocol { detail },
@@ -317,7 +320,8 @@ impl From<ReferralError> for HandoverError {
         match e {
             ReferralError::Consent(handover_core::consent::GateError::OverrideNotPermitted)
             | ReferralError::Receipt(handover_core::consent::ConsentError::SignerNotPermitted)
-            | ReferralError::AmbassadorCannotReceiveBody => Self::NotPermitted { detail },
+            | ReferralError::AmbassadorCannotReceiveBody
+            | ReferralError::AmbassadorCannotReceiveCase => Self::NotPermitted { detail },
             ReferralError::Receipt(handover_core::consent::ConsentError::MissingField {
                 ..
             }) => Self::InvalidArgument { detail },
@@ -349,6 +353,7 @@ mod tests {
             CertificateError::Revoked,
             CertificateError::Expired,
             CertificateError::NotYetValid,
+            CertificateError::NotListed,
         ] {
             let expected = e.to_string();
             assert!(

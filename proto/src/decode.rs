@@ -22,6 +22,27 @@ pub fn message<M: Message + Default + Name + Validate>(bytes: &[u8]) -> Result<M
     Ok(decoded)
 }
 
+/// `Request` with only its first field: every version of the relay protocol keeps
+/// `protocol_version` as field 1 of the request, so it can be read before the rest of the request
+/// is held to one version's schema.
+#[derive(Clone, PartialEq, Message)]
+struct VersionOnly {
+    #[prost(uint32, tag = "1")]
+    protocol_version: u32,
+}
+
+/// Reads only `protocol_version` (field 1) of an encoded relay request, of any version: every
+/// other field is skipped unparsed, whatever its wire type. A relay calls this before
+/// [`request`], so that a client speaking another version gets `ERROR_CODE_UNSUPPORTED_VERSION`
+/// rather than a schema error.
+pub fn request_version(bytes: &[u8]) -> Result<u32, DecodeError> {
+    let decoded = VersionOnly::decode(bytes).map_err(|err| DecodeError::Malformed {
+        message: <relay::Request as Name>::NAME,
+        reason: err.to_string(),
+    })?;
+    Ok(decoded.protocol_version)
+}
+
 macro_rules! decoders {
     ($($(#[$doc:meta])* $name:ident => $ty:ty;)*) => {
         $(

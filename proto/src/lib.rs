@@ -37,6 +37,7 @@ pub mod decode;
 mod error;
 pub mod frame;
 pub mod limits;
+mod redact;
 pub mod validate;
 
 pub use error::DecodeError;

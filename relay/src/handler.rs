@@ -278,6 +278,22 @@ pub fn error_retry(code: ErrorCode, message: &str, retry_after_secs: u32) -> wir
     }
 }
 
+/// Decodes a request frame's payload: `protocol_version` first, then the version-1 schema and
+/// validation rules. A request of another version gets `ERROR_CODE_UNSUPPORTED_VERSION` whatever
+/// else it holds; bytes that are not a request, or a version-1 request that breaks a rule, get
+/// `ERROR_CODE_BAD_REQUEST`. The `Err` value is the response to send.
+pub fn decode_request(payload: &[u8]) -> Result<wire::Request, wire::Response> {
+    // Decode errors name fields and rules, never data.
+    let version = decode::request_version(payload)
+        .map_err(|e| error(ErrorCode::BadRequest, &e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(error(ErrorCode::UnsupportedVersion, UNSUPPORTED_VERSION));
+    }
+    decode::request(payload).map_err(|e| error(ErrorCode::BadRequest, &e.to_string()))
+}
+
+const UNSUPPORTED_VERSION: &str = "this relay speaks protocol version 1";
+
 fn reply(kind: wire::response::Kind) -> Action {
     Action::Reply(wire::Response { kind: Some(kind) })
 }
@@ -541,10 +557,7 @@ impl Handler {
     ) -> Action {
         use wire::request::Kind;
         if request.protocol_version != PROTOCOL_VERSION {
-            return fail(
-                ErrorCode::UnsupportedVersion,
-                "this relay speaks protocol version 1",
-            );
+            return fail(ErrorCode::UnsupportedVersion, UNSUPPORTED_VERSION);
         }
         let Some(kind) = request.kind else {
             return fail(ErrorCode::BadRequest, "request has no operation");

@@ -16,7 +16,8 @@ use crate::RelayError;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::handler::{
-    Action, ChunkOutcome, EXPORTER_LEN, Handler, KeyingMaterial, Session, error, error_retry,
+    Action, ChunkOutcome, EXPORTER_LEN, Handler, KeyingMaterial, Session, decode_request, error,
+    error_retry,
 };
 use crate::metrics::{CodeLabel, Metrics, OpLabel};
 use crate::ratelimit::{AddressLimits, TokenBucket};
@@ -1159,13 +1160,9 @@ async fn serve_stream(
             return stream.reply(ctx, &r).await;
         }
     }
-    let request = match decode::request(&payload) {
+    let request = match decode_request(&payload) {
         Ok(r) => r,
-        Err(err) => {
-            // Decode errors name fields and rules, never data.
-            let r = error(ErrorCode::BadRequest, &err.to_string());
-            return stream.reply(ctx, &r).await;
-        }
+        Err(r) => return stream.reply(ctx, &r).await,
     };
     ctx.metrics
         .requests

@@ -199,6 +199,78 @@ fn two_profiles_invite_accept_send_sync_inbox_over_a_relay_process() {
 }
 
 /// The safety number `handover contacts verify` prints: the rows of digit groups.
+/// Disappearing messages (`handover send --disappear-after`): shown while the timer runs,
+/// never listed once it has passed (the sender's copy included), and never shown at all when
+/// they arrive after it.
+#[test]
+fn disappearing_messages_are_not_shown_after_their_timer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(relay_bin(), &tmp.path().join("relay"), &[]).unwrap();
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    init(&alice, &relay, "Alice");
+    init(&bob, &relay, "Bob");
+    let invite = must(Some(&alice), &["invite"]);
+    let link = invite
+        .lines()
+        .find(|l| l.starts_with("handover://invite#"))
+        .unwrap()
+        .to_owned();
+    must(
+        Some(&bob),
+        &["accept", &link, "--trust-org", &fingerprint(&alice)],
+    );
+    must(Some(&alice), &["sync", "--trust-org", &fingerprint(&bob)]);
+
+    // Within its timer a disappearing message is delivered and listed.
+    must(
+        Some(&alice),
+        &[
+            "send",
+            "--to",
+            "Bob",
+            "--disappear-after",
+            "3600",
+            "lasting marker-d1",
+        ],
+    );
+    let out = must(Some(&bob), &["sync"]);
+    assert!(out.contains("lasting marker-d1"), "{out}");
+    assert!(must(Some(&bob), &["inbox"]).contains("lasting marker-d1"));
+
+    // A one-second timer: once it has passed (the clock is read, not a fixed pause), the
+    // sender no longer lists its copy, and the receiver, syncing only now, never shows it.
+    must(
+        Some(&alice),
+        &[
+            "send",
+            "--to",
+            "Bob",
+            "--disappear-after",
+            "1",
+            "fleeting marker-d2",
+        ],
+    );
+    let sent = std::time::SystemTime::now();
+    while sent.elapsed().unwrap_or_default() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let inbox = must(Some(&alice), &["inbox"]);
+    assert!(!inbox.contains("fleeting marker-d2"), "{inbox}");
+    assert!(inbox.contains("lasting marker-d1"), "{inbox}");
+    let out = must(Some(&bob), &["sync"]);
+    assert!(!out.contains("fleeting marker-d2"), "{out}");
+    let inbox = must(Some(&bob), &["inbox"]);
+    assert!(!inbox.contains("fleeting marker-d2"), "{inbox}");
+    assert!(inbox.contains("lasting marker-d1"), "{inbox}");
+    // A timer of zero is refused.
+    let out = run(
+        Some(&alice),
+        &["send", "--to", "Bob", "--disappear-after", "0", "x"],
+    );
+    assert!(!out.ok);
+}
+
 fn safety_number(out: &str) -> String {
     let groups: Vec<&str> = out
         .lines()

@@ -699,6 +699,27 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
     let err = refused(&a, &["referral", "withdraw", &id3, "--reason", "again"]);
     assert!(err.contains("not possible"), "{err}");
 
+    // --- Revoking the consent of the declined and the withdrawn referral: neither holds
+    // anything more to erase, and the CLI says so instead of counting them as requested
+    // (issue 18, found by an independent implementation).
+    let out = must(&a, &["consent", "revoke", &receipt2]);
+    assert!(
+        out.contains("Erasure requested from 0 referral(s); 0 device(s) still to confirm."),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 other referral(s) under this consent"),
+        "{out}"
+    );
+    let show = must(&a, &["consent", "show", &receipt2]);
+    assert!(
+        show.contains(
+            "nothing to erase: the referral was declined and the receiver erased the offer"
+        ),
+        "{show}"
+    );
+    assert!(!show.contains("consent still in force"), "{show}");
+
     // --- Completion.
     let out = must(
         &b1,

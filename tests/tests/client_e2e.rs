@@ -107,19 +107,24 @@ async fn scenario() {
     // Invitation as a link; Bob accepts; Alice learns Bob's address from his contact card.
     let (_inv, link) = alice.create_invitation(3600).await.unwrap();
     let alice_id = bob.accept_invitation(&link).await.unwrap();
-    let bob_id: DeviceId = loop {
+    let bob_device: DeviceId = loop {
         if let ClientEvent::Message(m) = alice_events.recv().await.unwrap()
             && matches!(m.content.body, Some(Body::ContactCard(_)))
         {
             break m.peer;
         }
     };
+    let bob_id = bob
+        .with_engine(|e, _, _| e.peer_id().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(bob_id.device_id, bob_device);
 
     // Chat both ways; each side is woken by the relay's NewEnvelopes push.
     alice.send_text(bob_id, "hello Bob", vec![]).await.unwrap();
     let m = next_chat(&mut bob_events).await;
     assert_eq!(chat_text(&m), Some("hello Bob"));
-    assert_eq!(m.peer, alice_id);
+    assert_eq!(m.peer, alice_id.device_id);
     bob.send_text(alice_id, "hi Alice", vec![]).await.unwrap();
     assert_eq!(
         chat_text(&next_chat(&mut alice_events).await),
@@ -350,7 +355,7 @@ async fn fanout_scenario() {
     }
 
     // B's admin revokes B2; the new device list reaches Alice; B2 receives nothing new.
-    b1.revoke_device(b2_id).await.unwrap();
+    b1.revoke_device(b2_id.device_id).await.unwrap();
     wait_for(&alice, |m| {
         matches!(m.content.body, Some(Body::DeviceList(_)))
     })
@@ -360,7 +365,7 @@ async fn fanout_scenario() {
         .await
         .unwrap();
     assert_eq!(sent.items.len(), 1);
-    assert_eq!(sent.items[0].recipient, b1_id);
+    assert_eq!(sent.items[0].recipient, b1_id.device_id);
     let m = wait_for(&b1, |m| chat_text(m).is_some()).await;
     assert_eq!(chat_text(&m), Some("second packet"));
     assert!(b2.sync().await.unwrap().is_empty());

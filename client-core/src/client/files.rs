@@ -94,6 +94,14 @@ impl Client {
         file_name: &str,
         progress: impl FnMut(u64) + Send,
     ) -> Result<wire::Attachment, ClientError> {
+        // Peers refuse to download more (attachment::download_len).
+        if file.size > attachment::MAX_ATTACHMENT_LEN {
+            return Err(attachment::AttachmentError::ExceedsLimit {
+                size: file.size,
+                limit: attachment::MAX_ATTACHMENT_LEN,
+            }
+            .into());
+        }
         let own = self.engine_op(|e, _, _| Ok(e.relay()?.clone())).await?;
         let blob_id = self
             .own_relay()
@@ -126,13 +134,14 @@ impl Client {
             .clone()
             .ok_or(EngineError::InvalidInput("missing blob reference"))?;
         let blob_id = id16(&blob.blob_id)?;
+        let size = attachment::download_len(&blob, attachment::MAX_ATTACHMENT_LEN)?;
         let relay = self.blob_relay(&blob.relay).await?;
         let staged =
             tempfile::tempfile_in(&self.inner.dir).map_err(attachment::AttachmentError::Io)?;
         let mut sink = tokio::fs::File::from_std(staged);
         self.relay_for(&relay)
             .await?
-            .blob_get(&blob_id, 0, &mut sink, |_| {})
+            .blob_get(&blob_id, 0, size, &mut sink, |_| {})
             .await?;
         sink.flush()
             .await

@@ -62,7 +62,7 @@ use handover_proto::relay::v1 as relay;
 
 use crate::attachment::{self, AttachmentError};
 use crate::engine::{
-    self, Contact, Engine, EngineError, FanoutSent, IdentitySetup, MailboxKeys, Message,
+    self, Contact, Engine, EngineError, FanoutSent, IdentitySetup, MailboxKeys, Message, PeerId,
     ProfileDetails, Received, ReferralEvent, RelayInfo, VerifiedProfile,
 };
 use crate::identity::{DeviceId, DeviceKeys, SafetyNumber};
@@ -123,7 +123,9 @@ pub enum ClientEvent {
     /// A new message was stored (for an organisation packet, after it was downloaded and
     /// opened).
     Message(Box<Message>),
-    /// An envelope was refused (tampered, from an untrusted or revoked sender) and dropped.
+    /// An envelope was refused (tampered, from an untrusted or revoked sender) and dropped, or
+    /// an organisation packet could not be opened or carried a referral or consent step
+    /// (docs/PROTOCOL.md §10; its key message is kept unopened).
     Refused,
     /// A message from a device of an organisation this device does not trust yet is waiting
     /// at the relay. Show the root's [`engine::org_fingerprint`], verify it in person, then
@@ -332,8 +334,9 @@ impl Client {
         connection
             .authenticate(&ids.recv_id, engine.mailbox_auth_key()?)
             .await?;
-        let publish = engine.prekey_publish(&mut rng)?;
-        connection.prekey_publish(publish).await?;
+        let publish = engine.prekey_publish(now(), &mut rng)?;
+        connection.prekey_publish(publish.clone()).await?;
+        engine.prekey_bundle_published(&publish)?;
         let client = Self::from_engine(engine, dir);
         client
             .inner
@@ -427,8 +430,32 @@ impl Client {
 
     /// Publishes a new batch of one-time prekeys.
     pub async fn replenish_prekeys(&self) -> Result<(), ClientError> {
-        let publish = self.engine_op(|e, rng, _| e.prekey_publish(rng)).await?;
-        self.own_relay().await?.prekey_publish(publish).await?;
+        let publish = self
+            .engine_op(|e, rng, now| e.prekey_publish(now, rng))
+            .await?;
+        self.own_relay()
+            .await?
+            .prekey_publish(publish.clone())
+            .await?;
+        self.engine_op(move |e, _, _| e.prekey_bundle_published(&publish))
+            .await?;
+        Ok(())
+    }
+
+    /// Rotates the signed and last-resort prekeys when due, deletes expired retired ones, and
+    /// publishes the current bundle if the relay does not hold it yet (run after every sync).
+    pub async fn rotate_prekeys(&self) -> Result<(), ClientError> {
+        let publish = self
+            .engine_op(|e, rng, now| e.rotate_prekeys(now, rng))
+            .await?;
+        if let Some(publish) = publish {
+            self.own_relay()
+                .await?
+                .prekey_publish(publish.clone())
+                .await?;
+            self.engine_op(move |e, _, _| e.prekey_bundle_published(&publish))
+                .await?;
+        }
         Ok(())
     }
 
@@ -511,6 +538,9 @@ impl Client {
         if referral_steps > 0 {
             self.flush_after_send().await?;
         }
+        // The signed and last-resort prekeys are replaced weekly and old ones deleted after
+        // the longest envelope lifetime (docs/PROTOCOL.md §6.3).
+        self.rotate_prekeys().await?;
         // Sessions started by others consume one-time prekeys: top them up.
         let left = self.engine_op(|e, _, _| e.one_time_prekeys_left()).await?;
         if left < (engine::ONE_TIME_PREKEY_BATCH as usize) / 2 {
@@ -522,6 +552,13 @@ impl Client {
                 Some(Body::FanoutKey(_)) => match self.open_packet(&message).await {
                     Ok(opened) => opened,
                     Err(ClientError::Net(e)) if !e.is_transient() => message,
+                    // A packet that does not decrypt, or carries what packets may not (a
+                    // referral or consent step, docs/PROTOCOL.md §10): the key message stays
+                    // as it was, the application is told, and the other messages still arrive.
+                    Err(ClientError::Engine(EngineError::Fanout(_))) => {
+                        let _ = self.inner.events.send(ClientEvent::Refused);
+                        message
+                    }
                     Err(e) => return Err(e),
                 },
                 _ => message,
@@ -545,11 +582,12 @@ impl Client {
             .as_ref()
             .ok_or(EngineError::InvalidInput("missing packet reference"))?;
         let blob_id = id16(&blob.blob_id)?;
+        let size = attachment::download_len(blob, crate::fanout::MAX_PACKET_LEN)?;
         let relay = self.blob_relay(&blob.relay).await?;
         let mut ciphertext = Vec::new();
         self.relay_for(&relay)
             .await?
-            .blob_get(&blob_id, 0, &mut ciphertext, |_| {})
+            .blob_get(&blob_id, 0, size, &mut ciphertext, |_| {})
             .await?;
         let seq = message.seq;
         self.engine_op(move |e, _, _| e.open_org_packet(seq, &ciphertext))
@@ -567,7 +605,7 @@ impl Client {
             .engine_op(|e, _, _| {
                 let mut found = None;
                 for c in e.contacts()? {
-                    if let Ok(a) = e.contact_address(c.device_id)
+                    if let Ok(a) = e.contact_address(c.peer())
                         && a.relay == host_port
                     {
                         found = Some(a);
@@ -798,7 +836,7 @@ impl Client {
     /// ([`EngineError::UntrustedOrganisation`] otherwise; show
     /// [`engine::org_fingerprint`] of [`engine::invitation_org_root`] and trust it after an
     /// in-person check). Sends the first message with this device's reply address.
-    pub async fn accept_invitation(&self, link: &str) -> Result<DeviceId, ClientError> {
+    pub async fn accept_invitation(&self, link: &str) -> Result<PeerId, ClientError> {
         let invitation = engine::parse_invitation_link(link)?;
         self.engine_op({
             let invitation = invitation.clone();
@@ -838,7 +876,7 @@ impl Client {
     }
 
     /// Starts a session with a contact if none exists (taking its prekey bundle).
-    pub async fn ensure_session(&self, contact: DeviceId) -> Result<(), ClientError> {
+    pub async fn ensure_session(&self, contact: PeerId) -> Result<(), ClientError> {
         if self
             .engine_op(move |e, _, _| e.has_session(contact))
             .await?
@@ -860,7 +898,7 @@ impl Client {
 
     /// The safety number of this device and a contact, to compare in person or by phone
     /// (docs/PROTOCOL.md §5.4): both sides compute the same number.
-    pub async fn safety_number(&self, contact: DeviceId) -> Result<SafetyNumber, ClientError> {
+    pub async fn safety_number(&self, contact: PeerId) -> Result<SafetyNumber, ClientError> {
         self.engine_op(move |e, _, now| e.safety_number(contact, now))
             .await
     }
@@ -870,7 +908,7 @@ impl Client {
     /// is not theirs; nothing is recorded then). See [`Engine::mark_contact_verified`].
     pub async fn mark_contact_verified(
         &self,
-        contact: DeviceId,
+        contact: PeerId,
         compared: String,
     ) -> Result<(), ClientError> {
         self.engine_op(move |e, _, now| e.mark_contact_verified(contact, &compared, now))
@@ -880,7 +918,7 @@ impl Client {
     /// Marks a contact verified from the safety-number QR payload scanned from its screen.
     pub async fn mark_contact_verified_scanned(
         &self,
-        contact: DeviceId,
+        contact: PeerId,
         scanned: Vec<u8>,
     ) -> Result<(), ClientError> {
         self.engine_op(move |e, _, now| e.mark_contact_verified_scanned(contact, &scanned, now))
@@ -888,14 +926,22 @@ impl Client {
     }
 
     /// Forgets that a contact was verified.
-    pub async fn clear_contact_verified(&self, contact: DeviceId) -> Result<(), ClientError> {
+    pub async fn clear_contact_verified(&self, contact: PeerId) -> Result<(), ClientError> {
         self.engine_op(move |e, _, _| e.clear_contact_verified(contact))
+            .await
+    }
+
+    /// Acknowledges a contact's identity key change without verifying it
+    /// ([`Engine::acknowledge_identity_change`]).
+    pub async fn acknowledge_identity_change(&self, contact: PeerId) -> Result<(), ClientError> {
+        self.engine_op(move |e, _, _| e.acknowledge_identity_change(contact))
             .await
     }
 
     /// Stored messages from sequence number `from_seq` on.
     pub async fn messages(&self, from_seq: u64) -> Result<Vec<Message>, ClientError> {
-        self.engine_op(move |e, _, _| e.messages(from_seq)).await
+        self.engine_op(move |e, _, now| e.messages(from_seq, now))
+            .await
     }
 
     /// Enrols a device of this organisation (this device holds the root key); returns its
@@ -934,7 +980,7 @@ impl Client {
                 for c in e.contacts()? {
                     if c.has_session
                         && c.has_address
-                        && e.send_device_list(c.device_id, now, rng).is_ok()
+                        && e.send_device_list(c.peer(), now, rng).is_ok()
                     {
                         n += 1;
                     }
@@ -954,7 +1000,7 @@ impl Client {
     /// it is sent by the background task later.
     pub async fn send_text(
         &self,
-        to: DeviceId,
+        to: PeerId,
         text: &str,
         attachments: Vec<wire::Attachment>,
     ) -> Result<Message, ClientError> {
@@ -967,8 +1013,30 @@ impl Client {
         Ok(message)
     }
 
+    /// Sends a chat message that both devices delete `after_secs` seconds from now (a
+    /// disappearing timer, `Content.expires_at`; docs/PROTOCOL.md §11.7).
+    pub async fn send_text_disappearing(
+        &self,
+        to: PeerId,
+        text: &str,
+        after_secs: u64,
+    ) -> Result<Message, ClientError> {
+        self.ensure_session(to).await?;
+        let body = Body::Chat(wire::ChatMessage {
+            text: text.to_owned(),
+            attachments: Vec::new(),
+        });
+        let (message, _) = self
+            .engine_op(move |e, rng, now| {
+                e.send_disappearing(to, body, now.saturating_add(after_secs), now, rng)
+            })
+            .await?;
+        self.flush_after_send().await?;
+        Ok(message)
+    }
+
     /// Sends any `Content` body to a contact (the seam for referral and consent messages).
-    pub async fn send_body(&self, to: DeviceId, body: Body) -> Result<Message, ClientError> {
+    pub async fn send_body(&self, to: PeerId, body: Body) -> Result<Message, ClientError> {
         self.ensure_session(to).await?;
         let (message, _) = self
             .engine_op(move |e, rng, now| e.send(to, body, now, rng))
@@ -998,7 +1066,11 @@ impl Client {
             .await?;
         for device in devices {
             // Devices without an address or bundle are reported as unreached below.
-            let _ = self.ensure_session(device).await;
+            let peer = crate::engine::PeerId {
+                org_root,
+                device_id: device,
+            };
+            let _ = self.ensure_session(peer).await;
         }
         let packet = self
             .engine_op(move |e, rng, now| e.prepare_org_packet(&org_root, body, now, rng))
@@ -1058,12 +1130,15 @@ impl Client {
             .as_ref()
             .ok_or(EngineError::InvalidInput("missing blob reference"))?;
         let blob_id = id16(&blob.blob_id)?;
+        // Checked before anything is fetched or allocated: `size` is the peer's claim.
+        let size = attachment::download_len(blob, attachment::MAX_ATTACHMENT_LEN)?;
         let relay = self.blob_relay(&blob.relay).await?;
         let mut ciphertext = Vec::new();
         self.relay_for(&relay)
             .await?
-            .blob_get(&blob_id, 0, &mut ciphertext, |_| {})
+            .blob_get(&blob_id, 0, size, &mut ciphertext, |_| {})
             .await?;
+        // At most MAX_ATTACHMENT_LEN, and its ciphertext has arrived in full.
         let mut plaintext = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
         attachment::decrypt(blob, &mut &ciphertext[..], &mut plaintext, progress)?;
         Ok(plaintext)
@@ -1120,7 +1195,7 @@ impl Client {
     pub async fn import_profile(
         &self,
         signed: wire::SignedOrgProfile,
-    ) -> Result<Vec<DeviceId>, ClientError> {
+    ) -> Result<Vec<PeerId>, ClientError> {
         self.engine_op(move |e, _, now| e.import_org_profile(&signed, now))
             .await
     }
@@ -1133,14 +1208,14 @@ impl Client {
         &self,
         signed: wire::SignedOrgProfile,
         compared: String,
-    ) -> Result<Vec<DeviceId>, ClientError> {
+    ) -> Result<Vec<PeerId>, ClientError> {
         self.engine_op(move |e, _, now| e.trust_and_import_org_profile(&signed, &compared, now))
             .await
     }
 
     /// Sends this device's contact card to a contact (for example an intake device found in the
     /// directory), so it can reply.
-    pub async fn send_contact_card(&self, to: DeviceId) -> Result<(), ClientError> {
+    pub async fn send_contact_card(&self, to: PeerId) -> Result<(), ClientError> {
         self.ensure_session(to).await?;
         self.engine_op(move |e, rng, now| e.send_contact_card(to, now, rng))
             .await?;

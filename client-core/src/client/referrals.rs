@@ -213,7 +213,11 @@ impl Client {
             .engine_op(move |e, _, now| e.org_devices(&root, now))
             .await?;
         for device in devices {
-            let _ = self.ensure_session(device).await;
+            let peer = crate::engine::PeerId {
+                org_root: root,
+                device_id: device,
+            };
+            let _ = self.ensure_session(peer).await;
         }
         Ok(())
     }

@@ -265,7 +265,7 @@ fn check_receipt(
             });
         }
     }
-    if let Some(next) = registry.superseded_by(&receipt.id()) {
+    if let Some(next) = registry.superseded_by(receipt) {
         return Err(match next.state() {
             state @ (wire::ConsentState::Withdrawn
             | wire::ConsentState::Expired

@@ -25,7 +25,10 @@ mod state;
 
 pub use gate::{Basis, ConsentCleared, GateError, check_offer};
 pub use kantara::{KANTARA_VERSION, kantara_json};
-pub use receipt::{LABEL_CONSENT_RECEIPT, ReceiptId, SCHEMA_VERSION, ShortId, SignedReceipt};
+pub use receipt::{
+    LABEL_CONSENT_RECEIPT, LABEL_RECEIPT_HASH, ReceiptId, SCHEMA_VERSION, ShortId, SignedReceipt,
+};
+pub(crate) use registry::same_principal;
 pub use registry::{Disclosure, DisclosureLedger, PurgeStatus, ReceiptRegistry};
 pub use render::{
     Language, OverrideNotice, PreferredTerm, SurvivorCopy, render_survivor_copy, utc_date,
@@ -52,6 +55,26 @@ pub enum ConsentError {
     #[error("consent receipt {receipt} has an invalid signature")]
     BadSignature {
         /// The receipt.
+        receipt: ShortId,
+    },
+    /// The receipt's `event_time` is later than its arrival allows (`now` plus
+    /// `MAX_CLOCK_SKEW_SECS`).
+    #[error("consent receipt {receipt} is dated in the future")]
+    FromTheFuture {
+        /// The receipt.
+        receipt: ShortId,
+    },
+    /// A different receipt with the same organisation and id is already known: receipts are
+    /// never edited, so the second one is refused and the first kept.
+    #[error("a different consent receipt {receipt} is already known")]
+    Conflict {
+        /// The receipt.
+        receipt: ShortId,
+    },
+    /// The receipt claims to supersede a receipt recorded for another person (principal).
+    #[error("consent receipt {receipt} supersedes a receipt of another person")]
+    SupersedesAnotherPrincipal {
+        /// The superseding receipt.
         receipt: ShortId,
     },
     /// Ambassador devices do not record consent.

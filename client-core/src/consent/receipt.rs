@@ -11,10 +11,14 @@ use sha2::{Digest, Sha256};
 
 use super::ConsentError;
 use crate::identity::{self, DeviceCertificate, OrgRootPublicKey, OrgTrust, Role};
-use crate::referral::Actor;
+use crate::referral::timeline::update_lp;
+use crate::referral::{Actor, MAX_CLOCK_SKEW_SECS};
 
 /// Signature label of a consent receipt (`SignedConsentReceipt.signature`).
 pub const LABEL_CONSENT_RECEIPT: &[u8] = b"handover/1 consent-receipt";
+
+/// Hash label of the receipt hash (`ReceiptRef.receipt_sha256`, docs/PROTOCOL.md §12.2).
+pub const LABEL_RECEIPT_HASH: &[u8] = b"handover/1 consent-receipt-hash";
 
 /// `ConsentReceipt.schema_version` written by this implementation.
 pub const SCHEMA_VERSION: &str = "handover-consent/1";
@@ -280,31 +284,52 @@ impl SignedReceipt {
         Self::issue(next, actor, rng)
     }
 
-    /// Verifies a signed receipt from the organisation `org`: the device certificate was valid
-    /// at the receipt's `event_time`, has not been revoked since, belongs to `org` and is not
-    /// an ambassador's; the signature covers `LABEL_CONSENT_RECEIPT || receipt`; and the fields
-    /// are complete. A receipt signed by a device of another organisation, or a tampered one,
-    /// is refused.
+    /// Verifies a signed receipt from the organisation `org` on its arrival at `now`
+    /// (docs/PROTOCOL.md §12.2): the device certificate verifies under `org` at `now` (not at
+    /// the receipt's own, signer-chosen `event_time`, which could be backdated into a window in
+    /// which an expired certificate was valid), is not revoked and is not an ambassador's;
+    /// `event_time` is not after `now + MAX_CLOCK_SKEW_SECS`; the signature covers
+    /// `LABEL_CONSENT_RECEIPT || receipt`; and the fields are complete. A receipt signed by a
+    /// device of another organisation, or a tampered one, is refused.
     pub fn verify(
         signed: &wire::SignedConsentReceipt,
         org: &OrgTrust,
+        now: u64,
     ) -> Result<Self, ConsentError> {
-        signed.validate().map_err(|_| ConsentError::Malformed)?;
-        // Decoding is bounded and validated; nothing decoded is trusted before the signature
-        // check below. The event time is needed to check the certificate's validity window.
-        let receipt =
-            decode::consent_receipt(&signed.receipt).map_err(|_| ConsentError::Malformed)?;
-        let short = ReceiptId::from_slice(&receipt.receipt_id)
-            .map(|id| id.short())
-            .ok_or(ConsentError::Malformed)?;
+        let (receipt, short) = decode_parts(signed)?;
         let signer_wire = signed.signer.as_ref().ok_or(ConsentError::Malformed)?;
-        let signer = crate::identity::DeviceCertificate::verify(
-            signer_wire,
-            &org.root(),
-            receipt.event_time,
-        )
-        .map_err(|_| ConsentError::BadSignature { receipt: short })?;
-        if org.is_revoked(&signer.device_id()) || signer.role() == Role::Ambassador {
+        let signer = org
+            .verify_certificate(signer_wire, now)
+            .map_err(|_| ConsentError::BadSignature { receipt: short })?;
+        if receipt.event_time > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(ConsentError::FromTheFuture { receipt: short });
+        }
+        Self::finish(signed, receipt, signer, short)
+    }
+
+    /// Re-checks a receipt that was verified on arrival and kept (a stored registry or
+    /// referral record, a timeline being audited): the signer certificate verifies under
+    /// `org`'s root at the receipt's `event_time`, the role is not AMBASSADOR, the signature
+    /// and fields are valid. Revocations and expiry since arrival do not make kept history
+    /// unreadable; live decisions use [`verify`](Self::verify).
+    pub(crate) fn verify_recorded(
+        signed: &wire::SignedConsentReceipt,
+        org: &OrgTrust,
+    ) -> Result<Self, ConsentError> {
+        let (receipt, short) = decode_parts(signed)?;
+        let signer_wire = signed.signer.as_ref().ok_or(ConsentError::Malformed)?;
+        let signer = DeviceCertificate::verify(signer_wire, &org.root(), receipt.event_time)
+            .map_err(|_| ConsentError::BadSignature { receipt: short })?;
+        Self::finish(signed, receipt, signer, short)
+    }
+
+    fn finish(
+        signed: &wire::SignedConsentReceipt,
+        receipt: wire::ConsentReceipt,
+        signer: DeviceCertificate,
+        short: ShortId,
+    ) -> Result<Self, ConsentError> {
+        if signer.role() == Role::Ambassador {
             return Err(ConsentError::BadSignature { receipt: short });
         }
         if !identity::verify_labelled(
@@ -324,7 +349,8 @@ impl SignedReceipt {
         self.id
     }
 
-    /// SHA-256 of the encoded `SignedConsentReceipt` (`ReceiptRef.receipt_sha256`).
+    /// The receipt hash over the exact signed bytes (`ReceiptRef.receipt_sha256`,
+    /// docs/PROTOCOL.md §12.2).
     pub fn hash(&self) -> &[u8; 32] {
         &self.hash
     }
@@ -368,7 +394,58 @@ impl SignedReceipt {
     }
 }
 
-/// SHA-256 of the encoded `SignedConsentReceipt`.
+/// Structural validation and bounded decoding; nothing decoded is trusted before the signature
+/// check.
+fn decode_parts(
+    signed: &wire::SignedConsentReceipt,
+) -> Result<(wire::ConsentReceipt, ShortId), ConsentError> {
+    signed.validate().map_err(|_| ConsentError::Malformed)?;
+    let receipt = decode::consent_receipt(&signed.receipt).map_err(|_| ConsentError::Malformed)?;
+    let short = ReceiptId::from_slice(&receipt.receipt_id)
+        .map(|id| id.short())
+        .ok_or(ConsentError::Malformed)?;
+    Ok((receipt, short))
+}
+
+/// The receipt hash (docs/PROTOCOL.md §12.2): SHA-256 over a label and the exact signed bytes,
+/// each length-prefixed, so that it never depends on how a protobuf encoder re-encodes the
+/// message (unknown fields, field order):
+///
+/// ```text
+/// SHA-256( "handover/1 consent-receipt-hash" || lp(receipt)
+///          || lp(signer.certificate) || lp(signer.signature) || lp(signature) )
+/// ```
 pub(crate) fn receipt_hash(signed: &wire::SignedConsentReceipt) -> [u8; 32] {
-    Sha256::digest(signed.encode_to_vec()).into()
+    let mut h = Sha256::new();
+    h.update(LABEL_RECEIPT_HASH);
+    update_lp(&mut h, &signed.receipt);
+    let (certificate, root_signature) = signed.signer.as_ref().map_or((&[][..], &[][..]), |s| {
+        (&s.certificate[..], &s.signature[..])
+    });
+    update_lp(&mut h, certificate);
+    update_lp(&mut h, root_signature);
+    update_lp(&mut h, &signed.signature);
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known-answer vector, computed independently by `tests/data/referral_vectors.py`.
+    #[test]
+    fn receipt_hash_known_answer() {
+        let signed = wire::SignedConsentReceipt {
+            receipt: b"receipt".to_vec(),
+            signer: Some(wire::SignedDeviceCertificate {
+                certificate: b"certificate".to_vec(),
+                signature: vec![0x33; 64],
+            }),
+            signature: vec![0x44; 64],
+        };
+        assert_eq!(
+            hex::encode(receipt_hash(&signed)),
+            "a9022d6537219defa7ea48b7f032b3a9156907da30a93c37a700f131c36321a6"
+        );
+    }
 }

@@ -7,19 +7,41 @@ use std::collections::{BTreeMap, BTreeSet};
 use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;
 use prost::Message;
+use subtle::ConstantTimeEq;
 
 use super::{ConsentError, ReceiptId, SignedReceipt};
 use crate::identity::{OrgRootPublicKey, OrgTrust};
 use crate::referral::ReferralId;
 
+/// A receipt's key in the registry: the organisation root of its signer (the controller that
+/// recorded consent) and its id. Receipt ids are chosen by the signer, so an id alone names
+/// nothing: two organisations may use the same id, by accident or to attack each other.
+type ReceiptKey = ([u8; 32], ReceiptId);
+
+fn key_of(receipt: &SignedReceipt) -> ReceiptKey {
+    (receipt.org().to_bytes(), receipt.id())
+}
+
+fn revokes(state: wire::ConsentState) -> bool {
+    matches!(
+        state,
+        wire::ConsentState::Withdrawn
+            | wire::ConsentState::Expired
+            | wire::ConsentState::Invalidated
+    )
+}
+
 /// Receipts a client has verified, and which receipt supersedes which.
 ///
-/// The consent gate asks it whether a receipt was superseded (withdrawn, expired, invalidated or
-/// renewed); a receiver learns supersession from CONSENT_CHANGED control messages.
+/// Receipts are keyed by (signer's organisation root, receipt id), so a receipt signed by one
+/// trusted organisation can neither replace nor supersede another organisation's receipt
+/// (docs/PROTOCOL.md §12.2). The consent gate asks it whether a receipt was superseded
+/// (withdrawn, expired, invalidated or renewed); a receiver learns supersession from
+/// CONSENT_CHANGED control messages.
 #[derive(Clone, Debug, Default)]
 pub struct ReceiptRegistry {
-    receipts: BTreeMap<ReceiptId, SignedReceipt>,
-    superseded_by: BTreeMap<ReceiptId, ReceiptId>,
+    receipts: BTreeMap<ReceiptKey, SignedReceipt>,
+    superseded_by: BTreeMap<ReceiptKey, ReceiptId>,
 }
 
 impl ReceiptRegistry {
@@ -28,37 +50,97 @@ impl ReceiptRegistry {
         Self::default()
     }
 
-    /// Records a verified receipt (and what it supersedes).
-    pub fn insert(&mut self, receipt: SignedReceipt) {
-        if let Some(old) = receipt.supersedes() {
-            self.superseded_by.insert(old, receipt.id());
+    /// Whether [`insert`](Self::insert) would accept `receipt`, without changing anything.
+    pub fn check_insert(&self, receipt: &SignedReceipt) -> Result<(), ConsentError> {
+        let key = key_of(receipt);
+        if let Some(known) = self.receipts.get(&key)
+            && !bool::from(known.hash().ct_eq(receipt.hash()))
+        {
+            return Err(ConsentError::Conflict {
+                receipt: receipt.id().short(),
+            });
         }
-        self.receipts.insert(receipt.id(), receipt);
+        if let Some(old) = receipt.supersedes()
+            && let Some(previous) = self.receipts.get(&(key.0, old))
+            && !same_principal(previous, receipt)
+        {
+            return Err(ConsentError::SupersedesAnotherPrincipal {
+                receipt: receipt.id().short(),
+            });
+        }
+        Ok(())
     }
 
-    /// A known receipt.
-    pub fn get(&self, id: &ReceiptId) -> Option<&SignedReceipt> {
-        self.receipts.get(id)
+    /// Records a verified receipt and what it supersedes (docs/PROTOCOL.md §12.2, "Receipt
+    /// registry"). The same receipt again is a no-op. Refused, changing nothing: a different
+    /// receipt under a known (organisation, id) ([`ConsentError::Conflict`]), and a receipt
+    /// superseding a known receipt of the same organisation recorded for another principal
+    /// ([`ConsentError::SupersedesAnotherPrincipal`]). A receipt can only supersede receipts of
+    /// its own organisation. If a receipt already has a successor, a second one replaces it
+    /// only if it revokes consent and the first did not (a withdrawal is never hidden by a
+    /// renewal).
+    pub fn insert(&mut self, receipt: SignedReceipt) -> Result<(), ConsentError> {
+        self.check_insert(&receipt)?;
+        let key = key_of(&receipt);
+        if let Some(old) = receipt.supersedes() {
+            let old_key = (key.0, old);
+            let replace = match self.superseded_by.get(&old_key) {
+                None => true,
+                Some(next) => {
+                    *next != receipt.id()
+                        && revokes(receipt.state())
+                        && !self
+                            .receipts
+                            .get(&(key.0, *next))
+                            .is_some_and(|n| revokes(n.state()))
+                }
+            };
+            if replace {
+                self.superseded_by.insert(old_key, receipt.id());
+            }
+        }
+        self.receipts.entry(key).or_insert(receipt);
+        Ok(())
     }
 
-    /// The receipt that directly supersedes `id`, if known.
-    pub fn superseded_by(&self, id: &ReceiptId) -> Option<&SignedReceipt> {
+    /// A known receipt recorded by the organisation `org`.
+    pub fn get(&self, org: &OrgRootPublicKey, id: &ReceiptId) -> Option<&SignedReceipt> {
+        self.receipts.get(&(org.to_bytes(), *id))
+    }
+
+    /// The known receipt that directly supersedes `receipt`: one signed by the same
+    /// organisation, for the same principal.
+    pub fn superseded_by(&self, receipt: &SignedReceipt) -> Option<&SignedReceipt> {
+        let key = key_of(receipt);
         self.superseded_by
-            .get(id)
-            .and_then(|next| self.receipts.get(next))
+            .get(&key)
+            .and_then(|next| self.receipts.get(&(key.0, *next)))
+            .filter(|next| same_principal(receipt, next))
     }
 
-    /// The newest receipt in the chain starting at `id` (bounded walk).
-    pub fn latest(&self, id: &ReceiptId) -> Option<&SignedReceipt> {
-        let mut current = self.receipts.get(id)?;
+    /// The newest receipt in the chain starting at (`org`, `id`) (bounded walk).
+    pub fn latest(&self, org: &OrgRootPublicKey, id: &ReceiptId) -> Option<&SignedReceipt> {
+        let mut current = self.get(org, id)?;
         for _ in 0..self.receipts.len() {
-            match self.superseded_by(&current.id()) {
+            match self.superseded_by(current) {
                 Some(next) => current = next,
                 None => break,
             }
         }
         Some(current)
     }
+
+    /// Every known receipt, ordered by organisation root and id.
+    pub fn iter(&self) -> impl Iterator<Item = &SignedReceipt> {
+        self.receipts.values()
+    }
+}
+
+/// Whether two receipts were recorded for the same principal (`principal_ref`, constant time).
+pub(crate) fn same_principal(a: &SignedReceipt, b: &SignedReceipt) -> bool {
+    let a = a.receipt().principal_ref.as_bytes();
+    let b = b.receipt().principal_ref.as_bytes();
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// Where a recipient stands with erasure after a revocation.
@@ -236,8 +318,9 @@ impl ReceiptRegistry {
     }
 
     /// Restores a registry written by [`to_bytes`](Self::to_bytes). Every receipt's signature
-    /// is checked again under the organisation root its signer certificate names (trust in that
-    /// root was established when the receipt was first verified and inserted).
+    /// is checked again under the organisation root its signer certificate names, at the
+    /// receipt's own time (trust in that root, and the certificate's validity at arrival, were
+    /// established when the receipt was first verified and inserted).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ConsentError> {
         let record = RegistryRecord::decode(bytes).map_err(|_| ConsentError::Malformed)?;
         if record.version != STORE_VERSION {
@@ -250,7 +333,10 @@ impl ReceiptRegistry {
                 .map_err(|_| ConsentError::Malformed)?;
             let root = OrgRootPublicKey::from_bytes(&cert.org_root_key)
                 .map_err(|_| ConsentError::Malformed)?;
-            registry.insert(SignedReceipt::verify(signed, &OrgTrust::new(root))?);
+            registry.insert(SignedReceipt::verify_recorded(
+                signed,
+                &OrgTrust::new(root),
+            )?)?;
         }
         Ok(registry)
     }

@@ -360,3 +360,28 @@ impl OutboxItem {
         })
     }
 }
+
+/// Encodes a list of serialised sessions (secrets): `FORMAT || u32be(count) || lp(session)*`.
+pub(super) fn encode_sessions(sessions: &[Zeroizing<Vec<u8>>]) -> Zeroizing<Vec<u8>> {
+    let mut w = Writer::new(FORMAT);
+    w.u32(u32::try_from(sessions.len()).unwrap_or(u32::MAX));
+    for s in sessions {
+        w.lp(s);
+    }
+    Zeroizing::new(w.finish())
+}
+
+/// Decodes [`encode_sessions`].
+pub(super) fn decode_sessions(bytes: &[u8]) -> Result<Vec<Zeroizing<Vec<u8>>>, EngineError> {
+    let mut r = start(bytes)?;
+    let count = r.u32().ok_or_else(corrupt)?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        out.push(Zeroizing::new(r.lp()?.to_vec()));
+        if out.len() > super::MAX_PREVIOUS_SESSIONS {
+            return Err(corrupt());
+        }
+    }
+    finish(&r)?;
+    Ok(out)
+}

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::{
     Body, CryptoRng, DeviceId, Engine, EngineError, ID_LEN, KEY_LEN, KvStore, Namespace,
-    OutboxItem, Role, Session, WriteBatch, key, wire,
+    OutboxItem, PeerId, Role, Session, WriteBatch, key, wire,
 };
 use crate::consent::{
     Consent, ConsentError, ConsentEvent, DisclosureLedger, Language, OverrideNotice, PreferredTerm,
@@ -160,10 +160,13 @@ pub struct PurgeReport {
     pub pending: Vec<DeviceId>,
 }
 
-/// Strips case content from a received referral offer or body before the message is logged:
-/// the referral record holds them, and erasure (decline, withdrawal, consent revoked, expiry,
-/// retention) must not leave a copy in the message log. The body keeps its referral id, the
-/// offer its signer and signature.
+/// Strips case content from a received referral or consent message before it is logged: the
+/// referral record, its timeline and the receipt registry hold what was applied, erasure
+/// (decline, withdrawal, consent revoked, expiry, retention) must not leave a copy in the
+/// message log, and an ambassador device keeps none of it (docs/PROTOCOL.md §10.3). The body
+/// keeps its referral id, the offer its signer and signature, a control only its referral id,
+/// sequence and time (no action, so no question, answer, note or reason), a receipt its signer;
+/// signatures stay (they reveal nothing of the removed bytes and keep the stored form valid).
 pub(super) fn redact(content: &mut wire::Content) {
     match &mut content.body {
         Some(Body::ReferralBody(body)) => {
@@ -173,6 +176,20 @@ pub(super) fn redact(content: &mut wire::Content) {
         }
         Some(Body::SignedReferralOffer(offer)) => {
             offer.offer.clear();
+        }
+        Some(Body::ReferralControl(signed)) => {
+            let kept = decode::referral_control(&signed.control)
+                .map(|c| wire::ReferralControl {
+                    referral_id: c.referral_id,
+                    sequence: c.sequence,
+                    at: c.at,
+                    ..Default::default()
+                })
+                .unwrap_or_default();
+            signed.control = prost::Message::encode_to_vec(&kept);
+        }
+        Some(Body::ConsentReceipt(receipt)) => {
+            receipt.receipt.clear();
         }
         _ => {}
     }
@@ -241,7 +258,7 @@ enum Record {
 /// batch each use the state the previous one left (the store still holds the old state until
 /// the batch is applied).
 #[derive(Default)]
-struct Sessions(BTreeMap<DeviceId, Session>);
+struct Sessions(BTreeMap<PeerId, Session>);
 
 fn copy_session(session: &Session) -> Result<Session, EngineError> {
     Session::from_secret_bytes(&session.to_secret_bytes()).map_err(|_| EngineError::CorruptState)
@@ -329,7 +346,7 @@ impl<S: KvStore> Engine<S> {
     }
 
     /// Whether this device can send to `device` now (address and session known).
-    fn reachable(&self, device: DeviceId) -> Result<bool, EngineError> {
+    fn reachable(&self, device: PeerId) -> Result<bool, EngineError> {
         Ok(self
             .state()?
             .contacts
@@ -344,20 +361,22 @@ impl<S: KvStore> Engine<S> {
         &self,
         batch: &mut WriteBatch,
         sessions: &mut Sessions,
-        to: DeviceId,
+        to: PeerId,
         body: Body,
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<OutboxItem, EngineError> {
-        self.verified_contact_cert(to, now)?;
         let address = self.contact_address(to)?;
         let mut session = match sessions.0.remove(&to) {
             Some(s) => s,
             None => self.load_session(to)?.ok_or(EngineError::NoSession)?,
         };
+        // Nothing is released unless the session and contact are the device its organisation
+        // lists (docs/PROTOCOL.md §5.5).
+        self.release_check(to, &session, now)?;
         let content = self.new_content(body, now, rng);
         let item = self.seal_to(&mut session, &address, to, &content, now, rng)?;
-        batch.put(Namespace::Sessions, &to.0, &session.to_secret_bytes());
+        self.stage_session(batch, to, &session);
         batch.put(Namespace::Outbox, &self.outbox_key(&item)?, &item.encode());
         sessions.0.insert(to, session);
         Ok(item)
@@ -368,7 +387,7 @@ impl<S: KvStore> Engine<S> {
         &self,
         batch: &mut WriteBatch,
         sessions: &mut Sessions,
-        to: &[DeviceId],
+        to: &[PeerId],
         body: &Body,
         now: u64,
         rng: &mut impl CryptoRng,
@@ -384,14 +403,54 @@ impl<S: KvStore> Engine<S> {
 
     /// Active devices of this device's own organisation other than itself that it can reach
     /// (colleagues who keep a copy of each received referral's timeline).
-    fn colleagues(&self, now: u64) -> Result<Vec<DeviceId>, EngineError> {
+    fn colleagues(&self, now: u64) -> Result<Vec<PeerId>, EngineError> {
+        let root = self.org_root()?;
         let mut out = Vec::new();
-        for d in self.org_devices(&self.org_root()?, now)? {
+        for d in self.case_devices(&root, &self.org_devices(&root, now)?, now)? {
+            let d = PeerId {
+                org_root: root,
+                device_id: d,
+            };
             if self.reachable(d)? {
                 out.push(d);
             }
         }
         Ok(out)
+    }
+
+    /// The devices among `devices` that may receive case content (docs/PROTOCOL.md §10.3):
+    /// active on organisation `root`'s current device list with a role other than AMBASSADOR.
+    /// A device whose role cannot be established that way receives nothing.
+    fn case_devices(
+        &self,
+        root: &[u8; KEY_LEN],
+        devices: &[DeviceId],
+        now: u64,
+    ) -> Result<Vec<DeviceId>, EngineError> {
+        let allowed: BTreeSet<DeviceId> = self
+            .org_trust(root)?
+            .active_devices(now)
+            .into_iter()
+            .filter(|c| c.role() != Role::Ambassador)
+            .map(|c| c.device_id())
+            .collect();
+        Ok(devices
+            .iter()
+            .copied()
+            .filter(|d| allowed.contains(d))
+            .collect())
+    }
+
+    /// [`case_devices`](Self::case_devices) of a counterpart's recorded devices, as peers.
+    fn case_peers(&self, peers: &Peers, now: u64) -> Result<Vec<PeerId>, EngineError> {
+        Ok(self
+            .case_devices(&peers.root, &peers.devices, now)?
+            .into_iter()
+            .map(|device_id| PeerId {
+                org_root: peers.root,
+                device_id,
+            })
+            .collect())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -416,15 +475,17 @@ impl<S: KvStore> Engine<S> {
             .map_err(|(_, e)| e)?;
         let receipt = given.current().cloned().ok_or(EngineError::CorruptState)?;
         let mut registry = self.load_registry()?;
-        registry.insert(receipt.clone());
+        registry.insert(receipt.clone())?;
         self.store
             .put(Namespace::Consent, KEY_REGISTRY, &registry.to_bytes())?;
         Ok(receipt)
     }
 
-    /// A stored consent receipt (own or received).
+    /// A consent receipt this organisation recorded (receipts are known by organisation and
+    /// id, docs/PROTOCOL.md §12.2).
     pub fn consent_receipt(&self, id: &ReceiptId) -> Result<Option<SignedReceipt>, EngineError> {
-        Ok(self.load_registry()?.get(id).cloned())
+        let own = self.certificate()?.org_root_key();
+        Ok(self.load_registry()?.get(&own, id).cloned())
     }
 
     /// The newest receipt in the chain that starts at `id` (after renewals or a withdrawal).
@@ -432,14 +493,16 @@ impl<S: KvStore> Engine<S> {
         &self,
         id: &ReceiptId,
     ) -> Result<Option<SignedReceipt>, EngineError> {
-        Ok(self.load_registry()?.latest(id).cloned())
+        let own = self.certificate()?.org_root_key();
+        Ok(self.load_registry()?.latest(&own, id).cloned())
     }
 
     /// The Kantara Consent Receipt v1.1 JSON export of a stored receipt.
     pub fn kantara_export(&self, id: &ReceiptId) -> Result<Value, EngineError> {
+        let own = self.certificate()?.org_root_key();
         let registry = self.load_registry()?;
         let receipt = registry
-            .get(id)
+            .get(&own, id)
             .ok_or(EngineError::InvalidInput("no such consent receipt"))?;
         Ok(kantara_json(receipt))
     }
@@ -456,9 +519,10 @@ impl<S: KvStore> Engine<S> {
         preferred_term: PreferredTerm,
         case_ref: Option<&str>,
     ) -> Result<String, EngineError> {
+        let own = self.certificate()?.org_root_key();
         let registry = self.load_registry()?;
         let receipt = registry
-            .get(id)
+            .get(&own, id)
             .ok_or(EngineError::InvalidInput("no such consent receipt"))?;
         let mut overrides = Vec::new();
         if let Some(case_ref) = case_ref {
@@ -498,9 +562,10 @@ impl<S: KvStore> Engine<S> {
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<(SignedReceipt, Vec<OutboxItem>), EngineError> {
+        let own = self.certificate()?.org_root_key();
         let mut registry = self.load_registry()?;
         let old = registry
-            .latest(id)
+            .latest(&own, id)
             .cloned()
             .ok_or(EngineError::InvalidInput("no such consent receipt"))?;
         let actor = self.actor()?;
@@ -513,17 +578,18 @@ impl<S: KvStore> Engine<S> {
             }
         }
         let controls = fan_out_consent_change(&new, &mut ledger, &mut referrals, &actor, now)?;
-        registry.insert(new.clone());
+        registry.insert(new.clone())?;
         let mut batch = WriteBatch::new();
         let mut sessions = Sessions::default();
         let mut items = Vec::new();
         for (rid, signed) in controls {
             let peers = self.load_peers(&rid)?;
+            let targets = self.case_peers(&peers, now)?;
             let body = Body::ReferralControl(signed);
             items.extend(self.stage_to_all(
                 &mut batch,
                 &mut sessions,
-                &peers.devices,
+                &targets,
                 &body,
                 now,
                 rng,
@@ -541,18 +607,21 @@ impl<S: KvStore> Engine<S> {
     /// Erasure status of every recipient of data under receipt `id` (or any receipt it
     /// superseded): per referral, the devices that confirmed and those still pending.
     pub fn purge_status(&self, id: &ReceiptId) -> Result<Vec<PurgeReport>, EngineError> {
+        let own = self.certificate()?.org_root_key();
         let registry = self.load_registry()?;
         let ledger = self.load_ledger()?;
         // Walk back to the first receipt of the chain: disclosures are recorded under the
         // receipt the offer relied on.
         let mut ids = vec![*id];
-        let mut current = registry.get(id).and_then(SignedReceipt::supersedes);
+        let mut current = registry.get(&own, id).and_then(SignedReceipt::supersedes);
         while let Some(prev) = current {
             if ids.contains(&prev) {
                 break;
             }
             ids.push(prev);
-            current = registry.get(&prev).and_then(SignedReceipt::supersedes);
+            current = registry
+                .get(&own, &prev)
+                .and_then(SignedReceipt::supersedes);
         }
         let mut out = Vec::new();
         for rid in ids {
@@ -599,10 +668,25 @@ impl<S: KvStore> Engine<S> {
         let to_root = root_of(&draft.to.org_root_key)?;
         let registry = self.load_registry()?;
         let mut ledger = self.load_ledger()?;
+        // Never to an ambassador device: the receipt, the offer and every later step are case
+        // content (docs/PROTOCOL.md §10.3).
         let devices: Vec<DeviceId> = self
-            .org_devices(&to_root, now)?
+            .case_devices(&to_root, &self.org_devices(&to_root, now)?, now)?
             .into_iter()
-            .filter(|d| self.reachable(*d).unwrap_or(false))
+            .filter(|d| {
+                self.reachable(PeerId {
+                    org_root: to_root,
+                    device_id: *d,
+                })
+                .unwrap_or(false)
+            })
+            .collect();
+        let targets: Vec<PeerId> = devices
+            .iter()
+            .map(|d| PeerId {
+                org_root: to_root,
+                device_id: *d,
+            })
             .collect();
         if devices.is_empty() {
             return Err(EngineError::NoSession);
@@ -613,7 +697,7 @@ impl<S: KvStore> Engine<S> {
         let input = match consent {
             OfferConsent::Receipt(id) => {
                 signed_receipt = registry
-                    .latest(id)
+                    .latest(&actor.certificate().org_root_key(), id)
                     .ok_or(EngineError::InvalidInput("no such consent receipt"))?
                     .signed()
                     .clone();
@@ -633,14 +717,14 @@ impl<S: KvStore> Engine<S> {
             items.extend(self.stage_to_all(
                 &mut batch,
                 &mut sessions,
-                &devices,
+                &targets,
                 &body,
                 now,
                 rng,
             )?);
         }
         let body = Body::SignedReferralOffer(offer);
-        items.extend(self.stage_to_all(&mut batch, &mut sessions, &devices, &body, now, rng)?);
+        items.extend(self.stage_to_all(&mut batch, &mut sessions, &targets, &body, now, rng)?);
         self.stage_record(&mut batch, &Record::Sent(Box::new(referral)));
         let peers = Peers {
             root: to_root,
@@ -681,7 +765,7 @@ impl<S: KvStore> Engine<S> {
         let mut sessions = Sessions::default();
         let mut items = Vec::new();
         for cert in certs {
-            let device = cert.device_id();
+            let device = PeerId::of(&cert);
             if !self.reachable(device)? {
                 continue;
             }
@@ -763,14 +847,14 @@ impl<S: KvStore> Engine<S> {
                     l.mark_pending(id, now);
                     ledger = Some(l);
                 }
-                (r.state().clone(), peers.devices.clone())
+                (r.state().clone(), self.case_peers(&peers, now)?)
             }
             Record::Received(r) => {
                 if matches!(action, Action::Acknowledge) && r.state() == &ReferralState::Sent {
                     controls.push(r.act(Action::Delivered, &actor, now)?);
                 }
                 controls.push(r.act(action, &actor, now)?);
-                let mut targets = peers.devices.clone();
+                let mut targets = self.case_peers(&peers, now)?;
                 targets.extend(self.colleagues(now)?);
                 (r.state().clone(), targets)
             }
@@ -856,11 +940,12 @@ impl<S: KvStore> Engine<S> {
                 continue;
             }
             if let Some(signed) = send {
+                let targets = self.case_peers(&peers, now)?;
                 let body = Body::ReferralControl(signed);
                 items.extend(self.stage_to_all(
                     &mut batch,
                     &mut sessions,
-                    &peers.devices,
+                    &targets,
                     &body,
                     now,
                     rng,
@@ -976,17 +1061,43 @@ impl<S: KvStore> Engine<S> {
         rng: &mut impl CryptoRng,
     ) -> Result<Vec<ReferralEvent>, EngineError> {
         let mut sessions = Sessions::default();
-        sessions.0.insert(from, copy_session(session_with_sender)?);
+        sessions.0.insert(
+            PeerId {
+                org_root: *from_root,
+                device_id: from,
+            },
+            copy_session(session_with_sender)?,
+        );
         let refused = |referral, error| Ok(vec![ReferralEvent::Refused { referral, error }]);
+        // An ambassador device takes no part in referrals: it applies none of their content
+        // (the message log keeps only a redacted copy, see `redact`).
+        if self.certificate()?.role() == Role::Ambassador {
+            return match body {
+                Body::ReferralBody(b) => refused(
+                    ReferralId::from_slice(&b.referral_id),
+                    ReferralError::AmbassadorCannotReceiveBody,
+                ),
+                Body::ConsentReceipt(_)
+                | Body::SignedReferralOffer(_)
+                | Body::ReferralControl(_) => {
+                    refused(None, ReferralError::AmbassadorCannotReceiveCase)
+                }
+                _ => Ok(Vec::new()),
+            };
+        }
         match body {
             Body::ConsentReceipt(signed) => {
-                let receipt = match SignedReceipt::verify(signed, self.org_trust(from_root)?) {
+                let receipt = match SignedReceipt::verify(signed, self.org_trust(from_root)?, now) {
                     Ok(r) => r,
                     Err(e) => return refused(None, ReferralError::Receipt(e)),
                 };
                 let mut registry = self.load_registry()?;
                 let id = receipt.id();
-                registry.insert(receipt);
+                // Keyed by (organisation, id): another organisation's receipt can neither
+                // replace nor supersede this one; a conflicting receipt is refused.
+                if let Err(e) = registry.insert(receipt) {
+                    return refused(None, ReferralError::Receipt(e));
+                }
                 batch.put(Namespace::Consent, KEY_REGISTRY, &registry.to_bytes());
                 Ok(vec![ReferralEvent::ConsentReceiptReceived { receipt: id }])
             }
@@ -1001,7 +1112,7 @@ impl<S: KvStore> Engine<S> {
                         }
                         _ => None,
                     })
-                    .and_then(|id| registry.get(&id))
+                    .and_then(|id| registry.get(&self.org_trust(from_root).ok()?.root(), &id))
                     .map(|r| r.signed().clone());
                 let referral = match ReceiverReferral::receive_offer(
                     signed,
@@ -1233,8 +1344,9 @@ impl<S: KvStore> Engine<S> {
         };
         // Each device confirms its own erasure to the sending device.
         if let Some(signed) = confirmation {
+            let targets = self.case_peers(&peers, now)?;
             let body = Body::ReferralControl(signed);
-            self.stage_to_all(batch, sessions, &peers.devices, &body, now, rng)?;
+            self.stage_to_all(batch, sessions, &targets, &body, now, rng)?;
         }
         events.push(ReferralEvent::StateChanged {
             referral: id,

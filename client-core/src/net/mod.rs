@@ -98,6 +98,10 @@ pub enum NetError {
     /// The relay answered with the wrong kind of response.
     #[error("the relay sent an unexpected response")]
     UnexpectedResponse,
+    /// The relay announced, or started to send, a blob of another size than the reference
+    /// that named it; the download stopped there.
+    #[error("the relay announced or sent a blob of the wrong size")]
+    BlobSize,
     /// A request was too large to send.
     #[error("the request is too large to send: {0}")]
     TooLarge(#[from] frame::EncodeError),
@@ -473,10 +477,16 @@ impl RelayClient {
 
     /// Downloads blob `blob_id` from `offset` into `sink`; `progress` is called with the bytes
     /// received so far (counting from `offset`). Returns the blob's header.
+    ///
+    /// `size` is the blob's total (ciphertext) size the caller expects, from the reference that
+    /// named the blob: a header announcing another size is refused before any chunk is read,
+    /// and the chunks are counted against it as they arrive ([`NetError::BlobSize`]), so a
+    /// relay can make the client write no more than `size - offset` bytes.
     pub async fn blob_get<W: AsyncWrite + Unpin>(
         &self,
         blob_id: &[u8; ID_LEN],
         offset: u64,
+        size: u64,
         mut sink: W,
         mut progress: impl FnMut(u64),
     ) -> Result<relay::BlobHeader, NetError> {
@@ -494,7 +504,10 @@ impl RelayClient {
             Resp::BlobHeader(h) => h,
             _ => return Err(NetError::UnexpectedResponse),
         };
-        let expected = header.size.saturating_sub(offset);
+        if header.size != size {
+            return Err(NetError::BlobSize);
+        }
+        let expected = size.saturating_sub(offset);
         let mut received = 0u64;
         loop {
             let payload = tokio::time::timeout(self.timeout, read_frame(&mut recv))
@@ -502,9 +515,9 @@ impl RelayClient {
                 .map_err(|_| NetError::Timeout)??
                 .ok_or(NetError::Decode(DecodeError::Truncated))?;
             let chunk = decode::blob_chunk(&payload)?;
-            received += chunk.data.len() as u64;
+            received = received.saturating_add(chunk.data.len() as u64);
             if received > expected {
-                return Err(NetError::UnexpectedResponse);
+                return Err(NetError::BlobSize);
             }
             sink.write_all(&chunk.data).await?;
             progress(received);

@@ -52,7 +52,7 @@ mod record;
 mod seal;
 mod sender;
 mod shared;
-mod timeline;
+pub(crate) mod timeline;
 
 use std::fmt;
 
@@ -72,7 +72,9 @@ pub use lifecycle::{
 };
 pub use offer::{ConsentInput, OfferDraft};
 pub use receiver::{ReceiverEvent, ReceiverReferral};
-pub use seal::{SECTION_AD_LABEL, SECTION_KEY_LEN, SectionKey, commitment, section_ad};
+pub use seal::{
+    SECTION_AD_LABEL, SECTION_COMMITMENT_LABEL, SECTION_KEY_LEN, SectionKey, commitment, section_ad,
+};
 pub use sender::{SenderEvent, SenderReferral, fan_out_consent_change};
 pub use timeline::{LABEL_TIMELINE, Timeline, TimelineEntry};
 
@@ -213,6 +215,10 @@ pub enum ReferralError {
     /// Bodies are never released to, or accepted by, an ambassador device.
     #[error("ambassador devices never receive referral bodies")]
     AmbassadorCannotReceiveBody,
+    /// Referral and consent content (offers, receipts, controls with their questions, answers
+    /// and notes) never goes to, and is never applied on, an ambassador device.
+    #[error("ambassador devices never receive referral or consent content")]
+    AmbassadorCannotReceiveCase,
     /// The body may not be released or accepted in this state.
     #[error("referral {referral} is {state}: no body can be released or accepted")]
     BodyNotAllowed {

@@ -171,7 +171,9 @@ impl ReceiverReferral {
         );
         let verified = match (is_override, receipt) {
             (true, _) => None,
-            (false, Some(r)) => Some(SignedReceipt::verify(r, sender_org).map_err(gate_error)?),
+            (false, Some(r)) => {
+                Some(SignedReceipt::verify(r, sender_org, now).map_err(gate_error)?)
+            }
             (false, None) => return Err(GateError::ReceiptMissing.into()),
         };
         let basis = match &verified {
@@ -300,7 +302,7 @@ impl ReceiverReferral {
                 .consent_receipt
                 .as_ref()
                 .ok_or(GateError::ReceiptMissing)?;
-            let verified = SignedReceipt::verify(receipt, sender_org).map_err(gate_error)?;
+            let verified = SignedReceipt::verify(receipt, sender_org, now).map_err(gate_error)?;
             check_offer(offer, Basis::Receipt(&verified), registry, now)?;
         }
         let mut sections = BTreeMap::new();
@@ -350,12 +352,17 @@ impl ReceiverReferral {
         now: u64,
     ) -> Result<ReceiverEvent, ReferralError> {
         let before = self.state().clone();
-        let current = self.receipt.as_ref().map(SignedReceipt::id);
-        let incoming = self
-            .core
-            .receive(signed, sender_org, own_org, current, now)?;
+        let incoming = self.core.receive(
+            signed,
+            sender_org,
+            own_org,
+            self.receipt.as_ref(),
+            Some(registry),
+            now,
+        )?;
         if let Some(new_receipt) = incoming.consent {
-            registry.insert(new_receipt.clone());
+            // Checked by `receive` before anything changed.
+            registry.insert(new_receipt.clone())?;
             if new_receipt.state() == wire::ConsentState::Renewed {
                 self.receipt = Some(new_receipt);
             }

@@ -293,7 +293,7 @@ fn stored_receipt(
     // Re-verified against the root at the receipt's own time (revocations since then do not
     // make a stored record unreadable).
     Ok(Some(
-        SignedReceipt::verify(signed, &OrgTrust::new(root)).map_err(|_| malformed())?,
+        SignedReceipt::verify_recorded(signed, &OrgTrust::new(root)).map_err(|_| malformed())?,
     ))
 }
 

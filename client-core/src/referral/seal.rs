@@ -4,8 +4,10 @@
 //! key is used for exactly one encryption, the nonce is fixed at twelve zero bytes. The
 //! associated data binds the ciphertext to its referral and section:
 //! `"handover/1 section" || referral_id (16) || u32be(section)`. The offer commits to each
-//! ciphertext with SHA-256; the receiver checks every released section against that commitment
-//! before decrypting it.
+//! sealed section with a hash over the key, nonce, associated data and ciphertext (a CTX-style
+//! key commitment, Chan and Rogaway 2022: ChaCha20-Poly1305 alone is not key-committing); the
+//! receiver checks every released section and its key against that commitment before
+//! decrypting it.
 
 use std::fmt;
 
@@ -70,9 +72,33 @@ pub fn section_ad(referral_id: &ReferralId, section: wire::Section) -> Vec<u8> {
     ad
 }
 
-/// SHA-256 of a sealed section's ciphertext (the offer's `SectionCommitment.sealed_sha256`).
-pub fn commitment(ciphertext: &[u8]) -> [u8; 32] {
-    Sha256::digest(ciphertext).into()
+/// Hash label of a section commitment.
+pub const SECTION_COMMITMENT_LABEL: &[u8] = b"handover/1 section-commitment";
+
+/// The commitment to a sealed section (the offer's `SectionCommitment.sealed_sha256`,
+/// docs/PROTOCOL.md §11.2):
+///
+/// ```text
+/// SHA-256( "handover/1 section-commitment" || key (32) || nonce (12 zero bytes)
+///          || ad (38) || ciphertext )
+/// ```
+///
+/// It commits to the key as well as the ciphertext (as CTX does, Chan and Rogaway 2022), so a
+/// sender cannot give two recipients two keys that open one committed ciphertext to two
+/// plaintexts. Every input but the ciphertext has a fixed length.
+pub fn commitment(
+    key: &SectionKey,
+    referral_id: &ReferralId,
+    section: wire::Section,
+    ciphertext: &[u8],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(SECTION_COMMITMENT_LABEL);
+    h.update(key.expose());
+    h.update(Nonce::default());
+    h.update(section_ad(referral_id, section));
+    h.update(ciphertext);
+    h.finalize().into()
 }
 
 /// Which section a body section's content is.
@@ -163,7 +189,7 @@ pub(crate) fn open(
     key: &SectionKey,
 ) -> Result<Zeroizing<Vec<u8>>, ReferralError> {
     let name = section_name(section);
-    if !bool::from(commitment(ciphertext)[..].ct_eq(committed)) {
+    if !bool::from(commitment(key, referral_id, section, ciphertext)[..].ct_eq(committed)) {
         return Err(ReferralError::CommitmentMismatch { section: name });
     }
     let cipher =
@@ -213,11 +239,23 @@ mod tests {
             hex::encode(&sealed.ciphertext),
             "6364ec2816c35b38e94834bfdf7ef2340e7056d6"
         );
-        let committed = commitment(&sealed.ciphertext);
+        let committed = commitment(&sealed.key, &id, wire::Section::Risk, &sealed.ciphertext);
         assert_eq!(
             hex::encode(committed),
-            "d4191aad3531837d7f502bc9a6c893816ca25c0062d1fdec546db5264820e7a4"
+            "febe2d7fa8b685e16fc99dba9f363a5ae0ceb48bb5b6f92eee618cb1074fbef2"
         );
+        // Another key does not match the commitment, even before decryption is tried.
+        let other = SectionKey::from_slice(&[0x43; 32]).unwrap();
+        assert!(matches!(
+            open(
+                &id,
+                wire::Section::Risk,
+                &sealed.ciphertext,
+                &committed,
+                &other
+            ),
+            Err(ReferralError::CommitmentMismatch { .. })
+        ));
         let opened = open(
             &id,
             wire::Section::Risk,

@@ -117,7 +117,7 @@ impl SenderReferral {
         let referral_id = ReferralId::random(rng);
         let (consent_ref, receipt) = match consent {
             ConsentInput::Receipt(signed) => {
-                let receipt = SignedReceipt::verify(signed, own_org).map_err(|e| match e {
+                let receipt = SignedReceipt::verify(signed, own_org, now).map_err(|e| match e {
                     crate::consent::ConsentError::BadSignature { receipt } => {
                         ReferralError::Consent(crate::consent::GateError::BadReceiptSignature {
                             receipt,
@@ -169,7 +169,8 @@ impl SenderReferral {
             .iter()
             .map(|s| wire::SectionCommitment {
                 section: s.section as i32,
-                sealed_sha256: seal::commitment(&s.ciphertext).to_vec(),
+                sealed_sha256: seal::commitment(&s.key, &referral_id, s.section, &s.ciphertext)
+                    .to_vec(),
             })
             .collect();
         let offer_bytes = offer.encode_to_vec();
@@ -380,10 +381,14 @@ impl SenderReferral {
         receiver_org: &OrgTrust,
         now: u64,
     ) -> Result<SenderEvent, ReferralError> {
-        let current = self.receipt.as_ref().map(SignedReceipt::id);
-        let incoming = self
-            .core
-            .receive(signed, own_org, receiver_org, current, now)?;
+        let incoming = self.core.receive(
+            signed,
+            own_org,
+            receiver_org,
+            self.receipt.as_ref(),
+            None,
+            now,
+        )?;
         // A colleague's consent change.
         if let Some(new_receipt) = incoming.consent
             && new_receipt.state() == wire::ConsentState::Renewed

@@ -9,7 +9,7 @@ use super::lifecycle::{ActorInfo, Lifecycle, Side, Transition};
 use super::{
     Actor, MAX_CLOCK_SKEW_SECS, MAX_TIMELINE_ENTRIES, ReferralError, ReferralId, Timeline,
 };
-use crate::consent::{GateError, ReceiptId, SignedReceipt};
+use crate::consent::{ConsentError, GateError, ReceiptRegistry, SignedReceipt};
 use crate::identity::OrgTrust;
 
 /// Offer facts a record keeps even after the offer's content is erased.
@@ -138,7 +138,8 @@ impl Core {
         signed: &wire::SignedControl,
         sender_org: &OrgTrust,
         receiver_org: &OrgTrust,
-        current_receipt: Option<ReceiptId>,
+        current_receipt: Option<&SignedReceipt>,
+        known: Option<&ReceiptRegistry>,
         now: u64,
     ) -> Result<Incoming, ReferralError> {
         let control = decode_control(signed)?;
@@ -183,13 +184,24 @@ impl Core {
                 let receipt = c.receipt.as_ref().ok_or(ReferralError::Malformed {
                     what: "control message",
                 })?;
-                let new = SignedReceipt::verify(receipt, sender_org)?;
-                // A change must supersede the receipt this referral relies on.
-                if current_receipt.is_none() || new.supersedes() != current_receipt {
+                let new = SignedReceipt::verify(receipt, sender_org, now)?;
+                // A change must supersede the receipt this referral relies on, for the same
+                // person.
+                let Some(current) = current_receipt.filter(|c| new.supersedes() == Some(c.id()))
+                else {
                     return Err(GateError::ReceiptMismatch {
                         receipt: new.id().short(),
                     }
                     .into());
+                };
+                if !crate::consent::same_principal(current, &new) {
+                    return Err(ConsentError::SupersedesAnotherPrincipal {
+                        receipt: new.id().short(),
+                    }
+                    .into());
+                }
+                if let Some(known) = known {
+                    known.check_insert(&new)?;
                 }
                 Some(new)
             }

@@ -5,14 +5,18 @@
 //!
 //! ```text
 //! SHA-256( "handover/1 timeline" || u64be(sequence) || prev_hash (32)
-//!          || SHA-256(payload) (32) || signature (64) )
+//!          || SHA-256(payload) (32) || lp(signature)
+//!          || lp(signer.certificate) || lp(signer.signature) || SHA-256(summary) (32) )
 //! ```
 //!
-//! where `payload` is the exact signed bytes (`SignedReferralOffer.offer` or
-//! `SignedControl.control`) and `prev_hash` of entry 0 is 32 zero bytes. Hashing the payload's
-//! digest rather than the payload lets a client erase case content (the offer's purpose, notes,
-//! questions) from its timeline while keeping the chain: an erased entry keeps its payload
-//! digest, signature, signer and a content-free summary.
+//! where `lp(x) = u32be(len(x)) || x`, `payload` is the exact signed bytes
+//! (`SignedReferralOffer.offer` or `SignedControl.control`), `signer` the signer's
+//! `SignedDeviceCertificate` as received, `summary` the entry's content-free summary (the
+//! UTF-8 JSON of docs/PROTOCOL.md §11.6, canonical per RFC 8785) and `prev_hash` of entry 0 is
+//! 32 zero bytes. Hashing the payload's digest rather than the payload lets a client erase case
+//! content (the offer's purpose, notes, questions) from its timeline while keeping the chain:
+//! an erased entry keeps its payload digest, signature, signer and summary, all covered by the
+//! hash.
 
 use std::fmt;
 
@@ -98,7 +102,14 @@ impl TimelineEntry {
             sequence,
             payload: Some(payload.to_vec()),
             payload_sha256,
-            hash: entry_hash(sequence, prev_hash, &payload_sha256, signature),
+            hash: entry_hash(
+                sequence,
+                prev_hash,
+                &payload_sha256,
+                signature,
+                &signer,
+                &summary,
+            ),
             signature: signature.to_vec(),
             signer,
             summary,
@@ -106,19 +117,32 @@ impl TimelineEntry {
     }
 }
 
-/// Computes an entry hash.
+/// Feeds `u32be(len(bytes)) || bytes` to `h` (the `lp()` of docs/PROTOCOL.md §11.5 and
+/// §12.2). Lengths are bounded by the message limits, far below 2^32.
+pub(crate) fn update_lp(h: &mut Sha256, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    h.update(len.to_be_bytes());
+    h.update(bytes);
+}
+
+/// Computes an entry hash (docs/PROTOCOL.md §11.5).
 pub(crate) fn entry_hash(
     sequence: u64,
     prev_hash: &[u8; 32],
     payload_sha256: &[u8; 32],
     signature: &[u8],
+    signer: &wire::SignedDeviceCertificate,
+    summary: &str,
 ) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(LABEL_TIMELINE);
     h.update(sequence.to_be_bytes());
     h.update(prev_hash);
     h.update(payload_sha256);
-    h.update(signature);
+    update_lp(&mut h, signature);
+    update_lp(&mut h, &signer.certificate);
+    update_lp(&mut h, &signer.signature);
+    h.update(Sha256::digest(summary.as_bytes()));
     h.finalize().into()
 }
 
@@ -198,8 +222,20 @@ impl Timeline {
                 if !bool::from(digest.ct_eq(&entry.payload_sha256)) {
                     return Err(broken("hash"));
                 }
+                // While the content is there, the summary must be the one it yields.
+                let summary = summarise(sequence, payload, &entry.signer).to_string();
+                if summary != entry.summary {
+                    return Err(broken("summary"));
+                }
             }
-            let expected = entry_hash(sequence, &prev, &entry.payload_sha256, &entry.signature);
+            let expected = entry_hash(
+                sequence,
+                &prev,
+                &entry.payload_sha256,
+                &entry.signature,
+                &entry.signer,
+                &entry.summary,
+            );
             if !bool::from(expected.ct_eq(&entry.hash)) {
                 return Err(broken("hash"));
             }
@@ -335,7 +371,7 @@ impl Timeline {
             let consent_state = match action {
                 wire::referral_control::Action::ConsentChanged(c) => {
                     let receipt = c.receipt.as_ref().ok_or(broken(sequence, "malformed"))?;
-                    let verified = SignedReceipt::verify(receipt, &OrgTrust::new(*sender))
+                    let verified = SignedReceipt::verify_recorded(receipt, &OrgTrust::new(*sender))
                         .map_err(|_| broken(sequence, "consent receipt"))?;
                     Some(verified.state())
                 }
@@ -374,6 +410,22 @@ impl Timeline {
             set(&mut item, "hash", json!(hex::encode(entry.hash)));
             set(&mut item, "prev_hash", json!(hex::encode(prev)));
             set(&mut item, "content_erased", json!(entry.payload.is_none()));
+            // Every other input of the entry hash (§11.5), so the chain can be recomputed
+            // from the export alone.
+            set(
+                &mut item,
+                "payload_sha256",
+                json!(hex::encode(entry.payload_sha256)),
+            );
+            set(&mut item, "signature", json!(hex::encode(&entry.signature)));
+            set(
+                &mut item,
+                "signer",
+                json!({
+                    "certificate": hex::encode(&entry.signer.certificate),
+                    "signature": hex::encode(&entry.signer.signature),
+                }),
+            );
             prev = entry.hash;
             entries.push(item);
         }
@@ -557,10 +609,29 @@ mod tests {
     #[test]
     fn entry_hash_known_answer() {
         let digest: [u8; 32] = Sha256::digest(b"payload").into();
-        let hash = entry_hash(1, &[0x11; 32], &digest, &[0x22; 64]);
+        let signer = wire::SignedDeviceCertificate {
+            certificate: b"certificate".to_vec(),
+            signature: vec![0x33; 64],
+        };
+        let summary = r#"{"action":"ACCEPT","actor":null,"at":1795251600}"#;
+        let hash = entry_hash(1, &[0x11; 32], &digest, &[0x22; 64], &signer, summary);
         assert_eq!(
             hex::encode(hash),
-            "06e8a97a2b8da6266727fdc31e204060e829134c669718e2a84de2ecd96b626d"
+            "3e42c273b1d754a824704fe1d64d6dc4157acf666f52ab1159bdbd740a0daf42"
+        );
+        // Each of the signer and the summary is covered.
+        let other_signer = wire::SignedDeviceCertificate {
+            certificate: b"certificatf".to_vec(),
+            ..signer.clone()
+        };
+        assert_ne!(
+            entry_hash(1, &[0x11; 32], &digest, &[0x22; 64], &other_signer, summary),
+            hash
+        );
+        let other_summary = r#"{"action":"DECLINE","actor":null,"at":1795251600}"#;
+        assert_ne!(
+            entry_hash(1, &[0x11; 32], &digest, &[0x22; 64], &signer, other_summary),
+            hash
         );
     }
 }

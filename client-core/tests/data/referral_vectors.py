@@ -1,33 +1,62 @@
 #!/usr/bin/env python3
-"""Independent computation of the referral known-answer vectors (docs/PROTOCOL.md §11.2, §11.5).
+"""Independent computation of the referral and consent known-answer vectors
+(docs/PROTOCOL.md §11.2, §11.5, §12.2).
 
 Uses only the Python standard library and `cryptography` (ChaCha20-Poly1305, RFC 8439). The
-Rust unit tests in client-core/src/referral/seal.rs and timeline.rs hold the printed values.
+Rust unit tests in client-core/src/referral/seal.rs, referral/timeline.rs and
+consent/receipt.rs hold the printed values.
 """
 import hashlib
 import struct
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+
+def lp(data):
+    """u32be(len(data)) || data"""
+    return struct.pack(">I", len(data)) + data
+
+
 referral_id = bytes(range(16))
 key = bytes([0x42]) * 32
 section = 7  # SECTION_RISK
 # BodySection { risk: RiskSection { level: RISK_LEVEL_HIGH } }: field 7 (LEN) -> field 1 = 3.
 plaintext = bytes([0x3A, 0x02, 0x08, 0x03])
+nonce = bytes(12)
 ad = b"handover/1 section" + referral_id + struct.pack(">I", section)
-ciphertext = ChaCha20Poly1305(key).encrypt(bytes(12), plaintext, ad)
+ciphertext = ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad)
 print("section_ad", ad.hex())
 print("section_ciphertext", ciphertext.hex())
-print("section_commitment", hashlib.sha256(ciphertext).hexdigest())
+commitment = hashlib.sha256(
+    b"handover/1 section-commitment" + key + nonce + ad + ciphertext
+).hexdigest()
+print("section_commitment", commitment)
 
 prev = bytes([0x11]) * 32
 payload = b"payload"
 signature = bytes([0x22]) * 64
+signer_certificate = b"certificate"
+signer_signature = bytes([0x33]) * 64
+summary = b'{"action":"ACCEPT","actor":null,"at":1795251600}'
 entry = (
     b"handover/1 timeline"
     + struct.pack(">Q", 1)
     + prev
     + hashlib.sha256(payload).digest()
-    + signature
+    + lp(signature)
+    + lp(signer_certificate)
+    + lp(signer_signature)
+    + hashlib.sha256(summary).digest()
 )
 print("timeline_entry_hash", hashlib.sha256(entry).hexdigest())
+
+receipt = b"receipt"
+receipt_signature = bytes([0x44]) * 64
+receipt_hash = hashlib.sha256(
+    b"handover/1 consent-receipt-hash"
+    + lp(receipt)
+    + lp(signer_certificate)
+    + lp(signer_signature)
+    + lp(receipt_signature)
+).hexdigest()
+print("receipt_hash", receipt_hash)

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use handover_core::engine::{
-    self, Engine, IdentitySetup, MailboxKeys, Message, OutboxItem, Received, RelayInfo,
+    self, Engine, IdentitySetup, MailboxKeys, Message, OutboxItem, PeerId, Received, RelayInfo,
 };
 use handover_core::identity::{DeviceId, DeviceKeys, Role};
 use handover_core::store::{InMemoryStore, KvStore, Namespace};
@@ -211,7 +211,8 @@ impl<S: KvStore> Device<S> {
             )
             .unwrap();
         let mut dev = Self { engine, rng };
-        let publish = dev.engine.prekey_publish(&mut dev.rng).unwrap();
+        let publish = dev.engine.prekey_publish(T0, &mut dev.rng).unwrap();
+        dev.engine.prekey_bundle_published(&publish).unwrap();
         relay.publish(publish);
         dev
     }
@@ -227,6 +228,10 @@ impl<S: KvStore> Device<S> {
 
     pub fn id(&self) -> DeviceId {
         self.engine.device_id().unwrap()
+    }
+
+    pub fn peer(&self) -> PeerId {
+        self.engine.peer_id().unwrap()
     }
 
     pub fn root(&self) -> [u8; 32] {
@@ -280,7 +285,7 @@ impl<S: KvStore> Device<S> {
         engine::invitation_link(&inv)
     }
 
-    pub fn accept(&mut self, relay: &mut SimRelay, link: &str, now: u64) -> DeviceId {
+    pub fn accept(&mut self, relay: &mut SimRelay, link: &str, now: u64) -> PeerId {
         let inv = engine::parse_invitation_link(link).unwrap();
         let bundle = relay.take(inv.address.as_ref().unwrap());
         let bundle = engine::bundle_from_result(&bundle).unwrap();
@@ -293,7 +298,7 @@ impl<S: KvStore> Device<S> {
         peer
     }
 
-    pub fn chat(&mut self, to: DeviceId, text: &str, now: u64) -> Message {
+    pub fn chat(&mut self, to: PeerId, text: &str, now: u64) -> Message {
         let (m, _) = self
             .engine
             .send_chat(to, text, vec![], now, &mut self.rng)

@@ -280,7 +280,7 @@ impl World {
         let refs: Vec<&Org> = receivers.iter().collect();
         let consent = give_consent(&sender, &caseworker, &refs, &SECTIONS, T0, &mut rng);
         let mut registry = ReceiptRegistry::new();
-        registry.insert(consent.current().unwrap().clone());
+        registry.insert(consent.current().unwrap().clone()).unwrap();
         Self {
             sender,
             receivers,
@@ -385,6 +385,27 @@ pub fn forge_offer(device: &Device, offer: &wire::ReferralOffer) -> wire::Signed
     input.extend_from_slice(&bytes);
     wire::SignedReferralOffer {
         offer: bytes,
+        signer: Some(device.cert.signed().clone()),
+        signature: key.sign(&input).to_bytes().to_vec(),
+    }
+}
+
+/// Signs a consent receipt with a device's key directly, keeping every field as given (the
+/// receipt id and `supersedes` included): what a malicious but trusted organisation can send.
+pub fn forge_receipt(
+    device: &Device,
+    receipt: &wire::ConsentReceipt,
+) -> wire::SignedConsentReceipt {
+    use ed25519_dalek::Signer;
+    use prost::Message;
+    let secret = device.keys.to_secret_bytes();
+    let seed: [u8; 32] = secret[17..49].try_into().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let bytes = receipt.encode_to_vec();
+    let mut input = b"handover/1 consent-receipt".to_vec();
+    input.extend_from_slice(&bytes);
+    wire::SignedConsentReceipt {
+        receipt: bytes,
         signer: Some(device.cert.signed().clone()),
         signature: key.sign(&input).to_bytes().to_vec(),
     }

@@ -188,6 +188,12 @@ def test_two_organisations_full_flow(relay, tmp_path, clients):
     a_inbox.wait_message("B's contact card", lambda m: m.peer == b_id.device_id)
     contact = next(c for c in run(a.contacts()) if c.device_id == b_id.device_id)
     assert contact.has_address and contact.org_root == b_id.org_root
+    # A peer is its organisation and device: the peer id names it unambiguously, and works
+    # wherever a contact is named; no safety number changed yet.
+    assert contact.peer_id == b_id.org_root + b_id.device_id
+    assert not contact.identity_changed
+    assert run(a.safety_number(contact.peer_id)).digits \
+        == run(a.safety_number(b_id.device_id)).digits
 
     # --- Chat both ways, delivered through the listener callback.
     sent = run(b.send_text(a_id.device_id, "Can you take a referral tonight?", []))

@@ -1038,3 +1038,63 @@ proptest::proptest! {
         let _ = f.handler.handle(&s, req(kind), n, &mut f.rng);
     }
 }
+
+#[test]
+fn version_is_checked_before_the_v1_schema() {
+    fn code_of(result: Result<wire::Request, wire::Response>) -> ErrorCode {
+        match result {
+            Err(wire::Response {
+                kind: Some(wire::response::Kind::Error(e)),
+            }) => ErrorCode::try_from(e.code).unwrap(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    // A version-2 request that breaks the v1 rules (no operation, a field of the wrong length).
+    let no_kind = wire::Request {
+        protocol_version: 2,
+        kind: None,
+    };
+    assert_eq!(
+        code_of(decode_request(&no_kind.encode_to_vec())),
+        ErrorCode::UnsupportedVersion
+    );
+    let short_id = req(Kind::PrekeyTake(wire::PrekeyTake {
+        send_id: vec![1; 3],
+        capability: vec![2; 32],
+    }));
+    let v2 = wire::Request {
+        protocol_version: 2,
+        ..short_id.clone()
+    };
+    assert_eq!(
+        code_of(decode_request(&v2.encode_to_vec())),
+        ErrorCode::UnsupportedVersion
+    );
+    // A version-2 request whose field 10 has a wire type v1 cannot parse (a varint where v1 has
+    // a message): not even valid v1 protobuf.
+    let mut v2_bytes = vec![0x08, 0x02]; // field 1 (varint) = 2
+    v2_bytes.extend_from_slice(&[0x50, 0x07]); // field 10 (varint) = 7
+    assert!(handover_proto::decode::request(&v2_bytes).is_err());
+    assert_eq!(
+        code_of(decode_request(&v2_bytes)),
+        ErrorCode::UnsupportedVersion
+    );
+    // A request without a version is not version 1.
+    let mut unversioned = req(Kind::Ping(wire::Ping {}));
+    unversioned.protocol_version = 0;
+    assert_eq!(
+        code_of(decode_request(&unversioned.encode_to_vec())),
+        ErrorCode::UnsupportedVersion
+    );
+    // Version 1 still gets the schema rules, and garbage is a bad request.
+    assert_eq!(
+        code_of(decode_request(&short_id.encode_to_vec())),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code_of(decode_request(&[0x0a, 0x7f, 0x01])),
+        ErrorCode::BadRequest
+    );
+    let ping = req(Kind::Ping(wire::Ping {}));
+    assert_eq!(decode_request(&ping.encode_to_vec()).unwrap(), ping);
+}
