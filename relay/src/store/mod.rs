@@ -33,7 +33,9 @@ mod log;
 mod memory;
 mod queue;
 
-pub use self::log::{DEFAULT_WAL_SIZE, LogBackend, MIN_WAL_SIZE};
+pub use self::log::{
+    DEFAULT_WAL_SIZE, KeyValue, Keyspace, LogBackend, LogFile, LogFs, MIN_WAL_SIZE, StdFs, sim,
+};
 pub use kv::{
     BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp, Recovered,
 };

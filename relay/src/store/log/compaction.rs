@@ -17,9 +17,7 @@ impl LogBackend {
         wal: &mut Wal,
         oldest_live: Option<u64>,
     ) -> Result<(), StoreError> {
-        if let Some((_, handle)) = &wal.running
-            && handle.is_finished()
-        {
+        if wal.checkpoint_finished() {
             wal.join_checkpoint(&self.checkpointed_below)?;
         }
         let below = oldest_live
@@ -36,7 +34,9 @@ impl LogBackend {
         for id in doomed {
             // Not synced: a segment whose deletion is lost in a crash is read again on open,
             // and everything in it is either superseded or already in sled.
-            std::fs::remove_file(wal.dir.join(segment_name(id))).map_err(backend_err)?;
+            wal.fs
+                .remove(&wal.dir.join(segment_name(id)))
+                .map_err(backend_err)?;
             self.files
                 .write()
                 .unwrap_or_else(|e| e.into_inner())

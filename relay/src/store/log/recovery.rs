@@ -2,8 +2,6 @@
 //! checkpoint into sled, and handing the envelope records to the store.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +9,8 @@ use super::super::StoreError;
 use super::super::kv::Recovered;
 use super::backend_err;
 use super::format::decode_batches;
-use super::keyspace::apply_to_sled;
+use super::fs::{LogFile, LogFs};
+use super::keyspace::Keyspace;
 use super::segment::{
     RECORD_HEADER_LEN, SegmentEnd, check_header, listing, read_segment, segment_id, segment_name,
 };
@@ -21,7 +20,7 @@ pub(super) struct RecoveredLog {
     /// Segment numbers found, in order.
     pub(super) ids: Vec<u64>,
     /// The open segments, by number.
-    pub(super) files: BTreeMap<u64, Arc<File>>,
+    pub(super) files: BTreeMap<u64, Arc<dyn LogFile>>,
     /// The envelope records, in log order.
     pub(super) recovered: Vec<Recovered>,
     /// The largest LSN in sled or the log.
@@ -33,15 +32,16 @@ pub(super) struct RecoveredLog {
 /// Reads the log in `dir` (see the module docs), replaying into `db` the keyspace batches newer
 /// than `sled_lsn`.
 pub(super) fn recover_log(
+    fs: &dyn LogFs,
     dir: &Path,
-    db: &sled::Db,
+    db: &dyn Keyspace,
     sled_lsn: u64,
 ) -> Result<RecoveredLog, StoreError> {
     let mut ids = Vec::new();
-    for name in listing(dir)? {
+    for name in listing(fs, dir)? {
         if name.starts_with("seg-") && name.ends_with(".tmp") {
             // A segment whose creation did not finish: never used.
-            std::fs::remove_file(dir.join(&name)).map_err(backend_err)?;
+            fs.remove(&dir.join(&name)).map_err(backend_err)?;
         } else if let Some(id) = segment_id(&name) {
             ids.push(id);
         }
@@ -56,13 +56,9 @@ pub(super) fn recover_log(
     // The last segment if it holds no record: the spare of the previous run, reused.
     let mut empty_last = None;
     for &id in &ids {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dir.join(segment_name(id)))
-            .map_err(backend_err)?;
-        check_header(&file, id)?;
-        let (records, end) = read_segment(&file, id)?;
+        let file = fs.open(&dir.join(segment_name(id))).map_err(backend_err)?;
+        check_header(file.as_ref(), id)?;
+        let (records, end) = read_segment(file.as_ref(), id)?;
         if !records.is_empty() && torn_in.is_some() {
             return Err(StoreError::Backend(
                 "a log segment is damaged before its end; refusing to start (see \
@@ -86,14 +82,14 @@ pub(super) fn recover_log(
         for (at, payload) in records {
             for (lsn, batch, ops) in decode_batches(&payload, id, at)? {
                 if lsn > sled_lsn && !batch.is_empty() {
-                    apply_to_sled(db, lsn, &batch.into_iter().collect())?;
+                    db.apply(lsn, &batch.into_iter().collect())?;
                     replayed += 1;
                 }
                 max_lsn = max_lsn.max(lsn);
                 recovered.extend(ops);
             }
         }
-        files.insert(id, Arc::new(file));
+        files.insert(id, file);
     }
     if replayed > 0 {
         tracing::info!(batches = replayed, "replayed log into sled");

@@ -1,13 +1,13 @@
 //! Segment files: names, headers, creation, and reading their records back.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::super::StoreError;
 use super::backend_err;
 use super::format::crc32;
+use super::fs::{LogFile, LogFs};
 
 /// Bytes reserved for a segment header; records start here.
 pub(super) const SEG_HEADER_LEN: u64 = 4096;
@@ -30,25 +30,14 @@ pub(super) fn segment_id(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-pub(super) fn listing(dir: &Path) -> Result<BTreeSet<String>, StoreError> {
-    let mut names = BTreeSet::new();
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let entry = entry.map_err(backend_err)?;
-                names.insert(entry.file_name().to_string_lossy().into_owned());
-            }
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(backend_err(err)),
-    }
-    Ok(names)
+/// The names in `dir` (empty if it does not exist).
+pub(super) fn listing(fs: &dyn LogFs, dir: &Path) -> Result<BTreeSet<String>, StoreError> {
+    Ok(fs.list(dir).map_err(backend_err)?.into_iter().collect())
 }
 
-pub(super) fn sync_dir_entries(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(backend_err)
+/// `fsync`s `dir`, making its entries durable.
+pub(super) fn sync_dir_entries(fs: &dyn LogFs, dir: &Path) -> Result<(), StoreError> {
+    fs.sync_dir(dir).map_err(backend_err)
 }
 
 pub(super) fn segment_header(id: u64) -> Vec<u8> {
@@ -66,26 +55,26 @@ pub(super) fn segment_header(id: u64) -> Vec<u8> {
 /// measured slower at the tail: writing 64 MiB of zeros every few seconds at high rates
 /// disturbed the foreground syncs on the same disk (docs/PERFORMANCE.md, "Segment
 /// creation").
-pub(super) fn create_segment(dir: &Path, id: u64, size: u64) -> Result<File, StoreError> {
+pub(super) fn create_segment(
+    fs: &dyn LogFs,
+    dir: &Path,
+    id: u64,
+    size: u64,
+) -> Result<Arc<dyn LogFile>, StoreError> {
     let tmp = dir.join(format!("{}.tmp", segment_name(id)));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(backend_err)?;
+    let file = fs.create(&tmp).map_err(backend_err)?;
     file.set_len(size).map_err(backend_err)?;
     file.write_all_at(&segment_header(id), 0)
         .map_err(backend_err)?;
     file.sync_all().map_err(backend_err)?;
-    std::fs::rename(&tmp, dir.join(segment_name(id))).map_err(backend_err)?;
-    sync_dir_entries(dir)?;
+    fs.rename(&tmp, &dir.join(segment_name(id)))
+        .map_err(backend_err)?;
+    sync_dir_entries(fs, dir)?;
     Ok(file)
 }
 
 /// Checks a segment's header.
-pub(super) fn check_header(file: &File, id: u64) -> Result<(), StoreError> {
+pub(super) fn check_header(file: &dyn LogFile, id: u64) -> Result<(), StoreError> {
     let mut h = [0u8; SEG_HEADER_BYTES];
     file.read_exact_at(&mut h, 0).map_err(backend_err)?;
     if h[..] != segment_header(id)[..] {
@@ -110,8 +99,11 @@ pub(super) enum SegmentEnd {
 
 /// The records of one segment, in order, as (payload offset, payload), up to the first torn
 /// or damaged one.
-pub(super) fn read_segment(file: &File, id: u64) -> Result<(Vec<Record>, SegmentEnd), StoreError> {
-    let size = file.metadata().map_err(backend_err)?.len();
+pub(super) fn read_segment(
+    file: &dyn LogFile,
+    id: u64,
+) -> Result<(Vec<Record>, SegmentEnd), StoreError> {
+    let size = file.size().map_err(backend_err)?;
     let mut out = Vec::new();
     let mut at = SEG_HEADER_LEN;
     let mut head = [0u8; RECORD_HEADER_LEN as usize];

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 
 use super::commit::{LOG_CACHE_WINDOW, LOG_UNCACHE_STEP};
 use super::format::{crc32, decode_batches};
-use super::keyspace::LSN_KEY;
+use super::keyspace::{LSN_KEY, SLED_SEGMENT_SIZE};
 use super::migrate::{
     OLD_T_ENV, OLD_T_EXPIRY, OLD_T_QUEUE, OLD_WAL_MAGIC, OLD_X_ENVELOPE, OldQueuedRec,
 };
@@ -45,7 +45,7 @@ fn enqueue(n: u8, body: &[u8]) -> LogOp<'_> {
 }
 
 fn segments(dir: &Path) -> Vec<u64> {
-    let mut ids: Vec<u64> = listing(dir)
+    let mut ids: Vec<u64> = listing(&StdFs, dir)
         .unwrap()
         .iter()
         .filter_map(|n| segment_id(n))
@@ -294,7 +294,8 @@ fn synced_log_behind_the_window_leaves_the_page_cache() {
             // Every body stays queued, so no segment is deleted.
             backend.sync(Some(bodies[0].segment)).unwrap();
         }
-        let file = |b: &BodyRef| backend.files.read().unwrap()[&b.segment].clone();
+        // The page cache belongs to the file, so another descriptor sees the same pages.
+        let file = |b: &BodyRef| File::open(dir.path().join(segment_name(b.segment))).unwrap();
         let (first, last) = (bodies[0], bodies[bodies.len() - 1]);
         assert!(
             !cached(&file(&first), first.offset),
