@@ -34,7 +34,8 @@ mod memory;
 mod queue;
 
 pub use self::log::{
-    DEFAULT_WAL_SIZE, KeyValue, Keyspace, LogBackend, LogFile, LogFs, MIN_WAL_SIZE, StdFs, sim,
+    DEFAULT_WAL_SIZE, KeyValue, Keyspace, LogBackend, LogFile, LogFs, MIN_WAL_SIZE, RepairPlan,
+    StdFs, plan_repair, repair, sim,
 };
 pub use kv::{
     BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp, Recovered,
@@ -63,6 +64,20 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("stored record is corrupt")]
     Corrupt,
+    /// The envelope log is damaged before records that were acknowledged: a record that does
+    /// not read back (wrong CRC, length or segment number) with valid records after it, in
+    /// its segment or a later one. The store refuses to open, on every start, until an
+    /// operator repairs it (`handover-relay repair`, see docs/OPERATIONS.md).
+    #[error(
+        "the envelope log is damaged in segment {segment:016x} at byte {offset}, before \
+         acknowledged records; refusing to start (see docs/OPERATIONS.md, \"A refused start\")"
+    )]
+    Damaged {
+        /// The damaged segment.
+        segment: u64,
+        /// Where its valid records end.
+        offset: u64,
+    },
 }
 
 /// A mailbox as stored.

@@ -38,12 +38,18 @@
 //!   queued envelope; deleting only from the oldest end keeps every removal record that an
 //!   older enqueue record needs. The store copies the live envelopes of a mostly dead oldest
 //!   segment forward ([`KvBackend::compaction_candidate`]).
-//! - On open, sled recovers a prefix of its batches; every segment is read in order up to its
-//!   first torn or damaged record (only the very last record written can be torn: it was never
-//!   acknowledged), keyspace batches newer than sled's LSN are replayed into sled, the envelope
-//!   records are handed to the store ([`KvBackend::take_recovered`]), sled is checkpointed and a
-//!   fresh segment becomes active. A damaged record followed by valid ones in a later segment
-//!   means acknowledged data was damaged: the relay refuses to start.
+//! - On open, sled recovers a prefix of its batches. The whole log is then checked before
+//!   anything is changed (`recovery.rs`): each segment's valid records (right segment number,
+//!   length, CRC-32) in order, then the rest of the segment, searched at every byte offset for
+//!   a valid record of that segment. Zeros are a clean end. Bytes holding no valid record are a
+//!   torn write if nothing valid follows them in the whole log: only the very last write can
+//!   be torn, and it was never acknowledged; it is zeroed and synced. Damage followed by any
+//!   valid record (same segment or later) means acknowledged data was damaged:
+//!   [`StoreError::Damaged`], on every start, with nothing changed, until an operator runs
+//!   [`repair`] (`handover-relay repair`), which drops the log from the damage on. Then
+//!   keyspace batches newer than sled's LSN are replayed into sled, the envelope records are
+//!   handed to the store ([`KvBackend::take_recovered`]), sled is checkpointed and a fresh
+//!   segment becomes active.
 //!
 //! A failed `pwrite`, `fdatasync` or sled apply poisons the backend: every later call fails
 //! until the relay is restarted and recovers from what is on disk (after a failed `fdatasync`
@@ -126,6 +132,7 @@ pub use keyspace::{KeyValue, Keyspace};
 use keyspace::{checkpoint as checkpoint_keyspace, read_lsn};
 use migrate::{OLD_WAL_FILES, old_format_is_clean};
 use recovery::{RecoveredLog, recover_log};
+pub use recovery::{RepairPlan, plan_repair, repair};
 use segment::{SEG_HEADER_LEN, create_segment, sync_dir_entries};
 
 /// Default nominal size of a log segment.

@@ -78,31 +78,60 @@ pub(super) fn check_header(file: &dyn LogFile, id: u64) -> Result<(), StoreError
     let mut h = [0u8; SEG_HEADER_BYTES];
     file.read_exact_at(&mut h, 0).map_err(backend_err)?;
     if h[..] != segment_header(id)[..] {
-        return Err(StoreError::Backend(
-            "a log segment header is damaged; refusing to start (see docs/OPERATIONS.md)".into(),
-        ));
+        // Written and synced before the segment got its name: damage.
+        return Err(StoreError::Damaged {
+            segment: id,
+            offset: 0,
+        });
     }
     Ok(())
 }
 
+/// Bytes of a segment read at once when looking past its last valid record.
+const SCAN_CHUNK: usize = 1 << 20;
+
 /// A record read back: offset of its payload in the segment, payload.
 pub(super) type Record = (u64, Vec<u8>);
 
-/// How reading a segment ended.
+/// How a segment's bytes end after its last valid record.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum SegmentEnd {
-    /// Zeros (never written) or the end of the file.
+pub(super) enum Tail {
+    /// Zeros (never written) up to the end of the file.
     Clean,
-    /// A record at this offset is torn or damaged.
-    Torn(u64),
+    /// Bytes from `at` up to `end` (the last non-zero byte, exclusive) that hold no valid
+    /// record: a torn write, if nothing valid follows it anywhere in the log.
+    Garbage {
+        /// Where the last valid record ends.
+        at: u64,
+        /// One past the last non-zero byte.
+        end: u64,
+    },
+    /// Damage at `at`, and a valid record of this segment at `next`, after it.
+    Damaged {
+        /// Where the last valid record before the damage ends.
+        at: u64,
+        /// Where the first valid record after it starts.
+        next: u64,
+    },
 }
 
-/// The records of one segment, in order, as (payload offset, payload), up to the first torn
-/// or damaged one.
-pub(super) fn read_segment(
-    file: &dyn LogFile,
-    id: u64,
-) -> Result<(Vec<Record>, SegmentEnd), StoreError> {
+/// Whether `buf[off..]` starts with a valid record of segment `id` (right segment number,
+/// non-zero length within `buf`, matching CRC); its total length if so.
+pub(super) fn valid_record_at(buf: &[u8], off: usize, id: u64) -> Option<usize> {
+    let head = buf.get(off..off.checked_add(RECORD_HEADER_LEN as usize)?)?;
+    if head[8..16] != id.to_be_bytes() {
+        return None;
+    }
+    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let total = (RECORD_HEADER_LEN as usize).checked_add(len)?;
+    let record = buf.get(off..off.checked_add(total)?)?;
+    let crc = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    (len > 0 && crc32(&[&record[4..]]) == crc).then_some(total)
+}
+
+/// The records of one segment, in order, as (payload offset, payload), up to the first
+/// position that does not hold a valid record, and what follows that position. Read-only.
+pub(super) fn scan_segment(file: &dyn LogFile, id: u64) -> Result<(Vec<Record>, Tail), StoreError> {
     let size = file.size().map_err(backend_err)?;
     let mut out = Vec::new();
     let mut at = SEG_HEADER_LEN;
@@ -111,22 +140,56 @@ pub(super) fn read_segment(
         file.read_exact_at(&mut head, at).map_err(backend_err)?;
         let crc = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let len = u64::from(u32::from_be_bytes([head[4], head[5], head[6], head[7]]));
-        if head.iter().all(|b| *b == 0) {
-            return Ok((out, SegmentEnd::Clean));
-        }
         let seg: [u8; 8] = head[8..16].try_into().map_err(|_| StoreError::Corrupt)?;
         let end = at + RECORD_HEADER_LEN + len;
         if u64::from_be_bytes(seg) != id || len == 0 || end > size {
-            return Ok((out, SegmentEnd::Torn(at)));
+            break;
         }
         let mut payload = vec![0u8; len as usize];
         file.read_exact_at(&mut payload, at + RECORD_HEADER_LEN)
             .map_err(backend_err)?;
         if crc32(&[&head[4..], &payload]) != crc {
-            return Ok((out, SegmentEnd::Torn(at)));
+            break;
         }
         out.push((at + RECORD_HEADER_LEN, payload));
         at = end;
     }
-    Ok((out, SegmentEnd::Clean))
+    // What follows the last valid record: zeros up to the end of the file (a clean end), or
+    // bytes, which are either a torn write or damage followed by valid records.
+    let mut last_nonzero = None;
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    let zeros = vec![0u8; SCAN_CHUNK];
+    let mut pos = at;
+    while pos < size {
+        let n = (size - pos).min(SCAN_CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], pos)
+            .map_err(backend_err)?;
+        // Compared with a zero buffer first: one `memcmp` for the common all-zero chunk.
+        if chunk[..n] != zeros[..n]
+            && let Some(i) = chunk[..n].iter().rposition(|b| *b != 0)
+        {
+            last_nonzero = Some(pos + i as u64);
+        }
+        pos += n as u64;
+    }
+    let Some(last) = last_nonzero else {
+        return Ok((out, Tail::Clean));
+    };
+    // Rare (after a power cut or damage): the rest of the segment, searched for a valid
+    // record at every offset after `at`.
+    let mut rest = vec![0u8; (size - at) as usize];
+    file.read_exact_at(&mut rest, at).map_err(backend_err)?;
+    let upto = (last - at) as usize;
+    for off in 1..=upto {
+        if valid_record_at(&rest, off, id).is_some() {
+            return Ok((
+                out,
+                Tail::Damaged {
+                    at,
+                    next: at + off as u64,
+                },
+            ));
+        }
+    }
+    Ok((out, Tail::Garbage { at, end: last + 1 }))
 }

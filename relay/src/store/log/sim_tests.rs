@@ -414,3 +414,212 @@ fn simulated_power_loss_and_disk_faults_keep_every_acknowledged_effect() {
         assert!(faults > 0);
     }
 }
+
+/// A store on `disk` with one mailbox and `n` envelopes, each synced on its own (one record
+/// each); returns the mailbox.
+fn filled(disk: &SimDisk, rng: &mut SimRng, n: u64) -> Id {
+    let store = open(disk).unwrap();
+    let recv = id(rng);
+    let mailbox = Mailbox {
+        send_id: id(rng),
+        auth_key: [1; 32],
+        capability_hashes: Vec::new(),
+        queued_count: 0,
+        queued_bytes: 0,
+    };
+    assert!(store.create_mailbox(&recv, &mailbox).unwrap());
+    store.sync().unwrap();
+    for _ in 0..n {
+        let eid = id(rng);
+        let env = NewEnvelope {
+            envelope_id: eid,
+            expires_at: 1_000_000,
+            ciphertext: body(rng, &eid),
+        };
+        store.enqueue(&recv, &env, QUOTA).unwrap();
+        store.sync().unwrap();
+    }
+    recv
+}
+
+/// Flips one byte of the `index`-th record of segment `seg` (its payload, past the header).
+fn damage_record(disk: &SimDisk, seg: u64, index: usize) {
+    let segments = disk_segments(disk);
+    let (_, records) = segments.iter().find(|(s, _)| *s == seg).unwrap();
+    let (at, _) = records[index];
+    let path = dir().join(segment::segment_name(seg));
+    let offset = at + 20;
+    let image = disk.disk_image(&path).unwrap();
+    disk.corrupt(&path, offset, &[image[offset as usize] ^ 0x01])
+        .unwrap();
+}
+
+#[test]
+fn damage_followed_by_records_in_the_same_segment_refuses_to_start() {
+    let disk = SimDisk::new(1);
+    let mut rng = SimRng::new(1);
+    filled(&disk, &mut rng, 5);
+    disk.power_cut();
+    let (seg, records) = disk_segments(&disk)
+        .into_iter()
+        .find(|(_, r)| r.len() >= 4)
+        .unwrap();
+    damage_record(&disk, seg, 1);
+    match open(&disk) {
+        Err(StoreError::Damaged { segment, offset }) => {
+            assert_eq!((segment, offset), (seg, records[1].0));
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("damage before acknowledged records was cut away as a torn tail"),
+    }
+}
+
+#[test]
+fn a_refused_start_is_refused_again_and_changes_nothing() {
+    let disk = SimDisk::new(2);
+    let mut rng = SimRng::new(2);
+    filled(&disk, &mut rng, 3);
+    disk.process_exit();
+    // A second run writes to the next segment.
+    filled(&disk, &mut rng, 1);
+    let segments = disk_segments(&disk);
+    let (first, _) = segments.iter().find(|(_, r)| r.len() >= 3).unwrap();
+    let first = *first;
+    assert!(
+        segments.iter().any(|(s, r)| *s > first && !r.is_empty()),
+        "later records"
+    );
+    damage_record(&disk, first, 2);
+    let before: Vec<_> = segments
+        .iter()
+        .map(|(s, _)| disk.disk_image(&dir().join(segment::segment_name(*s))))
+        .collect();
+    for attempt in 0..3 {
+        match open(&disk) {
+            Err(StoreError::Damaged { segment, .. }) => assert_eq!(segment, first),
+            Err(e) if e.to_string().contains("damaged") => {}
+            Err(e) => panic!("start {attempt}: unexpected error {e}"),
+            Ok(_) => panic!("start {attempt}: a damaged log was opened"),
+        }
+        disk.process_exit();
+    }
+    let after: Vec<_> = segments
+        .iter()
+        .map(|(s, _)| disk.disk_image(&dir().join(segment::segment_name(*s))))
+        .collect();
+    assert!(before == after, "a refused start changed the log");
+}
+
+/// Damage to an acknowledged record that later acknowledged records follow is never cut
+/// away silently: the store refuses to open, on every try.
+#[test]
+fn simulated_damage_before_acknowledged_records_is_refused_at_every_start() {
+    for seed in 0..20u64 {
+        let mut rng = SimRng::new(seed);
+        let disk = SimDisk::new(seed);
+        {
+            let store = open(&disk).unwrap();
+            let recv = id(&mut rng);
+            let mailbox = Mailbox {
+                send_id: id(&mut rng),
+                auth_key: [1; 32],
+                capability_hashes: Vec::new(),
+                queued_count: 0,
+                queued_bytes: 0,
+            };
+            assert!(store.create_mailbox(&recv, &mailbox).unwrap());
+            for _ in 0..3 + rng.below(20) {
+                let eid = id(&mut rng);
+                let env = NewEnvelope {
+                    envelope_id: eid,
+                    expires_at: 1_000_000,
+                    ciphertext: body(&mut rng, &eid),
+                };
+                store.enqueue(&recv, &env, QUOTA).unwrap();
+                store.sync().unwrap();
+            }
+        }
+        disk.power_cut();
+        // Damage one byte of a record that is not the last one.
+        let segments = disk_segments(&disk);
+        let (seg, records) = &segments[rng.below(segments.len() as u64) as usize];
+        let last_seg = segments.last().map(|(s, _)| *s);
+        let candidates: Vec<(u64, u64)> = records
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*seg) != last_seg || *i + 1 < records.len())
+            .map(|(_, r)| *r)
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        let (at, len) = candidates[rng.below(candidates.len() as u64) as usize];
+        let offset = at + rng.below(len);
+        let path = dir().join(segment::segment_name(*seg));
+        let image = disk.disk_image(&path).unwrap();
+        disk.corrupt(&path, offset, &[image[offset as usize] ^ 0x40])
+            .unwrap();
+        for attempt in 0..2 {
+            match open(&disk) {
+                Err(StoreError::Damaged { .. }) => {}
+                Err(e) => panic!("seed {seed}: unexpected error {e}"),
+                Ok(_) => panic!("seed {seed}, start {attempt}: damage was cut away silently"),
+            }
+            disk.process_exit();
+        }
+    }
+}
+
+/// The segments on the disk with their records (offset, length including the header).
+fn disk_segments(disk: &SimDisk) -> Vec<(u64, Vec<(u64, u64)>)> {
+    let mut out = Vec::new();
+    let mut names = LogFs::list(disk, dir()).unwrap();
+    names.sort();
+    for name in names {
+        let Some(seg) = segment::segment_id(&name) else {
+            continue;
+        };
+        let image = disk.disk_image(&dir().join(&name)).unwrap();
+        let mut records = Vec::new();
+        let mut at = segment::SEG_HEADER_LEN as usize;
+        while at + 16 <= image.len() {
+            let len = u32::from_be_bytes(image[at + 4..at + 8].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            records.push((at as u64, 16 + len as u64));
+            at += 16 + len;
+        }
+        out.push((seg, records));
+    }
+    out
+}
+
+#[test]
+fn repair_drops_the_log_from_the_damage_on_and_the_store_opens_again() {
+    let disk = SimDisk::new(3);
+    let mut rng = SimRng::new(3);
+    let recv = filled(&disk, &mut rng, 4);
+    disk.process_exit();
+    filled(&disk, &mut rng, 2);
+    disk.process_exit();
+    let segments = disk_segments(&disk);
+    let (first, records) = segments.iter().find(|(_, r)| r.len() >= 5).unwrap();
+    let first = *first;
+    // Record 0 creates the mailbox, 1..=4 queue envelopes: damage the third envelope's.
+    damage_record(&disk, first, 3);
+    assert!(matches!(open(&disk), Err(StoreError::Damaged { .. })));
+    let plan = plan_repair(&disk, dir()).unwrap().unwrap();
+    assert_eq!((plan.segment, plan.offset), (first, records[3].0));
+    // The damaged record is not valid any more: the fourth envelope, and the second run's
+    // mailbox and two envelopes in later segments.
+    assert_eq!((plan.records, plan.envelopes, plan.removals), (4, 3, 0));
+    assert!(!plan.later_segments.is_empty());
+    disk.process_exit();
+    repair(&disk, dir(), &plan).unwrap();
+    // Durable: also after a power cut.
+    disk.power_cut();
+    assert_eq!(plan_repair(&disk, dir()).unwrap(), None);
+    let store = open(&disk).unwrap();
+    assert_eq!(fetch_all(&store, &recv, 0).len(), 2);
+}
