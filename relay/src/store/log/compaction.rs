@@ -18,7 +18,11 @@ impl LogBackend {
         oldest_live: Option<u64>,
     ) -> Result<(), StoreError> {
         if wal.checkpoint_finished() {
-            wal.join_checkpoint(&self.checkpointed_below)?;
+            // A failed checkpoint is as fatal as a failed log sync: the keyspace writes it
+            // should have made durable may be gone from the page cache, and a later
+            // checkpoint on the same files could "succeed" without them.
+            wal.join_checkpoint(&self.checkpointed_below)
+                .map_err(|e| self.fail(e))?;
         }
         let below = oldest_live
             .unwrap_or(u64::MAX)

@@ -51,9 +51,12 @@
 //!   handed to the store ([`KvBackend::take_recovered`]), sled is checkpointed and a fresh
 //!   segment becomes active.
 //!
-//! A failed `pwrite`, `fdatasync` or sled apply poisons the backend: every later call fails
-//! until the relay is restarted and recovers from what is on disk (after a failed `fdatasync`
-//! the page cache cannot be trusted to say what is durable).
+//! A failed `pwrite`, `fdatasync`, sled apply, checkpoint (sled's flush, the `fdatasync` of its
+//! files, a directory `fsync`) or segment creation poisons the backend: every later write, sync
+//! and checkpoint fails ([`LogBackend::writes_blocked`]) until the relay is restarted and
+//! recovers from what is on disk. After a failed sync the kernel may have dropped the dirty
+//! pages and marked them clean, so retrying would "succeed" without them (PostgreSQL's
+//! "fsyncgate"); the page cache cannot be trusted to say what is durable.
 //!
 //! When `sync` returns, every batch applied before it is on stable storage, given a drive that
 //! honours cache flushes (see docs/OPERATIONS.md, "Durability").
@@ -272,6 +275,17 @@ impl LogBackend {
         Ok(backend)
     }
 
+    /// The segment being written.
+    pub fn active_segment(&self) -> u64 {
+        self.active_segment.load(Ordering::SeqCst)
+    }
+
+    /// Whether a failed write, sync or checkpoint has made the store refuse every write until
+    /// it is reopened (see the module docs).
+    pub fn writes_blocked(&self) -> bool {
+        self.lock_pending().failed
+    }
+
     fn lock_pending(&self) -> MutexGuard<'_, Pending> {
         // Every change under this lock is completed before it is released (no fallible step
         // leaves it half-done), so a poisoned lock is safe to reuse.
@@ -284,7 +298,10 @@ impl LogBackend {
     }
 
     fn fail(&self, err: StoreError) -> StoreError {
-        tracing::error!(error = %err, "log write failed; the store refuses further writes until restarted");
+        tracing::error!(
+            error = %err,
+            "a log write, sync or checkpoint failed; the store refuses further writes until restarted"
+        );
         self.lock_pending().failed = true;
         err
     }
@@ -427,9 +444,10 @@ impl KvBackend for LogBackend {
     fn checkpoint(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
         let mut wal = self.lock_wal();
         self.commit(&mut wal)?;
-        wal.join_checkpoint(&self.checkpointed_below)?;
+        wal.join_checkpoint(&self.checkpointed_below)
+            .map_err(|e| self.fail(e))?;
         let lsn = wal.last_written;
-        checkpoint_keyspace(self.db.as_ref(), lsn)?;
+        checkpoint_keyspace(self.db.as_ref(), lsn).map_err(|e| self.fail(e))?;
         self.checkpointed_below
             .fetch_max(wal.active.0, Ordering::SeqCst);
         self.reclaim(&mut wal, oldest_live)

@@ -11,7 +11,7 @@ use std::path::Path;
 use super::super::{
     Delivery, DiskStore, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope, Store, StoreError,
 };
-use super::sim::{SimDisk, SimRng};
+use super::sim::{Fault, FaultOp, SimDisk, SimRng};
 use super::*;
 
 /// Seeds run by `cargo test`.
@@ -622,4 +622,84 @@ fn repair_drops_the_log_from_the_damage_on_and_the_store_opens_again() {
     assert_eq!(plan_repair(&disk, dir()).unwrap(), None);
     let store = open(&disk).unwrap();
     assert_eq!(fetch_all(&store, &recv, 0).len(), 2);
+}
+
+fn new_mailbox(store: &DiskStore, rng: &mut SimRng) -> Id {
+    let recv = id(rng);
+    let mailbox = Mailbox {
+        send_id: id(rng),
+        auth_key: [1; 32],
+        capability_hashes: Vec::new(),
+        queued_count: 0,
+        queued_bytes: 0,
+    };
+    assert!(store.create_mailbox(&recv, &mailbox).unwrap());
+    recv
+}
+
+/// After `failed`, the store must refuse every write and sync until it is reopened.
+fn assert_writes_blocked(store: &DiskStore, recv: &Id, what: &str) {
+    let env = NewEnvelope {
+        envelope_id: [9; 16],
+        expires_at: 1_000_000,
+        ciphertext: vec![1; 10],
+    };
+    let sent = store.enqueue(recv, &env, QUOTA).and_then(|_| store.sync());
+    assert!(sent.is_err(), "{what}: a later send was acknowledged");
+    assert!(store.sync().is_err(), "{what}: a later sync succeeded");
+    assert!(
+        store.checkpoint().is_err(),
+        "{what}: a later checkpoint succeeded"
+    );
+}
+
+#[test]
+fn a_failed_background_checkpoint_blocks_every_later_write() {
+    for fault in [Fault::Io, Fault::NoSpace] {
+        let disk = SimDisk::new(4);
+        let mut rng = SimRng::new(4);
+        let store = open(&disk).unwrap();
+        let recv = new_mailbox(&store, &mut rng);
+        store.sync().unwrap();
+        // The checkpoint that the next rotation starts fails; it is reported when the
+        // checkpoint is joined (under simulation by the same sync, else by a later one).
+        disk.inject(FaultOp::Checkpoint, 0, fault);
+        let first = store.backend().active_segment();
+        let mut failed = false;
+        for _ in 0..64 {
+            let eid = id(&mut rng);
+            let env = NewEnvelope {
+                envelope_id: eid,
+                expires_at: 1_000_000,
+                ciphertext: vec![7; 100_000],
+            };
+            if store
+                .enqueue(&recv, &env, QUOTA)
+                .and_then(|_| store.sync())
+                .is_err()
+            {
+                failed = true;
+                break;
+            }
+        }
+        assert!(store.backend().active_segment() > first, "rotated");
+        assert!(
+            failed,
+            "{fault:?}: the failed checkpoint was never reported"
+        );
+        assert_writes_blocked(&store, &recv, "after a failed background checkpoint");
+        assert_eq!(disk.failed_ops(), 1);
+    }
+}
+
+#[test]
+fn a_failed_checkpoint_call_blocks_every_later_write() {
+    let disk = SimDisk::new(5);
+    let mut rng = SimRng::new(5);
+    let store = open(&disk).unwrap();
+    let recv = new_mailbox(&store, &mut rng);
+    store.sync().unwrap();
+    disk.inject(FaultOp::Checkpoint, 0, Fault::Io);
+    assert!(store.checkpoint().is_err());
+    assert_writes_blocked(&store, &recv, "after a failed checkpoint");
 }
