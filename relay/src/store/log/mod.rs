@@ -34,12 +34,14 @@
 //!   and a background thread *checkpoints* sled (records the last LSN, `flush`, `fdatasync` of
 //!   its files, `fsync` of directories whose entries changed); after that, the keyspace writes
 //!   in the sealed segment are no longer needed for recovery.
-//! - A sealed, checkpointed segment is deleted as soon as it and every older segment hold no
-//!   queued envelope; deleting only from the oldest end keeps every removal record that an
+//! - A sealed, checkpointed segment is deleted (and the directory synced, before the sync
+//!   that deleted it returns) as soon as it and every older segment hold no queued envelope; deleting only from the oldest end keeps every removal record that an
 //!   older enqueue record needs. The store copies the live envelopes of a mostly dead oldest
 //!   segment forward ([`KvBackend::compaction_candidate`]).
 //! - On open, sled recovers a prefix of its batches. The whole log is then checked before
-//!   anything is changed (`recovery.rs`): each segment's valid records (right segment number,
+//!   anything is changed (`recovery.rs`), read from the disk: each segment's cached pages are
+//!   dropped first, since after a failed `fdatasync` the page cache holds data the disk does
+//!   not: each segment's valid records (right segment number,
 //!   length, CRC-32) in order, then the rest of the segment, searched at every byte offset for
 //!   a valid record of that segment. Zeros are a clean end. Bytes holding no valid record are a
 //!   torn write if nothing valid follows them in the whole log: only the very last write can

@@ -102,6 +102,10 @@ fn scan_log(fs: &dyn LogFs, dir: &Path, ids: &[u64]) -> Result<Vec<Scanned>, Sto
     let mut scanned = Vec::with_capacity(ids.len());
     for &id in ids {
         let file = fs.open(&dir.join(segment_name(id))).map_err(backend_err)?;
+        // Read what the disk holds, not the page cache: after a failed `fdatasync` of an
+        // earlier run the cache may hold pages the disk does not (marked clean, so the
+        // advice drops them).
+        file.drop_cache(0, None);
         check_header(file.as_ref(), id)?;
         let (records, tail) = scan_segment(file.as_ref(), id)?;
         scanned.push(Scanned {
@@ -206,6 +210,7 @@ pub fn plan_repair(fs: &dyn LogFs, dir: &Path) -> Result<Option<RepairPlan>, Sto
     let mut damage = None;
     for &id in &ids {
         let file = fs.open(&dir.join(segment_name(id))).map_err(backend_err)?;
+        file.drop_cache(0, None);
         match check_header(file.as_ref(), id) {
             Ok(()) => {}
             Err(StoreError::Damaged { segment, offset }) => {

@@ -703,3 +703,112 @@ fn a_failed_checkpoint_call_blocks_every_later_write() {
     assert!(store.checkpoint().is_err());
     assert_writes_blocked(&store, &recv, "after a failed checkpoint");
 }
+
+/// The segment numbers on the disk (current directory entries).
+fn segment_names(disk: &SimDisk) -> BTreeSet<u64> {
+    LogFs::list(disk, dir())
+        .unwrap()
+        .iter()
+        .filter_map(|n| segment::segment_id(n))
+        .collect()
+}
+
+#[test]
+fn reclaimed_segments_stay_deleted_after_a_power_cut() {
+    let disk = SimDisk::new(6);
+    let mut rng = SimRng::new(6);
+    let store = open(&disk).unwrap();
+    let recv = new_mailbox(&store, &mut rng);
+    let mut sent = Vec::new();
+    let first = store.backend().active_segment();
+    while store.backend().active_segment() < first + 3 {
+        let eid = id(&mut rng);
+        let env = NewEnvelope {
+            envelope_id: eid,
+            expires_at: 1_000_000,
+            ciphertext: vec![7; 100_000],
+        };
+        store.enqueue(&recv, &env, QUOTA).unwrap();
+        store.sync().unwrap();
+        sent.push(eid);
+    }
+    let before = segment_names(&disk);
+    assert_eq!(store.ack(&recv, &sent).unwrap(), sent.len() as u64);
+    // Syncs the acks, checkpoints and reclaims every segment below the active one.
+    store.checkpoint().unwrap();
+    let after = segment_names(&disk);
+    let reclaimed: Vec<u64> = before.difference(&after).copied().collect();
+    assert!(!reclaimed.is_empty(), "segments were reclaimed");
+    drop(store);
+    disk.power_cut();
+    let back: Vec<u64> = segment_names(&disk)
+        .intersection(&reclaimed.iter().copied().collect())
+        .copied()
+        .collect();
+    assert!(back.is_empty(), "reclaimed segments came back: {back:?}");
+}
+
+#[test]
+fn a_failed_directory_sync_after_reclaim_blocks_every_later_write() {
+    let disk = SimDisk::new(7);
+    let mut rng = SimRng::new(7);
+    let store = open(&disk).unwrap();
+    let recv = new_mailbox(&store, &mut rng);
+    let first = store.backend().active_segment();
+    let mut sent = Vec::new();
+    while store.backend().active_segment() < first + 2 {
+        let eid = id(&mut rng);
+        let env = NewEnvelope {
+            envelope_id: eid,
+            expires_at: 1_000_000,
+            ciphertext: vec![7; 100_000],
+        };
+        store.enqueue(&recv, &env, QUOTA).unwrap();
+        store.sync().unwrap();
+        sent.push(eid);
+    }
+    store.ack(&recv, &sent).unwrap();
+    disk.inject(FaultOp::SyncDir, 0, Fault::Io);
+    assert!(
+        store.checkpoint().is_err(),
+        "the failed directory sync was reported"
+    );
+    assert!(store.backend().writes_blocked());
+    assert_writes_blocked(&store, &recv, "after a failed directory sync");
+}
+
+/// After a failed `fdatasync` the page cache holds data the disk does not: a restarted
+/// process (no power cut) must not recover from it. Otherwise a retried send of an envelope
+/// seen only in the cache is taken for a duplicate and acknowledged, and a power cut loses it.
+#[test]
+fn recovery_after_a_failed_sync_reads_the_disk_not_the_page_cache() {
+    let disk = SimDisk::new(8);
+    let mut rng = SimRng::new(8);
+    let store = open(&disk).unwrap();
+    let recv = new_mailbox(&store, &mut rng);
+    store.sync().unwrap();
+    let env = NewEnvelope {
+        envelope_id: [0xb0; 16],
+        expires_at: 1_000_000,
+        ciphertext: vec![0xb0; 3_000],
+    };
+    store.enqueue(&recv, &env, QUOTA).unwrap();
+    disk.inject(FaultOp::SyncFile, 0, Fault::Io);
+    assert!(store.sync().is_err());
+    drop(store);
+    // The relay exits and its supervisor starts it again; the page cache stays.
+    disk.process_exit();
+    let store = open(&disk).unwrap();
+    // The sender retries the send it got no answer for.
+    let retried = store.enqueue(&recv, &env, QUOTA).unwrap();
+    store.sync().unwrap();
+    assert!(matches!(retried, Enqueued::Queued(_) | Enqueued::Duplicate));
+    drop(store);
+    disk.power_cut();
+    let store = open(&disk).unwrap();
+    assert_eq!(
+        fetch_all(&store, &recv, 0).get(&env.envelope_id),
+        Some(&env.ciphertext),
+        "an acknowledged retry was lost"
+    );
+}
