@@ -164,6 +164,11 @@ pub trait KvBackend: Send + Sync + 'static {
     fn compaction_candidate(&self) -> Option<Candidate> {
         None
     }
+    /// Whether an earlier failure (see [`Store::writes_blocked`]) makes every write fail until
+    /// the backend is reopened.
+    fn writes_blocked(&self) -> bool {
+        false
+    }
 }
 
 /// Size of stored blob chunks; uploads are re-chunked to it so reads can seek by index.
@@ -1099,5 +1104,9 @@ impl<B: KvBackend> Store for KvStore<B> {
     fn checkpoint(&self) -> Result<(), StoreError> {
         let oldest_live = self.guard().queues.oldest_live_segment();
         self.backend.checkpoint(oldest_live)
+    }
+
+    fn writes_blocked(&self) -> bool {
+        self.backend.writes_blocked()
     }
 }

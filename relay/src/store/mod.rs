@@ -330,6 +330,13 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint(&self) -> Result<(), StoreError> {
         self.sync()
     }
+    /// Whether a failed write, sync or checkpoint has made the store refuse every write until
+    /// the relay restarts (it never retries a failed sync; see docs/OPERATIONS.md,
+    /// "Failures"). The relay should then stop serving and exit, or report itself unhealthy,
+    /// so that its supervisor restarts it and it recovers from what is on disk.
+    fn writes_blocked(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

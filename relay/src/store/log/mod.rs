@@ -55,7 +55,7 @@
 //!
 //! A failed `pwrite`, `fdatasync`, sled apply, checkpoint (sled's flush, the `fdatasync` of its
 //! files, a directory `fsync`) or segment creation poisons the backend: every later write, sync
-//! and checkpoint fails ([`LogBackend::writes_blocked`]) until the relay is restarted and
+//! and checkpoint fails ([`Store::writes_blocked`](super::Store::writes_blocked)) until the relay is restarted and
 //! recovers from what is on disk. After a failed sync the kernel may have dropped the dirty
 //! pages and marked them clean, so retrying would "succeed" without them (PostgreSQL's
 //! "fsyncgate"); the page cache cannot be trusted to say what is durable.
@@ -282,12 +282,6 @@ impl LogBackend {
         self.active_segment.load(Ordering::SeqCst)
     }
 
-    /// Whether a failed write, sync or checkpoint has made the store refuse every write until
-    /// it is reopened (see the module docs).
-    pub fn writes_blocked(&self) -> bool {
-        self.lock_pending().failed
-    }
-
     fn lock_pending(&self) -> MutexGuard<'_, Pending> {
         // Every change under this lock is completed before it is released (no fallible step
         // leaves it half-done), so a poisoned lock is safe to reuse.
@@ -457,5 +451,9 @@ impl KvBackend for LogBackend {
 
     fn compaction_candidate(&self) -> Option<Candidate> {
         self.oldest_sealed()
+    }
+
+    fn writes_blocked(&self) -> bool {
+        self.lock_pending().failed
     }
 }

@@ -199,8 +199,18 @@ fn check(seed: u64, store: &DiskStore, model: &Model, now: u64) {
     }
 }
 
-/// One seed: a random run with crashes; returns how many power cuts and faults it had.
-fn run(seed: u64) -> (u64, u64) {
+/// What the runs exercised.
+#[derive(Default, Debug)]
+struct Coverage {
+    power_cuts: u64,
+    faults: u64,
+    compacted: u64,
+    /// Sum over seeds of the last segment number (each rotation or restart starts one).
+    segments: u64,
+}
+
+/// One seed: a random run with crashes; returns what it exercised.
+fn run(seed: u64) -> Coverage {
     let mut rng = SimRng::new(seed);
     let disk = SimDisk::new(seed ^ 0x5eed);
     let faulty = rng.chance(300);
@@ -209,6 +219,8 @@ fn run(seed: u64) -> (u64, u64) {
     let mut now = 1_000u64;
     let mut recvs: Vec<(Id, Id)> = Vec::new();
     let mut cuts = 0;
+    let mut compacted = 0;
+
     if faulty {
         disk.set_random_faults(20);
     }
@@ -318,7 +330,7 @@ fn run(seed: u64) -> (u64, u64) {
             76..=79 => {
                 now += rng.below(200);
                 if let Ok(swept) = s.sweep(now, 1000, TOMBSTONE_SECS) {
-                    let _ = swept;
+                    compacted += swept.compacted;
                 }
                 // The sweep may have removed every expired envelope.
                 let expired: Vec<Id> = model
@@ -379,7 +391,13 @@ fn run(seed: u64) -> (u64, u64) {
             );
         }
     }
-    (cuts + 1, disk.failed_ops())
+    let segments = store.backend().active_segment();
+    Coverage {
+        power_cuts: cuts + 1,
+        faults: disk.failed_ops(),
+        compacted,
+        segments,
+    }
 }
 
 fn seeds() -> Vec<u64> {
@@ -398,20 +416,23 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn simulated_power_loss_and_disk_faults_keep_every_acknowledged_effect() {
-    let (mut cuts, mut faults) = (0, 0);
+    let mut all = Coverage::default();
     for seed in seeds() {
-        let (c, f) = run(seed);
-        cuts += c;
-        faults += f;
+        let c = run(seed);
+        all.power_cuts += c.power_cuts;
+        all.faults += c.faults;
+        all.compacted += c.compacted;
+        all.segments += c.segments;
     }
-    eprintln!(
-        "simulation: {} seeds, {cuts} power cuts and restarts, {faults} injected faults",
-        seeds().len()
-    );
-    // The runs did cut power and fail operations (the suite is not vacuous).
-    assert!(cuts > 0);
+    eprintln!("simulation: {} seeds, {all:?}", seeds().len());
+    // The runs did cut power, fail operations, rotate and compact (the suite is not vacuous).
+    assert!(all.power_cuts > 0);
     if seeds().len() > 20 {
-        assert!(faults > 0);
+        assert!(
+            // Compaction copies from a sealed segment: the log rotated.
+            all.faults > 0 && all.compacted > 0,
+            "{all:?}"
+        );
     }
 }
 
@@ -639,6 +660,7 @@ fn new_mailbox(store: &DiskStore, rng: &mut SimRng) -> Id {
 
 /// After `failed`, the store must refuse every write and sync until it is reopened.
 fn assert_writes_blocked(store: &DiskStore, recv: &Id, what: &str) {
+    assert!(store.writes_blocked(), "{what}: the store does not say so");
     let env = NewEnvelope {
         envelope_id: [9; 16],
         expires_at: 1_000_000,
@@ -663,6 +685,7 @@ fn a_failed_background_checkpoint_blocks_every_later_write() {
         store.sync().unwrap();
         // The checkpoint that the next rotation starts fails; it is reported when the
         // checkpoint is joined (under simulation by the same sync, else by a later one).
+        assert!(!store.writes_blocked());
         disk.inject(FaultOp::Checkpoint, 0, fault);
         let first = store.backend().active_segment();
         let mut failed = false;
@@ -773,7 +796,7 @@ fn a_failed_directory_sync_after_reclaim_blocks_every_later_write() {
         store.checkpoint().is_err(),
         "the failed directory sync was reported"
     );
-    assert!(store.backend().writes_blocked());
+    assert!(store.writes_blocked());
     assert_writes_blocked(&store, &recv, "after a failed directory sync");
 }
 
