@@ -12,8 +12,8 @@ use super::format::decode_batches;
 use super::fs::{LogFile, LogFs};
 use super::keyspace::Keyspace;
 use super::segment::{
-    RECORD_HEADER_LEN, Record, SEG_HEADER_LEN, Tail, check_header, listing, scan_segment,
-    segment_id, segment_name, valid_record_at,
+    RECORD_HEADER_LEN, Record, SEG_HEADER_LEN, Tail, check_header, listing, read_record,
+    scan_segment, segment_id, segment_name, valid_record_at,
 };
 
 /// What recovery found in the log.
@@ -158,8 +158,9 @@ pub(super) fn recover_log(
     for (i, s) in scanned.into_iter().enumerate() {
         let was_torn = torn.as_ref().is_some_and(|t| t.segment == i);
         empty_last = (s.records.is_empty() && !was_torn).then_some(s.id);
-        for (at, payload) in s.records {
-            for (lsn, batch, ops) in decode_batches(&payload, s.id, at)? {
+        for record in s.records {
+            let payload = read_record(s.file.as_ref(), s.id, record)?;
+            for (lsn, batch, ops) in decode_batches(&payload, s.id, record.0)? {
                 if lsn > sled_lsn && !batch.is_empty() {
                     db.apply(lsn, &batch.into_iter().collect())?;
                     replayed += 1;

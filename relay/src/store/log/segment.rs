@@ -73,6 +73,27 @@ pub(super) fn create_segment(
     Ok(file)
 }
 
+/// The payload of a record that [`scan_segment`] found at (`offset`, `len`), read again and
+/// checked again.
+pub(super) fn read_record(
+    file: &dyn LogFile,
+    id: u64,
+    (offset, len): Record,
+) -> Result<Vec<u8>, StoreError> {
+    let start = offset
+        .checked_sub(RECORD_HEADER_LEN)
+        .ok_or(StoreError::Corrupt)?;
+    let mut buf = vec![0u8; (RECORD_HEADER_LEN + len) as usize];
+    file.read_exact_at(&mut buf, start).map_err(backend_err)?;
+    if valid_record_at(&buf, 0, id).is_none() {
+        return Err(StoreError::Backend(
+            "a log record changed while the log was being recovered".into(),
+        ));
+    }
+    buf.drain(..RECORD_HEADER_LEN as usize);
+    Ok(buf)
+}
+
 /// Checks a segment's header.
 pub(super) fn check_header(file: &dyn LogFile, id: u64) -> Result<(), StoreError> {
     let mut h = [0u8; SEG_HEADER_BYTES];
@@ -90,8 +111,9 @@ pub(super) fn check_header(file: &dyn LogFile, id: u64) -> Result<(), StoreError
 /// Bytes of a segment read at once when looking past its last valid record.
 const SCAN_CHUNK: usize = 1 << 20;
 
-/// A record read back: offset of its payload in the segment, payload.
-pub(super) type Record = (u64, Vec<u8>);
+/// A valid record found: offset of its payload in the segment, payload length. Payloads are
+/// not kept: the whole log is checked before any of it is used, and it may not fit in memory.
+pub(super) type Record = (u64, u64);
 
 /// How a segment's bytes end after its last valid record.
 #[derive(Debug, PartialEq, Eq)]
@@ -129,7 +151,7 @@ pub(super) fn valid_record_at(buf: &[u8], off: usize, id: u64) -> Option<usize> 
     (len > 0 && crc32(&[&record[4..]]) == crc).then_some(total)
 }
 
-/// The records of one segment, in order, as (payload offset, payload), up to the first
+/// The records of one segment, in order, as (payload offset, payload length), up to the first
 /// position that does not hold a valid record, and what follows that position. Read-only.
 pub(super) fn scan_segment(file: &dyn LogFile, id: u64) -> Result<(Vec<Record>, Tail), StoreError> {
     let size = file.size().map_err(backend_err)?;
@@ -151,7 +173,7 @@ pub(super) fn scan_segment(file: &dyn LogFile, id: u64) -> Result<(Vec<Record>, 
         if crc32(&[&head[4..], &payload]) != crc {
             break;
         }
-        out.push((at + RECORD_HEADER_LEN, payload));
+        out.push((at + RECORD_HEADER_LEN, len));
         at = end;
     }
     // What follows the last valid record: zeros up to the end of the file (a clean end), or
