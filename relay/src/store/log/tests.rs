@@ -380,6 +380,18 @@ fn damage_before_acknowledged_records_refuses_to_start() {
     drop(file);
     let err = try_reopen(dir.path()).unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
+    // On the real file system too: refused again, then repaired.
+    assert!(matches!(
+        try_reopen(dir.path()),
+        Err(StoreError::Damaged { segment, .. }) if segment == first_segment
+    ));
+    let plan = plan_repair(&StdFs, dir.path()).unwrap().unwrap();
+    assert_eq!((plan.segment, plan.offset), (first_segment, SEG_HEADER_LEN));
+    assert_eq!((plan.records, plan.envelopes), (1, 1));
+    repair(&StdFs, dir.path(), &plan).unwrap();
+    assert_eq!(plan_repair(&StdFs, dir.path()).unwrap(), None);
+    let backend = reopen(dir.path());
+    assert!(backend.take_recovered().is_empty());
 }
 
 #[test]
