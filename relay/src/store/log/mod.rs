@@ -97,8 +97,8 @@
 //! checks a model: every acknowledged effect (one a successful sync followed) is there, no
 //! acknowledged removal (ack, expiry, mailbox deletion) or prekey take is undone, no expired
 //! envelope is served, and recovery never refuses a log that only lost unsynced writes.
-//! `cargo test` runs 256 seeds; `HANDOVER_SIM_SEEDS=N` runs `N` (a soak) and
-//! `HANDOVER_SIM_SEED=S` replays seed `S`.
+//! `cargo test` runs 256 seeds; `HANDOVER_SIM_SEEDS=N` runs `N` (a soak, from seed
+//! `HANDOVER_SIM_FIRST` if set) and `HANDOVER_SIM_SEED=S` replays seed `S`.
 //!
 //! **What the harness does not reach.** sled opens and writes its own files, so they are not
 //! behind [`LogFs`]. Under simulation sled is replaced by a model of what the log store relies

@@ -3,7 +3,8 @@
 //! process exits and failing writes and syncs, checked against a model after every recovery.
 //!
 //! `cargo test -p handover-relay --lib simulated_power_loss` runs [`SEEDS`] seeds;
-//! `HANDOVER_SIM_SEEDS=N` runs `N` (a soak), `HANDOVER_SIM_SEED=S` replays seed `S`.
+//! `HANDOVER_SIM_SEEDS=N` runs `N` (a soak; `HANDOVER_SIM_FIRST=F` starts at seed `F` instead
+//! of 0), `HANDOVER_SIM_SEED=S` replays seed `S`. A failure names its seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -407,11 +408,10 @@ fn seeds() -> Vec<u64> {
     {
         return vec![seed];
     }
-    let n = std::env::var("HANDOVER_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(SEEDS);
-    (0..n).collect()
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let n = var("HANDOVER_SIM_SEEDS").unwrap_or(SEEDS);
+    let first = var("HANDOVER_SIM_FIRST").unwrap_or(0);
+    (first..first.saturating_add(n)).collect()
 }
 
 #[test]
