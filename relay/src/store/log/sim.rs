@@ -17,8 +17,9 @@
 //!   still holds the new data until the pages are dropped ([`LogFile::drop_cache`]), which a
 //!   restarted process that did not lose power still reads.
 //! - The keyspace (sled in production) is modelled by [`SimKeyspace`] on the same disk: batches
-//!   are atomic, a checkpoint makes all of them durable, and a power cut keeps the durable ones
-//!   plus any prefix of the later ones (sled recovers a prefix of its batches).
+//!   are atomic, a checkpoint makes all of them durable, and a power cut or a process exit
+//!   ([`SimDisk::process_exit`]: sled buffers writes in the process) keeps the durable ones plus
+//!   any prefix of the later ones (sled recovers a prefix of its batches).
 //!
 //! Everything random is drawn from one seeded generator, and the log store runs its background
 //! work inline under simulation, so a seed replays the same run.
@@ -149,6 +150,22 @@ struct Disk {
 }
 
 impl Disk {
+    /// The keyspace after a crash: what the last checkpoint made durable plus any prefix of
+    /// the batches applied since (sled recovers a prefix of its batches).
+    fn keyspace_crash(&mut self) {
+        let ks = std::mem::take(&mut self.keyspace);
+        let keep = self.rng.below(ks.since.len() as u64 + 1) as usize;
+        let mut state = ks.durable;
+        for batch in ks.since.into_iter().take(keep) {
+            apply_overlay(&mut state, &batch);
+        }
+        self.keyspace = KsState {
+            durable: state.clone(),
+            since: Vec::new(),
+            current: state,
+        };
+    }
+
     fn fault(&mut self, op: FaultOp) -> io::Result<()> {
         let mut hit = None;
         for (i, (fop, after, fault)) in self.faults.iter_mut().enumerate() {
@@ -309,23 +326,17 @@ impl SimDisk {
         for dir in d.dirs.values_mut() {
             dir.current = dir.durable.clone();
         }
-        let ks = std::mem::take(&mut d.keyspace);
-        let keep = d.rng.below(ks.since.len() as u64 + 1) as usize;
-        let mut state = ks.durable;
-        for batch in ks.since.into_iter().take(keep) {
-            apply_overlay(&mut state, &batch);
-        }
-        d.keyspace = KsState {
-            durable: state.clone(),
-            since: Vec::new(),
-            current: state,
-        };
+        d.keyspace_crash();
     }
 
     /// Simulates the process ending without a power cut: the page cache (and every write the
-    /// process made) stays, open files of the process fail from now on.
+    /// process made) stays, open files of the process fail from now on. The keyspace keeps a
+    /// prefix of its batches since the last checkpoint, as after a power cut: sled buffers
+    /// writes in the process before they reach its files.
     pub fn process_exit(&self) {
-        self.lock().boot += 1;
+        let mut d = self.lock();
+        d.boot += 1;
+        d.keyspace_crash();
     }
 
     /// The bytes the disk holds for `path` (its durable image), if the file exists.
