@@ -39,13 +39,14 @@
 //!   older enqueue record needs. The store copies the live envelopes of a mostly dead oldest
 //!   segment forward ([`KvBackend::compaction_candidate`]).
 //! - On open, sled recovers a prefix of its batches. The whole log is then checked before
-//!   anything is changed (`recovery.rs`), read from the disk: each segment's cached pages are
-//!   dropped first, since after a failed `fdatasync` the page cache holds data the disk does
-//!   not: each segment's valid records (right segment number,
-//!   length, CRC-32) in order, then the rest of the segment, searched at every byte offset for
-//!   a valid record of that segment. Zeros are a clean end. Bytes holding no valid record are a
-//!   torn write if nothing valid follows them in the whole log: only the very last write can
-//!   be torn, and it was never acknowledged; it is zeroed and synced. Damage followed by any
+//!   anything is changed (`recovery.rs`), read from the disk (each segment's cached pages are
+//!   dropped first: after a failed `fdatasync` the page cache holds data the disk does not):
+//!   each segment's valid records (right segment number, length, CRC-32) in order, then the
+//!   rest of the segment, searched at every byte offset for a valid record of that segment. Zeros are a clean end, and so is a zeroed record header
+//!   with no valid record after it in the segment (a torn write that an earlier version cut by
+//!   zeroing only the header). Other bytes holding no valid record are a torn write if nothing
+//!   valid follows them in the whole log: only the very last write can be torn, and it was
+//!   never acknowledged; it is zeroed and synced. Damage followed by any
 //!   valid record (same segment or later) means acknowledged data was damaged:
 //!   [`StoreError::Damaged`], on every start, with nothing changed, until an operator runs
 //!   [`repair`] (`handover-relay repair`), which drops the log from the damage on. Then

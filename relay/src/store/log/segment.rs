@@ -213,5 +213,14 @@ pub(super) fn scan_segment(file: &dyn LogFile, id: u64) -> Result<(Vec<Record>, 
             ));
         }
     }
+    if rest.len() >= RECORD_HEADER_LEN as usize
+        && rest[..RECORD_HEADER_LEN as usize].iter().all(|b| *b == 0)
+    {
+        // A zeroed record header with bytes but no valid record after it in this segment: a
+        // torn write that an earlier version cut by zeroing only its header (or one whose
+        // first sector never reached the disk). A clean end, as it always was; damage that
+        // valid records of this segment follow is still found above.
+        return Ok((out, Tail::Clean));
+    }
     Ok((out, Tail::Garbage { at, end: last + 1 }))
 }

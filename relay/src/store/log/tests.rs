@@ -9,7 +9,7 @@ use super::keyspace::{LSN_KEY, SLED_SEGMENT_SIZE};
 use super::migrate::{
     OLD_T_ENV, OLD_T_EXPIRY, OLD_T_QUEUE, OLD_WAL_MAGIC, OLD_X_ENVELOPE, OldQueuedRec,
 };
-use super::segment::{listing, segment_id, segment_name};
+use super::segment::{RECORD_HEADER_LEN, listing, segment_id, segment_name};
 use super::*;
 
 /// Reopens a store dropped a moment ago: sled's worker threads may hold its file lock for
@@ -349,6 +349,39 @@ fn torn_tail_is_ignored_and_later_writes_survive() {
     // The torn record does not make the later, acknowledged ones look like damage.
     let backend = reopen(dir.path());
     assert_eq!(backend.get(b"c").unwrap(), Some(b"3".to_vec()));
+    assert_eq!(backend.take_recovered().len(), 2);
+}
+
+/// The previous version cut a torn write by zeroing only its record header, leaving the rest
+/// of it; a store it wrote, with acknowledged records in later segments, still opens.
+#[test]
+fn a_torn_write_cut_by_the_previous_version_is_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, at);
+    {
+        let backend = LogBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+        first = backend.lock_wal().active.0;
+        backend.apply_logged(vec![], &[enqueue(1, b"one")]).unwrap();
+        backend.sync(Some(0)).unwrap();
+        at = backend.lock_pending().start;
+    }
+    {
+        let backend = reopen(dir.path());
+        assert_ne!(backend.lock_wal().active.0, first);
+        backend.apply_logged(vec![], &[enqueue(2, b"two")]).unwrap();
+        backend.sync(Some(0)).unwrap();
+    }
+    // What the previous version left of a torn record after the first one: the rest of it
+    // behind a zeroed header.
+    let mut remnant = vec![0u8; RECORD_HEADER_LEN as usize];
+    remnant.extend_from_slice(&[0xAB; 300]);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(segment_name(first)))
+        .unwrap();
+    file.write_all_at(&remnant, at).unwrap();
+    drop(file);
+    let backend = reopen(dir.path());
     assert_eq!(backend.take_recovered().len(), 2);
 }
 
