@@ -37,7 +37,8 @@ pub trait Keyspace: Send + Sync {
         start: &[u8],
         end: &[u8],
     ) -> Box<dyn Iterator<Item = Result<KeyValue, StoreError>> + '_>;
-    /// Applies `writes` atomically, with `lsn` stored at [`LSN_KEY`].
+    /// Applies `writes` atomically, and stores `lsn` as the LSN of the last batch applied (at
+    /// a key outside every table).
     fn apply(&self, lsn: u64, writes: &Overlay) -> Result<(), StoreError>;
     /// Makes every batch applied so far durable.
     fn checkpoint(&self) -> Result<(), StoreError>;
