@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// Data directory for the store and the generated certificate [default: ./relay-data].
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
     /// TCP address of the admin endpoint (/metrics, /healthz), or "off" [default: 127.0.0.1:9433].
     #[arg(long)]
@@ -144,6 +144,70 @@ pub struct Args {
     /// named (`quinn_proto=debug`), because their debug logs can print peer addresses.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
+    /// A maintenance command instead of running the relay.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Maintenance commands (the relay must not be running).
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Repairs a store whose log is damaged before acknowledged records (the relay refuses to
+    /// start): prints what would be dropped, and with --confirm drops the damaged record and
+    /// everything after it in the log. See docs/OPERATIONS.md, "A refused start".
+    Repair {
+        /// The only repair there is: drop everything in the log from the damage on.
+        #[arg(long, required = true)]
+        discard_after_damage: bool,
+        /// Carry it out; without this flag nothing is changed.
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
+/// `handover-relay repair`: the exit code and what to print.
+fn repair(dir: &std::path::Path, confirm: bool) -> ExitCode {
+    let fs = crate::store::StdFs;
+    let plan = match crate::store::plan_repair(&fs, dir) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => {
+            println!("{}: the log has no damage to repair", dir.display());
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("handover-relay repair: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let what = if plan.offset == 0 {
+        format!("segment {:016x} (its header is damaged)", plan.segment)
+    } else {
+        format!("segment {:016x} from byte {} on", plan.segment, plan.offset)
+    };
+    println!(
+        "{}: damage in {what}.\nDropping it and {} later segment(s) drops {} log record(s) \
+         written after the damage: {} queued envelope(s) are lost and {} removal(s) (acks, \
+         expiry, mailbox deletions) are undone, so those envelopes may be delivered again.",
+        dir.display(),
+        plan.later_segments.len(),
+        plan.records,
+        plan.envelopes,
+        plan.removals,
+    );
+    if !confirm {
+        println!("Nothing changed. Keep a copy of the data directory, then add --confirm.");
+        return ExitCode::from(3);
+    }
+    match crate::store::repair(&fs, dir, &plan) {
+        Ok(()) => {
+            println!("Repaired; the relay can start.");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("handover-relay repair: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn parse_admin(value: &str) -> Result<Option<SocketAddr>, RelayError> {
@@ -412,6 +476,9 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Repair { confirm, .. }) = &args.command {
+        return repair(&config.data_dir.join("store"), *confirm);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -647,5 +714,26 @@ mod tests {
         );
         std::fs::write(&token, "\n").unwrap();
         assert!(config_from(&args).is_err(), "an empty token is refused");
+    }
+
+    #[test]
+    fn repair_needs_the_discard_flag_and_takes_the_data_dir_after_it() {
+        let args = Args::try_parse_from([
+            "handover-relay",
+            "repair",
+            "--data-dir",
+            "/srv/relay",
+            "--discard-after-damage",
+        ])
+        .unwrap();
+        assert!(matches!(
+            args.command,
+            Some(Command::Repair { confirm: false, .. })
+        ));
+        assert_eq!(
+            config_from(&args).unwrap().data_dir,
+            PathBuf::from("/srv/relay")
+        );
+        assert!(Args::try_parse_from(["handover-relay", "repair", "--confirm"]).is_err());
     }
 }

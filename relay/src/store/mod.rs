@@ -34,7 +34,10 @@ mod memory;
 mod queue;
 mod senders;
 
-pub use self::log::{DEFAULT_WAL_SIZE, LogBackend, MIN_WAL_SIZE};
+pub use self::log::{
+    DEFAULT_WAL_SIZE, KeyValue, Keyspace, LogBackend, LogFile, LogFs, MIN_WAL_SIZE, RepairPlan,
+    StdFs, plan_repair, repair, sim,
+};
 pub use kv::{
     BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp,
     MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
@@ -63,6 +66,20 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("stored record is corrupt")]
     Corrupt,
+    /// The envelope log is damaged before records that were acknowledged: a record that does
+    /// not read back (wrong CRC, length or segment number) with valid records after it, in
+    /// its segment or a later one. The store refuses to open, on every start, until an
+    /// operator repairs it (`handover-relay repair`, see docs/OPERATIONS.md).
+    #[error(
+        "the envelope log is damaged in segment {segment:016x} at byte {offset}, before \
+         acknowledged records; refusing to start (see docs/OPERATIONS.md, \"A refused start\")"
+    )]
+    Damaged {
+        /// The damaged segment.
+        segment: u64,
+        /// Where its valid records end.
+        offset: u64,
+    },
 }
 
 /// A mailbox as stored.
@@ -371,8 +388,10 @@ pub trait Store: Send + Sync + 'static {
     /// the handler reads it on every send for the relay-wide caps, so a cap may be overshot by
     /// the requests in flight at once, never more.
     fn usage(&self) -> Usage;
-    /// True once a failure (a log write or sync, a checkpoint) made the store refuse every
-    /// further write until the relay is restarted; `/healthz` then reports the relay unhealthy.
+    /// Whether a failed write, sync or checkpoint has made the store refuse every write until
+    /// the relay restarts (it never retries a failed sync; see docs/OPERATIONS.md,
+    /// "Failures"). The relay then reports itself unhealthy (`/healthz` answers 503), so that
+    /// its supervisor restarts it and it recovers from what is on disk.
     fn writes_blocked(&self) -> bool {
         false
     }

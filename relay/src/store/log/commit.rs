@@ -3,17 +3,15 @@
 //! log pages back to the kernel.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
 use std::ops::Bound;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use super::super::StoreError;
 use super::super::kv::BodyRef;
-use super::keyspace::{SledFiles, apply_to_sled};
+use super::fs::{LogFile, LogFs};
 use super::segment::{RECORD_HEADER_LEN, SEG_HEADER_LEN, create_segment};
 use super::{LogBackend, backend_err};
 
@@ -185,43 +183,60 @@ impl Pending {
     }
 }
 
+/// A checkpoint started by [`Wal::start_checkpoint`].
+pub(super) enum Checkpointing {
+    /// Running on a background thread.
+    Thread(JoinHandle<Result<(), StoreError>>),
+    /// Run at once (under simulation); its result, reported when joined.
+    Done(Result<(), StoreError>),
+}
+
+/// What the thread creating the next segment returns.
+pub(super) type SpareResult = Result<(u64, Arc<dyn LogFile>), StoreError>;
+
+/// The open segments, by number, for reading bodies.
+pub(super) type Files = RwLock<BTreeMap<u64, Arc<dyn LogFile>>>;
+
 /// The writer's side of the log, under the log lock (which orders group writes).
 pub(super) struct Wal {
+    pub(super) fs: Arc<dyn LogFs>,
+    /// Whether segment creation and checkpoints run on background threads (not under
+    /// simulation, which runs them inline to stay deterministic).
+    pub(super) background: bool,
     pub(super) dir: PathBuf,
     pub(super) segment_size: u64,
     /// The segment being written.
-    pub(super) active: (u64, Arc<File>),
+    pub(super) active: (u64, Arc<dyn LogFile>),
     /// The next segment, being created.
-    pub(super) spare: Option<JoinHandle<Result<(u64, File), StoreError>>>,
+    pub(super) spare: Option<JoinHandle<SpareResult>>,
     /// The running background checkpoint and the segment number below which it covers.
-    pub(super) running: Option<(u64, JoinHandle<Result<(), StoreError>>)>,
-    pub(super) sled_files: Arc<Mutex<SledFiles>>,
+    pub(super) running: Option<(u64, Checkpointing)>,
     /// LSN of the last group written.
     pub(super) last_written: u64,
     /// Offset below which the active segment's pages were handed back to the kernel.
     pub(super) uncached_below: u64,
     /// The segment before the active one, and the offset below which its pages were handed
     /// back, until the active segment has a window's worth of groups.
-    pub(super) previous: Option<(Arc<File>, u64)>,
+    pub(super) previous: Option<(Arc<dyn LogFile>, u64)>,
 }
 
 impl Wal {
     pub(super) fn spawn_spare(&mut self, id: u64) {
+        if !self.background {
+            return;
+        }
+        let fs = self.fs.clone();
         let dir = self.dir.clone();
         let size = self.segment_size;
         let spawned = std::thread::Builder::new()
             .name("handover-segment".into())
-            .spawn(move || create_segment(&dir, id, size).map(|f| (id, f)));
+            .spawn(move || create_segment(fs.as_ref(), &dir, id, size).map(|f| (id, f)));
         // Without a thread the next rotation creates the segment itself.
         self.spare = spawned.ok();
     }
 
     /// Makes segment `id` the active one.
-    pub(super) fn rotate(
-        &mut self,
-        id: u64,
-        files: &RwLock<BTreeMap<u64, Arc<File>>>,
-    ) -> Result<(), StoreError> {
+    pub(super) fn rotate(&mut self, id: u64, files: &Files) -> Result<(), StoreError> {
         let spare = match self.spare.take() {
             Some(handle) => handle
                 .join()
@@ -232,16 +247,15 @@ impl Wal {
         };
         let file = match spare {
             Some((_, f)) => f,
-            None => create_segment(&self.dir, id, self.segment_size)?,
+            None => create_segment(self.fs.as_ref(), &self.dir, id, self.segment_size)?,
         };
-        let file = Arc::new(file);
         files
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, file.clone());
         let left = std::mem::replace(&mut self.active, (id, file));
         if let Some((older, from)) = self.previous.replace((left.1, self.uncached_below)) {
-            drop_cached(&older, from, None);
+            older.drop_cache(from, None);
         }
         self.uncached_below = 0;
         self.spawn_spare(id + 1);
@@ -273,37 +287,18 @@ impl Wal {
     pub(super) fn uncache(&mut self, end: u64) {
         let below = end.saturating_sub(LOG_CACHE_WINDOW);
         if below >= self.uncached_below + LOG_UNCACHE_STEP {
-            drop_cached(
-                &self.active.1,
-                self.uncached_below,
-                Some(below - self.uncached_below),
-            );
+            self.active
+                .1
+                .drop_cache(self.uncached_below, Some(below - self.uncached_below));
             self.uncached_below = below;
         }
         if end >= LOG_CACHE_WINDOW
             && let Some((older, from)) = self.previous.take()
         {
-            drop_cached(&older, from, None);
+            older.drop_cache(from, None);
         }
     }
 }
-
-/// Advises the kernel that `len` bytes of `file` from `offset` (to the end if `None`) will
-/// not be read soon, so that it drops their clean pages from the page cache. Advice only:
-/// a failure changes nothing that matters and is ignored.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub(super) fn drop_cached(file: &File, offset: u64, len: Option<u64>) {
-    // `None` is "to the end" for fadvise too; a length of zero would mean the same.
-    let len = match len {
-        Some(0) => return,
-        Some(n) => std::num::NonZeroU64::new(n),
-        None => None,
-    };
-    let _ = rustix::fs::fadvise(file, offset, len, rustix::fs::Advice::DontNeed);
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(super) fn drop_cached(_file: &File, _offset: u64, _len: Option<u64>) {}
 
 impl LogBackend {
     /// Writes and syncs the collected group, then applies its keyspace writes to sled.
@@ -339,7 +334,7 @@ impl LogBackend {
                 let Some((lsn, writes)) = self.lock_pending().frozen.front().cloned() else {
                     break;
                 };
-                apply_to_sled(&self.db, lsn, &writes).map_err(|e| self.fail(e))?;
+                self.db.apply(lsn, &writes).map_err(|e| self.fail(e))?;
                 self.lock_pending().frozen.pop_front();
             }
         }

@@ -17,10 +17,12 @@ impl LogBackend {
         wal: &mut Wal,
         oldest_live: Option<u64>,
     ) -> Result<(), StoreError> {
-        if let Some((_, handle)) = &wal.running
-            && handle.is_finished()
-        {
-            wal.join_checkpoint(&self.checkpointed_below)?;
+        if wal.checkpoint_finished() {
+            // A failed checkpoint is as fatal as a failed log sync: the keyspace writes it
+            // should have made durable may be gone from the page cache, and a later
+            // checkpoint on the same files could "succeed" without them.
+            wal.join_checkpoint(&self.checkpointed_below)
+                .map_err(|e| self.fail(e))?;
         }
         let below = oldest_live
             .unwrap_or(u64::MAX)
@@ -33,16 +35,24 @@ impl LogBackend {
             .range(..below)
             .map(|(id, _)| *id)
             .collect();
-        for id in doomed {
-            // Not synced: a segment whose deletion is lost in a crash is read again on open,
-            // and everything in it is either superseded or already in sled.
-            std::fs::remove_file(wal.dir.join(segment_name(id))).map_err(backend_err)?;
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        for id in &doomed {
+            wal.fs
+                .remove(&wal.dir.join(segment_name(*id)))
+                .map_err(|e| self.fail(backend_err(e)))?;
             self.files
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+                .remove(id);
         }
-        Ok(())
+        // The deletions are durable before the sync that made them returns. A failed
+        // directory sync is fatal like a failed log sync: the directory's state on disk is
+        // unknown, and a retry could "succeed" without the lost update.
+        wal.fs
+            .sync_dir(&wal.dir)
+            .map_err(|e| self.fail(backend_err(e)))
     }
 
     /// The oldest segment if it is sealed and checkpointed (see

@@ -1,13 +1,12 @@
 //! Migration from the previous store format (envelopes in sled, two log files `wal-0` and
 //! `wal-1`).
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::super::kv::{Batch, KvBackend, LogOp, Recovered};
 use super::super::{Id, StoreError};
 use super::format::crc32;
+use super::fs::LogFs;
 use super::segment::{RECORD_HEADER_LEN, sync_dir_entries};
 use super::{LogBackend, backend_err};
 
@@ -38,14 +37,14 @@ pub(super) struct OldQueuedRec {
 
 /// Checks that the old log files hold no record of their current generation, i.e. that the
 /// previous version shut down cleanly (its shutdown checkpoint put everything into sled).
-pub(super) fn old_format_is_clean(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn old_format_is_clean(fs: &dyn LogFs, dir: &Path) -> Result<(), StoreError> {
     for name in OLD_WAL_FILES {
-        let file = match File::open(dir.join(name)) {
+        let file = match fs.open(&dir.join(name)) {
             Ok(f) => f,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => return Err(backend_err(err)),
         };
-        let size = file.metadata().map_err(backend_err)?.len();
+        let size = file.size().map_err(backend_err)?;
         let mut h = [0u8; 20];
         file.read_exact_at(&mut h, 0).map_err(backend_err)?;
         if &h[..8] != OLD_WAL_MAGIC || crc32(&[&h[..16]]).to_be_bytes() != h[16..20] {
@@ -88,8 +87,9 @@ impl LogBackend {
         let mut moved = 0u64;
         loop {
             let mut ops_data = Vec::new();
-            for entry in self.db.scan_prefix([OLD_T_QUEUE]).take(OLD_MIGRATE_STEP) {
-                let (k, v) = entry.map_err(backend_err)?;
+            let queue = self.db.range(&[OLD_T_QUEUE], &[OLD_T_QUEUE + 1]);
+            for entry in queue.take(OLD_MIGRATE_STEP) {
+                let (k, v) = entry?;
                 let recv_id: Id = k
                     .get(1..17)
                     .ok_or(StoreError::Corrupt)?
@@ -100,7 +100,7 @@ impl LogBackend {
                     .ok_or(StoreError::Corrupt)?
                     .try_into()
                     .map_err(|_| StoreError::Corrupt)?;
-                let rec = <OldQueuedRec as prost::Message>::decode(v.as_ref())
+                let rec = <OldQueuedRec as prost::Message>::decode(v.as_slice())
                     .map_err(|_| StoreError::Corrupt)?;
                 let envelope_id: Id = rec
                     .envelope_id
@@ -158,13 +158,13 @@ impl LogBackend {
             moved += ops_data.len() as u64;
         }
         for name in OLD_WAL_FILES {
-            match std::fs::remove_file(dir.join(name)) {
+            match self.fs.remove(&dir.join(name)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(backend_err(err)),
             }
         }
-        sync_dir_entries(dir)?;
+        sync_dir_entries(self.fs.as_ref(), dir)?;
         tracing::info!(
             envelopes = moved,
             "store migrated from the two-file log format"

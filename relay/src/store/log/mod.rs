@@ -34,20 +34,32 @@
 //!   and a background thread *checkpoints* sled (records the last LSN, `flush`, `fdatasync` of
 //!   its files, `fsync` of directories whose entries changed); after that, the keyspace writes
 //!   in the sealed segment are no longer needed for recovery.
-//! - A sealed, checkpointed segment is deleted as soon as it and every older segment hold no
-//!   queued envelope; deleting only from the oldest end keeps every removal record that an
+//! - A sealed, checkpointed segment is deleted (and the directory synced, before the sync
+//!   that deleted it returns) as soon as it and every older segment hold no queued envelope; deleting only from the oldest end keeps every removal record that an
 //!   older enqueue record needs. The store copies the live envelopes of a mostly dead oldest
 //!   segment forward ([`KvBackend::compaction_candidate`]).
-//! - On open, sled recovers a prefix of its batches; every segment is read in order up to its
-//!   first torn or damaged record (only the very last record written can be torn: it was never
-//!   acknowledged), keyspace batches newer than sled's LSN are replayed into sled, the envelope
-//!   records are handed to the store ([`KvBackend::take_recovered`]), sled is checkpointed and a
-//!   fresh segment becomes active. A damaged record followed by valid ones in a later segment
-//!   means acknowledged data was damaged: the relay refuses to start.
+//! - On open, sled recovers a prefix of its batches. The whole log is then checked before
+//!   anything is changed (`recovery.rs`), read from the disk (each segment's cached pages are
+//!   dropped first: after a failed `fdatasync` the page cache holds data the disk does not):
+//!   each segment's valid records (right segment number, length, CRC-32) in order, then the
+//!   rest of the segment, searched at every byte offset for a valid record of that segment. Zeros are a clean end, and so is a zeroed record header
+//!   with no valid record after it in the segment (a torn write that an earlier version cut by
+//!   zeroing only the header). Other bytes holding no valid record are a torn write if nothing
+//!   valid follows them in the whole log: only the very last write can be torn, and it was
+//!   never acknowledged; it is zeroed and synced. Damage followed by any
+//!   valid record (same segment or later) means acknowledged data was damaged:
+//!   [`StoreError::Damaged`], on every start, with nothing changed, until an operator runs
+//!   [`repair`] (`handover-relay repair`), which drops the log from the damage on. Then
+//!   keyspace batches newer than sled's LSN are replayed into sled, the envelope records are
+//!   handed to the store ([`KvBackend::take_recovered`]), sled is checkpointed and a fresh
+//!   segment becomes active.
 //!
-//! A failed `pwrite`, `fdatasync` or sled apply poisons the backend: every later call fails
-//! until the relay is restarted and recovers from what is on disk (after a failed `fdatasync`
-//! the page cache cannot be trusted to say what is durable).
+//! A failed `pwrite`, `fdatasync`, sled apply, checkpoint (sled's flush, the `fdatasync` of its
+//! files, a directory `fsync`) or segment creation poisons the backend: every later write, sync
+//! and checkpoint fails ([`Store::writes_blocked`](super::Store::writes_blocked)) until the relay is restarted and
+//! recovers from what is on disk. After a failed sync the kernel may have dropped the dirty
+//! pages and marked them clean, so retrying would "succeed" without them (PostgreSQL's
+//! "fsyncgate"); the page cache cannot be trusted to say what is durable.
 //!
 //! When `sync` returns, every batch applied before it is on stable storage, given a drive that
 //! honours cache flushes (see docs/OPERATIONS.md, "Durability").
@@ -61,32 +73,72 @@
 //! - `keyspace.rs`: sled (applying groups, checkpoints);
 //! - `recovery.rs`: reading the log back on open;
 //! - `compaction.rs`: deleting dead segments and offering the oldest to compaction;
-//! - `migrate.rs`: migration from the previous store format.
+//! - `migrate.rs`: migration from the previous store format;
+//! - `fs.rs`: the file layer ([`LogFs`], [`LogFile`]) every file and directory operation of
+//!   the log goes through; [`StdFs`] is the real file system;
+//! - `sim.rs`: the simulated disk and keyspace ([`sim`]); `sim_tests.rs`: the fault-injection
+//!   suite.
+//!
+//! # Testing under power loss and disk faults
+//!
+//! Killing the process (the SIGKILL test in `tests/tests/relay_crash.rs`) keeps the page cache,
+//! so it cannot show what a power cut or a failing disk does. For that the log store runs on
+//! [`sim::SimDisk`] ([`LogBackend::open_simulated`]): an in-memory disk that, at a power cut,
+//! keeps only what a completed `fdatasync`/`fsync` covered, directory entries (create, rename,
+//! unlink) only as of the last directory `fsync`, lets each unsynced write survive whole, not at
+//! all, or torn at 512-byte sectors, and fails a chosen (or random) write, sync, directory sync
+//! or keyspace checkpoint with `EIO` or `ENOSPC`, with Linux's semantics for a failed sync (the
+//! pages are marked clean; the cache keeps data the disk does not have). Everything random comes
+//! from one seed, and the store runs its background work (segment creation, checkpoints)
+//! inline, so a seed replays exactly.
+//!
+//! `sim_tests.rs` drives the store through sends, acks, expiry sweeps, segment rotation,
+//! compaction, mailbox creation and deletion, prekey publication and takes, syncs and
+//! checkpoints, with random power cuts, process exits and faults, and after every recovery
+//! checks a model: every acknowledged effect (one a successful sync followed) is there, no
+//! acknowledged removal (ack, expiry, mailbox deletion) or prekey take is undone, no expired
+//! envelope is served, and recovery never refuses a log that only lost unsynced writes.
+//! `cargo test` runs 256 seeds; `HANDOVER_SIM_SEEDS=N` runs `N` (a soak, from seed
+//! `HANDOVER_SIM_FIRST` if set) and `HANDOVER_SIM_SEED=S` replays seed `S`.
+//!
+//! **What the harness does not reach.** sled opens and writes its own files, so they are not
+//! behind [`LogFs`]. Under simulation sled is replaced by a model of what the log store relies
+//! on ([`Keyspace`]): atomic batches, a recovered prefix of them after a crash, and everything
+//! applied before a successful checkpoint durable. Whether sled 0.34 itself keeps that
+//! contract under power loss (its flush uses `sync_file_range`, see above; the checkpoint adds
+//! an `fdatasync` of its file and directory syncs) is not tested by the harness; the
+//! real-process SIGKILL test exercises the real sled, but not a power cut.
 
 mod commit;
 mod compaction;
 mod format;
+mod fs;
 mod keyspace;
 mod migrate;
 mod recovery;
 mod segment;
+pub mod sim;
+#[cfg(test)]
+mod sim_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::StoreError;
 use super::kv::{Batch, BodyRef, Candidate, Entries, KvBackend, LogOp, Recovered};
-use commit::{Overlay, Pending, Wal, new_record, slice_at};
+use commit::{Files, Overlay, Pending, Wal, new_record, slice_at};
 use format::encode_batch;
-use keyspace::{SLED_SEGMENT_SIZE, SledFiles, SyncedFiles, read_lsn};
+pub use fs::{LogFile, LogFs, StdFs};
+use keyspace::SledKeyspace;
+pub use keyspace::{KeyValue, Keyspace};
+use keyspace::{checkpoint as checkpoint_keyspace, read_lsn};
 use migrate::{OLD_WAL_FILES, old_format_is_clean};
 use recovery::{RecoveredLog, recover_log};
+pub use recovery::{RepairPlan, plan_repair, repair};
 use segment::{SEG_HEADER_LEN, create_segment, sync_dir_entries};
 
 /// Default nominal size of a log segment.
@@ -98,16 +150,14 @@ fn backend_err(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
-/// One key-value pair read from sled.
-type KeyValue = (Vec<u8>, Vec<u8>);
-
 /// The on-disk [`KvBackend`]: sled plus the segment log.
 pub struct LogBackend {
-    db: sled::Db,
+    db: Arc<dyn Keyspace>,
+    fs: Arc<dyn LogFs>,
     pending: Mutex<Pending>,
     wal: Mutex<Wal>,
     /// Open segments, for reading bodies.
-    files: RwLock<BTreeMap<u64, Arc<File>>>,
+    files: Files,
     /// Segments below this number have their keyspace writes checkpointed into sled.
     checkpointed_below: Arc<AtomicU64>,
     /// The segment being written.
@@ -132,56 +182,67 @@ impl LogBackend {
     /// Opens (or creates) the store in `dir`: recovers sled and the log (see the module docs)
     /// and starts a fresh segment of `segment_size` bytes.
     pub fn open_with_log_size(dir: &Path, segment_size: u64) -> Result<Self, StoreError> {
+        Self::open_on(Arc::new(StdFs), dir, segment_size, true, |dir| {
+            Ok(Arc::new(SledKeyspace::open(dir)?))
+        })
+    }
+
+    /// Opens (or creates) the store in `dir` on a simulated disk, with the simulated keyspace
+    /// in place of sled and no background threads (see [`sim`]).
+    pub fn open_simulated(
+        disk: &sim::SimDisk,
+        dir: &Path,
+        segment_size: u64,
+    ) -> Result<Self, StoreError> {
+        Self::open_on(Arc::new(disk.clone()), dir, segment_size, false, |_| {
+            Ok(Arc::new(disk.keyspace()))
+        })
+    }
+
+    fn open_on(
+        fs: Arc<dyn LogFs>,
+        dir: &Path,
+        segment_size: u64,
+        background: bool,
+        keyspace: impl FnOnce(&Path) -> Result<Arc<dyn Keyspace>, StoreError>,
+    ) -> Result<Self, StoreError> {
         let segment_size = segment_size.max(MIN_WAL_SIZE);
-        std::fs::create_dir_all(dir).map_err(backend_err)?;
-        let old_format = dir.join(OLD_WAL_FILES[0]).exists();
+        fs.create_dir_all(dir).map_err(backend_err)?;
+        let old_format = fs.exists(&dir.join(OLD_WAL_FILES[0]));
         if old_format {
-            old_format_is_clean(dir)?;
+            old_format_is_clean(fs.as_ref(), dir)?;
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .segment_size(SLED_SEGMENT_SIZE)
-            // Durability comes from the log; sled's own periodic flush would only add
-            // write-back work.
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(backend_err)?;
-        let sled_lsn = read_lsn(&db)?;
+        let db = keyspace(dir)?;
+        let sled_lsn = read_lsn(db.as_ref())?;
         let RecoveredLog {
             ids,
             mut files,
             recovered,
             max_lsn,
             empty_last,
-        } = recover_log(dir, &db, sled_lsn)?;
+        } = recover_log(fs.as_ref(), dir, db.as_ref(), sled_lsn)?;
 
-        let log = File::open(dir.join("db")).map_err(backend_err)?;
-        let mut sled_files = SledFiles {
-            dir: dir.to_path_buf(),
-            log,
-            synced: SyncedFiles::default(),
-        };
-        sled_files.checkpoint(&db, max_lsn)?;
+        checkpoint_keyspace(db.as_ref(), max_lsn)?;
         let (active_id, active) = match empty_last.and_then(|id| files.get(&id).map(|f| (id, f))) {
             Some((id, f)) => (id, f.clone()),
             None => {
                 let id = ids.last().map_or(1, |id| id + 1);
-                let f = Arc::new(create_segment(dir, id, segment_size)?);
+                let f = create_segment(fs.as_ref(), dir, id, segment_size)?;
                 files.insert(id, f.clone());
                 (id, f)
             }
         };
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir_entries(parent)?;
+            sync_dir_entries(fs.as_ref(), parent)?;
         }
         let mut wal = Wal {
+            fs: fs.clone(),
+            background,
             dir: dir.to_path_buf(),
             segment_size,
             active: (active_id, active),
             spare: None,
             running: None,
-            sled_files: Arc::new(Mutex::new(sled_files)),
             last_written: max_lsn,
             uncached_below: 0,
             previous: None,
@@ -189,6 +250,7 @@ impl LogBackend {
         wal.spawn_spare(active_id + 1);
         let backend = Self {
             db,
+            fs,
             pending: Mutex::new(Pending {
                 bytes: new_record(Vec::new()),
                 payload_crc: crc32fast::Hasher::new(),
@@ -216,6 +278,11 @@ impl LogBackend {
         Ok(backend)
     }
 
+    /// The segment being written.
+    pub fn active_segment(&self) -> u64 {
+        self.active_segment.load(Ordering::SeqCst)
+    }
+
     fn lock_pending(&self) -> MutexGuard<'_, Pending> {
         // Every change under this lock is completed before it is released (no fallible step
         // leaves it half-done), so a poisoned lock is safe to reuse.
@@ -228,7 +295,10 @@ impl LogBackend {
     }
 
     fn fail(&self, err: StoreError) -> StoreError {
-        tracing::error!(error = %err, "log write failed; the store refuses further writes until restarted");
+        tracing::error!(
+            error = %err,
+            "a log write, sync or checkpoint failed; the store refuses further writes until restarted"
+        );
         self.lock_pending().failed = true;
         err
     }
@@ -255,7 +325,7 @@ impl KvBackend for LogBackend {
         if let Some(v) = self.lock_pending().lookup(key) {
             return Ok(v);
         }
-        Ok(self.db.get(key).map_err(backend_err)?.map(|v| v.to_vec()))
+        self.db.get(key)
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
@@ -265,13 +335,8 @@ impl KvBackend for LogBackend {
         // Snapshot of the unapplied writes first: a group applied to sled after this point is
         // also in the snapshot (with the same values), and the snapshot takes precedence.
         let overlay = self.lock_pending().range(start, end);
-        let mut disk = self.db.range(start..end);
-        let mut next_disk = || -> Result<Option<KeyValue>, StoreError> {
-            disk.next()
-                .transpose()
-                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
-                .map_err(backend_err)
-        };
+        let mut disk = self.db.range(start, end);
+        let mut next_disk = || -> Result<Option<KeyValue>, StoreError> { disk.next().transpose() };
         let mut out = Vec::new();
         let mut over = overlay.into_iter().peekable();
         let mut on_disk = next_disk()?;
@@ -376,12 +441,10 @@ impl KvBackend for LogBackend {
     fn checkpoint(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
         let mut wal = self.lock_wal();
         self.commit(&mut wal)?;
-        wal.join_checkpoint(&self.checkpointed_below)?;
+        wal.join_checkpoint(&self.checkpointed_below)
+            .map_err(|e| self.fail(e))?;
         let lsn = wal.last_written;
-        wal.sled_files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .checkpoint(&self.db, lsn)?;
+        checkpoint_keyspace(self.db.as_ref(), lsn).map_err(|e| self.fail(e))?;
         self.checkpointed_below
             .fetch_max(wal.active.0, Ordering::SeqCst);
         self.reclaim(&mut wal, oldest_live)

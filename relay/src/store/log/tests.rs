@@ -5,11 +5,11 @@ use std::os::unix::fs::FileExt;
 
 use super::commit::{LOG_CACHE_WINDOW, LOG_UNCACHE_STEP};
 use super::format::{crc32, decode_batches};
-use super::keyspace::LSN_KEY;
+use super::keyspace::{LSN_KEY, SLED_SEGMENT_SIZE};
 use super::migrate::{
     OLD_T_ENV, OLD_T_EXPIRY, OLD_T_QUEUE, OLD_WAL_MAGIC, OLD_X_ENVELOPE, OldQueuedRec,
 };
-use super::segment::{listing, segment_id, segment_name};
+use super::segment::{RECORD_HEADER_LEN, listing, segment_id, segment_name};
 use super::*;
 
 /// Reopens a store dropped a moment ago: sled's worker threads may hold its file lock for
@@ -45,7 +45,7 @@ fn enqueue(n: u8, body: &[u8]) -> LogOp<'_> {
 }
 
 fn segments(dir: &Path) -> Vec<u64> {
-    let mut ids: Vec<u64> = listing(dir)
+    let mut ids: Vec<u64> = listing(&StdFs, dir)
         .unwrap()
         .iter()
         .filter_map(|n| segment_id(n))
@@ -294,7 +294,8 @@ fn synced_log_behind_the_window_leaves_the_page_cache() {
             // Every body stays queued, so no segment is deleted.
             backend.sync(Some(bodies[0].segment)).unwrap();
         }
-        let file = |b: &BodyRef| backend.files.read().unwrap()[&b.segment].clone();
+        // The page cache belongs to the file, so another descriptor sees the same pages.
+        let file = |b: &BodyRef| File::open(dir.path().join(segment_name(b.segment))).unwrap();
         let (first, last) = (bodies[0], bodies[bodies.len() - 1]);
         assert!(
             !cached(&file(&first), first.offset),
@@ -351,6 +352,39 @@ fn torn_tail_is_ignored_and_later_writes_survive() {
     assert_eq!(backend.take_recovered().len(), 2);
 }
 
+/// The previous version cut a torn write by zeroing only its record header, leaving the rest
+/// of it; a store it wrote, with acknowledged records in later segments, still opens.
+#[test]
+fn a_torn_write_cut_by_the_previous_version_is_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, at);
+    {
+        let backend = LogBackend::open_with_log_size(dir.path(), MIN_WAL_SIZE).unwrap();
+        first = backend.lock_wal().active.0;
+        backend.apply_logged(vec![], &[enqueue(1, b"one")]).unwrap();
+        backend.sync(Some(0)).unwrap();
+        at = backend.lock_pending().start;
+    }
+    {
+        let backend = reopen(dir.path());
+        assert_ne!(backend.lock_wal().active.0, first);
+        backend.apply_logged(vec![], &[enqueue(2, b"two")]).unwrap();
+        backend.sync(Some(0)).unwrap();
+    }
+    // What the previous version left of a torn record after the first one: the rest of it
+    // behind a zeroed header.
+    let mut remnant = vec![0u8; RECORD_HEADER_LEN as usize];
+    remnant.extend_from_slice(&[0xAB; 300]);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(segment_name(first)))
+        .unwrap();
+    file.write_all_at(&remnant, at).unwrap();
+    drop(file);
+    let backend = reopen(dir.path());
+    assert_eq!(backend.take_recovered().len(), 2);
+}
+
 #[test]
 fn damage_before_acknowledged_records_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,6 +413,18 @@ fn damage_before_acknowledged_records_refuses_to_start() {
     drop(file);
     let err = try_reopen(dir.path()).unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
+    // On the real file system too: refused again, then repaired.
+    assert!(matches!(
+        try_reopen(dir.path()),
+        Err(StoreError::Damaged { segment, .. }) if segment == first_segment
+    ));
+    let plan = plan_repair(&StdFs, dir.path()).unwrap().unwrap();
+    assert_eq!((plan.segment, plan.offset), (first_segment, SEG_HEADER_LEN));
+    assert_eq!((plan.records, plan.envelopes), (1, 1));
+    repair(&StdFs, dir.path(), &plan).unwrap();
+    assert_eq!(plan_repair(&StdFs, dir.path()).unwrap(), None);
+    let backend = reopen(dir.path());
+    assert!(backend.take_recovered().is_empty());
 }
 
 #[test]
