@@ -188,8 +188,15 @@ fn handover_setup(
     let alice = pair.party(Side::Alice);
     // Alice: certificate and both prekey signatures checked, X25519 x4, ML-KEM encaps,
     // ratchet initialisation, first message.
-    let (mut session, _) =
-        Session::initiate(&alice.keys, &alice.peer_trust, bundle, pair.now, rng).unwrap();
+    let (mut session, _) = Session::initiate(
+        &alice.keys,
+        &alice.certificate,
+        &alice.peer_trust,
+        bundle,
+        pair.now,
+        rng,
+    )
+    .unwrap();
     let OutgoingMessage::Prekey(first) = session.encrypt(plaintext).unwrap() else {
         panic!("expected an initial message")
     };
@@ -202,7 +209,16 @@ fn handover_setup(
         .peer_trust
         .verify_certificate(&alice.certificate, pair.now)
         .unwrap();
-    let out = Session::respond(&bob.keys, &mut store, &cert, &first, pair.now, rng).unwrap();
+    let out = Session::respond(
+        &bob.keys,
+        &bob.certificate,
+        &mut store,
+        &cert,
+        &first,
+        pair.now,
+        rng,
+    )
+    .unwrap();
     let d = start.elapsed();
     black_box(out);
     d

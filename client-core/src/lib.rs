@@ -56,7 +56,7 @@
 //!
 //! // Alice trusts Bob's organisation root, checks the bundle and starts a session.
 //! let bundle = PrekeyBundle::from_parts(published, Some(otpk), None).ok_or("bad bundle")?;
-//! let (mut session_a, _bob_cert) = Session::initiate(&alice, &OrgTrust::new(org_b.public_key()), &bundle, now, rng)?;
+//! let (mut session_a, _bob_cert) = Session::initiate(&alice, &cert_a, &OrgTrust::new(org_b.public_key()), &bundle, now, rng)?;
 //! let sealed_msg = session_a.encrypt(b"hello")?.into_sealed(cert_a);
 //! let envelope = sealed::seal(&mailbox.public_key(), &sealed_msg, &[7; 16], now + 3600, rng)?;
 //!
@@ -64,7 +64,7 @@
 //! let opened = sealed::open(&mailbox, &[7; 16], now + 3600, &envelope)?;
 //! let sender = OrgTrust::new(org_a.public_key()).verify_certificate(opened.sender.as_ref().ok_or("no sender")?, now)?;
 //! let Some(wire::sealed::Message::Prekey(initial)) = &opened.message else { return Err("expected an initial message".into()) };
-//! let (_session_b, plaintext) = Session::respond(&bob, &mut prekeys, &sender, initial, now, rng)?;
+//! let (_session_b, plaintext) = Session::respond(&bob, &cert_b, &mut prekeys, &sender, initial, now, rng)?;
 //! assert_eq!(plaintext, b"hello");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

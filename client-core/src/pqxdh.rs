@@ -8,7 +8,9 @@
 //! (CT, SS) = ML-KEM-768.Encaps(PQPK_B)
 //! SK = HKDF-SHA256(salt = 32 zero bytes, IKM = F || DH1 || DH2 || DH3 [|| DH4] || SS,
 //!                  info = "Handover_X25519_SHA-256_ML-KEM-768", L = 32),  F = 32 bytes 0xFF
-//! AD = IK_A || IK_B       (each the 32-byte X25519 u-coordinate)
+//! AD = IK_A || IK_B || CH(cert_A) || CH(cert_B)      (IK_*: the 32-byte X25519 u-coordinates;
+//!      CH(cert) = SHA-256("handover/1 ad-certificate" || cert.certificate), see
+//!      crate::session::session_ad)
 //! ```
 //!
 //! Handover's one refinement (docs/PROTOCOL.md §6): prekey signatures are Ed25519 signatures by

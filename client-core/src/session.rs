@@ -16,6 +16,7 @@ use handover_proto::limits::KEY_LEN;
 use handover_proto::validate::Validate;
 use prost::Message;
 use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
@@ -28,8 +29,17 @@ use crate::identity::{
 use crate::pqxdh::{PrekeyBundle, PrekeyStore, dh, kdf, kem_encapsulate};
 use crate::ratchet::{Header, RatchetError, RatchetState};
 
-/// Length of the session associated data `AD = IK_A || IK_B`.
-pub const SESSION_AD_LEN: usize = 2 * KEY_LEN;
+/// Length of the session associated data
+/// `AD = IK_A || IK_B || CH(cert_A) || CH(cert_B)` (docs/PROTOCOL.md §6.1).
+pub const SESSION_AD_LEN: usize = 4 * KEY_LEN;
+
+/// Length of the associated data `IK_A || IK_B` of sessions stored in format 1 (set up before
+/// certificates were bound into the AD); such sessions keep it.
+pub const LEGACY_SESSION_AD_LEN: usize = 2 * KEY_LEN;
+
+/// Domain-separation label of a certificate hash in the session associated data:
+/// `CH(cert) = SHA-256(LABEL_AD_CERTIFICATE || SignedDeviceCertificate.certificate)`.
+pub const LABEL_AD_CERTIFICATE: &[u8] = b"handover/1 ad-certificate";
 
 /// Errors from session setup and messaging.
 ///
@@ -56,6 +66,9 @@ pub enum SessionError {
     /// Stored session state could not be read.
     #[error("malformed session state")]
     MalformedState,
+    /// The local certificate passed in does not certify the local identity key.
+    #[error("local certificate does not match the local identity key")]
+    LocalCertificateMismatch,
 }
 
 impl From<RatchetError> for SessionError {
@@ -95,7 +108,9 @@ enum Phase {
 
 #[derive(Clone)]
 struct SessionInner {
-    ad: [u8; SESSION_AD_LEN],
+    /// [`SESSION_AD_LEN`] bytes, or [`LEGACY_SESSION_AD_LEN`] for a session restored from
+    /// format 1.
+    ad: Vec<u8>,
     local_identity: [u8; 32],
     remote_identity: [u8; 32],
     remote_device: DeviceId,
@@ -153,14 +168,39 @@ impl OutgoingMessage {
     }
 }
 
-pub(crate) fn session_ad(
+/// `CH(cert) = SHA-256(LABEL_AD_CERTIFICATE || cert.certificate)`: the hash of a signed
+/// device certificate's `certificate` bytes exactly as they travel (the bytes the root's
+/// signature covers).
+pub fn certificate_ad_hash(cert: &wire::SignedDeviceCertificate) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(LABEL_AD_CERTIFICATE);
+    h.update(&cert.certificate);
+    h.finalize().into()
+}
+
+/// The session associated data (docs/PROTOCOL.md §6.1):
+/// `IK_A || IK_B || CH(cert_A) || CH(cert_B)`, where A is the initiator, `cert_A` the
+/// certificate it presents in sealed sender and `cert_B` the responder's certificate from the
+/// prekey bundle.
+pub fn session_ad(
     initiator_identity: &[u8; 32],
     responder_identity: &[u8; 32],
+    initiator_certificate: &wire::SignedDeviceCertificate,
+    responder_certificate: &wire::SignedDeviceCertificate,
 ) -> [u8; SESSION_AD_LEN] {
     let mut ad = [0u8; SESSION_AD_LEN];
     ad[..32].copy_from_slice(initiator_identity);
-    ad[32..].copy_from_slice(responder_identity);
+    ad[32..64].copy_from_slice(responder_identity);
+    ad[64..96].copy_from_slice(&certificate_ad_hash(initiator_certificate));
+    ad[96..].copy_from_slice(&certificate_ad_hash(responder_certificate));
     ad
+}
+
+/// Whether `cert` (the local device's own, not verified here) names `identity` as its identity
+/// key.
+fn certifies(cert: &wire::SignedDeviceCertificate, identity: &[u8; 32]) -> bool {
+    decode::device_certificate(&cert.certificate)
+        .is_ok_and(|c| bool::from(c.identity_key.as_slice().ct_eq(identity.as_slice())))
 }
 
 fn to_array(bytes: &[u8]) -> Option<[u8; 32]> {
@@ -184,14 +224,23 @@ impl Session {
     /// returns the session and the peer's verified certificate. The first [`encrypt`]
     /// produces the initial message.
     ///
+    /// `local_certificate` is the certificate this device presents in sealed sender on this
+    /// session; it is bound into the associated data with the bundle's, so the responder must
+    /// see the same one. It must certify `local`'s identity key
+    /// ([`SessionError::LocalCertificateMismatch`] otherwise).
+    ///
     /// [`encrypt`]: Session::encrypt
     pub fn initiate(
         local: &DeviceKeys,
+        local_certificate: &wire::SignedDeviceCertificate,
         trust: &OrgTrust,
         bundle: &PrekeyBundle,
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<(Self, DeviceCertificate), SessionError> {
+        if !certifies(local_certificate, &local.identity_public()) {
+            return Err(SessionError::LocalCertificateMismatch);
+        }
         let peer = trust.verify_certificate(&bundle.certificate, now)?;
         bundle
             .signed_prekey
@@ -252,7 +301,13 @@ impl Session {
         let sk = kdf(&dh1, &dh2, &dh3, dh4.as_deref(), &ss[..]);
         let ratchet = RatchetState::init_alice(&sk, &spk_public, rng)?;
         let inner = SessionInner {
-            ad: session_ad(&local_identity, &remote_identity),
+            ad: session_ad(
+                &local_identity,
+                &remote_identity,
+                local_certificate,
+                &bundle.certificate,
+            )
+            .to_vec(),
             local_identity,
             remote_identity,
             remote_device: peer.device_id(),
@@ -280,15 +335,24 @@ impl Session {
     /// runs PQXDH with our prekeys, decrypts the first message, and only then deletes the used
     /// one-time prekeys. Returns the session and the plaintext.
     ///
-    /// Any failure is [`SessionError::CouldNotDecrypt`] and changes nothing.
+    /// `local_certificate` is this device's certificate as published in its prekey bundle;
+    /// the associated data binds it and `sender`'s signed certificate.
+    ///
+    /// Any failure is [`SessionError::CouldNotDecrypt`] and changes nothing, except a
+    /// `local_certificate` that does not certify `local`'s identity key
+    /// ([`SessionError::LocalCertificateMismatch`]).
     pub fn respond(
         local: &DeviceKeys,
+        local_certificate: &wire::SignedDeviceCertificate,
         prekeys: &mut PrekeyStore,
         sender: &DeviceCertificate,
         message: &wire::PrekeyMessage,
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<(Self, Vec<u8>), SessionError> {
+        if !certifies(local_certificate, &local.identity_public()) {
+            return Err(SessionError::LocalCertificateMismatch);
+        }
         let fail = SessionError::CouldNotDecrypt;
         message.validate().map_err(|_| fail.clone())?;
         let remote_identity = to_array(&message.identity_key).ok_or(fail.clone())?;
@@ -321,7 +385,13 @@ impl Session {
         let ratchet = RatchetState::init_bob(&sk, spk);
         let mut session = Self {
             inner: Box::new(SessionInner {
-                ad: session_ad(&remote_identity, &local_identity),
+                ad: session_ad(
+                    &remote_identity,
+                    &local_identity,
+                    sender.signed(),
+                    local_certificate,
+                )
+                .to_vec(),
                 local_identity,
                 remote_identity,
                 remote_device: sender.device_id(),
@@ -358,9 +428,11 @@ impl Session {
         self.inner.remote_device
     }
 
-    /// The session associated data `AD = IK_initiator || IK_responder`.
-    pub fn associated_data(&self) -> [u8; SESSION_AD_LEN] {
-        self.inner.ad
+    /// The session associated data: [`session_ad`] ([`SESSION_AD_LEN`] bytes), or
+    /// `IK_initiator || IK_responder` ([`LEGACY_SESSION_AD_LEN`] bytes) for a session set up
+    /// before certificates were bound and restored from format 1.
+    pub fn associated_data(&self) -> &[u8] {
+        &self.inner.ad
     }
 
     /// Encrypts `plaintext` (normally an encoded `Content`).
@@ -480,11 +552,17 @@ impl Session {
         }
     }
 
-    /// Serialises the session for the encrypted local store (private layout, version 1; see
-    /// the module source). The bytes contain secrets.
+    /// Serialises the session for the encrypted local store (private layout; see the module
+    /// source): version 2, or version 1 for a session that keeps the legacy associated data.
+    /// The bytes contain secrets.
     pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
         let i = &*self.inner;
-        let mut w = Writer::new(SESSION_FORMAT);
+        let format = if i.ad.len() == LEGACY_SESSION_AD_LEN {
+            SESSION_FORMAT_LEGACY_AD
+        } else {
+            SESSION_FORMAT
+        };
+        let mut w = Writer::new(format);
         w.bytes(&i.ad);
         w.bytes(&i.local_identity);
         w.bytes(&i.remote_identity);
@@ -516,10 +594,12 @@ impl Session {
         use handover_proto::limits::ML_KEM_768_CIPHERTEXT_LEN;
         let e = SessionError::MalformedState;
         let mut r = Reader::new(bytes);
-        if r.u8() != Some(SESSION_FORMAT) {
-            return Err(e);
-        }
-        let ad = r.array().ok_or(e.clone())?;
+        let ad_len = match r.u8() {
+            Some(SESSION_FORMAT) => SESSION_AD_LEN,
+            Some(SESSION_FORMAT_LEGACY_AD) => LEGACY_SESSION_AD_LEN,
+            _ => return Err(e),
+        };
+        let ad = r.take(ad_len).ok_or(e.clone())?.to_vec();
         let local_identity = r.array().ok_or(e.clone())?;
         let remote_identity = r.array().ok_or(e.clone())?;
         let remote_device = DeviceId(r.array().ok_or(e.clone())?);
@@ -557,5 +637,97 @@ impl Session {
     }
 }
 
-/// Version byte of the session state layout.
-const SESSION_FORMAT: u8 = 1;
+/// Version byte of the session state layout: the associated data binds both certificates
+/// ([`SESSION_AD_LEN`] bytes).
+const SESSION_FORMAT: u8 = 2;
+
+/// Version byte of the same layout with the [`LEGACY_SESSION_AD_LEN`]-byte associated data
+/// `IK_A || IK_B`, written before certificates were bound. Such sessions are still read,
+/// used and written back in this format; new sessions never get it.
+const SESSION_FORMAT_LEGACY_AD: u8 = 1;
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::testing::{Pair, Side};
+
+    fn session(pair: &Pair, side: Side) -> &Session {
+        pair.party(side).session.as_ref().unwrap()
+    }
+
+    #[test]
+    fn associated_data_binds_both_identity_keys_and_certificates() {
+        let pair = Pair::established(7).unwrap();
+        let alice = pair.party(Side::Alice);
+        let bob = pair.party(Side::Bob);
+        let hash = |c: &wire::SignedDeviceCertificate| {
+            let mut input = b"handover/1 ad-certificate".to_vec();
+            input.extend_from_slice(&c.certificate);
+            Sha256::digest(&input).to_vec()
+        };
+        let mut expected = alice.keys.identity_public().to_vec();
+        expected.extend_from_slice(&bob.keys.identity_public());
+        expected.extend_from_slice(&hash(&alice.certificate));
+        expected.extend_from_slice(&hash(&bob.certificate));
+        assert_eq!(expected.len(), SESSION_AD_LEN);
+        assert_eq!(session(&pair, Side::Alice).associated_data(), &expected[..]);
+        assert_eq!(session(&pair, Side::Bob).associated_data(), &expected[..]);
+        // The hash covers the certificate bytes the root signed, not the signature field.
+        assert_ne!(hash(&alice.certificate), hash(&bob.certificate));
+        assert_eq!(
+            certificate_ad_hash(&alice.certificate).to_vec(),
+            hash(&alice.certificate)
+        );
+    }
+
+    #[test]
+    fn local_certificate_must_certify_the_local_identity_key() {
+        let mut pair = Pair::new(8);
+        let bundle = pair.bob_bundle().unwrap();
+        let now = pair.now;
+        let alice = pair.party(Side::Alice);
+        let bob_cert = pair.party(Side::Bob).certificate.clone();
+        let mut rng = pair.rng.clone();
+        let r = Session::initiate(
+            &alice.keys,
+            &bob_cert,
+            &alice.peer_trust,
+            &bundle,
+            now,
+            &mut rng,
+        );
+        assert!(matches!(r, Err(SessionError::LocalCertificateMismatch)));
+    }
+
+    #[test]
+    fn sessions_stored_with_the_legacy_associated_data_load_and_keep_working() {
+        let mut pair = Pair::established(9).unwrap();
+        // A format-1 session (AD = IK_A || IK_B) on both sides, as written before certificates
+        // were bound.
+        for side in [Side::Alice, Side::Bob] {
+            let s = pair.party_mut(side).session.as_mut().unwrap();
+            s.inner.ad.truncate(LEGACY_SESSION_AD_LEN);
+            let bytes = s.to_secret_bytes();
+            assert_eq!(bytes[0], SESSION_FORMAT_LEGACY_AD);
+            let restored = Session::from_secret_bytes(&bytes).unwrap();
+            assert_eq!(restored.associated_data().len(), LEGACY_SESSION_AD_LEN);
+            assert_eq!(&restored.to_secret_bytes()[..], &bytes[..]);
+            pair.party_mut(side).session = Some(restored);
+        }
+        let env = pair.send(Side::Alice, b"after upgrade").unwrap();
+        assert_eq!(pair.receive(Side::Bob, &env).unwrap(), b"after upgrade");
+        let env = pair.send(Side::Bob, b"reply").unwrap();
+        assert_eq!(pair.receive(Side::Alice, &env).unwrap(), b"reply");
+        // A current session is written in format 2 and does not read as format 1.
+        let fresh = Pair::established(10).unwrap();
+        let mut bytes = session(&fresh, Side::Alice).to_secret_bytes().to_vec();
+        assert_eq!(bytes[0], SESSION_FORMAT);
+        bytes[0] = SESSION_FORMAT_LEGACY_AD;
+        assert!(matches!(
+            Session::from_secret_bytes(&bytes),
+            Err(SessionError::MalformedState)
+        ));
+    }
+}

@@ -258,6 +258,7 @@ impl Pair {
         let [alice, _] = &mut self.parties;
         let (session, _) = Session::initiate(
             &alice.keys,
+            &alice.certificate,
             &alice.peer_trust,
             &bundle,
             self.now,
@@ -320,6 +321,7 @@ impl Pair {
                     .map_err(|_| SessionError::CouldNotDecrypt)?;
                 let (session, plaintext) = Session::respond(
                     &party.keys,
+                    &party.certificate,
                     &mut party.prekeys,
                     &cert,
                     prekey,
@@ -396,8 +398,30 @@ pub fn known_answer_vectors() -> Vec<(&'static str, String)> {
     let dh4 = dh(&ek_a, &public(&opk_b)).unwrap_or(zero.clone());
     let sk = kdf(&dh1, &dh2, &dh3, Some(&dh4), &ss[..]);
     let sk_no_opk = kdf(&dh1, &dh2, &dh3, None, &ss[..]);
+    // Certificates (§5.2) of two devices of two organisations, certifying IK_A and IK_B, from
+    // their own RNG so the other vectors keep theirs.
+    let mut cert_rng = TestRng::seeded(0x4345_5254_4946_4943); // "CERTIFIC"
+    let org_a = OrgRootKey::generate(&mut cert_rng);
+    let keys_a = DeviceKeys::generate(&mut cert_rng);
+    let org_b = OrgRootKey::generate(&mut cert_rng);
+    let keys_b = DeviceKeys::generate(&mut cert_rng);
+    let issue = |org: &OrgRootKey, keys: &DeviceKeys, ik: [u8; 32], label: &str| {
+        let mut device = keys.public_keys();
+        device.identity_key = ik;
+        org.issue_certificate(
+            &device,
+            Role::Caseworker,
+            START_TIME,
+            START_TIME + CERT_LIFETIME,
+            label,
+        )
+        .unwrap_or_default()
+    };
+    let signed_a = issue(&org_a, &keys_a, public(&ik_a), "device a");
+    let signed_b = issue(&org_b, &keys_b, public(&ik_b), "device b");
     // The session's own associated data (Alice initiated), so the vectors follow the code.
-    let ad = crate::session::session_ad(&public(&ik_a), &public(&ik_b)).to_vec();
+    let ad =
+        crate::session::session_ad(&public(&ik_a), &public(&ik_b), &signed_a, &signed_b).to_vec();
     v.push(("pqxdh.ik_a_secret", hex(ik_a.as_bytes())));
     v.push(("pqxdh.ik_a", hex(&public(&ik_a))));
     v.push(("pqxdh.ek_a_secret", hex(ek_a.as_bytes())));
@@ -420,6 +444,14 @@ pub fn known_answer_vectors() -> Vec<(&'static str, String)> {
     v.push(("pqxdh.dh4", hex(&dh4[..])));
     v.push(("pqxdh.sk", hex(&sk.0)));
     v.push(("pqxdh.sk_without_opk", hex(&sk_no_opk.0)));
+    v.push((
+        "pqxdh.cert_hash_a",
+        hex(&crate::session::certificate_ad_hash(&signed_a)),
+    ));
+    v.push((
+        "pqxdh.cert_hash_b",
+        hex(&crate::session::certificate_ad_hash(&signed_b)),
+    ));
     v.push(("pqxdh.ad", hex(&ad)));
 
     // Double Ratchet: Alice's first sending chain from SK and Bob's signed prekey.
@@ -580,24 +612,8 @@ pub fn known_answer_vectors() -> Vec<(&'static str, String)> {
     v.push(("ratchet.bob_plaintext_0", hex(pt_b0)));
     v.push(("ratchet.bob_ciphertext_0", hex(&ct_b0)));
 
-    // Certificates, prekey signatures (§5.1) and the safety number (§5.4) of two devices of
-    // two organisations.
-    let org_a = OrgRootKey::generate(&mut rng);
-    let keys_a = DeviceKeys::generate(&mut rng);
-    let org_b = OrgRootKey::generate(&mut rng);
-    let keys_b = DeviceKeys::generate(&mut rng);
-    let issue = |org: &OrgRootKey, keys: &DeviceKeys, label: &str| {
-        org.issue_certificate(
-            &keys.public_keys(),
-            Role::Caseworker,
-            START_TIME,
-            START_TIME + CERT_LIFETIME,
-            label,
-        )
-        .unwrap_or_default()
-    };
-    let signed_a = issue(&org_a, &keys_a, "device a");
-    let signed_b = issue(&org_b, &keys_b, "device b");
+    // The certificates (made with the PQXDH inputs above), prekey signatures (§5.1) and the
+    // safety number (§5.4) of the two devices.
     let mut spk_msg = 7u32.to_be_bytes().to_vec();
     spk_msg.extend_from_slice(&public(&spk_b));
     let spk_sig =
@@ -605,9 +621,9 @@ pub fn known_answer_vectors() -> Vec<(&'static str, String)> {
     let mut kem_msg = 8u32.to_be_bytes().to_vec();
     kem_msg.extend_from_slice(&kem_public);
     let kem_sig = crate::identity::sign_labelled(keys_b.signing_key(), LABEL_KEM_PREKEY, &kem_msg);
-    for (prefix, org, keys, signed) in [
-        ("cert.a", &org_a, &keys_a, &signed_a),
-        ("cert.b", &org_b, &keys_b, &signed_b),
+    for (prefix, org, keys, ik, signed) in [
+        ("cert.a", &org_a, &keys_a, &ik_a, &signed_a),
+        ("cert.b", &org_b, &keys_b, &ik_b, &signed_b),
     ] {
         let field = |f: &str| -> &'static str {
             match (prefix, f) {
@@ -629,7 +645,7 @@ pub fn known_answer_vectors() -> Vec<(&'static str, String)> {
         v.push((field("root"), hex(&org.public_key().to_bytes())));
         v.push((field("id"), hex(&pk.device_id.0)));
         v.push((field("sk"), hex(&pk.signing_key)));
-        v.push((field("ik"), hex(&pk.identity_key)));
+        v.push((field("ik"), hex(&public(ik))));
         v.push((field("bytes"), hex(&signed.certificate)));
         v.push((field("sig"), hex(&signed.signature)));
     }

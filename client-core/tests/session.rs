@@ -433,7 +433,15 @@ fn bad_prekey_signatures_and_certificates_are_refused() {
     let alice = pair.party(Side::Alice);
     let try_bundle = |b: &handover_core::pqxdh::PrekeyBundle| {
         let mut rng = TestRng::seeded(1);
-        Session::initiate(&alice.keys, &alice.peer_trust, b, now, &mut rng).map(|_| ())
+        Session::initiate(
+            &alice.keys,
+            &alice.certificate,
+            &alice.peer_trust,
+            b,
+            now,
+            &mut rng,
+        )
+        .map(|_| ())
     };
     assert!(try_bundle(&bundle).is_ok());
     let mut b = bundle.clone();
@@ -652,4 +660,35 @@ proptest! {
     fn fuzz_driver_holds_invariants(data in prop::collection::vec(any::<u8>(), 0..96)) {
         handover_core::testing::drive_events(&data);
     }
+}
+
+#[test]
+fn certificate_swap_with_the_same_identity_key_cannot_decrypt() {
+    // The session's associated data binds both certificates (docs/PROTOCOL.md §6): Alice sets
+    // up the session under her caseworker certificate, then her organisation re-certifies the
+    // same keys as an admin and her initial message carries that certificate. Bob verifies it
+    // (it is valid and carries the identity key of the message) but computes a different AD,
+    // so nothing decrypts.
+    let mut pair = Pair::new(41);
+    pair.initiate().unwrap();
+    let alice = pair.party_mut(Side::Alice);
+    let original = alice.certificate.clone();
+    let admin = alice
+        .org
+        .issue_certificate(
+            &alice.keys.public_keys(),
+            Role::Admin,
+            handover_core::testing::START_TIME - 60,
+            handover_core::testing::START_TIME + CERT_LIFETIME,
+            "harness device",
+        )
+        .unwrap();
+    alice.certificate = admin;
+    let swapped = pair.send(Side::Alice, b"as admin").unwrap();
+    assert!(is_opaque_failure(&pair.receive(Side::Bob, &swapped)));
+    assert!(pair.party(Side::Bob).session.is_none());
+    // The certificate the session was set up with still works: the failure was the swap.
+    pair.party_mut(Side::Alice).certificate = original;
+    let env = pair.send(Side::Alice, b"as caseworker").unwrap();
+    assert_eq!(pair.receive(Side::Bob, &env).unwrap(), b"as caseworker");
 }

@@ -295,7 +295,14 @@ impl<S: KvStore> Engine<S> {
             self.stage_carried_list(&root, invitation.device_list.as_ref(), &mut batch);
         let trust = self.trust_after(&root, staged_org.as_ref())?;
         let st = self.state()?;
-        let (session, peer) = Session::initiate(&st.profile.device, trust, bundle, now, rng)?;
+        let (session, peer) = Session::initiate(
+            &st.profile.device,
+            &st.profile.certificate,
+            trust,
+            bundle,
+            now,
+            rng,
+        )?;
         if PeerId::of(&peer) != inviter || peer.signed() != &signed {
             return Err(EngineError::InvalidBundle);
         }

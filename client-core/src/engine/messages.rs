@@ -384,6 +384,7 @@ impl<S: KvStore> Engine<S> {
                         let mut prekeys = st.prekeys.clone();
                         let (session, plaintext) = Session::respond(
                             &st.profile.device,
+                            &st.profile.certificate,
                             &mut prekeys,
                             &sender,
                             m,

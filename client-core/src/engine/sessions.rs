@@ -25,7 +25,14 @@ impl<S: KvStore> Engine<S> {
             .orgs
             .get(&contact.org_root)
             .ok_or(EngineError::UntrustedOrganisation)?;
-        let (session, peer) = Session::initiate(&st.profile.device, &org.trust, bundle, now, rng)?;
+        let (session, peer) = Session::initiate(
+            &st.profile.device,
+            &st.profile.certificate,
+            &org.trust,
+            bundle,
+            now,
+            rng,
+        )?;
         if PeerId::of(&peer) != contact || peer.signed() != cert.signed() {
             return Err(EngineError::InvalidBundle);
         }

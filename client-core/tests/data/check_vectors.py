@@ -83,7 +83,15 @@ km = b("pqxdh.dh1") + b("pqxdh.dh2") + b("pqxdh.dh3") + b("pqxdh.dh4") + b("pqxd
 check("pqxdh.sk", hkdf(b"\x00" * 32, F + km, INFO, 32))
 km3 = b("pqxdh.dh1") + b("pqxdh.dh2") + b("pqxdh.dh3") + b("pqxdh.kem_shared_secret")
 check("pqxdh.sk_without_opk", hkdf(b"\x00" * 32, F + km3, INFO, 32))
-check("pqxdh.ad", b("pqxdh.ik_a") + b("pqxdh.ik_b"))
+# §6.1 AD = IK_A || IK_B || CH(cert_A) || CH(cert_B), CH(cert) = SHA-256("handover/1
+# ad-certificate" || the SignedDeviceCertificate.certificate bytes); cert_A and cert_B certify
+# IK_A and IK_B (their fields are checked against the signatures in §5.2 below).
+assert b("cert.a.identity_key") == b("pqxdh.ik_a") and b("cert.b.identity_key") == b("pqxdh.ik_b")
+ch = lambda c: hashlib.sha256(b"handover/1 ad-certificate" + c).digest()
+check("pqxdh.cert_hash_a", ch(b("cert.a.certificate")))
+check("pqxdh.cert_hash_b", ch(b("cert.b.certificate")))
+check("pqxdh.ad", b("pqxdh.ik_a") + b("pqxdh.ik_b") + ch(b("cert.a.certificate")) + ch(b("cert.b.certificate")))
+assert len(b("pqxdh.ad")) == 128
 assert len(b("pqxdh.kem_public_key")) == 1184 and len(b("pqxdh.kem_ciphertext")) == 1088
 
 # §7 Double Ratchet
