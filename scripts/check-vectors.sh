@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Independent check of the known-answer vectors (client-core/tests/data/handover_vectors.json):
+# Independent check of the known-answer vectors (client-core/tests/data/handover_vectors.json,
+# and the referral and consent values of client-core/tests/data/referral_vectors.py):
 # client-core/tests/data/check_vectors.py recomputes every construction from the specs with
 # Python's `cryptography` (X25519, HKDF, HMAC, ChaCha20-Poly1305, Ed25519, ML-KEM-768 key
 # generation and decapsulation) and `kyber-py` (FIPS 203 ML-KEM-768 encapsulation from a given
@@ -33,4 +34,5 @@ if [ "$(cat "$venv/.pinned" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $want
     echo "$want" > "$venv/.pinned"
 fi
-exec "$venv/bin/python" client-core/tests/data/check_vectors.py
+"$venv/bin/python" client-core/tests/data/check_vectors.py
+"$venv/bin/python" client-core/tests/data/referral_vectors.py

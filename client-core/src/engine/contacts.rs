@@ -440,12 +440,15 @@ impl<S: KvStore> Engine<S> {
         contact: PeerId,
         now: u64,
     ) -> Result<DeviceCertificate, EngineError> {
-        let st = self.state()?;
-        let c = st
+        self.checked_cert(contact, self.contact_record(contact)?, now)
+    }
+
+    /// The stored record of a contact ([`EngineError::UnknownContact`] if there is none).
+    fn contact_record(&self, contact: PeerId) -> Result<&ContactRecord, EngineError> {
+        self.state()?
             .contacts
             .get(&contact)
-            .ok_or(EngineError::UnknownContact)?;
-        self.checked_cert(contact, c, now)
+            .ok_or(EngineError::UnknownContact)
     }
 
     /// The contact's certificate, verified by its organisation (not revoked) and issued to
@@ -480,12 +483,7 @@ impl<S: KvStore> Engine<S> {
         contact: PeerId,
         now: u64,
     ) -> Result<DeviceCertificate, EngineError> {
-        let st = self.state()?;
-        let c = st
-            .contacts
-            .get(&contact)
-            .ok_or(EngineError::UnknownContact)?;
-        self.listed_cert(contact, c, now)
+        self.listed_cert(contact, self.contact_record(contact)?, now)
     }
 
     fn listed_cert(

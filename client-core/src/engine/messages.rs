@@ -226,17 +226,7 @@ impl<S: KvStore> Engine<S> {
             stored_at: now,
             content,
         };
-        batch.put(
-            Namespace::Messages,
-            &key(PREFIX_MESSAGE, &seq.to_be_bytes()),
-            &message.encode(),
-        );
-        batch.put(
-            Namespace::Messages,
-            &key(PREFIX_MESSAGE_ID, &message_id),
-            &seq.to_be_bytes(),
-        );
-        stage_expiry(batch, &message);
+        stage_message_record(batch, &message);
         batch.put(Namespace::Settings, KEY_MSG_SEQ, &(seq + 1).to_be_bytes());
         Ok(message)
     }
@@ -648,6 +638,21 @@ impl<S: KvStore> Engine<S> {
 /// Whether `content` carries a disappearing timer that has fired at `now`.
 fn content_expired(content: &wire::Content, now: u64) -> bool {
     content.expires_at != 0 && content.expires_at <= now
+}
+
+/// Stages a message's record, its id marker and its disappearing-timer entry.
+pub(super) fn stage_message_record(batch: &mut WriteBatch, message: &Message) {
+    batch.put(
+        Namespace::Messages,
+        &key(PREFIX_MESSAGE, &message.seq.to_be_bytes()),
+        &message.encode(),
+    );
+    batch.put(
+        Namespace::Messages,
+        &key(PREFIX_MESSAGE_ID, &message.message_id),
+        &message.seq.to_be_bytes(),
+    );
+    stage_expiry(batch, message);
 }
 
 /// Indexes a message with a disappearing timer for [`Engine::sweep`].

@@ -9,9 +9,9 @@ use super::{
     Body, CertificateError, ContactRecord, CryptoRng, DEFAULT_CERTIFICATE_VALIDITY, DeviceId,
     DevicePublicKeys, Direction, Engine, EngineError, FanoutSent, ID_LEN, KEY_CAPS, KEY_LEN,
     KvStore, LABEL_ORG_PROFILE, Message, Namespace, OrgEntry, OrgRootPublicKey, OrgTrust,
-    OutboxItem, PREFIX_MESSAGE, PREFIX_MESSAGE_ID, PREFIX_ORG, PeerId, PreparedPacket,
-    ProfileDetails, Role, VerifiedProfile, WriteBatch, decode, fanout, key, org_fingerprint,
-    org_fingerprint_matches, records, to_id, wire,
+    OutboxItem, PREFIX_ORG, PeerId, PreparedPacket, ProfileDetails, Role, VerifiedProfile,
+    WriteBatch, decode, fanout, key, org_fingerprint, org_fingerprint_matches, records, to_id,
+    wire,
 };
 
 impl<S: KvStore> Engine<S> {
@@ -350,17 +350,7 @@ impl<S: KvStore> Engine<S> {
         message.sent_at = content.sent_at;
         message.content = content;
         let mut batch = WriteBatch::new();
-        batch.put(
-            Namespace::Messages,
-            &key(PREFIX_MESSAGE, &seq.to_be_bytes()),
-            &message.encode(),
-        );
-        batch.put(
-            Namespace::Messages,
-            &key(PREFIX_MESSAGE_ID, &message.message_id),
-            &seq.to_be_bytes(),
-        );
-        super::messages::stage_expiry(&mut batch, &message);
+        super::messages::stage_message_record(&mut batch, &message);
         self.store.apply_batch(batch)?;
         Ok(message)
     }

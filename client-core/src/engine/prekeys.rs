@@ -3,6 +3,9 @@
 use prost::Message as _;
 use sha2::Digest as _;
 
+use crate::identity::DeviceKeys;
+use crate::pqxdh::PrekeyStore;
+
 use super::{
     CryptoRng, DeviceId, Engine, EngineError, IssuedCapability, KEY_LEN, KEY_PREKEYS, KEY_PROFILE,
     KEY_PUBLISHED, KEY_PUBLISHED_ACK, KvStore, MAX_CAPABILITIES, Namespace, ONE_TIME_PREKEY_BATCH,
@@ -30,19 +33,14 @@ impl<S: KvStore> Engine<S> {
         };
         let published = match &st.published {
             Some(p) => p.clone(),
-            None => wire::PublishedPrekeys {
-                certificate: Some(st.profile.certificate.clone()),
-                signed_prekey: Some(
-                    prekeys
-                        .generate_signed_prekey_at(device, take_id(), now, rng)
-                        .map_err(|_| EngineError::CorruptState)?,
-                ),
-                last_resort_kem_prekey: Some(
-                    prekeys
-                        .generate_kem_prekey_at(device, take_id(), true, now, rng)
-                        .map_err(|_| EngineError::CorruptState)?,
-                ),
-            },
+            None => new_bundle(
+                &mut prekeys,
+                device,
+                &st.profile.certificate,
+                &mut take_id,
+                now,
+                rng,
+            )?,
         };
         let mut one_time = Vec::new();
         let mut one_time_kem = Vec::new();
@@ -115,20 +113,14 @@ impl<S: KvStore> Engine<S> {
         };
         let rotated = if prekeys.rotation_due(now) {
             prekeys.retire_current(now);
-            let device = &st.profile.device;
-            Some(wire::PublishedPrekeys {
-                certificate: Some(st.profile.certificate.clone()),
-                signed_prekey: Some(
-                    prekeys
-                        .generate_signed_prekey_at(device, take_id(), now, rng)
-                        .map_err(|_| EngineError::CorruptState)?,
-                ),
-                last_resort_kem_prekey: Some(
-                    prekeys
-                        .generate_kem_prekey_at(device, take_id(), true, now, rng)
-                        .map_err(|_| EngineError::CorruptState)?,
-                ),
-            })
+            Some(new_bundle(
+                &mut prekeys,
+                &st.profile.device,
+                &st.profile.certificate,
+                &mut take_id,
+                now,
+                rng,
+            )?)
         } else {
             None
         };
@@ -250,4 +242,29 @@ impl<S: KvStore> Engine<S> {
             sealing_key: st.profile.sealing.public_key().to_vec(),
         })
     }
+}
+
+/// A new published bundle: this device's certificate, a fresh signed prekey and a fresh
+/// last-resort ML-KEM prekey (their secrets kept in `prekeys`), ids taken from `take_id`.
+fn new_bundle(
+    prekeys: &mut PrekeyStore,
+    device: &DeviceKeys,
+    certificate: &wire::SignedDeviceCertificate,
+    take_id: &mut impl FnMut() -> u32,
+    now: u64,
+    rng: &mut impl CryptoRng,
+) -> Result<wire::PublishedPrekeys, EngineError> {
+    Ok(wire::PublishedPrekeys {
+        certificate: Some(certificate.clone()),
+        signed_prekey: Some(
+            prekeys
+                .generate_signed_prekey_at(device, take_id(), now, rng)
+                .map_err(|_| EngineError::CorruptState)?,
+        ),
+        last_resort_kem_prekey: Some(
+            prekeys
+                .generate_kem_prekey_at(device, take_id(), true, now, rng)
+                .map_err(|_| EngineError::CorruptState)?,
+        ),
+    })
 }

@@ -4,10 +4,23 @@
 
 Uses only the Python standard library and `cryptography` (ChaCha20-Poly1305, RFC 8439). The
 Rust unit tests in client-core/src/referral/seal.rs, referral/timeline.rs and
-consent/receipt.rs hold the printed values.
+consent/receipt.rs assert the same values: each value computed here must appear in the Rust file
+named beside it, or the script exits non-zero (scripts/check-vectors.sh runs it in CI).
 """
 import hashlib
+import pathlib
 import struct
+import sys
+
+SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
+failures = []
+
+
+def check(name, value, rust_file):
+    """Prints a value and checks that the Rust unit test in `rust_file` asserts the same."""
+    print(name, value)
+    if value not in (SRC / rust_file).read_text():
+        failures.append(f"{name}: {value} is not the value asserted in client-core/src/{rust_file}")
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -26,11 +39,11 @@ nonce = bytes(12)
 ad = b"handover/1 section" + referral_id + struct.pack(">I", section)
 ciphertext = ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad)
 print("section_ad", ad.hex())
-print("section_ciphertext", ciphertext.hex())
+check("section_ciphertext", ciphertext.hex(), "referral/seal.rs")
 commitment = hashlib.sha256(
     b"handover/1 section-commitment" + key + nonce + ad + ciphertext
 ).hexdigest()
-print("section_commitment", commitment)
+check("section_commitment", commitment, "referral/seal.rs")
 
 prev = bytes([0x11]) * 32
 payload = b"payload"
@@ -48,7 +61,7 @@ entry = (
     + lp(signer_signature)
     + hashlib.sha256(summary).digest()
 )
-print("timeline_entry_hash", hashlib.sha256(entry).hexdigest())
+check("timeline_entry_hash", hashlib.sha256(entry).hexdigest(), "referral/timeline.rs")
 
 receipt = b"receipt"
 receipt_signature = bytes([0x44]) * 64
@@ -59,4 +72,9 @@ receipt_hash = hashlib.sha256(
     + lp(signer_signature)
     + lp(receipt_signature)
 ).hexdigest()
-print("receipt_hash", receipt_hash)
+check("receipt_hash", receipt_hash, "consent/receipt.rs")
+
+if failures:
+    print("\n".join(failures), file=sys.stderr)
+    sys.exit(1)
+print("referral and consent vectors agree with the Rust unit tests")
