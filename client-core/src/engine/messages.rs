@@ -319,7 +319,7 @@ impl<S: KvStore> Engine<S> {
         // Which session decrypted: the current one, a previous one (by index), or a new one.
         let (session, content, slot) = match opened.message.as_ref() {
             Some(wire::sealed::Message::Ratchet(m)) => {
-                // Current session first, then the previous ones, newest first (§6.3).
+                // Current session first, then the previous ones, newest first (§6.4).
                 let mut found = None;
                 for (slot, candidate) in current.iter().map(|s| (SessionSlot::Current, s)).chain(
                     previous

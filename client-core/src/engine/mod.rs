@@ -115,7 +115,7 @@ const PREFIX_PREVIOUS_SESSIONS: &[u8] = b"prev/";
 /// Previous sessions kept per peer after a `PrekeyMessage` replaced its session (as Signal
 /// keeps archived session states): a message that fails on the current session is tried on
 /// these, newest first, so messages in flight during simultaneous initiation are not lost.
-/// The oldest is deleted first (docs/PROTOCOL.md §6.3).
+/// The oldest is deleted first (docs/PROTOCOL.md §6.4).
 pub const MAX_PREVIOUS_SESSIONS: usize = 5;
 
 /// A remote peer: the organisation root that certified it and the device id in that

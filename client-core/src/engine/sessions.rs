@@ -1,5 +1,5 @@
 //! Pairwise sessions with peers, keyed by [`PeerId`], and the previous sessions kept after a
-//! replacement (docs/PROTOCOL.md §6.3).
+//! replacement (docs/PROTOCOL.md §6.4).
 
 use subtle::ConstantTimeEq;
 
