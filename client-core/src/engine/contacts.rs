@@ -444,7 +444,7 @@ impl<S: KvStore> Engine<S> {
     }
 
     /// The stored record of a contact ([`EngineError::UnknownContact`] if there is none).
-    fn contact_record(&self, contact: PeerId) -> Result<&ContactRecord, EngineError> {
+    pub(super) fn contact_record(&self, contact: PeerId) -> Result<&ContactRecord, EngineError> {
         self.state()?
             .contacts
             .get(&contact)

@@ -1,8 +1,6 @@
 //! Pairwise sessions with peers, keyed by [`PeerId`], and the previous sessions kept after a
 //! replacement (docs/PROTOCOL.md §6.4).
 
-use subtle::ConstantTimeEq;
-
 use super::{
     CryptoRng, DeviceCertificate, Engine, EngineError, KvStore, MAX_PREVIOUS_SESSIONS, Namespace,
     PREFIX_PREVIOUS_SESSIONS, PeerId, PrekeyBundle, Session, WriteBatch, key, records,
@@ -128,12 +126,7 @@ impl<S: KvStore> Engine<S> {
         session: &Session,
         now: u64,
     ) -> Result<DeviceCertificate, EngineError> {
-        let cert = self.listed_contact_cert(peer, now)?;
-        if !bool::from(session.remote_identity_key().ct_eq(&cert.identity_key()))
-            || session.remote_device_id() != peer.device_id
-        {
-            return Err(EngineError::NotListed);
-        }
-        Ok(cert)
+        let record = self.contact_record(peer)?;
+        Self::release_check_with(self.org_trust(&peer.org_root)?, peer, record, session, now)
     }
 }
