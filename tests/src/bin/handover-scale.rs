@@ -149,7 +149,11 @@ impl Server {
         })
     }
 
-    fn relay(bin: &Path, dir: &Path, wal_mib: u64, connections: usize) -> Result<Self> {
+    /// The relay, with its limits raised for `connections` connections and, if `busy`, for
+    /// `FILL_STREAMS` and more streams per connection. The idle-connection phase keeps the
+    /// default stream limit: quinn keeps state per stream the peer may open, so a higher
+    /// limit costs memory in every connection.
+    fn relay(bin: &Path, dir: &Path, wal_mib: u64, connections: usize, busy: bool) -> Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.args(["--listen", "127.0.0.1:0", "--admin", "off", "--data-dir"])
             .arg(dir)
@@ -157,7 +161,6 @@ impl Server {
             .args(["--max-connections", &(connections + 100).to_string()])
             .args(["--retry-above-handshakes", "1000000"])
             .args(["--idle-timeout-secs", "600", "--sweep-interval-secs", "1"])
-            .args(["--max-streams", "1024"])
             .args(["--requests-per-sec", "0", "--address-requests-per-sec", "0"])
             .args(["--connection-creations-per-min", "0"])
             .args(["--address-creations-per-min", "0"])
@@ -165,6 +168,9 @@ impl Server {
             .args(["--mailbox-max-bytes", "1000000000000"])
             .args(["--relay-max-envelopes", "100000000"])
             .args(["--relay-max-bytes", "1000000000000"]);
+        if busy {
+            cmd.args(["--max-streams", "1024"]);
+        }
         Self::spawn(cmd, "handover-relay ready")
     }
 
@@ -290,7 +296,7 @@ async fn phase_connections(args: &Args, bin: &Path, base: &Path) -> Result<()> {
     for name in ["relay", "bare quinn"] {
         let dir = base.join(format!("conns-{}", per.len()));
         let server = if per.is_empty() {
-            Server::relay(bin, &dir, args.wal_mib, n)?
+            Server::relay(bin, &dir, args.wal_mib, n, false)?
         } else {
             Server::bare(&dir)?
         };
@@ -437,7 +443,7 @@ async fn clients_and_mailboxes(
 
 async fn phase_pending(args: &Args, bin: &Path, base: &Path) -> Result<()> {
     let dir = base.join("pending");
-    let server = Server::relay(bin, &dir, args.wal_mib, 100)?;
+    let server = Server::relay(bin, &dir, args.wal_mib, 100, true)?;
     let (clients, probe, mailboxes) =
         clients_and_mailboxes(&server, FILL_CONNECTIONS * FILL_STREAMS).await?;
     let empty = fetch_latencies(&clients[0], &probe, args.fetches).await?;
@@ -472,7 +478,7 @@ async fn phase_pending(args: &Args, bin: &Path, base: &Path) -> Result<()> {
     drop(clients);
     server.stop()?;
     let log = log_bytes(&dir)?;
-    let restarted = Server::relay(bin, &dir, args.wal_mib, 100)?;
+    let restarted = Server::relay(bin, &dir, args.wal_mib, 100, true)?;
     println!(
         "restart with {n} pending: ready in {:.2} s (recovery reads the whole log, {:.1} MiB allocated, to rebuild the in-memory index), RSS {:.1} MiB",
         restarted.started_in.as_secs_f64(),
@@ -505,7 +511,7 @@ fn log_bytes(dir: &Path) -> Result<(u64, u64)> {
 
 async fn phase_log(args: &Args, bin: &Path, base: &Path) -> Result<()> {
     let dir = base.join("log");
-    let server = Server::relay(bin, &dir, args.log_phase_wal_mib, 100)?;
+    let server = Server::relay(bin, &dir, args.log_phase_wal_mib, 100, true)?;
     let client = Client::connect(server.addr, server.pin).await?;
     let kept = client.create_mailbox().await?;
     let acked = client.create_mailbox().await?;
