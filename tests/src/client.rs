@@ -360,3 +360,21 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// A bare quinn server configuration with the relay's TLS setup (its certificate from `dir`,
+/// generated on first use; TLS 1.3 with ring; the Handover ALPN) and quinn's default
+/// transport, for peers measured next to the relay. Returns it with the certificate pin.
+pub fn bare_server_config(dir: &std::path::Path) -> Result<(quinn::ServerConfig, [u8; 32])> {
+    let identity = handover_relay::tls::load_or_generate(dir, None)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    Ok((
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        identity.pin,
+    ))
+}

@@ -500,16 +500,7 @@ async fn echo_server(
     udp_buffer: usize,
     commit: Option<Arc<SimulatedCommit>>,
 ) -> Result<(quinn::Endpoint, [u8; 32])> {
-    let identity = handover_relay::tls::load_or_generate(dir, None)?;
-    let pin = identity.pin;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(identity.certs, identity.key)?;
-    tls.alpn_protocols = vec![handover_proto::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let (mut config, pin) = handover_tests::client::bare_server_config(dir)?;
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(1024u32.into());
     config.transport_config(Arc::new(transport));

@@ -222,16 +222,7 @@ fn mib(bytes: u64) -> f64 {
 fn bare_server(dir: &Path) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let identity = handover_relay::tls::load_or_generate(dir, None)?;
-        let pin = identity.pin;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(identity.certs, identity.key)?;
-        tls.alpn_protocols = vec![handover_proto::ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-        let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let (config, pin) = handover_tests::client::bare_server_config(dir)?;
         let endpoint = quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let server = endpoint.clone();
         tokio::spawn(async move {

@@ -658,6 +658,29 @@ fn new_mailbox(store: &DiskStore, rng: &mut SimRng) -> Id {
     recv
 }
 
+/// Queues one envelope of 100 000 bytes in `recv` and syncs; returns its id.
+fn send_large(store: &DiskStore, recv: &Id, rng: &mut SimRng) -> Result<Id, StoreError> {
+    let eid = id(rng);
+    let env = NewEnvelope {
+        envelope_id: eid,
+        expires_at: 1_000_000,
+        ciphertext: vec![7; 100_000],
+    };
+    store.enqueue(recv, &env, QUOTA)?;
+    store.sync()?;
+    Ok(eid)
+}
+
+/// Sends large envelopes until the log has rotated `segments` times; returns their ids.
+fn fill_segments(store: &DiskStore, recv: &Id, rng: &mut SimRng, segments: u64) -> Vec<Id> {
+    let first = store.backend().active_segment();
+    let mut sent = Vec::new();
+    while store.backend().active_segment() < first + segments {
+        sent.push(send_large(store, recv, rng).unwrap());
+    }
+    sent
+}
+
 /// After `failed`, the store must refuse every write and sync until it is reopened.
 fn assert_writes_blocked(store: &DiskStore, recv: &Id, what: &str) {
     assert!(store.writes_blocked(), "{what}: the store does not say so");
@@ -690,17 +713,7 @@ fn a_failed_background_checkpoint_blocks_every_later_write() {
         let first = store.backend().active_segment();
         let mut failed = false;
         for _ in 0..64 {
-            let eid = id(&mut rng);
-            let env = NewEnvelope {
-                envelope_id: eid,
-                expires_at: 1_000_000,
-                ciphertext: vec![7; 100_000],
-            };
-            if store
-                .enqueue(&recv, &env, QUOTA)
-                .and_then(|_| store.sync())
-                .is_err()
-            {
+            if send_large(&store, &recv, &mut rng).is_err() {
                 failed = true;
                 break;
             }
@@ -742,19 +755,7 @@ fn reclaimed_segments_stay_deleted_after_a_power_cut() {
     let mut rng = SimRng::new(6);
     let store = open(&disk).unwrap();
     let recv = new_mailbox(&store, &mut rng);
-    let mut sent = Vec::new();
-    let first = store.backend().active_segment();
-    while store.backend().active_segment() < first + 3 {
-        let eid = id(&mut rng);
-        let env = NewEnvelope {
-            envelope_id: eid,
-            expires_at: 1_000_000,
-            ciphertext: vec![7; 100_000],
-        };
-        store.enqueue(&recv, &env, QUOTA).unwrap();
-        store.sync().unwrap();
-        sent.push(eid);
-    }
+    let sent = fill_segments(&store, &recv, &mut rng, 3);
     let before = segment_names(&disk);
     assert_eq!(store.ack(&recv, &sent).unwrap(), sent.len() as u64);
     // Syncs the acks, checkpoints and reclaims every segment below the active one.
@@ -777,19 +778,7 @@ fn a_failed_directory_sync_after_reclaim_blocks_every_later_write() {
     let mut rng = SimRng::new(7);
     let store = open(&disk).unwrap();
     let recv = new_mailbox(&store, &mut rng);
-    let first = store.backend().active_segment();
-    let mut sent = Vec::new();
-    while store.backend().active_segment() < first + 2 {
-        let eid = id(&mut rng);
-        let env = NewEnvelope {
-            envelope_id: eid,
-            expires_at: 1_000_000,
-            ciphertext: vec![7; 100_000],
-        };
-        store.enqueue(&recv, &env, QUOTA).unwrap();
-        store.sync().unwrap();
-        sent.push(eid);
-    }
+    let sent = fill_segments(&store, &recv, &mut rng, 2);
     store.ack(&recv, &sent).unwrap();
     disk.inject(FaultOp::SyncDir, 0, Fault::Io);
     assert!(
