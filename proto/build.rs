@@ -19,6 +19,7 @@ const REDACTED_DEBUG: &[&str] = &[
     ".handover.relay.v1.Send",
     ".handover.relay.v1.EnvelopeStatus",
     ".handover.relay.v1.PrekeyTake",
+    ".handover.relay.v1.CreateMailbox",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

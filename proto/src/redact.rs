@@ -1,7 +1,7 @@
-//! Hand-written `Debug` for the wire types that carry a secret: a file or section key, or a send
-//! capability. `build.rs` tells prost not to derive `Debug` for them (`REDACTED_DEBUG`), so a
-//! `{:?}` of a request, a contact card or a released body (in a log line, a test failure or a
-//! panic message) never prints the secret. Each implementation destructures `Self`, so a field
+//! Hand-written `Debug` for the wire types that carry a secret: a file or section key, a send
+//! capability, or the relay's mailbox-creation token. `build.rs` tells prost not to derive
+//! `Debug` for them (`REDACTED_DEBUG`), so a `{:?}` of a request, a contact card or a released
+//! body (in a log line, a test failure or a panic message) never prints the secret. Each implementation destructures `Self`, so a field
 //! added to the `.proto` fails to compile here until someone decides whether it is secret.
 
 use std::fmt;
@@ -107,6 +107,21 @@ impl fmt::Debug for relay::PrekeyTake {
         f.debug_struct("PrekeyTake")
             .field("send_id", send_id)
             .field("capability", &Redacted(capability.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for relay::CreateMailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            auth_key,
+            capability_hashes,
+            creation_token,
+        } = self;
+        f.debug_struct("CreateMailbox")
+            .field("auth_key", auth_key)
+            .field("capability_hashes", capability_hashes)
+            .field("creation_token", &Redacted(creation_token.len()))
             .finish()
     }
 }

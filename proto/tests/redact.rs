@@ -162,6 +162,14 @@ fn relay_capabilities_are_redacted() {
         })),
         "capability",
     );
+    assert_redacted(
+        &request(Kind::CreateMailbox(relay::CreateMailbox {
+            auth_key: other(1),
+            capability_hashes: vec![other(2)],
+            creation_token: secret(),
+        })),
+        "creation_token",
+    );
 }
 
 #[test]

@@ -65,12 +65,37 @@ pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 /// The key a client address is limited under: an IPv4 address, or the /64 prefix of an IPv6
 /// address (one subscriber's network usually gets a whole /64, so limiting single IPv6 addresses
 /// would limit nothing). IPv4-mapped IPv6 addresses count as their IPv4 address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AddressKey {
     /// An IPv4 address.
     V4(u32),
     /// The upper 64 bits of an IPv6 address.
     V6(u64),
+}
+
+// Client addresses are never logged: `Debug` names no address.
+impl std::fmt::Debug for AddressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V4(_) => "AddressKey::V4(..)",
+            Self::V6(_) => "AddressKey::V6(..)",
+        })
+    }
+}
+
+impl std::fmt::Debug for AddressLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            template,
+            buckets,
+            overflow,
+        } = self;
+        f.debug_struct("AddressLimits")
+            .field("template", template)
+            .field("addresses", &buckets.len())
+            .field("overflow", overflow)
+            .finish()
+    }
 }
 
 impl From<IpAddr> for AddressKey {
@@ -89,7 +114,6 @@ impl From<IpAddr> for AddressKey {
 /// full again (their address has been idle long enough to earn its whole burst back, so
 /// forgetting them changes nothing) are dropped; if none is, addresses without a bucket share one
 /// overflow bucket, so an attacker with many addresses gets one address's budget, not many.
-#[derive(Debug)]
 pub struct AddressLimits {
     /// A full bucket as every address starts with.
     template: TokenBucket,
@@ -133,6 +157,28 @@ impl AddressLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_names_no_address() {
+        let mut limits = AddressLimits::new(TokenBucket::new(1, 2));
+        let ip: IpAddr = "192.0.2.77".parse().unwrap();
+        assert!(limits.take(ip, 0));
+        let key = AddressKey::from(ip);
+        for shown in [
+            format!("{limits:?}"),
+            format!("{key:?}"),
+            format!("{key:#x?}"),
+        ] {
+            for needle in [
+                "192",
+                "77",
+                &u32::from_be_bytes([192, 0, 2, 77]).to_string(),
+                "c000024d",
+            ] {
+                assert!(!shown.contains(needle), "{shown}");
+            }
+        }
+    }
 
     #[test]
     fn addresses_share_a_bucket_per_ipv4_address_and_ipv6_prefix() {
