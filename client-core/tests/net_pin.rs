@@ -4,36 +4,18 @@
 #![cfg(feature = "net")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod net_support;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use handover_core::net::{NetError, RelayAddress, RelayClient, tls::spki_pin};
 use handover_proto::relay::v1 as relay;
-use handover_proto::{ALPN, decode, frame};
+use handover_proto::{decode, frame};
 use sha2::{Digest, Sha256};
 
 /// A minimal QUIC responder that answers every request with `Pong { now: 42 }`.
 fn pong_server() -> (SocketAddr, [u8; 32], quinn::Endpoint) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["handover-relay".into()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let pin: [u8; 32] = Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)).into();
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
+    let (endpoint, addr, pin) = net_support::loopback_server();
 
     let server = endpoint.clone();
     tokio::spawn(async move {
