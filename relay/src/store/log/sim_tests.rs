@@ -440,15 +440,7 @@ fn simulated_power_loss_and_disk_faults_keep_every_acknowledged_effect() {
 /// each); returns the mailbox.
 fn filled(disk: &SimDisk, rng: &mut SimRng, n: u64) -> Id {
     let store = open(disk).unwrap();
-    let recv = id(rng);
-    let mailbox = Mailbox {
-        send_id: id(rng),
-        auth_key: [1; 32],
-        capability_hashes: Vec::new(),
-        queued_count: 0,
-        queued_bytes: 0,
-    };
-    assert!(store.create_mailbox(&recv, &mailbox).unwrap());
+    let recv = new_mailbox(&store, rng);
     store.sync().unwrap();
     for _ in 0..n {
         let eid = id(rng);
