@@ -75,3 +75,41 @@ async fn right_pin_connects_and_wrong_pin_is_refused() {
         other => panic!("a wrong pin must be refused, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_address_that_does_not_answer_is_skipped() {
+    let (addr, pin, _server) = pong_server();
+    // A relay node that is down: its address swallows every packet.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap();
+
+    let client = RelayClient::connect_any(&[dead, addr], pin).await.unwrap();
+    // Only the live node answers requests.
+    assert_eq!(client.ping().await.unwrap(), 42);
+    client.close().await;
+
+    // Order does not matter either.
+    let client = RelayClient::connect_any(&[addr, dead], pin).await.unwrap();
+    assert_eq!(client.ping().await.unwrap(), 42);
+    client.close().await;
+
+    match RelayClient::connect_any(&[], pin).await {
+        Err(NetError::Resolve) => {}
+        other => panic!("no address must be a resolution error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_host_name_is_tried_at_every_address_it_resolves_to() {
+    let (addr, pin, _server) = pong_server();
+    // "localhost" resolves to the loopback addresses the machine has (127.0.0.1, and ::1 where
+    // IPv6 is up); the server listens on 127.0.0.1 only, so whichever comes first, the client
+    // reaches it.
+    let address = RelayAddress {
+        host_port: format!("localhost:{}", addr.port()),
+        pin,
+    };
+    let client = RelayClient::connect(&address).await.unwrap();
+    assert_eq!(client.ping().await.unwrap(), 42);
+    client.close().await;
+}

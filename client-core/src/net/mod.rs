@@ -43,6 +43,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// unreachable, and what waits is left for the background retry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// When a relay's host name resolves to several addresses, how long one connection attempt runs
+/// alone before the next address is tried alongside it (RFC 8305 §5's recommended default).
+pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
 /// Where a relay is and how to recognise it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RelayAddress {
@@ -172,31 +176,65 @@ impl fmt::Debug for RelayClient {
 
 impl RelayClient {
     /// Connects to the relay at `address`, accepting only a certificate with its pin.
+    ///
+    /// The host name may resolve to several addresses (several relay nodes serving one store
+    /// and one certificate, docs/OPERATIONS.md): [`RelayClient::connect_any`] tries them all, so
+    /// a node that is down is skipped.
     pub async fn connect(address: &RelayAddress) -> Result<Self, NetError> {
-        let remote = resolve(&address.host_port).await?;
-        let bind: SocketAddr = if remote.is_ipv6() {
-            "[::]:0".parse().map_err(|_| NetError::Resolve)?
-        } else {
-            "0.0.0.0:0".parse().map_err(|_| NetError::Resolve)?
-        };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
-        let config = tls::client_config(address.pin).map_err(|e| NetError::Setup(e.to_string()))?;
-        endpoint.set_default_client_config(config);
-        // The pin, not the name, authenticates the relay; a fixed server name keeps host names
-        // out of the handshake.
-        let connecting = endpoint
-            .connect(remote, "handover-relay")
-            .map_err(|e| NetError::Connect(e.to_string()))?;
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| NetError::Timeout)?
-            .map_err(|e| NetError::Connect(e.to_string()))?;
-        Ok(Self {
-            endpoint,
-            connection,
-            timeout: DEFAULT_REQUEST_TIMEOUT,
-        })
+        let remotes = resolve(&address.host_port).await?;
+        Self::connect_any(&remotes, address.pin).await
+    }
+
+    /// Connects to the first of `remotes` that completes a handshake with the pinned key.
+    ///
+    /// Attempts are staggered as in "Happy Eyeballs" (RFC 8305 §5): the addresses are tried in
+    /// the given order, a new attempt starts every [`CONNECTION_ATTEMPT_DELAY`] or as soon as
+    /// the previous one failed, the first connection established wins and the others are
+    /// abandoned. All of it is bounded by [`CONNECT_TIMEOUT`]. When every attempt fails, the
+    /// error of the last one to fail is returned ([`NetError::Timeout`] if none finished).
+    pub async fn connect_any(remotes: &[SocketAddr], pin: [u8; KEY_LEN]) -> Result<Self, NetError> {
+        if remotes.is_empty() {
+            return Err(NetError::Resolve);
+        }
+        let config = tls::client_config(pin).map_err(|e| NetError::Setup(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let mut pending = remotes.iter().copied();
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut last_error = None;
+        let mut start_next = true;
+        loop {
+            if start_next {
+                if let Some(remote) = pending.next() {
+                    attempts.spawn(connect_one(remote, config.clone()));
+                }
+                start_next = false;
+            }
+            if attempts.is_empty() {
+                return Err(last_error.unwrap_or(NetError::Timeout));
+            }
+            let more = pending.len() > 0;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    attempts.abort_all();
+                    return Err(last_error.unwrap_or(NetError::Timeout));
+                }
+                () = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY), if more => start_next = true,
+                Some(finished) = attempts.join_next() => match finished {
+                    Ok(Ok(client)) => {
+                        attempts.abort_all();
+                        return Ok(client);
+                    }
+                    Ok(Err(err)) => {
+                        last_error = Some(err);
+                        start_next = true;
+                    }
+                    Err(join) => {
+                        last_error = Some(NetError::Setup(join.to_string()));
+                        start_next = true;
+                    }
+                },
+            }
+        }
     }
 
     /// Changes the per-request time-out.
@@ -576,12 +614,47 @@ impl Subscription {
     }
 }
 
-async fn resolve(host_port: &str) -> Result<SocketAddr, NetError> {
-    tokio::net::lookup_host(host_port)
+/// Every address `host_port` resolves to, in the resolver's order, without duplicates.
+async fn resolve(host_port: &str) -> Result<Vec<SocketAddr>, NetError> {
+    let mut remotes: Vec<SocketAddr> = Vec::new();
+    for remote in tokio::net::lookup_host(host_port)
         .await
         .map_err(|_| NetError::Resolve)?
-        .next()
-        .ok_or(NetError::Resolve)
+    {
+        if !remotes.contains(&remote) {
+            remotes.push(remote);
+        }
+    }
+    if remotes.is_empty() {
+        return Err(NetError::Resolve);
+    }
+    Ok(remotes)
+}
+
+/// One connection attempt to one address, on its own endpoint.
+async fn connect_one(
+    remote: SocketAddr,
+    config: quinn::ClientConfig,
+) -> Result<RelayClient, NetError> {
+    let bind: SocketAddr = if remote.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
+    endpoint.set_default_client_config(config);
+    // The pin, not the name, authenticates the relay; a fixed server name keeps host names
+    // out of the handshake.
+    let connection = endpoint
+        .connect(remote, "handover-relay")
+        .map_err(|e| NetError::Connect(e.to_string()))?
+        .await
+        .map_err(|e| NetError::Connect(e.to_string()))?;
+    Ok(RelayClient {
+        endpoint,
+        connection,
+        timeout: DEFAULT_REQUEST_TIMEOUT,
+    })
 }
 
 async fn write_request(send: &mut quinn::SendStream, kind: Req) -> Result<(), NetError> {
