@@ -201,13 +201,11 @@ impl RelayClient {
         let mut pending = remotes.iter().copied();
         let mut attempts = tokio::task::JoinSet::new();
         let mut last_error = None;
-        let mut start_next = true;
+        // Each turn starts the next attempt: the first, then one per delay that passed or
+        // attempt that failed.
         loop {
-            if start_next {
-                if let Some(remote) = pending.next() {
-                    attempts.spawn(connect_one(remote, config.clone()));
-                }
-                start_next = false;
+            if let Some(remote) = pending.next() {
+                attempts.spawn(connect_one(remote, config.clone()));
             }
             if attempts.is_empty() {
                 return Err(last_error.unwrap_or(NetError::Timeout));
@@ -218,20 +216,14 @@ impl RelayClient {
                     attempts.abort_all();
                     return Err(last_error.unwrap_or(NetError::Timeout));
                 }
-                () = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY), if more => start_next = true,
+                () = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY), if more => {}
                 Some(finished) = attempts.join_next() => match finished {
                     Ok(Ok(client)) => {
                         attempts.abort_all();
                         return Ok(client);
                     }
-                    Ok(Err(err)) => {
-                        last_error = Some(err);
-                        start_next = true;
-                    }
-                    Err(join) => {
-                        last_error = Some(NetError::Setup(join.to_string()));
-                        start_next = true;
-                    }
+                    Ok(Err(err)) => last_error = Some(err),
+                    Err(join) => last_error = Some(NetError::Setup(join.to_string())),
                 },
             }
         }
