@@ -322,6 +322,11 @@ impl LogBackend {
         Ok(backend)
     }
 
+    /// The LSN of the index checkpoint this open started from (`None`: it read the whole log).
+    pub fn index_checkpoint_loaded(&self) -> Option<u64> {
+        self.index_loaded
+    }
+
     /// The segment being written.
     pub fn active_segment(&self) -> u64 {
         self.active_segment.load(Ordering::SeqCst)

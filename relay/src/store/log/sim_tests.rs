@@ -372,7 +372,7 @@ fn run(seed: u64) -> Coverage {
                 let reopened =
                     open(&disk).unwrap_or_else(|e| panic!("seed {seed}: restart refused: {e}"));
                 check(seed, &reopened, &model, now);
-                index_loads += u64::from(reopened.backend().index_loaded.is_some());
+                index_loads += u64::from(reopened.backend().index_checkpoint_loaded().is_some());
                 if faulty {
                     disk.set_random_faults(20);
                 }
@@ -387,7 +387,7 @@ fn run(seed: u64) -> Coverage {
     model.crashed();
     let store = open(&disk).unwrap_or_else(|e| panic!("seed {seed}: restart refused: {e}"));
     check(seed, &store, &model, now);
-    index_loads += u64::from(store.backend().index_loaded.is_some());
+    index_loads += u64::from(store.backend().index_checkpoint_loaded().is_some());
     for (recv, _) in &recvs {
         while let Ok(Some(taken)) = store.prekey_take(recv) {
             let Some(k) = taken.one_time else { break };
@@ -906,7 +906,7 @@ fn a_power_cut_at_any_point_of_an_index_checkpoint_loses_nothing() {
         drop(store);
         disk.power_cut();
         let store = open(&disk).unwrap();
-        assert!(store.backend().index_loaded.is_some(), "{op:?} {k}");
+        assert!(store.backend().index_checkpoint_loaded().is_some(), "{op:?} {k}");
         assert_eq!(fetch_all(&store, &recv, 0), expect, "{op:?} {k}");
     }
     // Some of the faults hit the index checkpoint's own file before its rename.
@@ -938,7 +938,7 @@ fn a_damaged_index_checkpoint_falls_back_to_an_older_one_then_to_the_whole_log()
     disk.power_cut();
     let names = index_names(&disk);
     assert_eq!(names.len(), index::KEEP, "{names:?}");
-    let newest = index::index_name(open(&disk).unwrap().backend().index_loaded.unwrap());
+    let newest = index::index_name(open(&disk).unwrap().backend().index_checkpoint_loaded().unwrap());
     assert_eq!(names.last(), Some(&newest));
     disk.process_exit();
     for (i, name) in names.iter().rev().enumerate() {
@@ -948,7 +948,7 @@ fn a_damaged_index_checkpoint_falls_back_to_an_older_one_then_to_the_whole_log()
         disk.corrupt(&path, at, &[image[at as usize] ^ 0x04])
             .unwrap();
         let store = open(&disk).unwrap();
-        let loaded = store.backend().index_loaded.map(index::index_name);
+        let loaded = store.backend().index_checkpoint_loaded().map(index::index_name);
         let expect_loaded = names.iter().rev().nth(i + 1).cloned();
         assert_eq!(loaded, expect_loaded, "after damaging {name}");
         assert_eq!(fetch_all(&store, &recv, 0), queued, "after damaging {name}");
