@@ -39,6 +39,7 @@ fn every_phase_prints_its_figures() {
         "fetch of 10 envelopes, 20 times: empty store p50 / p99 ",
         "at 1000 pending ",
         "p99 ratio ",
+        "restart after SIGKILL with 1000 pending: ready in ",
         "restart with 1000 pending: ready in ",
         "log size: ",
         "2 of them 30-day ones",

@@ -145,6 +145,16 @@ pub struct Candidate {
     pub sealed_below: u64,
 }
 
+/// The log position that the envelope queues correspond to at one moment, for an index
+/// checkpoint ([`KvBackend::index_position`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexPosition {
+    /// Every batch up to this LSN (applied, maybe not yet synced) is reflected in the queues.
+    pub lsn: u64,
+    /// The log segment that the next batch goes to.
+    pub segment: u64,
+}
+
 /// An ordered byte-key store that applies batches atomically, with a log for envelope bodies.
 pub trait KvBackend: Send + Sync + 'static {
     /// The value at `key`.
@@ -181,6 +191,32 @@ pub trait KvBackend: Send + Sync + 'static {
     /// (see [`Store::writes_blocked`]).
     fn writes_blocked(&self) -> bool {
         false
+    }
+    /// Where the log stands, if the backend keeps index checkpoints and one is due (with
+    /// `force`, whenever it keeps them). Called under the store lock, so that the queues read
+    /// in the same hold are the queues as of that position ([`KvBackend::write_index`]).
+    fn index_position(&self, force: bool) -> Option<IndexPosition> {
+        let _ = force;
+        None
+    }
+    /// Makes the log durable up to `at` and persists `queues` (every queued envelope as a
+    /// [`Recovered::Enqueue`], grouped by mailbox), the queues as of `at`, so that the next
+    /// open reads them back ([`KvBackend::take_recovered`]) and replays only the log after
+    /// `at`. A checkpoint that could not be written is reported, not fatal (the log still
+    /// holds everything); an error means the store refuses writes from now on.
+    fn write_index(&self, at: IndexPosition, queues: Vec<Recovered>) -> Result<(), StoreError> {
+        let _ = (at, queues);
+        Ok(())
+    }
+    /// Per-mailbox sequence numbers handed out by log records that a repair dropped
+    /// (`handover-relay repair`): each mailbox's next number must be above its own. Read on
+    /// open; applied by the store, which then calls [`KvBackend::seq_floors_applied`].
+    fn repair_seq_floors(&self) -> Vec<(Id, u64)> {
+        Vec::new()
+    }
+    /// The floors of [`KvBackend::repair_seq_floors`] are durable in the keyspace: forget them.
+    fn seq_floors_applied(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
@@ -499,7 +535,61 @@ impl<B: KvBackend> KvStore<B> {
             totals: Totals::default(),
         };
         drop(store.guard());
+        store.apply_repair_floors();
         store
+    }
+
+    /// Raises the sequence floors that a repair left ([`KvBackend::repair_seq_floors`]): a
+    /// mailbox whose newest envelopes the repair dropped must not hand their numbers out
+    /// again. Durable before the backend forgets them; on failure they stay and the next open
+    /// applies them again (raising is idempotent).
+    fn apply_repair_floors(&self) {
+        let floors = self.backend.repair_seq_floors();
+        if floors.is_empty() {
+            return;
+        }
+        let raised = (|| -> Result<usize, StoreError> {
+            let state = self.guard();
+            let mut batch = Batch::new();
+            for (recv_id, seq) in &floors {
+                if let Some(mut rec) = self.mailbox_rec(recv_id)?
+                    && self.raise_seq_floor(&mut rec, *seq)
+                {
+                    batch.push((key(T_MAILBOX, &[recv_id]), Some(rec.encode_to_vec())));
+                }
+            }
+            let raised = batch.len();
+            self.backend.apply(batch)?;
+            let oldest_live = state.queues.oldest_live_segment();
+            drop(state);
+            self.backend.sync(oldest_live)?;
+            self.backend.seq_floors_applied()?;
+            Ok(raised)
+        })();
+        match raised {
+            Ok(n) => tracing::warn!(
+                mailboxes = n,
+                "sequence floors raised above the numbers of the records a repair dropped"
+            ),
+            Err(err) => tracing::error!(
+                error = %err,
+                "could not raise the sequence floors a repair left; the next start retries"
+            ),
+        }
+    }
+
+    /// Writes an index checkpoint of the queues if the backend keeps them and one is due
+    /// (always with `force`), so that the next open replays only the log after it. The store
+    /// lock is held only to copy the queues.
+    fn checkpoint_index(&self, force: bool) -> Result<(), StoreError> {
+        let (at, queues) = {
+            let state = self.guard();
+            let Some(at) = self.backend.index_position(force) else {
+                return Ok(());
+            };
+            (at, state.queues.snapshot())
+        };
+        self.backend.write_index(at, queues)
     }
 
     /// The backend.
@@ -705,7 +795,10 @@ impl<B: KvBackend> KvStore<B> {
     /// So the log stays within about twice the live bytes plus a few segments, plus what is
     /// written between two sweeps, whatever the pattern: a long-lived envelope costs one copy
     /// when its segment is mostly dead, not the whole log behind it.
+    ///
+    /// Also writes an index checkpoint when one is due ([`KvBackend::index_position`]).
     fn compact_log(&self) -> Result<u64, StoreError> {
+        self.checkpoint_index(false)?;
         let Some(c) = self.backend.compaction_candidate() else {
             return Ok(0);
         };
@@ -1546,7 +1639,8 @@ impl<B: KvBackend> Store for KvStore<B> {
 
     fn checkpoint(&self) -> Result<(), StoreError> {
         let oldest_live = self.guard().queues.oldest_live_segment();
-        self.backend.checkpoint(oldest_live)
+        self.backend.checkpoint(oldest_live)?;
+        self.checkpoint_index(true)
     }
 
     fn usage(&self) -> Usage {

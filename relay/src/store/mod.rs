@@ -39,7 +39,7 @@ pub use self::log::{
     StdFs, plan_repair, repair, sim,
 };
 pub use kv::{
-    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, KvBackend, KvStore, LogOp,
+    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, IndexPosition, KvBackend, KvStore, LogOp,
     MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
 };
 pub use memory::MemoryBackend;

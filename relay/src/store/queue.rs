@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, btree_map};
 
-use super::kv::BodyRef;
+use super::kv::{BodyRef, Recovered};
 use super::{Id, StoreError};
 
 /// One queued envelope, without its body.
@@ -66,6 +66,22 @@ pub(super) struct Queues {
 impl Queues {
     pub(super) fn queue(&self, recv_id: &Id) -> Option<&Queue> {
         self.queues.get(recv_id)
+    }
+
+    /// Every queued envelope as a [`Recovered::Enqueue`], grouped by mailbox, for an index
+    /// checkpoint.
+    pub(super) fn snapshot(&self) -> Vec<Recovered> {
+        let mut out = Vec::with_capacity(self.total_entries() as usize);
+        for (recv_id, q) in &self.queues {
+            out.extend(q.entries.iter().map(|(&seq, e)| Recovered::Enqueue {
+                recv_id: *recv_id,
+                seq,
+                envelope_id: e.envelope_id,
+                expires_at: e.expires_at,
+                body: e.body,
+            }));
+        }
+        out
     }
 
     /// (count, bytes) queued in a mailbox.

@@ -6,8 +6,10 @@
 //!    and after);
 //! 2. resident memory per pending envelope at `--envelopes` pending, fetch p50 / p99 of a
 //!    probe mailbox against the empty store and at that many pending (same relay), and the
-//!    restart time with them pending (from the process start to its ready line; recovery
-//!    reads the whole log to rebuild the in-memory index);
+//!    restart time with them pending (from the process start to its ready line), after a
+//!    `SIGKILL` (recovery loads the newest index checkpoint the sweeper wrote and replays the
+//!    log after it) and after a `SIGTERM` (shutdown writes an index checkpoint; recovery
+//!    replays almost nothing);
 //! 3. log size against live data after `--segments` log segments were written with one
 //!    30-day envelope per segment and the rest acknowledged.
 //!
@@ -182,6 +184,13 @@ impl Server {
 
     fn rss(&self) -> Result<u64> {
         rss_of(self.child.id())
+    }
+
+    /// SIGKILL, then waits for the exit.
+    fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     /// SIGTERM, then waits for the exit (at most `START_TIMEOUT`).
@@ -467,13 +476,27 @@ async fn phase_pending(args: &Args, bin: &Path, base: &Path) -> Result<()> {
         c.conn.close(0u32.into(), b"done");
     }
     drop(clients);
-    server.stop()?;
-    let log = log_bytes(&dir)?;
+    // A crash: the restart loads the newest index checkpoint (if the relay writes them) and
+    // replays the log after it.
+    server.kill()?;
+    let (log, index) = (log_bytes(&dir)?, index_bytes(&dir)?);
+    let crashed = Server::relay(bin, &dir, args.wal_mib, 100, true)?;
+    println!(
+        "restart after SIGKILL with {n} pending: ready in {:.2} s ({:.1} MiB of log allocated, {:.1} MiB of index checkpoints), RSS {:.1} MiB",
+        crashed.started_in.as_secs_f64(),
+        mib(log.1),
+        mib(index),
+        mib(crashed.rss()?)
+    );
+    // A clean stop writes an index checkpoint as of the end of the log.
+    crashed.stop()?;
+    let (log, index) = (log_bytes(&dir)?, index_bytes(&dir)?);
     let restarted = Server::relay(bin, &dir, args.wal_mib, 100, true)?;
     println!(
-        "restart with {n} pending: ready in {:.2} s (recovery reads the whole log, {:.1} MiB allocated, to rebuild the in-memory index), RSS {:.1} MiB",
+        "restart with {n} pending: ready in {:.2} s after SIGTERM ({:.1} MiB of log allocated, {:.1} MiB of index checkpoints), RSS {:.1} MiB",
         restarted.started_in.as_secs_f64(),
         mib(log.1),
+        mib(index),
         mib(restarted.rss()?)
     );
     // The probe mailbox came back whole.
@@ -481,6 +504,21 @@ async fn phase_pending(args: &Args, bin: &Path, base: &Path) -> Result<()> {
     client.authenticate(&probe).await?;
     fetch_latencies(&client, &probe, 1).await?;
     Ok(())
+}
+
+/// Bytes of the index checkpoints (`index-*`) under `dir`.
+fn index_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            total += index_bytes(&entry.path())?;
+        } else if entry.file_name().to_string_lossy().starts_with("index-") {
+            total += meta.len();
+        }
+    }
+    Ok(total)
 }
 
 /// Sizes of the log segments under `dir`: (apparent bytes, allocated bytes).

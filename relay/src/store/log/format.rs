@@ -84,6 +84,15 @@ pub(super) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// Whether every byte was read.
+    pub(super) fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
     pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
         let end = self.pos.checked_add(n).ok_or(StoreError::Corrupt)?;
         let out = self.buf.get(self.pos..end).ok_or(StoreError::Corrupt)?;

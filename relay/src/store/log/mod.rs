@@ -35,10 +35,22 @@
 //!   its files, `fsync` of directories whose entries changed); after that, the keyspace writes
 //!   in the sealed segment are no longer needed for recovery.
 //! - A sealed, checkpointed segment is deleted (and the directory synced, before the sync
-//!   that deleted it returns) as soon as it and every older segment hold no queued envelope; deleting only from the oldest end keeps every removal record that an
-//!   older enqueue record needs. The store copies the live envelopes of a mostly dead oldest
-//!   segment forward ([`KvBackend::compaction_candidate`]).
-//! - On open, sled recovers a prefix of its batches. The whole log is then checked before
+//!   that deleted it returns) as soon as it and every older segment hold no queued
+//!   envelope; deleting only from the oldest end keeps every removal record that an older
+//!   enqueue record needs. The store copies the live envelopes of a mostly dead oldest
+//!   segment forward ([`KvBackend::compaction_candidate`]). Dead segments in the middle of
+//!   the log are not deleted even though an index checkpoint past them would no longer need
+//!   their removal records: a recovery without a usable checkpoint (damaged, or deleted by a
+//!   repair) reads the whole log, and that needs them; a gap would also look like a lost
+//!   segment. Compaction already bounds the log at about twice the live bytes plus two
+//!   segments.
+//! - The envelope queues (the store's in-memory index) are checkpointed every few segments
+//!   and at clean shutdown ([`KvBackend::write_index`], `index.rs`): a file holding every
+//!   queued envelope with its body's place, tied to an LSN and the first segment a recovery
+//!   must read, so that opening replays only the log after it.
+//! - On open, sled recovers a prefix of its batches, and the newest valid index checkpoint is
+//!   loaded (a damaged one falls back to the one before, then to the whole log). The log from
+//!   the checkpoint's first segment on (the whole log without one) is then checked before
 //!   anything is changed (`recovery.rs`), read from the disk (each segment's cached pages are
 //!   dropped first: after a failed `fdatasync` the page cache holds data the disk does not):
 //!   each segment's valid records (right segment number, length, CRC-32) in order, then the
@@ -49,10 +61,12 @@
 //!   never acknowledged; it is zeroed and synced. Damage followed by any
 //!   valid record (same segment or later) means acknowledged data was damaged:
 //!   [`StoreError::Damaged`], on every start, with nothing changed, until an operator runs
-//!   [`repair`] (`handover-relay repair`), which drops the log from the damage on. Then
-//!   keyspace batches newer than sled's LSN are replayed into sled, the envelope records are
-//!   handed to the store ([`KvBackend::take_recovered`]), sled is checkpointed and a fresh
-//!   segment becomes active.
+//!   [`repair`] (`handover-relay repair`), which drops the log from the damage on (and
+//!   leaves per-mailbox sequence floors above the dropped envelopes, applied at the next
+//!   open: [`KvBackend::repair_seq_floors`]). Then keyspace batches newer than sled's LSN are
+//!   replayed into sled, the checkpoint's envelopes and the envelope records after its LSN
+//!   are handed to the store ([`KvBackend::take_recovered`]), sled is checkpointed and a
+//!   fresh segment becomes active.
 //!
 //! A failed `pwrite`, `fdatasync`, sled apply, checkpoint (sled's flush, the `fdatasync` of its
 //! files, a directory `fsync`) or segment creation poisons the backend: every later write, sync
@@ -73,6 +87,7 @@
 //! - `keyspace.rs`: sled (applying groups, checkpoints);
 //! - `recovery.rs`: reading the log back on open;
 //! - `compaction.rs`: deleting dead segments and offering the oldest to compaction;
+//! - `index.rs`: index checkpoints (writing, loading, their format);
 //! - `migrate.rs`: migration from the previous store format;
 //! - `fs.rs`: the file layer ([`LogFs`], [`LogFile`]) every file and directory operation of
 //!   the log goes through; [`StdFs`] is the real file system;
@@ -113,6 +128,7 @@ mod commit;
 mod compaction;
 mod format;
 mod fs;
+mod index;
 mod keyspace;
 mod migrate;
 mod recovery;
@@ -124,12 +140,12 @@ mod sim_tests;
 mod tests;
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use super::StoreError;
-use super::kv::{Batch, BodyRef, Candidate, Entries, KvBackend, LogOp, Recovered};
+use super::kv::{Batch, BodyRef, Candidate, Entries, IndexPosition, KvBackend, LogOp, Recovered};
+use super::{Id, StoreError};
 use commit::{Files, Overlay, Pending, Wal, new_record, slice_at};
 use format::encode_batch;
 pub use fs::{LogFile, LogFs, StdFs};
@@ -137,7 +153,7 @@ use keyspace::SledKeyspace;
 pub use keyspace::{KeyValue, Keyspace};
 use keyspace::{checkpoint as checkpoint_keyspace, read_lsn};
 use migrate::{OLD_WAL_FILES, old_format_is_clean};
-use recovery::{RecoveredLog, recover_log};
+use recovery::{RecoveredLog, read_seq_floors, recover_log, remove_seq_floors};
 pub use recovery::{RepairPlan, plan_repair, repair};
 use segment::{SEG_HEADER_LEN, create_segment, sync_dir_entries};
 
@@ -165,6 +181,18 @@ pub struct LogBackend {
     recovered: Mutex<Vec<Recovered>>,
     seq_floor: u64,
     segment_size: u64,
+    /// The store's directory.
+    dir: PathBuf,
+    /// LSN of the newest index checkpoint written or loaded (0: none).
+    index_lsn: AtomicU64,
+    /// The active segment from which the next index checkpoint is due.
+    index_due: AtomicU64,
+    /// Held while an index checkpoint is written (one at a time).
+    index_writer: Mutex<()>,
+    /// Sequence floors left by a repair, until the store has made them durable.
+    repair_floors: Vec<(Id, u64)>,
+    /// LSN of the index checkpoint this open loaded, if any.
+    index_loaded: Option<u64>,
 }
 
 impl std::fmt::Debug for LogBackend {
@@ -214,13 +242,23 @@ impl LogBackend {
         }
         let db = keyspace(dir)?;
         let sled_lsn = read_lsn(db.as_ref())?;
+        let repair_floors = read_seq_floors(fs.as_ref(), dir)?;
+        let index = if old_format {
+            None
+        } else {
+            index::load_newest(fs.as_ref(), dir)?
+        };
+        let index_loaded = index.as_ref().map(|i| i.lsn);
+        let (index_lsn, index_due) = index.as_ref().map_or((0, 0), |i| {
+            (i.lsn, index::next_due(i.segment, i.bytes, segment_size))
+        });
         let RecoveredLog {
             ids,
             mut files,
             recovered,
             max_lsn,
             empty_last,
-        } = recover_log(fs.as_ref(), dir, db.as_ref(), sled_lsn)?;
+        } = recover_log(fs.as_ref(), dir, db.as_ref(), sled_lsn, index)?;
 
         checkpoint_keyspace(db.as_ref(), max_lsn)?;
         let (active_id, active) = match empty_last.and_then(|id| files.get(&id).map(|f| (id, f))) {
@@ -271,11 +309,22 @@ impl LogBackend {
             recovered: Mutex::new(recovered),
             seq_floor: max_lsn + 1,
             segment_size,
+            dir: dir.to_path_buf(),
+            index_lsn: AtomicU64::new(index_lsn),
+            index_due: AtomicU64::new(index_due),
+            index_writer: Mutex::new(()),
+            repair_floors,
+            index_loaded,
         };
         if old_format {
             backend.migrate_old_format(dir)?;
         }
         Ok(backend)
+    }
+
+    /// The LSN of the index checkpoint this open started from (`None`: it read the whole log).
+    pub fn index_checkpoint_loaded(&self) -> Option<u64> {
+        self.index_loaded
     }
 
     /// The segment being written.
@@ -456,5 +505,74 @@ impl KvBackend for LogBackend {
 
     fn writes_blocked(&self) -> bool {
         self.lock_pending().failed
+    }
+
+    fn index_position(&self, force: bool) -> Option<IndexPosition> {
+        if !force && self.active_segment() < self.index_due.load(Ordering::SeqCst) {
+            return None;
+        }
+        let pending = self.lock_pending();
+        let lsn = pending.next_lsn - 1;
+        (!pending.failed && lsn > self.index_lsn.load(Ordering::SeqCst)).then_some(IndexPosition {
+            lsn,
+            segment: pending.segment,
+        })
+    }
+
+    fn write_index(&self, at: IndexPosition, queues: Vec<Recovered>) -> Result<(), StoreError> {
+        let _writer = self.index_writer.lock().unwrap_or_else(|e| e.into_inner());
+        if at.lsn <= self.index_lsn.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // The log up to `at` is durable before the checkpoint can be found; the replay starts
+        // no later than the first segment whose keyspace writes are not checkpointed, so
+        // that the keyspace batches sled may have lost are replayed too.
+        let segment = {
+            let mut wal = self.lock_wal();
+            self.commit(&mut wal)?;
+            if wal.last_written < at.lsn {
+                return Ok(());
+            }
+            at.segment
+                .min(self.checkpointed_below.load(Ordering::SeqCst))
+        };
+        let envelopes = queues.len();
+        let bytes = index::encode(at.lsn, segment, &queues);
+        drop(queues);
+        match index::write(self.fs.as_ref(), &self.dir, at.lsn, &bytes) {
+            Ok(()) => {
+                self.index_lsn.store(at.lsn, Ordering::SeqCst);
+                self.index_due.store(
+                    index::next_due(segment, bytes.len() as u64, self.segment_size),
+                    Ordering::SeqCst,
+                );
+                tracing::debug!(
+                    envelopes,
+                    bytes = bytes.len(),
+                    lsn = at.lsn,
+                    segment,
+                    "index checkpoint written"
+                );
+                Ok(())
+            }
+            Err(index::WriteError::NotWritten(err)) => {
+                // The older checkpoints and the log still hold everything; try again later.
+                tracing::warn!(error = %err, "index checkpoint not written");
+                self.index_due.store(
+                    index::next_due(self.active_segment(), 0, self.segment_size),
+                    Ordering::SeqCst,
+                );
+                Ok(())
+            }
+            Err(index::WriteError::Directory(err)) => Err(self.fail(err)),
+        }
+    }
+
+    fn repair_seq_floors(&self) -> Vec<(Id, u64)> {
+        self.repair_floors.clone()
+    }
+
+    fn seq_floors_applied(&self) -> Result<(), StoreError> {
+        remove_seq_floors(self.fs.as_ref(), &self.dir)
     }
 }
