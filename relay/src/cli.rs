@@ -27,6 +27,19 @@ pub struct Args {
     /// Data directory for the store and the generated certificate [default: ./relay-data].
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Keep the data in PostgreSQL, shared by every relay process given the same URL
+    /// (postgres://user[:password]@host[:port]/database) [default: the embedded store in the
+    /// data directory]. The password, if any, is never printed.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HANDOVER_RELAY_STORE",
+        hide_env_values = true
+    )]
+    pub store: Option<crate::config::StoreUrl>,
+    /// Connections to PostgreSQL this relay process uses for requests [default: 16].
+    #[arg(long)]
+    pub store_pool_size: Option<usize>,
     /// TCP address of the admin endpoint (/metrics, /healthz), or "off" [default: 127.0.0.1:9433].
     #[arg(long)]
     pub admin: Option<String>,
@@ -240,6 +253,14 @@ pub fn config_from(args: &Args) -> Result<Config, RelayError> {
         };
     }
     set!(c.listen, args.listen, file.listen);
+    if let Some(store) = args.store.as_ref().or(file.store.as_ref()) {
+        c.store = crate::config::StoreLocation::parse(&store.0)?;
+    }
+    set!(
+        c.store_pool_size,
+        args.store_pool_size,
+        file.store_pool_size
+    );
     if let Some(admin) = args.admin.as_deref().or(file.admin.as_deref()) {
         c.admin = parse_admin(admin)?;
     }
