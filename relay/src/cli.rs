@@ -615,6 +615,48 @@ mod tests {
     }
 
     #[test]
+    fn the_store_comes_from_the_file_or_the_flag_and_its_password_is_never_shown() {
+        use crate::config::StoreLocation;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "store = \"postgres://relay:s3cret@db:5432/handover\"\nstore_pool_size = 4\n",
+        )
+        .unwrap();
+        let args = Args::parse_from(["handover-relay", "--config", path.to_str().unwrap()]);
+        assert!(!format!("{args:?}").contains("s3cret"));
+        let c = config_from(&args).unwrap();
+        assert!(matches!(&c.store, StoreLocation::Postgres(url) if url.contains("@db:5432")));
+        assert_eq!(c.store_pool_size, 4);
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cret") && debug.contains("relay:***@db"),
+            "{debug}"
+        );
+        let flag = Args::parse_from([
+            "handover-relay",
+            "--config",
+            path.to_str().unwrap(),
+            "--store",
+            "postgresql://other@db2/h",
+        ]);
+        assert!(!format!("{flag:?}").contains("s3cret"));
+        let c = config_from(&flag).unwrap();
+        assert!(
+            matches!(&c.store, StoreLocation::Postgres(url) if url == "postgresql://other@db2/h")
+        );
+        // The default stays the embedded store; anything but a PostgreSQL URL is refused.
+        let none = Args::parse_from(["handover-relay"]);
+        assert!(matches!(
+            config_from(&none).unwrap().store,
+            StoreLocation::Embedded
+        ));
+        let bad = Args::parse_from(["handover-relay", "--store", "mysql://db/h"]);
+        assert!(config_from(&bad).is_err());
+    }
+
+    #[test]
     fn flags_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");

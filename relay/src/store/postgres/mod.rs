@@ -1547,29 +1547,79 @@ pub mod testing {
         pub url: String,
     }
 
-    fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Backend(e.to_string()))
+    /// Test databases older than this are dropped by the next [`TestDatabase::create`]: those
+    /// of test runs that were killed, and those a test keeps for a whole run.
+    const STALE_SECS: u64 = 2 * 3600;
+
+    /// Runs `f` on its own thread and runtime (callers may be inside an async test).
+    fn blocking<T: Send>(
+        f: impl std::future::Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| StoreError::Backend(e.to_string()))?
+                        .block_on(f)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Backend("test database thread".into())))
+        })
     }
 
-    async fn execute(url: &str, sql: &str) -> Result<(), StoreError> {
+    async fn connect(
+        url: &str,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg_err)?;
-        let driver = tokio::spawn(connection);
-        let result = client.batch_execute(sql).await.map_err(pg_err);
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((client, driver))
+    }
+
+    /// Drops stale test databases, then creates `name`.
+    async fn create_database(url: &str, name: &str, now: u64) -> Result<(), StoreError> {
+        let (client, driver) = connect(url).await?;
+        let rows = client
+            .query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'handover\\_pgt\\_%'",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        for row in rows {
+            let old: String = row.get(0);
+            let created = old
+                .split('_')
+                .nth(2)
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+            if created.saturating_add(STALE_SECS) < now {
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
+                    .await;
+            }
+        }
+        let result = client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(pg_err);
         drop(client);
         let _ = driver.await;
         result
     }
 
     impl TestDatabase {
-        /// Creates `handover_t_<random>` on [`server_url`]'s server. Fails (the tests fail,
-        /// they do not skip) when the server cannot be reached.
+        /// Creates `handover_pgt_<unix seconds>_<random>` on [`server_url`]'s server (and drops
+        /// test databases older than two hours). Fails (the tests fail, they do not skip) when
+        /// the server cannot be reached.
         pub fn create() -> Result<Self, StoreError> {
             let admin = server_url();
-            let name = format!("handover_t_{:016x}", rand::random::<u64>());
-            runtime()?.block_on(execute(&admin, &format!("CREATE DATABASE {name}")))?;
+            let now = crate::server::unix_now();
+            let name = format!("handover_pgt_{now}_{:08x}", rand::random::<u32>());
+            blocking(create_database(&admin, &name, now))?;
             let base = match admin.rfind('/') {
                 Some(slash) if slash > "postgres://".len() => &admin[..slash],
                 _ => admin.as_str(),
@@ -1582,9 +1632,13 @@ pub mod testing {
     impl Drop for TestDatabase {
         fn drop(&mut self) {
             let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-            if let Ok(rt) = runtime() {
-                let _ = rt.block_on(execute(&self.admin, &sql));
-            }
+            let _ = blocking(async {
+                let (client, driver) = connect(&self.admin).await?;
+                let result = client.batch_execute(&sql).await.map_err(pg_err);
+                drop(client);
+                let _ = driver.await;
+                result
+            });
         }
     }
 }
