@@ -27,6 +27,19 @@ pub struct Args {
     /// Data directory for the store and the generated certificate [default: ./relay-data].
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Keep the data in PostgreSQL, shared by every relay process given the same URL
+    /// (postgres://user[:password]@host[:port]/database) [default: the embedded store in the
+    /// data directory]. The password, if any, is never printed.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HANDOVER_RELAY_STORE",
+        hide_env_values = true
+    )]
+    pub store: Option<crate::config::StoreUrl>,
+    /// Connections to PostgreSQL this relay process uses for requests [default: 16].
+    #[arg(long)]
+    pub store_pool_size: Option<usize>,
     /// TCP address of the admin endpoint (/metrics, /healthz), or "off" [default: 127.0.0.1:9433].
     #[arg(long)]
     pub admin: Option<String>,
@@ -240,6 +253,14 @@ pub fn config_from(args: &Args) -> Result<Config, RelayError> {
         };
     }
     set!(c.listen, args.listen, file.listen);
+    if let Some(store) = args.store.as_ref().or(file.store.as_ref()) {
+        c.store = crate::config::StoreLocation::parse(&store.0)?;
+    }
+    set!(
+        c.store_pool_size,
+        args.store_pool_size,
+        file.store_pool_size
+    );
     if let Some(admin) = args.admin.as_deref().or(file.admin.as_deref()) {
         c.admin = parse_admin(admin)?;
     }
@@ -591,6 +612,48 @@ mod tests {
             log_filter("debug"),
             "info,handover_relay=debug,handover_proto=debug"
         );
+    }
+
+    #[test]
+    fn the_store_comes_from_the_file_or_the_flag_and_its_password_is_never_shown() {
+        use crate::config::StoreLocation;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "store = \"postgres://relay:s3cret@db:5432/handover\"\nstore_pool_size = 4\n",
+        )
+        .unwrap();
+        let args = Args::parse_from(["handover-relay", "--config", path.to_str().unwrap()]);
+        assert!(!format!("{args:?}").contains("s3cret"));
+        let c = config_from(&args).unwrap();
+        assert!(matches!(&c.store, StoreLocation::Postgres(url) if url.contains("@db:5432")));
+        assert_eq!(c.store_pool_size, 4);
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cret") && debug.contains("relay:***@db"),
+            "{debug}"
+        );
+        let flag = Args::parse_from([
+            "handover-relay",
+            "--config",
+            path.to_str().unwrap(),
+            "--store",
+            "postgresql://other@db2/h",
+        ]);
+        assert!(!format!("{flag:?}").contains("s3cret"));
+        let c = config_from(&flag).unwrap();
+        assert!(
+            matches!(&c.store, StoreLocation::Postgres(url) if url == "postgresql://other@db2/h")
+        );
+        // The default stays the embedded store; anything but a PostgreSQL URL is refused.
+        let none = Args::parse_from(["handover-relay"]);
+        assert!(matches!(
+            config_from(&none).unwrap().store,
+            StoreLocation::Embedded
+        ));
+        let bad = Args::parse_from(["handover-relay", "--store", "mysql://db/h"]);
+        assert!(config_from(&bad).is_err());
     }
 
     #[test]

@@ -26,13 +26,77 @@ const MIN_UDP_BUFFER: usize = 64 * 1024;
 /// Largest accepted `udp_buffer_bytes`.
 const MAX_UDP_BUFFER: usize = 1024 * 1024 * 1024;
 
+/// A store URL as given on the command line or in the file; its `Debug` hides the password.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(pub String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoreUrl")
+            .field(&crate::store::postgres::redact(&self.0))
+            .finish()
+    }
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Where the relay keeps its data.
+#[derive(Clone, Default)]
+pub enum StoreLocation {
+    /// The embedded store in `data_dir/store` (the default; one relay process).
+    #[default]
+    Embedded,
+    /// A PostgreSQL database shared by any number of relay processes: its connection string
+    /// (`postgres://user:password@host:port/db`). Never printed with its password.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("Embedded"),
+            Self::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&crate::store::postgres::redact(url))
+                .finish(),
+        }
+    }
+}
+
+impl StoreLocation {
+    /// Parses `--store`: a `postgres://` or `postgresql://` URL.
+    pub fn parse(value: &str) -> Result<Self, RelayError> {
+        let v = value.trim();
+        if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+            Ok(Self::Postgres(v.to_owned()))
+        } else {
+            Err(RelayError::Config(
+                "store must be a postgres:// URL (leave it out for the embedded store in \
+                 data_dir)"
+                    .into(),
+            ))
+        }
+    }
+}
+
 /// Complete, validated relay configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// UDP address of the QUIC listener.
     pub listen: SocketAddr,
-    /// Data directory (store, generated certificate).
+    /// Data directory (the embedded store, the generated certificate).
     pub data_dir: PathBuf,
+    /// Where the data is kept: the embedded store in `data_dir` or PostgreSQL.
+    pub store: StoreLocation,
+    /// Connections to PostgreSQL each relay process uses for requests (plus one it listens
+    /// on); unused by the embedded store.
+    pub store_pool_size: usize,
     /// TCP address of the admin endpoint (metrics, health); `None` disables it.
     pub admin: Option<SocketAddr>,
     /// Certificate chain and private key PEM files; `None` uses the generated identity.
@@ -92,6 +156,8 @@ impl Config {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             data_dir,
+            store: StoreLocation::Embedded,
+            store_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9433))),
             pem: None,
             admitted_orgs: Vec::new(),
@@ -131,6 +197,9 @@ impl Config {
         }
         if self.max_request_frame < self.limits.max_envelope_bytes + 1024 {
             return bad("max_request_frame must exceed max_envelope_bytes by at least 1024");
+        }
+        if self.store_pool_size == 0 || self.store_pool_size > 1024 {
+            return bad("store_pool_size must be between 1 and 1024");
         }
         if self.max_streams == 0 {
             return bad("max_streams must be at least 1");
@@ -190,6 +259,10 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
+    /// `postgres://` URL of a shared store; absent: the embedded store in `data_dir`.
+    pub store: Option<StoreUrl>,
+    /// Connections to PostgreSQL per relay process.
+    pub store_pool_size: Option<usize>,
     /// Admin address, or "off".
     pub admin: Option<String>,
     /// Certificate chain PEM.

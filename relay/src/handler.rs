@@ -1404,9 +1404,10 @@ impl Handler {
         })
     }
 
-    /// Copies live envelopes out of mostly dead log segments ([`Store::compact`]).
+    /// Copies live envelopes out of mostly dead log segments ([`LocalLog::compact`]
+    /// (crate::store::LocalLog::compact)); 0 for a store without a local log.
     pub fn compact(&self) -> Result<u64, StoreError> {
-        self.store.compact()
+        self.store.local_log().map_or(Ok(0), |log| log.compact())
     }
 
     /// Deletes up to `budget` expired items at `now`.

@@ -15,13 +15,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::RelayError;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::config::StoreLocation;
 use crate::handler::{
     Action, ChunkOutcome, EXPORTER_LEN, Handler, KeyingMaterial, Session, decode_request, error,
     error_retry,
 };
 use crate::metrics::{CodeLabel, Metrics, OpLabel};
 use crate::ratelimit::{AddressLimits, TokenBucket};
-use crate::store::{DiskStore, Id, LogBackend, Store};
+use crate::store::{DiskStore, Id, LogBackend, PgStore, Store};
 use crate::tls;
 
 use wire::ErrorCode;
@@ -365,7 +366,7 @@ struct Ctx {
     started: Instant,
     config: Config,
     committer: Committer,
-    hub: Hub,
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
@@ -403,14 +404,27 @@ impl Relay {
         let data_dir = config.data_dir.clone();
         let store_dir = data_dir.join("store");
         let wal_size = config.wal_mib * 1024 * 1024;
+        let location = config.store.clone();
+        let pool_size = config.store_pool_size;
         let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            let store = DiskStore::new(LogBackend::open_with_log_size(&store_dir, wal_size)?);
+            let store: Arc<dyn Store> = match location {
+                StoreLocation::Embedded => Arc::new(DiskStore::new(
+                    LogBackend::open_with_log_size(&store_dir, wal_size)?,
+                )),
+                StoreLocation::Postgres(url) => {
+                    tracing::info!(
+                        database = %crate::store::postgres::redact(&url),
+                        "store on PostgreSQL"
+                    );
+                    Arc::new(PgStore::connect(&url, pool_size)?)
+                }
+            };
             // No upload survives a restart: what an interrupted one wrote is deleted.
             let discarded = store.discard_incomplete_blobs()?;
             if discarded > 0 {
                 tracing::info!(blobs = discarded, "deleted incomplete blob uploads");
             }
-            Ok::<_, crate::store::StoreError>(Arc::new(store) as Arc<dyn Store>)
+            Ok::<_, crate::store::StoreError>(store)
         })
         .await
         .map_err(|e| RelayError::Config(e.to_string()))??;
@@ -499,6 +513,13 @@ impl Relay {
         )
         .with_creation_token(config.creation_token.clone());
         let grace = Duration::from_secs(config.shutdown_grace_secs);
+        // Envelopes queued through other relay processes sharing the store wake this one's
+        // subscribers too.
+        let hub = Arc::new(Hub::default());
+        {
+            let hub = hub.clone();
+            store.watch_remote_enqueues(Arc::new(move |id: &Id| hub.notify(id)));
+        }
         let ctx = Arc::new(Ctx {
             handler,
             open_connections: std::sync::atomic::AtomicUsize::new(0),
@@ -514,7 +535,7 @@ impl Relay {
             started: Instant::now(),
             config,
             committer,
-            hub: Hub::default(),
+            hub,
             metrics: metrics.clone(),
             shutdown: shutdown_rx,
         });
@@ -595,7 +616,11 @@ impl Relay {
         // Answers written but not yet acknowledged would be lost by closing the connections.
         let _ = tokio::time::timeout(DELIVERY_GRACE, self.delivered.recv()).await;
         let store = self.store.clone();
-        if let Ok(Err(err)) = tokio::task::spawn_blocking(move || store.checkpoint()).await {
+        let last = move || match store.local_log() {
+            Some(log) => log.checkpoint(),
+            None => store.sync(),
+        };
+        if let Ok(Err(err)) = tokio::task::spawn_blocking(last).await {
             tracing::error!(error = %err, "final checkpoint failed");
         }
         self.endpoint
@@ -688,14 +713,13 @@ async fn sweeper(ctx: Arc<Ctx>) {
                 Ok(Ok(swept)) => {
                     let n = swept.envelopes + swept.tombstones + swept.blobs;
                     ctx.metrics.swept.inc_by(n);
-                    if n > 0 || swept.compacted > 0 {
-                        // Make tombstones durable (sweeping is otherwise idempotent), and
-                        // compaction copies, so that the sync deletes the segments they left.
+                    if n > 0 {
+                        // Make tombstones durable (sweeping is otherwise idempotent).
                         ctx.committer.durable().await;
                     }
-                    // Go on while there is more to expire, or compaction still copies: each
-                    // step is bounded, the sweeper keeps pace with the writes.
-                    if n < SWEEP_BUDGET as u64 && swept.compacted == 0 {
+                    // Go on while there is more to expire: each step is bounded, the sweeper
+                    // keeps pace with the writes.
+                    if n < SWEEP_BUDGET as u64 {
                         break;
                     }
                 }
@@ -706,6 +730,9 @@ async fn sweeper(ctx: Arc<Ctx>) {
                 Err(_) => break,
             }
         }
+        // The embedded log: copy live envelopes out of old segments (nothing to do for a
+        // shared backend).
+        compact(&ctx).await;
     }
 }
 

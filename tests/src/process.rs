@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use handover_relay::store::postgres::testing::TestDatabase;
+
 use crate::Result;
+use std::sync::{Arc, Mutex};
 
 /// How long a relay may take to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +28,11 @@ pub struct RelayProcess {
     pub data_dir: PathBuf,
 }
 
+/// With `HANDOVER_TEST_RELAY_STORE=postgres`: the database of each data directory, so that a
+/// relay restarted on the same directory finds its data. Kept for the test binary's run; the
+/// next runs drop them once stale (see `TestDatabase::create`).
+static DATABASES: Mutex<Vec<(PathBuf, Arc<TestDatabase>)>> = Mutex::new(Vec::new());
+
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
@@ -34,8 +42,46 @@ impl RelayProcess {
     /// Starts `bin` on a loopback port with data in `data_dir`, a 2 MiB write-ahead log and extra
     /// flags, and waits for
     /// its ready line. Set `HANDOVER_TEST_LOG=1` to see the relay's logs.
+    ///
+    /// With `HANDOVER_TEST_RELAY_STORE=postgres` the relay keeps its data in a PostgreSQL
+    /// database of its own instead (created on the test server, see
+    /// `handover_relay::store::postgres::testing`), so that a relay test suite runs unchanged
+    /// on PostgreSQL. Suites that restart a relay on the same data do not support that.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<Self> {
+        let database = match std::env::var("HANDOVER_TEST_RELAY_STORE").as_deref() {
+            Ok("postgres") => {
+                let mut all = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+                match all.iter().find(|(dir, _)| dir == data_dir) {
+                    Some((_, db)) => Some(db.clone()),
+                    None => {
+                        let db = Arc::new(TestDatabase::create()?);
+                        all.push((data_dir.to_path_buf(), db.clone()));
+                        Some(db)
+                    }
+                }
+            }
+            _ => None,
+        };
+        Self::start_with(
+            bin,
+            data_dir,
+            database.as_ref().map(|d| d.url.as_str()),
+            extra,
+        )
+    }
+
+    /// [`RelayProcess::start`] with the data in the PostgreSQL database at `store` if given
+    /// (`--store`), which several relays may share.
+    pub fn start_with(
+        bin: &Path,
+        data_dir: &Path,
+        store: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut cmd = Command::new(bin);
+        if let Some(url) = store {
+            cmd.arg("--store").arg(url);
+        }
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--admin")

@@ -280,6 +280,8 @@ fn help_documents_every_flag() {
         "--listen",
         "--data-dir",
         "--admin",
+        "--store",
+        "--store-pool-size",
         "--cert",
         "--key",
         "--admit-org",

@@ -48,8 +48,8 @@ use prost::Message;
 use super::queue::{Admission, Entry, Queues};
 use super::senders::SenderCache;
 use super::{
-    BlobAppended, BlobBegun, BlobMeta, Delivery, Enqueued, Id, Mailbox, MailboxQuota, NewEnvelope,
-    Published, Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys, Usage,
+    BlobAppended, BlobBegun, BlobMeta, Delivery, Enqueued, Id, LocalLog, Mailbox, MailboxQuota,
+    NewEnvelope, Published, Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys, Usage,
 };
 
 /// A batch of writes: `Some(value)` puts, `None` deletes.
@@ -937,6 +937,30 @@ impl<B: KvBackend> KvStore<B> {
     }
 }
 
+impl<B: KvBackend> KvStore<B> {
+    /// Copies live envelopes out of mostly dead log segments ([`LocalLog::compact`]).
+    pub fn compact(&self) -> Result<u64, StoreError> {
+        self.compact_log()
+    }
+
+    /// Syncs and checkpoints the backend ([`LocalLog::checkpoint`]).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let oldest_live = self.guard().queues.oldest_live_segment();
+        self.backend.checkpoint(oldest_live)?;
+        self.checkpoint_index(true)
+    }
+}
+
+impl<B: KvBackend> LocalLog for KvStore<B> {
+    fn compact(&self) -> Result<u64, StoreError> {
+        KvStore::compact(self)
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        KvStore::checkpoint(self)
+    }
+}
+
 impl<B: KvBackend> Store for KvStore<B> {
     fn create_mailbox(&self, recv_id: &Id, mailbox: &Mailbox) -> Result<bool, StoreError> {
         let mut state = self.guard();
@@ -1622,7 +1646,6 @@ impl<B: KvBackend> Store for KvStore<B> {
             }
         }
         drop(state);
-        swept.compacted = self.compact_log()?;
         Ok(swept)
     }
 
@@ -1633,14 +1656,8 @@ impl<B: KvBackend> Store for KvStore<B> {
         self.backend.sync(oldest_live)
     }
 
-    fn compact(&self) -> Result<u64, StoreError> {
-        self.compact_log()
-    }
-
-    fn checkpoint(&self) -> Result<(), StoreError> {
-        let oldest_live = self.guard().queues.oldest_live_segment();
-        self.backend.checkpoint(oldest_live)?;
-        self.checkpoint_index(true)
+    fn local_log(&self) -> Option<&dyn LocalLog> {
+        Some(self)
     }
 
     fn usage(&self) -> Usage {

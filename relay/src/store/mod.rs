@@ -1,10 +1,14 @@
 //! Storage behind the request handler.
 //!
 //! [`Store`] is the contract between the sans-IO [`Handler`](crate::handler::Handler) and a
-//! storage backend. Two implementations ship: [`DiskStore`] (embedded, durable, the default) and
-//! [`MemoryStore`] (an in-memory twin for tests and benches). Both are a [`KvStore`] over an
-//! ordered key-value [`KvBackend`]; a shared SQL backend (PostgreSQL) would implement [`Store`]
-//! directly with one transaction per method.
+//! storage backend. Three implementations ship:
+//!
+//! - [`DiskStore`]: embedded and durable, the default for a relay on one machine: an envelope
+//!   log plus sled, a [`KvStore`] over the [`LogBackend`]. It is the only writer of its
+//!   directory (one process).
+//! - [`MemoryStore`]: its in-memory twin for tests and benches.
+//! - [`PgStore`]: PostgreSQL, shared by any number of relay processes ("nodes") at once; each
+//!   method is one transaction (see [`postgres`]).
 //!
 //! # Contract
 //!
@@ -12,25 +16,54 @@
 //!
 //! - **Atomicity**: a method's effects are all-or-nothing, also across a crash. Concurrent calls
 //!   behave as if run one after another (serialisable), in particular [`Store::enqueue`]'s quota
-//!   check and [`Store::prekey_take`]'s removal of a one-time prekey.
+//!   check and [`Store::prekey_take`]'s removal of a one-time prekey. "Concurrent" means from
+//!   any thread of any process sharing the store: a shared backend takes the row locks that
+//!   make this so (PostgreSQL: `SELECT ... FOR UPDATE` on the mailbox row), it does not rely
+//!   on a lock inside one process.
+//! - **Sequence numbers under the mailbox's lock**: a mailbox's `seq` is allocated while the
+//!   mailbox is locked against every other enqueue into it, and that lock is held until the
+//!   envelope is visible (for a shared backend: until its transaction committed). So envelopes
+//!   of one mailbox become visible in `seq` order, and a reader paging with
+//!   [`Store::fetch`]'s `after_seq` never skips an envelope whose write was still in flight
+//!   when it read a higher number. Numbers are per mailbox, strictly increasing and never
+//!   reused (not after acks, expiry or a restart).
+//! - **No stale cache**: a method's answer reflects every change that returned before it was
+//!   called, from any node. An implementation may cache only what no other process can change
+//!   (the embedded store, its directory's only writer, caches senders and the queue index); a
+//!   shared backend caches nothing that another node could change, so a capability
+//!   replacement, a mailbox deletion or a taken prekey takes effect on every node at once. The
+//!   one exception is [`Store::usage`], documented there.
 //! - **Visibility before durability**: once a mutating method returns, later reads (from any
 //!   caller) see its effects, but they may not survive a crash or power loss yet.
 //! - **Durability on [`Store::sync`]**: when `sync` returns `Ok`, the effects of every mutating
 //!   call that *returned before `sync` was called* survive process crash and power loss. The
 //!   relay acknowledges a `Send` or `BlobPut` only after such a `sync`; many writers share one
 //!   `sync` (group commit). Effects become durable in the order they were made visible: if a
-//!   later write survives a crash, every earlier one does too.
+//!   later write survives a crash, every earlier one does too. A backend whose every method
+//!   commits durably before returning (PostgreSQL with `synchronous_commit` on) has nothing
+//!   left to do in `sync`.
 //! - **Time is an argument**: methods that depend on expiry take `now` (Unix seconds); an item
-//!   with `expires_at <= now` is expired and never returned.
+//!   with `expires_at <= now` is expired and never returned. A shared backend deletes an item
+//!   ([`Store::sweep`]) only once it is expired by the caller's `now` *and* by the backend's
+//!   own clock (PostgreSQL: the database server's), so a node whose clock runs fast cannot
+//!   delete anything early; one whose clock runs slow sweeps late, and a skewed clock only
+//!   changes what that node shows, never what is deleted.
 //! - **No history**: acknowledged envelopes are deleted, not marked. The only trace of an
 //!   envelope that expired undelivered is a tombstone that itself expires.
-//! - Errors are [`StoreError`]; they never contain stored data or ids.
-//! - Methods are synchronous and may block (locks, disk); the QUIC driver calls the handler on
-//!   tokio's blocking pool, so a networked backend may block on round trips too.
+//! - Errors are [`StoreError`]; they never contain stored data, ids or credentials.
+//! - **Blocking**: methods are synchronous and may block on locks, disk or network round
+//!   trips. They must therefore never run on the async workers that drive QUIC: the relay calls
+//!   them on tokio's blocking pool (`spawn_blocking`) or on threads of its own (the commit
+//!   thread). The one method called on the async workers, [`Store::try_enqueue_for_sender`],
+//!   must answer `None` rather than block (a networked backend always answers `None`).
+//!
+//! What only the embedded store needs (its log's compaction and checkpoint) is not part of
+//! [`Store`]: it is [`LocalLog`], reached through [`Store::local_log`].
 
 mod kv;
 mod log;
 mod memory;
+pub mod postgres;
 mod queue;
 mod senders;
 
@@ -43,6 +76,7 @@ pub use kv::{
     MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
 };
 pub use memory::MemoryBackend;
+pub use postgres::PgStore;
 
 use thiserror::Error;
 
@@ -59,6 +93,22 @@ pub type MemoryStore = KvStore<MemoryBackend>;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// The backend cannot be reached or lost its connection (a shared database restarting or
+    /// failing over). Nothing is known to have happened; the request may be retried.
+    #[error("storage unavailable (retryable): {0}")]
+    Unavailable(String),
+    /// The database's schema is newer than this relay knows: a newer relay migrated it. This
+    /// relay refuses to start rather than write to a schema it does not understand.
+    #[error(
+        "the database schema is at version {found}, newer than this relay's {supported}; \
+         upgrade this relay (see docs/OPERATIONS.md, \"Relays on PostgreSQL\")"
+    )]
+    SchemaTooNew {
+        /// The version found in the database.
+        found: i64,
+        /// The newest version this relay knows.
+        supported: i64,
+    },
     /// The backend failed (I/O error, corruption). The operation did not happen, or is not
     /// known to be durable.
     #[error("storage backend failure: {0}")]
@@ -243,9 +293,20 @@ pub struct Swept {
     pub tombstones: u64,
     /// Expired (or abandoned) blobs deleted.
     pub blobs: u64,
-    /// Queued envelopes copied out of old log segments so that they can be reclaimed (the
-    /// copies become durable with the next sync; see [`Store::compact`]).
-    pub compacted: u64,
+}
+
+/// Wakes the subscribers of a mailbox on this node (see [`Store::watch_remote_enqueues`]).
+pub type Wake = std::sync::Arc<dyn Fn(&Id) + Send + Sync>;
+
+/// Maintenance of the embedded store's log, which a shared backend has no use for. Reached
+/// through [`Store::local_log`].
+pub trait LocalLog: Send + Sync {
+    /// Copies live envelopes out of mostly dead log segments so that they can be reclaimed;
+    /// the copies become durable with the next [`Store::sync`]. Returns how many were copied.
+    fn compact(&self) -> Result<u64, StoreError>;
+    /// Like [`Store::sync`], and also compacts whatever the backend keeps for recovery (for
+    /// the sled keyspace: a checkpoint that empties its write-ahead log). Called on shutdown.
+    fn checkpoint(&self) -> Result<(), StoreError>;
 }
 
 /// The storage contract of the relay. See the [module docs](self) for the guarantees every
@@ -371,22 +432,26 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `budget` expired items through the expiry index. Expired envelopes leave a
     /// tombstone until `now + tombstone_secs`.
     fn sweep(&self, now: u64, budget: usize, tombstone_secs: u64) -> Result<Swept, StoreError>;
-    /// Copies live envelopes out of mostly dead log segments so that they can be reclaimed,
-    /// as [`Store::sweep`] also does, without expiring anything; the copies become durable
-    /// with the next sync. Returns how many were copied. The default copies nothing.
-    fn compact(&self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
     /// Makes every mutation that returned before this call durable (see the module docs).
     fn sync(&self) -> Result<(), StoreError>;
-    /// Like [`Store::sync`], and also compacts whatever the backend keeps for recovery (for
-    /// the sled store: a checkpoint that empties the write-ahead log). Called on shutdown.
-    fn checkpoint(&self) -> Result<(), StoreError> {
-        self.sync()
+    /// The embedded log's maintenance, for a store that has one; `None` (the default) for a
+    /// shared backend.
+    fn local_log(&self) -> Option<&dyn LocalLog> {
+        None
     }
-    /// Relay-wide totals as of the last mutating call that returned. Cheap (no lock, no I/O):
-    /// the handler reads it on every send for the relay-wide caps, so a cap may be overshot by
-    /// the requests in flight at once, never more.
+    /// Asks a store shared by several relay processes to call `wake` with a mailbox's receive
+    /// id whenever an envelope was queued into it through *another* process, so that this
+    /// node can tell its subscribers. Calls may be coalesced (several enqueues, one call) and
+    /// come from a thread of the store's own. A store only one process uses never calls it
+    /// (the default): the relay wakes its own subscribers.
+    fn watch_remote_enqueues(&self, wake: Wake) {
+        let _ = wake;
+    }
+    /// Relay-wide totals, for the relay-wide caps. Cheap (no lock, no I/O): the handler reads
+    /// it on every send, so a cap may be overshot by the requests in flight at once. The
+    /// embedded stores count every mutating call that returned; a shared backend counts its
+    /// own node's calls exactly and learns of the other nodes' when it recounts (at least once
+    /// per [`Store::sweep`]), so N nodes may overshoot a cap by what the others added since.
     fn usage(&self) -> Usage;
     /// Whether a failed write, sync or checkpoint has made the store refuse every write until
     /// the relay restarts (it never retries a failed sync; see docs/OPERATIONS.md,
