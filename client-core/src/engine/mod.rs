@@ -49,7 +49,9 @@ mod records;
 mod referrals;
 mod sessions;
 
-pub use referrals::{OfferConsent, PurgeReport, ReferralEvent, ReferralSummary};
+pub use referrals::{
+    OfferConsent, PurgeReport, RELEASE_HANDOFF_SECS, ReferralEvent, ReferralSummary,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
