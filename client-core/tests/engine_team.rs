@@ -1,5 +1,5 @@
 //! The sending organisation as a team, through the engine over the in-memory relay
-//! (docs/PROTOCOL.md §11.8): every caseworker and admin device of the sender holds the case and
+//! (docs/PROTOCOL.md §11.9): every caseworker and admin device of the sender holds the case and
 //! can take every sender step; the body is released once; reassignment; a device enrolled
 //! later catches up; ambassadors and revoked devices get nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

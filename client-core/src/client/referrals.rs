@@ -58,7 +58,7 @@ impl Client {
             crate::engine::EngineError::InvalidInput("organisation root key must be 32 bytes")
         })?;
         self.ensure_org_sessions(root).await?;
-        // Colleague devices get the case too (docs/PROTOCOL.md §11.8).
+        // Colleague devices get the case too (docs/PROTOCOL.md §11.9).
         let own = self.engine_op(|e, _, _| e.org_root()).await?;
         self.ensure_org_sessions(own).await?;
         let (id, _) = self

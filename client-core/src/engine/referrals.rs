@@ -64,7 +64,7 @@ const PREFIX_SHARED: &[u8] = b"t/";
 const PREFIX_RECEIPT_SHARED: &[u8] = b"t/";
 
 /// How long after ACCEPTED arrived a device of the sending organisation that does not hold
-/// the case releases the body itself when nobody has (docs/PROTOCOL.md §11.8): the device the
+/// the case releases the body itself when nobody has (docs/PROTOCOL.md §11.9): the device the
 /// case is assigned to releases at once; any other caseworker or admin device waits this
 /// long, unless the assignee is no longer an active device of the organisation.
 pub const RELEASE_HANDOFF_SECS: u64 = 600;
@@ -447,7 +447,7 @@ impl<S: KvStore> Engine<S> {
     /// Whether it is this device's turn to take the sending organisation's automatic steps on
     /// a sent referral (release after ACCEPTED, expiry): this device holds the case, or the
     /// device that holds it is no longer an active caseworker or admin device of the
-    /// organisation (docs/PROTOCOL.md §11.8).
+    /// organisation (docs/PROTOCOL.md §11.9).
     fn holds_turn(
         &self,
         r: &SenderReferral,
@@ -949,7 +949,7 @@ impl<S: KvStore> Engine<S> {
         let body = Body::SignedReferralOffer(offer);
         items.extend(self.stage_to_all(&mut batch, &mut sessions, &targets, &body, now, rng)?);
         // The organisation owns the case: every colleague caseworker and admin device gets the
-        // record (docs/PROTOCOL.md §11.8).
+        // record (docs/PROTOCOL.md §11.9).
         let colleagues = self.colleagues(now)?;
         if !colleagues.is_empty() {
             let shared = referral.to_shared(referral.receipt(), &devices, &[], &[], false);
@@ -1100,7 +1100,7 @@ impl<S: KvStore> Engine<S> {
     /// Shares every open sent referral (not ended, before `retain_until`) and every consent
     /// receipt of this organisation with each reachable colleague caseworker or admin device
     /// that does not have it yet: a device enrolled later catches up on the organisation's
-    /// cases (docs/PROTOCOL.md §11.8). Ambassador devices get nothing. Returns the outbox
+    /// cases (docs/PROTOCOL.md §11.9). Ambassador devices get nothing. Returns the outbox
     /// items (none when every colleague is up to date).
     pub fn share_cases(
         &mut self,
@@ -1203,7 +1203,7 @@ impl<S: KvStore> Engine<S> {
     }
 
     /// The [`pending_releases`](Self::pending_releases) this device should release now
-    /// (docs/PROTOCOL.md §11.8): those whose case it holds, those whose holder is no longer an
+    /// (docs/PROTOCOL.md §11.9): those whose case it holds, those whose holder is no longer an
     /// active caseworker or admin device of the organisation, and any other once
     /// [`RELEASE_HANDOFF_SECS`] have passed since ACCEPTED arrived here. A colleague's release
     /// claim removes a referral from the list; the receiving devices apply one body only.
@@ -1326,9 +1326,15 @@ impl<S: KvStore> Engine<S> {
                 continue;
             };
             let peers = self.load_peers(&id)?;
-            // On the sending side one device signs EXPIRED: the one whose turn it is; the
-            // others apply its control.
+            // On the sending side one device signs EXPIRED: the one whose turn it is (any
+            // other only RELEASE_HANDOFF_SECS after the offer expired); the others apply its
+            // control.
             if let Record::Sent(r) = &record
+                && now
+                    < r.core
+                        .meta
+                        .offer_expires_at
+                        .saturating_add(RELEASE_HANDOFF_SECS)
                 && !self.holds_turn(r, &self.load_team(&id)?, now)?
             {
                 continue;
@@ -1612,7 +1618,7 @@ impl<S: KvStore> Engine<S> {
                     return refused(Some(id), ReferralError::WrongReferral);
                 };
                 // Released once: a second release (two devices of the sending organisation
-                // raced) changes nothing and is not reported (docs/PROTOCOL.md §11.8).
+                // raced) changes nothing and is not reported (docs/PROTOCOL.md §11.9).
                 if referral.has_body() {
                     return Ok(Vec::new());
                 }
@@ -1671,7 +1677,7 @@ impl<S: KvStore> Engine<S> {
         }
     }
 
-    /// Applies a sent referral shared by a colleague device (docs/PROTOCOL.md §11.8).
+    /// Applies a sent referral shared by a colleague device (docs/PROTOCOL.md §11.9).
     fn stage_shared_case(
         &self,
         case: &wire::SenderCase,
@@ -1780,7 +1786,7 @@ impl<S: KvStore> Engine<S> {
         Ok(vec![ReferralEvent::CaseShared { referral: id }])
     }
 
-    /// Applies a colleague's release claim or reassignment (docs/PROTOCOL.md §11.8).
+    /// Applies a colleague's release claim or reassignment (docs/PROTOCOL.md §11.9).
     fn stage_team_step(
         &self,
         signed: &wire::SignedTeamStep,

@@ -310,7 +310,7 @@ impl ReceiverReferral {
                 .ok_or(GateError::ReceiptMissing)?;
             // The receipt verified with the offer is kept history: its signer may have been
             // revoked since (any device of the sending organisation may release the body,
-            // docs/PROTOCOL.md §11.8), so it is re-checked as recorded. Any other receipt is
+            // docs/PROTOCOL.md §11.9), so it is re-checked as recorded. Any other receipt is
             // checked live. The consent gate below runs at `now` either way.
             let known = self
                 .receipt

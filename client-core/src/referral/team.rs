@@ -1,4 +1,4 @@
-//! The sending organisation as a team (docs/PROTOCOL.md §11.8): team steps (release claims
+//! The sending organisation as a team (docs/PROTOCOL.md §11.9): team steps (release claims
 //! and reassignments) signed by the device that took them, and the shared sender record
 //! ([`wire::SenderCase`]) a colleague device rebuilds and verifies.
 
@@ -223,7 +223,7 @@ impl SenderReferral {
         out
     }
 
-    /// The record as shared with a colleague device (docs/PROTOCOL.md §11.8). The returned
+    /// The record as shared with a colleague device (docs/PROTOCOL.md §11.9). The returned
     /// message holds the section keys while the sender holds them: seal it for the device at
     /// once and drop it.
     pub fn to_shared(
@@ -271,7 +271,7 @@ impl SenderReferral {
     }
 
     /// Rebuilds a sender record shared by a colleague device of `own_org` (docs/PROTOCOL.md
-    /// §11.8): the offer and every step are verified as a timeline (hash chain, signatures by
+    /// §11.9): the offer and every step are verified as a timeline (hash chain, signatures by
     /// devices valid at each step's time, a legal lifecycle) against `own_org` as sender and
     /// `receiver_root`; the consent receipts against `own_org` (the first must be the one the
     /// offer names, each later one must supersede the one before); each sealed section must
