@@ -1326,6 +1326,11 @@ impl<S: KvStore> Engine<S> {
                 continue;
             };
             let peers = self.load_peers(&id)?;
+            // A record shared by a colleague whose receiving organisation this device does not
+            // trust yet cannot move here.
+            if self.org_trust(&peers.root).is_err() {
+                continue;
+            }
             // On the sending side one device signs EXPIRED: the one whose turn it is (any
             // other only RELEASE_HANDOFF_SECS after the offer expired); the others apply its
             // control.
@@ -1700,8 +1705,11 @@ impl<S: KvStore> Engine<S> {
         else {
             return refused(None, ReferralError::Malformed { what });
         };
-        let Ok(receiver) = self.org_trust(&receiver_root).map(OrgTrust::root) else {
-            return refused(None, ReferralError::UntrustedSigner { what });
+        // The receiving organisation's root comes from the offer a device of this
+        // organisation signed; its steps are verified under that root. This device need not
+        // trust that organisation yet: its envelopes wait at the relay until it does.
+        let Ok(receiver) = crate::identity::OrgRootPublicKey::from_bytes(&receiver_root) else {
+            return refused(None, ReferralError::Malformed { what });
         };
         let (referral, receipts) =
             match SenderReferral::from_shared(case, self.own_trust()?, &receiver) {
@@ -1863,7 +1871,20 @@ impl<S: KvStore> Engine<S> {
     ) -> Result<Vec<ReferralEvent>, EngineError> {
         let id = referral.id();
         let peers = self.load_peers(&id)?;
-        let receiver_org = self.org_trust(&peers.root)?;
+        // A colleague's sender step on a record whose receiving organisation this device does
+        // not trust yet (§11.9) is checked against that organisation's root alone; the
+        // receiver's own steps only arrive once it is trusted.
+        let untrusted;
+        let receiver_org = match self.org_trust(&peers.root) {
+            Ok(trust) => trust,
+            Err(_) => {
+                untrusted = OrgTrust::new(
+                    crate::identity::OrgRootPublicKey::from_bytes(&peers.root)
+                        .map_err(|_| EngineError::CorruptState)?,
+                );
+                &untrusted
+            }
+        };
         let is_purge = decode::referral_control(&signed.control).is_ok_and(|c| {
             matches!(
                 c.action,
