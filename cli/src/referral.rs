@@ -3,17 +3,21 @@
 //!
 //! Releasing the body: when the receiving organisation accepts, the sender's `handover sync`
 //! sees the ACCEPTED step and releases the case details to the receiving organisation's
-//! caseworker and admin devices at once (never to ambassadors), as the demo does; `handover
-//! referral release ID` sends them again. The core keeps "accepted, not yet released" durably,
-//! so a sync that was interrupted (or a crash after ACCEPTED arrived) is caught up by the next
-//! `handover sync`.
+//! caseworker and admin devices (never to ambassadors), as the demo does: at once on the device
+//! the referral is assigned to, after ten minutes (or at once if that device was revoked) on
+//! its colleagues' devices; `handover referral release ID` releases them now if nobody has.
+//! They are released once for the organisation (docs/PROTOCOL.md §11.9). The core keeps
+//! "accepted, not yet released" durably, so a sync that was interrupted (or a crash after
+//! ACCEPTED arrived) is caught up by the next `handover sync`.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use handover_core::client::{Client, ClientError, TimelineCheck};
 use handover_core::engine::{EngineError, OfferConsent, ReferralEvent, org_fingerprint};
-use handover_core::referral::{Action, Outcome as ServiceOutcome, ReferralId, Side, TeamAction};
+use handover_core::referral::{
+    Action, Outcome as ServiceOutcome, ReferralError, ReferralId, Side, TeamAction,
+};
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::body_section::Content;
 use serde_json::Value;
@@ -63,8 +67,10 @@ pub(crate) enum ReferralCommand {
     Complete(CompleteArgs),
     /// Sending side: withdraw the referral; the receiver erases what it has and confirms.
     Withdraw(WithdrawArgs),
-    /// Sending side: (re)send the case details of an accepted referral to the receiving
-    /// organisation (`handover sync` does this on its own when ACCEPTED arrives).
+    /// Sending side: send the case details of an accepted referral to the receiving
+    /// organisation now, if no device of your organisation has (`handover sync` does this on
+    /// its own: at once on the device the referral is assigned to, after ten minutes on the
+    /// others). They are released once.
     Release(IdArg),
     /// Sending side: hand a referral to another caseworker or admin device of your
     /// organisation (or take it: `--to me`). Signed by this device; every colleague device
@@ -980,6 +986,13 @@ async fn release(client: &Client, text: &str) -> Outcome {
             );
             Ok(())
         }
+        Ok(Err(ClientError::Engine(EngineError::Referral(
+            e @ ReferralError::AlreadyReleased { .. },
+        )))) => Err(fail(format!(
+            "the case details cannot be released: {e}; they go out once. `handover referral \
+             timeline {}` shows which device released them.",
+            id_hex(&id)
+        ))),
         Ok(Err(ClientError::Engine(e))) => Err(fail(format!(
             "the case details cannot be released: {e}. They go out only for a referral you \
              sent that is ACCEPTED or IN_SERVICE, under consent that is still valid."
