@@ -9,17 +9,12 @@ use handover_core::client::Client;
 use handover_core::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
 use handover_core::engine::{EngineError, PurgeReport, org_fingerprint};
 use handover_core::referral::{Closed, ReferralState};
-use handover_core::store::{KvStore, Namespace};
 use handover_proto::e2e::v1 as wire;
 
 use crate::forms::{self, ConsentFile};
 use crate::profile::{NETWORK_WAIT, close, open, relay_hint};
 use crate::referral::when;
 use crate::ui::{Context, Outcome, fail};
-
-/// This CLI's list of the receipts recorded (or changed) on this device, in the encrypted
-/// store's settings: the core keeps receipts by id but does not list them.
-const RECEIPTS_KEY: &[u8] = b"cli/consent-receipts";
 
 /// `handover consent` subcommands.
 #[derive(Debug, Subcommand)]
@@ -161,38 +156,15 @@ pub(crate) async fn run(profile: Option<PathBuf>, command: ConsentCommand) -> Ou
     close(client, result).await
 }
 
-/// Adds a receipt to this CLI's list.
-pub(crate) async fn remember_receipt(client: &Client, id: ReceiptId) -> Outcome {
-    client
-        .with_engine(move |e, _, _| {
-            let store = e.store_mut();
-            let mut ids = store
-                .get(Namespace::Settings, RECEIPTS_KEY)?
-                .map(|v| v.to_vec())
-                .unwrap_or_default();
-            if !ids.chunks(16).any(|c| c == id.as_bytes()) {
-                ids.extend_from_slice(id.as_bytes());
-                store.put(Namespace::Settings, RECEIPTS_KEY, &ids)?;
-            }
-            Ok::<_, EngineError>(())
-        })
+/// The receipts of this organisation held on this device (recorded here or shared by a
+/// colleague device), oldest first.
+async fn known_receipts(client: &Client) -> Outcome<Vec<SignedReceipt>> {
+    let mut all = client
+        .consent_receipts()
         .await
-        .ctx("saving the receipt list", "Report this.")?
-        .ctx("saving the receipt list", "Report this.")
-}
-
-async fn known_receipts(client: &Client) -> Outcome<Vec<ReceiptId>> {
-    let bytes = client
-        .with_engine(|e, _, _| {
-            e.store()
-                .get(Namespace::Settings, RECEIPTS_KEY)
-                .map(|v| v.map(|v| v.to_vec()))
-        })
-        .await
-        .ctx("reading the receipt list", "Report this.")?
-        .ctx("reading the receipt list", "Report this.")?
-        .unwrap_or_default();
-    Ok(bytes.chunks(16).filter_map(ReceiptId::from_slice).collect())
+        .ctx("reading the consent receipts", "Report this.")?;
+    all.sort_by_key(|r| (r.receipt().event_time, *r.id().as_bytes()));
+    Ok(all)
 }
 
 async fn receipt(client: &Client, id: ReceiptId) -> Outcome<Option<SignedReceipt>> {
@@ -223,6 +195,7 @@ pub(crate) async fn resolve_receipt(client: &Client, text: &str) -> Outcome<Rece
     let found: Vec<ReceiptId> = known_receipts(client)
         .await?
         .into_iter()
+        .map(|r| r.id())
         .filter(|id| hex::encode(id.as_bytes()).starts_with(&wanted))
         .collect();
     match found.as_slice() {
@@ -289,7 +262,6 @@ async fn record(client: &Client, args: RecordArgs, file: Option<ConsentFile>) ->
             "recording the consent failed: {e}. Check the fields."
         ))
     })?;
-    remember_receipt(client, signed.id()).await?;
     println!(
         "Consent recorded: receipt {} (GIVEN).",
         signed.id().to_uuid_string()
@@ -497,7 +469,6 @@ async fn revoke(client: &Client, args: &RevokeArgs) -> Outcome {
                 .ctx("reading the receipt", "Report this.")?;
             return match latest {
                 Some(l) if l.id() != id => {
-                    remember_receipt(client, l.id()).await?;
                     println!(
                         "Consent {}: new receipt {}. The relay did not answer in {} seconds: \
                          the erasure requests wait in the outbox; run `handover sync` later.",
@@ -515,7 +486,6 @@ async fn revoke(client: &Client, args: &RevokeArgs) -> Outcome {
             };
         }
     };
-    remember_receipt(client, new.id()).await?;
     let report = client
         .purge_status(id)
         .await
@@ -620,16 +590,15 @@ fn erasure_status(p: &PurgeReport, state: Option<&ReferralState>) -> &'static st
 }
 
 async fn list(client: &Client) -> Outcome {
-    let ids = known_receipts(client).await?;
-    if ids.is_empty() {
+    let all = known_receipts(client).await?;
+    if all.is_empty() {
         println!(
-            "No consent receipts recorded on this device. Record one with `handover consent record`."
+            "No consent receipts on this device. Record one with `handover consent record`; \
+             receipts your colleagues record arrive with `handover sync`."
         );
     }
-    for id in ids {
-        let Some(r) = receipt(client, id).await? else {
-            continue;
-        };
+    for r in all {
+        let id = r.id();
         let w = r.receipt();
         let recipients: Vec<&str> = w.recipients.iter().map(|r| r.org_name.as_str()).collect();
         println!(

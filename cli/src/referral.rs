@@ -3,22 +3,26 @@
 //!
 //! Releasing the body: when the receiving organisation accepts, the sender's `handover sync`
 //! sees the ACCEPTED step and releases the case details to the receiving organisation's
-//! caseworker and admin devices at once (never to ambassadors), as the demo does; `handover
-//! referral release ID` sends them again. The core keeps "accepted, not yet released" durably,
-//! so a sync that was interrupted (or a crash after ACCEPTED arrived) is caught up by the next
-//! `handover sync`.
+//! caseworker and admin devices (never to ambassadors), as the demo does: at once on the device
+//! the referral is assigned to, after ten minutes (or at once if that device was revoked) on
+//! its colleagues' devices; `handover referral release ID` releases them now if nobody has.
+//! They are released once for the organisation (docs/PROTOCOL.md §11.9). The core keeps
+//! "accepted, not yet released" durably, so a sync that was interrupted (or a crash after
+//! ACCEPTED arrived) is caught up by the next `handover sync`.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use handover_core::client::{Client, ClientError, TimelineCheck};
 use handover_core::engine::{EngineError, OfferConsent, ReferralEvent, org_fingerprint};
-use handover_core::referral::{Action, Outcome as ServiceOutcome, ReferralId, Side};
+use handover_core::referral::{
+    Action, Outcome as ServiceOutcome, ReferralError, ReferralId, Side, TeamAction,
+};
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::body_section::Content;
 use serde_json::Value;
 
-use crate::consent::{remember_receipt, resolve_receipt};
+use crate::consent::resolve_receipt;
 use crate::forms::{self, ReferralFile};
 use crate::profile::{NETWORK_WAIT, close, open, relay_hint};
 use crate::ui::{Context, Outcome, Progress, fail, human_size};
@@ -42,8 +46,10 @@ pub(crate) struct ReferArgs {
 /// `handover referral` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ReferralCommand {
-    /// List the referrals on this device (sent and received) with their state.
-    List,
+    /// List the referrals on this device (sent and received) with their state. A sent
+    /// referral belongs to the organisation: every caseworker and admin device holds it; the
+    /// HOLDER column says whether it is assigned to this device ("mine") or to a colleague.
+    List(ListArgs),
     /// Show a referral: its state, the offer, and the case details once released.
     Show(ShowArgs),
     /// Receiving side: accept (acknowledges first if needed). The sender's device then
@@ -61,12 +67,40 @@ pub(crate) enum ReferralCommand {
     Complete(CompleteArgs),
     /// Sending side: withdraw the referral; the receiver erases what it has and confirms.
     Withdraw(WithdrawArgs),
-    /// Sending side: (re)send the case details of an accepted referral to the receiving
-    /// organisation (`handover sync` does this on its own when ACCEPTED arrives).
+    /// Sending side: send the case details of an accepted referral to the receiving
+    /// organisation now, if no device of your organisation has (`handover sync` does this on
+    /// its own: at once on the device the referral is assigned to, after ten minutes on the
+    /// others). They are released once.
     Release(IdArg),
+    /// Sending side: hand a referral to another caseworker or admin device of your
+    /// organisation (or take it: `--to me`). Signed by this device; every colleague device
+    /// records it.
+    Reassign(ReassignArgs),
     /// The signed, hash-chained timeline of a referral, with DOMAIN.md state names; the
     /// chain and signatures are verified every time.
     Timeline(TimelineArgs),
+}
+
+/// Options of `handover referral list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only the sent referrals assigned to this device.
+    #[arg(long, conflicts_with = "org")]
+    mine: bool,
+    /// Only the sent referrals of your organisation assigned to other devices.
+    #[arg(long)]
+    org: bool,
+}
+
+/// Options of `handover referral reassign`.
+#[derive(Debug, Args)]
+pub(crate) struct ReassignArgs {
+    /// The referral id.
+    id: String,
+    /// The device that takes the case: its device id as `handover org devices` shows it (or
+    /// its first 8 characters), or `me`.
+    #[arg(long, value_name = "DEVICE")]
+    to: String,
 }
 
 /// A referral id argument.
@@ -167,7 +201,7 @@ pub(crate) async fn run(profile: Option<PathBuf>, command: ReferralCommand) -> O
 
 async fn run_with(client: &Client, command: ReferralCommand) -> Outcome {
     match command {
-        ReferralCommand::List => list(client).await,
+        ReferralCommand::List(a) => list(client, &a).await,
         ReferralCommand::Show(a) => show(client, &a).await,
         ReferralCommand::Accept(a) => decide(client, &a.id, Action::Accept).await,
         ReferralCommand::Decline(a) => {
@@ -218,6 +252,7 @@ async fn run_with(client: &Client, command: ReferralCommand) -> Outcome {
             }
         }
         ReferralCommand::Release(a) => release(client, &a.id).await,
+        ReferralCommand::Reassign(a) => reassign(client, &a).await,
         ReferralCommand::Timeline(a) => timeline(client, &a).await,
     }
 }
@@ -371,7 +406,6 @@ async fn refer_with(client: &Client, file: &ReferralFile, files: Vec<(PathBuf, u
                     "recording the consent failed: {e}. Check the [consent] table."
                 ))
             })?;
-            remember_receipt(client, receipt.id()).await?;
             println!(
                 "Consent recorded: receipt {} (GIVEN).",
                 receipt.id().to_uuid_string()
@@ -498,11 +532,14 @@ async fn refer_with(client: &Client, file: &ReferralFile, files: Vec<(PathBuf, u
 }
 
 /// `handover referral list`.
-async fn list(client: &Client) -> Outcome {
-    let all = client
+async fn list(client: &Client, args: &ListArgs) -> Outcome {
+    let mut all = client
         .referrals()
         .await
         .ctx("reading referrals", "Report this.")?;
+    if args.mine || args.org {
+        all.retain(|s| s.side == Side::Sender && s.mine == args.mine);
+    }
     if all.is_empty() {
         println!(
             "No referrals on this device. Send one with `handover refer FILE.toml`; run \
@@ -534,8 +571,14 @@ async fn list(client: &Client) -> Outcome {
             Side::Sender => ("to  ", org_label(&names, &s.counterpart)),
             Side::Receiver => ("from", org_label(&names, &s.counterpart)),
         };
+        let holder = match (s.side, s.mine, s.assignee) {
+            (Side::Receiver, _, _) => "team".to_owned(),
+            (Side::Sender, true, _) => "mine".to_owned(),
+            (Side::Sender, false, Some(d)) => format!("org:{}", hex::encode(&d.0[..4])),
+            (Side::Sender, false, None) => "org".to_owned(),
+        };
         println!(
-            "{}  {:<16} {dir} {who}  {what}",
+            "{}  {:<16} {holder:<12} {dir} {who}  {what}",
             id_hex(&s.id),
             s.state.name()
         );
@@ -943,6 +986,13 @@ async fn release(client: &Client, text: &str) -> Outcome {
             );
             Ok(())
         }
+        Ok(Err(ClientError::Engine(EngineError::Referral(
+            e @ ReferralError::AlreadyReleased { .. },
+        )))) => Err(fail(format!(
+            "the case details cannot be released: {e}; they go out once. `handover referral \
+             timeline {}` shows which device released them.",
+            id_hex(&id)
+        ))),
         Ok(Err(ClientError::Engine(e))) => Err(fail(format!(
             "the case details cannot be released: {e}. They go out only for a referral you \
              sent that is ACCEPTED or IN_SERVICE, under consent that is still valid."
@@ -950,6 +1000,75 @@ async fn release(client: &Client, text: &str) -> Outcome {
         Ok(Err(e)) => Err(fail(format!("releasing failed: {e}. {}.", relay_hint()))),
         Err(_) => Err(fail(format!(
             "the relay did not answer in {} seconds; the case details wait in the outbox. Run \
+             `handover sync` later.",
+            NETWORK_WAIT.as_secs()
+        ))),
+    }
+}
+
+/// `handover referral reassign`.
+async fn reassign(client: &Client, args: &ReassignArgs) -> Outcome {
+    let id = resolve(client, &args.id).await?;
+    let (me, colleagues) = client
+        .with_engine(|e, _, now| {
+            let own = e.org_root()?;
+            Ok::<_, EngineError>((e.device_id()?, e.org_devices(&own, now)?))
+        })
+        .await
+        .ctx("reading the organisation's devices", "Report this.")?
+        .ctx("reading the organisation's devices", "Report this.")?;
+    let wanted = args.to.trim().to_ascii_lowercase();
+    let to = if wanted == "me" {
+        me
+    } else {
+        if wanted.len() < 8 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(fail(format!(
+                "{:?} is not a device id. Give the id `handover org devices` shows (or its \
+                 first 8 characters), or `me`.",
+                args.to
+            )));
+        }
+        let found: Vec<_> = colleagues
+            .iter()
+            .chain(std::iter::once(&me))
+            .filter(|d| hex::encode(d.0).starts_with(&wanted))
+            .copied()
+            .collect();
+        match found.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(fail(format!(
+                    "no active device of your organisation has the id {wanted}. Run \
+                     `handover org devices` to see them."
+                )));
+            }
+            _ => {
+                return Err(fail(
+                    "several devices start with these characters. Give more of the id.",
+                ));
+            }
+        }
+    };
+    match tokio::time::timeout(NETWORK_WAIT, client.reassign_referral(id, to)).await {
+        Ok(Ok(())) => {
+            println!(
+                "Referral {}: now assigned to {}.",
+                id_hex(&id),
+                if to == me {
+                    "this device".to_owned()
+                } else {
+                    format!("device {}", hex::encode(&to.0[..4]))
+                }
+            );
+            Ok(())
+        }
+        Ok(Err(ClientError::Engine(e))) => Err(fail(format!(
+            "the referral cannot be reassigned: {e}. Only a referral your organisation sent can \
+             be, to an active caseworker or admin device."
+        ))),
+        Ok(Err(e)) => Err(fail(format!("reassigning failed: {e}. {}.", relay_hint()))),
+        Err(_) => Err(fail(format!(
+            "the relay did not answer in {} seconds; the step waits in the outbox. Run \
              `handover sync` later.",
             NETWORK_WAIT.as_secs()
         ))),
@@ -1093,14 +1212,49 @@ async fn timeline(client: &Client, args: &TimelineArgs) -> Outcome {
             None => "?".to_owned(),
         };
         let device = entry["actor"]["device_id"].as_str().unwrap_or("");
+        let name = match entry["actor"]["name"].as_str() {
+            Some(n) if !n.is_empty() => format!(" \"{n}\""),
+            _ => String::new(),
+        };
         let hash = entry["hash"].as_str().unwrap_or("");
         println!(
-            "  #{seq:<2} {:<16} {action:<16} -> {:<28} by {role} {} of {org}   hash {}",
+            "  #{seq:<2} {:<16} {action:<16} -> {:<28} by {role} {}{name} of {org}   hash {}",
             when(entry["at"].as_u64().unwrap_or(0)),
             state_after(entry),
             device.get(..8).unwrap_or(device),
             hash.get(..12).unwrap_or(hash)
         );
+    }
+    if summary.side == Side::Sender {
+        // Steps among this organisation's own devices (never sent to the receiver).
+        for step in &summary.team {
+            let what = match step.action {
+                TeamAction::Released => "released the case details".to_owned(),
+                TeamAction::Reassigned { assignee } => {
+                    format!(
+                        "assigned the case to device {}",
+                        hex::encode(&assignee.0[..4])
+                    )
+                }
+            };
+            println!(
+                "  team {:<16} {} \"{}\" ({}) {what}",
+                when(step.at),
+                hex::encode(&step.device.0[..4]),
+                step.label,
+                format!("{:?}", step.role).to_ascii_lowercase()
+            );
+        }
+        if let Some(holder) = summary.assignee {
+            println!(
+                "Assigned to {}.",
+                if summary.mine {
+                    "this device".to_owned()
+                } else {
+                    format!("device {}", hex::encode(&holder.0[..4]))
+                }
+            );
+        }
     }
     let v = verdict?;
     println!("Timeline {v}.");
@@ -1161,6 +1315,29 @@ pub(crate) async fn after_sync(client: &Client, events: Vec<ReferralEvent>) -> O
             ReferralEvent::ConsentReceiptReceived { receipt } => {
                 println!("Consent receipt {} received.", receipt.short())
             }
+            ReferralEvent::CaseShared { referral } => println!(
+                "Referral {} sent by a colleague is now on this device too: see `handover \
+                 referral show {}`.",
+                id_hex(&referral),
+                id_hex(&referral)
+            ),
+            ReferralEvent::TeamStep {
+                referral,
+                device,
+                action,
+            } => match action {
+                TeamAction::Released => println!(
+                    "Referral {}: colleague device {} released the case details.",
+                    id_hex(&referral),
+                    hex::encode(&device.0[..4])
+                ),
+                TeamAction::Reassigned { assignee } => println!(
+                    "Referral {}: colleague device {} assigned it to device {}.",
+                    id_hex(&referral),
+                    hex::encode(&device.0[..4]),
+                    hex::encode(&assignee.0[..4])
+                ),
+            },
             ReferralEvent::Refused { referral, error } => eprintln!(
                 "warning: a referral step{} was refused and nothing changed: {error}.",
                 referral
@@ -1175,10 +1352,12 @@ pub(crate) async fn after_sync(client: &Client, events: Vec<ReferralEvent>) -> O
 
 /// Releases the case details of every sent referral the receiver accepted and whose details
 /// have not gone out yet (kept durably by the core, so a sync that was interrupted, or a crash
-/// after ACCEPTED arrived, is caught up by the next `handover sync`).
+/// after ACCEPTED arrived, is caught up by the next `handover sync`). Of the organisation's
+/// devices, the one the case is assigned to releases at once; another releases only when
+/// nobody has for ten minutes, or the assigned device was revoked (the core's due releases).
 async fn release_pending(client: &Client) -> Outcome {
     let pending = client
-        .pending_releases()
+        .due_releases()
         .await
         .ctx("listing accepted referrals", "Report this.")?;
     for referral in pending {

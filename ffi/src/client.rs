@@ -45,7 +45,7 @@ pub(crate) fn parse_key(what: &str, hex_key: &str) -> Result<[u8; 32], HandoverE
         .ok_or_else(|| HandoverError::invalid(format!("{what} must be 64 hex digits")))
 }
 
-fn device_id(hex_id: &str) -> Result<DeviceId, HandoverError> {
+pub(crate) fn device_id(hex_id: &str) -> Result<DeviceId, HandoverError> {
     Ok(DeviceId(parse_id("a device id", hex_id)?))
 }
 
@@ -511,6 +511,11 @@ pub enum MessageKind {
     DeliveryReceipt,
     /// The sender's contact card.
     ContactCard,
+    /// A sent referral shared by a colleague device of this organisation (see
+    /// [`Client::referral`]; the message log keeps none of its content).
+    SharedCase,
+    /// A colleague device's release claim or reassignment of a sent referral.
+    TeamStep,
     /// Something this version does not know.
     Other,
 }
@@ -588,6 +593,13 @@ pub(crate) fn message(m: &engine::Message) -> Message {
         Some(Body::DeviceList(_)) => (MessageKind::DeviceList, None, Vec::new(), None),
         Some(Body::DeliveryReceipt(_)) => (MessageKind::DeliveryReceipt, None, Vec::new(), None),
         Some(Body::ContactCard(_)) => (MessageKind::ContactCard, None, Vec::new(), None),
+        Some(Body::SenderCase(_)) => (MessageKind::SharedCase, None, Vec::new(), None),
+        Some(Body::TeamStep(t)) => {
+            let id = handover_proto::decode::message::<wire::TeamStep>(&t.step)
+                .ok()
+                .map(|step| hex::encode(step.referral_id));
+            (MessageKind::TeamStep, None, Vec::new(), id)
+        }
         None => (MessageKind::Other, None, Vec::new(), None),
     };
     Message {

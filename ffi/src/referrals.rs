@@ -1128,6 +1128,45 @@ pub struct Referral {
     pub timeline_json: String,
     /// The offer (the receiver's copy until it is erased, or the sender's own).
     pub offer: Option<ReferralOffer>,
+    /// Sender side: the device of this organisation the case is assigned to (hex device id).
+    pub assignee_device: Option<String>,
+    /// Sender side: whether the case is assigned to this device ("mine"; otherwise it is "my
+    /// organisation's").
+    pub mine: bool,
+    /// Sender side: steps among this organisation's devices (release claims, reassignments),
+    /// oldest first.
+    pub team: Vec<TeamStep>,
+}
+
+/// A step among the sending organisation's own devices (docs/PROTOCOL.md §11.9), signed by the
+/// device that took it; never sent to the receiving organisation.
+#[derive(uniffi::Record, Clone, PartialEq, Eq)]
+pub struct TeamStep {
+    /// The acting device's clock, Unix seconds.
+    pub at: u64,
+    /// The device that took the step (hex).
+    pub device_id: String,
+    /// Its name in its certificate.
+    pub device_name: String,
+    /// RELEASED (it released the body) or REASSIGNED.
+    pub action: String,
+    /// REASSIGNED: the device that holds the case from then on (hex).
+    pub assignee_device: Option<String>,
+}
+
+fn team_step(step: &handover_core::referral::TeamStep) -> TeamStep {
+    use handover_core::referral::TeamAction;
+    let (action, assignee) = match step.action {
+        TeamAction::Released => ("RELEASED", None),
+        TeamAction::Reassigned { assignee } => ("REASSIGNED", Some(hex::encode(assignee.0))),
+    };
+    TeamStep {
+        at: step.at,
+        device_id: hex::encode(step.device.0),
+        device_name: step.label.clone(),
+        action: action.to_owned(),
+        assignee_device: assignee,
+    }
 }
 
 /// A lifecycle step (shared/DOMAIN.md "Lifecycle"); the library signs it and sends it to the
@@ -1313,6 +1352,23 @@ pub enum ReferralEvent {
         /// The receipt (UUID).
         receipt_id: String,
     },
+    /// A colleague device shared a referral this organisation sent: this device now follows
+    /// it and can take every sender step.
+    CaseShared {
+        /// The referral (hex).
+        referral_id: String,
+    },
+    /// A colleague device released the body (RELEASED) or reassigned the case (REASSIGNED).
+    TeamStep {
+        /// The referral (hex).
+        referral_id: String,
+        /// The colleague device (hex).
+        device_id: String,
+        /// RELEASED or REASSIGNED.
+        action: String,
+        /// REASSIGNED: the device that holds the case now (hex).
+        assignee_device: Option<String>,
+    },
     /// Incoming referral content was refused; nothing changed.
     Refused {
         /// The referral (hex), when known.
@@ -1357,6 +1413,28 @@ pub(crate) fn referral_event(e: engine::ReferralEvent) -> Option<ReferralEvent> 
         E::ConsentReceiptReceived { receipt } => ReferralEvent::ConsentReceiptReceived {
             receipt_id: receipt.to_uuid_string(),
         },
+        E::CaseShared { referral } => ReferralEvent::CaseShared {
+            referral_id: id(referral),
+        },
+        E::TeamStep {
+            referral,
+            device,
+            action,
+        } => {
+            use handover_core::referral::TeamAction;
+            let (action, assignee) = match action {
+                TeamAction::Released => ("RELEASED", None),
+                TeamAction::Reassigned { assignee } => {
+                    ("REASSIGNED", Some(hex::encode(assignee.0)))
+                }
+            };
+            ReferralEvent::TeamStep {
+                referral_id: id(referral),
+                device_id: hex::encode(device.0),
+                action: action.to_owned(),
+                assignee_device: assignee,
+            }
+        }
         E::Refused { referral, error } => ReferralEvent::Refused {
             referral_id: referral.map(id),
             reason: error.to_string(),
@@ -1541,6 +1619,57 @@ impl Client {
         .await
     }
 
+    /// Sender: the accepted referrals this device should release now: those assigned to it,
+    /// those whose assigned device was revoked, and any other nobody of the organisation has
+    /// released for ten minutes. Call it after each `sync` and release each; a colleague's
+    /// release removes a referral from the list.
+    pub async fn due_releases(&self) -> Result<Vec<String>, HandoverError> {
+        self.call(|c| async move {
+            Ok(c.due_releases()
+                .await?
+                .iter()
+                .map(|id| hex::encode(id.as_bytes()))
+                .collect())
+        })
+        .await
+    }
+
+    /// Sender: hands a referral this organisation sent to another caseworker or admin device
+    /// of it (`device_id` hex, or this device's own id to take it).
+    pub async fn reassign_referral(
+        &self,
+        referral_id: String,
+        device_id: String,
+    ) -> Result<(), HandoverError> {
+        let id = self::referral_id(&referral_id)?;
+        let to = crate::client::device_id(&device_id)?;
+        self.call(|c| async move { Ok(c.reassign_referral(id, to).await?) })
+            .await
+    }
+
+    /// Shares this organisation's open sent referrals and consent receipts with colleague
+    /// devices that lack them (`sync` does this too). Returns how many envelopes went out.
+    pub async fn share_cases(&self) -> Result<u32, HandoverError> {
+        self.call(|c| async move {
+            let n = c.share_cases().await?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    /// Every consent receipt of this organisation on this device (recorded here or shared by
+    /// a colleague device), superseded ones included.
+    pub async fn consent_receipts(&self) -> Result<Vec<ConsentRecord>, HandoverError> {
+        self.call(|c| async move {
+            Ok(c.consent_receipts()
+                .await?
+                .iter()
+                .map(consent_record)
+                .collect())
+        })
+        .await
+    }
+
     /// Every referral on this device (sent and received).
     pub async fn referrals(&self) -> Result<Vec<Referral>, HandoverError> {
         self.call(|c| async move {
@@ -1607,5 +1736,8 @@ async fn load_referral(
         counterpart_org: hex::encode(summary.counterpart),
         timeline_json: summary.timeline.to_string(),
         offer: received.as_ref().map(offer),
+        assignee_device: summary.assignee.map(|d| hex::encode(d.0)),
+        mine: summary.mine,
+        team: summary.team.iter().map(team_step).collect(),
     })
 }

@@ -101,6 +101,12 @@ decoders! {
     signed_referral_offer => e2e::SignedReferralOffer;
     /// A released referral body.
     referral_body => e2e::ReferralBody;
+    /// A sent referral shared among the sending organisation's devices.
+    sender_case => e2e::SenderCase;
+    /// A signed team step (release claim, reassignment).
+    signed_team_step => e2e::SignedTeamStep;
+    /// The inner team step.
+    team_step => e2e::TeamStep;
     /// The plaintext of one sealed body section.
     body_section => e2e::BodySection;
 }

@@ -62,3 +62,7 @@ pub const MAX_TEXT_LEN: usize = 64 * 1024;
 
 /// Most entries in any repeated field not limited more tightly above.
 pub const MAX_REPEATED: usize = 256;
+
+/// Most signed control messages in one `SenderCase` (a referral timeline holds at most this
+/// many entries after the offer).
+pub const MAX_CASE_CONTROLS: usize = 1024;

@@ -10,9 +10,9 @@
 use crate::DecodeError;
 use crate::e2e::v1 as e2e;
 use crate::limits::{
-    ID_LEN, KEY_LEN, MAX_BLOB_CHUNK_LEN, MAX_CAPABILITIES, MAX_CREATION_TOKEN_LEN,
-    MAX_ENVELOPE_LEN, MAX_IDS_PER_REQUEST, MAX_PREKEYS_PER_PUBLISH, MAX_REPEATED,
-    MAX_SHORT_STRING_LEN, MAX_SUBSCRIPTIONS, MAX_TEXT_LEN, ML_KEM_768_CIPHERTEXT_LEN,
+    ID_LEN, KEY_LEN, MAX_BLOB_CHUNK_LEN, MAX_CAPABILITIES, MAX_CASE_CONTROLS,
+    MAX_CREATION_TOKEN_LEN, MAX_ENVELOPE_LEN, MAX_IDS_PER_REQUEST, MAX_PREKEYS_PER_PUBLISH,
+    MAX_REPEATED, MAX_SHORT_STRING_LEN, MAX_SUBSCRIPTIONS, MAX_TEXT_LEN, ML_KEM_768_CIPHERTEXT_LEN,
     ML_KEM_768_PUBLIC_KEY_LEN, SIGNATURE_LEN,
 };
 use crate::relay::v1 as relay;
@@ -528,6 +528,8 @@ impl Validate for e2e::Content {
                 MAX_IDS_PER_REQUEST,
             ),
             Body::ContactCard(m) => m.validate(),
+            Body::SenderCase(m) => m.validate(),
+            Body::TeamStep(m) => m.validate(),
         }
     }
 }
@@ -670,6 +672,69 @@ impl Validate for e2e::ReferralControl {
             | Action::StartService(_)
             | Action::Expired(_) => Ok(()),
         }
+    }
+}
+
+impl Validate for e2e::TeamStep {
+    fn validate(&self) -> Result {
+        use e2e::team_step::Step;
+        exact("TeamStep.referral_id", &self.referral_id, ID_LEN)?;
+        match required("TeamStep.step", &self.step)? {
+            Step::Released(_) => Ok(()),
+            Step::Reassigned(r) => exact(
+                "Reassigned.assignee_device_id",
+                &r.assignee_device_id,
+                ID_LEN,
+            ),
+        }
+    }
+}
+
+impl Validate for e2e::SignedTeamStep {
+    fn validate(&self) -> Result {
+        at_most("SignedTeamStep.step", self.step.len(), MAX_SHORT_STRING_LEN)?;
+        required("SignedTeamStep.signer", &self.signer)?.validate()?;
+        exact("SignedTeamStep.signature", &self.signature, SIGNATURE_LEN)
+    }
+}
+
+impl Validate for e2e::SenderCase {
+    fn validate(&self) -> Result {
+        required("SenderCase.offer", &self.offer)?.validate()?;
+        at_most(
+            "SenderCase.controls",
+            self.controls.len(),
+            MAX_CASE_CONTROLS,
+        )?;
+        self.controls.iter().try_for_each(Validate::validate)?;
+        each("SenderCase.receipts", &self.receipts)?;
+        at_most("SenderCase.sections", self.sections.len(), MAX_REPEATED)?;
+        self.sections.iter().try_for_each(|s| {
+            known_enum::<e2e::Section>("SealedSection.section", s.section, false)?;
+            at_most(
+                "SealedSection.ciphertext",
+                s.ciphertext.len(),
+                MAX_ENVELOPE_LEN,
+            )
+        })?;
+        at_most("SenderCase.keys", self.keys.len(), MAX_REPEATED)?;
+        self.keys.iter().try_for_each(|k| {
+            known_enum::<e2e::Section>("SectionKey.section", k.section, false)?;
+            exact("SectionKey.key", &k.key, KEY_LEN)
+        })?;
+        ids(
+            "SenderCase.recipient_devices",
+            &self.recipient_devices,
+            ID_LEN,
+            MAX_REPEATED,
+        )?;
+        ids(
+            "SenderCase.confirmed_devices",
+            &self.confirmed_devices,
+            ID_LEN,
+            MAX_REPEATED,
+        )?;
+        each("SenderCase.team", &self.team)
     }
 }
 

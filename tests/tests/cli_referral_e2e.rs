@@ -2,9 +2,10 @@
 //! separate processes over a relay process: organisation A (one device) refers a person to
 //! organisation B, whose second device was enrolled with `handover org join-request` /
 //! `org enroll` / `org join`; consent is recorded, the referral goes out with an attachment,
-//! B accepts, the body is released (by `sync`, then again by `referral release`) and read on
-//! both B devices, B starts the service and completes, a third referral is withdrawn, consent
-//! is withdrawn and both B devices erase and confirm, and the receipts are exported to files.
+//! B accepts, the body is released once (by `sync`; `referral release` is then refused) and
+//! read on both B devices, B starts the service and completes, a third referral is withdrawn,
+//! consent is withdrawn and both B devices erase and confirm, and the receipts are exported to
+//! files.
 //! A second test revokes B's second device (`org revoke`) and checks that nothing reaches it
 //! afterwards. Plus the refusals a caseworker can hit.
 
@@ -501,23 +502,17 @@ fn org_enrolment_consent_referral_lifecycle_and_purge_over_a_relay_process() {
         assert!(show.contains("State: ACCEPTED"), "{show}");
     }
 
-    // --- `referral release`: the sync above released the body; nothing is pending now, so a
-    // further sync releases nothing, and `referral release` sends the case details again
-    // (docs/REFERRALS.md: for a release that was interrupted) without a timeline step.
+    // --- `referral release`: the sync above released the body, once for the organisation
+    // (docs/PROTOCOL.md §11.9): nothing is pending now, a further sync releases nothing, and
+    // `referral release` is refused; the receiving devices hold the case details once.
     let entries_before = timeline_len(&a, &id);
     let out = must(&a, &["sync"]);
     assert!(!out.contains("released"), "nothing left to release: {out}");
-    let out = must(&a, &["referral", "release", &id[..8]]);
-    assert!(
-        out.contains(&format!("Referral {id}: case details sent to 2 device(s)")),
-        "{out}"
-    );
+    let err = refused(&a, &["referral", "release", &id[..8]]);
+    assert!(err.contains("already released"), "{err}");
     for b in [&b1, &b2] {
         let out = must(b, &["sync"]);
-        assert!(
-            out.contains(&format!("Referral {id}: case details received")),
-            "{out}"
-        );
+        assert!(!out.contains("case details received"), "{out}");
         let show = must(b, &["referral", "show", &id]);
         assert!(
             show.contains(&format!("IDENTITY: Amina {MARKER}")),

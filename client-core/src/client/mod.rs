@@ -535,6 +535,8 @@ impl Client {
         self.engine_op(|e, _, now| e.sweep(now)).await?;
         // Referral expiry; answers staged while receiving (PURGE_CONFIRMED) go out now.
         self.sweep_referrals().await?;
+        // Colleague devices enrolled or reachable since catch up on the organisation's cases.
+        self.share_cases().await?;
         if referral_steps > 0 {
             self.flush_after_send().await?;
         }

@@ -58,6 +58,9 @@ impl Client {
             crate::engine::EngineError::InvalidInput("organisation root key must be 32 bytes")
         })?;
         self.ensure_org_sessions(root).await?;
+        // Colleague devices get the case too (docs/PROTOCOL.md §11.9).
+        let own = self.engine_op(|e, _, _| e.org_root()).await?;
+        self.ensure_org_sessions(own).await?;
         let (id, _) = self
             .engine_op(move |e, rng, now| {
                 e.send_referral_offer(&draft, &sections, &consent, now, rng)
@@ -86,11 +89,66 @@ impl Client {
     /// Releases an accepted referral's body to the receiving organisation's non-ambassador
     /// devices. Returns how many devices it went to.
     pub async fn release_referral_body(&self, id: ReferralId) -> Result<usize, ClientError> {
-        let items = self
-            .engine_op(move |e, rng, now| e.release_referral_body(&id, now, rng))
+        let own = self.engine_op(|e, _, _| e.org_root()).await?;
+        self.ensure_org_sessions(own).await?;
+        let released = self
+            .engine_op(move |e, rng, now| {
+                let items = e.release_referral_body(&id, now, rng)?;
+                // The release claim to colleague devices is not a release.
+                let colleagues = e.org_devices(&own, now)?;
+                Ok(items
+                    .iter()
+                    .filter(|i| !colleagues.contains(&i.recipient))
+                    .count())
+            })
             .await?;
         self.flush_after_send().await?;
+        Ok(released)
+    }
+
+    /// The accepted referrals this device should release now (see
+    /// [`Engine::due_releases`](crate::engine::Engine::due_releases)): those it holds, and any
+    /// other nobody of the organisation has released within
+    /// [`RELEASE_HANDOFF_SECS`](crate::engine::RELEASE_HANDOFF_SECS).
+    pub async fn due_releases(&self) -> Result<Vec<ReferralId>, ClientError> {
+        self.engine_op(|e, _, now| e.due_releases(now)).await
+    }
+
+    /// Hands a sent referral to another caseworker or admin device of this organisation (see
+    /// [`Engine::reassign_referral`](crate::engine::Engine::reassign_referral)).
+    pub async fn reassign_referral(
+        &self,
+        id: ReferralId,
+        to: crate::identity::DeviceId,
+    ) -> Result<(), ClientError> {
+        let own = self.engine_op(|e, _, _| e.org_root()).await?;
+        self.ensure_org_sessions(own).await?;
+        self.engine_op(move |e, rng, now| e.reassign_referral(&id, to, now, rng))
+            .await?;
+        self.flush_after_send().await?;
+        Ok(())
+    }
+
+    /// Shares the organisation's open sent referrals and consent receipts with colleague
+    /// devices that do not have them yet (see
+    /// [`Engine::share_cases`](crate::engine::Engine::share_cases)). [`Client::sync`] calls
+    /// this after every fetch. Returns how many envelopes it queued.
+    pub async fn share_cases(&self) -> Result<usize, ClientError> {
+        let own = self.engine_op(|e, _, _| e.org_root()).await?;
+        self.ensure_org_sessions(own).await?;
+        let items = self
+            .engine_op(|e, rng, now| e.share_cases(now, rng))
+            .await?;
+        if !items.is_empty() {
+            self.flush_after_send().await?;
+        }
         Ok(items.len())
+    }
+
+    /// Every consent receipt of this organisation held on this device (see
+    /// [`Engine::consent_receipts`](crate::engine::Engine::consent_receipts)).
+    pub async fn consent_receipts(&self) -> Result<Vec<SignedReceipt>, ClientError> {
+        self.engine_op(|e, _, _| e.consent_receipts()).await
     }
 
     /// Sent referrals accepted by the receiver whose body is not released yet (see

@@ -475,7 +475,9 @@ impl<S: KvStore> Engine<S> {
                     body @ (Body::SignedReferralOffer(_)
                     | Body::ReferralBody(_)
                     | Body::ReferralControl(_)
-                    | Body::ConsentReceipt(_)),
+                    | Body::ConsentReceipt(_)
+                    | Body::SenderCase(_)
+                    | Body::TeamStep(_)),
                 ) => {
                     // Referral and consent steps apply in this batch (docs/PROTOCOL.md §10.3):
                     // exactly once, together with the message and its markers.

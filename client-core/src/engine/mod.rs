@@ -37,8 +37,15 @@
 //! its message (docs/PROTOCOL.md §10.3). Operations: [`Engine::record_consent`],
 //! [`Engine::send_referral_offer`], [`Engine::referral_act`], [`Engine::release_referral_body`],
 //! [`Engine::change_consent`], [`Engine::purge_status`], [`Engine::sweep_referrals`],
-//! [`Engine::referrals`], [`Engine::kantara_export`], [`Engine::survivor_copy`]; what happened is
-//! reported as [`ReferralEvent`]s ([`Engine::take_referral_events`]).
+//! [`Engine::referrals`], [`Engine::kantara_export`], [`Engine::survivor_copy`],
+//! [`Engine::consent_receipts`]; what happened is reported as [`ReferralEvent`]s
+//! ([`Engine::take_referral_events`]).
+//!
+//! The sending organisation owns its cases (docs/PROTOCOL.md §11.9): each sent referral, its
+//! receipts and every step are shared with the organisation's other caseworker and admin
+//! devices, any of which can act; [`Engine::share_cases`] catches up devices enrolled later,
+//! [`Engine::due_releases`] says which accepted referrals this device should release (the body
+//! goes out once), and [`Engine::reassign_referral`] hands a case to a colleague.
 
 mod contacts;
 mod messages;
@@ -49,7 +56,9 @@ mod records;
 mod referrals;
 mod sessions;
 
-pub use referrals::{OfferConsent, PurgeReport, ReferralEvent, ReferralSummary};
+pub use referrals::{
+    OfferConsent, PurgeReport, RELEASE_HANDOFF_SECS, ReferralEvent, ReferralSummary,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -33,7 +33,8 @@ use crate::consent::{
 use crate::identity::{DeviceCertificate, OrgTrust};
 use crate::referral::{
     Action, ConsentInput, OfferDraft, ReceiverEvent, ReceiverReferral, ReferralError, ReferralId,
-    ReferralState, SenderEvent, SenderReferral, Side, fan_out_consent_change,
+    ReferralState, SenderEvent, SenderReferral, Side, TeamAction, TeamStep, assignee,
+    fan_out_consent_change, released,
 };
 
 /// Consent: the receipt registry (own receipts and receipts received from senders).
@@ -52,6 +53,21 @@ const PREFIX_CONFIRMED: &[u8] = b"c/";
 /// referral id (empty value). Written in the batch that applies ACCEPTED, deleted in the batch
 /// that stages the body, so a crash in between never loses the release.
 const PREFIX_RELEASE: &[u8] = b"b/";
+/// Referrals: the team steps (release claims, reassignments) of a sent referral, by referral
+/// id: each `u32be(len) || SignedTeamStep`.
+const PREFIX_TEAM: &[u8] = b"g/";
+/// Referrals: `t/` || referral id || device id (empty value): the sent referral was shared
+/// with that colleague device.
+const PREFIX_SHARED: &[u8] = b"t/";
+/// Consent: `t/` || receipt id || device id (empty value): the receipt was shared with that
+/// colleague device.
+const PREFIX_RECEIPT_SHARED: &[u8] = b"t/";
+
+/// How long after ACCEPTED arrived a device of the sending organisation that does not hold
+/// the case releases the body itself when nobody has (docs/PROTOCOL.md §11.9): the device the
+/// case is assigned to releases at once; any other caseworker or admin device waits this
+/// long, unless the assignee is no longer an active device of the organisation.
+pub const RELEASE_HANDOFF_SECS: u64 = 600;
 
 /// A referral step the engine applied or refused, for the application to show. Drained with
 /// [`Engine::take_referral_events`]; the records themselves are the source of truth
@@ -109,6 +125,21 @@ pub enum ReferralEvent {
         /// The receipt.
         receipt: ReceiptId,
     },
+    /// A colleague device of this organisation shared a sent referral: this device now
+    /// follows it and can take every sender step on it.
+    CaseShared {
+        /// The referral.
+        referral: ReferralId,
+    },
+    /// A colleague device of this organisation released the body or reassigned the case.
+    TeamStep {
+        /// The referral.
+        referral: ReferralId,
+        /// The colleague device that signed the step.
+        device: DeviceId,
+        /// What it did.
+        action: TeamAction,
+    },
     /// Incoming referral content was refused; nothing changed in the referral records (the
     /// message itself is stored and the envelope may be acked).
     Refused {
@@ -142,6 +173,13 @@ pub struct ReferralSummary {
     pub counterpart: [u8; KEY_LEN],
     /// The timeline's JSON export (no case content).
     pub timeline: Value,
+    /// Sender side: the device of this organisation that holds the case (the device that
+    /// signed the offer until the case is reassigned).
+    pub assignee: Option<DeviceId>,
+    /// Sender side: whether this device holds the case.
+    pub mine: bool,
+    /// Sender side: the team steps (release claims, reassignments), oldest first.
+    pub team: Vec<TeamStep>,
 }
 
 /// Where one recipient of data under a receipt stands with erasure.
@@ -191,8 +229,42 @@ pub(super) fn redact(content: &mut wire::Content) {
         Some(Body::ConsentReceipt(receipt)) => {
             receipt.receipt.clear();
         }
+        Some(Body::SenderCase(case)) => {
+            // The record keeps it; the log keeps no offer, steps, receipts or keys.
+            *case = wire::SenderCase::default();
+        }
         _ => {}
     }
+}
+
+fn receipt_shared_key(id: &ReceiptId, device: DeviceId) -> Vec<u8> {
+    let mut k = key(PREFIX_RECEIPT_SHARED, id.as_bytes());
+    k.extend_from_slice(&device.0);
+    k
+}
+
+fn encode_team(team: &[TeamStep]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for step in team {
+        let bytes = prost::Message::encode_to_vec(step.signed());
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// Whether a sent referral is still shared with colleague devices: not ended and erased, and
+/// before its retention ends.
+fn shareable(r: &SenderReferral, now: u64) -> bool {
+    !matches!(
+        r.state(),
+        ReferralState::Declined(_)
+            | ReferralState::Expired
+            | ReferralState::Withdrawn
+            | ReferralState::ConsentRevoked
+            | ReferralState::PurgeConfirmed(_)
+            | ReferralState::RetainedUnderException { .. }
+    ) && now < r.core.meta.retain_until
 }
 
 /// The counterpart of a referral: its organisation and the devices involved (for a sender
@@ -316,6 +388,109 @@ impl<S: KvStore> Engine<S> {
             Some(b) => Ok(decode_ids(&b)?.into_iter().collect()),
             None => Ok(BTreeSet::new()),
         }
+    }
+
+    /// The team steps of a sent referral (each re-verified as kept history).
+    fn load_team(&self, id: &ReferralId) -> Result<Vec<TeamStep>, EngineError> {
+        let Some(bytes) = self
+            .store
+            .get(Namespace::Referrals, &key(PREFIX_TEAM, id.as_bytes()))?
+        else {
+            return Ok(Vec::new());
+        };
+        let trust = self.own_trust()?;
+        let mut rest = bytes.as_slice();
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_at_checked(4).ok_or(EngineError::CorruptState)?;
+            let len = u32::from_be_bytes(len.try_into().map_err(|_| EngineError::CorruptState)?);
+            let (item, tail) = tail
+                .split_at_checked(len as usize)
+                .ok_or(EngineError::CorruptState)?;
+            let signed = decode::signed_team_step(item).map_err(|_| EngineError::CorruptState)?;
+            out.push(
+                TeamStep::verify(&signed, id, trust, None)
+                    .map_err(|_| EngineError::CorruptState)?,
+            );
+            rest = tail;
+        }
+        Ok(out)
+    }
+
+    fn stage_team(&self, batch: &mut WriteBatch, id: &ReferralId, team: &[TeamStep]) {
+        batch.put(
+            Namespace::Referrals,
+            &key(PREFIX_TEAM, id.as_bytes()),
+            &encode_team(team),
+        );
+    }
+
+    /// The receipt a sent referral's offer names (in this organisation's registry).
+    fn original_receipt(
+        &self,
+        registry: &ReceiptRegistry,
+        r: &SenderReferral,
+    ) -> Result<Option<SignedReceipt>, EngineError> {
+        let own = self.certificate()?.org_root_key();
+        Ok(r.offer()
+            .consent
+            .as_ref()
+            .and_then(|c| match &c.basis {
+                Some(wire::consent_ref::Basis::Receipt(rr)) => {
+                    ReceiptId::from_slice(&rr.receipt_id)
+                }
+                _ => None,
+            })
+            .and_then(|rid| registry.get(&own, &rid).cloned()))
+    }
+
+    /// Whether it is this device's turn to take the sending organisation's automatic steps on
+    /// a sent referral (release after ACCEPTED, expiry): this device holds the case, or the
+    /// device that holds it is no longer an active caseworker or admin device of the
+    /// organisation (docs/PROTOCOL.md §11.9).
+    fn holds_turn(
+        &self,
+        r: &SenderReferral,
+        team: &[TeamStep],
+        now: u64,
+    ) -> Result<bool, EngineError> {
+        let Some(signer) = r.offer_signer() else {
+            return Ok(true);
+        };
+        let holder = assignee(signer, team);
+        if holder == self.device_id()? {
+            return Ok(true);
+        }
+        Ok(self
+            .case_devices(&self.org_root()?, &[holder], now)?
+            .is_empty())
+    }
+
+    /// The sent referral as shared with colleague devices.
+    fn shared_case(&self, r: &SenderReferral) -> Result<wire::SenderCase, EngineError> {
+        let id = r.id();
+        let registry = self.load_registry()?;
+        let peers = self.load_peers(&id)?;
+        let confirmed: Vec<DeviceId> = self.load_confirmed(&id)?.into_iter().collect();
+        let team = self.load_team(&id)?;
+        let pending = self
+            .store
+            .get(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()))?
+            .is_some()
+            && !released(&team);
+        Ok(r.to_shared(
+            self.original_receipt(&registry, r)?.as_ref(),
+            &peers.devices,
+            &confirmed,
+            &team,
+            pending,
+        ))
+    }
+
+    fn shared_key(id: &ReferralId, device: DeviceId) -> Vec<u8> {
+        let mut k = key(PREFIX_SHARED, id.as_bytes());
+        k.extend_from_slice(&device.0);
+        k
     }
 
     fn stage_record(&self, batch: &mut WriteBatch, record: &Record) {
@@ -453,6 +628,22 @@ impl<S: KvStore> Engine<S> {
             .collect())
     }
 
+    /// The sending organisation's devices that follow a received referral: every active
+    /// caseworker and admin device of it (and the device that sent the offer, while active).
+    fn sender_team(&self, peers: &Peers, now: u64) -> Result<Vec<PeerId>, EngineError> {
+        let mut devices: BTreeSet<DeviceId> = peers.devices.iter().copied().collect();
+        devices.extend(self.org_devices(&peers.root, now)?);
+        let devices: Vec<DeviceId> = devices.into_iter().collect();
+        Ok(self
+            .case_devices(&peers.root, &devices, now)?
+            .into_iter()
+            .map(|device_id| PeerId {
+                org_root: peers.root,
+                device_id,
+            })
+            .collect())
+    }
+
     // -----------------------------------------------------------------------------------------
     // Consent.
 
@@ -486,6 +677,19 @@ impl<S: KvStore> Engine<S> {
     pub fn consent_receipt(&self, id: &ReceiptId) -> Result<Option<SignedReceipt>, EngineError> {
         let own = self.certificate()?.org_root_key();
         Ok(self.load_registry()?.get(&own, id).cloned())
+    }
+
+    /// Every consent receipt this organisation recorded that this device holds (its own and
+    /// those shared by colleague devices), ordered by receipt id; superseded receipts are
+    /// listed too (each names what it supersedes).
+    pub fn consent_receipts(&self) -> Result<Vec<SignedReceipt>, EngineError> {
+        let own = self.certificate()?.org_root_key().to_bytes();
+        Ok(self
+            .load_registry()?
+            .iter()
+            .filter(|r| r.signer().org_root_key().to_bytes() == own)
+            .cloned()
+            .collect())
     }
 
     /// The newest receipt in the chain that starts at `id` (after renewals or a withdrawal).
@@ -582,9 +786,28 @@ impl<S: KvStore> Engine<S> {
         let mut batch = WriteBatch::new();
         let mut sessions = Sessions::default();
         let mut items = Vec::new();
+        // Colleague devices keep the same registry and follow the same referrals.
+        let colleagues = self.colleagues(now)?;
+        let body = Body::ConsentReceipt(new.signed().clone());
+        items.extend(self.stage_to_all(&mut batch, &mut sessions, &colleagues, &body, now, rng)?);
+        for c in &colleagues {
+            batch.put(
+                Namespace::Consent,
+                &receipt_shared_key(&new.id(), c.device_id),
+                &[],
+            );
+        }
+        let revoking = !matches!(
+            new.state(),
+            wire::ConsentState::Renewed | wire::ConsentState::Given
+        );
         for (rid, signed) in controls {
+            if revoking {
+                batch.delete(Namespace::Referrals, &key(PREFIX_RELEASE, rid.as_bytes()));
+            }
             let peers = self.load_peers(&rid)?;
-            let targets = self.case_peers(&peers, now)?;
+            let mut targets = self.case_peers(&peers, now)?;
+            targets.extend(colleagues.iter().copied());
             let body = Body::ReferralControl(signed);
             items.extend(self.stage_to_all(
                 &mut batch,
@@ -725,6 +948,35 @@ impl<S: KvStore> Engine<S> {
         }
         let body = Body::SignedReferralOffer(offer);
         items.extend(self.stage_to_all(&mut batch, &mut sessions, &targets, &body, now, rng)?);
+        // The organisation owns the case: every colleague caseworker and admin device gets the
+        // record (docs/PROTOCOL.md §11.9).
+        let colleagues = self.colleagues(now)?;
+        if !colleagues.is_empty() {
+            let shared = referral.to_shared(referral.receipt(), &devices, &[], &[], false);
+            let body = Body::SenderCase(shared);
+            items.extend(self.stage_to_all(
+                &mut batch,
+                &mut sessions,
+                &colleagues,
+                &body,
+                now,
+                rng,
+            )?);
+            for c in &colleagues {
+                batch.put(
+                    Namespace::Referrals,
+                    &Self::shared_key(&id, c.device_id),
+                    &[],
+                );
+                if let Some(r) = referral.receipt() {
+                    batch.put(
+                        Namespace::Consent,
+                        &receipt_shared_key(&r.id(), c.device_id),
+                        &[],
+                    );
+                }
+            }
+        }
         self.stage_record(&mut batch, &Record::Sent(Box::new(referral)));
         let peers = Peers {
             root: to_root,
@@ -752,6 +1004,13 @@ impl<S: KvStore> Engine<S> {
         let Some(Record::Sent(referral)) = self.load_record(id)? else {
             return Err(EngineError::InvalidInput("no such sent referral"));
         };
+        let mut team = self.load_team(id)?;
+        if released(&team) {
+            return Err(ReferralError::AlreadyReleased {
+                referral: id.short(),
+            }
+            .into());
+        }
         let peers = self.load_peers(id)?;
         let registry = self.load_registry()?;
         let mut ledger = self.load_ledger()?;
@@ -782,8 +1041,133 @@ impl<S: KvStore> Engine<S> {
         if items.is_empty() {
             return Err(EngineError::NoSession);
         }
+        // The release claim: colleague devices record who released and release nothing.
+        let step = TeamStep::sign(id, TeamAction::Released, &self.actor()?, now)?;
+        let body = Body::TeamStep(step.signed().clone());
+        team.push(step);
+        self.stage_team(&mut batch, id, &team);
+        let colleagues = self.colleagues(now)?;
+        items.extend(self.stage_to_all(&mut batch, &mut sessions, &colleagues, &body, now, rng)?);
         batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
         batch.delete(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()));
+        self.store.apply_batch(batch)?;
+        Ok(items)
+    }
+
+    /// Hands a sent referral to another caseworker or admin device of this organisation (or
+    /// takes it, `to` = this device): signs a team step and sends it to every colleague device.
+    /// The assignee releases the body at once after ACCEPTED; other devices wait
+    /// [`RELEASE_HANDOFF_SECS`] ([`Engine::due_releases`]).
+    pub fn reassign_referral(
+        &mut self,
+        id: &ReferralId,
+        to: DeviceId,
+        now: u64,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Vec<OutboxItem>, EngineError> {
+        let Some(Record::Sent(referral)) = self.load_record(id)? else {
+            return Err(EngineError::InvalidInput("no such sent referral"));
+        };
+        let own = self.org_root()?;
+        if to != self.device_id()? && self.case_devices(&own, &[to], now)?.is_empty() {
+            return Err(EngineError::InvalidInput(
+                "the new assignee is not an active caseworker or admin device of this organisation",
+            ));
+        }
+        let step = TeamStep::sign(
+            id,
+            TeamAction::Reassigned { assignee: to },
+            &self.actor()?,
+            now,
+        )?;
+        if !referral.team_step_allowed(&step) {
+            return Err(EngineError::InvalidInput(
+                "the referral cannot be reassigned now",
+            ));
+        }
+        let mut team = self.load_team(id)?;
+        let body = Body::TeamStep(step.signed().clone());
+        team.push(step);
+        let mut batch = WriteBatch::new();
+        let mut sessions = Sessions::default();
+        self.stage_team(&mut batch, id, &team);
+        let colleagues = self.colleagues(now)?;
+        let items = self.stage_to_all(&mut batch, &mut sessions, &colleagues, &body, now, rng)?;
+        self.store.apply_batch(batch)?;
+        Ok(items)
+    }
+
+    /// Shares every open sent referral (not ended, before `retain_until`) and every consent
+    /// receipt of this organisation with each reachable colleague caseworker or admin device
+    /// that does not have it yet: a device enrolled later catches up on the organisation's
+    /// cases (docs/PROTOCOL.md §11.9). Ambassador devices get nothing. Returns the outbox
+    /// items (none when every colleague is up to date).
+    pub fn share_cases(
+        &mut self,
+        now: u64,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Vec<OutboxItem>, EngineError> {
+        let colleagues = self.colleagues(now)?;
+        if colleagues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = WriteBatch::new();
+        let mut sessions = Sessions::default();
+        let mut items = Vec::new();
+        let registry = self.load_registry()?;
+        let own = self.certificate()?.org_root_key().to_bytes();
+        for receipt in registry.iter() {
+            if receipt.signer().org_root_key().to_bytes() != own {
+                continue;
+            }
+            for c in &colleagues {
+                let k = receipt_shared_key(&receipt.id(), c.device_id);
+                if self.store.get(Namespace::Consent, &k)?.is_some() {
+                    continue;
+                }
+                let body = Body::ConsentReceipt(receipt.signed().clone());
+                items.push(self.stage_body(&mut batch, &mut sessions, *c, body, now, rng)?);
+                batch.put(Namespace::Consent, &k, &[]);
+            }
+        }
+        for k in self
+            .store
+            .keys_with_prefix(Namespace::Referrals, PREFIX_SENT)?
+        {
+            let Some(rid) = k.get(PREFIX_SENT.len()..).and_then(ReferralId::from_slice) else {
+                continue;
+            };
+            let Some(Record::Sent(r)) = self.load_record(&rid)? else {
+                continue;
+            };
+            if !shareable(&r, now) {
+                continue;
+            }
+            let mut shared = None;
+            for c in &colleagues {
+                let k = Self::shared_key(&rid, c.device_id);
+                if self.store.get(Namespace::Referrals, &k)?.is_some() {
+                    continue;
+                }
+                let case = match &shared {
+                    Some(case) => Clone::clone(case),
+                    None => {
+                        let case = self.shared_case(&r)?;
+                        shared = Some(case.clone());
+                        case
+                    }
+                };
+                items.push(self.stage_body(
+                    &mut batch,
+                    &mut sessions,
+                    *c,
+                    Body::SenderCase(case),
+                    now,
+                    rng,
+                )?);
+                batch.put(Namespace::Referrals, &k, &[]);
+            }
+        }
         self.store.apply_batch(batch)?;
         Ok(items)
     }
@@ -810,6 +1194,32 @@ impl<S: KvStore> Engine<S> {
                     r.state(),
                     ReferralState::Accepted | ReferralState::InService
                 )
+                && !released(&self.load_team(&id)?)
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The [`pending_releases`](Self::pending_releases) this device should release now
+    /// (docs/PROTOCOL.md §11.9): those whose case it holds, those whose holder is no longer an
+    /// active caseworker or admin device of the organisation, and any other once
+    /// [`RELEASE_HANDOFF_SECS`] have passed since ACCEPTED arrived here. A colleague's release
+    /// claim removes a referral from the list; the receiving devices apply one body only.
+    pub fn due_releases(&self, now: u64) -> Result<Vec<ReferralId>, EngineError> {
+        let mut out = Vec::new();
+        for id in self.pending_releases()? {
+            let Some(Record::Sent(r)) = self.load_record(&id)? else {
+                continue;
+            };
+            let team = self.load_team(&id)?;
+            let since = self
+                .store
+                .get(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()))?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_be_bytes);
+            if self.holds_turn(&r, &team, now)? || now >= since.saturating_add(RELEASE_HANDOFF_SECS)
             {
                 out.push(id);
             }
@@ -838,6 +1248,7 @@ impl<S: KvStore> Engine<S> {
         let actor = self.actor()?;
         let mut controls = Vec::new();
         let mut ledger = None;
+        let mut release_cancelled = false;
         let (state, targets) = match &mut record {
             Record::Sent(r) => {
                 let withdraw = matches!(action, Action::Withdraw { .. });
@@ -846,15 +1257,18 @@ impl<S: KvStore> Engine<S> {
                     let mut l = self.load_ledger()?;
                     l.mark_pending(id, now);
                     ledger = Some(l);
+                    release_cancelled = true;
                 }
-                (r.state().clone(), self.case_peers(&peers, now)?)
+                let mut targets = self.case_peers(&peers, now)?;
+                targets.extend(self.colleagues(now)?);
+                (r.state().clone(), targets)
             }
             Record::Received(r) => {
                 if matches!(action, Action::Acknowledge) && r.state() == &ReferralState::Sent {
                     controls.push(r.act(Action::Delivered, &actor, now)?);
                 }
                 controls.push(r.act(action, &actor, now)?);
-                let mut targets = self.case_peers(&peers, now)?;
+                let mut targets = self.sender_team(&peers, now)?;
                 targets.extend(self.colleagues(now)?);
                 (r.state().clone(), targets)
             }
@@ -876,6 +1290,9 @@ impl<S: KvStore> Engine<S> {
         self.stage_record(&mut batch, &record);
         if let Some(l) = ledger {
             batch.put(Namespace::Consent, KEY_LEDGER, &l.to_bytes());
+        }
+        if release_cancelled {
+            batch.delete(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()));
         }
         self.store.apply_batch(batch)?;
         Ok((state, items))
@@ -909,6 +1326,24 @@ impl<S: KvStore> Engine<S> {
                 continue;
             };
             let peers = self.load_peers(&id)?;
+            // A record shared by a colleague whose receiving organisation this device does not
+            // trust yet cannot move here.
+            if self.org_trust(&peers.root).is_err() {
+                continue;
+            }
+            // On the sending side one device signs EXPIRED: the one whose turn it is (any
+            // other only RELEASE_HANDOFF_SECS after the offer expired); the others apply its
+            // control.
+            if let Record::Sent(r) = &record
+                && now
+                    < r.core
+                        .meta
+                        .offer_expires_at
+                        .saturating_add(RELEASE_HANDOFF_SECS)
+                && !self.holds_turn(r, &self.load_team(&id)?, now)?
+            {
+                continue;
+            }
             let ticked = match &mut record {
                 Record::Sent(r) => r.tick(&actor, now).map(|e| match e {
                     Some(
@@ -940,7 +1375,14 @@ impl<S: KvStore> Engine<S> {
                 continue;
             }
             if let Some(signed) = send {
-                let targets = self.case_peers(&peers, now)?;
+                let targets = match &record {
+                    Record::Sent(_) => {
+                        let mut t = self.case_peers(&peers, now)?;
+                        t.extend(self.colleagues(now)?);
+                        t
+                    }
+                    Record::Received(_) => self.sender_team(&peers, now)?,
+                };
                 let body = Body::ReferralControl(signed);
                 items.extend(self.stage_to_all(
                     &mut batch,
@@ -993,19 +1435,29 @@ impl<S: KvStore> Engine<S> {
         };
         let counterpart = self.load_peers(id)?.root;
         Ok(Some(match record {
-            Record::Sent(r) => ReferralSummary {
-                id: *id,
-                side: Side::Sender,
-                state: r.state().clone(),
-                counterpart,
-                timeline: r.timeline().export_json(),
-            },
+            Record::Sent(r) => {
+                let team = self.load_team(id)?;
+                let holder = r.offer_signer().map(|signer| assignee(signer, &team));
+                ReferralSummary {
+                    id: *id,
+                    side: Side::Sender,
+                    state: r.state().clone(),
+                    counterpart,
+                    timeline: r.timeline().export_json(),
+                    assignee: holder,
+                    mine: holder == Some(self.device_id()?),
+                    team,
+                }
+            }
             Record::Received(r) => ReferralSummary {
                 id: *id,
                 side: Side::Receiver,
                 state: r.state().clone(),
                 counterpart,
                 timeline: r.timeline().export_json(),
+                assignee: None,
+                mine: false,
+                team: Vec::new(),
             },
         }))
     }
@@ -1079,15 +1531,23 @@ impl<S: KvStore> Engine<S> {
                 ),
                 Body::ConsentReceipt(_)
                 | Body::SignedReferralOffer(_)
-                | Body::ReferralControl(_) => {
-                    refused(None, ReferralError::AmbassadorCannotReceiveCase)
-                }
+                | Body::ReferralControl(_)
+                | Body::SenderCase(_)
+                | Body::TeamStep(_) => refused(None, ReferralError::AmbassadorCannotReceiveCase),
                 _ => Ok(Vec::new()),
             };
         }
         match body {
             Body::ConsentReceipt(signed) => {
-                let receipt = match SignedReceipt::verify(signed, self.org_trust(from_root)?, now) {
+                // A colleague device shares this organisation's kept receipts (possibly signed
+                // by a device revoked since): checked as recorded history. Another
+                // organisation's receipt is checked live.
+                let verified = if from_root == &self.org_root()? {
+                    SignedReceipt::verify_recorded(signed, self.own_trust()?)
+                } else {
+                    SignedReceipt::verify(signed, self.org_trust(from_root)?, now)
+                };
+                let receipt = match verified {
                     Ok(r) => r,
                     Err(e) => return refused(None, ReferralError::Receipt(e)),
                 };
@@ -1099,6 +1559,10 @@ impl<S: KvStore> Engine<S> {
                     return refused(None, ReferralError::Receipt(e));
                 }
                 batch.put(Namespace::Consent, KEY_REGISTRY, &registry.to_bytes());
+                if from_root == &self.org_root()? {
+                    // The colleague has it: never shared back.
+                    batch.put(Namespace::Consent, &receipt_shared_key(&id, from), &[]);
+                }
                 Ok(vec![ReferralEvent::ConsentReceiptReceived { receipt: id }])
             }
             Body::SignedReferralOffer(signed) => {
@@ -1158,6 +1622,11 @@ impl<S: KvStore> Engine<S> {
                 let Some(Record::Received(mut referral)) = self.load_record(&id)? else {
                     return refused(Some(id), ReferralError::WrongReferral);
                 };
+                // Released once: a second release (two devices of the sending organisation
+                // raced) changes nothing and is not reported (docs/PROTOCOL.md §11.9).
+                if referral.has_body() {
+                    return Ok(Vec::new());
+                }
                 let peers = self.load_peers(&id)?;
                 if &peers.root != from_root {
                     return refused(
@@ -1207,8 +1676,190 @@ impl<S: KvStore> Engine<S> {
                     None => refused(Some(id), ReferralError::WrongReferral),
                 }
             }
+            Body::SenderCase(case) => self.stage_shared_case(case, from, from_root, batch, now),
+            Body::TeamStep(signed) => self.stage_team_step(signed, from_root, batch, now),
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// Applies a sent referral shared by a colleague device (docs/PROTOCOL.md §11.9).
+    fn stage_shared_case(
+        &self,
+        case: &wire::SenderCase,
+        from: DeviceId,
+        from_root: &[u8; KEY_LEN],
+        batch: &mut WriteBatch,
+        now: u64,
+    ) -> Result<Vec<ReferralEvent>, EngineError> {
+        let refused = |referral, error| Ok(vec![ReferralEvent::Refused { referral, error }]);
+        let what = "shared case";
+        if from_root != &self.org_root()? {
+            return refused(None, ReferralError::UntrustedSigner { what });
+        }
+        let Some(receiver_root) = case
+            .offer
+            .as_ref()
+            .and_then(|o| decode::referral_offer(&o.offer).ok())
+            .and_then(|o| o.to)
+            .and_then(|p| <[u8; KEY_LEN]>::try_from(p.org_root_key.as_slice()).ok())
+        else {
+            return refused(None, ReferralError::Malformed { what });
+        };
+        // The receiving organisation's root comes from the offer a device of this
+        // organisation signed; its steps are verified under that root. This device need not
+        // trust that organisation yet: its envelopes wait at the relay until it does.
+        let Ok(receiver) = crate::identity::OrgRootPublicKey::from_bytes(&receiver_root) else {
+            return refused(None, ReferralError::Malformed { what });
+        };
+        let (referral, receipts) =
+            match SenderReferral::from_shared(case, self.own_trust()?, &receiver) {
+                Ok(r) => r,
+                Err(e) => return refused(None, e),
+            };
+        let id = referral.id();
+        match self.load_record(&id)? {
+            Some(Record::Received(_)) => {
+                return refused(Some(id), ReferralError::Malformed { what });
+            }
+            Some(Record::Sent(existing)) => {
+                // Only a record that extends ours replaces it; an older copy changes nothing.
+                let (old, new) = (existing.timeline().entries(), referral.timeline().entries());
+                if new.len() <= old.len() || old.iter().zip(new).any(|(a, b)| a.hash() != b.hash())
+                {
+                    return Ok(Vec::new());
+                }
+            }
+            None => {}
+        }
+        let mut team = Vec::new();
+        for signed in &case.team {
+            match TeamStep::verify(signed, &id, self.own_trust()?, None) {
+                Ok(step) => team.push(step),
+                Err(e) => return refused(Some(id), e),
+            }
+        }
+        let mut registry = self.load_registry()?;
+        for r in &receipts {
+            if let Err(e) = registry.insert(r.clone()) {
+                return refused(Some(id), ReferralError::Receipt(e));
+            }
+        }
+        let mut ledger = self.load_ledger()?;
+        if let Some(first) = receipts.first() {
+            ledger.record_offer(first.id(), id, receiver_root, referral.offer().created_at);
+        }
+        if released(&team) {
+            ledger.record_sections(&id, referral.offer().sections_included());
+        }
+        let devices =
+            decode_ids(&case.recipient_devices.concat()).map_err(|_| EngineError::CorruptState);
+        let confirmed = decode_ids(&case.confirmed_devices.concat());
+        let (Ok(devices), Ok(confirmed)) = (devices, confirmed) else {
+            return refused(Some(id), ReferralError::Malformed { what });
+        };
+        let peers = Peers {
+            root: receiver_root,
+            devices,
+        };
+        batch.put(
+            Namespace::Referrals,
+            &key(PREFIX_PEERS, id.as_bytes()),
+            &peers.encode(),
+        );
+        batch.put(
+            Namespace::Referrals,
+            &key(PREFIX_CONFIRMED, id.as_bytes()),
+            &encode_ids(&confirmed.into_iter().collect()),
+        );
+        self.stage_team(batch, &id, &team);
+        let release_key = key(PREFIX_RELEASE, id.as_bytes());
+        if case.release_pending
+            && !released(&team)
+            && matches!(
+                referral.state(),
+                ReferralState::Accepted | ReferralState::InService
+            )
+        {
+            batch.put(Namespace::Referrals, &release_key, &now.to_be_bytes());
+        } else {
+            batch.delete(Namespace::Referrals, &release_key);
+        }
+        batch.put(Namespace::Consent, KEY_REGISTRY, &registry.to_bytes());
+        batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
+        batch.put(Namespace::Referrals, &Self::shared_key(&id, from), &[]);
+        for r in &receipts {
+            batch.put(Namespace::Consent, &receipt_shared_key(&r.id(), from), &[]);
+        }
+        self.stage_record(batch, &Record::Sent(Box::new(referral)));
+        Ok(vec![ReferralEvent::CaseShared { referral: id }])
+    }
+
+    /// Applies a colleague's release claim or reassignment (docs/PROTOCOL.md §11.9).
+    fn stage_team_step(
+        &self,
+        signed: &wire::SignedTeamStep,
+        from_root: &[u8; KEY_LEN],
+        batch: &mut WriteBatch,
+        now: u64,
+    ) -> Result<Vec<ReferralEvent>, EngineError> {
+        let refused = |referral, error| Ok(vec![ReferralEvent::Refused { referral, error }]);
+        let what = "team step";
+        if from_root != &self.org_root()? {
+            return refused(None, ReferralError::UntrustedSigner { what });
+        }
+        let Some(id) = decode::team_step(&signed.step)
+            .ok()
+            .and_then(|s| ReferralId::from_slice(&s.referral_id))
+        else {
+            return refused(None, ReferralError::Malformed { what });
+        };
+        let Some(Record::Sent(referral)) = self.load_record(&id)? else {
+            return refused(Some(id), ReferralError::WrongReferral);
+        };
+        let step = match TeamStep::verify(signed, &id, self.own_trust()?, Some(now)) {
+            Ok(s) => s,
+            Err(e) => return refused(Some(id), e),
+        };
+        if !referral.team_step_allowed(&step) {
+            return refused(
+                Some(id),
+                ReferralError::BodyNotAllowed {
+                    referral: id.short(),
+                    state: referral.state().name(),
+                },
+            );
+        }
+        let mut team = self.load_team(&id)?;
+        if team.iter().any(|t| t.signed() == step.signed()) {
+            return Ok(Vec::new());
+        }
+        if let TeamAction::Reassigned { assignee } = step.action
+            && assignee != self.device_id()?
+            && self
+                .case_devices(&self.org_root()?, &[assignee], now)?
+                .is_empty()
+        {
+            return refused(
+                Some(id),
+                ReferralError::UntrustedSigner {
+                    what: "reassignment",
+                },
+            );
+        }
+        if step.action == TeamAction::Released {
+            batch.delete(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()));
+            let mut ledger = self.load_ledger()?;
+            ledger.record_sections(&id, referral.offer().sections_included());
+            batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
+        }
+        let event = ReferralEvent::TeamStep {
+            referral: id,
+            device: step.device,
+            action: step.action,
+        };
+        team.push(step);
+        self.stage_team(batch, &id, &team);
+        Ok(vec![event])
     }
 
     fn stage_sender_control(
@@ -1220,7 +1871,20 @@ impl<S: KvStore> Engine<S> {
     ) -> Result<Vec<ReferralEvent>, EngineError> {
         let id = referral.id();
         let peers = self.load_peers(&id)?;
-        let receiver_org = self.org_trust(&peers.root)?;
+        // A colleague's sender step on a record whose receiving organisation this device does
+        // not trust yet (§11.9) is checked against that organisation's root alone; the
+        // receiver's own steps only arrive once it is trusted.
+        let untrusted;
+        let receiver_org = match self.org_trust(&peers.root) {
+            Ok(trust) => trust,
+            Err(_) => {
+                untrusted = OrgTrust::new(
+                    crate::identity::OrgRootPublicKey::from_bytes(&peers.root)
+                        .map_err(|_| EngineError::CorruptState)?,
+                );
+                &untrusted
+            }
+        };
         let is_purge = decode::referral_control(&signed.control).is_ok_and(|c| {
             matches!(
                 c.action,
@@ -1237,10 +1901,11 @@ impl<S: KvStore> Engine<S> {
                 });
                 match event {
                     SenderEvent::ReleaseBody => {
+                        // The time ACCEPTED arrived here, for the release hand-off.
                         batch.put(
                             Namespace::Referrals,
                             &key(PREFIX_RELEASE, id.as_bytes()),
-                            &[],
+                            &now.to_be_bytes(),
                         );
                         events.push(ReferralEvent::ReleaseBody { referral: id });
                     }
@@ -1249,7 +1914,7 @@ impl<S: KvStore> Engine<S> {
                         ledger.confirm_purge(&id, at, retained_under);
                         batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
                     }
-                    _ => {}
+                    _ => self.stage_colleague_step(&id, signed, batch, now)?,
                 }
                 true
             }
@@ -1290,6 +1955,50 @@ impl<S: KvStore> Engine<S> {
             self.stage_record(batch, &Record::Sent(Box::new(referral)));
         }
         Ok(events)
+    }
+
+    /// A colleague's sender step on a sent referral: a withdrawal or a revoked consent marks
+    /// the recipient pending erasure and cancels a pending release; the receipt a
+    /// CONSENT_CHANGED carries joins the registry.
+    fn stage_colleague_step(
+        &self,
+        id: &ReferralId,
+        signed: &wire::SignedControl,
+        batch: &mut WriteBatch,
+        now: u64,
+    ) -> Result<(), EngineError> {
+        use wire::referral_control::Action as A;
+        let Ok(control) = decode::referral_control(&signed.control) else {
+            return Ok(());
+        };
+        let revoking =
+            match &control.action {
+                Some(A::Withdraw(_)) => true,
+                Some(A::ConsentChanged(c)) => {
+                    let mut revoking = false;
+                    if let Some(receipt) = c.receipt.as_ref().and_then(|r| {
+                        SignedReceipt::verify_recorded(r, self.own_trust().ok()?).ok()
+                    }) {
+                        revoking = !matches!(
+                            receipt.state(),
+                            wire::ConsentState::Renewed | wire::ConsentState::Given
+                        );
+                        let mut registry = self.load_registry()?;
+                        if registry.insert(receipt).is_ok() {
+                            batch.put(Namespace::Consent, KEY_REGISTRY, &registry.to_bytes());
+                        }
+                    }
+                    revoking
+                }
+                _ => false,
+            };
+        if revoking {
+            let mut ledger = self.load_ledger()?;
+            ledger.mark_pending(id, now);
+            batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
+            batch.delete(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()));
+        }
+        Ok(())
     }
 
     fn stage_receiver_control(
@@ -1344,7 +2053,7 @@ impl<S: KvStore> Engine<S> {
         };
         // Each device confirms its own erasure to the sending device.
         if let Some(signed) = confirmation {
-            let targets = self.case_peers(&peers, now)?;
+            let targets = self.sender_team(&peers, now)?;
             let body = Body::ReferralControl(signed);
             self.stage_to_all(batch, sessions, &targets, &body, now, rng)?;
         }

@@ -52,6 +52,7 @@ mod record;
 mod seal;
 mod sender;
 mod shared;
+mod team;
 pub(crate) mod timeline;
 
 use std::fmt;
@@ -76,6 +77,8 @@ pub use seal::{
     SECTION_AD_LABEL, SECTION_COMMITMENT_LABEL, SECTION_KEY_LEN, SectionKey, commitment, section_ad,
 };
 pub use sender::{SenderEvent, SenderReferral, fan_out_consent_change};
+pub use team::{LABEL_TEAM_STEP, TeamAction, TeamStep};
+pub(crate) use team::{assignee, released};
 pub use timeline::{LABEL_TIMELINE, Timeline, TimelineEntry};
 
 use crate::consent::{ConsentError, GateError, ShortId};
@@ -260,6 +263,13 @@ pub enum ReferralError {
     /// The content was already erased.
     #[error("referral {referral} content was erased")]
     Erased {
+        /// The referral.
+        referral: ShortId,
+    },
+    /// Another device of the sending organisation already released the body (or this one
+    /// did): it is released once.
+    #[error("referral {referral} body was already released by a device of this organisation")]
+    AlreadyReleased {
         /// The referral.
         referral: ShortId,
     },

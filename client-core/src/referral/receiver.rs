@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use handover_proto::e2e::v1 as wire;
+use prost::Message as _;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -222,6 +223,11 @@ impl ReceiverReferral {
         self.receipt.is_none()
     }
 
+    /// Whether the released body was received (and not erased since).
+    pub fn has_body(&self) -> bool {
+        self.body.is_some()
+    }
+
     /// How many body sections (with their keys) are held.
     pub fn held_sections(&self) -> usize {
         self.body.as_ref().map_or(0, |b| b.sections.len())
@@ -302,7 +308,19 @@ impl ReceiverReferral {
                 .consent_receipt
                 .as_ref()
                 .ok_or(GateError::ReceiptMissing)?;
-            let verified = SignedReceipt::verify(receipt, sender_org, now).map_err(gate_error)?;
+            // The receipt verified with the offer is kept history: its signer may have been
+            // revoked since (any device of the sending organisation may release the body,
+            // docs/PROTOCOL.md §11.9), so it is re-checked as recorded. Any other receipt is
+            // checked live. The consent gate below runs at `now` either way.
+            let known = self
+                .receipt
+                .as_ref()
+                .filter(|r| r.signed().encode_to_vec() == receipt.encode_to_vec());
+            let verified = match known {
+                Some(_) => SignedReceipt::verify_recorded(receipt, sender_org),
+                None => SignedReceipt::verify(receipt, sender_org, now),
+            }
+            .map_err(gate_error)?;
             check_offer(offer, Basis::Receipt(&verified), registry, now)?;
         }
         let mut sections = BTreeMap::new();

@@ -285,6 +285,15 @@ impl Timeline {
         sender: &OrgRootPublicKey,
         receiver: &OrgRootPublicKey,
     ) -> Result<(), ReferralError> {
+        self.verify_replay(sender, receiver).map(|_| ())
+    }
+
+    /// [`verify`](Self::verify), returning the state the verified steps lead to.
+    pub(crate) fn verify_replay(
+        &self,
+        sender: &OrgRootPublicKey,
+        receiver: &OrgRootPublicKey,
+    ) -> Result<super::ReferralState, ReferralError> {
         let broken = |sequence: u64, problem: &'static str| ReferralError::TimelineBroken {
             sequence,
             problem,
@@ -389,7 +398,7 @@ impl Timeline {
                 .map_err(|_| broken(sequence, "transition not allowed"))?;
             prev = entry.hash;
         }
-        Ok(())
+        Ok(lifecycle.state().clone())
     }
 
     /// The audit trail as JSON: states, times, acting devices and organisations, reason codes,
@@ -405,6 +414,12 @@ impl Timeline {
                 serde_json::from_str(&entry.summary).unwrap_or_else(|_| json!({}));
             if entry.sequence == 0 {
                 referral = item.get("referral_id").cloned().unwrap_or(Value::Null);
+            }
+            // The acting device's name from its certificate (not hashed: the certificate is).
+            if let Ok(cert) = decode::device_certificate(&entry.signer.certificate)
+                && let Some(actor) = item.get_mut("actor").and_then(Value::as_object_mut)
+            {
+                actor.insert("name".to_owned(), json!(cert.label));
             }
             set(&mut item, "sequence", json!(entry.sequence));
             set(&mut item, "hash", json!(hex::encode(entry.hash)));

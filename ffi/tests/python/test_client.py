@@ -234,7 +234,11 @@ def test_two_organisations_full_flow(relay, tmp_path, clients):
     # --- The referral.
     rid = run(a.send_referral(referral_draft(a_id.org_root, b_id.org_root), body(attachment),
                               h.ReferralConsent.RECEIPT(receipt_id=receipt.receipt_id)))
-    assert run(a.referral(rid)).state == "SENT"
+    sent = run(a.referral(rid))
+    assert sent.state == "SENT"
+    # The organisation's case, assigned to the device that sent it; no colleague to share with.
+    assert sent.mine and sent.assignee_device == a_id.device_id and sent.team == []
+    assert run(a.share_cases()) == 0
     b_inbox.wait_referral("the offer", lambda e: isinstance(
         e, h.ReferralEvent.OFFER_RECEIVED) and e.referral_id == rid)
     offer = run(b.referral(rid))
@@ -251,8 +255,13 @@ def test_two_organisations_full_flow(relay, tmp_path, clients):
         e, h.ReferralEvent.RELEASE_BODY) and e.referral_id == rid)
     assert run(a.referral(rid)).state == "ACCEPTED"
     assert run(a.pending_releases()) == [rid]
+    assert run(a.due_releases()) == [rid], "the holder releases at once"
     assert run(a.release_referral_body(rid)) == 1
-    assert run(a.pending_releases()) == []
+    assert run(a.pending_releases()) == [] and run(a.due_releases()) == []
+    [released] = run(a.referral(rid)).team
+    assert released.action == "RELEASED" and released.device_id == a_id.device_id
+    with pytest.raises(h.HandoverError):
+        run(a.release_referral_body(rid))
     b_inbox.wait_referral("the body", lambda e: isinstance(
         e, h.ReferralEvent.BODY_RECEIVED) and e.referral_id == rid)
     sections = run(b.referral_body(rid))
@@ -290,6 +299,8 @@ def test_two_organisations_full_flow(relay, tmp_path, clients):
     # --- The survivor withdraws consent: B erases and confirms, A sees the confirmation.
     withdrawn = run(a.change_consent(receipt.receipt_id, h.ConsentChange.WITHDRAWN))
     assert withdrawn.state == "WITHDRAWN" and withdrawn.supersedes == receipt.receipt_id
+    listed = {r.receipt_id: r.state for r in run(a.consent_receipts())}
+    assert listed == {receipt.receipt_id: "GIVEN", withdrawn.receipt_id: "WITHDRAWN"}
     b_inbox.wait_referral("the erasure", lambda e: isinstance(
         e, h.ReferralEvent.ERASED) and e.referral_id == rid)
     assert run(b.referral_body(rid)) == []
