@@ -906,7 +906,10 @@ fn a_power_cut_at_any_point_of_an_index_checkpoint_loses_nothing() {
         drop(store);
         disk.power_cut();
         let store = open(&disk).unwrap();
-        assert!(store.backend().index_checkpoint_loaded().is_some(), "{op:?} {k}");
+        assert!(
+            store.backend().index_checkpoint_loaded().is_some(),
+            "{op:?} {k}"
+        );
         assert_eq!(fetch_all(&store, &recv, 0), expect, "{op:?} {k}");
     }
     // Some of the faults hit the index checkpoint's own file before its rename.
@@ -938,7 +941,13 @@ fn a_damaged_index_checkpoint_falls_back_to_an_older_one_then_to_the_whole_log()
     disk.power_cut();
     let names = index_names(&disk);
     assert_eq!(names.len(), index::KEEP, "{names:?}");
-    let newest = index::index_name(open(&disk).unwrap().backend().index_checkpoint_loaded().unwrap());
+    let newest = index::index_name(
+        open(&disk)
+            .unwrap()
+            .backend()
+            .index_checkpoint_loaded()
+            .unwrap(),
+    );
     assert_eq!(names.last(), Some(&newest));
     disk.process_exit();
     for (i, name) in names.iter().rev().enumerate() {
@@ -948,7 +957,10 @@ fn a_damaged_index_checkpoint_falls_back_to_an_older_one_then_to_the_whole_log()
         disk.corrupt(&path, at, &[image[at as usize] ^ 0x04])
             .unwrap();
         let store = open(&disk).unwrap();
-        let loaded = store.backend().index_checkpoint_loaded().map(index::index_name);
+        let loaded = store
+            .backend()
+            .index_checkpoint_loaded()
+            .map(index::index_name);
         let expect_loaded = names.iter().rev().nth(i + 1).cloned();
         assert_eq!(loaded, expect_loaded, "after damaging {name}");
         assert_eq!(fetch_all(&store, &recv, 0), queued, "after damaging {name}");
