@@ -1014,3 +1014,34 @@ fn repair_raises_the_sequence_floor_above_the_dropped_envelopes() {
         Enqueued::Queued(8)
     );
 }
+
+/// A segment that holds queued envelopes of an index checkpoint and disappears by other means
+/// than the relay's reclaim (older segments still exist) refuses the start like damage, on
+/// every start, instead of dropping those envelopes silently.
+#[test]
+fn a_lost_segment_that_the_index_checkpoint_needs_refuses_the_start() {
+    let disk = SimDisk::new(13);
+    let mut rng = SimRng::new(13);
+    let (store, _, _) = with_history(&disk, &mut rng);
+    store.checkpoint().unwrap();
+    drop(store);
+    let live: BTreeSet<u64> = disk_segments(&disk)
+        .into_iter()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(s, _)| s)
+        .collect();
+    // The second oldest segment with records: an older one stays.
+    let lost = *live.iter().nth(1).unwrap();
+    LogFs::remove(&disk, &dir().join(segment::segment_name(lost))).unwrap();
+    LogFs::sync_dir(&disk, dir()).unwrap();
+    for _ in 0..2 {
+        match open(&disk) {
+            Err(StoreError::Damaged { segment, offset }) => {
+                assert_eq!((segment, offset), (lost, 0))
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("envelopes of a lost segment were dropped silently"),
+        }
+        disk.process_exit();
+    }
+}
