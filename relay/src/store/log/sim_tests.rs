@@ -908,7 +908,10 @@ fn a_power_cut_at_any_point_of_an_index_checkpoint_loses_nothing() {
         drop(store);
         disk.power_cut();
         let store = open(&disk).unwrap();
-        assert!(store.backend().index_checkpoint_loaded().is_some(), "{op:?} {k}");
+        assert!(
+            store.backend().index_checkpoint_loaded().is_some(),
+            "{op:?} {k}"
+        );
         assert_eq!(fetch_all(&store, &recv, 0), expect, "{op:?} {k}");
     }
     // Some of the faults hit the index checkpoint's own file before its rename.
@@ -940,7 +943,13 @@ fn a_damaged_index_checkpoint_falls_back_to_an_older_one_then_to_the_whole_log()
     disk.power_cut();
     let names = index_names(&disk);
     assert_eq!(names.len(), index::KEEP, "{names:?}");
-    let newest = index::index_name(open(&disk).unwrap().backend().index_checkpoint_loaded().unwrap());
+    let newest = index::index_name(
+        open(&disk)
+            .unwrap()
+            .backend()
+            .index_checkpoint_loaded()
+            .unwrap(),
+    );
     assert_eq!(names.last(), Some(&newest));
     disk.process_exit();
     for (i, name) in names.iter().rev().enumerate() {
@@ -950,7 +959,10 @@ fn a_damaged_index_checkpoint_falls_back_to_an_older_one_then_to_the_whole_log()
         disk.corrupt(&path, at, &[image[at as usize] ^ 0x04])
             .unwrap();
         let store = open(&disk).unwrap();
-        let loaded = store.backend().index_checkpoint_loaded().map(index::index_name);
+        let loaded = store
+            .backend()
+            .index_checkpoint_loaded()
+            .map(index::index_name);
         let expect_loaded = names.iter().rev().nth(i + 1).cloned();
         assert_eq!(loaded, expect_loaded, "after damaging {name}");
         assert_eq!(fetch_all(&store, &recv, 0), queued, "after damaging {name}");
@@ -1003,4 +1015,35 @@ fn repair_raises_the_sequence_floor_above_the_dropped_envelopes() {
         store.enqueue(&recv, &env, QUOTA).unwrap(),
         Enqueued::Queued(8)
     );
+}
+
+/// A segment that holds queued envelopes of an index checkpoint and disappears by other means
+/// than the relay's reclaim (older segments still exist) refuses the start like damage, on
+/// every start, instead of dropping those envelopes silently.
+#[test]
+fn a_lost_segment_that_the_index_checkpoint_needs_refuses_the_start() {
+    let disk = SimDisk::new(13);
+    let mut rng = SimRng::new(13);
+    let (store, _, _) = with_history(&disk, &mut rng);
+    store.checkpoint().unwrap();
+    drop(store);
+    let live: BTreeSet<u64> = disk_segments(&disk)
+        .into_iter()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(s, _)| s)
+        .collect();
+    // The second oldest segment with records: an older one stays.
+    let lost = *live.iter().nth(1).unwrap();
+    LogFs::remove(&disk, &dir().join(segment::segment_name(lost))).unwrap();
+    LogFs::sync_dir(&disk, dir()).unwrap();
+    for _ in 0..2 {
+        match open(&disk) {
+            Err(StoreError::Damaged { segment, offset }) => {
+                assert_eq!((segment, offset), (lost, 0))
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("envelopes of a lost segment were dropped silently"),
+        }
+        disk.process_exit();
+    }
 }

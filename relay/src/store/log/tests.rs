@@ -523,3 +523,75 @@ fn full_segments_rotate_and_dead_ones_are_reclaimed() {
     assert!(live.is_empty(), "{live:?}");
     assert!(backend.seq_floor() > 30);
 }
+
+/// On the real file system with sled: a clean checkpoint writes an index checkpoint that the
+/// next open starts from, a sweep writes one when due, and without them (deleted) the whole
+/// log gives the same queues.
+#[test]
+fn index_checkpoints_on_the_real_file_system_give_the_same_queues_as_the_whole_log() {
+    use super::super::{DiskStore, Enqueued, Mailbox, MailboxQuota, NewEnvelope, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let quota = MailboxQuota {
+        max_envelopes: 1000,
+        max_bytes: 1 << 30,
+    };
+    let open = |dir: &Path| DiskStore::new(reopen(dir));
+    let fetch = |store: &DiskStore| {
+        let (page, _) = store.fetch(&[1; 16], 0, 1000, 0).unwrap();
+        page.into_iter()
+            .map(|q| (q.seq, q.envelope.envelope_id, q.envelope.ciphertext))
+            .collect::<Vec<_>>()
+    };
+    let expected = {
+        let store = open(dir.path());
+        let mailbox = Mailbox {
+            send_id: [2; 16],
+            auth_key: [3; 32],
+            capability_hashes: Vec::new(),
+            queued_count: 0,
+            queued_bytes: 0,
+        };
+        assert!(store.create_mailbox(&[1; 16], &mailbox).unwrap());
+        // Enough 100 KB envelopes to fill a few 1 MiB segments; every third one acked.
+        for n in 0..40u8 {
+            let env = NewEnvelope {
+                envelope_id: [n; 16],
+                expires_at: 1_000_000,
+                ciphertext: vec![n; 100_000],
+            };
+            assert!(matches!(
+                store.enqueue(&[1; 16], &env, quota).unwrap(),
+                Enqueued::Queued(_)
+            ));
+            store.sync().unwrap();
+            if n % 3 == 0 {
+                store.ack(&[1; 16], &[[n; 16]]).unwrap();
+            }
+            if n == 20 {
+                // Due (none written yet): the sweep writes one.
+                store.sweep(0, 10, 0).unwrap();
+            }
+        }
+        store.checkpoint().unwrap();
+        fetch(&store)
+    };
+    let names = |dir: &Path| -> Vec<String> {
+        listing(&StdFs, dir)
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with("index-"))
+            .collect()
+    };
+    assert_eq!(names(dir.path()).len(), 2, "the sweep's and the shutdown's");
+    {
+        let store = open(dir.path());
+        assert!(store.backend().index_checkpoint_loaded().is_some());
+        assert_eq!(fetch(&store), expected);
+    }
+    for name in names(dir.path()) {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.backend().index_checkpoint_loaded(), None);
+    assert_eq!(fetch(&store), expected);
+}
