@@ -49,6 +49,13 @@
 
   if (unlocked) {
     const events = new EventSource("/events");
+    // Whatever happened while the stream was not open (page load, reconnect) is fetched once.
+    let opened = false;
+    events.addEventListener("open", () => {
+      if (opened) refresh();
+      opened = true;
+      refresh();
+    });
     for (const name of ["message", "referral", "contacts"]) {
       events.addEventListener(name, refresh);
     }

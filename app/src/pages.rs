@@ -284,7 +284,11 @@ async fn events(
             Err(RecvError::Lagged(_)) => Live::Message,
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok(Event::default().event(live.name()).data("")), rx))
+        // Browsers drop events whose data is empty (the SSE parsing rules): send the name.
+        Some((
+            Ok(Event::default().event(live.name()).data(live.name())),
+            rx,
+        ))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

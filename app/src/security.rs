@@ -11,7 +11,9 @@
 //!   requests must carry `Origin`.
 //! - Every response, refusals included, carries a strict Content-Security-Policy (scripts,
 //!   styles and everything else only from this origin, no inline script, no framing),
-//!   `X-Frame-Options: DENY`, `Cache-Control: no-store`, `Referrer-Policy: no-referrer`.
+//!   `X-Frame-Options: DENY`, `Cache-Control: no-store`, `Referrer-Policy: same-origin` (with
+//!   `no-referrer`, browsers send `Origin: null` on same-origin form posts, which the Origin
+//!   check must refuse).
 //!
 //! Refusals name no case content and are never logged.
 
@@ -215,7 +217,7 @@ fn harden(response: &mut Response) {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         "cross-origin-opener-policy",
