@@ -85,20 +85,36 @@
     text.focus();
   }
 
-  // Attachments: upload with a progress bar (forms marked data-upload).
-  for (const form of document.querySelectorAll("form[data-upload]")) {
-    form.addEventListener("submit", (e) => {
-      const bar = form.querySelector("progress");
-      if (!bar || !window.XMLHttpRequest) return;
-      e.preventDefault();
-      const xhr = new XMLHttpRequest();
-      xhr.open("POST", form.action);
-      xhr.upload.addEventListener("progress", (p) => {
-        if (p.lengthComputable) { bar.max = p.total; bar.value = p.loaded; }
+  // Attachments: upload with a progress bar (forms marked data-upload). A redirect means
+  // success (go to the page it names); otherwise the answer is the form with its errors.
+  function bindUploads() {
+    for (const form of document.querySelectorAll("form[data-upload]")) {
+      form.addEventListener("submit", (e) => {
+        const bar = form.querySelector("progress");
+        if (!bar) return;
+        e.preventDefault();
+        const xhr = new XMLHttpRequest();
+        xhr.open("POST", form.action);
+        xhr.upload.addEventListener("progress", (p) => {
+          if (p.lengthComputable) { bar.max = p.total; bar.value = p.loaded; }
+        });
+        xhr.addEventListener("load", () => {
+          if (new URL(xhr.responseURL).pathname !== new URL(form.action).pathname) {
+            location.assign(xhr.responseURL);
+            return;
+          }
+          const fresh = new DOMParser().parseFromString(xhr.responseText, "text/html");
+          const main = fresh.querySelector("main");
+          if (main) {
+            document.querySelector("main").replaceWith(main);
+            bindUploads();
+            const first = document.querySelector(".field-error, .error");
+            if (first) first.scrollIntoView();
+          }
+        });
+        xhr.send(new FormData(form));
       });
-      // The server answers with a redirect to the page that shows the result.
-      xhr.addEventListener("load", () => location.assign(xhr.responseURL));
-      xhr.send(new FormData(form));
-    });
+    }
   }
+  bindUploads();
 })();

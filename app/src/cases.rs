@@ -49,11 +49,11 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/settings/wipe", post(wipe))
 }
 
-fn hide(t: &Tr, desk: &Desk) -> Response {
+pub(crate) fn hide(t: &Tr, desk: &Desk) -> Response {
     error_page(t, Some(desk), StatusCode::NOT_FOUND, t.t("error-not-found"))
 }
 
-fn failed(t: &Tr, desk: &Desk, e: impl std::fmt::Display) -> Response {
+pub(crate) fn failed(t: &Tr, desk: &Desk, e: impl std::fmt::Display) -> Response {
     error_page(
         t,
         Some(desk),
@@ -734,7 +734,7 @@ async fn attachment(
 // ---------------------------------------------------------------------------------------------
 // Consent.
 
-async fn known_receipts(desk: &Desk) -> Vec<ReceiptId> {
+pub(crate) async fn known_receipts(desk: &Desk) -> Vec<ReceiptId> {
     desk.client
         .with_engine(|e, _, _| {
             e.store()

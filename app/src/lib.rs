@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod cases;
+mod compose;
 mod i18n;
 mod pages;
 pub mod security;

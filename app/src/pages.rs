@@ -50,6 +50,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/contacts/trust", post(trust))
         .route("/contacts/{peer}/verify", get(verify_page).post(verify))
         .route("/contacts/{peer}/unverify", post(unverify))
+        .merge(crate::compose::router())
         .merge(crate::cases::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

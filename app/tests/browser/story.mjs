@@ -178,6 +178,112 @@ try {
     await shot(a, "07-chat");
   });
 
+  let receiptPath = "";
+  await step("consent: A records the person's consent; the copy reads right to left in Arabic", async () => {
+    await a.goto(`${A.origin}/consent/new`);
+    await a.click("#record-consent");
+    await a.waitForSelector("#err-principal_ref");
+    check((await a.textContent("#err-recipient")).length > 0, "no error at the recipients");
+    await a.fill("#principal_ref", "HWC-0193");
+    await a.check("input[name=recipient]");
+    await a.check("input[name=services][value=shelter]");
+    for (const s of ["identity", "safe_contact", "reason", "risk", "attachments"]) {
+      await a.check(`input[name=sections][value=${s}]`);
+    }
+    await a.fill("#purpose", "Safe accommodation after leaving a violent home");
+    await a.fill("#jurisdictions", "BE");
+    await a.fill("#notice_ref", "Harbour privacy notice v3");
+    await a.fill("#controller", "Harbour");
+    await a.fill("#controller_contact", "dpo@harbour.invalid");
+    await a.fill("#withdrawal_method", "Tell your caseworker or call the office");
+    await a.fill("#witness", "cw-17");
+    await shot(a, "12-consent-record");
+    await Promise.all([a.waitForURL(/\/consent\/[0-9a-f]{32}\?notice=/), a.click("#record-consent")]);
+    receiptPath = new URL(a.url()).pathname;
+    check((await a.textContent("#receipt")).length > 200, "no receipt text");
+    await a.click("a[lang=ar]");
+    await a.waitForSelector("#receipt[dir=rtl][lang=ar]");
+    await shot(a, "13-consent-arabic");
+    const kantara = await a.request.get(`${A.origin}${receiptPath}/kantara.json`);
+    check(kantara.ok(), `Kantara download ${kantara.status()}`);
+    const json = await kantara.json();
+    check(JSON.stringify(json).includes("HWC-0193"), "Kantara JSON lacks the principal");
+  });
+
+  let referralA = "";
+  await step("compose: the consent gate's refusal is shown at the field; then the offer goes out with an attachment", async () => {
+    await a.goto(`${A.origin}/referrals/new`);
+    await a.selectOption("#to", { index: 1 });
+    await a.fill("#case_ref", "HWC-0193");
+    await a.check("input[name=services][value=medical]");
+    await a.fill("#purpose", "Safe accommodation after leaving a violent home");
+    await a.fill("#languages", "ar");
+    await a.selectOption("#consent", { index: 1 });
+    await a.fill("#name_or_alias", "Amina");
+    await a.selectOption("#safe_to_contact", "yes");
+    await a.fill("#code_word", "bluebird");
+    await a.fill("#reason", "Left a violent partner two days ago.");
+    await a.check("#include_risk, input[name=include_risk]");
+    await a.selectOption("#risk_level", "high");
+    await a.setInputFiles("#attachments", {
+      name: "case-note.txt",
+      mimeType: "text/plain",
+      buffer: Buffer.from("Case note: needs a ground-floor room.\n"),
+    });
+    await a.click("#send-referral");
+    await a.waitForSelector("#err-services", { timeout: WAIT });
+    check((await a.textContent("#err-services")).includes("Nothing was sent"), "gate error not at services");
+    await shot(a, "14-compose-refused");
+    await a.uncheck("input[name=services][value=medical]");
+    await a.check("input[name=services][value=shelter]");
+    await a.setInputFiles("#attachments", {
+      name: "case-note.txt",
+      mimeType: "text/plain",
+      buffer: Buffer.from("Case note: needs a ground-floor room.\n"),
+    });
+    await Promise.all([a.waitForURL(/\/referrals\/[0-9a-f]{32}\?notice=referral-sent/, { timeout: WAIT }), a.click("#send-referral")]);
+    referralA = new URL(a.url()).pathname;
+    await shot(a, "15-referral-sent");
+  });
+
+  await step("offer: B's open list shows the offer live; B accepts; the body arrives without anyone pressing sync", async () => {
+    await b.goto(`${B.origin}/referrals`);
+    await b.waitForSelector("#referral-list a.state", { timeout: WAIT });
+    await shot(b, "16-referral-list");
+    await Promise.all([b.waitForURL(/\/referrals\/[0-9a-f]{32}$/), b.click("#referral-list a.state")]);
+    check((await b.textContent("#body-note")).includes("only after you accept"), "body shown before accepting");
+    await b.click("#act-accept");
+    await b.waitForURL(/notice=referral-acted/);
+    await b.waitForSelector("#referral-body >> text=Amina", { timeout: WAIT });
+    check((await b.textContent("#referral-body")).includes("bluebird"), "safe-contact section missing");
+    await shot(b, "17-referral-body");
+    const link = await b.getAttribute("#referral-body a[download]", "href");
+    const file = await b.request.get(`${B.origin}${link}`);
+    check((await file.text()).includes("ground-floor room"), "attachment content differs");
+  });
+
+  await step("lifecycle: B starts service and completes; A's page follows live; timelines verify", async () => {
+    await a.goto(`${A.origin}${referralA}`);
+    await b.click("#act-start");
+    await b.waitForSelector("#referral-state >> text=IN_SERVICE");
+    await b.click("#act-complete");
+    await b.waitForSelector("#referral-state >> text=COMPLETED");
+    await a.waitForSelector("#referral-state >> text=COMPLETED", { timeout: WAIT });
+    check((await a.textContent("#timeline-check")).includes("verified"), "A's timeline not verified");
+    check((await b.textContent("#timeline-check")).includes("verified"), "B's timeline not verified");
+    await shot(a, "18-referral-completed");
+  });
+
+  await step("erasure: A withdraws consent; B's confirmation appears on A's receipt page", async () => {
+    await a.goto(`${A.origin}${receiptPath}`);
+    await Promise.all([a.waitForURL(/notice=consent-withdrawn/), a.click("#withdraw")]);
+    await a.waitForFunction(() => {
+      const cell = document.querySelector("#purge .purge-confirmed");
+      return cell && Number(cell.textContent) >= 1;
+    }, null, { timeout: WAIT });
+    await shot(a, "19-erasure-confirmed");
+  });
+
   await step("another origin's page cannot act on the app", async () => {
     const evil = await ctxA.newPage();
     await evil.goto("about:blank");
