@@ -6,7 +6,8 @@
 # Installs what it needs: Debian's chromium (apt-get) when /usr/bin/chromium is missing, and the
 # pinned playwright-core from app/tests/browser/package-lock.json (npm ci) into
 # app/tests/browser/node_modules (ignored by git). Screenshots go to target/app-browser/.
-# Any setup failure is a test failure: this script never skips.
+# Any setup failure is a test failure: this script never skips. HANDOVER_BROWSER_SCRIPT=bench.mjs
+# runs the latency benchmark instead (app/benches/browser_latency.rs).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,4 +42,4 @@ fi
 mkdir -p "$here/target/app-browser"
 export CHROMIUM="$chromium"
 export HANDOVER_SCREENSHOTS="$here/target/app-browser"
-exec node "$browser_dir/story.mjs"
+exec node "$browser_dir/${HANDOVER_BROWSER_SCRIPT:-story.mjs}"
