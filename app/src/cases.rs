@@ -1209,3 +1209,38 @@ async fn wipe(
         Err(e) => failed(&t, &desk, e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_side_sees_only_the_steps_its_state_allows() {
+        let r = |s: ReferralState| allowed(Side::Receiver, &s, Role::Caseworker);
+        let s = |st: ReferralState| allowed(Side::Sender, &st, Role::Caseworker);
+        assert_eq!(
+            r(ReferralState::Acknowledged),
+            ["accept", "decline", "request_info"]
+        );
+        assert_eq!(r(ReferralState::InfoRequested), ["accept", "decline"]);
+        assert_eq!(r(ReferralState::Accepted), ["start_service", "complete"]);
+        assert_eq!(r(ReferralState::InService), ["complete"]);
+        assert!(r(ReferralState::Withdrawn).is_empty());
+        assert!(r(ReferralState::Completed(Outcome::Successful)).is_empty());
+        assert_eq!(
+            s(ReferralState::InfoRequested),
+            ["provide_info", "withdraw"]
+        );
+        assert_eq!(s(ReferralState::Sent), ["withdraw"]);
+        assert!(s(ReferralState::Expired).is_empty());
+        assert!(s(ReferralState::ConsentRevoked).is_empty());
+    }
+
+    #[test]
+    fn an_ambassador_takes_no_referral_steps() {
+        for side in [Side::Sender, Side::Receiver] {
+            assert!(allowed(side, &ReferralState::Acknowledged, Role::Ambassador).is_empty());
+            assert!(allowed(side, &ReferralState::InfoRequested, Role::Ambassador).is_empty());
+        }
+    }
+}
