@@ -382,3 +382,102 @@ async fn the_app_locks_itself_when_idle() {
     assert_eq!(a.headers["location"], "/unlock");
     f.stop().await;
 }
+
+/// An ambassador's app has chats and contacts but no referral or consent screens.
+#[tokio::test]
+async fn an_ambassador_sees_no_case_screens() {
+    use handover_core::client::Client;
+    use handover_core::engine::{IdentitySetup, RelayInfo};
+    use handover_core::identity::{DeviceKeys, Role};
+    use handover_core::store::{Credential, KdfParams, Passphrase};
+
+    let f = Fixture::start(600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayInfo {
+        host_port: f.relay.local_addr().to_string(),
+        pin: f.relay.pin(),
+    };
+    let credential = Credential::from(Passphrase::from(PASSPHRASE));
+    let kdf = KdfParams::new(1024, 1, 1).unwrap();
+    let admin = Client::create(
+        &dir.path().join("admin"),
+        &credential,
+        kdf,
+        relay.clone(),
+        DeviceKeys::generate(&mut rand::rng()),
+        IdentitySetup::NewOrganisation {
+            device_label: "Admin".into(),
+        },
+        "Admin",
+    )
+    .await
+    .unwrap();
+    let keys = DeviceKeys::generate(&mut rand::rng());
+    let (certificate, device_list) = admin
+        .enrol_device(keys.public_keys(), Role::Ambassador, "Ambassador".into())
+        .await
+        .unwrap();
+    let ambassador_dir = dir.path().join("ambassador");
+    let ambassador = Client::create(
+        &ambassador_dir,
+        &credential,
+        kdf,
+        relay,
+        keys,
+        IdentitySetup::Enrolled {
+            certificate,
+            device_list,
+        },
+        "Community ambassador",
+    )
+    .await
+    .unwrap();
+    ambassador.shutdown().await.unwrap();
+    admin.shutdown().await.unwrap();
+
+    let app = App::start(
+        ambassador_dir,
+        &AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await
+    .unwrap();
+    let addr = app.local_addr();
+    let launch = app.launch_url().to_owned();
+    let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
+    let a = call(addr, Method::GET, &path, &[], "").await;
+    let cookie = a.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let origin = format!("http://{addr}");
+    let form = format!("passphrase={}", PASSPHRASE.replace(' ', "+"));
+    let a = call(
+        addr,
+        Method::POST,
+        "/unlock",
+        &[
+            ("cookie", &cookie),
+            ("origin", &origin),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        &form,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let home = call(addr, Method::GET, "/", &[("cookie", &cookie)], "").await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert!(home.body.contains("href=\"/chats\""));
+    assert!(!home.body.contains("href=\"/referrals\""));
+    assert!(!home.body.contains("href=\"/consent\""));
+    for path in ["/referrals", "/referrals/new", "/consent", "/consent/new"] {
+        let a = call(addr, Method::GET, path, &[("cookie", &cookie)], "").await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let a = call(addr, Method::GET, "/contacts", &[("cookie", &cookie)], "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    app.stop().await.unwrap();
+    f.stop().await;
+}
