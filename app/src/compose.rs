@@ -517,6 +517,36 @@ fn gate_field(e: &GateError) -> &'static str {
     }
 }
 
+/// The form field of a draft field the core names in [`ReferralError::InvalidDraft`].
+fn draft_field(field: &str) -> &'static str {
+    const FIELDS: &[&str] = &[
+        "kind",
+        "case_ref",
+        "worker",
+        "services",
+        "priority",
+        "purpose",
+        "languages",
+        "age_band",
+        "retain_days",
+        "to",
+    ];
+    let last = field.rsplit(['.', ' ']).next().unwrap_or(field);
+    // Required body sections: at their first field.
+    match last {
+        "identity" | "name_or_alias" => return "name_or_alias",
+        "safe_contact" => return "safe_to_contact",
+        "reason" => return "reason",
+        "risk" | "level" => return "risk_level",
+        _ => {}
+    }
+    FIELDS
+        .iter()
+        .find(|f| last == **f || last.starts_with(*f) || f.starts_with(last))
+        .copied()
+        .unwrap_or("sections")
+}
+
 fn yes(f: &Values, name: &str) -> bool {
     f.v(name) == "yes"
 }
@@ -748,6 +778,14 @@ async fn compose(Lang(t): Lang, Unlocked(desk): Unlocked, multipart: Multipart) 
             match &err {
                 ClientError::Engine(EngineError::Referral(ReferralError::Consent(g))) => {
                     e.add(gate_field(g), t.t1("compose-gate", "error", g));
+                }
+                // A field the core refuses: shown at that field when the form has it.
+                ClientError::Engine(EngineError::Referral(ReferralError::InvalidDraft {
+                    field,
+                    ..
+                })) => {
+                    let at = draft_field(field);
+                    e.add(at, t.t1("compose-refused", "error", &err));
                 }
                 ClientError::Engine(EngineError::NoSession) => {
                     e.add("to", t.t("compose-unreachable"));

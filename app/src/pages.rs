@@ -398,11 +398,16 @@ async fn unlock(
     }
 }
 
-async fn create_page(State(shared): State<Shared>, Lang(t): Lang) -> Response {
+async fn create_page(
+    State(shared): State<Shared>,
+    Lang(t): Lang,
+    axum::extract::Query(q): axum::extract::Query<NoticeQuery>,
+) -> Response {
     if shared.desk().await.is_some() {
         return Redirect::to("/").into_response();
     }
-    let p = locked_chrome(&t, "create-title");
+    let mut p = locked_chrome(&t, "create-title");
+    p.notice = notice_text(&t, &q);
     page(&views::Create {
         p,
         relay: String::new(),

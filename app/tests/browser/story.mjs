@@ -23,6 +23,9 @@ async function step(name, body) {
       try {
         const text = (await p.textContent("body")).replace(/\s+/g, " ").slice(0, 600);
         console.log(`  ${label} at ${p.url()}: ${text}`);
+        for (const err of await p.locator(".field-error").allTextContents()) {
+          console.log(`  ${label} field error: ${err}`);
+        }
         await p.reload();
         const again = (await p.textContent("main")).replace(/\s+/g, " ").slice(0, 400);
         console.log(`  ${label} after a reload: ${again}`);
@@ -274,6 +277,46 @@ try {
     await shot(a, "18-referral-completed");
   });
 
+  await step("information and decline: B asks, A answers, B declines with a reason; A sees each step live", async () => {
+    await a.goto(`${A.origin}/referrals/new`);
+    await a.selectOption("#to", { index: 1 });
+    await a.fill("#case_ref", "HWC-0194");
+    await a.check("input[name=services][value=shelter]");
+    await a.fill("#purpose", "Safe accommodation after leaving a violent home");
+    await a.selectOption("#consent", { index: 1 });
+    await a.fill("#reason", "Needs a place for two children as well.");
+    // Without a language the core refuses the draft: the error stands at the languages field.
+    await a.click("#send-referral");
+    await a.waitForSelector("#err-languages", { timeout: WAIT });
+    await a.fill("#languages", "ar, fr");
+    await a.click("#send-referral");
+    // The body's required parts (identity, safe contact, risk): each refusal at its field.
+    await a.waitForSelector("#err-name_or_alias", { timeout: WAIT });
+    await a.fill("#name_or_alias", "Amina");
+    await a.selectOption("#safe_to_contact", "no");
+    await a.check("input[name=include_risk]");
+    await Promise.all([a.waitForURL(/\/referrals\/[0-9a-f]{32}\?notice=referral-sent/, { timeout: WAIT }), a.click("#send-referral")]);
+    const second = new URL(a.url()).pathname;
+    await b.goto(`${B.origin}/referrals?q=HWC-0194`);
+    await b.waitForSelector("#referral-list a.state", { timeout: WAIT });
+    await Promise.all([b.waitForURL(/\/referrals\/[0-9a-f]{32}$/), b.click("#referral-list a.state")]);
+    await b.fill("#questions", "Are the children under 12?");
+    await b.click("#act-request");
+    await b.waitForSelector("#referral-state >> text=INFO_REQUESTED");
+    await a.goto(`${A.origin}${second}`);
+    await a.waitForSelector("#referral-state >> text=INFO_REQUESTED", { timeout: WAIT });
+    await a.fill("#answers", "Yes, both are 6 and 9.");
+    await a.click("#act-provide");
+    await a.waitForURL(/notice=referral-acted/);
+    await b.waitForSelector("#act-decline", { timeout: WAIT });
+    await b.selectOption("#decline-reason", { index: 2 });
+    await b.click("#act-decline");
+    await b.waitForSelector("#referral-state >> text=DECLINED");
+    await a.waitForSelector("#referral-state >> text=DECLINED", { timeout: WAIT });
+    check((await a.locator("#referral-actions button").count()) === 0, "actions left on a declined referral");
+    await shot(a, "19-referral-declined");
+  });
+
   await step("erasure: A withdraws consent; B's confirmation appears on A's receipt page", async () => {
     await a.goto(`${A.origin}${receiptPath}`);
     await Promise.all([a.waitForURL(/notice=consent-withdrawn/), a.click("#withdraw")]);
@@ -281,7 +324,7 @@ try {
       const cell = document.querySelector("#purge .purge-confirmed");
       return cell && Number(cell.textContent) >= 1;
     }, null, { timeout: WAIT });
-    await shot(a, "19-erasure-confirmed");
+    await shot(a, "20-erasure-confirmed");
   });
 
   await step("another origin's page cannot act on the app", async () => {
