@@ -547,6 +547,31 @@ fn draft_field(field: &str) -> &'static str {
         .unwrap_or("sections")
 }
 
+/// Unix seconds of an `<input type="datetime-local">` value (`YYYY-MM-DDTHH:MM`), read as UTC.
+fn parse_local_time(text: &str) -> Option<u64> {
+    let (date, time) = text.trim().split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, min) = (t.next()??, t.next()??);
+    if !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || !(0..24).contains(&h)
+        || !(0..60).contains(&min)
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + min * 60).ok()
+}
+
 fn yes(f: &Values, name: &str) -> bool {
     f.v(name) == "yes"
 }
@@ -563,8 +588,9 @@ fn sections_of(f: &Values) -> Vec<wire::BodySection> {
             pronouns: text("pronouns"),
             age_or_birth_date: text("age_or_birth_date"),
             gender: text("gender"),
+            disability: text("disability"),
             nationality: text("nationality"),
-            ..Default::default()
+            id_numbers: f.list("id_numbers"),
         }));
     }
     if !f.v("safe_to_contact").is_empty() {
@@ -581,6 +607,32 @@ fn sections_of(f: &Values) -> Vec<wire::BodySection> {
     if !text("location").is_empty() {
         push(Content::Location(wire::LocationSection {
             location: text("location"),
+        }));
+    }
+    if !text("caregiver").is_empty() {
+        push(Content::Guardian(wire::GuardianSection {
+            caregiver: text("caregiver"),
+            relationship: text("relationship"),
+            contact: text("guardian_contact"),
+            unaccompanied: yes(f, "unaccompanied"),
+            caregiver_informed: yes(f, "caregiver_informed"),
+            not_informed_reason: text("not_informed_reason"),
+        }));
+    }
+    if !text("do_not_disclose_what").is_empty() {
+        push(Content::DoNotDisclose(wire::DoNotDiscloseSection {
+            rules: vec![wire::DoNotDisclose {
+                what: text("do_not_disclose_what"),
+                to_whom: text("do_not_disclose_to"),
+                why: text("do_not_disclose_why"),
+            }],
+        }));
+    }
+    if let Some(at) = parse_local_time(f.v("appointment_at")) {
+        push(Content::Appointment(wire::AppointmentSection {
+            at,
+            place: text("appointment_place"),
+            notes: text("appointment_notes"),
         }));
     }
     if !text("reason").is_empty() {
@@ -727,7 +779,13 @@ async fn compose(Lang(t): Lang, Unlocked(desk): Unlocked, multipart: Multipart) 
         onward_sharing_allowed: f.on("onward_sharing_allowed"),
         retain_until: now.saturating_add(retain.saturating_mul(DAY)),
         retention_rule: format!("Erase {retain} days after the offer"),
-        offer_ttl_secs: None,
+        offer_ttl_secs: f
+            .v("offer_ttl_hours")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|h| *h > 0)
+            .map(|h| h.saturating_mul(3600)),
     };
     let mut sections = body;
     // Attachments: encrypted here and uploaded before the offer goes out.
@@ -796,5 +854,19 @@ async fn compose(Lang(t): Lang, Unlocked(desk): Unlocked, multipart: Multipart) 
             (StatusCode::UNPROCESSABLE_ENTITY, page(&form)).into_response()
         }
         Err(_) => see_other("/referrals", "chat-queued"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appointment_times_are_read_as_utc() {
+        assert_eq!(parse_local_time("1970-01-01T00:00"), Some(0));
+        assert_eq!(parse_local_time("2000-02-29T12:30"), Some(951_827_400));
+        assert_eq!(parse_local_time("2026-12-06T12:00"), Some(1_796_558_400));
+        assert_eq!(parse_local_time("2026-13-06T12:00"), None);
+        assert_eq!(parse_local_time(""), None);
     }
 }

@@ -190,7 +190,7 @@ try {
     await a.fill("#principal_ref", "HWC-0193");
     await a.check("input[name=recipient]");
     await a.check("input[name=services][value=shelter]");
-    for (const s of ["identity", "safe_contact", "reason", "risk", "attachments"]) {
+    for (const s of ["identity", "safe_contact", "reason", "risk", "appointment", "attachments"]) {
       await a.check(`input[name=sections][value=${s}]`);
     }
     await a.fill("#purpose", "Safe accommodation after leaving a violent home");
@@ -228,6 +228,8 @@ try {
     await a.fill("#reason", "Left a violent partner two days ago.");
     await a.check("#include_risk, input[name=include_risk]");
     await a.selectOption("#risk_level", "high");
+    await a.fill("#appointment_at", "2026-12-08T10:00");
+    await a.fill("#appointment_place", "Riverside office");
     await a.setInputFiles("#attachments", {
       name: "case-note.txt",
       mimeType: "text/plain",
@@ -259,6 +261,7 @@ try {
     await b.waitForURL(/notice=referral-acted/);
     await b.waitForSelector("#referral-body >> text=Amina", { timeout: WAIT });
     check((await b.textContent("#referral-body")).includes("bluebird"), "safe-contact section missing");
+    check((await b.textContent("#referral-body")).includes("2026-12-08 10:00 UTC"), "appointment missing");
     await shot(b, "17-referral-body");
     const link = await b.getAttribute("#referral-body a[download]", "href");
     const file = await b.request.get(`${B.origin}${link}`);
