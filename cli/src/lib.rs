@@ -99,6 +99,9 @@ enum Command {
     /// Kantara JSON, revoke (erasure requests to every recipient), list.
     #[command(subcommand)]
     Consent(consent::ConsentCommand),
+    /// The caseworker's desk in your browser: serves this profile on a loopback address and
+    /// opens the browser (or prints the address to open). docs/APP.md describes it.
+    App(handover_app::AppArgs),
 }
 
 /// Runs the command line (the `handover` binary's entry point).
@@ -134,6 +137,9 @@ pub fn run() -> ExitCode {
             Command::Refer(args) => referral::refer(cli.profile, args).await,
             Command::Referral(command) => referral::run(cli.profile, command).await,
             Command::Consent(command) => consent::run(cli.profile, command).await,
+            Command::App(args) => handover_app::run(cli.profile, args)
+                .await
+                .map_err(|e| ui::fail(e.to_string())),
         }
     });
     match result {

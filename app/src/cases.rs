@@ -1,0 +1,1246 @@
+//! Referral, consent, organisation and settings screens. Referral and consent screens exist
+//! only for roles that handle cases (not ambassadors): their routes answer 404 otherwise.
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use handover_core::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
+use handover_core::engine::{EngineError, PurgeReport, ReferralSummary, org_fingerprint};
+use handover_core::identity::Role;
+use handover_core::referral::{Action, Outcome, ReferralId, ReferralState, Side};
+use handover_core::store::{KvStore, Namespace, Passphrase};
+use handover_proto::e2e::v1 as wire;
+use handover_proto::e2e::v1::body_section::Content;
+use serde::Deserialize;
+
+use crate::i18n::{Tr, is_rtl};
+use crate::pages::{
+    Lang, NETWORK_WAIT, NoticeQuery, Unlocked, chrome, error_page, notice_text, role_name,
+    see_other,
+};
+use crate::state::{Desk, Shared};
+use crate::views::{Chrome, Todo, page, utc};
+
+/// The store key of the consent receipts recorded on this device (shared with the CLI, so
+/// both list the same receipts).
+const RECEIPTS_KEY: &[u8] = b"cli/consent-receipts";
+
+/// The routes of this module.
+pub(crate) fn router() -> Router<Shared> {
+    Router::new()
+        .route("/referrals", get(referrals))
+        .route("/referrals/{id}", get(referral))
+        .route("/referrals/{id}/act", post(act))
+        .route("/referrals/{id}/attachments/{n}", get(attachment))
+        .route("/consent", get(consents))
+        .route("/consent/{id}", get(consent))
+        .route("/consent/{id}/kantara.json", get(kantara))
+        .route("/consent/{id}/withdraw", post(withdraw))
+        .route("/organisation", get(organisation))
+        .route("/organisation/revoke", post(revoke))
+        .route("/settings", get(settings))
+        .route("/settings/lock", post(set_lock))
+        .route("/settings/duress", post(set_duress))
+        .route("/settings/wipe", post(wipe))
+}
+
+pub(crate) fn hide(t: &Tr, desk: &Desk) -> Response {
+    error_page(t, Some(desk), StatusCode::NOT_FOUND, t.t("error-not-found"))
+}
+
+pub(crate) fn failed(t: &Tr, desk: &Desk, e: impl std::fmt::Display) -> Response {
+    error_page(
+        t,
+        Some(desk),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        t.t1("error-generic", "error", e),
+    )
+}
+
+fn trim_enum<'a>(name: &'a str, prefix: &str) -> &'a str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
+fn word(name: &str, prefix: &str) -> String {
+    trim_enum(name, prefix)
+        .to_ascii_lowercase()
+        .replace('_', " ")
+}
+
+fn parse_referral(text: &str) -> Option<ReferralId> {
+    ReferralId::from_slice(&hex::decode(text).ok()?)
+}
+
+fn parse_receipt(text: &str) -> Option<ReceiptId> {
+    ReceiptId::from_slice(&hex::decode(text).ok()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Home.
+
+/// What the case screens add to the home screen's "needs you now".
+pub(crate) async fn home_todo(t: &Tr, desk: &Desk) -> Vec<Todo> {
+    let mut out = Vec::new();
+    let Ok(rows) = rows(desk).await else {
+        return out;
+    };
+    for r in &rows {
+        let href = format!("/referrals/{}", r.id);
+        let text = match (r.side_sender, r.state.as_str()) {
+            (false, "SENT" | "DELIVERED" | "ACKNOWLEDGED") => {
+                t.t1("todo-offer", "respond_by", &r.respond_by)
+            }
+            (true, "INFO_REQUESTED") => t.t("todo-info-requested"),
+            (true, "ACCEPTED") if !r.released => t.t("todo-release"),
+            _ => continue,
+        };
+        out.push(Todo { text, href });
+    }
+    for id in known_receipts(desk).await {
+        if let Ok(reports) = desk.client.purge_status(id).await
+            && reports.iter().any(|p| !p.pending.is_empty())
+        {
+            out.push(Todo {
+                text: t.t("todo-erasure"),
+                href: format!("/consent/{}", hex::encode(id.as_bytes())),
+            });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Referral list.
+
+/// One referral as the list shows it.
+pub(crate) struct Row {
+    id: String,
+    state: String,
+    side_sender: bool,
+    counterpart: String,
+    priority: String,
+    respond_by: String,
+    services: String,
+    case_ref: String,
+    released: bool,
+}
+
+async fn rows(desk: &Desk) -> Result<Vec<Row>, handover_core::client::ClientError> {
+    let pending = desk.client.pending_releases().await?;
+    desk.client
+        .with_engine(move |e, _, _| {
+            let mut out = Vec::new();
+            for s in e.referrals()? {
+                let offer = e.received_offer(&s.id)?;
+                out.push(row(&s, offer.as_ref(), !pending.contains(&s.id)));
+            }
+            Ok::<_, EngineError>(out)
+        })
+        .await?
+        .map_err(Into::into)
+}
+
+fn row(s: &ReferralSummary, offer: Option<&wire::ReferralOffer>, released: bool) -> Row {
+    Row {
+        id: hex::encode(s.id.as_bytes()),
+        state: s.state.name().to_owned(),
+        side_sender: s.side == Side::Sender,
+        counterpart: org_fingerprint(&s.counterpart),
+        priority: offer
+            .map(|o| word(o.priority().as_str_name(), "PRIORITY_"))
+            .unwrap_or_default(),
+        respond_by: offer.map(|o| utc(o.respond_by)).unwrap_or_default(),
+        services: offer
+            .map(|o| {
+                o.services_requested()
+                    .map(|v| word(v.as_str_name(), "SERVICE_"))
+                    .chain(o.other_services.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        case_ref: offer.map(|o| o.sender_case_ref.clone()).unwrap_or_default(),
+        released,
+    }
+}
+
+/// Referral list filters.
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    side: String,
+    #[serde(default)]
+    q: String,
+}
+
+/// The referral list.
+#[derive(Template)]
+#[template(path = "referrals.html")]
+struct Referrals {
+    p: Chrome,
+    rows: Vec<Row>,
+    /// Each state with whether it is the chosen filter.
+    states: Vec<(&'static str, bool)>,
+    side: String,
+    q: String,
+}
+
+const STATES: &[&str] = &[
+    "SENT",
+    "DELIVERED",
+    "ACKNOWLEDGED",
+    "INFO_REQUESTED",
+    "ACCEPTED",
+    "IN_SERVICE",
+    "COMPLETED",
+    "DECLINED",
+    "EXPIRED",
+    "WITHDRAWN",
+    "CONSENT_REVOKED",
+    "PURGE_CONFIRMED",
+];
+
+async fn referrals(
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Query(f): Query<ListQuery>,
+) -> Response {
+    if !desk.handles_cases() {
+        return hide(&t, &desk);
+    }
+    let all = match rows(&desk).await {
+        Ok(r) => r,
+        Err(e) => return failed(&t, &desk, e),
+    };
+    let q = f.q.to_lowercase();
+    let rows = all
+        .into_iter()
+        .filter(|r| f.state.is_empty() || r.state == f.state)
+        .filter(|r| match f.side.as_str() {
+            "sent" => r.side_sender,
+            "received" => !r.side_sender,
+            _ => true,
+        })
+        .filter(|r| {
+            q.is_empty()
+                || r.case_ref.to_lowercase().contains(&q)
+                || r.services.contains(&q)
+                || r.counterpart.to_lowercase().contains(&q)
+        })
+        .collect();
+    let p = chrome(&t, &desk, "referrals-title", "referrals");
+    page(&Referrals {
+        p,
+        rows,
+        states: STATES.iter().map(|s| (*s, *s == f.state)).collect(),
+        side: f.side,
+        q: f.q,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Referral detail and actions.
+
+/// A label and a value.
+struct Field {
+    label: String,
+    value: String,
+}
+
+/// One body section as shown.
+struct SectionView {
+    title: String,
+    fields: Vec<Field>,
+}
+
+/// An attachment link.
+struct AttachmentView {
+    n: usize,
+    name: String,
+    size: u64,
+}
+
+/// The referral detail page.
+#[derive(Template)]
+#[template(path = "referral.html")]
+struct Detail {
+    p: Chrome,
+    id: String,
+    state: String,
+    sender: bool,
+    counterpart: String,
+    offer: Vec<Field>,
+    sections: Vec<SectionView>,
+    attachments: Vec<AttachmentView>,
+    body_note: String,
+    actions: Vec<&'static str>,
+    decline_reasons: Vec<(i32, String)>,
+    not_successful: Vec<(i32, String)>,
+    timeline: String,
+    timeline_check: String,
+}
+
+/// The actions this side may take in this state (the lifecycle refuses others anyway).
+fn allowed(side: Side, state: &ReferralState, role: Role) -> Vec<&'static str> {
+    if matches!(role, Role::Ambassador) {
+        return Vec::new();
+    }
+    let name = state.name();
+    match side {
+        Side::Receiver => match name {
+            "SENT" | "DELIVERED" | "ACKNOWLEDGED" => vec!["accept", "decline", "request_info"],
+            "INFO_REQUESTED" => vec!["accept", "decline"],
+            "ACCEPTED" => vec!["start_service", "complete"],
+            "IN_SERVICE" => vec!["complete"],
+            _ => Vec::new(),
+        },
+        Side::Sender => match name {
+            "INFO_REQUESTED" => vec!["provide_info", "withdraw"],
+            "SENT" | "DELIVERED" | "ACKNOWLEDGED" | "ACCEPTED" | "IN_SERVICE" => {
+                vec!["withdraw"]
+            }
+            _ => Vec::new(),
+        },
+    }
+}
+
+fn yn(t: &Tr, b: bool) -> String {
+    t.t(if b { "yes" } else { "no" })
+}
+
+fn offer_fields(t: &Tr, o: &wire::ReferralOffer) -> Vec<Field> {
+    let f = |label: &str, value: String| Field {
+        label: t.t(label),
+        value,
+    };
+    let from = o.from.clone().unwrap_or_default();
+    let to = o.to.clone().unwrap_or_default();
+    let consent = match o.consent.as_ref().and_then(|c| c.basis.as_ref()) {
+        Some(wire::consent_ref::Basis::Receipt(r)) => {
+            format!(
+                "receipt {}",
+                hex::encode(r.receipt_id.get(..4).unwrap_or(&[]))
+            )
+        }
+        Some(wire::consent_ref::Basis::Override(ov)) => format!("override: {}", ov.legal_basis),
+        None => String::new(),
+    };
+    vec![
+        f("f-kind", word(o.kind().as_str_name(), "REFERRAL_KIND_")),
+        f("f-priority", word(o.priority().as_str_name(), "PRIORITY_")),
+        f("f-respond-by", utc(o.respond_by)),
+        f(
+            "f-from",
+            format!("{} ({}; {})", from.org_name, from.worker_name, from.contact),
+        ),
+        f("f-to", to.org_name),
+        f("f-case-ref", o.sender_case_ref.clone()),
+        f(
+            "f-services",
+            o.services_requested()
+                .map(|v| word(v.as_str_name(), "SERVICE_"))
+                .chain(o.other_services.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        f("f-purpose", o.purpose.clone()),
+        f(
+            "f-sections",
+            o.sections_included()
+                .map(handover_core::referral::section_name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        f("f-consent", consent),
+        f("f-languages", o.languages.join(", ")),
+        f("f-interpreter", yn(t, o.interpreter_needed)),
+        f("f-age-band", word(o.age_band().as_str_name(), "AGE_BAND_")),
+        f("f-minor", yn(t, o.is_minor)),
+        f("f-onward", yn(t, o.onward_sharing_allowed)),
+        f("f-retain-until", utc(o.retain_until)),
+        f("f-offer-expires", utc(o.offer_expires_at)),
+    ]
+}
+
+fn section_view(t: &Tr, s: &wire::BodySection) -> Option<SectionView> {
+    let f = |label: &str, value: String| Field {
+        label: label.to_owned(),
+        value,
+    };
+    let (title, fields) = match s.content.as_ref()? {
+        Content::Identity(i) => (
+            "identity",
+            vec![
+                f("name or alias", i.name_or_alias.clone()),
+                f("preferred name", i.preferred_name.clone()),
+                f("preferred term", i.preferred_term.clone()),
+                f("pronouns", i.pronouns.clone()),
+                f("age or birth date", i.age_or_birth_date.clone()),
+                f("gender", i.gender.clone()),
+                f("disability", i.disability.clone()),
+                f("nationality", i.nationality.clone()),
+                f("id numbers", i.id_numbers.join(", ")),
+            ],
+        ),
+        Content::SafeContact(c) => (
+            "safe contact",
+            vec![
+                f("safe to contact", yn(t, c.safe_to_contact)),
+                f("channels", c.channels.join(", ")),
+                f("safe times", c.safe_times.clone()),
+                f("code word", c.code_word.clone()),
+                f("voicemail ok", yn(t, c.voicemail_ok)),
+                f("others may answer", yn(t, c.others_may_answer)),
+                f("details", c.details.clone()),
+            ],
+        ),
+        Content::Location(l) => ("location", vec![f("location", l.location.clone())]),
+        Content::Guardian(g) => (
+            "guardian",
+            vec![
+                f("caregiver", g.caregiver.clone()),
+                f("relationship", g.relationship.clone()),
+                f("contact", g.contact.clone()),
+                f("unaccompanied", yn(t, g.unaccompanied)),
+                f("caregiver informed", yn(t, g.caregiver_informed)),
+                f("why not informed", g.not_informed_reason.clone()),
+            ],
+        ),
+        Content::Reason(r) => ("reason for referral", vec![f("reason", r.reason.clone())]),
+        Content::ServicesProvided(s) => (
+            "services already provided",
+            vec![f("services", s.services.join(", "))],
+        ),
+        Content::Risk(r) => (
+            "risk",
+            vec![
+                f("level", word(r.level().as_str_name(), "RISK_LEVEL_")),
+                f("immediate concerns", r.immediate_concerns.clone()),
+                f("safety plan exists", yn(t, r.safety_plan_exists)),
+                f("escape plan exists", yn(t, r.escape_plan_exists)),
+                f(
+                    "perpetrator knows location",
+                    yn(t, r.perpetrator_knows_location),
+                ),
+            ],
+        ),
+        Content::DoNotDisclose(d) => (
+            "do not disclose",
+            d.rules
+                .iter()
+                .map(|r| f(&r.what, format!("{} ({})", r.to_whom, r.why)))
+                .collect(),
+        ),
+        Content::Appointment(a) => (
+            "appointment",
+            vec![
+                f("at", utc(a.at)),
+                f("place", a.place.clone()),
+                f("notes", a.notes.clone()),
+            ],
+        ),
+        Content::Attachments(_) => return None,
+    };
+    Some(SectionView {
+        title: title.to_owned(),
+        fields: fields.into_iter().filter(|f| !f.value.is_empty()).collect(),
+    })
+}
+
+/// The received body's sections and attachments.
+async fn body(
+    desk: &Desk,
+    id: ReferralId,
+) -> Result<Vec<wire::BodySection>, handover_core::client::ClientError> {
+    desk.client
+        .with_engine(move |e, _, _| {
+            let mut out = Vec::new();
+            for section in (1..=16).filter_map(|i| wire::Section::try_from(i).ok()) {
+                if let Some(s) = e.received_section(&id, section)? {
+                    out.push(s);
+                }
+            }
+            Ok::<_, EngineError>(out)
+        })
+        .await?
+        .map_err(Into::into)
+}
+
+fn attachments_of(sections: &[wire::BodySection]) -> Vec<wire::Attachment> {
+    sections
+        .iter()
+        .filter_map(|s| match &s.content {
+            Some(Content::Attachments(a)) => Some(a.attachments.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn enum_choices<E: TryFrom<i32>>(
+    name: impl Fn(&E) -> &'static str,
+    prefix: &str,
+) -> Vec<(i32, String)> {
+    (1..=32)
+        .filter_map(|i| E::try_from(i).ok().map(|e| (i, word(name(&e), prefix))))
+        .collect()
+}
+
+async fn referral(
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Path(id): Path<String>,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    if !desk.handles_cases() {
+        return hide(&t, &desk);
+    }
+    let Some(rid) = parse_referral(&id) else {
+        return hide(&t, &desk);
+    };
+    let summary = match desk.client.referral(rid).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return hide(&t, &desk),
+        Err(e) => return failed(&t, &desk, e),
+    };
+    let offer = desk
+        .client
+        .with_engine(move |e, _, _| e.received_offer(&rid))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let sections = if summary.side == Side::Receiver {
+        body(&desk, rid).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let body_note = if summary.side == Side::Sender {
+        t.t("body-sender")
+    } else if !sections.is_empty() {
+        String::new()
+    } else if offer.is_none() {
+        t.t("body-erased")
+    } else if summary.state.body_allowed() {
+        t.t("body-coming")
+    } else if summary.state.is_open() {
+        t.t("body-after-accept")
+    } else {
+        t.t("body-none")
+    };
+    let attachments = attachments_of(&sections)
+        .iter()
+        .enumerate()
+        .map(|(n, a)| AttachmentView {
+            n,
+            name: a.file_name.clone(),
+            size: a.blob.as_ref().map(|b| b.size).unwrap_or(0),
+        })
+        .collect();
+    let timeline_check = match desk.client.verify_referral_timeline(rid).await {
+        Ok(Some(handover_core::client::TimelineCheck::Full)) => t.t("timeline-full"),
+        Ok(Some(_)) => t.t("timeline-chain"),
+        Ok(None) => String::new(),
+        Err(e) => t.t1("timeline-bad", "error", e),
+    };
+    let mut p = chrome(&t, &desk, "referral-title", "referrals");
+    p.notice = notice_text(&t, &q);
+    page(&Detail {
+        p,
+        id,
+        state: summary.state.name().to_owned(),
+        sender: summary.side == Side::Sender,
+        counterpart: org_fingerprint(&summary.counterpart),
+        offer: offer
+            .as_ref()
+            .map(|o| offer_fields(&t, o))
+            .unwrap_or_default(),
+        sections: sections
+            .iter()
+            .filter_map(|s| section_view(&t, s))
+            .collect(),
+        attachments,
+        body_note,
+        actions: allowed(summary.side, &summary.state, desk.role),
+        decline_reasons: enum_choices::<wire::DeclineReason>(
+            |e| e.as_str_name(),
+            "DECLINE_REASON_",
+        ),
+        not_successful: enum_choices::<wire::NotSuccessfulReason>(
+            |e| e.as_str_name(),
+            "NOT_SUCCESSFUL_REASON_",
+        ),
+        timeline: serde_json::to_string_pretty(&summary.timeline).unwrap_or_default(),
+        timeline_check,
+    })
+}
+
+/// A lifecycle step from the detail page.
+#[derive(Deserialize)]
+struct ActForm {
+    action: String,
+    #[serde(default)]
+    reason: i32,
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    successful: String,
+}
+
+async fn act(
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Path(id): Path<String>,
+    Form(f): Form<ActForm>,
+) -> Response {
+    if !desk.handles_cases() {
+        return hide(&t, &desk);
+    }
+    let Some(rid) = parse_referral(&id) else {
+        return hide(&t, &desk);
+    };
+    let lines = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let invalid =
+        |key: &str| error_page(&t, Some(&desk), StatusCode::UNPROCESSABLE_ENTITY, t.t(key));
+    let action = match f.action.as_str() {
+        "accept" => Action::Accept,
+        "decline" => match wire::DeclineReason::try_from(f.reason) {
+            Ok(reason) if f.reason != 0 => Action::Decline {
+                reason,
+                note: f.note.clone(),
+            },
+            _ => return invalid("act-need-reason"),
+        },
+        "request_info" if !lines(&f.text).is_empty() => Action::RequestInfo {
+            questions: lines(&f.text),
+        },
+        "provide_info" if !lines(&f.text).is_empty() => Action::ProvideInfo {
+            answers: lines(&f.text),
+        },
+        "request_info" | "provide_info" => return invalid("act-need-text"),
+        "start_service" => Action::StartService,
+        "complete" => {
+            let outcome = if f.successful == "yes" {
+                Outcome::Successful
+            } else {
+                match wire::NotSuccessfulReason::try_from(f.reason) {
+                    Ok(r) if f.reason != 0 => Outcome::NotSuccessful(r),
+                    _ => return invalid("act-need-reason"),
+                }
+            };
+            Action::Complete {
+                outcome,
+                note: f.note.clone(),
+            }
+        }
+        "withdraw" if !f.note.trim().is_empty() => Action::Withdraw {
+            reason: f.note.clone(),
+        },
+        "withdraw" => return invalid("act-need-text"),
+        _ => return hide(&t, &desk),
+    };
+    // Accepting, declining or asking first acknowledges an offer not opened yet.
+    if matches!(
+        action,
+        Action::Accept | Action::Decline { .. } | Action::RequestInfo { .. }
+    ) && let Ok(Some(s)) = desk.client.referral(rid).await
+        && matches!(s.state.name(), "SENT" | "DELIVERED")
+        && let Err(e) = desk.client.referral_act(rid, Action::Acknowledge).await
+    {
+        return error_page(
+            &t,
+            Some(&desk),
+            StatusCode::CONFLICT,
+            t.t1("act-refused", "error", e),
+        );
+    }
+    match tokio::time::timeout(NETWORK_WAIT, desk.client.referral_act(rid, action)).await {
+        Ok(Ok(_)) => see_other(&format!("/referrals/{id}"), "referral-acted"),
+        Ok(Err(e)) => error_page(
+            &t,
+            Some(&desk),
+            StatusCode::CONFLICT,
+            t.t1("act-refused", "error", e),
+        ),
+        Err(_) => see_other(&format!("/referrals/{id}"), "chat-queued"),
+    }
+}
+
+async fn attachment(
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Path((id, n)): Path<(String, usize)>,
+) -> Response {
+    if !desk.handles_cases() {
+        return hide(&t, &desk);
+    }
+    let Some(rid) = parse_referral(&id) else {
+        return hide(&t, &desk);
+    };
+    let sections = body(&desk, rid).await.unwrap_or_default();
+    let Some(a) = attachments_of(&sections).into_iter().nth(n) else {
+        return hide(&t, &desk);
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(120),
+        desk.client.download_attachment(&a, |_| {}),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => {
+            let name: String = a
+                .file_name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{name}\""),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => failed(&t, &desk, e),
+        Err(_) => failed(&t, &desk, "the relay did not answer"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consent.
+
+pub(crate) async fn known_receipts(desk: &Desk) -> Vec<ReceiptId> {
+    desk.client
+        .with_engine(|e, _, _| {
+            e.store()
+                .get(Namespace::Settings, RECEIPTS_KEY)
+                .map(|v| v.map(|v| v.to_vec()))
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .unwrap_or_default()
+        .chunks(16)
+        .filter_map(ReceiptId::from_slice)
+        .collect()
+}
+
+/// Adds a receipt to the list this device shows.
+pub(crate) async fn remember_receipt(desk: &Desk, id: ReceiptId) -> Result<(), String> {
+    desk.client
+        .with_engine(move |e, _, _| {
+            let store = e.store_mut();
+            let mut ids = store
+                .get(Namespace::Settings, RECEIPTS_KEY)?
+                .map(|v| v.to_vec())
+                .unwrap_or_default();
+            if !ids.chunks(16).any(|c| c == id.as_bytes()) {
+                ids.extend_from_slice(id.as_bytes());
+                store.put(Namespace::Settings, RECEIPTS_KEY, &ids)?;
+            }
+            Ok::<_, EngineError>(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// A receipt as the list shows it.
+struct ReceiptRow {
+    id: String,
+    short: String,
+    principal: String,
+    state: String,
+    recorded: String,
+    purposes: String,
+}
+
+fn receipt_row(r: &SignedReceipt) -> ReceiptRow {
+    let w = r.receipt();
+    ReceiptRow {
+        id: hex::encode(r.id().as_bytes()),
+        short: r.id().to_uuid_string(),
+        principal: w.principal_ref.clone(),
+        state: word(r.state().as_str_name(), "CONSENT_STATE_"),
+        recorded: utc(w.event_time),
+        purposes: w
+            .purposes
+            .iter()
+            .map(|p| p.purpose.clone())
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// The consent list.
+#[derive(Template)]
+#[template(path = "consents.html")]
+struct Consents {
+    p: Chrome,
+    rows: Vec<ReceiptRow>,
+}
+
+async fn consents(
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    if !desk.handles_cases() {
+        return hide(&t, &desk);
+    }
+    let ids = known_receipts(&desk).await;
+    let receipts = desk
+        .client
+        .with_engine(move |e, _, _| {
+            ids.iter()
+                .filter_map(|id| e.consent_receipt(id).ok().flatten())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+    let mut p = chrome(&t, &desk, "consent-title", "consent");
+    p.notice = notice_text(&t, &q);
+    page(&Consents {
+        p,
+        rows: receipts.iter().map(receipt_row).collect(),
+    })
+}
+
+/// One recipient's erasure status.
+struct PurgeRow {
+    org: String,
+    status: String,
+    confirmed: usize,
+    pending: usize,
+}
+
+/// A receipt: the person's copy in a language, erasure status, actions.
+#[derive(Template)]
+#[template(path = "consent.html")]
+struct ConsentPage {
+    p: Chrome,
+    row: ReceiptRow,
+    copy: String,
+    copy_lang: &'static str,
+    copy_dir: &'static str,
+    languages: Vec<(&'static str, &'static str)>,
+    purge: Vec<PurgeRow>,
+    given: bool,
+}
+
+/// The receipt page's language choice.
+#[derive(Deserialize, Default)]
+struct CopyQuery {
+    #[serde(default)]
+    lang: String,
+    #[serde(default)]
+    notice: Option<String>,
+}
+
+fn language_label(l: Language) -> &'static str {
+    match l {
+        Language::English => "English",
+        Language::Arabic => "العربية",
+        Language::Ukrainian => "Українська",
+        Language::French => "Français",
+        Language::Spanish => "Español",
+        _ => "?",
+    }
+}
+
+fn purge_row(p: &PurgeReport) -> PurgeRow {
+    PurgeRow {
+        org: org_fingerprint(&p.recipient),
+        status: format!("{:?}", p.status)
+            .split([' ', '{'])
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+        confirmed: p.confirmed.len(),
+        pending: p.pending.len(),
+    }
+}
+
+async fn consent(
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Path(id): Path<String>,
+    Query(q): Query<CopyQuery>,
+) -> Response {
+    if !desk.handles_cases() {
+        return hide(&t, &desk);
+    }
+    let Some(rid) = parse_receipt(&id) else {
+        return hide(&t, &desk);
+    };
+    let receipt = match desk
+        .client
+        .with_engine(move |e, _, _| e.consent_receipt(&rid))
+        .await
+    {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return hide(&t, &desk),
+        Ok(Err(e)) => return failed(&t, &desk, e),
+        Err(e) => return failed(&t, &desk, e),
+    };
+    let language = Language::from_tag(&q.lang).unwrap_or(Language::English);
+    let copy = match desk
+        .client
+        .survivor_copy(rid, language, None, PreferredTerm::from_text(""), None)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return failed(&t, &desk, e),
+    };
+    let purge = desk
+        .client
+        .purge_status(rid)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(purge_row)
+        .collect();
+    let mut p = chrome(&t, &desk, "consent-title", "consent");
+    p.notice = notice_text(
+        &t,
+        &NoticeQuery {
+            notice: q.notice.clone(),
+        },
+    );
+    page(&ConsentPage {
+        p,
+        given: receipt.state() == wire::ConsentState::Given,
+        row: receipt_row(&receipt),
+        copy,
+        copy_lang: language.tag(),
+        copy_dir: if is_rtl(language.tag()) { "rtl" } else { "ltr" },
+        languages: Language::ALL
+            .iter()
+            .map(|l| (l.tag(), language_label(*l)))
+            .collect(),
+        purge,
+    })
+}
+
+async fn kantara(Lang(t): Lang, Unlocked(desk): Unlocked, Path(id): Path<String>) -> Response {
+    if !desk.handles_cases() {
+        return hide(&t, &desk);
+    }
+    let Some(rid) = parse_receipt(&id) else {
+        return hide(&t, &desk);
+    };
+    match desk.client.kantara_export(rid).await {
+        Ok(json) => (
+            [
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"consent-{id}.json\""),
+                ),
+            ],
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
+            .into_response(),
+        Err(e) => failed(&t, &desk, e),
+    }
+}
+
+async fn withdraw(Lang(t): Lang, Unlocked(desk): Unlocked, Path(id): Path<String>) -> Response {
+    if !desk.handles_cases() {
+        return hide(&t, &desk);
+    }
+    let Some(rid) = parse_receipt(&id) else {
+        return hide(&t, &desk);
+    };
+    match tokio::time::timeout(
+        NETWORK_WAIT,
+        desk.client
+            .change_consent(rid, wire::ConsentState::Withdrawn),
+    )
+    .await
+    {
+        Ok(Ok(new)) => {
+            let _ = remember_receipt(&desk, new.id()).await;
+            see_other(
+                &format!("/consent/{}", hex::encode(new.id().as_bytes())),
+                "consent-withdrawn",
+            )
+        }
+        Ok(Err(e)) => error_page(
+            &t,
+            Some(&desk),
+            StatusCode::CONFLICT,
+            t.t1("act-refused", "error", e),
+        ),
+        Err(_) => see_other(&format!("/consent/{id}"), "chat-queued"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Organisation.
+
+/// A device of this organisation.
+struct DeviceRow {
+    id: String,
+    short: String,
+    this: bool,
+}
+
+/// The organisation screen.
+#[derive(Template)]
+#[template(path = "organisation.html")]
+struct Organisation {
+    p: Chrome,
+    fingerprint: String,
+    org_key: String,
+    role: String,
+    admin: bool,
+    devices: Vec<DeviceRow>,
+}
+
+async fn organisation(
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let info = desk
+        .client
+        .with_engine(|e, _, now| {
+            let root = e.org_root()?;
+            let me = e.device_id()?;
+            let devices = e.org_devices(&root, now).unwrap_or_default();
+            Ok::<_, EngineError>((root, me, devices))
+        })
+        .await;
+    let (root, me, devices) = match info {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return failed(&t, &desk, e),
+        Err(e) => return failed(&t, &desk, e),
+    };
+    let mut p = chrome(&t, &desk, "organisation-title", "organisation");
+    p.notice = notice_text(&t, &q);
+    page(&Organisation {
+        p,
+        fingerprint: org_fingerprint(&root),
+        org_key: hex::encode(root),
+        role: role_name(&t, Some(desk.role)),
+        admin: matches!(desk.role, Role::Admin),
+        devices: devices
+            .iter()
+            .map(|d| DeviceRow {
+                id: hex::encode(d.0),
+                short: hex::encode(&d.0[..4]),
+                this: *d == me,
+            })
+            .collect(),
+    })
+}
+
+/// Revoking a device.
+#[derive(Deserialize)]
+struct RevokeForm {
+    device: String,
+}
+
+async fn revoke(Lang(t): Lang, Unlocked(desk): Unlocked, Form(f): Form<RevokeForm>) -> Response {
+    if !matches!(desk.role, Role::Admin) {
+        return hide(&t, &desk);
+    }
+    let id: Option<[u8; 16]> = hex::decode(&f.device).ok().and_then(|b| b.try_into().ok());
+    let Some(id) = id else {
+        return hide(&t, &desk);
+    };
+    match desk
+        .client
+        .revoke_device(handover_core::identity::DeviceId(id))
+        .await
+    {
+        Ok(_) => see_other("/organisation", "device-revoked"),
+        Err(e) => error_page(
+            &t,
+            Some(&desk),
+            StatusCode::CONFLICT,
+            t.t1("act-refused", "error", e),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings.
+
+/// The settings screen.
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct Settings {
+    p: Chrome,
+    relay: String,
+    lock_minutes: u64,
+}
+
+async fn settings(
+    State(shared): State<Shared>,
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let relay = desk
+        .client
+        .with_engine(|e, _, _| e.relay().map(|r| r.host_port.clone()))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let mut p = chrome(&t, &desk, "settings-title", "settings");
+    p.notice = notice_text(&t, &q);
+    page(&Settings {
+        p,
+        relay,
+        lock_minutes: shared.lock_after().as_secs() / 60,
+    })
+}
+
+/// The lock-time form.
+#[derive(Deserialize)]
+struct LockForm {
+    minutes: u64,
+}
+
+async fn set_lock(
+    State(shared): State<Shared>,
+    Unlocked(_): Unlocked,
+    Form(f): Form<LockForm>,
+) -> Response {
+    shared.set_lock_after(Duration::from_secs(f.minutes.clamp(1, 24 * 60) * 60));
+    see_other("/settings", "settings-saved")
+}
+
+/// The duress passphrase form.
+#[derive(Deserialize)]
+struct DuressForm {
+    duress: String,
+    duress2: String,
+}
+
+impl Drop for DuressForm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.duress);
+        zeroize::Zeroize::zeroize(&mut self.duress2);
+    }
+}
+
+async fn set_duress(
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Form(f): Form<DuressForm>,
+) -> Response {
+    if f.duress.is_empty() || f.duress != f.duress2 {
+        return error_page(
+            &t,
+            Some(&desk),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            t.t("create-mismatch"),
+        );
+    }
+    let pass = Passphrase::from(f.duress.as_str());
+    let client = desk.client.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Handle::current()
+            .block_on(client.with_engine(move |e, _, _| e.store_mut().set_duress_passphrase(&pass)))
+    })
+    .await;
+    match done {
+        Ok(Ok(Ok(()))) => see_other("/settings", "settings-saved"),
+        Ok(Ok(Err(e))) => failed(&t, &desk, e),
+        Ok(Err(e)) => failed(&t, &desk, e),
+        Err(e) => failed(&t, &desk, e),
+    }
+}
+
+/// The panic wipe's confirmation.
+#[derive(Deserialize)]
+struct WipeForm {
+    confirm: String,
+}
+
+async fn wipe(
+    State(shared): State<Shared>,
+    Lang(t): Lang,
+    Unlocked(desk): Unlocked,
+    Form(f): Form<WipeForm>,
+) -> Response {
+    if f.confirm.trim() != t.t("wipe-word") {
+        return error_page(
+            &t,
+            Some(&desk),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            t.t("wipe-not-confirmed"),
+        );
+    }
+    let result = desk.client.panic_wipe().await;
+    shared.lock().await;
+    match result {
+        Ok(()) => see_other("/create", "wiped"),
+        Err(e) => failed(&t, &desk, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_side_sees_only_the_steps_its_state_allows() {
+        let r = |s: ReferralState| allowed(Side::Receiver, &s, Role::Caseworker);
+        let s = |st: ReferralState| allowed(Side::Sender, &st, Role::Caseworker);
+        assert_eq!(
+            r(ReferralState::Acknowledged),
+            ["accept", "decline", "request_info"]
+        );
+        assert_eq!(r(ReferralState::InfoRequested), ["accept", "decline"]);
+        assert_eq!(r(ReferralState::Accepted), ["start_service", "complete"]);
+        assert_eq!(r(ReferralState::InService), ["complete"]);
+        assert!(r(ReferralState::Withdrawn).is_empty());
+        assert!(r(ReferralState::Completed(Outcome::Successful)).is_empty());
+        assert_eq!(
+            s(ReferralState::InfoRequested),
+            ["provide_info", "withdraw"]
+        );
+        assert_eq!(s(ReferralState::Sent), ["withdraw"]);
+        assert!(s(ReferralState::Expired).is_empty());
+        assert!(s(ReferralState::ConsentRevoked).is_empty());
+    }
+
+    #[test]
+    fn an_ambassador_takes_no_referral_steps() {
+        for side in [Side::Sender, Side::Receiver] {
+            assert!(allowed(side, &ReferralState::Acknowledged, Role::Ambassador).is_empty());
+            assert!(allowed(side, &ReferralState::InfoRequested, Role::Ambassador).is_empty());
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! The app's security checks over real HTTP on loopback, against a real relay (QUIC on
+//! loopback) and a real profile on disk: no cookie, a foreign `Host` or `Origin`, a
+//! cross-site fetch, the one-time launch secret, the headers on every page, wrong passphrase,
+//! lock on demand and idle lock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use handover_app::{App, AppArgs};
+use handover_relay::config::Config;
+use handover_relay::server::Relay;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// One HTTP/1.1 exchange over a fresh connection.
+struct Answer {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut request = Request::builder().method(method).uri(path);
+    let mut has_host = false;
+    for (k, v) in headers {
+        has_host |= k.eq_ignore_ascii_case("host");
+        request = request.header(*k, *v);
+    }
+    if !has_host {
+        request = request.header("host", addr.to_string());
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// A relay, an app on a new profile directory, and the browser's cookie after launch.
+struct Fixture {
+    relay: Relay,
+    app: App,
+    addr: SocketAddr,
+    origin: String,
+    cookie: String,
+    _dir: tempfile::TempDir,
+}
+
+const PASSPHRASE: &str = "correct horse battery staple";
+
+impl Fixture {
+    async fn start(lock_after: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path().join("relay"));
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin = None;
+        config.wal_mib = 2;
+        let relay = Relay::start(config).await.unwrap();
+        let mut args = AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0)));
+        args.insecure_fast_kdf = true;
+        args.lock_after = lock_after;
+        let app = App::start(dir.path().join("profile"), &args).await.unwrap();
+        let addr = app.local_addr();
+        let launch = app.launch_url().to_owned();
+        let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
+        let a = call(addr, Method::GET, &path, &[], "").await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        let set_cookie = a.headers["set-cookie"].to_str().unwrap().to_owned();
+        assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+        assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        Self {
+            relay,
+            app,
+            addr,
+            origin: format!("http://{addr}"),
+            cookie,
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        call(
+            self.addr,
+            Method::GET,
+            path,
+            &[("cookie", &self.cookie)],
+            "",
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str, form: &str) -> Answer {
+        call(
+            self.addr,
+            Method::POST,
+            path,
+            &[
+                ("cookie", &self.cookie),
+                ("origin", &self.origin),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            form,
+        )
+        .await
+    }
+
+    async fn create_profile(&self) {
+        let form = format!(
+            "name=Harbour+intake&relay={}&pin={}&token=&passphrase={p}&passphrase2={p}",
+            self.relay.local_addr(),
+            hex::encode(self.relay.pin()),
+            p = PASSPHRASE.replace(' ', "+"),
+        );
+        let a = self.post("/create", &form).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        assert!(self.app.is_unlocked().await);
+    }
+
+    async fn stop(self) {
+        self.app.stop().await.unwrap();
+        self.relay.shutdown().await;
+    }
+}
+
+fn assert_hardened(a: &Answer, what: &str) {
+    let csp = a
+        .headers
+        .get("content-security-policy")
+        .unwrap_or_else(|| panic!("{what}: no CSP"))
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        csp,
+        handover_app::security::CONTENT_SECURITY_POLICY,
+        "{what}"
+    );
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+    assert!(csp.contains("frame-ancestors 'none'"));
+    assert_eq!(a.headers["x-frame-options"], "DENY", "{what}");
+    assert_eq!(a.headers["cache-control"], "no-store", "{what}");
+    assert_eq!(a.headers["x-content-type-options"], "nosniff", "{what}");
+}
+
+#[tokio::test]
+async fn requests_without_the_cookie_are_refused() {
+    let f = Fixture::start(600).await;
+    for path in [
+        "/",
+        "/unlock",
+        "/create",
+        "/events",
+        "/assets/app.js",
+        "/chats",
+    ] {
+        let a = call(f.addr, Method::GET, path, &[], "").await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
+        assert_hardened(&a, path);
+        let wrong = format!(
+            "{}={}",
+            f.cookie.split('=').next().unwrap(),
+            "ab".repeat(32)
+        );
+        let a = call(f.addr, Method::GET, path, &[("cookie", &wrong)], "").await;
+        assert_eq!(
+            a.status,
+            StatusCode::FORBIDDEN,
+            "{path} with a wrong cookie"
+        );
+    }
+    // The launch secret worked once (in Fixture::start): a second use without the cookie is
+    // refused, and a guessed secret too.
+    let a = call(
+        f.addr,
+        Method::GET,
+        &format!("/launch?k={}", "00".repeat(32)),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let launch = f.app.launch_url().to_owned();
+    let path = launch.split_once(&f.addr.to_string()).unwrap().1.to_owned();
+    let a = call(f.addr, Method::GET, &path, &[], "").await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.headers.get("set-cookie").is_none());
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_host_or_origin_is_refused() {
+    let f = Fixture::start(600).await;
+    let cookie = f.cookie.clone();
+    // DNS rebinding: the attacker's name resolves to 127.0.0.1, the browser sends its Host.
+    let port = f.addr.port().to_string();
+    let rebound = format!("attacker.example:{port}");
+    for host in [rebound.as_str(), "127.0.0.1:1", "127.0.0.1"] {
+        let a = call(
+            f.addr,
+            Method::GET,
+            "/",
+            &[("host", host), ("cookie", &cookie)],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+        assert_hardened(&a, host);
+    }
+    let localhost = format!("localhost:{port}");
+    let a = call(
+        f.addr,
+        Method::GET,
+        "/unlock",
+        &[("host", &localhost), ("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_ne!(a.status, StatusCode::MISDIRECTED_REQUEST);
+    // Cross-site form posts and fetches: another origin (another port of this host counts).
+    let other_port = format!("http://127.0.0.1:{}", f.addr.port().wrapping_add(1));
+    for origin in ["http://attacker.example", other_port.as_str(), "null"] {
+        let a = call(
+            f.addr,
+            Method::POST,
+            "/lock",
+            &[("cookie", &cookie), ("origin", origin)],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{origin}");
+        assert_hardened(&a, origin);
+    }
+    // A state change without Origin is refused; a page of another site (Sec-Fetch-Site) too.
+    let a = call(f.addr, Method::POST, "/lock", &[("cookie", &cookie)], "").await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    for site in ["cross-site", "same-site"] {
+        let a = call(
+            f.addr,
+            Method::GET,
+            "/",
+            &[("cookie", &cookie), ("sec-fetch-site", site)],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{site}");
+    }
+    let a = call(
+        f.addr,
+        Method::GET,
+        "/unlock",
+        &[("cookie", &cookie), ("sec-fetch-site", "same-origin")],
+        "",
+    )
+    .await;
+    assert!(a.status.is_success() || a.status.is_redirection());
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn every_page_is_hardened_and_locking_clears_it() {
+    let f = Fixture::start(600).await;
+    // A new directory: the create screen.
+    let a = f.get("/unlock").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(a.headers["location"], "/create");
+    let a = f
+        .post(
+            "/create",
+            "name=x&relay=127.0.0.1:1&pin=00&passphrase=a&passphrase2=b",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.body.contains("The two passphrases differ"), "{}", a.body);
+    f.create_profile().await;
+    for path in [
+        "/",
+        "/chats",
+        "/contacts",
+        "/referrals",
+        "/consent",
+        "/organisation",
+        "/settings",
+        "/assets/app.css",
+        "/assets/app.js",
+        "/no-such-page",
+    ] {
+        let a = f.get(path).await;
+        assert_hardened(&a, path);
+        if path != "/no-such-page" {
+            assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+        }
+        if path.ends_with(".js") || path.ends_with(".css") {
+            continue;
+        }
+        // No inline script anywhere: scripts only from /assets/.
+        assert!(!a.body.contains("<script>"), "{path}");
+        for handler in [
+            " onclick=",
+            " onload=",
+            " onsubmit=",
+            " onerror=",
+            "javascript:",
+        ] {
+            assert!(!a.body.contains(handler), "{path}: {handler}");
+        }
+    }
+    let home = f.get("/").await;
+    assert!(home.body.contains("Harbour intake"));
+    assert!(home.body.contains("Organisation fingerprint") || home.body.contains("fingerprint"));
+
+    // Lock on demand: the client is dropped, every page is the unlock screen.
+    let a = f.post("/lock", "").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(!f.app.is_unlocked().await);
+    for path in ["/", "/chats", "/contacts", "/referrals", "/settings"] {
+        let a = f.get(path).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(a.headers["location"], "/unlock", "{path}");
+    }
+    let a = f.get("/unlock").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        !a.body.contains("Harbour intake"),
+        "the locked page shows the profile"
+    );
+    assert_hardened(&a, "/unlock");
+
+    // Wrong passphrase: refused in words, still locked.
+    let a = f.post("/unlock", "passphrase=wrong+horse").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.body.contains("does not open this profile"), "{}", a.body);
+    assert!(!f.app.is_unlocked().await);
+    let a = f
+        .post(
+            "/unlock",
+            &format!("passphrase={}", PASSPHRASE.replace(' ', "+")),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert!(f.app.is_unlocked().await);
+    assert!(f.get("/").await.body.contains("Harbour intake"));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn the_app_locks_itself_when_idle() {
+    let f = Fixture::start(2).await;
+    f.create_profile().await;
+    assert!(f.get("/").await.body.contains("Harbour intake"));
+    let mut locked = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !f.app.is_unlocked().await {
+            locked = true;
+            break;
+        }
+    }
+    assert!(locked, "not locked after 10 s idle with a 2 s lock time");
+    let a = f.get("/").await;
+    assert_eq!(a.headers["location"], "/unlock");
+    f.stop().await;
+}
+
+/// An ambassador's app has chats and contacts but no referral or consent screens.
+#[tokio::test]
+async fn an_ambassador_sees_no_case_screens() {
+    use handover_core::client::Client;
+    use handover_core::engine::{IdentitySetup, RelayInfo};
+    use handover_core::identity::{DeviceKeys, Role};
+    use handover_core::store::{Credential, KdfParams, Passphrase};
+
+    let f = Fixture::start(600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayInfo {
+        host_port: f.relay.local_addr().to_string(),
+        pin: f.relay.pin(),
+    };
+    let credential = Credential::from(Passphrase::from(PASSPHRASE));
+    let kdf = KdfParams::new(1024, 1, 1).unwrap();
+    let admin = Client::create(
+        &dir.path().join("admin"),
+        &credential,
+        kdf,
+        relay.clone(),
+        DeviceKeys::generate(&mut rand::rng()),
+        IdentitySetup::NewOrganisation {
+            device_label: "Admin".into(),
+        },
+        "Admin",
+    )
+    .await
+    .unwrap();
+    let keys = DeviceKeys::generate(&mut rand::rng());
+    let (certificate, device_list) = admin
+        .enrol_device(keys.public_keys(), Role::Ambassador, "Ambassador".into())
+        .await
+        .unwrap();
+    let ambassador_dir = dir.path().join("ambassador");
+    let ambassador = Client::create(
+        &ambassador_dir,
+        &credential,
+        kdf,
+        relay,
+        keys,
+        IdentitySetup::Enrolled {
+            certificate,
+            device_list,
+        },
+        "Community ambassador",
+    )
+    .await
+    .unwrap();
+    ambassador.shutdown().await.unwrap();
+    admin.shutdown().await.unwrap();
+
+    let app = App::start(
+        ambassador_dir,
+        &AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await
+    .unwrap();
+    let addr = app.local_addr();
+    let launch = app.launch_url().to_owned();
+    let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
+    let a = call(addr, Method::GET, &path, &[], "").await;
+    let cookie = a.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let origin = format!("http://{addr}");
+    let form = format!("passphrase={}", PASSPHRASE.replace(' ', "+"));
+    let a = call(
+        addr,
+        Method::POST,
+        "/unlock",
+        &[
+            ("cookie", &cookie),
+            ("origin", &origin),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        &form,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let home = call(addr, Method::GET, "/", &[("cookie", &cookie)], "").await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert!(home.body.contains("href=\"/chats\""));
+    assert!(!home.body.contains("href=\"/referrals\""));
+    assert!(!home.body.contains("href=\"/consent\""));
+    for path in ["/referrals", "/referrals/new", "/consent", "/consent/new"] {
+        let a = call(addr, Method::GET, path, &[("cookie", &cookie)], "").await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let a = call(addr, Method::GET, "/contacts", &[("cookie", &cookie)], "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    app.stop().await.unwrap();
+    f.stop().await;
+}
