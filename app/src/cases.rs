@@ -13,7 +13,7 @@ use handover_core::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
 use handover_core::engine::{EngineError, PurgeReport, ReferralSummary, org_fingerprint};
 use handover_core::identity::Role;
 use handover_core::referral::{Action, Outcome, ReferralId, ReferralState, Side};
-use handover_core::store::{KvStore, Namespace, Passphrase};
+use handover_core::store::Passphrase;
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::body_section::Content;
 use serde::Deserialize;
@@ -25,10 +25,6 @@ use crate::pages::{
 };
 use crate::state::{Desk, Shared};
 use crate::views::{Chrome, Todo, page, utc};
-
-/// The store key of the consent receipts recorded on this device (shared with the CLI, so
-/// both list the same receipts).
-const RECEIPTS_KEY: &[u8] = b"cli/consent-receipts";
 
 /// The routes of this module.
 pub(crate) fn router() -> Router<Shared> {
@@ -734,41 +730,12 @@ async fn attachment(
 // ---------------------------------------------------------------------------------------------
 // Consent.
 
+/// Every consent receipt the organisation recorded that this device holds (the core's listing,
+/// shared with colleague devices and the CLI), oldest first.
 pub(crate) async fn known_receipts(desk: &Desk) -> Vec<ReceiptId> {
-    desk.client
-        .with_engine(|e, _, _| {
-            e.store()
-                .get(Namespace::Settings, RECEIPTS_KEY)
-                .map(|v| v.map(|v| v.to_vec()))
-        })
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten()
-        .unwrap_or_default()
-        .chunks(16)
-        .filter_map(ReceiptId::from_slice)
-        .collect()
-}
-
-/// Adds a receipt to the list this device shows.
-pub(crate) async fn remember_receipt(desk: &Desk, id: ReceiptId) -> Result<(), String> {
-    desk.client
-        .with_engine(move |e, _, _| {
-            let store = e.store_mut();
-            let mut ids = store
-                .get(Namespace::Settings, RECEIPTS_KEY)?
-                .map(|v| v.to_vec())
-                .unwrap_or_default();
-            if !ids.chunks(16).any(|c| c == id.as_bytes()) {
-                ids.extend_from_slice(id.as_bytes());
-                store.put(Namespace::Settings, RECEIPTS_KEY, &ids)?;
-            }
-            Ok::<_, EngineError>(())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    let mut all = desk.client.consent_receipts().await.unwrap_or_default();
+    all.sort_by_key(|r| (r.receipt().event_time, *r.id().as_bytes()));
+    all.iter().map(SignedReceipt::id).collect()
 }
 
 /// A receipt as the list shows it.
@@ -985,13 +952,10 @@ async fn withdraw(Lang(t): Lang, Unlocked(desk): Unlocked, Path(id): Path<String
     )
     .await
     {
-        Ok(Ok(new)) => {
-            let _ = remember_receipt(&desk, new.id()).await;
-            see_other(
-                &format!("/consent/{}", hex::encode(new.id().as_bytes())),
-                "consent-withdrawn",
-            )
-        }
+        Ok(Ok(new)) => see_other(
+            &format!("/consent/{}", hex::encode(new.id().as_bytes())),
+            "consent-withdrawn",
+        ),
         Ok(Err(e)) => error_page(
             &t,
             Some(&desk),

@@ -17,7 +17,7 @@ use handover_core::referral::{OfferDraft, ReferralError};
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::body_section::Content;
 
-use crate::cases::{known_receipts, remember_receipt};
+use crate::cases::known_receipts;
 use crate::i18n::Tr;
 use crate::pages::{Lang, NETWORK_WAIT, NoticeQuery, Unlocked, chrome, notice_text, see_other};
 use crate::state::{Desk, Shared};
@@ -355,13 +355,10 @@ async fn record(
         ..Default::default()
     };
     match desk.client.record_consent(draft).await {
-        Ok(receipt) => {
-            let _ = remember_receipt(&desk, receipt.id()).await;
-            see_other(
-                &format!("/consent/{}", hex::encode(receipt.id().as_bytes())),
-                "consent-recorded-notice",
-            )
-        }
+        Ok(receipt) => see_other(
+            &format!("/consent/{}", hex::encode(receipt.id().as_bytes())),
+            "consent-recorded-notice",
+        ),
         Err(err) => {
             let mut e = Errors::default();
             e.add("principal_ref", t.t1("consent-refused", "error", err));

@@ -176,11 +176,7 @@ impl AppState {
         }
         self.touch();
         // Bodies whose release was announced while the app was closed.
-        if let Ok(ids) = client.pending_releases().await {
-            for id in ids {
-                let _ = client.release_referral_body(id).await;
-            }
-        }
+        release_due(&client).await;
         Ok(())
     }
 
@@ -218,12 +214,44 @@ async fn close(desk: Desk) {
     let _ = desk.client.shutdown().await;
 }
 
+/// Releases the case details this device should release now: those of the cases it holds at
+/// once, a colleague's only when nobody of the organisation has released them within the
+/// core's hand-off time (`Client::due_releases`), so the body goes out once.
+async fn release_due(client: &Client) -> bool {
+    let mut released = false;
+    if let Ok(ids) = client.due_releases().await {
+        for id in ids {
+            released |= client.release_referral_body(id).await.is_ok();
+        }
+    }
+    released
+}
+
+/// How often an open app looks for accepted referrals a colleague device has not released (the
+/// core's hand-off time is ten minutes; this is well within it).
+const RELEASE_CHECK: Duration = Duration::from_secs(60);
+
 /// Turns client events into page notifications, and releases a referral's body as soon as the
 /// receiver's acceptance arrives (the sender's app does not wait for anyone to press sync).
 async fn forward(shared: Shared, desk: Desk, mut events: broadcast::Receiver<ClientEvent>) {
     use broadcast::error::RecvError;
+    let mut check = tokio::time::interval(RELEASE_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let event = match events.recv().await {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            _ = check.tick() => {
+                let client = desk.client.clone();
+                let notify = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    if release_due(&client).await {
+                        notify.notify(Live::Referral);
+                    }
+                });
+                continue;
+            }
+        };
+        let event = match received {
             Ok(e) => e,
             Err(RecvError::Lagged(_)) => {
                 shared.notify(Live::Message);
@@ -234,13 +262,14 @@ async fn forward(shared: Shared, desk: Desk, mut events: broadcast::Receiver<Cli
         };
         match event {
             ClientEvent::Message(_) => shared.notify(Live::Message),
-            ClientEvent::Referral(ReferralEvent::ReleaseBody { referral }) => {
+            ClientEvent::Referral(ReferralEvent::ReleaseBody { .. }) => {
                 let client = desk.client.clone();
                 let notify = Arc::clone(&shared);
                 // Not inline: the release sends through the client, which may itself be
                 // waiting to deliver the next event to this loop.
+                // Only if it is this device's turn (it holds the case, or the holder is gone).
                 tokio::spawn(async move {
-                    let _ = client.release_referral_body(referral).await;
+                    release_due(&client).await;
                     notify.notify(Live::Referral);
                 });
                 shared.notify(Live::Referral);
