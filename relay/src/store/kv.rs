@@ -169,7 +169,7 @@ pub trait KvBackend: Send + Sync + 'static {
     /// older than `oldest_live` (the oldest one holding a queued envelope, as of before this
     /// call) may be reclaimed.
     fn sync(&self, oldest_live: Option<u64>) -> Result<(), StoreError>;
-    /// Makes everything durable and compacts recovery data (see [`Store::checkpoint`]).
+    /// Makes everything durable and compacts recovery data (see [`LocalLog::checkpoint`]).
     fn checkpoint(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
         self.sync(oldest_live)
     }
