@@ -75,3 +75,21 @@ async fn right_pin_connects_and_wrong_pin_is_refused() {
         other => panic!("a wrong pin must be refused, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_dead_address_of_a_relay_is_skipped_for_the_next() {
+    let (addr, pin, _server) = pong_server();
+    // A node that is down: its address takes datagrams and never answers.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    let per_address = std::time::Duration::from_millis(500);
+    let client = RelayClient::connect_any(&[dead_addr, addr], pin, per_address)
+        .await
+        .unwrap();
+    assert_eq!(client.ping().await.unwrap(), 42);
+    client.close().await;
+    match RelayClient::connect_any(&[dead_addr], pin, per_address).await {
+        Err(NetError::Timeout) => {}
+        other => panic!("a dead address alone must time out, got {other:?}"),
+    }
+}

@@ -42,6 +42,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// a relay that does not complete a handshake on a working network in this time is treated as
 /// unreachable, and what waits is left for the background retry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least time each address of a host name gets when it resolves to several (the
+/// [`CONNECT_TIMEOUT`] is shared among them, down to this).
+pub const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a relay is and how to recognise it.
 #[derive(Clone, PartialEq, Eq)]
@@ -171,9 +174,39 @@ impl fmt::Debug for RelayClient {
 }
 
 impl RelayClient {
-    /// Connects to the relay at `address`, accepting only a certificate with its pin.
+    /// Connects to the relay at `address`, accepting only a certificate with its pin. A host
+    /// name that resolves to several addresses (several relay nodes sharing one store) is
+    /// tried address by address, so that a dead node is skipped ([`RelayClient::connect_any`]).
     pub async fn connect(address: &RelayAddress) -> Result<Self, NetError> {
-        let remote = resolve(&address.host_port).await?;
+        let remotes = resolve(&address.host_port).await?;
+        let count = u32::try_from(remotes.len()).unwrap_or(u32::MAX).max(1);
+        let per_address = (CONNECT_TIMEOUT / count).max(MIN_ATTEMPT_TIMEOUT);
+        Self::connect_any(&remotes, address.pin, per_address).await
+    }
+
+    /// Connects to the first of `remotes` that completes a handshake with a certificate
+    /// carrying `pin`, trying them in order and giving each `per_address`. The error is the
+    /// last address's.
+    pub async fn connect_any(
+        remotes: &[SocketAddr],
+        pin: [u8; 32],
+        per_address: Duration,
+    ) -> Result<Self, NetError> {
+        let mut last = NetError::Resolve;
+        for &remote in remotes {
+            match Self::connect_addr(remote, pin, per_address).await {
+                Ok(client) => return Ok(client),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_addr(
+        remote: SocketAddr,
+        pin: [u8; 32],
+        timeout: Duration,
+    ) -> Result<Self, NetError> {
         let bind: SocketAddr = if remote.is_ipv6() {
             "[::]:0".parse().map_err(|_| NetError::Resolve)?
         } else {
@@ -181,14 +214,14 @@ impl RelayClient {
         };
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
-        let config = tls::client_config(address.pin).map_err(|e| NetError::Setup(e.to_string()))?;
+        let config = tls::client_config(pin).map_err(|e| NetError::Setup(e.to_string()))?;
         endpoint.set_default_client_config(config);
         // The pin, not the name, authenticates the relay; a fixed server name keeps host names
         // out of the handshake.
         let connecting = endpoint
             .connect(remote, "handover-relay")
             .map_err(|e| NetError::Connect(e.to_string()))?;
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let connection = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| NetError::Timeout)?
             .map_err(|e| NetError::Connect(e.to_string()))?;
@@ -576,12 +609,16 @@ impl Subscription {
     }
 }
 
-async fn resolve(host_port: &str) -> Result<SocketAddr, NetError> {
-    tokio::net::lookup_host(host_port)
+/// Every address `host_port` resolves to, in the resolver's order.
+async fn resolve(host_port: &str) -> Result<Vec<SocketAddr>, NetError> {
+    let all: Vec<SocketAddr> = tokio::net::lookup_host(host_port)
         .await
         .map_err(|_| NetError::Resolve)?
-        .next()
-        .ok_or(NetError::Resolve)
+        .collect();
+    if all.is_empty() {
+        return Err(NetError::Resolve);
+    }
+    Ok(all)
 }
 
 async fn write_request(send: &mut quinn::SendStream, kind: Req) -> Result<(), NetError> {
