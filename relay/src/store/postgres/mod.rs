@@ -1318,6 +1318,35 @@ impl Store for PgStore {
 }
 
 impl PgStore {
+    /// Every byte string the relay stored (bodies, prekeys, profiles, blob chunks, mailbox
+    /// keys), each with its table's name: for a scan of what the database holds, such as the
+    /// demo's search for plaintexts.
+    pub fn stored_bytes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT 'handover_envelopes', envelope_id || body FROM handover_envelopes
+                     UNION ALL SELECT 'handover_tombstones', envelope_id FROM handover_tombstones
+                     UNION ALL SELECT 'handover_prekey_bundles', bundle FROM handover_prekey_bundles
+                     UNION ALL SELECT 'handover_one_time_prekeys', prekey
+                        FROM handover_one_time_prekeys
+                     UNION ALL SELECT 'handover_directory', org_root_key || profile
+                        FROM handover_directory
+                     UNION ALL SELECT 'handover_blob_chunks', data FROM handover_blob_chunks
+                     UNION ALL SELECT 'handover_mailboxes',
+                        recv_id || send_id || auth_key || coalesce((
+                            SELECT string_agg(h, ''::bytea) FROM unnest(capability_hashes) h
+                        ), ''::bytea)
+                        FROM handover_mailboxes",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     /// Stores a mailbox with everything it holds, as exported from another store, in one
     /// transaction. Returns `false` (and changes nothing) if its receive or send id is
     /// already taken: a migration that was interrupted resumes by skipping what it moved.
