@@ -34,6 +34,10 @@ pub(crate) struct DemoArgs {
     /// inspect what the relay stored.
     #[arg(long, value_name = "DIR")]
     keep_relay_data: Option<PathBuf>,
+    /// Run the relay on PostgreSQL (postgres://user@host/db) instead of its embedded store;
+    /// every byte string in the database is scanned for the plaintexts afterwards too.
+    #[arg(long, value_name = "URL")]
+    store: Option<handover_relay::config::StoreUrl>,
 }
 
 /// A demo device: its client and who it is.
@@ -116,7 +120,14 @@ pub(crate) async fn run(args: DemoArgs) -> Outcome {
         None => work.path().join("relay"),
     };
 
-    let mut story = Story::new(args.marker.clone(), relay_dir.clone(), work.path()).await?;
+    let store = args.store.as_ref().map(|url| url.0.clone());
+    let mut story = Story::new(
+        args.marker.clone(),
+        relay_dir.clone(),
+        store.clone(),
+        work.path(),
+    )
+    .await?;
     let played = story.play().await;
     // Whatever happened, stop the clients and the relay so the store is checkpointed.
     story.shutdown().await;
@@ -155,12 +166,41 @@ pub(crate) async fn run(args: DemoArgs) -> Outcome {
             }
         }
     }
+    let mut rows = 0;
+    if let Some(url) = store {
+        let stored = tokio::task::spawn_blocking(move || {
+            handover_relay::store::PgStore::connect(&url, 1)?.stored_bytes()
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .ctx(
+            "reading the relay's database for the plaintext scan",
+            "Check that the PostgreSQL server given with --store is still reachable.",
+        )?;
+        rows = stored.len();
+        for (table, bytes) in &stored {
+            for needle in &needles {
+                if contains(bytes, needle.as_bytes()) {
+                    found.push(format!("{needle:?} in table {table}"));
+                }
+            }
+        }
+        detail(&format!(
+            "relay database: {rows} stored byte strings (bodies, prekeys, profiles, blob chunks, \
+             mailbox keys)"
+        ));
+    }
     step(
         &mut n,
         &format!(
-            "Scanned every byte of {} relay files for {} known plaintexts (the marker {:?}, \
+            "Scanned every byte of {} relay files{} for {} known plaintexts (the marker {:?}, \
              names, messages, the attachment text): {}",
             files.len(),
+            if rows > 0 {
+                format!(" and {rows} database values")
+            } else {
+                String::new()
+            },
             needles.len(),
             args.marker,
             if found.is_empty() {
@@ -249,8 +289,20 @@ const PERSON: &str = "Amina Haddad";
 const CODE_WORD: &str = "bluebird";
 
 impl Story {
-    async fn new(marker: String, relay_dir: PathBuf, work: &Path) -> Outcome<Self> {
+    async fn new(
+        marker: String,
+        relay_dir: PathBuf,
+        store: Option<String>,
+        work: &Path,
+    ) -> Outcome<Self> {
         let mut config = Config::new(relay_dir);
+        let on_postgres = store.is_some();
+        if let Some(url) = store {
+            config.store = handover_relay::config::StoreLocation::parse(&url).ctx(
+                "reading --store",
+                "Give a postgres:// URL, e.g. postgres://postgres@127.0.0.1:5432/test.",
+            )?;
+        }
         config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.admin = None;
         config.wal_mib = 2;
@@ -270,8 +322,13 @@ impl Story {
         step(
             &mut n,
             &format!(
-                "Relay started in-process on {} (QUIC, embedded store in a temporary directory)",
-                info.host_port
+                "Relay started in-process on {} (QUIC, {})",
+                info.host_port,
+                if on_postgres {
+                    "store on PostgreSQL"
+                } else {
+                    "embedded store in a temporary directory"
+                }
             ),
         );
         Ok(Self {

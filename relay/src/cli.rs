@@ -176,6 +176,72 @@ pub enum Command {
         #[arg(long)]
         confirm: bool,
     },
+    /// Moves the embedded store of a data directory (mailboxes with their queues, tombstones
+    /// and prekeys, the directory, complete blobs) into PostgreSQL, then verifies the copy by
+    /// counts and SHA-256 digests. Resumable: run it again after an interruption. The relay
+    /// must be stopped. See docs/OPERATIONS.md, "Relays on PostgreSQL".
+    Migrate {
+        /// The data directory whose embedded store is moved.
+        #[arg(long, value_name = "DIR")]
+        from_dir: PathBuf,
+        /// The PostgreSQL database to move it into (postgres://...).
+        #[arg(long, value_name = "URL")]
+        to: crate::config::StoreUrl,
+    },
+}
+
+/// `handover-relay migrate`: moves the embedded store of `dir` into PostgreSQL.
+fn migrate(dir: &std::path::Path, url: &str) -> ExitCode {
+    use crate::store::{DiskStore, LogBackend, PgStore, migrate};
+    let store_dir = dir.join("store");
+    if !store_dir.exists() {
+        eprintln!("handover-relay: no embedded store in {}", dir.display());
+        return ExitCode::from(2);
+    }
+    let from = match LogBackend::open(&store_dir) {
+        Ok(backend) => DiskStore::new(backend),
+        Err(err) => {
+            eprintln!(
+                "handover-relay: cannot open the embedded store (is the relay running?): {err}"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let to = match PgStore::connect(url, 4) {
+        Ok(to) => to,
+        Err(err) => {
+            eprintln!("handover-relay: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "Moving {} into {}",
+        dir.display(),
+        crate::store::postgres::redact(url)
+    );
+    match migrate::migrate(&from, &to, &mut |step| println!("  {step}")) {
+        Ok(r) => {
+            println!(
+                "Moved and verified: {} mailboxes ({} already there), {} envelopes, {} \
+                 tombstones, {} one-time prekeys, {} directory entries, {} blobs ({} bytes); \
+                 digest {} on both sides.",
+                r.mailboxes,
+                r.already_there,
+                r.envelopes,
+                r.tombstones,
+                r.one_time_prekeys,
+                r.directory,
+                r.blobs,
+                r.blob_bytes,
+                hex::encode(r.copy_digest)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("handover-relay: migration stopped: {err}; run it again to resume");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `handover-relay repair`: the exit code and what to print.
@@ -497,6 +563,9 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Migrate { from_dir, to }) = &args.command {
+        return migrate(from_dir, &to.0);
+    }
     if let Some(Command::Repair { confirm, .. }) = &args.command {
         return repair(&config.data_dir.join("store"), *confirm);
     }
@@ -654,6 +723,31 @@ mod tests {
         ));
         let bad = Args::parse_from(["handover-relay", "--store", "mysql://db/h"]);
         assert!(config_from(&bad).is_err());
+    }
+
+    #[test]
+    fn migrate_takes_a_data_dir_and_a_postgres_url() {
+        let args = Args::parse_from([
+            "handover-relay",
+            "migrate",
+            "--from-dir",
+            "/srv/relay",
+            "--to",
+            "postgres://relay:s3cret@db/handover",
+        ]);
+        assert!(matches!(
+            &args.command,
+            Some(Command::Migrate { from_dir, to })
+                if from_dir == std::path::Path::new("/srv/relay") && to.0.ends_with("@db/handover")
+        ));
+        assert!(!format!("{args:?}").contains("s3cret"));
+        assert!(Args::try_parse_from(["handover-relay", "migrate", "--from-dir", "/x"]).is_err());
+        // Nothing to move: a clear refusal, not an empty migration.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            migrate(empty.path(), "postgres://postgres@127.0.0.1:1/none"),
+            ExitCode::from(2)
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!
 //! Layers, from the inside out:
 //!
-//! - [`store`]: the [`Store`](store::Store) trait (its contract is documented there), a sled
-//!   implementation made durable with explicit file syncs, and an in-memory twin.
+//! - [`store`]: the [`Store`](store::Store) trait (its contract is documented there), the
+//!   embedded store (an envelope log plus sled, made durable with explicit file syncs), its
+//!   in-memory twin, and a PostgreSQL store that several relay processes share.
 //! - [`handler`]: the sans-IO request handler. Requests, the connection's [`Session`]
 //!   (handler::Session), `now` and an RNG in; an [`Action`](handler::Action) out.
 //! - [`server`]: the tokio + quinn driver with group commit, subscriptions, the expiry sweeper

@@ -405,6 +405,25 @@ fn demo_verifies_every_step_and_the_relay_holds_no_plaintext() {
     }
 }
 
+#[test]
+fn the_demo_runs_on_a_relay_on_postgres_and_the_database_holds_no_plaintext() {
+    let db = handover_relay::store::postgres::testing::TestDatabase::create()
+        .expect("a PostgreSQL server for the tests (run scripts/ensure-postgres.sh)");
+    let marker = "MARKER-pg-4kTq";
+    let out = run(None, &["demo", "--marker", marker, "--store", &db.url]);
+    assert!(out.ok, "demo failed: {}", out.stderr);
+    assert!(out.stdout.contains("store on PostgreSQL"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("Amina Haddad [{marker}]")));
+    assert!(out.stdout.contains("PURGE_CONFIRMED"));
+    // The scan covered the database's values, and found none of the plaintexts.
+    assert!(
+        out.stdout.contains(" database values for "),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("none found"), "{}", out.stdout);
+}
+
 /// A relay process on a fixed loopback port (so a restarted relay has the address the profiles
 /// know). Killed on drop.
 struct FixedRelay {

@@ -31,7 +31,7 @@ fn database() -> TestDatabase {
 /// Two relay processes on one database serving the same certificate: node 1 generates it in
 /// its data directory, node 2 is given those files (`--cert`, `--key`).
 fn two_nodes(db: &TestDatabase, dirs: &[tempfile::TempDir; 2]) -> (RelayProcess, RelayProcess) {
-    let one = RelayProcess::start_with(bin(), dirs[0].path(), Some(&db.url), &[]).unwrap();
+    let one = RelayProcess::start_with(bin(), dirs[0].path(), Some(&db.url), UNLIMITED).unwrap();
     let cert = dirs[0].path().join(handover_relay::tls::CERT_FILE);
     let key = dirs[0].path().join(handover_relay::tls::KEY_FILE);
     let two = RelayProcess::start_with(
@@ -39,16 +39,23 @@ fn two_nodes(db: &TestDatabase, dirs: &[tempfile::TempDir; 2]) -> (RelayProcess,
         dirs[1].path(),
         Some(&db.url),
         &[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
+            UNLIMITED,
+            &[
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
     )
     .unwrap();
     assert_eq!(one.pin, two.pin, "both nodes serve the same certificate");
     (one, two)
 }
+
+/// No request rate limits: the load tests send as fast as they can.
+const UNLIMITED: &[&str] = &["--requests-per-sec", "0", "--address-requests-per-sec", "0"];
 
 fn dirs() -> [tempfile::TempDir; 2] {
     [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()]
@@ -378,4 +385,226 @@ async fn every_envelope_node_one_acknowledged_before_it_was_killed_is_fetched_th
     })
     .await
     .expect("test timed out");
+}
+
+/// A PostgreSQL server of this test's own (initdb and pg_ctl into a temporary directory, on a
+/// port of its own), so that restarting it disturbs no other test. Stopped on drop.
+struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries under /usr/lib/postgresql (scripts/ensure-postgres.sh)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("pg_ctl").exists())
+            .max()
+            .expect("pg_ctl under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self { bin, dir, port };
+        // PostgreSQL refuses to run as root: as root, it runs as the `postgres` user.
+        let root = pg.run_as_owner(&["id", "-u"]).trim() == "0";
+        if root {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let data = pg.data();
+        pg.ctl(&[
+            pg.bin.join("initdb").to_str().unwrap(),
+            "-D",
+            &data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
+        pg.pg_ctl("start");
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_str().unwrap().to_owned()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run_as_owner(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a server command, as `postgres` when this test runs as root.
+    fn ctl(&self, args: &[&str]) {
+        let root = self.run_as_owner(&["id", "-u"]).trim() == "0";
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).args(args);
+            c
+        } else {
+            let mut c = std::process::Command::new(args[0]);
+            c.args(&args[1..]);
+            c
+        };
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().to_str().unwrap()
+        );
+        let log = self.dir.path().join("server.log");
+        self.ctl(&[
+            self.bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            &self.data(),
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-m",
+            "fast",
+            "-w",
+            action,
+        ]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.pg_ctl("stop")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_during_a_postgres_restart_get_a_retryable_error_and_nothing_acknowledged_is_lost() {
+    let pg = tokio::task::spawn_blocking(PrivatePostgres::start)
+        .await
+        .unwrap();
+    let pg = Arc::new(pg);
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let dir = tempfile::tempdir().unwrap();
+        let relay =
+            RelayProcess::start_with(bin(), dir.path(), Some(&pg.url()), UNLIMITED).unwrap();
+        let owner = Client::connect(relay.addr, relay.pin).await.unwrap();
+        let mb = owner.create_mailbox().await.unwrap();
+        assert!(matches!(
+            owner.authenticate(&mb).await.unwrap().kind,
+            Some(R::Ok(_))
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::new();
+        for t in 0..3u8 {
+            let client = Client::connect(relay.addr, relay.pin).await.unwrap();
+            let mb = mb.clone();
+            let stop = stop.clone();
+            senders.push(tokio::spawn(async move {
+                let (mut acked, mut unavailable, mut other) = (Vec::new(), 0u32, Vec::new());
+                let mut n = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let mut id = [t; 16];
+                    id[1..5].copy_from_slice(&n.to_be_bytes());
+                    let r = client
+                        .send(
+                            &mb.send_id,
+                            &mb.capability,
+                            id,
+                            unix_now() + 3600,
+                            vec![t; 256],
+                        )
+                        .await
+                        .unwrap();
+                    match &r.kind {
+                        Some(R::SendAccepted(_)) => acked.push(id),
+                        Some(R::Error(e))
+                            if e.code == wire::ErrorCode::Unavailable as i32
+                                && e.retry_after_secs > 0 =>
+                        {
+                            unavailable += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        _ => other.push(format!("{r:?}")),
+                    }
+                }
+                (acked, unavailable, other)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        {
+            let pg = pg.clone();
+            tokio::task::spawn_blocking(move || {
+                pg.pg_ctl("stop");
+                std::thread::sleep(Duration::from_millis(1500));
+                pg.pg_ctl("start");
+            })
+            .await
+            .unwrap();
+        }
+        // Sends succeed again once the database is back.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut acked = BTreeSet::new();
+        let mut unavailable = 0;
+        for s in senders {
+            let (a, u, other) = s.await.unwrap();
+            assert!(other.is_empty(), "unexpected answers: {other:?}");
+            acked.extend(a);
+            unavailable += u;
+        }
+        assert!(unavailable > 0, "no send met the restart");
+        let after_restart = assert_sends_work(&owner, &mb).await;
+        assert!(after_restart);
+        let got = owner.fetch_all(&mb.recv_id).await.unwrap();
+        let fetched: BTreeSet<[u8; 16]> = got
+            .iter()
+            .map(|q| {
+                q.envelope
+                    .as_ref()
+                    .unwrap()
+                    .envelope_id
+                    .clone()
+                    .try_into()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(fetched.len(), got.len(), "an envelope was fetched twice");
+        let missing = acked.difference(&fetched).count();
+        assert_eq!(missing, 0, "{missing} acknowledged envelopes lost");
+        eprintln!(
+            "{} sends acknowledged, {unavailable} answered UNAVAILABLE during the restart",
+            acked.len()
+        );
+        drop(relay);
+    })
+    .await
+    .expect("test timed out");
+    drop(pg);
+}
+
+async fn assert_sends_work(client: &Client, mb: &handover_tests::client::MailboxKeys) -> bool {
+    send_ok(client, mb, [0xee; 16]).await
 }

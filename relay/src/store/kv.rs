@@ -48,8 +48,9 @@ use prost::Message;
 use super::queue::{Admission, Entry, Queues};
 use super::senders::SenderCache;
 use super::{
-    BlobAppended, BlobBegun, BlobMeta, Delivery, Enqueued, Id, LocalLog, Mailbox, MailboxQuota,
-    NewEnvelope, Published, Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys, Usage,
+    BlobAppended, BlobBegun, BlobMeta, Delivery, Enqueued, Id, LocalLog, Mailbox, MailboxExport,
+    MailboxQuota, NewEnvelope, Published, Queued, SenderEnqueued, Store, StoreError, Swept,
+    TakenPrekeys, Usage,
 };
 
 /// A batch of writes: `Some(value)` puts, `None` deletes.
@@ -179,7 +180,7 @@ pub trait KvBackend: Send + Sync + 'static {
     /// older than `oldest_live` (the oldest one holding a queued envelope, as of before this
     /// call) may be reclaimed.
     fn sync(&self, oldest_live: Option<u64>) -> Result<(), StoreError>;
-    /// Makes everything durable and compacts recovery data (see [`Store::checkpoint`]).
+    /// Makes everything durable and compacts recovery data (see [`LocalLog::checkpoint`]).
     fn checkpoint(&self, oldest_live: Option<u64>) -> Result<(), StoreError> {
         self.sync(oldest_live)
     }
@@ -219,6 +220,9 @@ pub trait KvBackend: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// A directory entry as exported: organisation root key, `issued_at`, profile.
+pub type DirectoryEntry = ([u8; 32], u64, Vec<u8>);
 
 /// Size of stored blob chunks; uploads are re-chunked to it so reads can seek by index.
 pub const BLOB_STORE_CHUNK: usize = 256 * 1024;
@@ -948,6 +952,95 @@ impl<B: KvBackend> KvStore<B> {
         let oldest_live = self.guard().queues.oldest_live_segment();
         self.backend.checkpoint(oldest_live)?;
         self.checkpoint_index(true)
+    }
+}
+
+impl<B: KvBackend> KvStore<B> {
+    /// Up to `limit` mailboxes with a receive id above `after`, in id order, each with
+    /// everything it holds (for `handover-relay migrate`).
+    pub fn export_mailboxes(
+        &self,
+        after: Option<&Id>,
+        limit: usize,
+    ) -> Result<Vec<MailboxExport>, StoreError> {
+        let start = match after {
+            Some(id) => {
+                let mut k = key(T_MAILBOX, &[id]);
+                k.push(0);
+                k
+            }
+            None => vec![T_MAILBOX],
+        };
+        let mut out = Vec::new();
+        for (k, v) in self.backend.scan(&start, &[T_MAILBOX + 1], limit)? {
+            let recv_id = id_of(k.get(1..).ok_or(StoreError::Corrupt)?)?;
+            let rec: MailboxRec = decode(&v)?;
+            let m = rec.to_mailbox()?;
+            let (envelopes, _) = self.fetch(&recv_id, 0, usize::MAX - 1, 0)?;
+            let next_seq = envelopes
+                .last()
+                .map_or(0, |q| q.seq.saturating_add(1))
+                .max(self.seq_floor_of(&rec));
+            let p = key(T_TOMB, &[&recv_id]);
+            let tombstones = self
+                .backend
+                .scan(&p, &prefix_end(&p), usize::MAX)?
+                .into_iter()
+                .map(|(k, v)| Ok((id_of(k.get(17..).ok_or(StoreError::Corrupt)?)?, u64_of(&v)?)))
+                .collect::<Result<_, StoreError>>()?;
+            let mut one_time = [Vec::new(), Vec::new()];
+            for (slot, kind) in one_time.iter_mut().zip([OT_X25519, OT_KEM]) {
+                let p = key(T_ONETIME, &[&recv_id, &[kind]]);
+                *slot = self
+                    .backend
+                    .scan(&p, &prefix_end(&p), usize::MAX)?
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect();
+            }
+            let [one_time, one_time_kem] = one_time;
+            out.push(MailboxExport {
+                recv_id,
+                send_id: m.send_id,
+                auth_key: m.auth_key,
+                capability_hashes: m.capability_hashes,
+                next_seq,
+                envelopes,
+                tombstones,
+                bundle: self.backend.get(&key(T_BUNDLE, &[&recv_id]))?,
+                one_time,
+                one_time_kem,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every directory entry: organisation root key, `issued_at`, profile; in key order.
+    pub fn export_directory(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        self.backend
+            .scan(&[T_DIR], &[T_DIR + 1], usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let rec: DirRec = decode(&v)?;
+                Ok((
+                    hash_of(k.get(1..).ok_or(StoreError::Corrupt)?)?,
+                    rec.issued_at,
+                    rec.profile,
+                ))
+            })
+            .collect()
+    }
+
+    /// The ids of every complete blob, in id order.
+    pub fn export_blob_ids(&self) -> Result<Vec<Id>, StoreError> {
+        let mut out = Vec::new();
+        for (k, v) in self.backend.scan(&[T_BLOB], &[T_BLOB + 1], usize::MAX)? {
+            let rec: BlobRec = decode(&v)?;
+            if rec.complete {
+                out.push(id_of(k.get(1..).ok_or(StoreError::Corrupt)?)?);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -63,6 +63,7 @@
 mod kv;
 mod log;
 mod memory;
+pub mod migrate;
 pub mod postgres;
 mod queue;
 mod senders;
@@ -72,8 +73,8 @@ pub use self::log::{
     StdFs, plan_repair, repair, sim,
 };
 pub use kv::{
-    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, Entries, IndexPosition, KvBackend, KvStore, LogOp,
-    MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
+    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, DirectoryEntry, Entries, IndexPosition,
+    KvBackend, KvStore, LogOp, MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
 };
 pub use memory::MemoryBackend;
 pub use postgres::PgStore;
@@ -293,6 +294,67 @@ pub struct Swept {
     pub tombstones: u64,
     /// Expired (or abandoned) blobs deleted.
     pub blobs: u64,
+}
+
+/// One mailbox with everything it holds, as `handover-relay migrate` moves it from the
+/// embedded store into PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxExport {
+    /// Receive id.
+    pub recv_id: Id,
+    /// Send id.
+    pub send_id: Id,
+    /// Owner's Ed25519 key.
+    pub auth_key: [u8; 32],
+    /// Hashes of accepted send capabilities.
+    pub capability_hashes: Vec<[u8; 32]>,
+    /// The next sequence number it hands out (above every one handed out).
+    pub next_seq: u64,
+    /// Queued envelopes (expired ones not yet swept included), oldest first.
+    pub envelopes: Vec<Queued>,
+    /// Tombstones: envelope id and until when (Unix seconds).
+    pub tombstones: Vec<(Id, u64)>,
+    /// Its prekey bundle.
+    pub bundle: Option<Vec<u8>>,
+    /// One-time X25519 prekeys, in the order they are handed out.
+    pub one_time: Vec<Vec<u8>>,
+    /// One-time KEM prekeys, in the order they are handed out.
+    pub one_time_kem: Vec<Vec<u8>>,
+}
+
+impl MailboxExport {
+    /// SHA-256 over every field, length-prefixed: equal on both sides of a migration.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut put = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        put(&self.recv_id);
+        put(&self.send_id);
+        put(&self.auth_key);
+        for c in &self.capability_hashes {
+            put(c);
+        }
+        put(&self.next_seq.to_be_bytes());
+        for q in &self.envelopes {
+            put(&q.seq.to_be_bytes());
+            put(&q.envelope.envelope_id);
+            put(&q.envelope.expires_at.to_be_bytes());
+            put(&q.envelope.ciphertext);
+        }
+        for (id, until) in &self.tombstones {
+            put(id);
+            put(&until.to_be_bytes());
+        }
+        put(self.bundle.as_deref().unwrap_or_default());
+        for k in self.one_time.iter().chain(&self.one_time_kem) {
+            put(k);
+        }
+        put(&[u8::from(self.bundle.is_some())]);
+        h.finalize().into()
+    }
 }
 
 /// Wakes the subscribers of a mailbox on this node (see [`Store::watch_remote_enqueues`]).

@@ -85,8 +85,8 @@ pub use schema::SCHEMA_VERSION;
 
 use super::{
     BLOB_STORE_CHUNK, BlobAppended, BlobBegun, BlobMeta, Delivery, Enqueued, Id,
-    MAX_TOMBSTONES_PER_MAILBOX, Mailbox, MailboxQuota, NewEnvelope, Published, Queued,
-    SenderEnqueued, Store, StoreError, Swept, TakenPrekeys, Usage, Wake,
+    MAX_TOMBSTONES_PER_MAILBOX, Mailbox, MailboxExport, MailboxQuota, NewEnvelope, Published,
+    Queued, SenderEnqueued, Store, StoreError, Swept, TakenPrekeys, Usage, Wake,
 };
 
 /// Connections a node keeps to the database by default (besides its listening connection).
@@ -1318,6 +1318,210 @@ impl Store for PgStore {
 }
 
 impl PgStore {
+    /// Every byte string the relay stored (bodies, prekeys, profiles, blob chunks, mailbox
+    /// keys), each with its table's name: for a scan of what the database holds, such as the
+    /// demo's search for plaintexts.
+    pub fn stored_bytes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT 'handover_envelopes', envelope_id || body FROM handover_envelopes
+                     UNION ALL SELECT 'handover_tombstones', envelope_id FROM handover_tombstones
+                     UNION ALL SELECT 'handover_prekey_bundles', bundle FROM handover_prekey_bundles
+                     UNION ALL SELECT 'handover_one_time_prekeys', prekey
+                        FROM handover_one_time_prekeys
+                     UNION ALL SELECT 'handover_directory', org_root_key || profile
+                        FROM handover_directory
+                     UNION ALL SELECT 'handover_blob_chunks', data FROM handover_blob_chunks
+                     UNION ALL SELECT 'handover_mailboxes',
+                        recv_id || send_id || auth_key || coalesce((
+                            SELECT string_agg(h, ''::bytea) FROM unnest(capability_hashes) h
+                        ), ''::bytea)
+                        FROM handover_mailboxes",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// Stores a mailbox with everything it holds, as exported from another store, in one
+    /// transaction. Returns `false` (and changes nothing) if its receive or send id is
+    /// already taken: a migration that was interrupted resumes by skipping what it moved.
+    pub fn import_mailbox(&self, m: &MailboxExport) -> Result<bool, StoreError> {
+        let bytes: u64 = m
+            .envelopes
+            .iter()
+            .map(|q| q.envelope.ciphertext.len() as u64)
+            .sum();
+        self.counted(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let hashes: Vec<&[u8]> = m.capability_hashes.iter().map(|h| h.as_slice()).collect();
+            let keys = (m.one_time.len() + m.one_time_kem.len()) as u64;
+            let n = tx
+                .execute(
+                    "INSERT INTO handover_mailboxes (recv_id, send_id, auth_key, capability_hashes,
+                        next_seq, queued_count, queued_bytes, next_prekey, one_time_count,
+                        one_time_kem_count, tombstones)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+                    &[
+                        &m.recv_id.as_slice(),
+                        &m.send_id.as_slice(),
+                        &m.auth_key.as_slice(),
+                        &hashes,
+                        &big(m.next_seq.max(1)),
+                        &big(m.envelopes.len() as u64),
+                        &big(bytes),
+                        &big(keys),
+                        &big(m.one_time.len() as u64),
+                        &big(m.one_time_kem.len() as u64),
+                        &big(m.tombstones.len() as u64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            if n == 0 {
+                return Ok((false, [0, 0, 0]));
+            }
+            for q in &m.envelopes {
+                tx.execute(
+                    "INSERT INTO handover_envelopes (recv_id, seq, envelope_id, expires_at, body)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &m.recv_id.as_slice(),
+                        &big(q.seq),
+                        &q.envelope.envelope_id.as_slice(),
+                        &big(q.envelope.expires_at),
+                        &q.envelope.ciphertext,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            for (id, until) in &m.tombstones {
+                tx.execute(
+                    "INSERT INTO handover_tombstones (recv_id, envelope_id, until)
+                     VALUES ($1, $2, $3)",
+                    &[&m.recv_id.as_slice(), &id.as_slice(), &big(*until)],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            if let Some(bundle) = &m.bundle {
+                tx.execute(
+                    "INSERT INTO handover_prekey_bundles (recv_id, bundle) VALUES ($1, $2)",
+                    &[&m.recv_id.as_slice(), bundle],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            let mut n = 0i64;
+            for (kind, keys) in [(OT_X25519, &m.one_time), (OT_KEM, &m.one_time_kem)] {
+                for key in keys {
+                    tx.execute(
+                        "INSERT INTO handover_one_time_prekeys (recv_id, kind, n, prekey)
+                         VALUES ($1, $2, $3, $4)",
+                        &[&m.recv_id.as_slice(), &kind, &n, key],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                    n += 1;
+                }
+            }
+            tx.commit().await.map_err(pg_err)?;
+            Ok((true, [1, big(m.envelopes.len() as u64), big(bytes)]))
+        })
+    }
+
+    /// A mailbox with everything it holds, in the shape [`PgStore::import_mailbox`] takes (to
+    /// verify a migration).
+    pub fn export_mailbox(&self, recv_id: &Id) -> Result<Option<MailboxExport>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let Some(row) = client
+                .query_opt(
+                    "SELECT send_id, auth_key, capability_hashes, next_seq
+                     FROM handover_mailboxes WHERE recv_id = $1",
+                    &[&recv_id.as_slice()],
+                )
+                .await
+                .map_err(pg_err)?
+            else {
+                return Ok(None);
+            };
+            let r = recv_id.as_slice();
+            let mut envelopes = Vec::new();
+            for e in client
+                .query(
+                    "SELECT seq, envelope_id, expires_at, body FROM handover_envelopes
+                     WHERE recv_id = $1 ORDER BY seq",
+                    &[&r],
+                )
+                .await
+                .map_err(pg_err)?
+            {
+                envelopes.push(Queued {
+                    seq: unbig(e.get(0)),
+                    envelope: NewEnvelope {
+                        envelope_id: id_of(e.get::<_, &[u8]>(1))?,
+                        expires_at: unbig(e.get(2)),
+                        ciphertext: e.get(3),
+                    },
+                });
+            }
+            let mut tombstones = Vec::new();
+            for t in client
+                .query(
+                    "SELECT envelope_id, until FROM handover_tombstones
+                     WHERE recv_id = $1 ORDER BY envelope_id",
+                    &[&r],
+                )
+                .await
+                .map_err(pg_err)?
+            {
+                tombstones.push((id_of(t.get::<_, &[u8]>(0))?, unbig(t.get(1))));
+            }
+            let bundle = client
+                .query_opt(
+                    "SELECT bundle FROM handover_prekey_bundles WHERE recv_id = $1",
+                    &[&r],
+                )
+                .await
+                .map_err(pg_err)?
+                .map(|b| b.get(0));
+            let mut one_time = [Vec::new(), Vec::new()];
+            for (slot, kind) in one_time.iter_mut().zip([OT_X25519, OT_KEM]) {
+                *slot = client
+                    .query(
+                        "SELECT prekey FROM handover_one_time_prekeys
+                         WHERE recv_id = $1 AND kind = $2 ORDER BY n",
+                        &[&r, &kind],
+                    )
+                    .await
+                    .map_err(pg_err)?
+                    .iter()
+                    .map(|k| k.get(0))
+                    .collect();
+            }
+            let [one_time, one_time_kem] = one_time;
+            Ok(Some(MailboxExport {
+                recv_id: *recv_id,
+                send_id: id_of(row.get::<_, &[u8]>(0))?,
+                auth_key: hash_of(row.get::<_, &[u8]>(1))?,
+                capability_hashes: hashes_of(&row, 2)?,
+                next_seq: unbig(row.get(3)),
+                envelopes,
+                tombstones,
+                bundle,
+                one_time,
+                one_time_kem,
+            }))
+        })
+    }
+
     /// One sweep step in one transaction, if this node gets the sweeper's lock.
     async fn sweep_step(
         &self,
