@@ -73,8 +73,8 @@ pub use self::log::{
     StdFs, plan_repair, repair, sim,
 };
 pub use kv::{
-    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, DirectoryEntry, Entries, IndexPosition,
-    KvBackend, KvStore, LogOp, MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
+    BLOB_STORE_CHUNK, Batch, BodyRef, Candidate, DirectoryEntry, Entries, IndexPosition, KvBackend,
+    KvStore, LogOp, MAX_TOMBSTONES_PER_MAILBOX, PURGE_STEP, Recovered,
 };
 pub use memory::MemoryBackend;
 pub use postgres::PgStore;

@@ -1736,10 +1736,32 @@ pub mod testing {
 
     use super::{NoTls, StoreError, pg_err};
 
-    /// The server tests use: `HANDOVER_TEST_PG` or `postgres://postgres@127.0.0.1:5432/test`.
+    /// The server tests use: `HANDOVER_TEST_PG`, or else the local server at
+    /// `postgres://postgres@127.0.0.1:5432/test`, which `scripts/ensure-postgres.sh` makes sure
+    /// of first (once per test process: it starts an installed server, or installs one), so
+    /// that `cargo test --workspace` needs no step before it. A failure of the script is a test
+    /// failure, never a skip.
     pub fn server_url() -> String {
-        std::env::var("HANDOVER_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        if let Ok(url) = std::env::var("HANDOVER_TEST_PG") {
+            return url;
+        }
+        static ENSURED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        let ensured = ENSURED.get_or_init(|| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-postgres.sh");
+            match std::process::Command::new("bash").arg(script).status() {
+                Ok(status) if status.success() => Ok(()),
+                Ok(status) => Err(format!("{script} failed ({status})")),
+                Err(err) => Err(format!("{script} could not run: {err}")),
+            }
+        });
+        if let Err(why) = ensured {
+            // Test support only: the PostgreSQL tests must fail, not skip, without a server.
+            #[allow(clippy::panic)]
+            {
+                panic!("no PostgreSQL server for the tests: {why}");
+            }
+        }
+        "postgres://postgres@127.0.0.1:5432/test".to_owned()
     }
 
     /// A database created for one test and dropped (with its connections) when this is.
