@@ -95,6 +95,12 @@ pub(crate) async fn home_todo(t: &Tr, desk: &Desk) -> Vec<Todo> {
             (true, "ACCEPTED") if !r.released => t.t("todo-release"),
             _ => continue,
         };
+        // A colleague's case needs this device only if the colleague does not act.
+        let text = if r.side_sender && !r.mine {
+            t.t1("todo-colleague", "text", &text)
+        } else {
+            text
+        };
         out.push(Todo { text, href });
     }
     for id in known_receipts(desk).await {
@@ -124,6 +130,12 @@ pub(crate) struct Row {
     services: String,
     case_ref: String,
     released: bool,
+    /// A sent case this device holds (issue 22: the organisation shares its cases; one
+    /// caseworker holds each).
+    mine: bool,
+    /// Who of the organisation holds it: empty for mine and for received referrals (the
+    /// receiving team's), else the first bytes of the holding device's id.
+    holder: String,
 }
 
 async fn rows(desk: &Desk) -> Result<Vec<Row>, handover_core::client::ClientError> {
@@ -162,6 +174,11 @@ fn row(s: &ReferralSummary, offer: Option<&wire::ReferralOffer>, released: bool)
             .unwrap_or_default(),
         case_ref: offer.map(|o| o.sender_case_ref.clone()).unwrap_or_default(),
         released,
+        mine: s.side == Side::Sender && s.mine,
+        holder: match (s.side, s.mine, s.assignee) {
+            (Side::Sender, false, Some(d)) => hex::encode(&d.0[..4]),
+            _ => String::new(),
+        },
     }
 }
 
@@ -174,6 +191,9 @@ struct ListQuery {
     side: String,
     #[serde(default)]
     q: String,
+    /// "mine": the sent cases this device holds; "org": every case of the organisation.
+    #[serde(default)]
+    whose: String,
 }
 
 /// The referral list.
@@ -186,6 +206,7 @@ struct Referrals {
     states: Vec<(&'static str, bool)>,
     side: String,
     q: String,
+    whose: String,
 }
 
 const STATES: &[&str] = &[
@@ -224,6 +245,7 @@ async fn referrals(
             "received" => !r.side_sender,
             _ => true,
         })
+        .filter(|r| f.whose != "mine" || r.mine)
         .filter(|r| {
             q.is_empty()
                 || r.case_ref.to_lowercase().contains(&q)
@@ -238,6 +260,7 @@ async fn referrals(
         states: STATES.iter().map(|s| (*s, *s == f.state)).collect(),
         side: f.side,
         q: f.q,
+        whose: f.whose,
     })
 }
 
