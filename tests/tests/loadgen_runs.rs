@@ -80,3 +80,45 @@ fn every_phase_prints_its_figures_in_both_runtime_arrangements() {
         );
     }
 }
+
+/// `--store`: the relay on PostgreSQL in a fresh database (two nodes sharing it), then pgbench
+/// running the relay's SQL per send (tests/bench/pg-send.sql) on the same database, with the
+/// ratio printed; the database is dropped at the end.
+#[test]
+fn the_relay_on_postgresql_runs_next_to_pgbench() {
+    let server = handover_relay::store::postgres::testing::server_url();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_handover-loadgen"))
+        .args(["--dir", dir.path().to_str().unwrap()])
+        .args(["--connections", "2", "--streams", "2", "--secs", "1"])
+        .args(["--warmup-secs", "0", "--simulated-sync-us", "0"])
+        .args(["--store", &server, "--store-pool-size", "2", "--nodes", "2"])
+        .args(["--pgbench-clients", "1,4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "(relay on PostgreSQL, a fresh database: 2 node(s), each with 2 connections for requests)",
+        "relay durable sends (2x2)",
+        "pgbench, the relay's SQL per send (1 clients): ",
+        "pgbench, the relay's SQL per send (4 clients): ",
+        "relay at half peak",
+        "relay single sender",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
+    assert_eq!(stdout.matches("relay / pgbench ").count(), 2, "{stdout}");
+    // pgbench's sends all committed: none failed (a failed one would be an error in the SQL).
+    assert_eq!(
+        stdout
+            .matches("  pgbench: number of failed transactions: 0 ")
+            .count(),
+        2,
+        "{stdout}"
+    );
+}

@@ -25,6 +25,12 @@
 //! The servers (the relay and the echo server) run on a tokio runtime of their own unless
 //! `--runtimes shared`.
 //!
+//! With `--store URL` the relay runs on PostgreSQL, in a fresh database created on that server
+//! for the run (and dropped after it), optionally as several nodes sharing it (`--nodes`); after
+//! the relay's peak phase, pgbench runs the relay's SQL per send (tests/bench/pg-send.sql) on
+//! the same database and mailboxes, and the relay's peak is printed as a ratio to pgbench's
+//! rate.
+//!
 //! `cargo run --release -p handover-tests --bin handover-loadgen -- --help`
 
 use std::net::SocketAddr;
@@ -37,8 +43,9 @@ use clap::Parser;
 use handover_proto::frame;
 use handover_proto::limits::MAX_FRAME_LEN;
 use handover_proto::relay::v1 as wire;
-use handover_relay::config::Config;
+use handover_relay::config::{Config, StoreLocation};
 use handover_relay::server::Relay;
+use handover_relay::store::postgres::testing::TestDatabase;
 use handover_tests::client::{
     Client, MailboxKeys, client_config, client_endpoint, read_frame, unix_now,
 };
@@ -107,6 +114,28 @@ struct Args {
     /// itself. The default is about the relay's round at half of peak.
     #[arg(long, default_value_t = 250)]
     simulated_sync_us: u64,
+    /// Run the relay on PostgreSQL instead of the embedded store: a connection string to any
+    /// database of the server (such as `postgres://postgres@127.0.0.1:5432/test`). Each run
+    /// creates a fresh database on that server for the relay, which creates its schema in it,
+    /// and drops it at the end. After the relay's peak phase, pgbench runs the relay's SQL per
+    /// send (tests/bench/pg-send.sql) on that database and the mailboxes the relay created.
+    #[arg(long)]
+    store: Option<String>,
+    /// Connections to PostgreSQL of each relay node for requests (the relay's
+    /// `--store-pool-size`): at most this many sends are in a transaction at once per node.
+    #[arg(long, default_value_t = handover_relay::store::postgres::DEFAULT_POOL_SIZE)]
+    store_pool_size: usize,
+    /// Relay nodes on the same database (with `--store`), each in the servers' runtime with
+    /// its own pool; connection c goes to node c % nodes.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// The pgbench binary run with `--store`.
+    #[arg(long, default_value = "pgbench")]
+    pgbench: PathBuf,
+    /// pgbench client counts (comma-separated), each run for `--secs` (default: the relay's
+    /// database connections, `--store-pool-size` x `--nodes`; 0 skips pgbench).
+    #[arg(long, value_delimiter = ',')]
+    pgbench_clients: Vec<usize>,
 }
 
 /// Whether the servers share the clients' tokio runtime.
@@ -1160,6 +1189,91 @@ fn close_echo(endpoint: &quinn::Endpoint, conns: &[quinn::Connection]) {
     endpoint.close(0u8.into(), b"done");
 }
 
+/// The relay's configuration for the load: loopback, no admin endpoint, rate limits off and
+/// quotas lifted.
+fn relay_limits(mut config: Config, args: &Args) -> Config {
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.admin = None;
+    config.requests_per_sec = 0;
+    config.address_requests_per_sec = 0;
+    config.connection_creations_per_min = 0;
+    config.address_creations_per_min = 0;
+    config.wal_mib = args.wal_mib;
+    config.udp_buffer_bytes = args.udp_buffer_bytes;
+    config.max_streams = (args.streams as u32).max(1) * 2;
+    config.limits.mailbox_max_envelopes = u64::MAX;
+    config.limits.mailbox_max_bytes = u64::MAX;
+    config.limits.relay_max_envelopes = u64::MAX;
+    config.limits.relay_max_bytes = u64::MAX;
+    config
+}
+
+/// The relay's SQL per send (tests/bench/pg-send.sql) run by pgbench with `clients` clients
+/// for `args.secs`, on the relay's database and the load's mailboxes (client c sends to
+/// mailbox c % mailboxes, 1 KiB bodies, quotas lifted as in the relay's run). Returns the
+/// transactions per second (without connection time) and pgbench's summary lines.
+async fn pgbench(
+    args: &Args,
+    url: &str,
+    mailboxes: &[MailboxKeys],
+    dir: &std::path::Path,
+    clients: usize,
+) -> Result<(f64, Vec<String>)> {
+    const SCRIPT: &str = include_str!("../../bench/pg-send.sql");
+    let script = dir.join("pg-send.sql");
+    std::fs::write(&script, SCRIPT)?;
+    let mut cmd = std::process::Command::new(&args.pgbench);
+    cmd.args(["-n", "-M", "prepared"])
+        .arg(format!("--client={clients}"))
+        .arg(format!("--jobs={}", clients.min(2)))
+        .arg(format!("--time={}", args.secs))
+        .arg("-f")
+        .arg(&script)
+        .arg(format!("--define=mailboxes={}", mailboxes.len()));
+    for (i, m) in mailboxes.iter().enumerate() {
+        cmd.arg(format!("--define=send{i}=\\x{}", hex::encode(&m.send_id)));
+    }
+    let recv = mailboxes.first().map(|m| hex::encode(&m.recv_id));
+    cmd.arg(format!(
+        "--define=body=\\x{}",
+        "c5".repeat(args.envelope_bytes)
+    ))
+    .arg(format!("--define=expires={}", unix_now() + 600))
+    // Another node's id (the relay's is never 0), a receive id's length.
+    .arg(format!(
+        "--define=wake=00000000:{}",
+        recv.unwrap_or_default()
+    ))
+    .arg(format!("--define=quota={}", i64::MAX))
+    .arg(url);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let tps = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| format!("no tps in pgbench's output: {stdout}"))?;
+    let lines = stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("number of transactions actually processed")
+                || l.starts_with("number of failed transactions")
+                || l.starts_with("latency average")
+        })
+        .map(str::to_owned)
+        .collect();
+    Ok((tps, lines))
+}
+
 /// Runs every phase; the relay and the echo server are started on `servers`.
 async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     let base = match &args.dir {
@@ -1221,36 +1335,59 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
         SideCpu::since(SideCpu::read(), cpu, args.runtimes, echoed as f64, false)
     );
 
-    // The relay, in process, over the real sled store.
-    let mut config = Config::new(base.path().join("relay"));
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.admin = None;
-    config.requests_per_sec = 0;
-    config.address_requests_per_sec = 0;
-    config.connection_creations_per_min = 0;
-    config.address_creations_per_min = 0;
-    config.wal_mib = args.wal_mib;
-    config.udp_buffer_bytes = args.udp_buffer_bytes;
-    config.max_streams = (args.streams as u32).max(1) * 2;
-    config.limits.mailbox_max_envelopes = u64::MAX;
-    config.limits.mailbox_max_bytes = u64::MAX;
-    config.limits.relay_max_envelopes = u64::MAX;
-    config.limits.relay_max_bytes = u64::MAX;
+    // The relay, in process, over the real sled store (or a fresh PostgreSQL database).
+    if args.memory_store && args.store.is_some() {
+        return Err("--memory-store and --store exclude each other".into());
+    }
+    if args.nodes == 0 || (args.nodes > 1 && args.store.is_none()) {
+        return Err("--nodes above 1 needs --store (the nodes share a database)".into());
+    }
+    if args.store.is_some() && args.connections > 8 {
+        return Err(
+            "--store runs pgbench over at most 8 mailboxes: --connections 8 at most".into(),
+        );
+    }
+    let database = match &args.store {
+        Some(server) => Some(TestDatabase::create_on(server)?),
+        None => None,
+    };
+    let relay_config = |node: usize| {
+        let mut config = Config::new(base.path().join(format!("relay{node}")));
+        if let Some(db) = &database {
+            config.store = StoreLocation::Postgres(db.url.clone());
+            config.store_pool_size = args.store_pool_size;
+        }
+        relay_limits(config, &args)
+    };
     let relay = if args.memory_store {
         let store: Arc<dyn handover_relay::store::Store> = Arc::new(
             handover_relay::store::MemoryStore::new(handover_relay::store::MemoryBackend::new()),
         );
         println!("(relay over the in-memory store: NOT durable)");
         servers
-            .spawn(Relay::start_with_store(config, store))
+            .spawn(Relay::start_with_store(relay_config(0), store))
             .await??
     } else {
-        servers.spawn(Relay::start(config)).await??
+        servers.spawn(Relay::start(relay_config(0))).await??
     };
+    let mut others = Vec::new();
+    for node in 1..args.nodes {
+        others.push(servers.spawn(Relay::start(relay_config(node))).await??);
+    }
+    if database.is_some() {
+        println!(
+            "(relay on PostgreSQL, a fresh database: {} node(s), each with {} connections for requests)",
+            args.nodes, args.store_pool_size
+        );
+    }
     let mut clients = Vec::new();
     let mut mailboxes = Vec::new();
-    for _ in 0..args.connections {
-        let c = Client::connect(relay.local_addr(), relay.pin()).await?;
+    for c in 0..args.connections {
+        let node = match c % args.nodes {
+            0 => &relay,
+            n => &others[n - 1],
+        };
+        let c = Client::connect(node.local_addr(), node.pin()).await?;
         mailboxes.push(c.create_mailbox().await?);
         clients.push(c);
     }
@@ -1285,6 +1422,24 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
         "{}",
         SideCpu::since(side, cpu, args.runtimes, sent as f64, true)
     );
+
+    if let Some(db) = &database {
+        let counts = if args.pgbench_clients.is_empty() {
+            vec![args.store_pool_size * args.nodes]
+        } else {
+            args.pgbench_clients.clone()
+        };
+        for clients in counts.into_iter().filter(|&c| c > 0) {
+            let (tps, lines) = pgbench(&args, &db.url, &mailboxes, base.path(), clients).await?;
+            println!(
+                "pgbench, the relay's SQL per send ({clients} clients): {tps:>10.0} tps   relay / pgbench {:.2} (target >= 0.5)",
+                peak / tps
+            );
+            for line in lines {
+                println!("  pgbench: {line}");
+            }
+        }
+    }
 
     let half = args.rate.unwrap_or(peak / 2.0);
     let (lat, failed, lines) =
@@ -1363,7 +1518,12 @@ async fn run(args: Args, servers: tokio::runtime::Handle) -> Result<()> {
     for c in &clients {
         c.conn.close(0u8.into(), b"done");
     }
+    for other in others {
+        servers.spawn(other.shutdown()).await?;
+    }
     servers.spawn(relay.shutdown()).await?;
+    // The fresh database, if any, is dropped here, after the relays.
+    drop(database);
     Ok(())
 }
 

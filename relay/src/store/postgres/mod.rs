@@ -1842,7 +1842,14 @@ pub mod testing {
         /// test databases older than two hours). Fails (the tests fail, they do not skip) when
         /// the server cannot be reached.
         pub fn create() -> Result<Self, StoreError> {
-            let admin = server_url();
+            Self::create_on(&server_url())
+        }
+
+        /// As [`TestDatabase::create`], on the server of `admin` (a connection string to any
+        /// database of it, such as `postgres://postgres@127.0.0.1:5432/test`): for a
+        /// benchmark's run given its server on the command line.
+        pub fn create_on(admin: &str) -> Result<Self, StoreError> {
+            let admin = admin.to_owned();
             let now = crate::server::unix_now();
             let name = format!("handover_pgt_{now}_{:08x}", rand::random::<u32>());
             blocking(create_database(&admin, &name, now))?;
