@@ -1210,8 +1210,8 @@ fn relay_limits(mut config: Config, args: &Args) -> Config {
 
 /// The relay's SQL per send (tests/bench/pg-send.sql) run by pgbench with `clients` clients
 /// for `args.secs`, on the relay's database and the load's mailboxes (client c sends to
-/// mailbox c % mailboxes, 1 KiB bodies, quotas lifted as in the relay's run). Returns the
-/// transactions per second (without connection time) and pgbench's summary lines.
+/// mailbox c % mailboxes, bodies of `--envelope-bytes`, quotas lifted as in the relay's run).
+/// Returns the transactions per second (without connection time) and pgbench's summary lines.
 async fn pgbench(
     args: &Args,
     url: &str,
