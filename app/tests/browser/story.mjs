@@ -311,7 +311,9 @@ try {
     await a.fill("#answers", "Yes, both are 6 and 9.");
     await a.click("#act-provide");
     await a.waitForURL(/notice=referral-acted/);
-    await b.waitForSelector("#act-decline", { timeout: WAIT });
+    // Wait for the answer to reach B's open page first: its live refresh replaces the action
+    // forms and would reset a reason chosen before it.
+    await b.waitForSelector("#referral-state >> text=ACKNOWLEDGED", { timeout: WAIT });
     await b.selectOption("#decline-reason", { index: 2 });
     await b.click("#act-decline");
     await b.waitForSelector("#referral-state >> text=DECLINED");
