@@ -5,6 +5,15 @@
 (function () {
   const unlocked = document.body.dataset.unlocked === "1";
 
+  // Once this page is being left (a form was submitted, a link followed), live events must not
+  // start a second navigation: it would abort the first (the Lock button's own answer is the
+  // unlock screen, and the "locked" event arrives at the same moment).
+  let leaving = false;
+  window.addEventListener("beforeunload", () => { leaving = true; });
+  function goUnlock() {
+    if (!leaving) location.assign("/unlock");
+  }
+
   // Replaces every [data-live] region with its counterpart from a fresh copy of this page.
   let refreshing = null;
   async function refresh() {
@@ -13,7 +22,7 @@
     try {
       const response = await fetch(location.href, { credentials: "same-origin", cache: "no-store" });
       if (response.redirected && new URL(response.url).pathname === "/unlock") {
-        location.assign("/unlock");
+        goUnlock();
         return;
       }
       if (!response.ok) return;
@@ -59,7 +68,8 @@
     for (const name of ["message", "referral", "contacts"]) {
       events.addEventListener(name, refresh);
     }
-    events.addEventListener("locked", () => location.assign("/unlock"));
+    events.addEventListener("locked", goUnlock);
+    window.addEventListener("beforeunload", () => events.close());
     const status = document.getElementById("status");
     const setStatus = (online) => {
       if (!status) return;
