@@ -22,6 +22,37 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
+impl CliOutput {
+    /// The standard output of a run of `handover args` that must have succeeded without a
+    /// panic. Test support: fails the calling test (panics) otherwise, with the command and its
+    /// standard error.
+    #[allow(clippy::panic)]
+    pub fn expect_success(self, args: &[&str]) -> String {
+        if !self.ok || self.stderr.contains("panicked") {
+            panic!("`handover {}` failed: {}", args.join(" "), self.stderr);
+        }
+        self.stdout
+    }
+
+    /// The standard error of a run of `handover args` that must have been refused: a non-zero
+    /// exit, a message that starts with `error: ` and no panic. Test support: fails the calling
+    /// test (panics) otherwise.
+    #[allow(clippy::panic)]
+    pub fn expect_refusal(self, args: &[&str]) -> String {
+        if self.ok {
+            panic!("`handover {}` should have failed", args.join(" "));
+        }
+        if self.stderr.contains("panicked") || !self.stderr.starts_with("error: ") {
+            panic!(
+                "`handover {}` was not refused in words: {}",
+                args.join(" "),
+                self.stderr
+            );
+        }
+        self.stderr
+    }
+}
+
 fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut s = String::new();

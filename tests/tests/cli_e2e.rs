@@ -28,14 +28,7 @@ fn run(profile: Option<&Path>, args: &[&str]) -> CliOutput {
 }
 
 fn must(profile: Option<&Path>, args: &[&str]) -> String {
-    let out = run(profile, args);
-    assert!(
-        out.ok,
-        "`handover {}` failed: {}",
-        args.join(" "),
-        out.stderr
-    );
-    out.stdout
+    run(profile, args).expect_success(args)
 }
 
 fn organisation_key(profile: &Path) -> String {

@@ -40,22 +40,12 @@ fn run(profile: &Path, args: &[&str]) -> CliOutput {
 }
 
 fn must(profile: &Path, args: &[&str]) -> String {
-    let out = run(profile, args);
-    assert!(
-        out.ok,
-        "`handover {}` failed: {}",
-        args.join(" "),
-        out.stderr
-    );
-    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    out.stdout
+    run(profile, args).expect_success(args)
 }
 
+/// Runs a command that must fail with a message (and no panic); returns its stderr.
 fn refused(profile: &Path, args: &[&str]) -> String {
-    let out = run(profile, args);
-    assert!(!out.ok, "`handover {}` should have failed", args.join(" "));
-    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    out.stderr
+    run(profile, args).expect_refusal(args)
 }
 
 fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
