@@ -41,7 +41,7 @@ pub(crate) fn router() -> Router<Shared> {
 
 /// Submitted values (repeated names for multiple choices).
 #[derive(Default)]
-pub(crate) struct Values(Vec<(String, String)>);
+pub(crate) struct Values(pub(crate) Vec<(String, String)>);
 
 impl Values {
     /// The first value of `name` (empty if none).
@@ -58,7 +58,7 @@ impl Values {
         self.0.iter().any(|(k, v)| k == name && v == value)
     }
 
-    fn all(&self, name: &str) -> Vec<String> {
+    pub(crate) fn all(&self, name: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(k, v)| k == name && !v.trim().is_empty())
@@ -70,7 +70,7 @@ impl Values {
         matches!(self.v(name), "on" | "yes" | "true")
     }
 
-    fn list(&self, name: &str) -> Vec<String> {
+    pub(crate) fn list(&self, name: &str) -> Vec<String> {
         self.v(name)
             .split(',')
             .map(str::trim)
@@ -97,11 +97,11 @@ impl Errors {
             .map(|(_, e)| e.as_str())
     }
 
-    fn add(&mut self, field: &str, text: String) {
+    pub(crate) fn add(&mut self, field: &str, text: String) {
         self.0.push((field.to_owned(), text));
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
@@ -109,7 +109,7 @@ impl Errors {
 /// A choice: (wire name, shown word).
 pub(crate) type Choice = (String, String);
 
-fn choices<E: TryFrom<i32>>(name: impl Fn(&E) -> &'static str, prefix: &str) -> Vec<Choice> {
+pub(crate) fn choices<E: TryFrom<i32>>(name: impl Fn(&E) -> &'static str, prefix: &str) -> Vec<Choice> {
     (1..=64)
         .filter_map(|i| E::try_from(i).ok())
         .map(|e| {

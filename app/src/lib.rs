@@ -46,6 +46,7 @@ use tokio::task::JoinHandle;
 
 mod cases;
 mod compose;
+mod directory;
 mod i18n;
 mod pages;
 pub mod security;

@@ -52,6 +52,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/contacts/{peer}/unverify", post(unverify))
         .merge(crate::compose::router())
         .merge(crate::cases::router())
+        .merge(crate::directory::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
@@ -247,6 +248,7 @@ pub(crate) fn notice_text(t: &Tr, q: &NoticeQuery) -> Option<String> {
         "directory-published",
         "device-revoked",
         "org-imported",
+        "org-imported-partly",
         "wiped",
         "consent-recorded-notice",
     ];
