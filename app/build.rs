@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() -> std::io::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("locales");
+    // Read at run time, not with env!(): a build script compiled in another checkout (a
+    // copied target/) would otherwise embed that checkout's files.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").map_err(std::io::Error::other)?;
+    let root = Path::new(&manifest).join("locales");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut langs: Vec<_> = std::fs::read_dir(&root)?
         .filter_map(Result::ok)

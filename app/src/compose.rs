@@ -109,7 +109,10 @@ impl Errors {
 /// A choice: (wire name, shown word).
 pub(crate) type Choice = (String, String);
 
-pub(crate) fn choices<E: TryFrom<i32>>(name: impl Fn(&E) -> &'static str, prefix: &str) -> Vec<Choice> {
+pub(crate) fn choices<E: TryFrom<i32>>(
+    name: impl Fn(&E) -> &'static str,
+    prefix: &str,
+) -> Vec<Choice> {
     (1..=64)
         .filter_map(|i| E::try_from(i).ok())
         .map(|e| {

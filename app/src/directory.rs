@@ -166,7 +166,8 @@ fn entry(
     let imported = verified.trusted
         && !p.intake.is_empty()
         && p.intake.iter().all(|a| {
-            <[u8; 16]>::try_from(a.device_id.as_slice()).is_ok_and(|d| contacts.contains(&(root, d)))
+            <[u8; 16]>::try_from(a.device_id.as_slice())
+                .is_ok_and(|d| contacts.contains(&(root, d)))
         });
     Some(Entry {
         root: hex::encode(root),
@@ -233,7 +234,10 @@ fn search_query(t: &Tr, f: &Values, e: &mut Errors) -> relay::DirectoryQuery {
     }
     let region = f.v("region").trim();
     if region.len() > MAX_SHORT_STRING_LEN {
-        e.add("region", t.t1("field-too-long", "max", MAX_SHORT_STRING_LEN));
+        e.add(
+            "region",
+            t.t1("field-too-long", "max", MAX_SHORT_STRING_LEN),
+        );
     }
     let one = |s: &str| {
         if s.is_empty() {
@@ -376,12 +380,7 @@ async fn import(
         .into_iter()
         .find(|(_, v)| v.profile.org_root_key.as_slice() == root.as_slice())
     else {
-        return crate::pages::error_page(
-            &t,
-            Some(&desk),
-            StatusCode::NOT_FOUND,
-            t.t("dir-gone"),
-        );
+        return crate::pages::error_page(&t, Some(&desk), StatusCode::NOT_FOUND, t.t("dir-gone"));
     };
     let (own, contacts) = known(&desk).await;
     let Some(shown_entry) = entry(&verified, own, &contacts) else {
@@ -598,7 +597,10 @@ fn details(t: &Tr, f: &Values, e: &mut Errors) -> ProfileDetails {
     }
     let regions = f.list("regions");
     if regions.iter().any(|r| r.len() > MAX_SHORT_STRING_LEN) {
-        e.add("regions", t.t1("field-too-long", "max", MAX_SHORT_STRING_LEN));
+        e.add(
+            "regions",
+            t.t1("field-too-long", "max", MAX_SHORT_STRING_LEN),
+        );
     } else if regions.len() > MAX_REPEATED {
         e.add("regions", t.t1("field-too-many", "max", MAX_REPEATED));
     }
@@ -681,14 +683,26 @@ mod tests {
         for good in ["en", "ar", "uk-UA", "es-419", "zh-Hant-TW"] {
             assert!(is_language_tag(good), "{good}");
         }
-        for bad in ["", "e", "english language", "en_GB", "en-", "-en", "1a", "fr-toolongsubtag"] {
+        for bad in [
+            "",
+            "e",
+            "english language",
+            "en_GB",
+            "en-",
+            "-en",
+            "1a",
+            "fr-toolongsubtag",
+        ] {
             assert!(!is_language_tag(bad), "{bad}");
         }
     }
 
     #[test]
     fn query_values_are_escaped() {
-        assert_eq!(query_escape("Harbour Women's Centre"), "Harbour%20Women%27s%20Centre");
+        assert_eq!(
+            query_escape("Harbour Women's Centre"),
+            "Harbour%20Women%27s%20Centre"
+        );
         assert_eq!(query_escape("a&b=c"), "a%26b%3Dc");
         assert_eq!(query_escape("é"), "%C3%A9");
     }

@@ -41,10 +41,9 @@ struct Browser {
 impl Browser {
     async fn call(&self, method: Method, path: &str, form: &str) -> Answer {
         let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(connection);
         let mut request = Request::builder()
             .method(method.clone())
@@ -211,7 +210,10 @@ async fn scenario() {
     assert!(a.body.contains("--admit-org"), "{}", a.body);
     assert!(!a.body.contains("UNAUTHORISED") && !a.body.contains("Unauthorised"));
     let a = n
-        .post("/directory/publish", "name=Northside+Refuge&services=shelter")
+        .post(
+            "/directory/publish",
+            "name=Northside+Refuge&services=shelter",
+        )
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
     assert!(a.body.contains("has not admitted"), "{}", a.body);
@@ -230,7 +232,11 @@ async fn scenario() {
     let r = Browser::open(&r_app).await;
     let a = r.get("/directory/publish").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    assert!(a.body.contains("no profile in the directory yet"), "{}", a.body);
+    assert!(
+        a.body.contains("no profile in the directory yet"),
+        "{}",
+        a.body
+    );
     let a = r
         .post("/directory/publish", "name=&languages=english+please")
         .await;
@@ -246,13 +252,17 @@ async fn scenario() {
     );
     let a = r.post("/directory/publish", &form).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    assert!(a.location.starts_with("/directory/publish?"), "{}", a.location);
+    assert!(
+        a.location.starts_with("/directory/publish?"),
+        "{}",
+        a.location
+    );
     let a = r.get(&a.location).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert!(a.body.contains("Published in the relay"), "{}", a.body);
     let published = a.body.split("id=\"publish\"").next().unwrap().to_owned();
     for shown in [
-        "Riverside Women&#x27;s Shelter",
+        "Riverside Women&#39;s Shelter",
         "shelter, legal",
         "ar, fr",
         "Brussels",
@@ -269,21 +279,39 @@ async fn scenario() {
     let h = Browser::open(&h_app).await;
     let home = h.get("/").await;
     assert!(home.body.contains("href=\"/directory\""), "{}", home.body);
-    let a = h.get("/directory?search=1&service=legal&language=xx+yy").await;
+    let a = h
+        .get("/directory?search=1&service=legal&language=xx+yy")
+        .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     assert!(a.body.contains("id=\"err-language\""), "{}", a.body);
     let a = h.get("/directory?search=1&service=police_liaison").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert!(a.body.contains("No organisation in the directory matches"));
-    let a = h.get("/directory?search=1&name=RIVER&region=brussels").await;
-    assert!(a.body.contains("Riverside Women&#x27;s Shelter"), "{}", a.body);
-    let a = h.get("/directory?search=1&service=shelter&language=ar").await;
+    let a = h
+        .get("/directory?search=1&name=RIVER&region=brussels")
+        .await;
+    assert!(
+        a.body.contains("Riverside Women&#39;s Shelter"),
+        "{}",
+        a.body
+    );
+    let a = h
+        .get("/directory?search=1&service=shelter&language=ar")
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let fp = org_fingerprint(&riverside);
-    assert!(a.body.contains("Riverside Women&#x27;s Shelter"), "{}", a.body);
+    assert!(
+        a.body.contains("Riverside Women&#39;s Shelter"),
+        "{}",
+        a.body
+    );
     assert!(a.body.contains(&fp), "{}", a.body);
     assert!(a.body.contains("Emergency accommodation"), "{}", a.body);
-    assert!(!a.body.contains("imported: its intake devices"), "{}", a.body);
+    assert!(
+        !a.body.contains("imported: its intake devices"),
+        "{}",
+        a.body
+    );
 
     // The fingerprint step: shown first, a wrong fingerprint imports nothing.
     let pick = format!("root={}&name={}", hex::encode(riverside), enc(name));
@@ -297,7 +325,11 @@ async fn scenario() {
     assert!(a.body.contains("id=\"err-fingerprint\""), "{}", a.body);
     assert!(a.body.contains("Nothing was imported"), "{}", a.body);
     let contacts = h.get("/contacts").await;
-    assert!(!contacts.body.contains("Riverside Women"), "{}", contacts.body);
+    assert!(
+        !contacts.body.contains("Riverside Women"),
+        "{}",
+        contacts.body
+    );
 
     // The right fingerprint (as read out: spaces and case do not matter) imports.
     let right = format!("{pick}&fingerprint={}", enc(&fp.to_uppercase()));
@@ -305,12 +337,21 @@ async fn scenario() {
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     assert_eq!(a.location, "/contacts?notice=org-imported");
     let contacts = h.get(&a.location).await;
-    assert!(contacts.body.contains("sent your contact card"), "{}", contacts.body);
-    assert!(contacts.body.contains("Riverside Women&#x27;s Shelter"), "{}", contacts.body);
+    assert!(
+        contacts.body.contains("sent your contact card"),
+        "{}",
+        contacts.body
+    );
+    assert!(
+        contacts.body.contains("Riverside Women&#39;s Shelter"),
+        "{}",
+        contacts.body
+    );
     assert!(contacts.body.contains(&fp), "{}", contacts.body);
     let a = h.get("/directory?search=1&service=shelter").await;
     assert!(
-        a.body.contains("imported: its intake devices are in your contacts"),
+        a.body
+            .contains("imported: its intake devices are in your contacts"),
         "{}",
         a.body
     );
@@ -334,7 +375,11 @@ async fn scenario() {
     // Searching lists one's own organisation without an import button.
     let a = r.get("/directory?search=1&name=riverside").await;
     assert!(a.body.contains("your organisation"), "{}", a.body);
-    assert!(!a.body.contains("action=\"/directory/import\""), "{}", a.body);
+    assert!(
+        !a.body.contains("action=\"/directory/import\""),
+        "{}",
+        a.body
+    );
 
     h_app.stop().await.unwrap();
     r_app.stop().await.unwrap();

@@ -301,6 +301,7 @@ async fn every_page_is_hardened_and_locking_clears_it() {
         "/referrals",
         "/consent",
         "/organisation",
+        "/directory",
         "/settings",
         "/assets/app.css",
         "/assets/app.js",
@@ -472,7 +473,15 @@ async fn an_ambassador_sees_no_case_screens() {
     assert!(home.body.contains("href=\"/chats\""));
     assert!(!home.body.contains("href=\"/referrals\""));
     assert!(!home.body.contains("href=\"/consent\""));
-    for path in ["/referrals", "/referrals/new", "/consent", "/consent/new"] {
+    assert!(!home.body.contains("href=\"/directory\""));
+    for path in [
+        "/referrals",
+        "/referrals/new",
+        "/consent",
+        "/consent/new",
+        "/directory",
+        "/directory/publish",
+    ] {
         let a = call(addr, Method::GET, path, &[("cookie", &cookie)], "").await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
     }
