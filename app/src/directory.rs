@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use handover_core::client::ClientError;
-use handover_core::engine::{EngineError, ProfileDetails, VerifiedProfile, org_fingerprint};
+use handover_core::engine::{EngineError, ProfileDetails, VerifiedProfile};
 use handover_core::identity::Role;
 use handover_core::net::NetError;
 use handover_proto::e2e::v1 as wire;
