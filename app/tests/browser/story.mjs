@@ -1,5 +1,5 @@
 // The two-organisation story in headless Chromium, through two `handover app` instances and a
-// relay (started by app/tests/browser.rs). Prints "N passed, N failed" and exits non-zero on
+// relay (started by tests/tests/app_browser.rs). Prints "N passed, N failed" and exits non-zero on
 // any failure. Screenshots of each main screen go to $HANDOVER_SCREENSHOTS.
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
