@@ -48,6 +48,18 @@ impl RelayProcess {
     /// `handover_relay::store::postgres::testing`), so that a relay test suite runs unchanged
     /// on PostgreSQL. Suites that restart a relay on the same data do not support that.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_at(bin, data_dir, SocketAddr::from(([127, 0, 0, 1], 0)), extra)
+    }
+
+    /// [`RelayProcess::start`] on the QUIC address `listen`. A relay restarted on the same data
+    /// directory and address (for example with `--admit-org` added) keeps its certificate, so
+    /// the addresses and pins that clients hold stay valid.
+    pub fn start_at(
+        bin: &Path,
+        data_dir: &Path,
+        listen: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Self> {
         let database = match std::env::var("HANDOVER_TEST_RELAY_STORE").as_deref() {
             Ok("postgres") => {
                 let mut all = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,10 +74,11 @@ impl RelayProcess {
             }
             _ => None,
         };
-        Self::start_with(
+        Self::spawn(
             bin,
             data_dir,
             database.as_ref().map(|d| d.url.as_str()),
+            listen,
             extra,
         )
     }
@@ -78,12 +91,28 @@ impl RelayProcess {
         store: Option<&str>,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::spawn(
+            bin,
+            data_dir,
+            store,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            extra,
+        )
+    }
+
+    fn spawn(
+        bin: &Path,
+        data_dir: &Path,
+        store: Option<&str>,
+        listen: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut cmd = Command::new(bin);
         if let Some(url) = store {
             cmd.arg("--store").arg(url);
         }
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .arg("--admin")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

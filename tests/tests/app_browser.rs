@@ -7,6 +7,8 @@
 //!   browser.
 //! - refusals.mjs: two more apps whose profiles are built through the client core (an offer that
 //!   expired, the duress passphrase, the panic wipe).
+//! - directory.mjs: two organisations built through the client core on a relay restarted to
+//!   admit both to its directory: one publishes, the other searches, compares and imports.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,8 +17,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use handover_core::client::{Client, ClientError};
-use handover_core::engine::RelayInfo;
-use handover_core::store::{Credential, Passphrase, StoreError};
+use handover_core::engine::{IdentitySetup, RelayInfo, org_fingerprint};
+use handover_core::identity::DeviceKeys;
+use handover_core::store::{Credential, KdfParams, Passphrase, StoreError};
 use handover_tests::app::AppProcess;
 use handover_tests::process::RelayProcess;
 
@@ -149,5 +152,69 @@ async fn two_organisations_in_a_real_browser() {
         Client::open(&profiles.join("riverside"), &real).await,
         Err(ClientError::Store(StoreError::WrongCredential))
     ));
+    drop(relay);
+}
+
+/// A new organisation (this device its admin) in `dir/name`, built through the client core;
+/// returns its root key.
+async fn organisation(dir: &Path, name: &str, relay: &RelayInfo) -> [u8; 32] {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let client = Client::create(
+        &d,
+        &Credential::from(Passphrase::from(support::PASSPHRASE)),
+        KdfParams::new(1024, 1, 1).unwrap(),
+        relay.clone(),
+        DeviceKeys::generate(&mut rand::rng()),
+        IdentitySetup::NewOrganisation {
+            device_label: format!("{name} desk"),
+        },
+        &format!("{name} desk"),
+    )
+    .await
+    .unwrap();
+    let root = support::root(&client).await;
+    client.shutdown().await.unwrap();
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_relay-under-test"));
+    let data = dir.path().join("relay");
+    // The organisations exist before the operator can admit them: create them, then restart
+    // the relay on the same data and address with both root keys admitted.
+    let mut first = RelayProcess::start(bin, &data, &[]).unwrap();
+    let info = RelayInfo {
+        host_port: first.addr.to_string(),
+        pin: first.pin,
+    };
+    let harbour = organisation(dir.path(), "harbour", &info).await;
+    let riverside = organisation(dir.path(), "riverside", &info).await;
+    first.terminate().unwrap();
+    first.wait_exit(STOP_TIMEOUT).unwrap();
+    let (h_key, r_key) = (hex::encode(harbour), hex::encode(riverside));
+    let relay = RelayProcess::start_at(
+        bin,
+        &data,
+        first.addr,
+        &["--admit-org", &h_key, "--admit-org", &r_key],
+    )
+    .unwrap();
+    drop(first);
+    assert_eq!(relay.pin, info.pin, "the relay keeps its certificate");
+    let h = app(&dir.path().join("harbour"));
+    let r = app(&dir.path().join("riverside"));
+    let config = serde_json::json!({
+        "passphrase": support::PASSPHRASE,
+        "harbour_fingerprint": org_fingerprint(&harbour),
+        "a": side(&h),
+        "b": side(&r),
+    });
+    let output = play(config, dir.path().join("directory.json"), "directory.mjs").await;
+    stop(h);
+    stop(r);
+    assert_passed(&output, "directory");
     drop(relay);
 }
