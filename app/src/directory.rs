@@ -628,22 +628,24 @@ async fn publish(
     let f = Values(pairs);
     let mut e = Errors::default();
     let details = details(&t, &f, &mut e);
-    let again = |p: Chrome, f: Values, e: Errors, not_admitted, status| {
+    if !e.is_empty() {
+        let mut p = chrome(&t, &desk, "dir-publish-title", "directory");
+        p.error = Some(t.t("form-has-errors"));
+        // Still show what is published (nothing was sent).
+        let (published, read, not_admitted) = match own_entry(&desk, "").await {
+            Ok(entry) => (entry, true, None),
+            Err(failure) => (None, false, shown(&t, &desk, failure).await.not_admitted),
+        };
         let form = PublishPage {
             p,
             f,
             e,
             services: service_choices(),
-            published: None,
-            read: false,
+            published,
+            read,
             not_admitted,
         };
-        (status, page(&form)).into_response()
-    };
-    if !e.is_empty() {
-        let mut p = chrome(&t, &desk, "dir-publish-title", "directory");
-        p.error = Some(t.t("form-has-errors"));
-        return again(p, f, e, None, StatusCode::UNPROCESSABLE_ENTITY);
+        return (StatusCode::UNPROCESSABLE_ENTITY, page(&form)).into_response();
     }
     let name = details.name.clone();
     match on_relay(desk.client.publish_profile(details)).await {
@@ -656,7 +658,16 @@ async fn publish(
             let s = shown(&t, &desk, failure).await;
             let mut p = chrome(&t, &desk, "dir-publish-title", "directory");
             p.error = Some(s.error);
-            again(p, f, e, s.not_admitted, s.status)
+            let form = PublishPage {
+                p,
+                f,
+                e,
+                services: service_choices(),
+                published: None,
+                read: false,
+                not_admitted: s.not_admitted,
+            };
+            (s.status, page(&form)).into_response()
         }
     }
 }

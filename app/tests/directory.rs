@@ -243,6 +243,12 @@ async fn scenario() {
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     assert!(a.body.contains("id=\"err-name\""), "{}", a.body);
     assert!(a.body.contains("id=\"err-languages\""), "{}", a.body);
+    // Nothing was sent; the page still says what the relay holds.
+    assert!(
+        a.body.contains("no profile in the directory yet"),
+        "{}",
+        a.body
+    );
     let name = "Riverside Women's Shelter";
     let form = format!(
         "name={}&services=shelter&services=legal&languages={}&regions=Brussels&description={}",

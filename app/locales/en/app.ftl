@@ -355,6 +355,7 @@ dir-imported = imported: its intake devices are in your contacts
 dir-imported-hint = You trust this organisation and its intake devices are in your contacts. Import again to add devices it has published since and to send them your contact card again.
 dir-import = Compare the fingerprint and import
 dir-import-again = Import again
+dir-import-trusted = Import its intake devices (you trust this organisation already)
 dir-import-title = Compare the organisation's fingerprint
 dir-import-explain = You do not trust this organisation yet. Ask it to read out its organisation fingerprint, in person or by phone (not through this directory), and type it here. Import only if it matches the fingerprint below: its intake devices then become your contacts and each is sent your contact card so it can answer.
 dir-import-confirm = Fingerprint matches: trust and import
