@@ -23,7 +23,7 @@ use handover_proto::e2e::v1::content::Body;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::i18n::Tr;
+use crate::i18n::{self, Tr};
 use crate::security;
 use crate::state::{Desk, Live, Shared};
 use crate::views::{self, Chrome, ContactRow, page};
@@ -39,6 +39,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/unlock", get(unlock_page).post(unlock))
         .route("/create", get(create_page).post(create))
         .route("/lock", post(lock))
+        .route("/language", post(choose_language))
         .route("/events", get(events))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
@@ -64,7 +65,7 @@ pub(crate) fn router(shared: Shared) -> Router {
 // ---------------------------------------------------------------------------------------------
 // Extractors and helpers.
 
-/// The page's translator, from `Accept-Language`.
+/// The page's translator: the person's language choice (cookie), else `Accept-Language`.
 pub(crate) struct Lang(pub(crate) Tr);
 
 impl FromRequestParts<Shared> for Lang {
@@ -74,8 +75,20 @@ impl FromRequestParts<Shared> for Lang {
             .headers
             .get(header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok());
-        Ok(Lang(state.i18n.pick(accept)))
+        let chosen = chosen_language(&parts.headers);
+        Ok(Lang(state.i18n.choose(chosen, accept)))
     }
+}
+
+/// The value of the language-choice cookie, if the request carries one.
+fn chosen_language(headers: &header::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(name, value)| (name == i18n::LANG_COOKIE).then_some(value))
 }
 
 /// The unlocked desk; a locked app redirects every page to the unlock screen.
@@ -521,6 +534,55 @@ async fn create(
         Ok(()) => Redirect::to("/").into_response(),
         Err(e) => again(t.t1("create-failed", "error", e)),
     }
+}
+
+/// The language-choice form (settings and unlock screens).
+#[derive(Deserialize)]
+struct LanguageForm {
+    /// An embedded language tag.
+    lang: String,
+    /// The page to return to (a path on this server).
+    #[serde(default)]
+    back: String,
+}
+
+/// Only a path on this server (never `//host` or a scheme) is a place to return to.
+fn local_path(back: &str) -> &str {
+    let local = back.starts_with('/')
+        && !back.starts_with("//")
+        && !back.contains('\\')
+        && back.bytes().all(|b| b.is_ascii_graphic());
+    if local { back } else { "/" }
+}
+
+/// Remembers the person's language in the [`i18n::LANG_COOKIE`] cookie (which overrides the
+/// browser's `Accept-Language`) and returns to the page the choice was made on. Works locked
+/// and unlocked: the unlock screen is where a person may need it first.
+async fn choose_language(
+    State(shared): State<Shared>,
+    Lang(t): Lang,
+    Form(form): Form<LanguageForm>,
+) -> Response {
+    if !shared.i18n.has(&form.lang) {
+        let desk = shared.desk().await;
+        return error_page(
+            &t,
+            desk.as_ref(),
+            StatusCode::BAD_REQUEST,
+            t.t("language-unknown"),
+        );
+    }
+    let cookie = format!(
+        "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict",
+        i18n::LANG_COOKIE,
+        form.lang,
+        i18n::LANG_COOKIE_MAX_AGE_SECS
+    );
+    let mut response = Redirect::to(local_path(&form.back)).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
 }
 
 async fn lock(State(shared): State<Shared>) -> Response {

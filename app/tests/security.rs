@@ -490,3 +490,129 @@ async fn an_ambassador_sees_no_case_screens() {
     app.stop().await.unwrap();
     f.stop().await;
 }
+
+#[tokio::test]
+async fn the_language_follows_the_browser_unless_the_person_chose_one() {
+    let f = Fixture::start(600).await;
+    f.create_profile().await;
+    let get = |cookie: String, accept: &'static str| {
+        let addr = f.addr;
+        async move {
+            call(
+                addr,
+                Method::GET,
+                "/settings",
+                &[("cookie", &cookie), ("accept-language", accept)],
+                "",
+            )
+            .await
+        }
+    };
+    // The browser's language: Arabic, right to left, with the choice in every language's own
+    // name.
+    let a = get(f.cookie.clone(), "ar, en;q=0.5").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.body.contains(r#"<html lang="ar" dir="rtl">"#),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains("<h1>الإعدادات</h1>"), "{}", a.body);
+    assert!(a.body.contains(r#"action="/language""#));
+    for name in ["العربية", "Українська", "Français", "Español", "English"] {
+        assert!(a.body.contains(&format!(">{name}</option>")), "{name}");
+    }
+    let a = get(f.cookie.clone(), "uk-UA").await;
+    assert!(a.body.contains(r#"<html lang="uk" dir="ltr">"#));
+    assert!(a.body.contains("<h1>Налаштування</h1>"));
+
+    // The person chooses French: a plain cookie (not a secret, no case content) that
+    // overrides the browser's Arabic.
+    let a = f.post("/language", "lang=fr&back=%2Fsettings").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.headers["location"], "/settings");
+    let set = a.headers["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with("handover_lang=fr;"), "{set}");
+    assert!(
+        set.contains("SameSite=Strict") && set.contains("Path=/"),
+        "{set}"
+    );
+    let chosen = format!("{}; handover_lang=fr", f.cookie);
+    let a = get(chosen.clone(), "ar, en;q=0.5").await;
+    assert!(
+        a.body.contains(r#"<html lang="fr" dir="ltr">"#),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains("<h1>Réglages</h1>"));
+    assert!(
+        a.body
+            .contains(r#"<option value="fr" lang="fr" dir="ltr" selected>"#)
+    );
+    // An unknown language in the cookie falls back to the browser's.
+    let a = get(format!("{}; handover_lang=xx", f.cookie), "es").await;
+    assert!(a.body.contains(r#"<html lang="es" dir="ltr">"#));
+
+    // The choice is a state change: the usual guard applies (session cookie, own Origin).
+    let form = "lang=ar&back=%2Fsettings";
+    let plain = [("content-type", "application/x-www-form-urlencoded")];
+    let no_origin = [plain[0], ("cookie", f.cookie.as_str())];
+    let a = call(f.addr, Method::POST, "/language", &no_origin, form).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let foreign = [
+        no_origin[0],
+        no_origin[1],
+        ("origin", "http://evil.example"),
+    ];
+    let a = call(f.addr, Method::POST, "/language", &foreign, form).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let no_session = [plain[0], ("origin", f.origin.as_str())];
+    let a = call(f.addr, Method::POST, "/language", &no_session, form).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(!a.headers.contains_key("set-cookie"));
+    // Unknown languages are refused; the way back stays on this server.
+    let a = f.post("/language", "lang=xx&back=%2Fsettings").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(!a.headers.contains_key("set-cookie"));
+    for back in [
+        "%2F%2Fevil.example",
+        "https%3A%2F%2Fevil.example",
+        "%2F%5Cevil",
+    ] {
+        let a = f.post("/language", &format!("lang=es&back={back}")).await;
+        assert_eq!(a.headers["location"], "/", "{back}");
+    }
+
+    // Locked: the unlock screen offers the choice and follows it.
+    let a = f.post("/lock", "").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let a = call(
+        f.addr,
+        Method::GET,
+        "/unlock",
+        &[("cookie", &f.cookie), ("accept-language", "ar")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains(r#"<html lang="ar" dir="rtl">"#));
+    assert!(a.body.contains("فتح قفل ملفك الشخصي"));
+    assert!(a.body.contains(r#"name="back" value="/unlock""#));
+    let a = f.post("/language", "lang=uk&back=%2Funlock").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(a.headers["location"], "/unlock");
+    let a = call(
+        f.addr,
+        Method::GET,
+        "/unlock",
+        &[
+            ("cookie", &format!("{}; handover_lang=uk", f.cookie)),
+            ("accept-language", "ar"),
+        ],
+        "",
+    )
+    .await;
+    assert!(a.body.contains(r#"<html lang="uk" dir="ltr">"#));
+    assert!(a.body.contains("Розблокуйте свій профіль"));
+    f.stop().await;
+}

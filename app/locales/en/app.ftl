@@ -17,6 +17,13 @@ lock-button = Lock
 back-home = Back to Home
 cancel = Cancel
 
+## Language choice (settings and unlock screens)
+# The language's name in itself, as it appears in every language's choice list.
+language-name = English
+language-label = Language
+language-button = Change language
+language-unknown = That language is not available in this app.
+
 ## Unlock and create
 unlock-title = Unlock your profile
 passphrase = Passphrase
