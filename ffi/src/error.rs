@@ -198,7 +198,10 @@ impl From<StoreError> for HandoverError {
 impl From<NetError> for HandoverError {
     fn from(e: NetError) -> Self {
         match e {
-            NetError::Resolve | NetError::Connect(_) | NetError::Connection(_) => {
+            NetError::Resolve
+            | NetError::Connect(_)
+            | NetError::WrongPin
+            | NetError::Connection(_) => {
                 Self::RelayUnreachable {
                     detail: e.to_string(),
                 }
