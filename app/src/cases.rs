@@ -14,8 +14,8 @@ use handover_core::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
 use handover_core::engine::{
     EngineError, PurgeReport, ReferralSummary, RelayInfo, org_fingerprint,
 };
-use handover_core::net::NetError;
 use handover_core::identity::Role;
+use handover_core::net::NetError;
 use handover_core::referral::{Action, Outcome, ReferralId, ReferralState, Side};
 use handover_core::store::Passphrase;
 use handover_proto::e2e::v1 as wire;
@@ -1157,14 +1157,12 @@ fn relay_move_refusal(t: &Tr, e: &ClientError) -> (StatusCode, String) {
             StatusCode::BAD_GATEWAY,
             t.t1("settings-relay-unreachable", "error", n),
         ),
-        ClientError::Engine(EngineError::RelayMoveInProgress) => (
-            StatusCode::CONFLICT,
-            t.t("settings-relay-in-progress"),
-        ),
-        ClientError::Engine(EngineError::InvalidInput(_)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            t.t("settings-relay-same"),
-        ),
+        ClientError::Engine(EngineError::RelayMoveInProgress) => {
+            (StatusCode::CONFLICT, t.t("settings-relay-in-progress"))
+        }
+        ClientError::Engine(EngineError::InvalidInput(_)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, t.t("settings-relay-same"))
+        }
         other => (
             StatusCode::INTERNAL_SERVER_ERROR,
             t.t1("settings-relay-failed", "error", other),
@@ -1172,14 +1170,13 @@ fn relay_move_refusal(t: &Tr, e: &ClientError) -> (StatusCode, String) {
     }
 }
 
-async fn move_relay(
-    Lang(t): Lang,
-    Unlocked(desk): Unlocked,
-    Form(f): Form<RelayForm>,
-) -> Response {
+async fn move_relay(Lang(t): Lang, Unlocked(desk): Unlocked, Form(f): Form<RelayForm>) -> Response {
     let refuse = |status, text| error_page(&t, Some(&desk), status, text);
     if f.relay.trim().is_empty() {
-        return refuse(StatusCode::UNPROCESSABLE_ENTITY, t.t("settings-relay-empty"));
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            t.t("settings-relay-empty"),
+        );
     }
     let pin: Option<[u8; 32]> = hex::decode(f.pin.trim())
         .ok()

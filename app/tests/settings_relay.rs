@@ -38,13 +38,21 @@ async fn call(
         request = request.header(*k, *v);
     }
     let response = sender
-        .send_request(request.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+        .send_request(
+            request
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 fn location(headers: &hyper::HeaderMap) -> &str {
@@ -177,7 +185,10 @@ async fn settings_move_to_another_relay() {
     // Stopping the collection deletes the old mailbox; the page names only the new relay.
     let (status, headers, body) = post("/settings/relay/finish", String::new()).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
-    assert_eq!(location(&headers), "/settings?notice=settings-relay-finished");
+    assert_eq!(
+        location(&headers),
+        "/settings?notice=settings-relay-finished"
+    );
     let (_, _, page) = get("/settings").await;
     assert!(page.contains(&relay2.local_addr().to_string()));
     assert!(!page.contains(&relay1.local_addr().to_string()));

@@ -132,8 +132,7 @@ async fn move_relay(profile: Option<PathBuf>, args: MoveArgs) -> Outcome {
     );
     let client = open(profile).await?;
     let result = async {
-        let report = match tokio::time::timeout(NETWORK_WAIT * 3, client.move_relay(access)).await
-        {
+        let report = match tokio::time::timeout(NETWORK_WAIT * 3, client.move_relay(access)).await {
             Ok(Ok(report)) => report,
             Ok(Err(e)) => return Err(fail(move_failure(&e))),
             Err(_) => {

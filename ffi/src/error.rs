@@ -201,11 +201,9 @@ impl From<NetError> for HandoverError {
             NetError::Resolve
             | NetError::Connect(_)
             | NetError::WrongPin
-            | NetError::Connection(_) => {
-                Self::RelayUnreachable {
-                    detail: e.to_string(),
-                }
-            }
+            | NetError::Connection(_) => Self::RelayUnreachable {
+                detail: e.to_string(),
+            },
             NetError::Setup(_) => Self::Internal {
                 detail: e.to_string(),
             },

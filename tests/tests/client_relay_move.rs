@@ -227,7 +227,9 @@ async fn move_scenario() {
         .unwrap();
     assert_eq!(address.relay, relay2.host_port);
     assert_eq!(address.relay_pin, relay2.pin.to_vec());
-    bob.send_text(alice_id, "via relay 2", vec![]).await.unwrap();
+    bob.send_text(alice_id, "via relay 2", vec![])
+        .await
+        .unwrap();
     wait_for_chat(&alice, "via relay 2").await;
 
     // Ending the drain deletes the old mailbox.

@@ -6,8 +6,8 @@ use ed25519_dalek::SigningKey;
 use std::time::Instant;
 
 use super::{
-    Client, ClientError, DRAIN_RETRY_INTERVAL, EngineError, ID_LEN, Message, NetError,
-    RelayAccess, RelayClient, RelayInfo, address_of, now, relay,
+    Client, ClientError, DRAIN_RETRY_INTERVAL, EngineError, ID_LEN, Message, NetError, RelayAccess,
+    RelayClient, RelayInfo, address_of, now, relay,
 };
 use crate::engine::{RELAY_MOVE_DRAIN_SECS, RelayMove, RelayMovePhase};
 
@@ -253,10 +253,7 @@ impl Client {
         }
         let connection = RelayClient::connect(&address_of(&step.old_relay)).await?;
         let recv_id: [u8; ID_LEN] = step.old_recv_id;
-        if let Err(e) = connection
-            .authenticate(&recv_id, step.old_auth_key())
-            .await
-        {
+        if let Err(e) = connection.authenticate(&recv_id, step.old_auth_key()).await {
             connection.close().await;
             return Err(e.into());
         }

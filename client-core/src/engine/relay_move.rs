@@ -12,11 +12,11 @@ use zeroize::Zeroizing;
 
 use crate::encoding::{Reader, Writer};
 
+use super::records::{ReaderExt as _, WriterExt as _};
 use super::{
     CryptoRng, Engine, EngineError, ID_LEN, KEY_PROFILE, KEY_PUBLISHED_ACK, KvStore, Namespace,
     PeerId, RelayInfo, SigningKey, WriteBatch, records,
 };
-use super::records::{ReaderExt as _, WriterExt as _};
 
 /// `Namespace::Settings` key of the move in progress.
 const KEY_RELAY_MOVE: &[u8] = b"relay-move";
