@@ -72,7 +72,10 @@ fn relay_move_by_cli() {
         .find(|l| l.starts_with("handover://invite#"))
         .unwrap()
         .to_owned();
-    must(&bob, &["accept", &link, "--trust-org", &fingerprint(&alice)]);
+    must(
+        &bob,
+        &["accept", &link, "--trust-org", &fingerprint(&alice)],
+    );
     must(&alice, &["sync", "--trust-org", &fingerprint(&bob)]);
 
     let out = must(&alice, &["relay"]);
