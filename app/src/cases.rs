@@ -9,13 +9,18 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use handover_core::client::{ClientError, RelayAccess};
 use handover_core::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
-use handover_core::engine::{EngineError, PurgeReport, ReferralSummary, org_fingerprint};
+use handover_core::engine::{
+    EngineError, PurgeReport, ReferralSummary, RelayInfo, org_fingerprint,
+};
 use handover_core::identity::Role;
+use handover_core::net::NetError;
 use handover_core::referral::{Action, Outcome, ReferralId, ReferralState, Side};
 use handover_core::store::Passphrase;
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::body_section::Content;
+use handover_proto::relay::v1::ErrorCode;
 use serde::Deserialize;
 
 use crate::i18n::{Tr, is_rtl};
@@ -43,6 +48,8 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/settings/lock", post(set_lock))
         .route("/settings/duress", post(set_duress))
         .route("/settings/wipe", post(wipe))
+        .route("/settings/relay", post(move_relay))
+        .route("/settings/relay/finish", post(finish_relay_move))
 }
 
 pub(crate) fn hide(t: &Tr, desk: &Desk) -> Response {
@@ -1087,6 +1094,10 @@ async fn revoke(Lang(t): Lang, Unlocked(desk): Unlocked, Form(f): Form<RevokeFor
 struct Settings {
     p: Chrome,
     relay: String,
+    /// During a move to another relay: the old relay, still collected.
+    old_relay: Option<String>,
+    /// When the old mailbox is deleted once empty.
+    drain_until: String,
     lock_minutes: u64,
 }
 
@@ -1096,20 +1107,127 @@ async fn settings(
     Unlocked(desk): Unlocked,
     Query(q): Query<NoticeQuery>,
 ) -> Response {
-    let relay = desk
-        .client
-        .with_engine(|e, _, _| e.relay().map(|r| r.host_port.clone()))
-        .await
-        .ok()
-        .and_then(Result::ok)
+    let status = desk.client.relay_status().await.ok();
+    let relay = status
+        .as_ref()
+        .map(|s| s.relay.host_port.clone())
         .unwrap_or_default();
+    let draining = status.and_then(|s| s.draining);
     let mut p = chrome(&t, &desk, "settings-title", "settings");
     p.notice = notice_text(&t, &q);
     page(&Settings {
         p,
         relay,
+        drain_until: draining
+            .as_ref()
+            .map(|(_, until)| utc(*until))
+            .unwrap_or_default(),
+        old_relay: draining.map(|(old, _)| old.host_port),
         lock_minutes: shared.lock_after().as_secs() / 60,
     })
+}
+
+/// The form that moves this device's mailbox to another relay.
+#[derive(Deserialize)]
+struct RelayForm {
+    relay: String,
+    pin: String,
+    #[serde(default)]
+    token: String,
+}
+
+impl Drop for RelayForm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.token);
+    }
+}
+
+/// The words for a move that failed: what happened, and that nothing changed when so.
+fn relay_move_refusal(t: &Tr, e: &ClientError) -> (StatusCode, String) {
+    match e {
+        ClientError::Net(NetError::WrongPin) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            t.t("settings-relay-wrong-pin"),
+        ),
+        ClientError::Net(n) if n.relay_code() == Some(ErrorCode::Unauthorised) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            t.t("settings-relay-token"),
+        ),
+        ClientError::Net(n) if n.is_transient() => (
+            StatusCode::BAD_GATEWAY,
+            t.t1("settings-relay-unreachable", "error", n),
+        ),
+        ClientError::Engine(EngineError::RelayMoveInProgress) => {
+            (StatusCode::CONFLICT, t.t("settings-relay-in-progress"))
+        }
+        ClientError::Engine(EngineError::InvalidInput(_)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, t.t("settings-relay-same"))
+        }
+        other => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            t.t1("settings-relay-failed", "error", other),
+        ),
+    }
+}
+
+async fn move_relay(Lang(t): Lang, Unlocked(desk): Unlocked, Form(f): Form<RelayForm>) -> Response {
+    let refuse = |status, text| error_page(&t, Some(&desk), status, text);
+    if f.relay.trim().is_empty() {
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            t.t("settings-relay-empty"),
+        );
+    }
+    let pin: Option<[u8; 32]> = hex::decode(f.pin.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok());
+    let Some(pin) = pin else {
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, t.t("create-bad-pin"));
+    };
+    let token = zeroize::Zeroizing::new(f.token.clone().into_bytes());
+    let access = RelayAccess::new(
+        RelayInfo {
+            host_port: f.relay.trim().to_owned(),
+            pin,
+        },
+        (!token.is_empty()).then(|| token.to_vec()),
+    );
+    drop(token);
+    match tokio::time::timeout(NETWORK_WAIT * 3, desk.client.move_relay(access)).await {
+        Ok(Ok(report)) if report.cards_queued.is_some() => {
+            see_other("/settings", "settings-relay-moved")
+        }
+        Ok(Ok(_)) => see_other("/settings", "settings-relay-moved-later"),
+        Ok(Err(e)) => {
+            let (status, text) = relay_move_refusal(&t, &e);
+            refuse(status, text)
+        }
+        Err(_) => refuse(StatusCode::GATEWAY_TIMEOUT, t.t("settings-relay-timeout")),
+    }
+}
+
+async fn finish_relay_move(Lang(t): Lang, Unlocked(desk): Unlocked) -> Response {
+    match tokio::time::timeout(NETWORK_WAIT, desk.client.finish_relay_move()).await {
+        Ok(Ok(true)) => see_other("/settings", "settings-relay-finished"),
+        Ok(Ok(false)) => error_page(
+            &t,
+            Some(&desk),
+            StatusCode::CONFLICT,
+            t.t("settings-relay-finish-waiting"),
+        ),
+        Ok(Err(e)) => error_page(
+            &t,
+            Some(&desk),
+            StatusCode::BAD_GATEWAY,
+            t.t1("settings-relay-finish-failed", "error", e),
+        ),
+        Err(_) => error_page(
+            &t,
+            Some(&desk),
+            StatusCode::GATEWAY_TIMEOUT,
+            t.t("settings-relay-timeout"),
+        ),
+    }
 }
 
 /// The lock-time form.

@@ -14,6 +14,7 @@ mod forms;
 mod org;
 mod profile;
 mod referral;
+mod relay;
 mod ui;
 
 use std::path::PathBuf;
@@ -65,8 +66,16 @@ enum Command {
     /// phone (they run the same command with your name): both screens show the same number.
     /// If every group matches, mark the contact verified with `--matches "NUMBER"`.
     Contacts(profile::ContactsArgs),
-    /// Show your organisation's fingerprint (compare it in person before trusting).
+    /// Show your organisation's fingerprint (compare it in person before trusting) and your
+    /// relay.
     Whoami,
+    /// Your relay: show it, or move this device's mailbox to another relay.
+    ///
+    /// `handover relay move --relay HOST:PORT --relay-pin HEX` checks the new relay's pin,
+    /// creates your mailbox there and sends every contact your new address; messages still
+    /// sent to the old relay are collected by `handover sync` for 14 days (or until
+    /// `handover relay finish`), then the old mailbox is deleted.
+    Relay(relay::RelayArgs),
     /// Panic wipe: destroy this profile's keys at once and delete its files. No passphrase
     /// needed. Cannot be undone.
     Wipe(profile::WipeArgs),
@@ -132,6 +141,7 @@ pub fn run() -> ExitCode {
             Command::Inbox(args) => profile::inbox(cli.profile, args).await,
             Command::Contacts(args) => profile::contacts(cli.profile, args).await,
             Command::Whoami => profile::whoami(cli.profile).await,
+            Command::Relay(args) => relay::run(cli.profile, args).await,
             Command::Wipe(args) => profile::wipe(cli.profile, args),
             Command::Org(command) => org::run(cli.profile, command).await,
             Command::Refer(args) => referral::refer(cli.profile, args).await,

@@ -345,7 +345,10 @@ pub(crate) async fn whoami_of(client: &Client) -> Outcome {
 /// `handover whoami`.
 pub(crate) async fn whoami(profile: Option<PathBuf>) -> Outcome {
     let client = open(profile).await?;
-    let result = whoami_of(&client).await;
+    let result = match whoami_of(&client).await {
+        Ok(()) => crate::relay::print_relay(&client).await,
+        Err(e) => Err(e),
+    };
     close(client, result).await
 }
 

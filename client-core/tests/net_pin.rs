@@ -71,8 +71,8 @@ async fn right_pin_connects_and_wrong_pin_is_refused() {
         pin: wrong,
     };
     match RelayClient::connect(&bad).await {
-        Err(NetError::Connect(_)) => {}
-        other => panic!("a wrong pin must be refused, got {other:?}"),
+        Err(NetError::WrongPin) => {}
+        other => panic!("a wrong pin must be refused as such, got {other:?}"),
     }
 }
 

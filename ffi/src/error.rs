@@ -198,11 +198,12 @@ impl From<StoreError> for HandoverError {
 impl From<NetError> for HandoverError {
     fn from(e: NetError) -> Self {
         match e {
-            NetError::Resolve | NetError::Connect(_) | NetError::Connection(_) => {
-                Self::RelayUnreachable {
-                    detail: e.to_string(),
-                }
-            }
+            NetError::Resolve
+            | NetError::Connect(_)
+            | NetError::WrongPin
+            | NetError::Connection(_) => Self::RelayUnreachable {
+                detail: e.to_string(),
+            },
             NetError::Setup(_) => Self::Internal {
                 detail: e.to_string(),
             },

@@ -52,7 +52,9 @@ use tokio::task::JoinHandle;
 
 mod files;
 mod referrals;
+mod relay_move;
 pub use referrals::TimelineCheck;
+pub use relay_move::{RelayMoveReport, RelayStatus};
 
 use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;
@@ -85,6 +87,9 @@ pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(60);
 pub const OUTBOX_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 /// Envelopes asked for per `Fetch`.
 pub const FETCH_LIMIT: u32 = 100;
+/// After a move to another relay, how long syncs leave the old relay alone once it could not
+/// be reached (each attempt may wait the connection time-out).
+pub const DRAIN_RETRY_INTERVAL: Duration = Duration::from_secs(300);
 /// Lifetime of an uploaded attachment or organisation packet: 30 days.
 pub const BLOB_TTL: u64 = 30 * 24 * 3600;
 
@@ -147,6 +152,11 @@ struct Inner {
     engine: Mutex<Option<Engine<ClientStore>>>,
     rng: StdMutex<StdRng>,
     relays: Mutex<HashMap<String, RelayClient>>,
+    /// During a move to another relay: the connection authenticated for the old mailbox.
+    drain: Mutex<Option<RelayClient>>,
+    /// When connecting to the old relay of a move last failed: syncs do not try again for
+    /// [`DRAIN_RETRY_INTERVAL`].
+    drain_failed_at: StdMutex<Option<std::time::Instant>>,
     events: broadcast::Sender<ClientEvent>,
     shutdown: watch::Sender<bool>,
     task: StdMutex<Option<JoinHandle<()>>>,
@@ -257,6 +267,8 @@ impl Client {
                 engine: Mutex::new(Some(engine)),
                 rng: StdMutex::new(fresh_rng()),
                 relays: Mutex::new(HashMap::new()),
+                drain: Mutex::new(None),
+                drain_failed_at: StdMutex::new(None),
                 events,
                 shutdown,
                 task: StdMutex::new(None),
@@ -475,13 +487,39 @@ impl Client {
     }
 
     async fn sync_inner(&self) -> Result<Vec<Message>, ClientError> {
-        let connection = self.own_relay().await?;
-        let recv_id = self.engine_op(|e, _, _| e.recv_id()).await?;
         let mut delivered = Vec::new();
         let mut referral_steps = 0;
+        // A move to another relay: finish its steps, then collect what still arrives at the
+        // old mailbox (docs/PROTOCOL.md §10.4).
+        match self
+            .continue_relay_move(false, &mut delivered, &mut referral_steps)
+            .await
+        {
+            // A relay that cannot be reached now is tried again at the next sync.
+            Ok(_) | Err(ClientError::Net(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let connection = self.own_relay().await?;
+        let recv_id = self.engine_op(|e, _, _| e.recv_id()).await?;
+        self.fetch_mailbox(&connection, &recv_id, &mut delivered, &mut referral_steps)
+            .await?;
+        self.after_fetch(delivered, referral_steps).await
+    }
+
+    /// Fetches, processes and acks every envelope queued in mailbox `recv_id` on `connection`
+    /// (authenticated for it), adding the delivered messages to `delivered`. Returns how many
+    /// envelopes were left queued (from organisations not trusted yet).
+    async fn fetch_mailbox(
+        &self,
+        connection: &RelayClient,
+        recv_id: &[u8; ID_LEN],
+        delivered: &mut Vec<Message>,
+        referral_steps: &mut usize,
+    ) -> Result<usize, ClientError> {
+        let mut left = 0;
         let mut after_seq = 0;
         loop {
-            let batch = connection.fetch(&recv_id, after_seq, FETCH_LIMIT).await?;
+            let batch = connection.fetch(recv_id, after_seq, FETCH_LIMIT).await?;
             let mut acks = Vec::new();
             for queued in &batch.envelopes {
                 after_seq = after_seq.max(queued.seq);
@@ -493,7 +531,7 @@ impl Client {
                     .with_engine(|e, rng, now| e.receive(queued, now, rng))
                     .await?;
                 let referral_events = self.with_engine(|e, _, _| e.take_referral_events()).await?;
-                referral_steps += referral_events.len();
+                *referral_steps += referral_events.len();
                 for event in referral_events {
                     let _ = self.inner.events.send(ClientEvent::Referral(event));
                 }
@@ -514,6 +552,7 @@ impl Client {
                                 .events
                                 .send(ClientEvent::UntrustedOrganisation(root));
                         }
+                        left += 1;
                         continue;
                     }
                     Err(_) => {
@@ -524,12 +563,22 @@ impl Client {
                 acks.push(envelope_id);
             }
             if !acks.is_empty() {
-                connection.ack(&recv_id, acks).await?;
+                connection.ack(recv_id, acks).await?;
             }
             if !batch.more || batch.envelopes.is_empty() {
                 break;
             }
         }
+        Ok(left)
+    }
+
+    /// The housekeeping after a sync's fetches, then the delivered messages (organisation
+    /// packets opened) reported to the application.
+    async fn after_fetch(
+        &self,
+        delivered: Vec<Message>,
+        referral_steps: usize,
+    ) -> Result<Vec<Message>, ClientError> {
         // Dedupe markers of expired envelopes are no longer needed (the relay never returns
         // an expired envelope), nor are expired capabilities.
         self.engine_op(|e, _, now| e.sweep(now)).await?;
@@ -764,6 +813,10 @@ impl Client {
                     }
                 },
                 _ = tokio::time::sleep(OUTBOX_RETRY_INTERVAL) => {
+                    // During a move the old mailbox pushes nothing here: collect it now.
+                    if self.engine_op(|e, _, _| Ok(e.relay_move()?.is_some())).await? {
+                        self.sync().await?;
+                    }
                     let _ = self.flush_outbox().await;
                 }
             }
@@ -774,6 +827,9 @@ impl Client {
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         self.stop_task().await;
         for (_, c) in self.inner.relays.lock().await.drain() {
+            c.close().await;
+        }
+        if let Some(c) = self.inner.drain.lock().await.take() {
             c.close().await;
         }
         let engine = self.inner.engine.lock().await.take();
@@ -801,6 +857,7 @@ impl Client {
     pub async fn panic_wipe(&self) -> Result<(), ClientError> {
         self.stop_task().await;
         self.inner.relays.lock().await.clear();
+        self.inner.drain.lock().await.take();
         let engine = self.inner.engine.lock().await.take();
         match engine {
             Some(engine) => engine.into_store().panic_wipe()?,

@@ -312,8 +312,10 @@ impl<S: KvStore> Engine<S> {
             display_name: invitation.display_name.clone(),
         };
         self.stage_session_replacement(&mut batch, inviter, &session)?;
-        let (item, caps) =
-            self.stage_contact_card(&mut batch, inviter, &contact, trust, session, now, rng)?;
+        let mut caps = self.clone_caps()?;
+        let item = self.stage_contact_card(
+            &mut batch, inviter, &contact, trust, session, &mut caps, now, rng,
+        )?;
         let changed = self.stage_contact(&mut batch, inviter, &contact)?;
         self.store.apply_batch(batch)?;
         self.install_contact(inviter, contact, changed)?;
@@ -340,28 +342,31 @@ impl<S: KvStore> Engine<S> {
         let session = self.load_session(to)?.ok_or(EngineError::NoSession)?;
         let mut batch = WriteBatch::new();
         let trust = self.org_trust(&to.org_root)?;
-        let (item, caps) =
-            self.stage_contact_card(&mut batch, to, contact, trust, session, now, rng)?;
+        let mut caps = self.clone_caps()?;
+        let item =
+            self.stage_contact_card(&mut batch, to, contact, trust, session, &mut caps, now, rng)?;
         self.store.apply_batch(batch)?;
         self.state_mut()?.caps = caps;
         Ok(item)
     }
 
-    /// Stages (session, outbox entry, capability set) for a contact card to `to`.
+    /// Stages (session, outbox entry, capability set) for a contact card to `to`: the new
+    /// capability is added to `caps`, and `caps` as it then is goes into the batch (a later
+    /// card staged in the same batch writes the set again, with its own capability added).
     #[allow(clippy::too_many_arguments)]
-    fn stage_contact_card(
+    pub(super) fn stage_contact_card(
         &self,
         batch: &mut WriteBatch,
         to: PeerId,
         contact: &ContactRecord,
         trust: &OrgTrust,
         mut session: Session,
+        caps: &mut Vec<IssuedCapability>,
         now: u64,
         rng: &mut impl CryptoRng,
-    ) -> Result<(OutboxItem, Vec<IssuedCapability>), EngineError> {
+    ) -> Result<OutboxItem, EngineError> {
         Self::release_check_with(trust, to, contact, &session, now)?;
-        let mut caps = self.clone_caps()?;
-        let cap = self.issue_capability(&mut caps, u64::MAX, Some(to.device_id), now, rng)?;
+        let cap = self.issue_capability(caps, u64::MAX, Some(to.device_id), now, rng)?;
         let st = self.state()?;
         let card = wire::ContactCard {
             address: Some(self.own_address(cap)?),
@@ -374,8 +379,8 @@ impl<S: KvStore> Engine<S> {
         let item = self.seal_to(&mut session, address, to, &content, now, rng)?;
         self.stage_session(batch, to, &session);
         batch.put(Namespace::Outbox, &self.outbox_key(&item)?, &item.encode());
-        batch.put(Namespace::Settings, KEY_CAPS, &records::encode_caps(&caps));
-        Ok((item, caps))
+        batch.put(Namespace::Settings, KEY_CAPS, &records::encode_caps(caps));
+        Ok(item)
     }
 
     // -----------------------------------------------------------------------------------------

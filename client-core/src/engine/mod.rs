@@ -54,11 +54,13 @@ mod prekeys;
 mod profile;
 mod records;
 mod referrals;
+mod relay_move;
 mod sessions;
 
 pub use referrals::{
     OfferConsent, PurgeReport, RELEASE_HANDOFF_SECS, ReferralEvent, ReferralSummary,
 };
+pub use relay_move::{RELAY_MOVE_DRAIN_SECS, RelayMove, RelayMovePhase};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -281,6 +283,11 @@ pub enum EngineError {
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidInput(&'static str),
+    /// An earlier move to another relay is still draining the old mailbox; nothing changed.
+    #[error(
+        "an earlier move to another relay is still collecting messages from the old relay; finish it first"
+    )]
+    RelayMoveInProgress,
     /// A referral or consent step was refused (consent gate, lifecycle, signature, timeline,
     /// ambassador); nothing changed.
     #[error(transparent)]

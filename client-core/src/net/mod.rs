@@ -80,6 +80,14 @@ pub enum NetError {
     /// Connecting failed (unreachable relay, wrong pin, protocol mismatch).
     #[error("could not connect to the relay: {0}")]
     Connect(String),
+    /// The relay answered, but its certificate's key does not have the pin this device was
+    /// given for it: another server, or the relay's key was replaced. Nothing was sent to it.
+    /// Retried like [`NetError::Connect`] ([`is_transient`](Self::is_transient)) where a pin
+    /// is already stored; check the pin with the relay's operator.
+    #[error(
+        "the relay's key does not match its pin; check the pin with the relay's operator (nothing was sent)"
+    )]
+    WrongPin,
     /// The connection broke or a stream failed.
     #[error("the connection to the relay failed: {0}")]
     Connection(String),
@@ -127,7 +135,11 @@ impl NetError {
     /// unavailability), as opposed to a request the relay will always refuse.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Connection(_) | Self::Timeout | Self::Resolve => true,
+            Self::Connect(_)
+            | Self::WrongPin
+            | Self::Connection(_)
+            | Self::Timeout
+            | Self::Resolve => true,
             Self::Relay { code, .. } => matches!(
                 code,
                 relay::ErrorCode::RateLimited | relay::ErrorCode::Unavailable
@@ -196,7 +208,16 @@ impl RelayClient {
         if remotes.is_empty() {
             return Err(NetError::Resolve);
         }
-        let config = tls::client_config(pin).map_err(|e| NetError::Setup(e.to_string()))?;
+        let (config, mismatch) =
+            tls::client_config(pin).map_err(|e| NetError::Setup(e.to_string()))?;
+        // A handshake refused because the relay's key is not the pinned one.
+        let failed = |last: Option<NetError>| {
+            if mismatch.load(std::sync::atomic::Ordering::Relaxed) {
+                NetError::WrongPin
+            } else {
+                last.unwrap_or(NetError::Timeout)
+            }
+        };
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let mut pending = remotes.iter().copied();
         let mut attempts = tokio::task::JoinSet::new();
@@ -208,13 +229,13 @@ impl RelayClient {
                 attempts.spawn(connect_one(remote, config.clone()));
             }
             if attempts.is_empty() {
-                return Err(last_error.unwrap_or(NetError::Timeout));
+                return Err(failed(last_error));
             }
             let more = pending.len() > 0;
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {
                     attempts.abort_all();
-                    return Err(last_error.unwrap_or(NetError::Timeout));
+                    return Err(failed(last_error));
                 }
                 () = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY), if more => {}
                 Some(finished) = attempts.join_next() => match finished {

@@ -8,6 +8,7 @@
 //! host name is checked: the pin is the identity.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -31,6 +32,8 @@ pub fn spki_pin(certificate_der: &[u8]) -> Result<[u8; 32], rustls::Error> {
 struct PinnedServer {
     pin: [u8; 32],
     algorithms: WebPkiSupportedAlgorithms,
+    /// Set when a server presented a key other than the pinned one.
+    mismatch: Arc<AtomicBool>,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -46,6 +49,7 @@ impl ServerCertVerifier for PinnedServer {
         if bool::from(seen.ct_eq(&self.pin)) {
             Ok(ServerCertVerified::assertion())
         } else {
+            self.mismatch.store(true, Ordering::Relaxed);
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
@@ -78,12 +82,17 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
-/// A QUIC client configuration that trusts only the relay with `pin` and speaks `handover/1`.
-pub(crate) fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig, rustls::Error> {
+/// A QUIC client configuration that trusts only the relay with `pin` and speaks `handover/1`,
+/// and a flag set when a handshake with it met a server whose key does not have that pin.
+pub(crate) fn client_config(
+    pin: [u8; 32],
+) -> Result<(quinn::ClientConfig, Arc<AtomicBool>), rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mismatch = Arc::new(AtomicBool::new(false));
     let verifier = PinnedServer {
         pin,
         algorithms: provider.signature_verification_algorithms,
+        mismatch: mismatch.clone(),
     };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -93,5 +102,5 @@ pub(crate) fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig, rustls
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|_| rustls::Error::General("no TLS 1.3 cipher suite for QUIC".into()))?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    Ok((quinn::ClientConfig::new(Arc::new(quic)), mismatch))
 }

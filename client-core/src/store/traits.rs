@@ -141,6 +141,13 @@ impl WriteBatch {
         self
     }
 
+    /// Appends every operation of `other`, in its order, after this batch's.
+    pub fn append(&mut self, other: WriteBatch) -> &mut Self {
+        let WriteBatch { ops } = other;
+        self.ops.extend(ops);
+        self
+    }
+
     /// Number of operations.
     pub fn len(&self) -> usize {
         self.ops.len()
