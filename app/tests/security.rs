@@ -472,7 +472,14 @@ async fn an_ambassador_sees_no_case_screens() {
     assert!(home.body.contains("href=\"/chats\""));
     assert!(!home.body.contains("href=\"/referrals\""));
     assert!(!home.body.contains("href=\"/consent\""));
-    for path in ["/referrals", "/referrals/new", "/consent", "/consent/new"] {
+    assert!(!home.body.contains("href=\"/organisation\""));
+    for path in [
+        "/referrals",
+        "/referrals/new",
+        "/consent",
+        "/consent/new",
+        "/organisation",
+    ] {
         let a = call(addr, Method::GET, path, &[("cookie", &cookie)], "").await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
     }
