@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Drives two `handover app` instances in Debian's headless Chromium with Playwright
-# (app/tests/browser/story.mjs). Run by the Rust test app/tests/browser.rs, which starts a relay
-# and the two apps and passes their addresses in HANDOVER_BROWSER_CONFIG (a JSON file).
+# (app/tests/browser/*.mjs). Run by the Rust test tests/tests/app_browser.rs, which starts a relay
+# process and the `handover app` processes and passes their addresses in HANDOVER_BROWSER_CONFIG
+# (a JSON file).
 #
 # Installs what it needs: Debian's chromium (apt-get) when /usr/bin/chromium is missing, and the
 # pinned playwright-core from app/tests/browser/package-lock.json (npm ci) into
@@ -15,7 +16,7 @@ browser_dir="$here/app/tests/browser"
 
 if [[ -z "${HANDOVER_BROWSER_CONFIG:-}" ]]; then
   echo "app-browser-test: HANDOVER_BROWSER_CONFIG is not set; run it through" \
-       "'cargo test -p handover-app --test browser'" >&2
+       "'cargo test --workspace --test app_browser'" >&2
   exit 2
 fi
 

@@ -1,4 +1,4 @@
-// The refusals in headless Chromium, after the two-organisation story (app/tests/browser.rs):
+// The refusals in headless Chromium, after the two-organisation story (tests/tests/app_browser.rs):
 // two apps on profiles built through the client core, where Harbour's offer to Riverside has
 // expired. An expired offer shows EXPIRED on both sides with none of its actions; Riverside's
 // duress passphrase opens an empty store (the create screen) and its real passphrase no longer

@@ -1,5 +1,5 @@
 // The two-organisation story in headless Chromium, through two `handover app` instances and a
-// relay (started by app/tests/browser.rs). Prints "N passed, N failed" and exits non-zero on
+// relay (started by tests/tests/app_browser.rs). Prints "N passed, N failed" and exits non-zero on
 // any failure. Screenshots of each main screen go to $HANDOVER_SCREENSHOTS.
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
@@ -322,6 +322,44 @@ try {
     await shot(a, "19-referral-declined");
   });
 
+  await step("withdraw: A withdraws an offer with a reason; B erases it and confirms, both pages follow live", async () => {
+    await a.goto(`${A.origin}/referrals/new`);
+    await a.selectOption("#to", { index: 1 });
+    await a.fill("#case_ref", "HWC-0195");
+    await a.check("input[name=services][value=shelter]");
+    await a.fill("#purpose", "Safe accommodation after leaving a violent home");
+    await a.fill("#languages", "ar");
+    await a.selectOption("#consent", { index: 1 });
+    await a.fill("#name_or_alias", "Amina");
+    await a.selectOption("#safe_to_contact", "no");
+    await a.fill("#reason", "Sent to the wrong service.");
+    await a.check("input[name=include_risk]");
+    await Promise.all([a.waitForURL(/\/referrals\/[0-9a-f]{32}\?notice=referral-sent/, { timeout: WAIT }), a.click("#send-referral")]);
+    const third = new URL(a.url()).pathname;
+    await b.goto(`${B.origin}/referrals?q=HWC-0195`);
+    await b.waitForSelector("#referral-list a.state", { timeout: WAIT });
+    await Promise.all([b.waitForURL(/\/referrals\/[0-9a-f]{32}$/), b.click("#referral-list a.state")]);
+    check((await b.locator("#act-accept").count()) === 1, "B cannot accept the new offer");
+    // A refuses to withdraw without a reason (the field is required), then withdraws.
+    await a.click("#act-withdraw");
+    check(new URL(a.url()).pathname === third && !a.url().includes("referral-acted"), "withdrawn without a reason");
+    check((await a.textContent("#referral-state")).includes("SENT"), "withdrawn without a reason");
+    await a.fill("#withdraw-reason", "The person chose another shelter.");
+    await Promise.all([a.waitForURL(/notice=referral-acted/), a.click("#act-withdraw")]);
+    // WITHDRAWN asks the receiver to erase what it holds: B's open page follows to the erased
+    // offer, and A's page to B's signed confirmation, both without a reload.
+    await b.waitForSelector("#referral-state >> text=PURGE_CONFIRMED", { timeout: WAIT });
+    check((await b.textContent("main")).includes("erased on this device"), "B did not erase the withdrawn offer");
+    check((await b.locator("#referral-actions button").count()) === 0, "actions left on B's withdrawn referral");
+    await a.waitForSelector("#referral-state >> text=PURGE_CONFIRMED", { timeout: WAIT });
+    check((await a.locator("#referral-actions button").count()) === 0, "actions left on A's withdrawn referral");
+    check((await a.textContent("main")).includes("WITHDRAW"), "A's timeline does not show the withdrawal");
+    check((await a.textContent("#timeline-check")).includes("verified"), "A's timeline not verified");
+    await a.goto(`${A.origin}/referrals?state=PURGE_CONFIRMED`);
+    check((await a.textContent("#referral-list")).includes("HWC-0195"), "A's list filtered by PURGE_CONFIRMED lacks the offer");
+    await shot(b, "20-referral-withdrawn");
+  });
+
   await step("erasure: A withdraws consent; B's confirmation appears on A's receipt page", async () => {
     await a.goto(`${A.origin}${receiptPath}`);
     await Promise.all([a.waitForURL(/notice=consent-withdrawn/), a.click("#withdraw")]);
@@ -329,7 +367,7 @@ try {
       const cell = document.querySelector("#purge .purge-confirmed");
       return cell && Number(cell.textContent) >= 1;
     }, null, { timeout: WAIT });
-    await shot(a, "20-erasure-confirmed");
+    await shot(a, "21-erasure-confirmed");
   });
 
   await step("another origin's page cannot act on the app", async () => {

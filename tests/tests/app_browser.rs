@@ -1,28 +1,52 @@
-//! The browser test: a relay (real QUIC on loopback), two `handover app` servers on their own
-//! profiles, and scripts/app-browser-test.sh playing the two-organisation story in Debian's
+//! The app in a real browser: a relay process, `handover app` processes on profiles of their
+//! own, and scripts/app-browser-test.sh playing the scripts of app/tests/browser/ in Debian's
 //! headless Chromium with Playwright. The script installs Chromium and the pinned
 //! playwright-core when they are missing; if it cannot, this test fails (it never skips).
-//! Then the refusals (app/tests/browser/refusals.mjs) on two more apps whose profiles are built
-//! through the client core: an offer that expired, the duress passphrase, the panic wipe.
+//!
+//! - story.mjs: the two-organisation story on two apps whose profiles are created in the
+//!   browser.
+//! - org.mjs: a third app joins Riverside through the join screen and Riverside's admin
+//!   enrols it after comparing the check codes.
+//! - refusals.mjs: two more apps whose profiles are built through the client core (an offer that
+//!   expired, the duress passphrase, the panic wipe).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use handover_app::{App, AppArgs};
 use handover_core::client::{Client, ClientError};
 use handover_core::engine::RelayInfo;
 use handover_core::store::{Credential, Passphrase, StoreError};
-use handover_relay::config::Config;
-use handover_relay::server::Relay;
+use handover_tests::app::AppProcess;
+use handover_tests::process::RelayProcess;
 
+// Profiles built through the client core, shared with the app crate's benchmarks.
+#[path = "../../app/tests/support/mod.rs"]
 mod support;
 
 /// How long the expiring offer lives (seconds): long enough for Riverside to receive it.
 const OFFER_TTL: u64 = 8;
+
+/// How long an app may take to lock and exit after SIGINT.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The CLI binary, whose `app` subcommand is `handover app`.
+fn handover() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_handover-under-test"))
+}
+
+/// Starts `handover app` on `profile` with cheap passphrase hashing for profiles it creates.
+fn app(profile: &Path) -> AppProcess {
+    AppProcess::start(handover(), profile, &["--insecure-fast-kdf"]).unwrap()
+}
+
+/// Stops an app as Ctrl-C does and checks that it exited cleanly.
+fn stop(app: AppProcess) {
+    let status = app.interrupt(STOP_TIMEOUT).unwrap();
+    assert!(status.success(), "handover app exited with {status}");
+}
 
 /// Runs scripts/app-browser-test.sh with `config` and the browser script `script`.
 async fn play(config: serde_json::Value, path: PathBuf, script: &'static str) -> Output {
@@ -43,50 +67,65 @@ async fn play(config: serde_json::Value, path: PathBuf, script: &'static str) ->
     output
 }
 
-fn side(app: &App) -> serde_json::Value {
-    serde_json::json!({
-        "launch": app.launch_url(),
-        "origin": format!("http://{}", app.local_addr()),
-    })
+/// Fails the test unless the browser script passed every step.
+fn assert_passed(output: &Output, what: &str) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(" passed, 0 failed"),
+        "the browser {what} failed (screenshots in target/app-browser/):\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn side(app: &AppProcess) -> serde_json::Value {
+    serde_json::json!({ "launch": app.launch_url, "origin": app.origin })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_organisations_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().join("relay"));
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.admin = None;
-    config.wal_mib = 2;
-    let relay = Relay::start(config).await.unwrap();
-    let mut args = AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0)));
-    args.insecure_fast_kdf = true;
-    let a = App::start(dir.path().join("harbour"), &args).await.unwrap();
-    let b = App::start(dir.path().join("riverside"), &args)
-        .await
-        .unwrap();
+    let relay = RelayProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_relay-under-test")),
+        &dir.path().join("relay"),
+        &[],
+    )
+    .unwrap();
+    let a = app(&dir.path().join("harbour"));
+    let b = app(&dir.path().join("riverside"));
     let story = serde_json::json!({
-        "relay": relay.local_addr().to_string(),
-        "pin": hex::encode(relay.pin()),
+        "relay": relay.addr.to_string(),
+        "pin": hex::encode(relay.pin),
         "passphrase": "correct horse battery staple",
         "a": side(&a),
         "b": side(&b),
     });
     let output = play(story, dir.path().join("story.json"), "story.mjs").await;
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains(" passed, 0 failed"),
-        "the browser story failed (screenshots in target/app-browser/):\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    stop(a);
+    stop(b);
+    assert_passed(&output, "story");
+
+    // A third device joins Riverside: a new profile joins through the join screen, and the
+    // story's Riverside app, opened again, enrols it.
+    let admin = app(&dir.path().join("riverside"));
+    let new = app(&dir.path().join("riverside-laptop"));
+    let join = serde_json::json!({
+        "relay": relay.addr.to_string(),
+        "pin": hex::encode(relay.pin),
+        "passphrase": "correct horse battery staple",
+        "admin": side(&admin),
+        "new": side(&new),
+    });
+    let output = play(join, dir.path().join("org.json"), "org.mjs").await;
+    stop(admin);
+    stop(new);
+    assert_passed(&output, "join");
 
     // The refusals: Harbour sends Riverside an offer that lives OFFER_TTL seconds; Riverside
     // receives it in time; both apps are opened after it expired.
     let profiles = dir.path().join("refusals");
     let info = RelayInfo {
-        host_port: relay.local_addr().to_string(),
-        pin: relay.pin(),
+        host_port: relay.addr.to_string(),
+        pin: relay.pin,
     };
     let pair = support::Pair::create(&profiles, info).await;
     let sent = Instant::now();
@@ -105,8 +144,8 @@ async fn two_organisations_in_a_real_browser() {
     }
     pair.shutdown().await;
     tokio::time::sleep_until((sent + Duration::from_secs(OFFER_TTL + 1)).into()).await;
-    let h = App::start(profiles.join("harbour"), &args).await.unwrap();
-    let r = App::start(profiles.join("riverside"), &args).await.unwrap();
+    let h = app(&profiles.join("harbour"));
+    let r = app(&profiles.join("riverside"));
     let refusals = serde_json::json!({
         "passphrase": support::PASSPHRASE,
         "referral": hex::encode(id.as_bytes()),
@@ -114,14 +153,9 @@ async fn two_organisations_in_a_real_browser() {
         "b": side(&r),
     });
     let output = play(refusals, dir.path().join("refusals.json"), "refusals.mjs").await;
-    h.stop().await.unwrap();
-    r.stop().await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains(" passed, 0 failed"),
-        "the browser refusals failed (screenshots in target/app-browser/):\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    stop(h);
+    stop(r);
+    assert_passed(&output, "refusals");
     // After the panic wipe nothing of Harbour's profile opens; after the duress passphrase
     // Riverside's real passphrase opens nothing either.
     let real = Credential::from(Passphrase::from(support::PASSPHRASE));
@@ -133,5 +167,5 @@ async fn two_organisations_in_a_real_browser() {
         Client::open(&profiles.join("riverside"), &real).await,
         Err(ClientError::Store(StoreError::WrongCredential))
     ));
-    relay.shutdown().await;
+    drop(relay);
 }
