@@ -25,8 +25,7 @@ use serde::Deserialize;
 
 use crate::i18n::{Tr, is_rtl};
 use crate::pages::{
-    Lang, NETWORK_WAIT, NoticeQuery, Unlocked, chrome, error_page, notice_text, role_name,
-    see_other,
+    Lang, NETWORK_WAIT, NoticeQuery, Unlocked, chrome, error_page, notice_text, see_other,
 };
 use crate::state::{Desk, Shared};
 use crate::views::{Chrome, Todo, page, utc};
@@ -42,8 +41,6 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/consent/{id}", get(consent))
         .route("/consent/{id}/kantara.json", get(kantara))
         .route("/consent/{id}/withdraw", post(withdraw))
-        .route("/organisation", get(organisation))
-        .route("/organisation/revoke", post(revoke))
         .route("/settings", get(settings))
         .route("/settings/lock", post(set_lock))
         .route("/settings/duress", post(set_duress))
@@ -993,95 +990,6 @@ async fn withdraw(Lang(t): Lang, Unlocked(desk): Unlocked, Path(id): Path<String
             t.t1("act-refused", "error", e),
         ),
         Err(_) => see_other(&format!("/consent/{id}"), "chat-queued"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Organisation.
-
-/// A device of this organisation.
-struct DeviceRow {
-    id: String,
-    short: String,
-    this: bool,
-}
-
-/// The organisation screen.
-#[derive(Template)]
-#[template(path = "organisation.html")]
-struct Organisation {
-    p: Chrome,
-    fingerprint: String,
-    org_key: String,
-    role: String,
-    admin: bool,
-    devices: Vec<DeviceRow>,
-}
-
-async fn organisation(
-    Lang(t): Lang,
-    Unlocked(desk): Unlocked,
-    Query(q): Query<NoticeQuery>,
-) -> Response {
-    let info = desk
-        .client
-        .with_engine(|e, _, now| {
-            let root = e.org_root()?;
-            let me = e.device_id()?;
-            let devices = e.org_devices(&root, now).unwrap_or_default();
-            Ok::<_, EngineError>((root, me, devices))
-        })
-        .await;
-    let (root, me, devices) = match info {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return failed(&t, &desk, e),
-        Err(e) => return failed(&t, &desk, e),
-    };
-    let mut p = chrome(&t, &desk, "organisation-title", "organisation");
-    p.notice = notice_text(&t, &q);
-    page(&Organisation {
-        p,
-        fingerprint: org_fingerprint(&root),
-        org_key: hex::encode(root),
-        role: role_name(&t, Some(desk.role)),
-        admin: matches!(desk.role, Role::Admin),
-        devices: devices
-            .iter()
-            .map(|d| DeviceRow {
-                id: hex::encode(d.0),
-                short: hex::encode(&d.0[..4]),
-                this: *d == me,
-            })
-            .collect(),
-    })
-}
-
-/// Revoking a device.
-#[derive(Deserialize)]
-struct RevokeForm {
-    device: String,
-}
-
-async fn revoke(Lang(t): Lang, Unlocked(desk): Unlocked, Form(f): Form<RevokeForm>) -> Response {
-    if !matches!(desk.role, Role::Admin) {
-        return hide(&t, &desk);
-    }
-    let id: Option<[u8; 16]> = hex::decode(&f.device).ok().and_then(|b| b.try_into().ok());
-    let Some(id) = id else {
-        return hide(&t, &desk);
-    };
-    match desk
-        .client
-        .revoke_device(handover_core::identity::DeviceId(id))
-        .await
-    {
-        Ok(_) => see_other("/organisation", "device-revoked"),
-        Err(e) => error_page(
-            &t,
-            Some(&desk),
-            StatusCode::CONFLICT,
-            t.t1("act-refused", "error", e),
-        ),
     }
 }
 

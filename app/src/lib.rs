@@ -48,6 +48,7 @@ mod cases;
 mod compose;
 mod directory;
 mod i18n;
+mod org;
 mod pages;
 pub mod security;
 mod state;
@@ -183,6 +184,11 @@ impl App {
     /// Whether a profile is unlocked.
     pub async fn is_unlocked(&self) -> bool {
         self.shared.desk().await.is_some()
+    }
+
+    /// Whether a new device's join waits for its enrolment code (the join screen is open).
+    pub async fn is_joining(&self) -> bool {
+        self.shared.joining().await.is_some()
     }
 
     /// Locks the profile now (as the Lock button does).

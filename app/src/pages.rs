@@ -54,6 +54,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .merge(crate::compose::router())
         .merge(crate::cases::router())
         .merge(crate::directory::router())
+        .merge(crate::org::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
@@ -120,7 +121,7 @@ pub(crate) fn chrome(t: &Tr, desk: &Desk, title: &str, here: &'static str) -> Ch
     }
 }
 
-fn locked_chrome(t: &Tr, title: &str) -> Chrome {
+pub(crate) fn locked_chrome(t: &Tr, title: &str) -> Chrome {
     Chrome {
         title: t.t(title),
         t: t.clone(),
@@ -267,6 +268,8 @@ pub(crate) fn notice_text(t: &Tr, q: &NoticeQuery) -> Option<String> {
         "org-imported-partly",
         "wiped",
         "consent-recorded-notice",
+        "joined",
+        "joined-unconnected",
     ];
     let id = q.notice.as_deref()?;
     KNOWN.contains(&id).then(|| t.t(id))
@@ -326,6 +329,9 @@ async fn unlock_page(
 ) -> Response {
     if shared.desk().await.is_some() {
         return Redirect::to("/").into_response();
+    }
+    if shared.joining().await.is_some() {
+        return Redirect::to("/join/pending").into_response();
     }
     if !profile_exists(&shared) {
         return Redirect::to("/create").into_response();
@@ -390,6 +396,24 @@ async fn unlock(
         }
     };
     if !client.has_profile().await {
+        // A new device waiting for its enrolment code: back to that step.
+        match client.pending_join().await {
+            Ok(Some(_)) => {
+                shared.set_joining(client).await;
+                return Redirect::to("/join/pending").into_response();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = client.shutdown().await;
+                let mut p = locked_chrome(&t, "unlock-title");
+                p.error = Some(t.t1("unlock-failed", "error", e));
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    page(&views::Unlock { p }),
+                )
+                    .into_response();
+            }
+        }
         // A new store, or the duress passphrase (which wiped the real profile and opened an
         // empty one, indistinguishable from a new store): offer to create a profile in it.
         let _ = client.shutdown().await;
@@ -423,6 +447,9 @@ async fn create_page(
 ) -> Response {
     if shared.desk().await.is_some() {
         return Redirect::to("/").into_response();
+    }
+    if shared.joining().await.is_some() {
+        return Redirect::to("/join/pending").into_response();
     }
     let mut p = locked_chrome(&t, "create-title");
     p.notice = notice_text(&t, &q);

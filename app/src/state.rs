@@ -89,6 +89,9 @@ pub(crate) struct AppState {
     pub(crate) options: Options,
     pub(crate) i18n: I18n,
     desk: RwLock<Option<Desk>>,
+    /// A new device waiting for its enrolment code: the store is open (no profile yet, the
+    /// client not started) and holds the pending keys.
+    joining: RwLock<Option<Client>>,
     last_active: StdMutex<Instant>,
     lock_after: StdMutex<Duration>,
     live: broadcast::Sender<Live>,
@@ -106,6 +109,7 @@ impl AppState {
             options,
             i18n,
             desk: RwLock::new(None),
+            joining: RwLock::new(None),
             last_active: StdMutex::new(Instant::now()),
             lock_after: StdMutex::new(lock_after.max(Duration::from_secs(1))),
             live,
@@ -148,6 +152,25 @@ impl AppState {
         self.desk.read().await.clone()
     }
 
+    /// The client of a join waiting for its enrolment code, if any.
+    pub(crate) async fn joining(&self) -> Option<Client> {
+        self.joining.read().await.clone()
+    }
+
+    /// Keeps `client` (a store with a pending join) until the join completes or the app locks.
+    pub(crate) async fn set_joining(&self, client: Client) {
+        let old = self.joining.write().await.replace(client);
+        if let Some(old) = old {
+            let _ = old.shutdown().await;
+        }
+        self.touch();
+    }
+
+    /// Hands over the waiting join's client (once it has joined), leaving none.
+    pub(crate) async fn take_joining(&self) -> Option<Client> {
+        self.joining.write().await.take()
+    }
+
     /// Installs an opened client: starts its background task and the event forwarder, and
     /// releases bodies already waiting for release.
     pub(crate) async fn unlock(self: &Arc<Self>, client: Client) -> Result<(), EngineError> {
@@ -187,6 +210,10 @@ impl AppState {
         if let Some(desk) = desk {
             close(desk).await;
         }
+        let joining = self.joining.write().await.take();
+        if let Some(client) = joining {
+            let _ = client.shutdown().await;
+        }
         self.notify(Live::Locked);
     }
 
@@ -195,7 +222,8 @@ impl AppState {
         let mut tick = tokio::time::interval(IDLE_CHECK);
         loop {
             tick.tick().await;
-            if self.idle_for() >= self.lock_after() && self.desk.read().await.is_some() {
+            let open = self.desk.read().await.is_some() || self.joining.read().await.is_some();
+            if self.idle_for() >= self.lock_after() && open {
                 self.lock().await;
             }
         }

@@ -474,6 +474,7 @@ async fn an_ambassador_sees_no_case_screens() {
     assert!(!home.body.contains("href=\"/referrals\""));
     assert!(!home.body.contains("href=\"/consent\""));
     assert!(!home.body.contains("href=\"/directory\""));
+    assert!(!home.body.contains("href=\"/organisation\""));
     for path in [
         "/referrals",
         "/referrals/new",
@@ -481,6 +482,7 @@ async fn an_ambassador_sees_no_case_screens() {
         "/consent/new",
         "/directory",
         "/directory/publish",
+        "/organisation",
     ] {
         let a = call(addr, Method::GET, path, &[("cookie", &cookie)], "").await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");

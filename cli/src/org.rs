@@ -14,39 +14,25 @@
 //! 3. the new device runs `org join CODE`: it creates its mailbox and profile with the
 //!    certificate, and accepts the admin's invitation so the two devices of the team can keep
 //!    each other's referral records in step (the admin's next `handover sync` completes it).
+//!
+//! The codes, the check code and the pending record are `handover_core::enrolment`
+//! (docs/PROTOCOL.md §5.6); the app runs the same steps through the same `Client` calls.
 
 use std::path::PathBuf;
 
-use base64::Engine as _;
 use clap::{Args, Subcommand};
-use handover_core::client::{Client, ClientError, RelayAccess};
-use handover_core::engine::{Engine, EngineError, IdentitySetup, ProfileDetails, RelayInfo};
-use handover_core::identity::{DeviceId, DeviceKeys, DevicePublicKeys, Role};
+use handover_core::client::{Client, ClientError, Joined};
+use handover_core::engine::{EngineError, ProfileDetails, RelayInfo};
+use handover_core::enrolment::{EnrolmentCode, EnrolmentError, JoinRequest};
+use handover_core::identity::{DeviceId, Role};
 use handover_core::net::NetError;
-use handover_core::store::{Credential, KdfParams, KvStore, Namespace, SledStore, StoreError};
+use handover_core::store::{KdfParams, StoreError};
 use handover_proto::decode;
 use handover_proto::e2e::v1 as wire;
 use handover_proto::relay::v1 as relay;
-use prost::Message as _;
-use rand::SeedableRng;
-use zeroize::Zeroizing;
 
 use crate::profile::{self, InitArgs, NETWORK_WAIT, close, open, relay_hint};
 use crate::ui::{Context, Outcome, fail};
-
-/// Link prefix of a join request (public keys of a new device).
-const REQUEST_PREFIX: &str = "handover://enrol-request#";
-/// Link prefix of an enrolment code (certificate, device list, invitation).
-const ENROLMENT_PREFIX: &str = "handover://enrolment#";
-/// Where a pending join keeps the new device's keys: this CLI's own record in the
-/// encrypted store's settings (the engine's records use other names).
-const PENDING_KEY: &[u8] = b"cli/pending-enrolment";
-/// Version byte of the pending record.
-const PENDING_FORMAT: u8 = 1;
-/// Version byte of request and enrolment codes.
-const CODE_FORMAT: u8 = 1;
-/// How long the invitation inside an enrolment code stays valid: 7 days.
-const ENROLMENT_INVITATION_TTL: u64 = 7 * 24 * 3600;
 
 /// `handover org` subcommands.
 #[derive(Debug, Subcommand)]
@@ -186,37 +172,6 @@ pub(crate) async fn run(profile: Option<PathBuf>, command: OrgCommand) -> Outcom
     }
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn unb64(text: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text.trim())
-        .ok()
-}
-
-/// Hash label of the check code.
-const LABEL_CHECK_CODE: &[u8] = b"handover/1 cli enrolment check";
-
-/// Check code of a device's public keys, shown on the new device and on the admin device to
-/// compare before enrolling: the first 10 bytes (80 bits) of SHA-256 over a label, the device
-/// id, the signing key and the identity key, so a swapped key in a tampered request shows up.
-fn check_code(keys: &DevicePublicKeys) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(LABEL_CHECK_CODE);
-    h.update(keys.device_id.0);
-    h.update(keys.signing_key);
-    h.update(keys.identity_key);
-    let digest = h.finalize();
-    digest[..10]
-        .chunks(2)
-        .map(hex::encode)
-        .collect::<Vec<_>>()
-        .join("-")
-}
-
 fn role_of(text: &str) -> Outcome<Role> {
     match text.trim().to_ascii_lowercase().as_str() {
         "admin" => Ok(Role::Admin),
@@ -238,69 +193,28 @@ fn role_name(role: wire::Role) -> &'static str {
     }
 }
 
-/// Reads fixed-size and u16-length-prefixed fields of a code.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
+/// Explains a refused code or pending join in the CLI's words.
+fn enrolment_failure(e: &EnrolmentError) -> crate::ui::Failure {
+    match e {
+        EnrolmentError::NotARequest => fail(
+            "this is not a join request. Copy the whole code printed by `handover org \
+             join-request` on the new device (it starts with handover://enrol-request#).",
+        ),
+        EnrolmentError::NotAnEnrolmentCode => fail(
+            "this is not an enrolment code. Copy the whole code printed by `handover org \
+             enroll` on the admin device (it starts with handover://enrolment#).",
+        ),
+        EnrolmentError::PendingDamaged => fail(
+            "the pending join in this profile is damaged. Wipe it (`handover wipe --yes`) and \
+             start again.",
+        ),
+        EnrolmentError::NotForThisDevice => fail(
+            "the enrolment code is for another device or organisation (its certificate does \
+             not match this device's keys). Give the admin this device's request code again \
+             (`handover org join-request` shows it) and use the code they get.",
+        ),
+        e => fail(format!("{e}.")),
     }
-    fn field(&mut self) -> Option<&'a [u8]> {
-        let len = self.take(2)?;
-        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-        self.take(len)
-    }
-}
-
-fn put_field(out: &mut Vec<u8>, bytes: &[u8]) -> Outcome {
-    let len = u16::try_from(bytes.len())
-        .map_err(|_| fail("a field is too long for an enrolment code. Use a shorter name."))?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-    Ok(())
-}
-
-/// What a pending join keeps in the new device's store until `org join`.
-struct Pending {
-    keys: DeviceKeys,
-    relay: RelayInfo,
-    name: String,
-}
-
-impl Pending {
-    fn encode(&self) -> Outcome<Zeroizing<Vec<u8>>> {
-        let mut out = Zeroizing::new(vec![PENDING_FORMAT]);
-        out.extend_from_slice(&self.relay.pin);
-        put_field(&mut out, self.relay.host_port.as_bytes())?;
-        put_field(&mut out, self.name.as_bytes())?;
-        put_field(&mut out, &self.keys.to_secret_bytes())?;
-        Ok(out)
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader(bytes);
-        if r.take(1)? != [PENDING_FORMAT] {
-            return None;
-        }
-        let pin: [u8; 32] = r.take(32)?.try_into().ok()?;
-        let host_port = String::from_utf8(r.field()?.to_vec()).ok()?;
-        let name = String::from_utf8(r.field()?.to_vec()).ok()?;
-        let keys = DeviceKeys::from_secret_bytes(r.field()?).ok()?;
-        Some(Self {
-            keys,
-            relay: RelayInfo { host_port, pin },
-            name,
-        })
-    }
-}
-
-fn fresh_rng() -> rand::rngs::StdRng {
-    rand::rngs::StdRng::from_rng(&mut rand::rng())
 }
 
 /// `handover org join-request`.
@@ -318,209 +232,103 @@ async fn join_request(profile: Option<PathBuf>, args: JoinRequestArgs) -> Outcom
     } else {
         KdfParams::default()
     };
-    let store = match SledStore::open(&dir, &credential, fresh_rng()) {
-        Ok(store) => store,
-        Err(StoreError::NotFound) => SledStore::create(&dir, &credential, kdf, fresh_rng())
-            .map_err(|e| {
-                fail(format!(
-                    "creating the profile in {} failed: {e}. Choose a directory you can write \
-                     to.",
-                    dir.display()
-                ))
-            })?,
-        Err(e) => {
-            return Err(fail(format!(
-                "could not open {}: {e}. Check the passphrase, or choose a new --profile \
-                 directory for the new device.",
-                dir.display()
-            )));
-        }
+    let relay = RelayInfo {
+        host_port: args.relay.clone(),
+        pin,
     };
-    let engine = Engine::open(store).map_err(|e| {
-        fail(format!(
-            "could not read the profile in {}: {e}. Choose a new --profile directory.",
-            dir.display()
-        ))
-    })?;
-    if engine.has_profile() {
-        let _ = engine.into_store().close();
-        return Err(fail(format!(
-            "{} already holds a complete profile. A device that already belongs to an \
-             organisation cannot join another; use a new --profile directory.",
-            dir.display()
-        )));
-    }
-    let mut store = engine.into_store();
-    let result = (|| {
-        let pending = match store
-            .get(Namespace::Settings, PENDING_KEY)
-            .ctx("reading the profile", "Report this.")?
-        {
-            // Asked again: show the same request (the admin may already have enrolled it).
-            Some(bytes) => Pending::decode(&bytes).ok_or_else(|| {
-                fail(
-                    "the pending join in this profile is damaged. Wipe it (`handover wipe \
-                     --yes`) and start again.",
-                )
-            })?,
-            None => {
-                let pending = Pending {
-                    keys: DeviceKeys::generate(&mut rand::rng()),
-                    relay: RelayInfo {
-                        host_port: args.relay.clone(),
-                        pin,
-                    },
-                    name: args.name.clone(),
-                };
-                store
-                    .put(Namespace::Settings, PENDING_KEY, &pending.encode()?)
-                    .ctx("saving the new device's keys", "Check free disk space.")?;
-                store
-                    .flush()
-                    .ctx("saving the new device's keys", "Check free disk space.")?;
-                pending
+    let (client, request) =
+        match Client::request_join(&dir, &credential, kdf, relay, &args.name).await {
+            Ok(found) => found,
+            Err(ClientError::Engine(EngineError::ProfileExists)) => {
+                return Err(fail(format!(
+                    "{} already holds a complete profile. A device that already belongs to an \
+                     organisation cannot join another; use a new --profile directory.",
+                    dir.display()
+                )));
+            }
+            Err(ClientError::Engine(EngineError::Enrolment(e))) => {
+                return Err(enrolment_failure(&e));
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "could not open or create the profile in {}: {e}. Check the passphrase, or \
+                     choose a new --profile directory for the new device.",
+                    dir.display()
+                )));
             }
         };
-        let keys = pending.keys.public_keys();
-        let mut code = vec![CODE_FORMAT];
-        code.extend_from_slice(&keys.device_id.0);
-        code.extend_from_slice(&keys.signing_key);
-        code.extend_from_slice(&keys.identity_key);
-        code.extend_from_slice(pending.name.as_bytes());
-        println!(
-            "Join request for {:?} (give it to an admin of your organisation):",
-            pending.name
-        );
-        println!("{REQUEST_PREFIX}{}", b64(&code));
-        println!("Check code: {}", check_code(&keys));
-        println!(
-            "The admin runs `handover org enroll REQUEST --role caseworker` (or admin, \
-             ambassador) and must see the same check code. Then run `handover org join CODE` \
-             here with the enrolment code the admin gets."
-        );
-        Ok(())
-    })();
-    let closed = store
-        .close()
-        .ctx("closing the profile", "Run the command again.");
-    result.and(closed)
+    println!(
+        "Join request for {:?} (give it to an admin of your organisation):",
+        request.name()
+    );
+    println!("{}", request.to_code());
+    println!("Check code: {}", request.check_code());
+    println!(
+        "The admin runs `handover org enroll REQUEST --role caseworker` (or admin, \
+         ambassador) and must see the same check code. Then run `handover org join CODE` \
+         here with the enrolment code the admin gets."
+    );
+    close(client, Ok(())).await
 }
 
 /// `handover org enroll`.
 async fn enroll(profile: Option<PathBuf>, args: EnrollArgs) -> Outcome {
     let role = role_of(&args.role)?;
-    let bytes = args
-        .request
-        .trim()
-        .strip_prefix(REQUEST_PREFIX)
-        .and_then(unb64)
-        .ok_or_else(|| {
-            fail(
-                "this is not a join request. Copy the whole code printed by `handover org \
-                 join-request` on the new device (it starts with handover://enrol-request#).",
-            )
-        })?;
-    let mut r = Reader(&bytes);
-    let parsed = (|| {
-        if r.take(1)? != [CODE_FORMAT] {
-            return None;
-        }
-        let device_id = DeviceId(r.take(16)?.try_into().ok()?);
-        let signing_key: [u8; 32] = r.take(32)?.try_into().ok()?;
-        let identity_key: [u8; 32] = r.take(32)?.try_into().ok()?;
-        let name = String::from_utf8(r.0.to_vec()).ok()?;
-        Some((
-            DevicePublicKeys {
-                device_id,
-                signing_key,
-                identity_key,
-            },
-            name,
-        ))
-    })();
-    let (keys, name) = parsed.ok_or_else(|| {
-        fail("the join request is damaged. Ask for it again, or copy it completely.")
+    let request = JoinRequest::parse(&args.request).map_err(|e| match e {
+        EnrolmentError::NotARequest => enrolment_failure(&e),
+        e => fail(format!(
+            "the join request is damaged ({e}). Ask for it again, or copy it completely."
+        )),
     })?;
-    let label = args.label.unwrap_or(name);
+    let label = args.label.unwrap_or_else(|| request.name().to_owned());
     let client = open(profile).await?;
     let result = async {
-        // Enrolling is idempotent: a device already in the list (an earlier run that timed
-        // out, or a lost enrolment code) gets its existing certificate again.
-        let (certificate, device_list) = match enrolled_cert(&client, keys.device_id).await? {
-            Some(found) => found,
-            None => {
-                let enrolled = tokio::time::timeout(
-                    NETWORK_WAIT,
-                    client.enrol_device(keys, role, label.clone()),
-                )
-                .await;
-                match enrolled {
-                    Ok(Ok(out)) => out,
-                    Ok(Err(ClientError::Engine(EngineError::NotOrgKeyHolder))) => {
-                        return Err(fail(
-                            "this device does not hold the organisation's root key, so it \
-                             cannot enrol devices. Run `handover org enroll` on the device that \
-                             created the organisation (`handover init` / `org create`).",
-                        ));
-                    }
-                    Ok(Err(e)) => {
-                        return Err(fail(format!(
-                            "enrolling the device failed: {e}. Check the request code and try \
-                             again."
-                        )));
-                    }
-                    // Enrolled, but telling the contacts took too long (they get the list
-                    // with the next messages): carry on with the stored certificate.
-                    Err(_) => enrolled_cert(&client, keys.device_id)
-                        .await?
-                        .ok_or_else(|| {
-                            fail(format!(
-                                "the relay did not answer in {} seconds and the device was not \
-                             enrolled. {}; then run this command again.",
-                                NETWORK_WAIT.as_secs(),
-                                relay_hint()
-                            ))
-                        })?,
+        let code =
+            match tokio::time::timeout(NETWORK_WAIT, client.enrol(&request, role, &label)).await {
+                Ok(Ok(code)) => code,
+                Ok(Err(ClientError::Engine(EngineError::NotOrgKeyHolder))) => {
+                    return Err(fail(
+                        "this device does not hold the organisation's root key, so it cannot \
+                     enrol devices. Run `handover org enroll` on the device that created the \
+                     organisation (`handover init` / `org create`).",
+                    ));
                 }
-            }
-        };
-        let invitation = match tokio::time::timeout(
-            NETWORK_WAIT,
-            client.create_invitation(ENROLMENT_INVITATION_TTL),
-        )
-        .await
-        {
-            Ok(Ok((_, link))) => link,
-            Ok(Err(e)) => {
-                return Err(fail(format!(
-                    "the device was enrolled, but creating its invitation failed: {e}. {}; \
-                     then run this command again.",
-                    relay_hint()
-                )));
-            }
-            Err(_) => {
-                return Err(fail(format!(
-                    "the device was enrolled, but the relay did not answer in {} seconds. {}; \
-                     then run this command again.",
-                    NETWORK_WAIT.as_secs(),
-                    relay_hint()
-                )));
-            }
-        };
-        let mut code = vec![CODE_FORMAT];
-        put_field(&mut code, &certificate.encode_to_vec())?;
-        put_field(&mut code, &device_list.encode_to_vec())?;
-        put_field(&mut code, invitation.as_bytes())?;
-        let enrolled_role = decode::device_certificate(&certificate.certificate)
-            .map(|c| role_name(c.role()))
+                Ok(Err(ClientError::Engine(EngineError::Enrolment(e)))) => {
+                    return Err(fail(format!("enrolling the device was refused: {e}.")));
+                }
+                Ok(Err(e)) => {
+                    return Err(fail(format!(
+                        "enrolling the device failed: {e}. {}; then run this command again (the \
+                     device gets the same certificate).",
+                        relay_hint()
+                    )));
+                }
+                Err(_) => {
+                    return Err(fail(format!(
+                        "the relay did not answer in {} seconds. {}; then run this command again \
+                     (the device gets the same certificate).",
+                        NETWORK_WAIT.as_secs(),
+                        relay_hint()
+                    )));
+                }
+            };
+        let text = code.to_code().map_err(|e| enrolment_failure(&e))?;
+        let enrolled_role = code
+            .role()
+            .map(|r| match r {
+                Role::Admin => "admin",
+                Role::Caseworker => "caseworker",
+                Role::Ambassador => "ambassador",
+            })
             .unwrap_or("unknown");
         println!(
-            "Enrolled {label:?} as {enrolled_role} (check code {}); your contacts are sent the \
+            "Enrolled {:?} as {enrolled_role} (check code {}); your contacts are sent the \
              new device list.",
-            check_code(&keys)
+            code.label(),
+            request.check_code()
         );
         println!("Enrolment code (give it to the new device; it holds no secrets):");
-        println!("{ENROLMENT_PREFIX}{}", b64(&code));
+        println!("{text}");
         println!(
             "On the new device run `handover org join CODE`; then run `handover sync` here so \
              the two devices can reach each other."
@@ -533,125 +341,18 @@ async fn enroll(profile: Option<PathBuf>, args: EnrollArgs) -> Outcome {
 
 /// `handover org join`.
 async fn join(profile: Option<PathBuf>, args: JoinArgs) -> Outcome {
-    let bytes = args
-        .code
-        .trim()
-        .strip_prefix(ENROLMENT_PREFIX)
-        .and_then(unb64)
-        .ok_or_else(|| {
-            fail(
-                "this is not an enrolment code. Copy the whole code printed by `handover org \
-                 enroll` on the admin device (it starts with handover://enrolment#).",
-            )
-        })?;
-    let mut r = Reader(&bytes);
-    let parsed = (|| {
-        if r.take(1)? != [CODE_FORMAT] {
-            return None;
-        }
-        let certificate = decode::signed_device_certificate(r.field()?).ok()?;
-        let device_list = decode::signed_device_list(r.field()?).ok()?;
-        let invitation = String::from_utf8(r.field()?.to_vec()).ok()?;
-        Some((certificate, device_list, invitation))
-    })();
-    let (certificate, device_list, invitation) = parsed.ok_or_else(|| {
-        fail("the enrolment code is damaged. Ask the admin for it again, or copy it completely.")
+    let code = EnrolmentCode::parse(&args.code).map_err(|e| match e {
+        EnrolmentError::NotAnEnrolmentCode => enrolment_failure(&e),
+        e => fail(format!(
+            "the enrolment code is damaged ({e}). Ask the admin for it again, or copy it \
+             completely."
+        )),
     })?;
     let dir = profile::profile_dir(profile)?;
     let credential = profile::passphrase(false)?;
-    let pending = read_pending(&dir, &credential)?;
-    let name = pending.name.clone();
-    let creation_token = match &args.creation_token_file {
-        Some(path) => Some(profile::read_creation_token(path)?),
-        None => None,
-    };
-    let access = RelayAccess::new(pending.relay.clone(), creation_token);
-    let created = tokio::time::timeout(
-        NETWORK_WAIT,
-        Client::create_with_access(
-            &dir,
-            &credential,
-            KdfParams::default(),
-            access,
-            pending.keys,
-            IdentitySetup::Enrolled {
-                certificate,
-                device_list,
-            },
-            &name,
-        ),
-    )
-    .await;
-    let client = match created {
-        Ok(Ok(c)) => c,
-        Ok(Err(ClientError::Engine(EngineError::ProfileExists))) => {
-            return Err(fail(format!(
-                "{} has already joined its organisation (an earlier `handover org join` got \
-                 that far). Run `handover whoami` there; if something is missing, run \
-                 `handover sync`.",
-                dir.display()
-            )));
-        }
-        Ok(Err(ClientError::Engine(EngineError::Certificate(_)))) => {
-            return Err(fail(
-                "the enrolment code is for another device or organisation (its certificate \
-                 does not match this device's keys). Give the admin this device's request \
-                 code again (`handover org join-request` shows it) and use the code they \
-                 get.",
-            ));
-        }
-        Ok(Err(e)) => {
-            return Err(fail(format!(
-                "joining failed: {e}. {}; the keys stay pending, so run `handover org join` \
-                 again.",
-                relay_hint()
-            )));
-        }
-        Err(_) => {
-            return Err(fail(format!(
-                "the relay did not answer in {} seconds. {}; the keys stay pending, so run \
-                 `handover org join` again.",
-                NETWORK_WAIT.as_secs(),
-                relay_hint()
-            )));
-        }
-    };
-    let result = async {
-        client
-            .with_engine(|e, _, _| e.store_mut().delete(Namespace::Settings, PENDING_KEY))
-            .await
-            .ctx("clearing the pending join", "Report this.")?
-            .ctx("clearing the pending join", "Report this.")?;
-        println!("Joined the organisation as {name:?}.");
-        match tokio::time::timeout(NETWORK_WAIT, client.accept_invitation(invitation.trim())).await
-        {
-            Ok(Ok(_)) => println!(
-                "Connected to the admin device; it completes the connection with its next \
-                 `handover sync`."
-            ),
-            Ok(Err(e)) => println!(
-                "Could not connect to the admin device ({e}); ask the admin for an invitation \
-                 (`handover invite`) later."
-            ),
-            Err(_) => println!(
-                "The relay did not answer while connecting to the admin device; ask the admin \
-                 for an invitation (`handover invite`) later."
-            ),
-        }
-        Ok(())
-    }
-    .await;
-    let result = match result {
-        Ok(()) => crate::profile::whoami_of(&client).await,
-        Err(e) => Err(e),
-    };
-    close(client, result).await
-}
-
-fn read_pending(dir: &std::path::Path, credential: &Credential) -> Outcome<Pending> {
-    let store = match SledStore::open(dir, credential, fresh_rng()) {
-        Ok(s) => s,
-        Err(StoreError::NotFound) => {
+    let client = match Client::open(&dir, &credential).await {
+        Ok(c) => c,
+        Err(ClientError::Store(StoreError::NotFound)) => {
             return Err(fail(format!(
                 "there is no pending join in {}. Run `handover org join-request` there first \
                  and give the request code to an admin.",
@@ -665,24 +366,67 @@ fn read_pending(dir: &std::path::Path, credential: &Credential) -> Outcome<Pendi
             )));
         }
     };
-    let bytes = store.get(Namespace::Settings, PENDING_KEY);
-    let closed = store.close();
-    let bytes = bytes.ctx("reading the pending join", "Report this.")?;
-    closed.ctx("closing the profile", "Run the command again.")?;
-    let bytes = bytes.ok_or_else(|| {
-        fail(format!(
-            "there is no pending join in {}: it was completed already, or never started. \
-             Run `handover whoami` to see whether this device has joined; otherwise run \
-             `handover org join-request`.",
+    let creation_token = match &args.creation_token_file {
+        Some(path) => match profile::read_creation_token(path) {
+            Ok(t) => Some(t),
+            Err(e) => return close(client, Err(e)).await,
+        },
+        None => None,
+    };
+    let joined = tokio::time::timeout(NETWORK_WAIT, client.join(&code, creation_token)).await;
+    let result = match joined {
+        Ok(Ok(joined)) => connect_to_admin(&client, &joined).await,
+        Ok(Err(ClientError::Engine(EngineError::ProfileExists))) => Err(fail(format!(
+            "{} has already joined its organisation (an earlier `handover org join` got \
+             that far). Run `handover whoami` there; if something is missing, run \
+             `handover sync`.",
             dir.display()
-        ))
-    })?;
-    Pending::decode(&bytes).ok_or_else(|| {
-        fail(
-            "the pending join in this profile is damaged. Wipe it (`handover wipe --yes`) and \
-             start again.",
-        )
-    })
+        ))),
+        Ok(Err(ClientError::Engine(EngineError::Enrolment(EnrolmentError::NoPendingJoin)))) => {
+            Err(fail(format!(
+                "there is no pending join in {}: it was completed already, or never started. \
+                 Run `handover whoami` to see whether this device has joined; otherwise run \
+                 `handover org join-request`.",
+                dir.display()
+            )))
+        }
+        Ok(Err(ClientError::Engine(EngineError::Enrolment(e)))) => Err(enrolment_failure(&e)),
+        Ok(Err(ClientError::Engine(EngineError::Certificate(_)))) => {
+            Err(enrolment_failure(&EnrolmentError::NotForThisDevice))
+        }
+        Ok(Err(e)) => Err(fail(format!(
+            "joining failed: {e}. {}; the keys stay pending, so run `handover org join` \
+             again.",
+            relay_hint()
+        ))),
+        Err(_) => Err(fail(format!(
+            "the relay did not answer in {} seconds. {}; the keys stay pending, so run \
+             `handover org join` again.",
+            NETWORK_WAIT.as_secs(),
+            relay_hint()
+        ))),
+    };
+    close(client, result).await
+}
+
+/// After `org join`: accepts the admin device's invitation and shows who this device is.
+async fn connect_to_admin(client: &Client, joined: &Joined) -> Outcome {
+    println!("Joined the organisation as {:?}.", joined.name);
+    match tokio::time::timeout(NETWORK_WAIT, client.accept_invitation(&joined.invitation)).await {
+        Ok(Ok(_)) => println!(
+            "Connected to the admin device; it completes the connection with its next \
+             `handover sync`."
+        ),
+        Ok(Err(e)) => println!(
+            "Could not connect to the admin device ({e}); ask the admin for an invitation \
+             (`handover invite`) later."
+        ),
+        Err(_) => println!(
+            "The relay did not answer while connecting to the admin device; ask the admin \
+             for an invitation (`handover invite`) later."
+        ),
+    }
+    crate::profile::whoami_of(client).await
 }
 
 /// The organisation's current device list, decoded: (id, role, label).
@@ -706,26 +450,6 @@ async fn own_devices(client: &Client) -> Outcome<(Vec<(DeviceId, wire::Role, Str
         out.push((DeviceId(id), cert.role(), cert.label.clone()));
     }
     Ok((out, decoded.revoked_device_ids.len()))
-}
-
-/// The certificate of `device` in this organisation's current device list, with the list.
-async fn enrolled_cert(
-    client: &Client,
-    device: DeviceId,
-) -> Outcome<Option<(wire::SignedDeviceCertificate, wire::SignedDeviceList)>> {
-    let list = client
-        .with_engine(|e, _, _| e.own_device_list())
-        .await
-        .ctx("reading the device list", "Report this.")?
-        .ctx("reading the device list", "Report this.")?;
-    let Some(list) = list else { return Ok(None) };
-    let decoded = decode::device_list(&list.list)
-        .map_err(|_| fail("the stored device list is damaged. Report this."))?;
-    let found = decoded.devices.iter().find(|signed| {
-        decode::device_certificate(&signed.certificate)
-            .is_ok_and(|c| c.device_id.as_slice() == device.0.as_slice())
-    });
-    Ok(found.map(|c| (c.clone(), list.clone())))
 }
 
 /// Explains a directory failure: a relay that has not admitted the organisation says so.

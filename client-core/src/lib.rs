@@ -23,6 +23,8 @@
 //! - [`engine`]: the sans-IO client engine over the local [`store`]: profile and organisation
 //!   setup, invitations, contacts, sessions, exactly-once send and receive with an outbox,
 //!   organisation fan-out, directory profiles.
+//! - [`enrolment`]: joining an organisation: request, enrolment and check codes, the pending
+//!   join (§5.6).
 //! - `client` (feature `net`): the async `Client` that drives the engine against relays.
 //!
 //! Time is always passed in as Unix seconds (`now`); randomness as a `rand_core` 0.10
@@ -74,6 +76,7 @@ pub mod attachment;
 pub mod client;
 pub mod consent;
 pub mod engine;
+pub mod enrolment;
 pub mod fanout;
 pub mod identity;
 pub mod pqxdh;

@@ -288,7 +288,8 @@ impl From<EngineError> for HandoverError {
             },
             EngineError::InvalidInput(_)
             | EngineError::TooLarge
-            | EngineError::TooManyCapabilities => Self::InvalidArgument { detail },
+            | EngineError::TooManyCapabilities
+            | EngineError::Enrolment(_) => Self::InvalidArgument { detail },
             EngineError::Referral(r) => r.into(),
             EngineError::Certificate(c) => c.into(),
             _ => Self::Protocol { detail },

@@ -5,6 +5,8 @@
 //!
 //! - story.mjs: the two-organisation story on two apps whose profiles are created in the
 //!   browser.
+//! - org.mjs: a third app joins Riverside through the join screen and Riverside's admin
+//!   enrols it after comparing the check codes.
 //! - refusals.mjs: two more apps whose profiles are built through the client core (an offer that
 //!   expired, the duress passphrase, the panic wipe).
 //! - directory.mjs: two organisations built through the client core on a relay restarted to
@@ -104,6 +106,22 @@ async fn two_organisations_in_a_real_browser() {
     stop(a);
     stop(b);
     assert_passed(&output, "story");
+
+    // A third device joins Riverside: a new profile joins through the join screen, and the
+    // story's Riverside app, opened again, enrols it.
+    let admin = app(&dir.path().join("riverside"));
+    let new = app(&dir.path().join("riverside-laptop"));
+    let join = serde_json::json!({
+        "relay": relay.addr.to_string(),
+        "pin": hex::encode(relay.pin),
+        "passphrase": "correct horse battery staple",
+        "admin": side(&admin),
+        "new": side(&new),
+    });
+    let output = play(join, dir.path().join("org.json"), "org.mjs").await;
+    stop(admin);
+    stop(new);
+    assert_passed(&output, "join");
 
     // The refusals: Harbour sends Riverside an offer that lives OFFER_TTL seconds; Riverside
     // receives it in time; both apps are opened after it expired.

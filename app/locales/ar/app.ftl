@@ -228,7 +228,6 @@ org-key = مفتاح المنظمة (لمشغّلي خوادم الترحيل)
 org-devices = الأجهزة
 org-this-device = هذا الجهاز
 org-revoke = إلغاء الصلاحية
-org-cli-hint = تسجيل جهاز جديد والدليل يتمّان حاليًا من سطر الأوامر: handover org enroll، handover org directory.
 device-revoked = أُلغيت صلاحية الجهاز؛ أُرسلت قائمة الأجهزة الجديدة إلى جهات اتصالك.
 
 ## Settings

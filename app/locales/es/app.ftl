@@ -228,7 +228,6 @@ org-key = Clave de la organización (para los operadores del relé)
 org-devices = Dispositivos
 org-this-device = este dispositivo
 org-revoke = Revocar
-org-cli-hint = Por ahora, el alta de un dispositivo nuevo y el directorio se hacen desde la línea de comandos: handover org enroll, handover org directory.
 device-revoked = El dispositivo fue revocado; la nueva lista de dispositivos se envió a sus contactos.
 
 ## Settings

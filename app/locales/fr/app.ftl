@@ -228,7 +228,6 @@ org-key = Clé de l'organisation (pour les opérateurs de relais)
 org-devices = Appareils
 org-this-device = cet appareil
 org-revoke = Révoquer
-org-cli-hint = L'ajout d'un nouvel appareil et l'annuaire se font pour l'instant en ligne de commande : handover org enroll, handover org directory.
 device-revoked = L'appareil a été révoqué ; la nouvelle liste des appareils a été envoyée à vos contacts.
 
 ## Settings

@@ -228,7 +228,6 @@ org-key = Ключ організації (для операторів ретр�
 org-devices = Пристрої
 org-this-device = цей пристрій
 org-revoke = Відкликати
-org-cli-hint = Додавання нового пристрою та довідник поки що виконуються з командного рядка: handover org enroll, handover org directory.
 device-revoked = Пристрій відкликано; новий список пристроїв надіслано вашим контактам.
 
 ## Settings

@@ -51,8 +51,10 @@ use tokio::sync::{Mutex, broadcast, watch};
 use tokio::task::JoinHandle;
 
 mod files;
+mod join;
 mod referrals;
 mod relay_move;
+pub use join::Joined;
 pub use referrals::TimelineCheck;
 pub use relay_move::{RelayMoveReport, RelayStatus};
 
@@ -236,6 +238,49 @@ fn relay_of(address: &wire::DeviceAddress) -> Result<RelayInfo, ClientError> {
     })
 }
 
+/// Creates the mailbox on the access's relay, the profile in `engine` and publishes the first
+/// prekeys; returns the authenticated connection.
+async fn create_on_relay(
+    engine: &mut Engine<ClientStore>,
+    access: RelayAccess,
+    device: DeviceKeys,
+    identity: IdentitySetup,
+    display_name: &str,
+) -> Result<RelayClient, ClientError> {
+    let RelayAccess {
+        relay,
+        creation_token,
+    } = access;
+    if engine.has_profile() {
+        return Err(EngineError::ProfileExists.into());
+    }
+    let mut rng = fresh_rng();
+    let mailbox = MailboxKeys::generate(&mut rng);
+    let connection = RelayClient::connect(&address_of(&relay)).await?;
+    let ids = connection
+        .create_mailbox(mailbox.auth_key(), Vec::new(), &creation_token)
+        .await?;
+    drop(creation_token);
+    engine.create_profile(
+        device,
+        mailbox,
+        ids.recv_id,
+        ids.send_id,
+        relay,
+        identity,
+        display_name,
+        now(),
+        &mut rng,
+    )?;
+    connection
+        .authenticate(&ids.recv_id, engine.mailbox_auth_key()?)
+        .await?;
+    let publish = engine.prekey_publish(now(), &mut rng)?;
+    connection.prekey_publish(publish.clone()).await?;
+    engine.prekey_bundle_published(&publish)?;
+    Ok(connection)
+}
+
 /// Whether the relay will never accept this envelope, so it leaves the outbox.
 fn refused_for_good(err: &NetError) -> bool {
     use relay::ErrorCode as C;
@@ -312,50 +357,22 @@ impl Client {
         identity: IdentitySetup,
         display_name: &str,
     ) -> Result<Self, ClientError> {
-        let RelayAccess {
-            relay,
-            creation_token,
-        } = access;
         let store = match SledStore::open(dir, credential, fresh_rng()) {
             Ok(store) => store,
             Err(StoreError::NotFound) => SledStore::create(dir, credential, kdf, fresh_rng())?,
             Err(e) => return Err(e.into()),
         };
         let mut engine = Engine::open(store)?;
-        if engine.has_profile() {
-            return Err(EngineError::ProfileExists.into());
-        }
-        let mut rng = fresh_rng();
-        let mailbox = MailboxKeys::generate(&mut rng);
-        let connection = RelayClient::connect(&address_of(&relay)).await?;
-        let ids = connection
-            .create_mailbox(mailbox.auth_key(), Vec::new(), &creation_token)
-            .await?;
-        drop(creation_token);
-        engine.create_profile(
-            device,
-            mailbox,
-            ids.recv_id,
-            ids.send_id,
-            relay.clone(),
-            identity,
-            display_name,
-            now(),
-            &mut rng,
-        )?;
-        connection
-            .authenticate(&ids.recv_id, engine.mailbox_auth_key()?)
-            .await?;
-        let publish = engine.prekey_publish(now(), &mut rng)?;
-        connection.prekey_publish(publish.clone()).await?;
-        engine.prekey_bundle_published(&publish)?;
+        let host_port = access.relay.host_port.clone();
+        let connection =
+            create_on_relay(&mut engine, access, device, identity, display_name).await?;
         let client = Self::from_engine(engine, dir);
         client
             .inner
             .relays
             .lock()
             .await
-            .insert(relay.host_port.clone(), connection);
+            .insert(host_port, connection);
         Ok(client)
     }
 

@@ -292,6 +292,9 @@ pub enum EngineError {
     /// ambassador); nothing changed.
     #[error(transparent)]
     Referral(#[from] crate::referral::ReferralError),
+    /// A request code, enrolment code or pending join was refused (docs/PROTOCOL.md §5.6).
+    #[error(transparent)]
+    Enrolment(crate::enrolment::EnrolmentError),
 }
 
 /// Where a relay is: `host:port` and the SHA-256 pin of its certificate's public key.

@@ -56,8 +56,12 @@ impl<S: KvStore> Engine<S> {
         let mut trust = OrgTrust::new(root_key);
         trust.apply_device_list(&list)?;
         let own_cert = trust.verify_certificate(&certificate, now)?;
-        if own_cert.identity_key() != device.public_keys().identity_key
-            || own_cert.device_id() != device.device_id()
+        // All three: a certificate naming another signing key would make every signature of
+        // this device fail to verify at its peers.
+        let own_keys = device.public_keys();
+        if own_cert.identity_key() != own_keys.identity_key
+            || own_cert.signing_key() != own_keys.signing_key
+            || own_cert.device_id() != own_keys.device_id
         {
             return Err(EngineError::Certificate(CertificateError::Malformed));
         }
