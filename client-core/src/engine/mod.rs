@@ -57,7 +57,8 @@ mod referrals;
 mod sessions;
 
 pub use referrals::{
-    OfferConsent, PurgeReport, RELEASE_HANDOFF_SECS, ReferralEvent, ReferralSummary,
+    OfferConsent, OfferGlance, PurgeReport, RELEASE_HANDOFF_SECS, ReferralEvent, ReferralListEntry,
+    ReferralSummary,
 };
 
 use std::collections::BTreeMap;
