@@ -611,7 +611,7 @@ impl<S: KvStore> Engine<S> {
     /// derived from them.
     pub(super) fn commit_referrals(&mut self, mut batch: WriteBatch) -> Result<(), EngineError> {
         self.stage_list_entries(&mut batch)?;
-        self.commit_referrals(batch)?;
+        self.store.apply_batch(batch)?;
         Ok(())
     }
 
