@@ -1384,10 +1384,15 @@ mod tests {
     /// A synthetic row: `n` orders creation, every other one received, every third held by
     /// a colleague.
     fn sample(n: usize) -> Row {
-        let sender = n % 2 == 0;
+        let sender = n.is_multiple_of(2);
         Row {
             id: format!("{n:032x}"),
-            state: if n % 5 == 0 { "ACCEPTED" } else { "SENT" }.into(),
+            state: if n.is_multiple_of(5) {
+                "ACCEPTED"
+            } else {
+                "SENT"
+            }
+            .into(),
             side_sender: sender,
             counterpart: if n % 4 < 2 {
                 "11111 22222"
@@ -1397,7 +1402,7 @@ mod tests {
             .into(),
             priority: String::new(),
             respond_by: String::new(),
-            services: if n % 7 == 0 {
+            services: if n.is_multiple_of(7) {
                 "legal advice"
             } else {
                 "shelter"
@@ -1405,10 +1410,14 @@ mod tests {
             .into(),
             case_ref: format!("Case-{n:04}"),
             released: true,
-            mine: sender && n % 3 != 0,
+            mine: sender && !n.is_multiple_of(3),
             holder: String::new(),
             created_at: 1_000 + n as u64,
-            respond_by_at: if n % 10 == 0 { 0 } else { 5_000 - n as u64 },
+            respond_by_at: if n.is_multiple_of(10) {
+                0
+            } else {
+                5_000 - n as u64
+            },
             urgency: (n % 3) as u8,
         }
     }
@@ -1538,7 +1547,17 @@ mod tests {
         assert_eq!(l.rows[0].urgency, 0);
         assert_eq!(l.rows.last().unwrap().urgency, 2);
         // Unknown respond-by comes last within its priority.
-        let zeros: Vec<usize> = ids(&l).into_iter().filter(|n| n % 3 == 0).collect();
-        assert_eq!(zeros.iter().rev().take_while(|n| *n % 10 == 0).count(), 2);
+        let zeros: Vec<usize> = ids(&l)
+            .into_iter()
+            .filter(|n| n.is_multiple_of(3))
+            .collect();
+        assert_eq!(
+            zeros
+                .iter()
+                .rev()
+                .take_while(|n| n.is_multiple_of(10))
+                .count(),
+            2
+        );
     }
 }
