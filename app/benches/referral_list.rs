@@ -5,7 +5,12 @@
 //! relay, the outbox flushed once at the end), stops that client, starts `handover app` on the
 //! profile and runs app/tests/browser/referral_list.mjs in headless Chromium (set up by
 //! scripts/app-browser-test.sh): unlock, then `HANDOVER_BENCH_LOADS` (default 30) navigations
-//! to `/referrals`, each timed from the navigation's start to its load event. Results go in
+//! to `/referrals` (the first page of 100, newest first) and as many to a filtered, ordered
+//! page, each timed from the navigation's start to its load event. Before the app starts it
+//! times, through the client core on the same profile, the parts the server's answer is made
+//! of: the list summaries (`Engine::referral_list`, also rebuilt from scratch once), and the
+//! full records the list read before summaries existed (`Engine::referrals` plus
+//! `Engine::received_offer` per referral, and `Engine::pending_releases`). Results go in
 //! docs/PERFORMANCE.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -16,7 +21,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use handover_app::{App, AppArgs};
+use handover_core::client::Client;
 use handover_core::engine::RelayInfo;
+use handover_core::store::{KvStore, Namespace, WriteBatch};
 use handover_relay::config::Config;
 use handover_relay::server::Relay;
 
@@ -63,6 +70,7 @@ fn main() {
             built.as_secs_f64(),
             (started.elapsed() - built).as_secs_f64()
         );
+        core_split(&pair.harbour).await;
         pair.shutdown().await;
 
         let args = AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -90,4 +98,50 @@ fn main() {
         relay.shutdown().await;
         assert!(status.success(), "the benchmark failed");
     });
+}
+
+/// Times the client core's reads behind the referral list on `client`'s profile (3 rounds).
+async fn core_split(client: &Client) {
+    client
+        .with_engine(|e, _, _| {
+            let keys = e
+                .store()
+                .keys_with_prefix(Namespace::Referrals, b"l/")
+                .unwrap();
+            let mut batch = WriteBatch::new();
+            for k in &keys {
+                batch.delete(Namespace::Referrals, k);
+            }
+            e.store_mut().apply_batch(batch).unwrap();
+            let started = Instant::now();
+            let rebuilt = e.referral_list().unwrap().len();
+            println!(
+                "core: {rebuilt} list summaries rebuilt from the records in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            for round in 1..=3 {
+                let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+                let t = Instant::now();
+                let listed = e.referral_list().unwrap().len();
+                let list = ms(t);
+                let t = Instant::now();
+                let all = e.referrals().unwrap();
+                let records = ms(t);
+                let t = Instant::now();
+                for s in &all {
+                    e.received_offer(&s.id).unwrap();
+                }
+                let offers = ms(t);
+                let t = Instant::now();
+                e.pending_releases().unwrap();
+                let pending = ms(t);
+                println!(
+                    "core round {round}: referral_list ({listed}) {list:.1} ms; before summaries: \
+                     referrals() {records:.1} ms + received_offer per row {offers:.1} ms + \
+                     pending_releases() {pending:.1} ms"
+                );
+            }
+        })
+        .await
+        .unwrap();
 }

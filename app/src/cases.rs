@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use handover_core::client::{ClientError, RelayAccess};
 use handover_core::consent::{Language, PreferredTerm, ReceiptId, SignedReceipt};
 use handover_core::engine::{
-    EngineError, PurgeReport, ReferralSummary, RelayInfo, org_fingerprint,
+    EngineError, PurgeReport, ReferralListEntry, RelayInfo, org_fingerprint,
 };
 use handover_core::identity::Role;
 use handover_core::net::NetError;
@@ -108,8 +108,10 @@ pub(crate) async fn home_todo(t: &Tr, desk: &Desk) -> Vec<Todo> {
         out.push(Todo { text, href });
     }
     for id in known_receipts(desk).await {
-        if let Ok(reports) = desk.client.purge_status(id).await
-            && reports.iter().any(|p| !p.pending.is_empty())
+        if let Ok(Ok(true)) = desk
+            .client
+            .with_engine(move |e, _, _| e.erasure_pending(&id))
+            .await
         {
             out.push(Todo {
                 text: t.t("todo-erasure"),
@@ -140,53 +142,77 @@ pub(crate) struct Row {
     /// Who of the organisation holds it: empty for mine and for received referrals (the
     /// receiving team's), else the first bytes of the holding device's id.
     holder: String,
+    /// When the offer was created (Unix seconds), for "newest first".
+    created_at: u64,
+    /// Respond by (Unix seconds; 0 if unknown), for "most urgent first".
+    respond_by_at: u64,
+    /// 0 emergency, 1 urgent, 2 normal, 3 unknown, for "most urgent first".
+    urgency: u8,
 }
 
+/// Every referral of this device as the list shows it, from the client core's list summaries
+/// (one short read per referral, the referral records themselves are not opened).
 async fn rows(desk: &Desk) -> Result<Vec<Row>, handover_core::client::ClientError> {
-    let pending = desk.client.pending_releases().await?;
-    desk.client
-        .with_engine(move |e, _, _| {
-            let mut out = Vec::new();
-            for s in e.referrals()? {
-                let offer = e.received_offer(&s.id)?;
-                out.push(row(&s, offer.as_ref(), !pending.contains(&s.id)));
-            }
-            Ok::<_, EngineError>(out)
+    let entries = desk
+        .client
+        .with_engine(|e, _, _| e.referral_list())
+        .await??;
+    let mut fingerprints = std::collections::BTreeMap::new();
+    Ok(entries
+        .iter()
+        .map(|e| {
+            let counterpart = fingerprints
+                .entry(e.counterpart)
+                .or_insert_with(|| org_fingerprint(&e.counterpart))
+                .clone();
+            row(e, counterpart)
         })
-        .await?
-        .map_err(Into::into)
+        .collect())
 }
 
-fn row(s: &ReferralSummary, offer: Option<&wire::ReferralOffer>, released: bool) -> Row {
+fn row(s: &ReferralListEntry, counterpart: String) -> Row {
+    let offer = s.offer.as_ref();
     Row {
         id: hex::encode(s.id.as_bytes()),
         state: s.state.name().to_owned(),
         side_sender: s.side == Side::Sender,
-        counterpart: org_fingerprint(&s.counterpart),
+        counterpart,
         priority: offer
-            .map(|o| word(o.priority().as_str_name(), "PRIORITY_"))
+            .map(|o| word(o.priority.as_str_name(), "PRIORITY_"))
             .unwrap_or_default(),
         respond_by: offer.map(|o| utc(o.respond_by)).unwrap_or_default(),
         services: offer
             .map(|o| {
-                o.services_requested()
+                o.services
+                    .iter()
                     .map(|v| word(v.as_str_name(), "SERVICE_"))
                     .chain(o.other_services.iter().cloned())
                     .collect::<Vec<_>>()
                     .join(", ")
             })
             .unwrap_or_default(),
-        case_ref: offer.map(|o| o.sender_case_ref.clone()).unwrap_or_default(),
-        released,
+        case_ref: offer.map(|o| o.case_ref.clone()).unwrap_or_default(),
+        released: !s.awaiting_release,
         mine: s.side == Side::Sender && s.mine,
         holder: match (s.side, s.mine, s.assignee) {
             (Side::Sender, false, Some(d)) => hex::encode(&d.0[..4]),
             _ => String::new(),
         },
+        created_at: s.created_at,
+        respond_by_at: offer.map_or(0, |o| o.respond_by),
+        urgency: match offer.map(|o| o.priority) {
+            Some(wire::Priority::Emergency) => 0,
+            Some(wire::Priority::Urgent) => 1,
+            Some(wire::Priority::Normal) => 2,
+            _ => 3,
+        },
     }
 }
 
-/// Referral list filters.
+/// Rows per page of the referral list.
+const PAGE_ROWS: usize = 100;
+
+/// Referral list filters, order and page.
 #[derive(Deserialize, Default)]
 struct ListQuery {
     #[serde(default)]
@@ -198,6 +224,124 @@ struct ListQuery {
     /// "mine": the sent cases this device holds; "org": every case of the organisation.
     #[serde(default)]
     whose: String,
+    /// "urgent": by priority, then respond-by; otherwise newest first.
+    #[serde(default)]
+    sort: String,
+    /// 1-based; out of range shows the nearest page.
+    #[serde(default)]
+    page: Option<usize>,
+}
+
+impl ListQuery {
+    /// The list's address with these filters and order at `page`.
+    fn href(&self, page: usize) -> String {
+        let mut out = String::from("/referrals?");
+        for (name, value) in [
+            ("state", &self.state),
+            ("side", &self.side),
+            ("whose", &self.whose),
+            ("q", &self.q),
+            ("sort", &self.sort),
+        ] {
+            if !value.is_empty() {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(&form_encode(value));
+                out.push('&');
+            }
+        }
+        out.push_str(&format!("page={page}"));
+        out
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// One page of the filtered, ordered referral list.
+struct Listing {
+    rows: Vec<Row>,
+    /// Referrals on this device.
+    total: usize,
+    /// Referrals the filters let through.
+    matching: usize,
+    /// 1-based positions of the first and last row shown (0 when none).
+    first: usize,
+    last: usize,
+    page: usize,
+    pages: usize,
+    prev: Option<String>,
+    next: Option<String>,
+}
+
+/// Filters `all` by state, side, whose and text, orders the rest (newest first, or most
+/// urgent first) and keeps the asked page of [`PAGE_ROWS`].
+fn select(all: Vec<Row>, f: &ListQuery) -> Listing {
+    let total = all.len();
+    let q = f.q.trim().to_lowercase();
+    let mut rows: Vec<Row> = all
+        .into_iter()
+        .filter(|r| f.state.is_empty() || r.state == f.state)
+        .filter(|r| match f.side.as_str() {
+            "sent" => r.side_sender,
+            "received" => !r.side_sender,
+            _ => true,
+        })
+        .filter(|r| f.whose != "mine" || r.mine)
+        .filter(|r| {
+            q.is_empty()
+                || r.case_ref.to_lowercase().contains(&q)
+                || r.services.contains(&q)
+                || r.counterpart.to_lowercase().contains(&q)
+        })
+        .collect();
+    if f.sort == "urgent" {
+        rows.sort_by(|a, b| {
+            let due = |r: &Row| {
+                if r.respond_by_at == 0 {
+                    u64::MAX
+                } else {
+                    r.respond_by_at
+                }
+            };
+            (a.urgency, due(a), std::cmp::Reverse(a.created_at), &a.id).cmp(&(
+                b.urgency,
+                due(b),
+                std::cmp::Reverse(b.created_at),
+                &b.id,
+            ))
+        });
+    } else {
+        rows.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    }
+    let matching = rows.len();
+    let pages = matching.div_ceil(PAGE_ROWS).max(1);
+    let page = f.page.unwrap_or(1).clamp(1, pages);
+    let skip = (page - 1) * PAGE_ROWS;
+    let rows: Vec<Row> = rows.into_iter().skip(skip).take(PAGE_ROWS).collect();
+    Listing {
+        first: if rows.is_empty() { 0 } else { skip + 1 },
+        last: skip + rows.len(),
+        prev: (page > 1).then(|| f.href(page - 1)),
+        next: (page < pages).then(|| f.href(page + 1)),
+        rows,
+        total,
+        matching,
+        page,
+        pages,
+    }
 }
 
 /// The referral list.
@@ -205,12 +349,17 @@ struct ListQuery {
 #[template(path = "referrals.html")]
 struct Referrals {
     p: Chrome,
-    rows: Vec<Row>,
+    list: Listing,
     /// Each state with whether it is the chosen filter.
     states: Vec<(&'static str, bool)>,
     side: String,
     q: String,
     whose: String,
+    sort: String,
+    /// Which rows are shown of how many, in words.
+    count: String,
+    /// "Page n of m".
+    page_of: String,
 }
 
 const STATES: &[&str] = &[
@@ -240,31 +389,32 @@ async fn referrals(
         Ok(r) => r,
         Err(e) => return failed(&t, &desk, e),
     };
-    let q = f.q.to_lowercase();
-    let rows = all
-        .into_iter()
-        .filter(|r| f.state.is_empty() || r.state == f.state)
-        .filter(|r| match f.side.as_str() {
-            "sent" => r.side_sender,
-            "received" => !r.side_sender,
-            _ => true,
-        })
-        .filter(|r| f.whose != "mine" || r.mine)
-        .filter(|r| {
-            q.is_empty()
-                || r.case_ref.to_lowercase().contains(&q)
-                || r.services.contains(&q)
-                || r.counterpart.to_lowercase().contains(&q)
-        })
-        .collect();
+    let list = select(all, &f);
+    let count = if list.rows.is_empty() {
+        t.t1("referrals-none-match", "total", list.total)
+    } else {
+        t.tn(
+            "referrals-count",
+            &[
+                ("first", &list.first),
+                ("last", &list.last),
+                ("matching", &list.matching),
+                ("total", &list.total),
+            ],
+        )
+    };
+    let page_of = t.tn("page-of", &[("page", &list.page), ("pages", &list.pages)]);
     let p = chrome(&t, &desk, "referrals-title", "referrals");
     page(&Referrals {
         p,
-        rows,
+        list,
+        count,
+        page_of,
         states: STATES.iter().map(|s| (*s, *s == f.state)).collect(),
         side: f.side,
         q: f.q,
         whose: f.whose,
+        sort: f.sort,
     })
 }
 
@@ -1255,5 +1405,185 @@ mod tests {
             assert!(allowed(side, &ReferralState::Acknowledged, Role::Ambassador).is_empty());
             assert!(allowed(side, &ReferralState::InfoRequested, Role::Ambassador).is_empty());
         }
+    }
+
+    /// A synthetic row: `n` orders creation, every other one received, every third held by
+    /// a colleague.
+    fn sample(n: usize) -> Row {
+        let sender = n.is_multiple_of(2);
+        Row {
+            id: format!("{n:032x}"),
+            state: if n.is_multiple_of(5) {
+                "ACCEPTED"
+            } else {
+                "SENT"
+            }
+            .into(),
+            side_sender: sender,
+            counterpart: if n % 4 < 2 {
+                "11111 22222"
+            } else {
+                "33333 44444"
+            }
+            .into(),
+            priority: String::new(),
+            respond_by: String::new(),
+            services: if n.is_multiple_of(7) {
+                "legal advice"
+            } else {
+                "shelter"
+            }
+            .into(),
+            case_ref: format!("Case-{n:04}"),
+            released: true,
+            mine: sender && !n.is_multiple_of(3),
+            holder: String::new(),
+            created_at: 1_000 + n as u64,
+            respond_by_at: if n.is_multiple_of(10) {
+                0
+            } else {
+                5_000 - n as u64
+            },
+            urgency: (n % 3) as u8,
+        }
+    }
+
+    fn query(q: &str) -> ListQuery {
+        let mut f = ListQuery::default();
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap();
+            let v = v.to_owned();
+            match k {
+                "state" => f.state = v,
+                "side" => f.side = v,
+                "q" => f.q = v,
+                "whose" => f.whose = v,
+                "sort" => f.sort = v,
+                "page" => f.page = v.parse().ok(),
+                _ => panic!("{k}"),
+            }
+        }
+        f
+    }
+
+    fn ids(l: &Listing) -> Vec<usize> {
+        l.rows
+            .iter()
+            .map(|r| usize::from_str_radix(&r.id, 16).unwrap())
+            .collect()
+    }
+
+    fn list(q: &str, n: usize) -> Listing {
+        select((0..n).map(sample).collect(), &query(q))
+    }
+
+    #[test]
+    fn the_list_pages_newest_first_with_counts_and_links() {
+        let l = list("", 250);
+        assert_eq!((l.total, l.matching, l.page, l.pages), (250, 250, 1, 3));
+        assert_eq!((l.first, l.last), (1, 100));
+        assert_eq!(ids(&l), (150..250).rev().collect::<Vec<_>>());
+        assert_eq!(l.prev, None);
+        assert_eq!(l.next.as_deref(), Some("/referrals?page=2"));
+        let l = list("page=3", 250);
+        assert_eq!((l.first, l.last), (201, 250));
+        assert_eq!(ids(&l), (0..50).rev().collect::<Vec<_>>());
+        assert_eq!(l.prev.as_deref(), Some("/referrals?page=2"));
+        assert_eq!(l.next, None);
+        // Out of range: the nearest page.
+        assert_eq!(list("page=0", 250).page, 1);
+        assert_eq!(list("page=40", 250).page, 3);
+        // Exactly one page, and none at all.
+        let l = list("", 100);
+        assert_eq!(
+            (l.pages, l.prev.is_none(), l.next.is_none()),
+            (1, true, true)
+        );
+        let l = list("", 0);
+        assert_eq!((l.first, l.last, l.pages, l.rows.len()), (0, 0, 1, 0));
+    }
+
+    #[test]
+    fn every_filter_applies_and_the_links_keep_them() {
+        let all: Vec<Row> = (0..300).map(sample).collect();
+        let want = |p: &dyn Fn(&Row) -> bool| all.iter().filter(|r| p(r)).count();
+        let l = list("state=ACCEPTED", 300);
+        assert_eq!(l.matching, want(&|r| r.state == "ACCEPTED"));
+        assert!(l.rows.iter().all(|r| r.state == "ACCEPTED"));
+        assert_eq!(list("side=sent", 300).matching, want(&|r| r.side_sender));
+        assert_eq!(
+            list("side=received", 300).matching,
+            want(&|r| !r.side_sender)
+        );
+        assert_eq!(list("whose=mine", 300).matching, want(&|r| r.mine));
+        assert_eq!(list("whose=org", 300).matching, 300);
+        assert_eq!(
+            list("q=LEGAL", 300).matching,
+            want(&|r| r.services == "legal advice")
+        );
+        assert_eq!(list("q=case-012", 300).matching, 10);
+        assert_eq!(
+            list("q=33333", 300).matching,
+            want(&|r| r.counterpart.starts_with("33333"))
+        );
+        let l = list("side=sent&whose=mine&state=SENT&q=shelter", 1000);
+        let expected = (0..1000)
+            .map(sample)
+            .filter(|r| r.side_sender && r.mine && r.state == "SENT" && r.services == "shelter")
+            .count();
+        assert_eq!(l.matching, expected);
+        assert!(expected > PAGE_ROWS);
+        assert_eq!(
+            l.next.as_deref(),
+            Some("/referrals?state=SENT&side=sent&whose=mine&q=shelter&page=2")
+        );
+        let f = ListQuery {
+            q: "a b&c/é".into(),
+            sort: "urgent".into(),
+            page: Some(2),
+            ..ListQuery::default()
+        };
+        assert_eq!(select(all, &f).matching, 0);
+        assert_eq!(
+            f.href(2),
+            "/referrals?q=a+b%26c%2F%C3%A9&sort=urgent&page=2"
+        );
+    }
+
+    #[test]
+    fn most_urgent_first_orders_by_priority_then_respond_by() {
+        let l = list("sort=urgent", 60);
+        let keys: Vec<(u8, u64)> = l
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.urgency,
+                    if r.respond_by_at == 0 {
+                        u64::MAX
+                    } else {
+                        r.respond_by_at
+                    },
+                )
+            })
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(l.rows[0].urgency, 0);
+        assert_eq!(l.rows.last().unwrap().urgency, 2);
+        // Unknown respond-by comes last within its priority.
+        let zeros: Vec<usize> = ids(&l)
+            .into_iter()
+            .filter(|n| n.is_multiple_of(3))
+            .collect();
+        assert_eq!(
+            zeros
+                .iter()
+                .rev()
+                .take_while(|n| n.is_multiple_of(10))
+                .count(),
+            2
+        );
     }
 }

@@ -198,6 +198,15 @@ impl Tr {
         args.set(name.to_owned(), FluentValue::from(value.to_string()));
         self.format(id, Some(&args))
     }
+
+    /// The text of message `id` with several arguments.
+    pub(crate) fn tn(&self, id: &str, values: &[(&str, &dyn std::fmt::Display)]) -> String {
+        let mut args = FluentArgs::new();
+        for (name, value) in values {
+            args.set((*name).to_owned(), FluentValue::from(value.to_string()));
+        }
+        self.format(id, Some(&args))
+    }
 }
 
 #[cfg(test)]

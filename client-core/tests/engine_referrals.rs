@@ -16,7 +16,7 @@ use handover_core::referral::{
     Action, ConsentInput, OfferDraft, Outcome, ReceiverReferral, ReferralError, ReferralId,
     ReferralState, SenderReferral, Side,
 };
-use handover_core::store::{KvStore, Namespace};
+use handover_core::store::{KvStore, Namespace, WriteBatch};
 use handover_proto::e2e::v1 as wire;
 use handover_proto::e2e::v1::content::Body;
 use prost::Message as _;
@@ -325,10 +325,15 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
         assert_eq!(summary.counterpart, a_root);
         assert!(dev.engine.received_offer(&id).unwrap().is_some());
     }
+    cw.assert_referral_list();
+    for dev in b.iter_mut() {
+        dev.assert_referral_list();
+    }
 
     // The intake admin acknowledges (DELIVERED + ACKNOWLEDGED); colleagues follow the timeline.
     let state = act(&mut b[0], &id, Action::Acknowledge, T0 + 30).unwrap();
     assert_eq!(state, ReferralState::Acknowledged);
+    b[0].assert_referral_list();
     b[0].flush(&mut relay);
     b[1].sync(&mut relay, T0 + 31);
     assert_eq!(
@@ -369,6 +374,8 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     assert!(cw.engine.take_referral_events().is_empty());
     // The ReleaseBody event did not survive the restart; the pending release did.
     assert_eq!(cw.engine.pending_releases().unwrap(), vec![id]);
+    cw.assert_referral_list();
+    assert!(cw.engine.referral_list().unwrap()[0].awaiting_release);
     let ids: Vec<Vec<u8>> = queued
         .iter()
         .map(|q| q.envelope.as_ref().unwrap().envelope_id.clone())
@@ -390,6 +397,8 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     assert_eq!(recipients, intake);
     assert!(cw.engine.pending_releases().unwrap().is_empty());
     cw.flush(&mut relay);
+    cw.assert_referral_list();
+    assert!(!cw.engine.referral_list().unwrap()[0].awaiting_release);
     for dev in b[..2].iter_mut() {
         dev.sync(&mut relay, T0 + 41);
         assert_eq!(
@@ -433,6 +442,9 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     }
     let timeline = cw.engine.referral(&id).unwrap().unwrap().timeline;
     assert!(!timeline.to_string().contains("Amina"));
+    cw.assert_referral_list();
+    b[1].assert_referral_list();
+    assert!(!cw.engine.erasure_pending(&receipt).unwrap());
 
     // The survivor withdraws consent: CONSENT_CHANGED to both B intake devices; all pending.
     let (withdrawn, items) = cw
@@ -452,6 +464,9 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     assert!(matches!(report[0].status, PurgeStatus::Pending { .. }));
     assert_eq!(report[0].pending.len(), 2);
     cw.flush(&mut relay);
+    assert!(cw.engine.erasure_pending(&receipt).unwrap());
+    assert!(cw.engine.erasure_pending(&withdrawn.id()).unwrap());
+    cw.assert_referral_list();
 
     // Every B device that received it erases and confirms.
     for dev in b[..2].iter_mut() {
@@ -464,6 +479,8 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
             ReferralState::PurgeConfirmed(_)
         ));
         assert!(dev.engine.received_offer(&id).unwrap().is_none());
+        dev.assert_referral_list();
+        assert!(dev.engine.referral_list().unwrap()[0].offer.is_none());
         // No copy of the case content is left anywhere in the store (records, message log,
         // timeline export).
         for (_, _, value) in dev.snapshot() {
@@ -511,6 +528,54 @@ fn consent_offer_accept_release_complete_withdraw_and_every_device_purges() {
     assert!(matches!(report[0].status, PurgeStatus::Confirmed { .. }));
     assert_eq!(report[0].confirmed.len(), 2);
     assert!(report[0].pending.is_empty());
+    assert!(!cw.engine.erasure_pending(&withdrawn.id()).unwrap());
+    cw.assert_referral_list();
+}
+
+#[test]
+fn a_missing_or_unreadable_list_summary_is_rebuilt_from_the_records() {
+    let mut net = setup();
+    let id = accepted_referral(&mut net);
+    net.cw.assert_referral_list();
+    let expected = net.cw.engine.referral_list().unwrap();
+    assert_eq!(expected.len(), 1);
+    assert!(expected[0].awaiting_release);
+    assert_eq!(
+        expected[0].offer.as_ref().unwrap().case_ref,
+        offer_draft(&net.cw.root(), &net.b[0].root()).sender_case_ref
+    );
+    let mut summary_key = b"l/".to_vec();
+    summary_key.extend_from_slice(id.as_bytes());
+
+    // Missing (a profile written before summaries existed): rebuilt and stored.
+    let mut batch = WriteBatch::new();
+    batch.delete(Namespace::Referrals, &summary_key);
+    net.cw.engine.store_mut().apply_batch(batch).unwrap();
+    assert!(net.cw.list_summaries().is_empty());
+    assert_eq!(net.cw.engine.referral_list().unwrap(), expected);
+    assert_eq!(net.cw.list_summaries().len(), 1);
+    net.cw.assert_referral_list();
+
+    // Unreadable (another layout): rebuilt and stored.
+    let receiver = net.b[0].engine.referral_list().unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(Namespace::Referrals, &summary_key, &[9, 9, 9]);
+    net.b[0].engine.store_mut().apply_batch(batch).unwrap();
+    assert_eq!(net.b[0].engine.referral_list().unwrap(), receiver);
+    assert_ne!(net.b[0].list_summaries()[0].1, vec![9, 9, 9]);
+    net.b[0].assert_referral_list();
+
+    // Rebuilt summaries are kept up to date by later steps and survive a restart.
+    net.cw
+        .engine
+        .release_referral_body(&id, T0 + 40, &mut net.cw.rng)
+        .unwrap();
+    net.cw.assert_referral_list();
+    assert!(!net.cw.engine.referral_list().unwrap()[0].awaiting_release);
+    let Net { relay, cw, b } = net;
+    let mut cw = cw.restart();
+    cw.assert_referral_list();
+    drop((relay, b));
 }
 
 #[test]

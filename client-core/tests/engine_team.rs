@@ -335,6 +335,8 @@ fn a_colleague_releases_withdraws_and_follows_purges_after_the_sender_is_revoked
     assert_eq!(shared.state, ReferralState::Sent);
     assert_eq!(shared.assignee, Some(a1_id));
     assert!(!shared.mine);
+    net.a2.assert_referral_list();
+    net.a1.assert_referral_list();
     assert_eq!(head(&net.a2, &id), head(&net.a1, &id));
     let receipts = net.a2.engine.consent_receipts().unwrap();
     assert_eq!(receipts.len(), 1);
@@ -380,6 +382,7 @@ fn a_colleague_releases_withdraws_and_follows_purges_after_the_sender_is_revoked
         sorted(vec![b1_id, b2_id])
     );
     assert!(net.a2.engine.pending_releases().unwrap().is_empty());
+    net.a2.assert_referral_list();
     let again = net
         .a2
         .engine
@@ -550,6 +553,8 @@ fn two_online_sender_devices_release_the_body_once() {
     );
     // The claim holds after the hand-off time too.
     assert!(net.a2.engine.pending_releases().unwrap().is_empty());
+    net.a2.assert_referral_list();
+    net.a1.assert_referral_list();
     let late = T0 + 26 + RELEASE_HANDOFF_SECS;
     assert!(net.a2.engine.due_releases(late).unwrap().is_empty());
     for b in net.b.iter_mut() {
@@ -710,6 +715,13 @@ fn a_device_enrolled_later_gets_the_open_cases_and_can_take_one_over() {
     let theirs = net.a1.engine.referral(&id).unwrap().unwrap();
     assert!(!theirs.mine);
     assert_eq!(theirs.assignee, Some(a3_id));
+    a3.assert_referral_list();
+    net.a1.assert_referral_list();
+    net.a2.assert_referral_list();
+    let listed = a3.engine.referral_list().unwrap();
+    assert!(listed[0].mine);
+    assert_eq!(listed[0].assignee, Some(a3_id));
+    assert!(!net.a1.engine.referral_list().unwrap()[0].mine);
 
     // a3 withdraws the referral: to both intake devices and its colleagues; the step names a3.
     a3.engine.trust_organisation(&b_root).ok();
@@ -747,6 +759,8 @@ fn a_device_enrolled_later_gets_the_open_cases_and_can_take_one_over() {
     assert_eq!(last["actor"]["device_id"], hex::encode(a3_id.0));
     net.a1.sync(&mut net.relay, later + 6);
     assert_eq!(state_of(&net.a1, &id), ReferralState::Withdrawn);
+    net.a1.assert_referral_list();
+    net.b[0].assert_referral_list();
 
     // A withdrawn (erased) case is not shared with a device enrolled after it.
     let mut a4 = Device::enrol(&mut net.relay, &mut net.a0, 56, Role::Caseworker, "Dan");

@@ -503,7 +503,7 @@ impl<S: KvStore> Engine<S> {
             referrals::redact(&mut content);
             Some(self.stage_message(&mut batch, Direction::Incoming, sender_id, content, now)?)
         };
-        self.store.apply_batch(batch)?;
+        self.commit_referrals(batch)?;
         self.referral_events.extend(referral_events);
 
         let st = self.state_mut()?;

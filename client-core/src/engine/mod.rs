@@ -58,7 +58,8 @@ mod relay_move;
 mod sessions;
 
 pub use referrals::{
-    OfferConsent, PurgeReport, RELEASE_HANDOFF_SECS, ReferralEvent, ReferralSummary,
+    OfferConsent, OfferGlance, PurgeReport, RELEASE_HANDOFF_SECS, ReferralEvent, ReferralListEntry,
+    ReferralSummary,
 };
 pub use relay_move::{RELAY_MOVE_DRAIN_SECS, RelayMove, RelayMovePhase};
 

@@ -13,9 +13,12 @@ use handover_proto::limits::ID_LEN;
 use handover_proto::relay::v1 as relay;
 use handover_proto::validate::Validate;
 
-use super::{Direction, EngineError, Message, OutboxItem, RelayInfo};
+use super::{
+    Direction, EngineError, Message, OfferGlance, OutboxItem, ReferralListEntry, RelayInfo,
+};
 use crate::encoding::{Reader, Writer};
 use crate::identity::{DeviceId, DeviceKeys, OrgRootKey};
+use crate::referral::{ReferralId, Side, decode_state, encode_state};
 use crate::sealed::MailboxSealingKey;
 
 const FORMAT: u8 = 1;
@@ -384,4 +387,129 @@ pub(super) fn decode_sessions(bytes: &[u8]) -> Result<Vec<Zeroizing<Vec<u8>>>, E
     }
     finish(&r)?;
     Ok(out)
+}
+
+/// A referral's list summary (`l/` + referral id in the Referrals namespace, docs/STORAGE.md):
+///
+/// ```text
+/// FORMAT || side (1 sender, 2 receiver) || lp(state, the stored records' state layout)
+///        || counterpart root (32) || u8 has_assignee [|| assignee device id (16)]
+///        || u8 awaiting_release || u64 created_at || u64 updated_at
+///        || u8 has_offer [|| i32 kind || i32 priority || u64 respond_by
+///                         || u32 n || i32 service * n || u32 m || lp(other service) * m
+///                         || lp(sender case ref)]
+/// ```
+///
+/// Integers are big-endian; an `i32` is written as the `u32` with the same bits. `mine` is not
+/// stored: it is whether the assignee is this device.
+pub(super) fn encode_list_entry(e: &ReferralListEntry) -> Vec<u8> {
+    let mut w = Writer::new(FORMAT);
+    w.u8(match e.side {
+        Side::Sender => 1,
+        Side::Receiver => 2,
+    });
+    w.lp(&encode_state(&e.state));
+    w.bytes(&e.counterpart);
+    match e.assignee {
+        Some(d) => {
+            w.u8(1);
+            w.bytes(&d.0);
+        }
+        None => w.u8(0),
+    }
+    w.u8(u8::from(e.awaiting_release));
+    w.u64(e.created_at);
+    w.u64(e.updated_at);
+    match &e.offer {
+        Some(o) => {
+            w.u8(1);
+            w.u32((o.kind as i32).cast_unsigned());
+            w.u32((o.priority as i32).cast_unsigned());
+            w.u64(o.respond_by);
+            w.u32(u32::try_from(o.services.len()).unwrap_or(u32::MAX));
+            for s in &o.services {
+                w.u32((*s as i32).cast_unsigned());
+            }
+            w.u32(u32::try_from(o.other_services.len()).unwrap_or(u32::MAX));
+            for s in &o.other_services {
+                w.lp(s.as_bytes());
+            }
+            w.lp(o.case_ref.as_bytes());
+        }
+        None => w.u8(0),
+    }
+    w.finish()
+}
+
+/// Decodes [`encode_list_entry`] for referral `id` on device `own`.
+pub(super) fn decode_list_entry(
+    id: ReferralId,
+    bytes: &[u8],
+    own: DeviceId,
+) -> Result<ReferralListEntry, EngineError> {
+    fn flag(r: &mut Reader<'_>) -> Result<bool, EngineError> {
+        match r.u8().ok_or_else(corrupt)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(corrupt()),
+        }
+    }
+    fn int(r: &mut Reader<'_>) -> Result<i32, EngineError> {
+        Ok(r.u32().ok_or_else(corrupt)?.cast_signed())
+    }
+    let mut r = start(bytes)?;
+    let side = match r.u8().ok_or_else(corrupt)? {
+        1 => Side::Sender,
+        2 => Side::Receiver,
+        _ => return Err(corrupt()),
+    };
+    let state = decode_state(r.lp()?).map_err(|_| corrupt())?;
+    let counterpart = r.array().ok_or_else(corrupt)?;
+    let assignee = if flag(&mut r)? {
+        Some(DeviceId(r.array().ok_or_else(corrupt)?))
+    } else {
+        None
+    };
+    let awaiting_release = flag(&mut r)?;
+    let created_at = r.u64().ok_or_else(corrupt)?;
+    let updated_at = r.u64().ok_or_else(corrupt)?;
+    let offer = if flag(&mut r)? {
+        let kind = wire::ReferralKind::try_from(int(&mut r)?).map_err(|_| corrupt())?;
+        let priority = wire::Priority::try_from(int(&mut r)?).map_err(|_| corrupt())?;
+        let respond_by = r.u64().ok_or_else(corrupt)?;
+        let n = r.u32().ok_or_else(corrupt)?;
+        let mut services = Vec::new();
+        for _ in 0..n {
+            services.push(wire::Service::try_from(int(&mut r)?).map_err(|_| corrupt())?);
+        }
+        let m = r.u32().ok_or_else(corrupt)?;
+        let mut other_services = Vec::new();
+        for _ in 0..m {
+            other_services.push(r.string()?);
+        }
+        let case_ref = r.string()?;
+        Some(OfferGlance {
+            kind,
+            priority,
+            respond_by,
+            services,
+            other_services,
+            case_ref,
+        })
+    } else {
+        None
+    };
+    finish(&r)?;
+    Ok(ReferralListEntry {
+        id,
+        side,
+        state,
+        counterpart,
+        assignee,
+        mine: side == Side::Sender && assignee == Some(own),
+        awaiting_release,
+        created_at,
+        updated_at,
+        offer,
+    })
 }

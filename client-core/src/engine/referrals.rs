@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::{
     Body, CryptoRng, DeviceId, Engine, EngineError, ID_LEN, KEY_LEN, KvStore, Namespace,
-    OutboxItem, PeerId, Role, Session, WriteBatch, key, wire,
+    OutboxItem, PeerId, Role, Session, WriteBatch, key, records, wire,
 };
 use crate::consent::{
     Consent, ConsentError, ConsentEvent, DisclosureLedger, Language, OverrideNotice, PreferredTerm,
@@ -36,6 +36,7 @@ use crate::referral::{
     ReferralState, SenderEvent, SenderReferral, Side, TeamAction, TeamStep, assignee,
     fan_out_consent_change, released,
 };
+use crate::store::Value as Stored;
 
 /// Consent: the receipt registry (own receipts and receipts received from senders).
 const KEY_REGISTRY: &[u8] = b"registry";
@@ -59,6 +60,19 @@ const PREFIX_TEAM: &[u8] = b"g/";
 /// Referrals: `t/` || referral id || device id (empty value): the sent referral was shared
 /// with that colleague device.
 const PREFIX_SHARED: &[u8] = b"t/";
+/// Referrals: the list summary of a referral, by referral id (`records::encode_list_entry`):
+/// what a list shows, derived from the `s/` or `r/`, `p/`, `g/` and `b/` records and restaged
+/// in every batch that changes one of them ([`Engine::commit_referrals`]); rebuilt by
+/// [`Engine::referral_list`] when missing or unreadable.
+const PREFIX_LIST: &[u8] = b"l/";
+/// The records a list summary is derived from.
+const SUMMARISED: [&[u8]; 5] = [
+    PREFIX_SENT,
+    PREFIX_RECEIVED,
+    PREFIX_PEERS,
+    PREFIX_TEAM,
+    PREFIX_RELEASE,
+];
 /// Consent: `t/` || receipt id || device id (empty value): the receipt was shared with that
 /// colleague device.
 const PREFIX_RECEIPT_SHARED: &[u8] = b"t/";
@@ -180,6 +194,65 @@ pub struct ReferralSummary {
     pub mine: bool,
     /// Sender side: the team steps (release claims, reassignments), oldest first.
     pub team: Vec<TeamStep>,
+}
+
+/// A referral as a list shows it ([`Engine::referral_list`]), read from one small summary
+/// record per referral without opening the referral record, its timeline or its team steps.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub struct ReferralListEntry {
+    /// The referral.
+    pub id: ReferralId,
+    /// Sender or receiver.
+    pub side: Side,
+    /// The current state.
+    pub state: ReferralState,
+    /// The counterpart organisation's root key.
+    pub counterpart: [u8; KEY_LEN],
+    /// Sender side: the device of this organisation that holds the case.
+    pub assignee: Option<DeviceId>,
+    /// Sender side: whether this device holds the case.
+    pub mine: bool,
+    /// Sender side: the receiver accepted and nobody of this organisation has released the
+    /// body yet (the referral is among [`Engine::pending_releases`]).
+    pub awaiting_release: bool,
+    /// When the offer was created (Unix seconds; 0 if unknown).
+    pub created_at: u64,
+    /// When the latest step of the timeline was taken (Unix seconds; 0 if unknown).
+    pub updated_at: u64,
+    /// What the list shows of the offer; `None` once the receiver's copy was erased.
+    pub offer: Option<OfferGlance>,
+}
+
+/// The fields of an offer a referral list shows.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct OfferGlance {
+    /// Referral, transfer or information request.
+    pub kind: wire::ReferralKind,
+    /// Priority.
+    pub priority: wire::Priority,
+    /// Respond by, Unix seconds.
+    pub respond_by: u64,
+    /// Services requested.
+    pub services: Vec<wire::Service>,
+    /// Names of other services.
+    pub other_services: Vec<String>,
+    /// The sender's pseudonymous case code.
+    pub case_ref: String,
+}
+
+impl OfferGlance {
+    fn of(o: &wire::ReferralOffer) -> Self {
+        Self {
+            kind: o.kind(),
+            priority: o.priority(),
+            respond_by: o.respond_by,
+            services: o.services_requested().collect(),
+            other_services: o.other_services.clone(),
+            case_ref: o.sender_case_ref.clone(),
+        }
+    }
 }
 
 /// Where one recipient of data under a receipt stands with erasure.
@@ -392,14 +465,19 @@ impl<S: KvStore> Engine<S> {
 
     /// The team steps of a sent referral (each re-verified as kept history).
     fn load_team(&self, id: &ReferralId) -> Result<Vec<TeamStep>, EngineError> {
-        let Some(bytes) = self
+        match self
             .store
             .get(Namespace::Referrals, &key(PREFIX_TEAM, id.as_bytes()))?
-        else {
-            return Ok(Vec::new());
-        };
+        {
+            Some(bytes) => self.decode_team(id, &bytes),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Decodes and re-verifies stored team steps (`g/`).
+    fn decode_team(&self, id: &ReferralId, bytes: &[u8]) -> Result<Vec<TeamStep>, EngineError> {
         let trust = self.own_trust()?;
-        let mut rest = bytes.as_slice();
+        let mut rest = bytes;
         let mut out = Vec::new();
         while !rest.is_empty() {
             let (len, tail) = rest.split_at_checked(4).ok_or(EngineError::CorruptState)?;
@@ -423,6 +501,118 @@ impl<S: KvStore> Engine<S> {
             &key(PREFIX_TEAM, id.as_bytes()),
             &encode_team(team),
         );
+    }
+
+    /// `ns`/`k` as it will be once `batch` is applied.
+    fn get_staged(
+        &self,
+        batch: &WriteBatch,
+        ns: Namespace,
+        k: &[u8],
+    ) -> Result<Option<Stored>, EngineError> {
+        Ok(match batch.staged(ns, k) {
+            Some(v) => v.map(|b| Stored::new(b.to_vec())),
+            None => self.store.get(ns, k)?,
+        })
+    }
+
+    /// A referral's list entry derived from its records as they will be once `batch` is
+    /// applied (`None` if there is no record).
+    fn derive_list_entry(
+        &self,
+        id: &ReferralId,
+        batch: &WriteBatch,
+    ) -> Result<Option<ReferralListEntry>, EngineError> {
+        let get = |prefix: &[u8]| {
+            self.get_staged(batch, Namespace::Referrals, &key(prefix, id.as_bytes()))
+        };
+        let corrupt = |_| EngineError::CorruptState;
+        let record = if let Some(b) = get(PREFIX_SENT)? {
+            Record::Sent(Box::new(SenderReferral::from_bytes(&b).map_err(corrupt)?))
+        } else if let Some(b) = get(PREFIX_RECEIVED)? {
+            Record::Received(Box::new(ReceiverReferral::from_bytes(&b).map_err(corrupt)?))
+        } else {
+            return Ok(None);
+        };
+        let counterpart =
+            Peers::decode(&get(PREFIX_PEERS)?.ok_or(EngineError::CorruptState)?)?.root;
+        let timeline = match &record {
+            Record::Sent(r) => r.timeline(),
+            Record::Received(r) => r.timeline(),
+        };
+        let created_at = timeline.entries().first().and_then(|e| e.at()).unwrap_or(0);
+        let updated_at = timeline.entries().last().and_then(|e| e.at()).unwrap_or(0);
+        Ok(Some(match &record {
+            Record::Sent(r) => {
+                let team = match get(PREFIX_TEAM)? {
+                    Some(b) => self.decode_team(id, &b)?,
+                    None => Vec::new(),
+                };
+                let holder = r.offer_signer().map(|signer| assignee(signer, &team));
+                ReferralListEntry {
+                    id: *id,
+                    side: Side::Sender,
+                    state: r.state().clone(),
+                    counterpart,
+                    assignee: holder,
+                    mine: holder == Some(self.device_id()?),
+                    awaiting_release: get(PREFIX_RELEASE)?.is_some()
+                        && matches!(
+                            r.state(),
+                            ReferralState::Accepted | ReferralState::InService
+                        )
+                        && !released(&team),
+                    created_at,
+                    updated_at,
+                    offer: Some(OfferGlance::of(r.offer())),
+                }
+            }
+            Record::Received(r) => ReferralListEntry {
+                id: *id,
+                side: Side::Receiver,
+                state: r.state().clone(),
+                counterpart,
+                assignee: None,
+                mine: false,
+                awaiting_release: false,
+                created_at,
+                updated_at,
+                offer: r.offer().map(OfferGlance::of),
+            },
+        }))
+    }
+
+    /// Restages the list summary of every referral whose records `batch` changes, so that
+    /// the summary is applied atomically with what it summarises.
+    fn stage_list_entries(&self, batch: &mut WriteBatch) -> Result<(), EngineError> {
+        let ids: BTreeSet<ReferralId> = batch
+            .touched(Namespace::Referrals)
+            .filter_map(|k| {
+                SUMMARISED
+                    .iter()
+                    .find_map(|p| k.strip_prefix(*p).and_then(ReferralId::from_slice))
+            })
+            .collect();
+        for id in ids {
+            let k = key(PREFIX_LIST, id.as_bytes());
+            match self.derive_list_entry(&id, batch)? {
+                Some(entry) => batch.put(
+                    Namespace::Referrals,
+                    &k,
+                    &records::encode_list_entry(&entry),
+                ),
+                None => batch.delete(Namespace::Referrals, &k),
+            };
+        }
+        Ok(())
+    }
+
+    /// Applies a batch that may change referral records, together with the list summaries
+    /// derived from them.
+    pub(super) fn commit_referrals(&mut self, mut batch: WriteBatch) -> Result<(), EngineError> {
+        self.stage_list_entries(&mut batch)?;
+        self.store.apply_batch(batch)?;
+        Ok(())
     }
 
     /// The receipt a sent referral's offer names (in this organisation's registry).
@@ -823,18 +1013,15 @@ impl<S: KvStore> Engine<S> {
         }
         batch.put(Namespace::Consent, KEY_REGISTRY, &registry.to_bytes());
         batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
-        self.store.apply_batch(batch)?;
+        self.commit_referrals(batch)?;
         Ok((new, items))
     }
 
-    /// Erasure status of every recipient of data under receipt `id` (or any receipt it
-    /// superseded): per referral, the devices that confirmed and those still pending.
-    pub fn purge_status(&self, id: &ReceiptId) -> Result<Vec<PurgeReport>, EngineError> {
+    /// Receipt `id` and every receipt it superseded, newest first: disclosures are recorded
+    /// under the receipt the offer relied on.
+    fn receipt_chain(&self, id: &ReceiptId) -> Result<Vec<ReceiptId>, EngineError> {
         let own = self.certificate()?.org_root_key();
         let registry = self.load_registry()?;
-        let ledger = self.load_ledger()?;
-        // Walk back to the first receipt of the chain: disclosures are recorded under the
-        // receipt the offer relied on.
         let mut ids = vec![*id];
         let mut current = registry.get(&own, id).and_then(SignedReceipt::supersedes);
         while let Some(prev) = current {
@@ -846,8 +1033,40 @@ impl<S: KvStore> Engine<S> {
                 .get(&own, &prev)
                 .and_then(SignedReceipt::supersedes);
         }
+        Ok(ids)
+    }
+
+    /// Whether some device that received data under receipt `id` (or a receipt it
+    /// superseded) was asked to erase it and has not confirmed: whether some
+    /// [`purge_status`](Self::purge_status) report has a `pending` device, reading only the
+    /// referrals whose erasure was requested.
+    pub fn erasure_pending(&self, id: &ReceiptId) -> Result<bool, EngineError> {
+        let ledger = self.load_ledger()?;
+        for rid in self.receipt_chain(id)? {
+            for d in ledger.disclosures(&rid) {
+                if matches!(d.purge, PurgeStatus::NotRequested) {
+                    continue;
+                }
+                let confirmed = self.load_confirmed(&d.referral_id)?;
+                if self
+                    .load_peers(&d.referral_id)?
+                    .devices
+                    .iter()
+                    .any(|dev| !confirmed.contains(dev))
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Erasure status of every recipient of data under receipt `id` (or any receipt it
+    /// superseded): per referral, the devices that confirmed and those still pending.
+    pub fn purge_status(&self, id: &ReceiptId) -> Result<Vec<PurgeReport>, EngineError> {
+        let ledger = self.load_ledger()?;
         let mut out = Vec::new();
-        for rid in ids {
+        for rid in self.receipt_chain(id)? {
             for d in ledger.disclosures(&rid) {
                 let confirmed = self.load_confirmed(&d.referral_id)?;
                 let requested = !matches!(d.purge, PurgeStatus::NotRequested);
@@ -988,7 +1207,7 @@ impl<S: KvStore> Engine<S> {
             &peers.encode(),
         );
         batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
-        self.store.apply_batch(batch)?;
+        self.commit_referrals(batch)?;
         Ok((id, items))
     }
 
@@ -1050,7 +1269,7 @@ impl<S: KvStore> Engine<S> {
         items.extend(self.stage_to_all(&mut batch, &mut sessions, &colleagues, &body, now, rng)?);
         batch.put(Namespace::Consent, KEY_LEDGER, &ledger.to_bytes());
         batch.delete(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()));
-        self.store.apply_batch(batch)?;
+        self.commit_referrals(batch)?;
         Ok(items)
     }
 
@@ -1093,7 +1312,7 @@ impl<S: KvStore> Engine<S> {
         self.stage_team(&mut batch, id, &team);
         let colleagues = self.colleagues(now)?;
         let items = self.stage_to_all(&mut batch, &mut sessions, &colleagues, &body, now, rng)?;
-        self.store.apply_batch(batch)?;
+        self.commit_referrals(batch)?;
         Ok(items)
     }
 
@@ -1168,7 +1387,7 @@ impl<S: KvStore> Engine<S> {
                 batch.put(Namespace::Referrals, &k, &[]);
             }
         }
-        self.store.apply_batch(batch)?;
+        self.commit_referrals(batch)?;
         Ok(items)
     }
 
@@ -1294,7 +1513,7 @@ impl<S: KvStore> Engine<S> {
         if release_cancelled {
             batch.delete(Namespace::Referrals, &key(PREFIX_RELEASE, id.as_bytes()));
         }
-        self.store.apply_batch(batch)?;
+        self.commit_referrals(batch)?;
         Ok((state, items))
     }
 
@@ -1404,7 +1623,7 @@ impl<S: KvStore> Engine<S> {
             });
             events.push(ReferralEvent::Erased { referral: id });
         }
-        self.store.apply_batch(batch)?;
+        self.commit_referrals(batch)?;
         self.referral_events.extend(events.iter().cloned());
         Ok((events, items))
     }
@@ -1425,6 +1644,45 @@ impl<S: KvStore> Engine<S> {
                 }
             }
         }
+        Ok(out)
+    }
+
+    /// Every referral on this device (sent and received) as a list shows it, in referral id
+    /// order: one small summary record per referral, so the list costs one short read per
+    /// referral whatever the size of its record and timeline. A summary that is missing or
+    /// unreadable (a profile written before summaries existed) is rebuilt from the referral's
+    /// records and stored.
+    pub fn referral_list(&mut self) -> Result<Vec<ReferralListEntry>, EngineError> {
+        let own = self.device_id()?;
+        let mut out = Vec::new();
+        let mut rebuilt = WriteBatch::new();
+        let none = WriteBatch::new();
+        for prefix in [PREFIX_SENT, PREFIX_RECEIVED] {
+            for k in self.store.keys_with_prefix(Namespace::Referrals, prefix)? {
+                let Some(id) = k.get(prefix.len()..).and_then(ReferralId::from_slice) else {
+                    continue;
+                };
+                let list_key = key(PREFIX_LIST, id.as_bytes());
+                let stored = self
+                    .store
+                    .get(Namespace::Referrals, &list_key)?
+                    .and_then(|b| records::decode_list_entry(id, &b, own).ok());
+                if let Some(entry) = stored {
+                    out.push(entry);
+                } else if let Some(entry) = self.derive_list_entry(&id, &none)? {
+                    rebuilt.put(
+                        Namespace::Referrals,
+                        &list_key,
+                        &records::encode_list_entry(&entry),
+                    );
+                    out.push(entry);
+                }
+            }
+        }
+        if !rebuilt.is_empty() {
+            self.store.apply_batch(rebuilt)?;
+        }
+        out.sort_by_key(|e| e.id);
         Ok(out)
     }
 

@@ -73,6 +73,7 @@ pub use lifecycle::{
 };
 pub use offer::{ConsentInput, OfferDraft};
 pub use receiver::{ReceiverEvent, ReceiverReferral};
+pub(crate) use record::{decode_state, encode_state};
 pub use seal::{
     SECTION_AD_LABEL, SECTION_COMMITMENT_LABEL, SECTION_KEY_LEN, SectionKey, commitment, section_ad,
 };

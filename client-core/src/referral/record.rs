@@ -195,6 +195,17 @@ fn state_from(r: &StateRecord) -> Result<ReferralState, ReferralError> {
     })
 }
 
+/// Encodes a lifecycle state as stored records hold it (a private protobuf layout), for the
+/// engine's list summaries.
+pub(crate) fn encode_state(state: &ReferralState) -> Vec<u8> {
+    state_record(state).encode_to_vec()
+}
+
+/// Decodes [`encode_state`].
+pub(crate) fn decode_state(bytes: &[u8]) -> Result<ReferralState, ReferralError> {
+    state_from(&StateRecord::decode(bytes).map_err(|_| malformed())?)
+}
+
 fn core_record(core: &Core, sender: bool) -> RecordV1 {
     let m = &core.meta;
     RecordV1 {

@@ -77,6 +77,15 @@ impl TimelineEntry {
         &self.hash
     }
 
+    /// When the step was taken (the offer's `created_at` or the control's `at`, Unix seconds),
+    /// as its content-free summary records it (kept after erasure).
+    pub fn at(&self) -> Option<u64> {
+        serde_json::from_str::<Value>(&self.summary)
+            .ok()?
+            .get("at")?
+            .as_u64()
+    }
+
     /// The exact signed bytes (encoded offer or control), unless erased.
     pub fn payload(&self) -> Option<&[u8]> {
         self.payload.as_deref()

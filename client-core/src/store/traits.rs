@@ -162,6 +162,30 @@ impl WriteBatch {
         &self.ops
     }
 
+    /// What this batch will leave at `ns`/`key`: `Some(Some(value))` after a put,
+    /// `Some(None)` after a delete (the last operation wins), `None` if it does not touch it.
+    pub(crate) fn staged(&self, ns: Namespace, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.ops.iter().rev().find_map(|op| match op {
+            BatchOp::Put {
+                ns: n,
+                key: k,
+                value,
+            } if *n == ns && k.as_slice() == key => Some(Some(value.as_slice())),
+            BatchOp::Delete { ns: n, key: k } if *n == ns && k.as_slice() == key => Some(None),
+            _ => None,
+        })
+    }
+
+    /// The names of the records in `ns` this batch puts or deletes, in operation order.
+    pub(crate) fn touched(&self, ns: Namespace) -> impl Iterator<Item = &[u8]> {
+        self.ops.iter().filter_map(move |op| match op {
+            BatchOp::Put { ns: n, key, .. } | BatchOp::Delete { ns: n, key } if *n == ns => {
+                Some(key.as_slice())
+            }
+            _ => None,
+        })
+    }
+
     /// Checks every operation against the named limits, so an invalid batch is rejected before
     /// anything is written.
     pub(crate) fn validate(&self) -> Result<(), StoreError> {

@@ -306,6 +306,61 @@ impl<S: KvStore> Device<S> {
         m
     }
 
+    /// The stored referral list summaries (`l/` + referral id in the Referrals namespace).
+    pub fn list_summaries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.engine
+            .store()
+            .scan_prefix(Namespace::Referrals, b"l/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect()
+    }
+
+    /// Checks that every referral has a stored list summary, that `referral_list` reads them
+    /// without rewriting any, and that each entry says what the referral records say
+    /// (`referrals`, `received_offer`, `pending_releases`).
+    pub fn assert_referral_list(&mut self) {
+        let full = self.engine.referrals().unwrap();
+        let stored = self.list_summaries();
+        let mut ids: Vec<Vec<u8>> = full.iter().map(|s| s.id.as_bytes().to_vec()).collect();
+        ids.sort();
+        let stored_ids: Vec<Vec<u8>> = stored.iter().map(|(k, _)| k[2..].to_vec()).collect();
+        assert_eq!(stored_ids, ids, "one stored summary per referral");
+        let list = self.engine.referral_list().unwrap();
+        assert_eq!(
+            self.list_summaries(),
+            stored,
+            "the list rewrote its summaries"
+        );
+        let pending = self.engine.pending_releases().unwrap();
+        assert_eq!(list.len(), full.len());
+        for s in &full {
+            let e = list.iter().find(|e| e.id == s.id).unwrap();
+            assert_eq!(e.side, s.side);
+            assert_eq!(e.state, s.state);
+            assert_eq!(e.counterpart, s.counterpart);
+            assert_eq!(e.assignee, s.assignee);
+            assert_eq!(e.mine, s.mine);
+            assert_eq!(e.awaiting_release, pending.contains(&s.id));
+            let offer = self.engine.received_offer(&s.id).unwrap();
+            assert_eq!(e.offer.is_some(), offer.is_some());
+            if let (Some(g), Some(o)) = (&e.offer, &offer) {
+                assert_eq!(g.case_ref, o.sender_case_ref);
+                assert_eq!(g.priority, o.priority());
+                assert_eq!(g.respond_by, o.respond_by);
+                assert_eq!(g.services, o.services_requested().collect::<Vec<_>>());
+                assert_eq!(g.other_services, o.other_services);
+            }
+            let entries = s.timeline["entries"].as_array().unwrap();
+            assert_eq!(e.created_at, entries[0]["at"].as_u64().unwrap());
+            assert_eq!(
+                e.updated_at,
+                entries.last().unwrap()["at"].as_u64().unwrap()
+            );
+        }
+    }
+
     /// Every record in the store, for "nothing changed" checks.
     pub fn snapshot(&self) -> Vec<(Namespace, Vec<u8>, Vec<u8>)> {
         let mut all = Vec::new();
