@@ -5,45 +5,9 @@
 // refused at the field), imports, and Riverside's intake device appears in Harbour's contacts;
 // Harbour's contact card reaches Riverside, which is asked to compare Harbour's fingerprint.
 // Prints "N passed, N failed" and exits non-zero on any failure.
-import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { config, WAIT, check, shot, run } from "./harness.mjs";
 
-const config = JSON.parse(readFileSync(process.env.HANDOVER_BROWSER_CONFIG, "utf8"));
-const shots = process.env.HANDOVER_SCREENSHOTS;
-const WAIT = 20000;
 const NAME = "Riverside Women's Shelter";
-let passed = 0;
-let failed = 0;
-const openPages = [];
-
-async function step(name, body) {
-  try {
-    await body();
-    passed += 1;
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-    for (const [label, p] of openPages) {
-      try {
-        const text = (await p.textContent("body")).replace(/\s+/g, " ").slice(0, 600);
-        console.log(`  ${label} at ${p.url()}: ${text}`);
-        await shot(p, `failure-directory-${label}`);
-      } catch (err) {
-        console.log(`  ${label}: ${err}`);
-      }
-    }
-    throw e;
-  }
-}
-
-function check(condition, what) {
-  if (!condition) throw new Error(what);
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-}
 
 async function unlock(page, origin) {
   await page.goto(`${origin}/unlock`);
@@ -51,22 +15,9 @@ async function unlock(page, origin) {
   await Promise.all([page.waitForURL(`${origin}/`), page.click("button[type=submit]")]);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
-
-try {
-  const a = await (await browser.newContext({ viewport: { width: 1200, height: 900 } })).newPage();
-  const b = await (await browser.newContext({ viewport: { width: 1200, height: 900 } })).newPage();
-  openPages.push(["Harbour", a], ["Riverside", b]);
-  const cspViolations = [];
-  for (const p of [a, b]) {
-    p.on("console", (m) => {
-      if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
-    });
-  }
+await run("directory", async ({ step, page, noCspViolations }) => {
+  const a = await page("Harbour");
+  const b = await page("Riverside");
   const A = config.a;
   const B = config.b;
   await a.goto(A.launch);
@@ -147,14 +98,5 @@ try {
     );
   });
 
-  await step("no Content-Security-Policy violations on any page", async () => {
-    check(cspViolations.length === 0, cspViolations.join("\n"));
-  });
-} catch (e) {
-  // Counted in step(); the summary below reports it.
-} finally {
-  await browser.close();
-}
-
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+  await noCspViolations();
+});

@@ -4,64 +4,13 @@
 // new device reaches home, the admin's device list shows it with its role, and the new device
 // appears as a colleague in the admin's contacts. Prints "N passed, N failed" and exits
 // non-zero on any failure. Screenshots go to $HANDOVER_SCREENSHOTS (names start with "org-").
-import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { config, WAIT, check, shot, run } from "./harness.mjs";
 
-const config = JSON.parse(readFileSync(process.env.HANDOVER_BROWSER_CONFIG, "utf8"));
-const shots = process.env.HANDOVER_SCREENSHOTS;
-const WAIT = 20000;
 const NEW_NAME = "Riverside laptop 2";
-let passed = 0;
-let failed = 0;
-const openPages = [];
 
-async function step(name, body) {
-  try {
-    await body();
-    passed += 1;
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-    for (const [label, p] of openPages) {
-      try {
-        const text = (await p.textContent("body")).replace(/\s+/g, " ").slice(0, 600);
-        console.log(`  ${label} at ${p.url()}: ${text}`);
-        await shot(p, `org-failure-${label}`);
-      } catch (err) {
-        console.log(`  ${label}: ${err}`);
-      }
-    }
-    throw e;
-  }
-}
-
-function check(condition, what) {
-  if (!condition) throw new Error(what);
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
-
-try {
-  const ctxAdmin = await browser.newContext({ viewport: { width: 1200, height: 900 } });
-  const ctxNew = await browser.newContext({ viewport: { width: 1200, height: 900 } });
-  const admin = await ctxAdmin.newPage();
-  const fresh = await ctxNew.newPage();
-  openPages.push(["admin", admin], ["new", fresh]);
-  const cspViolations = [];
-  for (const p of [admin, fresh]) {
-    p.on("console", (m) => {
-      if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
-    });
-  }
+await run("org", async ({ step, page, noCspViolations }) => {
+  const admin = await page("admin");
+  const fresh = await page("new");
   const R = config.admin;
   const N = config.new;
 
@@ -150,14 +99,5 @@ try {
     await shot(admin, "org-07-colleague");
   });
 
-  await step("no Content-Security-Policy violations on any page", async () => {
-    check(cspViolations.length === 0, cspViolations.join("\n"));
-  });
-} catch (e) {
-  // Counted in step(); the summary below reports it.
-} finally {
-  await browser.close();
-}
-
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+  await noCspViolations();
+});

@@ -4,45 +4,9 @@
 // duress passphrase opens an empty store (the create screen) and its real passphrase no longer
 // opens anything; Harbour's panic wipe refuses anything but the exact confirmation word, then
 // wipes. Prints "N passed, N failed" and exits non-zero on any failure.
-import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { config, WAIT, check, shot, run } from "./harness.mjs";
 
-const config = JSON.parse(readFileSync(process.env.HANDOVER_BROWSER_CONFIG, "utf8"));
-const shots = process.env.HANDOVER_SCREENSHOTS;
-const WAIT = 20000;
 const DURESS = "the river is high tonight";
-let passed = 0;
-let failed = 0;
-const openPages = [];
-
-async function step(name, body) {
-  try {
-    await body();
-    passed += 1;
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-    for (const [label, p] of openPages) {
-      try {
-        const text = (await p.textContent("body")).replace(/\s+/g, " ").slice(0, 600);
-        console.log(`  ${label} at ${p.url()}: ${text}`);
-        await shot(p, `failure-refusals-${label}`);
-      } catch (err) {
-        console.log(`  ${label}: ${err}`);
-      }
-    }
-    throw e;
-  }
-}
-
-function check(condition, what) {
-  if (!condition) throw new Error(what);
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-}
 
 async function unlock(page, origin, passphrase) {
   await page.goto(`${origin}/unlock`);
@@ -51,16 +15,9 @@ async function unlock(page, origin, passphrase) {
   await page.waitForLoadState("load");
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
-
-try {
-  const a = await (await browser.newContext({ viewport: { width: 1200, height: 900 } })).newPage();
-  const b = await (await browser.newContext({ viewport: { width: 1200, height: 900 } })).newPage();
-  openPages.push(["A", a], ["B", b]);
+await run("refusals", async ({ step, page, noCspViolations }) => {
+  const a = await page("A");
+  const b = await page("B");
   const A = config.a;
   const B = config.b;
   await a.goto(A.launch);
@@ -127,11 +84,6 @@ try {
     await unlock(a, A.origin, config.passphrase);
     check(a.url().endsWith("/create"), `the passphrase opens something after the wipe: ${a.url()}`);
   });
-} catch (e) {
-  // Counted in step(); the summary below reports it.
-} finally {
-  await browser.close();
-}
 
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+  await noCspViolations();
+});

@@ -1,70 +1,12 @@
 // The two-organisation story in headless Chromium, through two `handover app` instances and a
 // relay (started by tests/tests/app_browser.rs). Prints "N passed, N failed" and exits non-zero on
 // any failure. Screenshots of each main screen go to $HANDOVER_SCREENSHOTS.
-import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { config, WAIT, check, shot, run } from "./harness.mjs";
 
-const config = JSON.parse(readFileSync(process.env.HANDOVER_BROWSER_CONFIG, "utf8"));
-const shots = process.env.HANDOVER_SCREENSHOTS;
-const WAIT = 20000;
-let passed = 0;
-let failed = 0;
-const openPages = [];
-
-async function step(name, body) {
-  try {
-    await body();
-    passed += 1;
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-    for (const [label, p] of openPages) {
-      try {
-        const text = (await p.textContent("body")).replace(/\s+/g, " ").slice(0, 600);
-        console.log(`  ${label} at ${p.url()}: ${text}`);
-        for (const err of await p.locator(".field-error").allTextContents()) {
-          console.log(`  ${label} field error: ${err}`);
-        }
-        await p.reload();
-        const again = (await p.textContent("main")).replace(/\s+/g, " ").slice(0, 400);
-        console.log(`  ${label} after a reload: ${again}`);
-        await shot(p, `failure-${label}`);
-      } catch (err) {
-        console.log(`  ${label}: ${err}`);
-      }
-    }
-    throw e;
-  }
-}
-
-function check(condition, what) {
-  if (!condition) throw new Error(what);
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
-
-try {
+await run("story", async ({ step, page, noCspViolations }) => {
   // One browser context per organisation: each holds its own app's cookie.
-  const ctxA = await browser.newContext({ viewport: { width: 1200, height: 900 } });
-  const ctxB = await browser.newContext({ viewport: { width: 1200, height: 900 } });
-  const a = await ctxA.newPage();
-  const b = await ctxB.newPage();
-  openPages.push(["A", a], ["B", b]);
-  const cspViolations = [];
-  for (const p of [a, b]) {
-    p.on("console", (m) => {
-      if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
-    });
-  }
+  const a = await page("A");
+  const b = await page("B");
   const A = config.a;
   const B = config.b;
 
@@ -371,7 +313,7 @@ try {
   });
 
   await step("another origin's page cannot act on the app", async () => {
-    const evil = await ctxA.newPage();
+    const evil = await a.context().newPage();
     await evil.goto("about:blank");
     await evil.evaluate(async (origin) => {
       try { await fetch(`${origin}/lock`, { method: "POST", mode: "no-cors", credentials: "include" }); } catch (e) {}
@@ -391,7 +333,7 @@ try {
 
   await step("lock clears the page; a wrong passphrase is refused; the right one unlocks", async () => {
     await a.goto(`${A.origin}${chatA}`);
-    const other = await ctxA.newPage();
+    const other = await a.context().newPage();
     await other.goto(`${A.origin}/contacts`);
     await a.click("#lock");
     await a.waitForURL(/\/unlock/);
@@ -412,14 +354,5 @@ try {
     await other.close();
   });
 
-  await step("no Content-Security-Policy violations on any page", async () => {
-    check(cspViolations.length === 0, cspViolations.join("\n"));
-  });
-} catch (e) {
-  // Counted in step(); the summary below reports it.
-} finally {
-  await browser.close();
-}
-
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+  await noCspViolations();
+});
