@@ -66,7 +66,7 @@ async fn call(
 
 /// The case references of the rows shown, in order.
 fn case_refs(body: &str) -> Vec<String> {
-    body.split("<td><bdi>")
+    body.split("<td class=\"case-ref\"><bdi>")
         .skip(1)
         .map(|s| s.split("</bdi>").next().unwrap().to_owned())
         .collect()
