@@ -99,5 +99,24 @@ await run("org", async ({ step, page, noCspViolations }) => {
     await shot(admin, "org-07-colleague");
   });
 
+  await step("language: the new device chooses Arabic in its settings; every page is then right to left", async () => {
+    await fresh.goto(`${N.origin}/settings`);
+    await fresh.selectOption("#language", "ar");
+    await Promise.all([fresh.waitForURL(`${N.origin}/settings`), fresh.click("form.language button[type=submit]")]);
+    for (const path of ["/settings", "/", "/referrals", "/organisation", "/contacts"]) {
+      await fresh.goto(`${N.origin}${path}`);
+      check((await fresh.getAttribute("html", "dir")) === "rtl", `${path} is not right to left`);
+      check((await fresh.getAttribute("html", "lang")) === "ar", `${path} is not in Arabic`);
+    }
+    // Fingerprints and ids keep their left-to-right order inside the Arabic page.
+    const code = await fresh.locator("code").first();
+    check((await code.evaluate((el) => getComputedStyle(el).direction)) === "ltr", "a fingerprint reads right to left");
+    await shot(fresh, "org-08-arabic");
+    await fresh.goto(`${N.origin}/settings`);
+    await fresh.selectOption("#language", "en");
+    await Promise.all([fresh.waitForURL(`${N.origin}/settings`), fresh.click("form.language button[type=submit]")]);
+    check((await fresh.getAttribute("html", "dir")) === "ltr", "English is not left to right again");
+  });
+
   await noCspViolations();
 });
