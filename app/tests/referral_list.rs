@@ -15,21 +15,13 @@ mod support;
 /// Referrals in the profile: three pages of 100, the last one partly filled.
 const COUNT: usize = 230;
 
-/// The case references of the rows shown, in order.
-fn case_refs(body: &str) -> Vec<String> {
-    body.split("<td><bdi>")
-        .skip(1)
-        .map(|s| s.split("</bdi>").next().unwrap().to_owned())
-        .collect()
-}
-
-/// The priorities of the rows shown, in order (the fourth cell of each row).
-fn priorities(body: &str) -> Vec<String> {
+/// The `n`th cell (counted from 1) of each row shown, in order.
+fn column(body: &str, n: usize) -> Vec<String> {
     body.split("<tr>\n")
         .skip(1)
         .map(|row| {
             row.split("<td>")
-                .nth(4)
+                .nth(n)
                 .unwrap()
                 .split("</td>")
                 .next()
@@ -37,6 +29,25 @@ fn priorities(body: &str) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// The case references of the rows shown, in order (the seventh cell of each row, isolated
+/// in `<bdi>`).
+fn case_refs(body: &str) -> Vec<String> {
+    column(body, 7)
+        .iter()
+        .map(|cell| {
+            cell.strip_prefix("<bdi>")
+                .and_then(|c| c.strip_suffix("</bdi>"))
+                .unwrap_or_else(|| panic!("not a case reference cell: {cell}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The priorities of the rows shown, in order (the fourth cell of each row).
+fn priorities(body: &str) -> Vec<String> {
+    column(body, 4)
 }
 
 /// The `href` of the link with this id, HTML entities of `&` undone.
