@@ -10,119 +10,25 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use handover_app::{App, AppArgs};
 use handover_core::client::Client;
 use handover_core::engine::{IdentitySetup, RelayInfo, org_fingerprint};
 use handover_core::identity::DeviceKeys;
 use handover_core::store::{Credential, KdfParams, Passphrase};
 use handover_relay::config::Config;
 use handover_relay::server::Relay;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 
+mod http;
 mod support;
 
-/// One HTTP/1.1 answer.
-struct Answer {
-    status: StatusCode,
-    location: String,
-    cookie: Option<String>,
-    body: String,
-}
+use http::{Browser, enc};
 
-/// A browser on one app: the session cookie after the launch URL.
-struct Browser {
-    addr: SocketAddr,
-    cookie: String,
-}
-
-impl Browser {
-    async fn call(&self, method: Method, path: &str, form: &str) -> Answer {
-        let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        let mut request = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header("host", self.addr.to_string());
-        if !self.cookie.is_empty() {
-            request = request.header("cookie", &self.cookie);
-        }
-        if method == Method::POST {
-            request = request
-                .header("origin", format!("http://{}", self.addr))
-                .header("content-type", "application/x-www-form-urlencoded");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(form.to_owned())))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let status = response.status();
-        let location = response
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let cookie = response
-            .headers()
-            .get("set-cookie")
-            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Answer {
-            status,
-            location,
-            cookie,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
-    }
-
-    /// Opens the app's launch URL and unlocks the profile.
-    async fn open(app: &App) -> Self {
-        let addr = app.local_addr();
-        let mut b = Self {
-            addr,
-            cookie: String::new(),
-        };
-        let launch = app.launch_url().to_owned();
-        let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
-        let a = b.call(Method::GET, &path, "").await;
-        assert_eq!(a.status, StatusCode::SEE_OTHER);
-        b.cookie = a.cookie.expect("the launch URL sets the session cookie");
-        let a = b
-            .post(
-                "/unlock",
-                &format!("passphrase={}", support::PASSPHRASE.replace(' ', "+")),
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-        assert!(app.is_unlocked().await);
-        b
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.call(Method::GET, path, "").await
-    }
-
-    async fn post(&self, path: &str, form: &str) -> Answer {
-        self.call(Method::POST, path, form).await
-    }
-}
-
-/// A form value, percent-encoded.
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+/// Starts the app on the profile `dir/name`, opens its launch URL and unlocks the profile.
+async fn open(dir: &Path, name: &str) -> Browser {
+    let b = Browser::start(dir.join(name), &http::app_args()).await;
+    b.unlock(support::PASSPHRASE).await;
+    assert!(b.app.is_unlocked().await);
+    b
 }
 
 /// A new organisation (this device its admin) in `dir/name`, created through the client core.
@@ -148,10 +54,8 @@ async fn organisation(dir: &Path, name: &str, relay: &RelayInfo) -> [u8; 32] {
 }
 
 fn relay_config(dir: &Path, listen: SocketAddr, admitted: Vec<[u8; 32]>) -> Config {
-    let mut config = Config::new(dir.join("relay"));
+    let mut config = http::relay_config(dir.join("relay"));
     config.listen = listen;
-    config.admin = None;
-    config.wal_mib = 2;
     config.admitted_orgs = admitted;
     config
 }
@@ -167,13 +71,9 @@ async fn scenario() {
     let dir = tempfile::tempdir().unwrap();
     // The profiles need the relay to exist; the operator then restarts it (same data, same
     // port, same certificate) admitting Harbour and Riverside, not Northside.
-    let first = Relay::start(relay_config(
-        dir.path(),
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        Vec::new(),
-    ))
-    .await
-    .unwrap();
+    let first = Relay::start(relay_config(dir.path(), http::loopback(), Vec::new()))
+        .await
+        .unwrap();
     let (addr, pin) = (first.local_addr(), first.pin());
     let info = RelayInfo {
         host_port: addr.to_string(),
@@ -188,14 +88,8 @@ async fn scenario() {
         .unwrap();
     assert_eq!(relay.pin(), pin, "the relay keeps its certificate");
 
-    let mut args = AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0)));
-    args.insecure_fast_kdf = true;
-
     // Northside is not admitted: search and publish say so in words, with its key.
-    let n_app = App::start(dir.path().join("northside"), &args)
-        .await
-        .unwrap();
-    let n = Browser::open(&n_app).await;
+    let n = open(dir.path(), "northside").await;
     let org = n.get("/organisation").await;
     assert!(org.body.contains("href=\"/directory\""), "{}", org.body);
     let a = n.get("/directory?search=1&name=&service=shelter").await;
@@ -223,13 +117,10 @@ async fn scenario() {
     let a = n.get("/directory/publish").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert!(a.body.contains("has not admitted"), "{}", a.body);
-    n_app.stop().await.unwrap();
+    n.stop().await;
 
     // Riverside publishes; a missing name and a bad language tag are refused at their fields.
-    let r_app = App::start(dir.path().join("riverside"), &args)
-        .await
-        .unwrap();
-    let r = Browser::open(&r_app).await;
+    let r = open(dir.path(), "riverside").await;
     let a = r.get("/directory/publish").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert!(
@@ -259,11 +150,11 @@ async fn scenario() {
     let a = r.post("/directory/publish", &form).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     assert!(
-        a.location.starts_with("/directory/publish?"),
+        a.location().starts_with("/directory/publish?"),
         "{}",
-        a.location
+        a.location()
     );
-    let a = r.get(&a.location).await;
+    let a = r.get(a.location()).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert!(a.body.contains("Published in the relay"), "{}", a.body);
     let published = a.body.split("id=\"publish\"").next().unwrap().to_owned();
@@ -281,8 +172,7 @@ async fn scenario() {
     assert!(a.body.contains("value=\"shelter\" checked"), "{}", a.body);
 
     // Harbour searches by service (and by a service nobody offers, and by name).
-    let h_app = App::start(dir.path().join("harbour"), &args).await.unwrap();
-    let h = Browser::open(&h_app).await;
+    let h = open(dir.path(), "harbour").await;
     let home = h.get("/").await;
     assert!(home.body.contains("href=\"/directory\""), "{}", home.body);
     let a = h
@@ -341,8 +231,8 @@ async fn scenario() {
     let right = format!("{pick}&fingerprint={}", enc(&fp.to_uppercase()));
     let a = h.post("/directory/import", &right).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    assert_eq!(a.location, "/contacts?notice=org-imported");
-    let contacts = h.get(&a.location).await;
+    assert_eq!(a.location(), "/contacts?notice=org-imported");
+    let contacts = h.get(a.location()).await;
     assert!(
         contacts.body.contains("sent your contact card"),
         "{}",
@@ -387,7 +277,7 @@ async fn scenario() {
         a.body
     );
 
-    h_app.stop().await.unwrap();
-    r_app.stop().await.unwrap();
+    h.stop().await;
+    r.stop().await;
     relay.shutdown().await;
 }

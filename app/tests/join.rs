@@ -6,87 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
-use std::path::Path;
-
-use handover_app::{App, AppArgs};
 use handover_core::enrolment::{JoinRequest, check_code};
 use handover_core::identity::DeviceKeys;
-use handover_relay::config::Config;
-use handover_relay::server::Relay;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 
-const PASSPHRASE: &str = "correct horse battery staple";
+mod http;
 
-struct Answer {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: String,
-}
-
-/// A browser of one app: its address and cookie.
-struct Browser {
-    app: App,
-    addr: SocketAddr,
-    origin: String,
-    cookie: String,
-}
-
-async fn call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
-/// `application/x-www-form-urlencoded` of `pairs`.
-fn form(pairs: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect::<String>()
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
+use http::{Answer, Browser, PASSPHRASE};
 
 /// The text of the element with `id` (a textarea or code), HTML entities undone.
 fn element_text(body: &str, id: &str) -> String {
@@ -107,113 +33,37 @@ fn element_text(body: &str, id: &str) -> String {
         .to_owned()
 }
 
-impl Browser {
-    async fn start(profile: &Path) -> Self {
-        let mut args = AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0)));
-        args.insecure_fast_kdf = true;
-        let app = App::start(profile.to_owned(), &args).await.unwrap();
-        let addr = app.local_addr();
-        let launch = app.launch_url().to_owned();
-        let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
-        let a = call(addr, Method::GET, &path, &[], "").await;
-        let cookie = a.headers["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        Self {
-            app,
-            addr,
-            origin: format!("http://{addr}"),
-            cookie,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        call(
-            self.addr,
-            Method::GET,
-            path,
-            &[("cookie", &self.cookie)],
-            "",
+/// The admin's enrolment of `request` as `role`: the confirm page's check code and the
+/// enrolment code.
+async fn enrol(admin: &Browser, request: &str, role: &str) -> (String, String) {
+    let a = admin
+        .post_pairs("/organisation/enrol", &[("request", request)])
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let check = element_text(&a.body, "check-code");
+    let a = admin
+        .post_pairs(
+            "/organisation/enrol/confirm",
+            &[("request", request), ("role", role), ("label", "")],
         )
-        .await
-    }
-
-    async fn post(&self, path: &str, pairs: &[(&str, &str)]) -> Answer {
-        call(
-            self.addr,
-            Method::POST,
-            path,
-            &[
-                ("cookie", &self.cookie),
-                ("origin", &self.origin),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            &form(pairs),
-        )
-        .await
-    }
-
-    /// Creates a profile with `path` `/create` or `/join`.
-    async fn profile(&self, path: &str, name: &str, relay: &Relay) -> Answer {
-        let addr = relay.local_addr().to_string();
-        let pin = hex::encode(relay.pin());
-        self.post(
-            path,
-            &[
-                ("name", name),
-                ("relay", &addr),
-                ("pin", &pin),
-                ("token", ""),
-                ("passphrase", PASSPHRASE),
-                ("passphrase2", PASSPHRASE),
-            ],
-        )
-        .await
-    }
-
-    /// The admin's enrolment of `request` as `role`: the confirm page's check code and the
-    /// enrolment code.
-    async fn enrol(&self, request: &str, role: &str) -> (String, String) {
-        let a = self
-            .post("/organisation/enrol", &[("request", request)])
-            .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-        let check = element_text(&a.body, "check-code");
-        let a = self
-            .post(
-                "/organisation/enrol/confirm",
-                &[("request", request), ("role", role), ("label", "")],
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-        (check, element_text(&a.body, "enrolment-code"))
-    }
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    (check, element_text(&a.body, "enrolment-code"))
 }
 
 /// The new device's enrolment-code form.
 async fn finish(b: &Browser, code: &str) -> Answer {
-    b.post("/join/finish", &[("code", code), ("token", "")])
+    b.post_pairs("/join/finish", &[("code", code), ("token", "")])
         .await
-}
-
-fn location(a: &Answer) -> &str {
-    a.headers["location"].to_str().unwrap()
 }
 
 #[tokio::test]
 async fn a_device_joins_through_the_app_and_wrong_codes_are_refused_in_words() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().join("relay"));
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.admin = None;
-    config.wal_mib = 2;
-    let relay = Relay::start(config).await.unwrap();
+    let relay = http::start_relay(dir.path().join("relay")).await;
+    let args = http::app_args();
 
-    let admin = Browser::start(&dir.path().join("admin")).await;
+    let admin = Browser::start(dir.path().join("admin"), &args).await;
     let a = admin.profile("/create", "Riverside intake", &relay).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     let a = admin.get("/organisation").await;
@@ -221,12 +71,12 @@ async fn a_device_joins_through_the_app_and_wrong_codes_are_refused_in_words() {
     assert!(!a.body.contains("id=\"enrol-not-holder\""));
 
     // The new device: the create screen offers the join, which shows the request.
-    let new = Browser::start(&dir.path().join("new")).await;
+    let new = Browser::start(dir.path().join("new"), &args).await;
     let a = new.get("/create").await;
     assert!(a.body.contains("href=\"/join\""), "{}", a.body);
     let a = new.profile("/join", "Riverside laptop 2", &relay).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    assert_eq!(location(&a), "/join/pending");
+    assert_eq!(a.location(), "/join/pending");
     assert!(new.app.is_joining().await && !new.app.is_unlocked().await);
     let a = new.get("/join/pending").await;
     assert_eq!(a.status, StatusCode::OK);
@@ -256,7 +106,7 @@ async fn a_device_joins_through_the_app_and_wrong_codes_are_refused_in_words() {
     let other_request = JoinRequest::new(other.public_keys(), "Someone else")
         .unwrap()
         .to_code();
-    let (other_check, other_code) = admin.enrol(&other_request, "caseworker").await;
+    let (other_check, other_code) = enrol(&admin, &other_request, "caseworker").await;
     assert_eq!(other_check, check_code(&other.public_keys()));
     let a = finish(&new, &other_code).await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -265,7 +115,7 @@ async fn a_device_joins_through_the_app_and_wrong_codes_are_refused_in_words() {
 
     // The admin refuses what is not a request, and a non-holder cannot enrol.
     let a = admin
-        .post(
+        .post_pairs(
             "/organisation/enrol",
             &[("request", "handover://enrolment#AQ")],
         )
@@ -275,30 +125,32 @@ async fn a_device_joins_through_the_app_and_wrong_codes_are_refused_in_words() {
     let mut truncated = request.clone();
     truncated.truncate(request.len() - 40);
     let a = admin
-        .post("/organisation/enrol", &[("request", &truncated)])
+        .post_pairs("/organisation/enrol", &[("request", &truncated)])
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(a.body.contains("damaged or incomplete"), "{}", a.body);
 
     // Locked while waiting, unlocked again: back to the same step with the same request.
-    let a = new.post("/lock", &[]).await;
+    let a = new.post("/lock", "").await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert!(!new.app.is_joining().await);
-    let a = new.post("/unlock", &[("passphrase", PASSPHRASE)]).await;
+    let a = new
+        .post_pairs("/unlock", &[("passphrase", PASSPHRASE)])
+        .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    assert_eq!(location(&a), "/join/pending");
+    assert_eq!(a.location(), "/join/pending");
     let a = new.get("/join/pending").await;
     assert_eq!(element_text(&a.body, "request-code"), request);
 
     // The admin enrols the real request; both pages show the same check code.
-    let (admin_check, code) = admin.enrol(&request, "caseworker").await;
+    let (admin_check, code) = enrol(&admin, &request, "caseworker").await;
     assert_eq!(admin_check, shown_check);
     let a = finish(&new, &code).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     assert!(
-        location(&a).starts_with("/?notice=joined"),
+        a.location().starts_with("/?notice=joined"),
         "{}",
-        location(&a)
+        a.location()
     );
     assert!(new.app.is_unlocked().await && !new.app.is_joining().await);
     let a = new.get("/").await;
@@ -317,18 +169,18 @@ async fn a_device_joins_through_the_app_and_wrong_codes_are_refused_in_words() {
     let a = new.get("/organisation").await;
     assert!(a.body.contains("id=\"enrol-not-holder\""), "{}", a.body);
     let a = new
-        .post("/organisation/enrol", &[("request", &other_request)])
+        .post_pairs("/organisation/enrol", &[("request", &other_request)])
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 
     // An ambassador's app is chats and contacts: no organisation, referral or consent screen.
-    let amb = Browser::start(&dir.path().join("amb")).await;
+    let amb = Browser::start(dir.path().join("amb"), &args).await;
     let a = amb.profile("/join", "Outreach phone", &relay).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     let a = amb.get("/join/pending").await;
     let amb_request = element_text(&a.body, "request-code");
-    let (_, amb_code) = admin.enrol(&amb_request, "ambassador").await;
-    let a = amb.post("/join/finish", &[("code", &amb_code)]).await;
+    let (_, amb_code) = enrol(&admin, &amb_request, "ambassador").await;
+    let a = amb.post_pairs("/join/finish", &[("code", &amb_code)]).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     let a = amb.get("/").await;
     assert!(a.body.contains("href=\"/chats\"") && a.body.contains("href=\"/contacts\""));
@@ -339,7 +191,7 @@ async fn a_device_joins_through_the_app_and_wrong_codes_are_refused_in_words() {
     }
 
     for b in [admin, new, amb] {
-        b.app.stop().await.unwrap();
+        b.stop().await;
     }
     relay.shutdown().await;
 }

@@ -4,81 +4,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
-
-use handover_app::{App, AppArgs};
+use handover_app::AppArgs;
 use handover_core::engine::RelayInfo;
 use handover_core::referral::Action;
-use handover_relay::config::Config;
-use handover_relay::server::Relay;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 
+mod http;
 mod support;
 
 /// Referrals in the profile: three pages of 100, the last one partly filled.
 const COUNT: usize = 230;
 
-struct Answer {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: String,
-}
-
-async fn call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = sender
-        .send_request(
-            request
-                .body(Full::new(Bytes::from(body.to_owned())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
-/// The case references of the rows shown, in order.
-fn case_refs(body: &str) -> Vec<String> {
-    body.split("<td class=\"case-ref\"><bdi>")
-        .skip(1)
-        .map(|s| s.split("</bdi>").next().unwrap().to_owned())
-        .collect()
-}
-
-/// The priorities of the rows shown, in order (the fourth cell of each row).
-fn priorities(body: &str) -> Vec<String> {
+/// The `n`th cell (counted from 1) of each row shown, in order.
+fn column(body: &str, n: usize) -> Vec<String> {
     body.split("<tr>\n")
         .skip(1)
         .map(|row| {
             row.split("<td>")
-                .nth(4)
+                .nth(n)
                 .unwrap()
                 .split("</td>")
                 .next()
@@ -86,6 +29,25 @@ fn priorities(body: &str) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// The case references of the rows shown, in order (the seventh cell of each row, isolated
+/// in `<bdi>`).
+fn case_refs(body: &str) -> Vec<String> {
+    column(body, 7)
+        .iter()
+        .map(|cell| {
+            cell.strip_prefix("<bdi>")
+                .and_then(|c| c.strip_suffix("</bdi>"))
+                .unwrap_or_else(|| panic!("not a case reference cell: {cell}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The priorities of the rows shown, in order (the fourth cell of each row).
+fn priorities(body: &str) -> Vec<String> {
+    column(body, 4)
 }
 
 /// The `href` of the link with this id, HTML entities of `&` undone.
@@ -112,11 +74,7 @@ fn count_line(body: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_filters_orders_and_pages_on_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().join("relay"));
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.admin = None;
-    config.wal_mib = 2;
-    let relay = Relay::start(config).await.unwrap();
+    let relay = http::start_relay(dir.path().join("relay")).await;
     let info = RelayInfo {
         host_port: relay.local_addr().to_string(),
         pin: relay.pin(),
@@ -147,37 +105,13 @@ async fn the_list_filters_orders_and_pages_on_the_server() {
     let fingerprint = handover_core::engine::org_fingerprint(&pair.b_root);
     pair.shutdown().await;
 
-    let args = AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let app = App::start(dir.path().join("harbour"), &args).await.unwrap();
-    let addr = app.local_addr();
-    let origin = format!("http://{addr}");
-    let launch = app.launch_url().to_owned();
-    let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
-    let a = call(addr, Method::GET, &path, &[], "").await;
-    let cookie = a.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let a = call(
-        addr,
-        Method::POST,
-        "/unlock",
-        &[
-            ("cookie", &cookie),
-            ("origin", &origin),
-            ("content-type", "application/x-www-form-urlencoded"),
-        ],
-        &format!("passphrase={}", support::PASSPHRASE.replace(' ', "+")),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let args = AppArgs::headless(http::loopback());
+    let b = http::Browser::start(dir.path().join("harbour"), &args).await;
+    b.unlock(support::PASSPHRASE).await;
     let get = |path: String| {
-        let cookie = cookie.clone();
+        let b = &b;
         async move {
-            let a = call(addr, Method::GET, &path, &[("cookie", &cookie)], "").await;
+            let a = b.get(&path).await;
             assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
             a.body
         }
@@ -291,6 +225,6 @@ async fn the_list_filters_orders_and_pages_on_the_server() {
         "{body}"
     );
 
-    app.stop().await.unwrap();
+    b.stop().await;
     relay.shutdown().await;
 }

@@ -5,142 +5,55 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
+use std::ops::Deref;
 use std::time::Duration;
 
-use handover_app::{App, AppArgs};
-use handover_relay::config::Config;
+use handover_app::AppArgs;
 use handover_relay::server::Relay;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 
-/// One HTTP/1.1 exchange over a fresh connection.
-struct Answer {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: String,
-}
+mod http;
 
-async fn call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let mut request = Request::builder().method(method).uri(path);
-    let mut has_host = false;
-    for (k, v) in headers {
-        has_host |= k.eq_ignore_ascii_case("host");
-        request = request.header(*k, *v);
-    }
-    if !has_host {
-        request = request.header("host", addr.to_string());
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
+use http::{Answer, Browser, PASSPHRASE, call, launch_path};
 
 /// A relay, an app on a new profile directory, and the browser's cookie after launch.
 struct Fixture {
     relay: Relay,
-    app: App,
-    addr: SocketAddr,
-    origin: String,
-    cookie: String,
+    browser: Browser,
     _dir: tempfile::TempDir,
 }
 
-const PASSPHRASE: &str = "correct horse battery staple";
+/// The fixture is used as its browser: `f.get`, `f.post`, `f.addr`, `f.cookie`, `f.app`.
+impl Deref for Fixture {
+    type Target = Browser;
+
+    fn deref(&self) -> &Browser {
+        &self.browser
+    }
+}
 
 impl Fixture {
     async fn start(lock_after: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::new(dir.path().join("relay"));
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.admin = None;
-        config.wal_mib = 2;
-        let relay = Relay::start(config).await.unwrap();
-        let mut args = AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0)));
-        args.insecure_fast_kdf = true;
+        let relay = http::start_relay(dir.path().join("relay")).await;
+        let mut args = http::app_args();
         args.lock_after = lock_after;
-        let app = App::start(dir.path().join("profile"), &args).await.unwrap();
-        let addr = app.local_addr();
-        let launch = app.launch_url().to_owned();
-        let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
-        let a = call(addr, Method::GET, &path, &[], "").await;
-        assert_eq!(a.status, StatusCode::SEE_OTHER);
-        let set_cookie = a.headers["set-cookie"].to_str().unwrap().to_owned();
-        assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
-        assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
-        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        let browser = Browser::start(dir.path().join("profile"), &args).await;
         Self {
             relay,
-            app,
-            addr,
-            origin: format!("http://{addr}"),
-            cookie,
+            browser,
             _dir: dir,
         }
     }
 
-    async fn get(&self, path: &str) -> Answer {
-        call(
-            self.addr,
-            Method::GET,
-            path,
-            &[("cookie", &self.cookie)],
-            "",
-        )
-        .await
-    }
-
-    async fn post(&self, path: &str, form: &str) -> Answer {
-        call(
-            self.addr,
-            Method::POST,
-            path,
-            &[
-                ("cookie", &self.cookie),
-                ("origin", &self.origin),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            form,
-        )
-        .await
-    }
-
     async fn create_profile(&self) {
-        let form = format!(
-            "name=Harbour+intake&relay={}&pin={}&token=&passphrase={p}&passphrase2={p}",
-            self.relay.local_addr(),
-            hex::encode(self.relay.pin()),
-            p = PASSPHRASE.replace(' ', "+"),
-        );
-        let a = self.post("/create", &form).await;
+        let a = self.profile("/create", "Harbour intake", &self.relay).await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
         assert!(self.app.is_unlocked().await);
     }
 
     async fn stop(self) {
-        self.app.stop().await.unwrap();
+        self.browser.stop().await;
         self.relay.shutdown().await;
     }
 }
@@ -201,9 +114,7 @@ async fn requests_without_the_cookie_are_refused() {
     )
     .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    let launch = f.app.launch_url().to_owned();
-    let path = launch.split_once(&f.addr.to_string()).unwrap().1.to_owned();
-    let a = call(f.addr, Method::GET, &path, &[], "").await;
+    let a = call(f.addr, Method::GET, &launch_path(&f.app), &[], "").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert!(a.headers.get("set-cookie").is_none());
     f.stop().await;
@@ -436,39 +347,9 @@ async fn an_ambassador_sees_no_case_screens() {
     ambassador.shutdown().await.unwrap();
     admin.shutdown().await.unwrap();
 
-    let app = App::start(
-        ambassador_dir,
-        &AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0))),
-    )
-    .await
-    .unwrap();
-    let addr = app.local_addr();
-    let launch = app.launch_url().to_owned();
-    let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
-    let a = call(addr, Method::GET, &path, &[], "").await;
-    let cookie = a.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let origin = format!("http://{addr}");
-    let form = format!("passphrase={}", PASSPHRASE.replace(' ', "+"));
-    let a = call(
-        addr,
-        Method::POST,
-        "/unlock",
-        &[
-            ("cookie", &cookie),
-            ("origin", &origin),
-            ("content-type", "application/x-www-form-urlencoded"),
-        ],
-        &form,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    let home = call(addr, Method::GET, "/", &[("cookie", &cookie)], "").await;
+    let b = Browser::start(ambassador_dir, &AppArgs::headless(http::loopback())).await;
+    b.unlock(PASSPHRASE).await;
+    let home = b.get("/").await;
     assert_eq!(home.status, StatusCode::OK);
     assert!(home.body.contains("href=\"/chats\""));
     assert!(!home.body.contains("href=\"/referrals\""));
@@ -484,12 +365,12 @@ async fn an_ambassador_sees_no_case_screens() {
         "/directory/publish",
         "/organisation",
     ] {
-        let a = call(addr, Method::GET, path, &[("cookie", &cookie)], "").await;
+        let a = b.get(path).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
     }
-    let a = call(addr, Method::GET, "/contacts", &[("cookie", &cookie)], "").await;
+    let a = b.get("/contacts").await;
     assert_eq!(a.status, StatusCode::OK);
-    app.stop().await.unwrap();
+    b.stop().await;
     f.stop().await;
 }
 

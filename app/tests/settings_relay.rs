@@ -5,70 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
+use hyper::StatusCode;
 
-use handover_app::{App, AppArgs};
-use handover_relay::config::Config;
-use handover_relay::server::Relay;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+mod http;
 
-const PASSPHRASE: &str = "correct horse battery staple";
-
-/// One HTTP/1.1 exchange over a fresh connection: status, headers and body.
-async fn call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (StatusCode, hyper::HeaderMap, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = sender
-        .send_request(
-            request
-                .body(Full::new(Bytes::from(body.to_owned())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
-}
-
-fn location(headers: &hyper::HeaderMap) -> &str {
-    headers
-        .get("location")
-        .map(|l| l.to_str().unwrap())
-        .unwrap_or_default()
-}
-
-async fn relay(dir: &std::path::Path) -> Relay {
-    let mut config = Config::new(dir.to_path_buf());
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.admin = None;
-    config.wal_mib = 2;
-    Relay::start(config).await.unwrap()
-}
+use http::Browser;
 
 /// HTML-escaped text as askama writes it (apostrophes and quotes).
 fn escaped(text: &str) -> String {
@@ -80,96 +21,50 @@ fn escaped(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_move_to_another_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let relay1 = relay(&dir.path().join("relay1")).await;
-    let relay2 = relay(&dir.path().join("relay2")).await;
-    let mut args = AppArgs::headless(SocketAddr::from(([127, 0, 0, 1], 0)));
-    args.insecure_fast_kdf = true;
-    let app = App::start(dir.path().join("profile"), &args).await.unwrap();
-    let addr = app.local_addr();
-    let launch = app.launch_url().to_owned();
-    let path = launch.split_once(&addr.to_string()).unwrap().1.to_owned();
-    let (status, headers, _) = call(addr, Method::GET, &path, &[], "").await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
-    let cookie = headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let origin = format!("http://{addr}");
-    let post = |path: &'static str, form: String| {
-        let (cookie, origin) = (cookie.clone(), origin.clone());
-        async move {
-            call(
-                addr,
-                Method::POST,
-                path,
-                &[
-                    ("cookie", &cookie),
-                    ("origin", &origin),
-                    ("content-type", "application/x-www-form-urlencoded"),
-                ],
-                &form,
-            )
-            .await
-        }
-    };
-    let get = |path: &'static str| {
-        let cookie = cookie.clone();
-        async move { call(addr, Method::GET, path, &[("cookie", &cookie)], "").await }
-    };
+    let relay1 = http::start_relay(dir.path().join("relay1")).await;
+    let relay2 = http::start_relay(dir.path().join("relay2")).await;
+    let b = Browser::start(dir.path().join("profile"), &http::app_args()).await;
 
-    let form = format!(
-        "name=Harbour+intake&relay={}&pin={}&token=&passphrase={p}&passphrase2={p}",
-        relay1.local_addr(),
-        hex::encode(relay1.pin()),
-        p = PASSPHRASE.replace(' ', "+"),
-    );
-    let (status, _, body) = post("/create", form).await;
-    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
-    let (status, _, page) = get("/settings").await;
-    assert_eq!(status, StatusCode::OK);
+    let a = b.profile("/create", "Harbour intake", &relay1).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let a = b.get("/settings").await;
+    assert_eq!(a.status, StatusCode::OK);
+    let page = a.body;
     assert!(page.contains(&relay1.local_addr().to_string()));
     assert!(page.contains("action=\"/settings/relay\""), "{page}");
 
     // A wrong pin: refused in words, nothing changed.
     let mut wrong = relay2.pin();
     wrong[0] ^= 1;
-    let (status, _, body) = post(
-        "/settings/relay",
-        format!(
-            "relay={}&pin={}&token=",
-            relay2.local_addr(),
-            hex::encode(wrong)
-        ),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let form = format!(
+        "relay={}&pin={}&token=",
+        relay2.local_addr(),
+        hex::encode(wrong)
+    );
+    let a = b.post("/settings/relay", &form).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     assert!(
-        body.contains(&escaped(
+        a.body.contains(&escaped(
             "The new relay's key does not match this pin. Nothing was changed: you are still on \
              your current relay."
         )),
-        "{body}"
+        "{}",
+        a.body
     );
-    let (_, _, page) = get("/settings").await;
+    let page = b.get("/settings").await.body;
     assert!(page.contains(&relay1.local_addr().to_string()));
     assert!(!page.contains(&relay2.local_addr().to_string()));
 
     // The right pin: moved, said in words; the page shows both relays.
-    let (status, headers, body) = post(
-        "/settings/relay",
-        format!(
-            "relay={}&pin={}&token=",
-            relay2.local_addr(),
-            hex::encode(relay2.pin())
-        ),
-    )
-    .await;
-    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
-    assert_eq!(location(&headers), "/settings?notice=settings-relay-moved");
-    let (_, _, page) = get("/settings?notice=settings-relay-moved").await;
+    let form = format!(
+        "relay={}&pin={}&token=",
+        relay2.local_addr(),
+        hex::encode(relay2.pin())
+    );
+    let a = b.post("/settings/relay", &form).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.location(), "/settings?notice=settings-relay-moved");
+    let page = b.get("/settings?notice=settings-relay-moved").await.body;
     assert!(
         page.contains(&escaped(
             "Moved to the new relay. Your contacts are being sent your new address."
@@ -183,14 +78,11 @@ async fn settings_move_to_another_relay() {
     assert!(page.contains("action=\"/settings/relay/finish\""));
 
     // Stopping the collection deletes the old mailbox; the page names only the new relay.
-    let (status, headers, body) = post("/settings/relay/finish", String::new()).await;
-    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
-    assert_eq!(
-        location(&headers),
-        "/settings?notice=settings-relay-finished"
-    );
-    let (_, _, page) = get("/settings").await;
+    let a = b.post("/settings/relay/finish", "").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.location(), "/settings?notice=settings-relay-finished");
+    let page = b.get("/settings").await.body;
     assert!(page.contains(&relay2.local_addr().to_string()));
     assert!(!page.contains(&relay1.local_addr().to_string()));
-    drop(app);
+    drop(b);
 }
