@@ -31,17 +31,12 @@ fn column(body: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// The case references of the rows shown, in order (the seventh cell of each row, isolated
-/// in `<bdi>`).
+/// The case references of the rows shown, in order (the cell marked `case-ref`, isolated in
+/// `<bdi>`).
 fn case_refs(body: &str) -> Vec<String> {
-    column(body, 7)
-        .iter()
-        .map(|cell| {
-            cell.strip_prefix("<bdi>")
-                .and_then(|c| c.strip_suffix("</bdi>"))
-                .unwrap_or_else(|| panic!("not a case reference cell: {cell}"))
-                .to_owned()
-        })
+    body.split("<td class=\"case-ref\"><bdi>")
+        .skip(1)
+        .map(|s| s.split("</bdi>").next().unwrap().to_owned())
         .collect()
 }
 
