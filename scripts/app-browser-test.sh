@@ -20,6 +20,12 @@ if [[ -z "${HANDOVER_BROWSER_CONFIG:-}" ]]; then
   exit 2
 fi
 
+# Several browser tests run at once (cargo runs a test binary's tests in parallel): one of them
+# installs while the others wait, so none reads a half-written node_modules.
+mkdir -p "$here/target/app-browser"
+exec 9>"$here/target/app-browser/.setup.lock"
+flock 9
+
 chromium="${CHROMIUM:-/usr/bin/chromium}"
 if [[ ! -x "$chromium" ]]; then
   echo "app-browser-test: installing Debian's chromium" >&2
@@ -40,7 +46,8 @@ if [[ "$pinned" != "$installed" ]]; then
   (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
-mkdir -p "$here/target/app-browser"
+flock -u 9
+exec 9>&-
 export CHROMIUM="$chromium"
 export HANDOVER_SCREENSHOTS="$here/target/app-browser"
 exec node "$browser_dir/${HANDOVER_BROWSER_SCRIPT:-story.mjs}"
