@@ -10,10 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use handover_core::client::Client;
-use handover_core::engine::{IdentitySetup, RelayInfo, org_fingerprint};
-use handover_core::identity::DeviceKeys;
-use handover_core::store::{Credential, KdfParams, Passphrase};
+use handover_core::engine::{RelayInfo, org_fingerprint};
 use handover_relay::config::Config;
 use handover_relay::server::Relay;
 use hyper::StatusCode;
@@ -29,28 +26,6 @@ async fn open(dir: &Path, name: &str) -> Browser {
     b.unlock(support::PASSPHRASE).await;
     assert!(b.app.is_unlocked().await);
     b
-}
-
-/// A new organisation (this device its admin) in `dir/name`, created through the client core.
-async fn organisation(dir: &Path, name: &str, relay: &RelayInfo) -> [u8; 32] {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let client = Client::create(
-        &d,
-        &Credential::from(Passphrase::from(support::PASSPHRASE)),
-        KdfParams::new(1024, 1, 1).unwrap(),
-        relay.clone(),
-        DeviceKeys::generate(&mut rand::rng()),
-        IdentitySetup::NewOrganisation {
-            device_label: format!("{name} desk"),
-        },
-        &format!("{name} desk"),
-    )
-    .await
-    .unwrap();
-    let root = support::root(&client).await;
-    client.shutdown().await.unwrap();
-    root
 }
 
 fn relay_config(dir: &Path, listen: SocketAddr, admitted: Vec<[u8; 32]>) -> Config {
@@ -79,9 +54,9 @@ async fn scenario() {
         host_port: addr.to_string(),
         pin,
     };
-    let harbour = organisation(dir.path(), "harbour", &info).await;
-    let riverside = organisation(dir.path(), "riverside", &info).await;
-    let northside = organisation(dir.path(), "northside", &info).await;
+    let harbour = support::organisation(dir.path(), "harbour", &info).await;
+    let riverside = support::organisation(dir.path(), "riverside", &info).await;
+    let northside = support::organisation(dir.path(), "northside", &info).await;
     first.shutdown().await;
     let relay = Relay::start(relay_config(dir.path(), addr, vec![harbour, riverside]))
         .await

@@ -19,9 +19,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use handover_core::client::{Client, ClientError};
-use handover_core::engine::{IdentitySetup, RelayInfo, org_fingerprint};
-use handover_core::identity::DeviceKeys;
-use handover_core::store::{Credential, KdfParams, Passphrase, StoreError};
+use handover_core::engine::{RelayInfo, org_fingerprint};
+use handover_core::store::{Credential, Passphrase, StoreError};
 use handover_tests::app::AppProcess;
 use handover_tests::process::RelayProcess;
 
@@ -173,29 +172,6 @@ async fn two_organisations_in_a_real_browser() {
     drop(relay);
 }
 
-/// A new organisation (this device its admin) in `dir/name`, built through the client core;
-/// returns its root key.
-async fn organisation(dir: &Path, name: &str, relay: &RelayInfo) -> [u8; 32] {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let client = Client::create(
-        &d,
-        &Credential::from(Passphrase::from(support::PASSPHRASE)),
-        KdfParams::new(1024, 1, 1).unwrap(),
-        relay.clone(),
-        DeviceKeys::generate(&mut rand::rng()),
-        IdentitySetup::NewOrganisation {
-            device_label: format!("{name} desk"),
-        },
-        &format!("{name} desk"),
-    )
-    .await
-    .unwrap();
-    let root = support::root(&client).await;
-    client.shutdown().await.unwrap();
-    root
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,8 +184,8 @@ async fn the_directory_in_a_real_browser() {
         host_port: first.addr.to_string(),
         pin: first.pin,
     };
-    let harbour = organisation(dir.path(), "harbour", &info).await;
-    let riverside = organisation(dir.path(), "riverside", &info).await;
+    let harbour = support::organisation(dir.path(), "harbour", &info).await;
+    let riverside = support::organisation(dir.path(), "riverside", &info).await;
     first.terminate().unwrap();
     first.wait_exit(STOP_TIMEOUT).unwrap();
     let (h_key, r_key) = (hex::encode(harbour), hex::encode(riverside));

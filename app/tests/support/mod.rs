@@ -157,6 +157,29 @@ pub fn sections() -> Vec<wire::BodySection> {
     ]
 }
 
+/// A new organisation (this device its admin) in `dir/name`, built through the client core;
+/// returns its root key.
+pub async fn organisation(dir: &Path, name: &str, relay: &RelayInfo) -> [u8; 32] {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let client = Client::create(
+        &d,
+        &Credential::from(Passphrase::from(PASSPHRASE)),
+        KdfParams::new(1024, 1, 1).unwrap(),
+        relay.clone(),
+        DeviceKeys::generate(&mut rand::rng()),
+        IdentitySetup::NewOrganisation {
+            device_label: format!("{name} desk"),
+        },
+        &format!("{name} desk"),
+    )
+    .await
+    .unwrap();
+    let root = root(&client).await;
+    client.shutdown().await.unwrap();
+    root
+}
+
 /// Two organisations, Harbour (the referrer, in `dir/harbour`) and Riverside (in
 /// `dir/riverside`), each a new organisation with one admin device, trusting each other, with
 /// Harbour holding a session with Riverside's device and a consent receipt for Riverside.
